@@ -1,0 +1,174 @@
+//! Error messages of the config loader, as snapshots: each names file:line:col.
+
+use std::path::Path;
+
+use malt_config::{Config, Method};
+
+const GOOD: &str = r#"
+[run]
+seed = 1
+
+[dataset]
+plugin = "arith"
+generate = { seed = 1, count = 200 }
+
+[plugins.arith]
+options = { difficulty = "2" }
+
+[[agents]]
+name = "generator"
+
+[[agents]]
+name = "verifier"
+
+[[agents]]
+name = "refiner"
+"#;
+
+fn err(text: &str) -> String {
+    match Config::parse(text, Path::new("configs/x.toml")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn good_config_resolves_defaults() {
+    let c = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    assert_eq!(c.run.name, "x");
+    assert_eq!(c.agents.len(), 3);
+    assert_eq!(c.agents[0].plugin, "arith");
+    assert_eq!(c.agents[1].role, "verifier");
+    assert_eq!(c.agents[0].train.method, Method::Sft);
+    assert_eq!(c.agents[2].train.method, Method::SftThenDpo);
+    assert_eq!(c.agents[1].theta, 0.5);
+    assert_eq!(c.sandbox.timeout_ms, 100);
+    assert_eq!(c.sandbox.memory_mib, 64);
+    assert_eq!(c.used_plugins(), vec!["arith".to_string()]);
+}
+
+#[test]
+fn hash_ignores_formatting_but_not_values() {
+    let a = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    let reformatted = format!("# a comment\n{}\n[credit]\ntheta = 0.5\n", GOOD.replace(" = ", "="));
+    let b = Config::parse(&reformatted, Path::new("configs/x.toml")).unwrap();
+    assert_eq!(a.config_hash(), b.config_hash());
+    let c = Config::parse(&format!("{GOOD}\n[credit]\ntheta = 0.6\n"), Path::new("configs/x.toml")).unwrap();
+    assert_ne!(a.config_hash(), c.config_hash());
+}
+
+#[test]
+fn per_agent_train_overrides() {
+    let text = format!(
+        "{GOOD}\n[train.dpo]\nbeta = 0.2\n",
+    )
+    .replace(
+        "name = \"refiner\"",
+        "name = \"refiner\"\ntheta = 0.7\n[agents.train]\nmethod = \"sft\"\n[agents.train.sft]\nlr = 1e-4",
+    );
+    let c = Config::parse(&text, Path::new("configs/x.toml")).unwrap();
+    let r = c.agent("refiner").unwrap();
+    assert_eq!(r.theta, 0.7);
+    assert_eq!(r.train.method, Method::Sft);
+    assert_eq!(r.train.sft.optim.lr, 1e-4);
+    assert_eq!(r.train.dpo.beta, 0.2);
+    assert_eq!(c.agent("verifier").unwrap().train.dpo.beta, 0.2);
+    assert_eq!(c.agent("verifier").unwrap().train.sft.optim.lr, 2e-4);
+}
+
+#[test]
+fn unknown_field() {
+    insta::assert_snapshot!(err(&GOOD.replace("name = \"verifier\"", "name = \"verifier\"\nbranchs = 3")));
+}
+
+#[test]
+fn unknown_top_level_table() {
+    insta::assert_snapshot!(err(&format!("{GOOD}\n[sandbx]\ntimeout_ms = 5\n")));
+}
+
+#[test]
+fn wrong_type() {
+    insta::assert_snapshot!(err(&GOOD.replace("seed = 1\n\n[dataset]", "seed = \"one\"\n\n[dataset]")));
+}
+
+#[test]
+fn bad_enum_value() {
+    insta::assert_snapshot!(err(&format!("{GOOD}\n[credit]\npooling = \"globl\"\n")));
+}
+
+#[test]
+fn syntax_error() {
+    insta::assert_snapshot!(err("[run]\nname = \n"));
+}
+
+#[test]
+fn theta_out_of_range() {
+    insta::assert_snapshot!(err(&format!("{GOOD}\n[credit]\ntheta = 1.5\n")));
+}
+
+#[test]
+fn agent_theta_out_of_range() {
+    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"refiner\"\ntheta = -0.1")));
+}
+
+#[test]
+fn zero_agents() {
+    let text: String = GOOD.split("[[agents]]").next().unwrap().to_string();
+    insta::assert_snapshot!(err(&text));
+}
+
+#[test]
+fn duplicate_agent_names() {
+    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"verifier\"")));
+}
+
+#[test]
+fn unknown_plugin() {
+    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"refiner\"\nplugin = \"gsm8k\"")));
+}
+
+#[test]
+fn zero_branches_and_bad_sampling() {
+    insta::assert_snapshot!(err(&GOOD.replace(
+        "name = \"generator\"",
+        "name = \"generator\"\nbranches = 0\ntemperature = -1.0\ntop_p = 1.5"
+    )));
+}
+
+#[test]
+fn dataset_needs_one_source() {
+    insta::assert_snapshot!(err(&GOOD.replace("generate = { seed = 1, count = 200 }", "")));
+}
+
+#[test]
+fn split_larger_than_generated() {
+    insta::assert_snapshot!(err(&GOOD.replace("count = 200", "count = 150")));
+}
+
+#[test]
+fn dpo_on_generator_warns() {
+    let text = GOOD.replace("name = \"generator\"", "name = \"generator\"\n[agents.train]\nmethod = \"dpo\"");
+    let c = Config::parse(&text, Path::new("configs/x.toml")).unwrap();
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    insta::assert_snapshot!(w.join("\n"));
+}
+
+#[test]
+fn relative_paths_resolve_against_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = dir.path().join("configs");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let text = GOOD
+        .replace("generate = { seed = 1, count = 200 }", "path = \"../data/train.jsonl\"")
+        .replace("[plugins.arith]", "[plugins.arith]\npath = \"../plugins/arith\"");
+    let path = cfg_dir.join("x.toml");
+    std::fs::write(&path, text).unwrap();
+    let c = Config::load(&path).unwrap();
+    match &c.dataset.source {
+        malt_config::DataSource::File(p) => assert!(p.ends_with("configs/../data/train.jsonl"), "{}", p.display()),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.plugins["arith"].path.as_ref().unwrap().starts_with(&cfg_dir));
+    // a missing dataset file is a warning, not an error
+    assert!(c.warnings.iter().any(|w| w.message.contains("does not exist")));
+}

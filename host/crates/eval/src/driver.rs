@@ -1,0 +1,153 @@
+//! The evaluation loop: every system on the same seeded question subsets, results logged as
+//! they come, reports written at the end.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{aggregate, Report};
+use crate::error::EvalError;
+use crate::report::write_reports;
+use crate::results::{AttemptKey, AttemptRecord, ResultLog};
+use crate::subset::{derive_sample_seed, select_subset};
+use crate::trace::{ChainError, ChainRequest, ChainRunner, Variant};
+
+/// Name of the result log inside the output directory.
+pub const RESULTS_FILE: &str = "results.jsonl";
+
+/// What to evaluate. Mirrors the config's `[eval]` table plus the facts only the caller knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalPlan {
+    /// Number of held-out examples the benchmark offers; subsets index into `0..pool_size`.
+    pub pool_size: usize,
+    /// `eval.questions`: questions per seed.
+    pub questions: usize,
+    /// `eval.seeds`: one subset (and one accuracy sample) per seed.
+    pub seeds: Vec<u64>,
+    /// `eval.majority_k`: attempts per question, the `k` of MV@k.
+    pub majority_k: u32,
+    /// The variants to run, in report order (typically [`Variant::ALL`]).
+    pub variants: Vec<Variant>,
+}
+
+impl EvalPlan {
+    pub fn validate(&self) -> Result<(), EvalError> {
+        let bad = |m: &str| Err(EvalError::InvalidPlan(m.to_string()));
+        if self.seeds.is_empty() {
+            return bad("eval.seeds is empty");
+        }
+        if self.seeds.iter().collect::<HashSet<_>>().len() != self.seeds.len() {
+            return bad("eval.seeds has duplicates (they would double-count one subset)");
+        }
+        if self.questions == 0 {
+            return bad("eval.questions must be at least 1");
+        }
+        if self.majority_k == 0 {
+            return bad("eval.majority_k must be at least 1");
+        }
+        if self.variants.is_empty() {
+            return bad("no variants to evaluate");
+        }
+        if self.variants.iter().collect::<HashSet<_>>().len() != self.variants.len() {
+            return bad("a variant is listed twice");
+        }
+        if self.questions > self.pool_size {
+            return Err(EvalError::SubsetTooLarge {
+                requested: self.questions,
+                pool: self.pool_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// `(seed, question subset)` for every seed, in plan order.
+    pub fn subsets(&self) -> Result<Vec<(u64, Vec<usize>)>, EvalError> {
+        self.seeds
+            .iter()
+            .map(|&s| Ok((s, select_subset(self.pool_size, self.questions, s)?)))
+            .collect()
+    }
+}
+
+/// Runs every missing attempt of `plan` through `runner`, appending to
+/// `<out_dir>/results.jsonl`, then writes the reports into `out_dir` and returns the figures.
+///
+/// Order: seed, question, variant, attempt, so an interrupted run has complete questions
+/// rather than a complete first system. Attempts already in the log are skipped (resume).
+/// `ChainError::Item` is logged as an errored attempt; `ChainError::Fatal` stops the run with
+/// `EvalError::Runner`, leaving the log resumable. `manifest` is embedded verbatim in
+/// `report.json`. `progress` draws a bar over questions on stderr (hidden when not a terminal).
+pub fn run_evaluation(
+    runner: &mut dyn ChainRunner,
+    plan: &EvalPlan,
+    out_dir: &Path,
+    manifest: serde_json::Value,
+    progress: bool,
+) -> Result<Report, EvalError> {
+    plan.validate()?;
+    std::fs::create_dir_all(out_dir).map_err(|e| EvalError::io(out_dir, e))?;
+    let mut log = ResultLog::open(out_dir.join(RESULTS_FILE))?;
+    let subsets = plan.subsets()?;
+
+    let total = (plan.seeds.len() * plan.questions) as u64;
+    let bar = if progress {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("eval {bar:30} {pos}/{len} questions {msg} [{elapsed} < {eta}]")
+    {
+        bar.set_style(style);
+    }
+    let resumed = log.records().len();
+    if resumed > 0 {
+        tracing::info!(records = resumed, path = %log.path().display(), "resuming evaluation");
+    }
+
+    for (seed, subset) in &subsets {
+        bar.set_message(format!("seed {seed}"));
+        for &example_idx in subset {
+            for &variant in &plan.variants {
+                for attempt in 0..plan.majority_k {
+                    let key = AttemptKey {
+                        seed: *seed,
+                        variant,
+                        example_idx,
+                        attempt,
+                    };
+                    if log.contains(&key) {
+                        continue;
+                    }
+                    let request = ChainRequest {
+                        variant,
+                        example_idx,
+                        attempt,
+                        eval_seed: *seed,
+                        sample_seed: derive_sample_seed(*seed, example_idx, attempt),
+                    };
+                    let result = match runner.run_chain(&request) {
+                        Ok(trace) => Ok(trace),
+                        Err(ChainError::Item(msg)) => {
+                            tracing::warn!(%key, error = %msg, "attempt failed; counted as wrong");
+                            Err(msg)
+                        }
+                        Err(ChainError::Fatal(msg)) => {
+                            bar.abandon();
+                            return Err(EvalError::Runner(msg));
+                        }
+                    };
+                    log.append(AttemptRecord::new(key, request.sample_seed, result))?;
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let report = aggregate(plan, log.records(), manifest)?;
+    write_reports(out_dir, &report)?;
+    Ok(report)
+}

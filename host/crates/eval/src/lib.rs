@@ -1,0 +1,37 @@
+//! malt-eval: evaluation of single-agent and multi-agent chains with majority voting.
+//!
+//! The crate never touches a model or the plugin runtime. The caller implements
+//! [`ChainRunner`] (one sequential pass of a system over one question) and calls
+//! [`run_evaluation`]; everything else (question subsets, resumable result log, voting,
+//! aggregation, Markdown/JSON/SVG reports) is pure logic here.
+//!
+//! One concept per module:
+//! - [`trace`]: what a runner returns and the [`ChainRunner`] trait.
+//! - [`vote`]: answer keys and the majority vote with its tie rule.
+//! - [`subset`]: seeded question subsets (splitmix64 + partial Fisher-Yates).
+//! - [`results`]: the append-only JSONL result log and its resume logic.
+//! - [`stats`]: mean and sample standard deviation.
+//! - [`aggregate`]: from result records to the [`Report`] figures.
+//! - [`driver`]: the evaluation loop.
+//! - [`report`]: `report.md`, `report.json` and the plots.
+//! - [`svg`]: hand-written SVG charts, reusable for loss curves.
+
+pub mod aggregate;
+pub mod driver;
+pub mod error;
+pub mod report;
+pub mod results;
+pub mod stats;
+pub mod subset;
+pub mod svg;
+pub mod trace;
+pub mod vote;
+
+pub use aggregate::{aggregate, Report};
+pub use driver::{run_evaluation, EvalPlan, RESULTS_FILE};
+pub use error::EvalError;
+pub use report::{render_markdown, write_reports};
+pub use results::{AttemptKey, AttemptRecord, ResultLog};
+pub use subset::{derive_sample_seed, select_subset, SplitMix64};
+pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn, Variant};
+pub use vote::{majority_vote, vote_key};

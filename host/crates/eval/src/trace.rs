@@ -1,0 +1,164 @@
+//! What one chain pass produces, and the trait through which the caller runs it.
+
+use serde::{Deserialize, Serialize};
+
+/// A model configuration that is actually executed. The reported *systems* are each variant on
+/// its first attempt and the same variant with a majority vote over its `k` attempts: MV
+/// systems reuse the attempts of the plain system (attempt 0 *is* the non-MV result), so one set
+/// of samples serves both rows and the two are compared on identical generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The base model answering alone (one generator-style turn).
+    Single,
+    /// The agent chain with every agent on the untouched base model.
+    UntrainedChain,
+    /// The agent chain with each agent's trained adapter (MALT).
+    TrainedChain,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [
+        Variant::Single,
+        Variant::UntrainedChain,
+        Variant::TrainedChain,
+    ];
+
+    /// Stable identifier, used in the result log and `report.json`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::Single => "single",
+            Variant::UntrainedChain => "untrained_chain",
+            Variant::TrainedChain => "trained_chain",
+        }
+    }
+
+    /// Human label for reports (row names of the paper's Table 1).
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Single => "Single agent",
+            Variant::UntrainedChain => "Untrained chain",
+            Variant::TrainedChain => "MALT (trained chain)",
+        }
+    }
+}
+
+/// One call of the runner: run `variant` once on dataset example `example_idx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRequest {
+    pub variant: Variant,
+    /// Absolute index into the evaluation pool (the held-out split), not into the subset.
+    pub example_idx: usize,
+    /// 0-based attempt; attempt 0 is the non-MV result.
+    pub attempt: u32,
+    /// The evaluation seed (one of `eval.seeds`), which also chose the question subset.
+    pub eval_seed: u64,
+    /// Seed for the sampler, `derive_sample_seed(eval_seed, example_idx, attempt)`. It does not
+    /// depend on the variant on purpose (common random numbers): systems differ only by their
+    /// weights and prompts, not by their random draws.
+    pub sample_seed: u64,
+}
+
+/// What one agent turn produced, as graded by the benchmark plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The turn does not answer the question (e.g. a verifier's critique). Skipped by per-turn
+    /// accuracy and by the flip matrix.
+    NoAnswer,
+    /// The turn should have answered but the extractor found nothing. Counts as wrong and
+    /// never wins a vote.
+    Unparseable,
+    /// An extracted answer and its grade.
+    Answer {
+        /// The extracted answer, as logged.
+        answer: String,
+        /// Optional canonical voting key from the plugin (e.g. "0.5" for "1/2"). Without it the
+        /// trimmed `answer` is the key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        correct: bool,
+    },
+}
+
+impl Outcome {
+    /// Whether this turn is meant to answer (answer or failed parse).
+    pub fn is_answering(&self) -> bool {
+        !matches!(self, Outcome::NoAnswer)
+    }
+
+    pub fn is_correct(&self) -> bool {
+        matches!(self, Outcome::Answer { correct: true, .. })
+    }
+
+    /// The key this outcome votes with, `None` when it cannot vote.
+    pub fn vote_key(&self) -> Option<&str> {
+        match self {
+            Outcome::Answer { answer, key, .. } => {
+                Some(crate::vote::vote_key(key.as_deref().unwrap_or(answer)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One agent turn of a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Agent (role) name, e.g. "generator".
+    pub agent: String,
+    /// The raw output text, kept so that wrong answers can be inspected after the run.
+    pub output: String,
+    pub outcome: Outcome,
+}
+
+/// One sequential pass through the agents; the final answer is that of the last answering turn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTrace {
+    pub turns: Vec<Turn>,
+}
+
+impl ChainTrace {
+    /// The outcome that counts for the pass: the last answering turn. A pass without any
+    /// answering turn is treated as unparseable rather than silently skipped.
+    pub fn final_outcome(&self) -> &Outcome {
+        final_outcome(&self.turns)
+    }
+}
+
+/// See [`ChainTrace::final_outcome`]; shared with logged records, which hold bare turns.
+pub fn final_outcome(turns: &[Turn]) -> &Outcome {
+    const UNPARSEABLE: &Outcome = &Outcome::Unparseable;
+    turns
+        .iter()
+        .rev()
+        .map(|t| &t.outcome)
+        .find(|o| o.is_answering())
+        .unwrap_or(UNPARSEABLE)
+}
+
+/// Why a pass failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// This attempt failed (generation error, context overflow, plugin trap...). It is recorded,
+    /// counted as wrong and reported separately; it is not retried on resume, so reruns are
+    /// reproducible.
+    #[error("{0}")]
+    Item(String),
+    /// Nothing can succeed (model failed to load...). Aborts the run without recording, so a
+    /// resumed run retries it.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Executes one pass of a system. Implemented by the caller (model + plugin wiring); tests use
+/// a deterministic fake.
+pub trait ChainRunner {
+    fn run_chain(&mut self, request: &ChainRequest) -> Result<ChainTrace, ChainError>;
+}
+
+impl<R: ChainRunner + ?Sized> ChainRunner for &mut R {
+    fn run_chain(&mut self, request: &ChainRequest) -> Result<ChainTrace, ChainError> {
+        (**self).run_chain(request)
+    }
+}

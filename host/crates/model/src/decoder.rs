@@ -1,0 +1,478 @@
+//! The Llama / Qwen2 / Qwen3 decoder on candle-core ops, with two paths over the same weights:
+//! `Mode::Infer` uses candle's fused kernels (rms_norm, softmax_last_dim, rope), which have no
+//! backward; `Mode::Train` uses differentiable equivalents and a frozen-weight matmul, so only
+//! LoRA variables get gradients and none is silently dropped (notes/candle.md, "Training traps").
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::lora::{LoraAdapter, Proj};
+use crate::ops::frozen_matmul;
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Upper bound on the RoPE table; longer contexts are rejected rather than silently wrong.
+const MAX_ROPE_POSITIONS: usize = 32_768;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Fused kernels, no graph.
+    Infer,
+    /// Differentiable ops; `dropout` applies LoRA dropout (set it for training steps only).
+    Train { dropout: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// (out, in), HF layout.
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub input_norm: Tensor,
+    pub post_norm: Tensor,
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    /// Indexed by `Proj as usize`.
+    pub proj: [Linear; 7],
+}
+
+impl Layer {
+    pub fn proj(&self, p: Proj) -> &Linear {
+        &self.proj[p as usize]
+    }
+}
+
+#[derive(Debug)]
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// Same storage as `embed` when embeddings are tied.
+    pub lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    prefill_computed: AtomicUsize,
+}
+
+/// Per-call attention context: rotary tables for the rows' positions, an additive mask and the
+/// past keys/values per layer.
+pub(crate) struct Ctx<'a> {
+    /// (s, d/2) when all rows share positions, else (b, s, d/2).
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Additive mask broadcastable to (b, kv_heads, n_rep, s, L); None = no masking needed.
+    pub mask: Option<Tensor>,
+    pub past: Option<&'a [(Tensor, Tensor)]>,
+    pub adapter: Option<&'a LoraAdapter>,
+    pub mode: Mode,
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
+    Ok(match mode {
+        Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+        Mode::Train { .. } => candle_nn::ops::rms_norm_slow(x, w, eps as f32)?,
+    })
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+/// Non-interleaved (HF) RoPE on x (b, h, s, d).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
+        Mode::Train { .. } => {
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let (cos, sin) = if cos.rank() == 2 {
+                (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+            } else {
+                (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+            };
+            Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+        }
+    }
+}
+
+fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    Ok(match mode {
+        Mode::Infer => candle_nn::ops::softmax_last_dim(&x.contiguous()?)?,
+        Mode::Train { .. } => candle_nn::ops::softmax(x, D::Minus1)?,
+    })
+}
+
+impl Decoder {
+    /// Builds the decoder from tensors named as in HF checkpoints (`model.layers.0.self_attn.q_proj.weight`),
+    /// converting to f32 and checking every shape; `file` names the source in errors.
+    pub fn from_tensors(
+        cfg: ModelConfig,
+        mut t: HashMap<String, Tensor>,
+        file: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let x = t.remove(name).ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.to_string(),
+                file: file.into(),
+            })?;
+            if x.dims() != shape {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.to_string(),
+                    file: file.into(),
+                    expected: shape.to_vec(),
+                    found: x.dims().to_vec(),
+                });
+            }
+            Ok(x.to_dtype(DType::F32)?.to_device(device)?)
+        };
+        let c = &cfg;
+        let h = c.hidden_size;
+        let embed = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let mut lin = |p: Proj| -> Result<Linear> {
+                let (out, inp) = p.dims(c);
+                let base = format!("model.layers.{i}.{}.{}", p.module(), p.hf_name());
+                let w = take(&format!("{base}.weight"), &[out, inp])?;
+                let has_bias = match p {
+                    Proj::Q | Proj::K | Proj::V => c.qkv_bias,
+                    Proj::O => c.o_bias,
+                    _ => false,
+                };
+                let b = if has_bias {
+                    Some(take(&format!("{base}.bias"), &[out])?)
+                } else {
+                    None
+                };
+                Ok(Linear { w, b })
+            };
+            let proj = [
+                lin(Proj::Q)?,
+                lin(Proj::K)?,
+                lin(Proj::V)?,
+                lin(Proj::O)?,
+                lin(Proj::Gate)?,
+                lin(Proj::Up)?,
+                lin(Proj::Down)?,
+            ];
+            let input_norm = take(&format!("model.layers.{i}.input_layernorm.weight"), &[h])?;
+            let post_norm = take(
+                &format!("model.layers.{i}.post_attention_layernorm.weight"),
+                &[h],
+            )?;
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(take(&format!("model.layers.{i}.self_attn.q_norm.weight"), &[c.head_dim])?),
+                    Some(take(&format!("model.layers.{i}.self_attn.k_norm.weight"), &[c.head_dim])?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                input_norm,
+                post_norm,
+                q_norm,
+                k_norm,
+                proj,
+            });
+        }
+        let norm = take("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings {
+            embed.clone()
+        } else {
+            take("lm_head.weight", &[c.vocab_size, h])?
+        };
+        Self::assemble(cfg, embed, layers, norm, lm_head, device)
+    }
+
+    pub(crate) fn assemble(
+        cfg: ModelConfig,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Tensor,
+        device: &Device,
+    ) -> Result<Self> {
+        let n_pos = cfg.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
+        let inv = cfg.rope_inv_freq();
+        let half = inv.len();
+        let inv = Tensor::from_vec(inv, (1, half), device)?;
+        let t = Tensor::arange(0u32, n_pos as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((n_pos, 1))?;
+        let freqs = t.matmul(&inv)?;
+        Ok(Decoder {
+            cos: freqs.cos()?.contiguous()?,
+            sin: freqs.sin()?.contiguous()?,
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            device: device.clone(),
+            prefill_computed: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Tokens pushed through prefill since load (or the last reset): the measure of prefix sharing.
+    pub fn prefill_tokens_computed(&self) -> usize {
+        self.prefill_computed.load(Ordering::Relaxed)
+    }
+    pub fn reset_prefill_counter(&self) {
+        self.prefill_computed.store(0, Ordering::Relaxed)
+    }
+    pub(crate) fn count_prefill(&self, n: usize) {
+        self.prefill_computed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Rotary tables for `s` consecutive positions starting at `offset`.
+    pub(crate) fn rope_range(&self, offset: usize, s: usize) -> Result<(Tensor, Tensor)> {
+        if offset + s > self.max_positions() {
+            return Err(ModelError::Invalid(format!(
+                "sequence of {} tokens exceeds the supported {} positions",
+                offset + s,
+                self.max_positions()
+            )));
+        }
+        Ok((self.cos.narrow(0, offset, s)?, self.sin.narrow(0, offset, s)?))
+    }
+
+    /// Rotary tables for one new token per row at the given positions: (b, 1, d/2).
+    pub(crate) fn rope_at(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
+        if let Some(&p) = positions.iter().max() {
+            if p >= self.max_positions() {
+                return Err(ModelError::Invalid(format!(
+                    "position {p} exceeds the supported {} positions",
+                    self.max_positions()
+                )));
+            }
+        }
+        let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let idx = Tensor::from_vec(idx, positions.len(), &self.device)?;
+        let half = self.cos.dim(1)?;
+        let b = positions.len();
+        Ok((
+            self.cos.index_select(&idx, 0)?.reshape((b, 1, half))?,
+            self.sin.index_select(&idx, 0)?.reshape((b, 1, half))?,
+        ))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        p: Proj,
+        adapter: Option<&LoraAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let lin = self.layers[layer].proj(p);
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((n, inp))?;
+        let mut y = match mode {
+            Mode::Infer => x2.matmul(&lin.w.t()?)?,
+            Mode::Train { .. } => frozen_matmul(&x2, &lin.w)?,
+        };
+        if let Some(b) = &lin.b {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(pair) = adapter.and_then(|a| a.get(layer, p)) {
+            let scale = adapter.map(|a| a.scale()).unwrap_or(1.0);
+            let xd = match (mode, adapter) {
+                (Mode::Train { dropout: true }, Some(a)) if a.config.dropout > 0.0 => {
+                    candle_nn::ops::dropout(&x2, a.config.dropout)?
+                }
+                _ => x2.clone(),
+            };
+            let delta = xd
+                .matmul(&pair.a.as_tensor().t()?)?
+                .matmul(&pair.b.as_tensor().t()?)?;
+            y = (y + (delta * scale)?)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// Runs all layers on embedded input `x` (b, s, h). Returns the final-normed hidden states and,
+    /// per layer, the full keys/values (past ++ new), each (b, kv_heads, L, head_dim).
+    pub(crate) fn run(&self, x: Tensor, ctx: &Ctx) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let c = &self.cfg;
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let n_rep = c.n_rep();
+        let mode = ctx.mode;
+        let ad = ctx.adapter;
+        let mut x = x;
+        let mut kvs = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps, mode)?;
+            let q = self.linear(&h, i, Proj::Q, ad, mode)?;
+            let k = self.linear(&h, i, Proj::K, ad, mode)?;
+            let v = self.linear(&h, i, Proj::V, ad, mode)?;
+            let mut q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let mut k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                q = rms_norm(&q, qn, c.rms_norm_eps, mode)?;
+                k = rms_norm(&k, kn, c.rms_norm_eps, mode)?;
+            }
+            let q = rope(&q, &ctx.cos, &ctx.sin, mode)?;
+            let k = rope(&k, &ctx.cos, &ctx.sin, mode)?;
+            let (k, v) = match ctx.past {
+                Some(past) => {
+                    let (pk, pv) = &past[i];
+                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                }
+                None => (k, v),
+            };
+            let l = k.dim(2)?;
+            // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
+            let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
+            let att = (q5.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+            let mut att = att.reshape((b, nkv, n_rep, s, l))?;
+            if let Some(m) = &ctx.mask {
+                att = att.broadcast_add(m)?;
+            }
+            let att = softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?;
+            let o = att.matmul(&v)?; // (b, nkv, n_rep*s, hd)
+            let o = o
+                .reshape((b, nh, s, hd))?
+                .transpose(1, 2)?
+                .reshape((b, s, nh * hd))?;
+            let o = self.linear(&o, i, Proj::O, ad, mode)?;
+            x = (x + o)?;
+            let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
+            let g = self.linear(&h, i, Proj::Gate, ad, mode)?;
+            let u = self.linear(&h, i, Proj::Up, ad, mode)?;
+            let m = (candle_nn::ops::silu(&g)? * u)?;
+            let m = self.linear(&m, i, Proj::Down, ad, mode)?;
+            x = (x + m)?;
+            kvs.push((k, v));
+        }
+        let x = rms_norm(&x, &self.norm, c.rms_norm_eps, mode)?;
+        Ok((x, kvs))
+    }
+
+    /// Token embeddings for ids (b, s) -> (b, s, h).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?)
+    }
+
+    /// Logits for hidden states (..., h). In training mode the head is frozen (input gradient only),
+    /// so the trainer can select completion positions first and pay for the vocab matmul only there.
+    pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let h = dims[dims.len() - 1];
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = hidden.reshape((n, h))?;
+        let y = match mode {
+            Mode::Infer => x2.matmul(&self.lm_head.t()?)?,
+            Mode::Train { .. } => frozen_matmul(&x2, &self.lm_head)?,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.cfg.vocab_size;
+        Ok(y.reshape(out)?)
+    }
+
+    fn causal_mask(&self, s: usize) -> Result<Option<Tensor>> {
+        if s <= 1 {
+            return Ok(None);
+        }
+        let m: Vec<f32> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Ok(Some(Tensor::from_vec(m, (1, 1, 1, s, s), &self.device)?))
+    }
+
+    /// Full causal forward from position 0 without cache; returns the final hidden states (b, s, h).
+    /// Batches must be right-padded (pads after the real tokens do not affect them).
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        adapter: Option<&LoraAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_, s) = ids.dims2()?;
+        let (cos, sin) = self.rope_range(0, s)?;
+        let ctx = Ctx {
+            cos,
+            sin,
+            mask: self.causal_mask(s)?,
+            past: None,
+            adapter,
+            mode,
+        };
+        Ok(self.run(self.embed(ids)?, &ctx)?.0)
+    }
+
+    /// Full causal forward: logits (b, s, vocab).
+    pub fn forward(&self, ids: &Tensor, adapter: Option<&LoraAdapter>, mode: Mode) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, adapter, mode)?;
+        self.logits(&h, mode)
+    }
+
+    /// Inference-path forward of `tokens` (one sequence) after `past` (keys/values of `offset`
+    /// earlier tokens). Returns the logits of the last position and the updated keys/values.
+    pub(crate) fn forward_cached(
+        &self,
+        tokens: &[u32],
+        offset: usize,
+        past: Option<&[(Tensor, Tensor)]>,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let s = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), (1, s), &self.device)?;
+        let (cos, sin) = self.rope_range(offset, s)?;
+        let mask = if s > 1 {
+            let l = offset + s;
+            let m: Vec<f32> = (0..s)
+                .flat_map(|i| {
+                    (0..l).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?)
+        } else {
+            None
+        };
+        let ctx = Ctx {
+            cos,
+            sin,
+            mask,
+            past,
+            adapter,
+            mode: Mode::Infer,
+        };
+        let (h, kvs) = self.run(self.embed(&ids)?, &ctx)?;
+        let last = h.narrow(1, s - 1, 1)?;
+        let logits = self.logits(&last, Mode::Infer)?.flatten_all()?;
+        self.count_prefill(s);
+        Ok((logits, kvs))
+    }
+}

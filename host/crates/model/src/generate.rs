@@ -1,0 +1,310 @@
+//! Prefill and batched decoding over forkable caches. Sequences of different lengths decode
+//! together: their caches are right-padded to a common length and the padding is masked, new
+//! tokens are appended after the padding at each row's own RoPE position.
+
+use crate::decoder::{Ctx, Mode};
+use crate::error::{ModelError, Result};
+use crate::kv::Cache;
+use crate::lora::LoraAdapter;
+use crate::model::Model;
+use crate::sampling::{rng_for, sample, SamplingParams};
+use candle_core::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-turn / eos token (not included in `tokens`).
+    Eos,
+    /// A stop string appeared; `text` is cut before it.
+    StopString,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Generated tokens, without the final eos.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+    /// Prompt + generated tokens whose keys/values were computed: the parent of the next agent.
+    pub cache: Cache,
+}
+
+/// One sequence to decode: its cache (with `last_logits`) and its RNG seed.
+#[derive(Debug, Clone)]
+pub struct Branch {
+    pub cache: Cache,
+    pub seed: u64,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+struct Row {
+    orig: usize,
+    prompt_len: usize,
+    rng: rand::rngs::StdRng,
+    gen: Vec<u32>,
+    text: String,
+}
+
+impl Model {
+    /// Prefills `tokens` from scratch under `adapter`.
+    pub fn prefill(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Cache> {
+        self.extend(&Cache::empty(), tokens, adapter)
+    }
+
+    /// A cache for `tokens` (the full sequence) that reuses `base`'s keys/values for their
+    /// longest common prefix when `base` was computed under the same adapter; only the rest is
+    /// prefilled. `base` is not modified (its storage is shared).
+    pub fn extend(&self, base: &Cache, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Cache> {
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid("cannot prefill an empty prompt".into()));
+        }
+        let uid = adapter.map(|a| a.uid());
+        let mut lcp = if base.adapter == uid {
+            common_prefix(&base.tokens, tokens)
+        } else {
+            0
+        };
+        if lcp == tokens.len() {
+            if lcp == base.len() && base.last_logits.is_some() {
+                return Ok(base.clone());
+            }
+            // The logits after the last token are needed: recompute that one token.
+            lcp -= 1;
+        }
+        let prefix = base.truncate(lcp)?;
+        let past = (lcp > 0).then_some(prefix.kv.as_slice());
+        let (logits, kv) = self
+            .decoder
+            .forward_cached(&tokens[lcp..], lcp, past, adapter)?;
+        Ok(Cache {
+            kv,
+            tokens: tokens.to_vec(),
+            adapter: uid,
+            last_logits: Some(logits),
+        })
+    }
+
+    /// Decodes all branches together until each stops. Every branch's cache must have been
+    /// computed under `adapter`. Results are in input order.
+    pub fn generate(
+        &self,
+        branches: Vec<Branch>,
+        params: &SamplingParams,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<Completion>> {
+        let uid = adapter.map(|a| a.uid());
+        let n = branches.len();
+        let mut first_logits = Vec::with_capacity(n);
+        for (i, b) in branches.iter().enumerate() {
+            if b.cache.adapter != uid {
+                return Err(ModelError::Invalid(format!(
+                    "branch {i}: cache was computed under a different adapter"
+                )));
+            }
+            let l = b.cache.last_logits.as_ref().ok_or_else(|| {
+                ModelError::Invalid(format!("branch {i}: cache has no pending logits (prefill it first)"))
+            })?;
+            first_logits.push(l.to_vec1::<f32>()?);
+        }
+        if params.max_new_tokens == 0 {
+            return Ok(branches
+                .into_iter()
+                .map(|b| Completion {
+                    tokens: vec![],
+                    text: String::new(),
+                    finish: Finish::Length,
+                    cache: b.cache,
+                })
+                .collect());
+        }
+        let mut results: Vec<Option<Completion>> = vec![None; n];
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let caches: Vec<Cache> = branches.iter().map(|b| b.cache.clone()).collect();
+        let mut rows: Vec<Row> = branches
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Row {
+                orig: i,
+                prompt_len: b.cache.len(),
+                rng: rng_for(b.seed),
+                gen: vec![],
+                text: String::new(),
+            })
+            .collect();
+        let lmax = rows.iter().map(|r| r.prompt_len).max().unwrap_or(0);
+        let n_layers = self.decoder.layers.len();
+        // Batched state: per layer (b, kv_heads, lmax + t, hd).
+        let mut state: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let mut ks = Vec::with_capacity(n);
+            let mut vs = Vec::with_capacity(n);
+            for c in &caches {
+                let (k, v) = &c.kv[l];
+                let pad = lmax - c.len();
+                if pad > 0 {
+                    ks.push(k.pad_with_zeros(2, 0, pad)?);
+                    vs.push(v.pad_with_zeros(2, 0, pad)?);
+                } else {
+                    ks.push(k.clone());
+                    vs.push(v.clone());
+                }
+            }
+            state.push((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+        }
+        let mut logits: Vec<Vec<f32>> = first_logits;
+        let mut t = 0usize; // tokens fed per row so far
+        loop {
+            // Sample, then retire finished rows.
+            let mut keep: Vec<usize> = vec![];
+            for (ri, row) in rows.iter_mut().enumerate() {
+                let tok = sample(&logits[ri], params, &mut row.rng);
+                let mut finish = None;
+                if self.stop_ids.contains(&tok) {
+                    finish = Some(Finish::Eos);
+                } else {
+                    row.gen.push(tok);
+                    row.text = self.tokenizer.decode(&row.gen, true)?;
+                    if let Some(cut) = params
+                        .stop
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .filter_map(|s| row.text.find(s.as_str()))
+                        .min()
+                    {
+                        row.text.truncate(cut);
+                        finish = Some(Finish::StopString);
+                    } else if row.gen.len() >= params.max_new_tokens {
+                        finish = Some(Finish::Length);
+                    }
+                }
+                match finish {
+                    None => keep.push(ri),
+                    Some(f) => {
+                        let cache = self.row_cache(&state, ri, row, &caches[row.orig], lmax, t)?;
+                        results[row.orig] = Some(Completion {
+                            tokens: std::mem::take(&mut row.gen),
+                            text: std::mem::take(&mut row.text),
+                            finish: f,
+                            cache,
+                        });
+                    }
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < rows.len() {
+                let idx = Tensor::from_vec(
+                    keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    keep.len(),
+                    self.device(),
+                )?;
+                for kv in state.iter_mut() {
+                    *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+                }
+                let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+                rows = keep.iter().filter_map(|&i| old[i].take()).collect();
+            }
+            // Feed each row's last token.
+            let b = rows.len();
+            let last: Vec<u32> = rows.iter().map(|r| *r.gen.last().unwrap_or(&0)).collect();
+            let ids = Tensor::from_vec(last, (b, 1), self.device())?;
+            let positions: Vec<usize> = rows.iter().map(|r| r.prompt_len + t).collect();
+            let (cos, sin) = self.decoder.rope_at(&positions)?;
+            let total = lmax + t + 1;
+            let mask = if rows.iter().all(|r| r.prompt_len == lmax) {
+                None
+            } else {
+                let mut m = vec![0f32; b * total];
+                for (ri, r) in rows.iter().enumerate() {
+                    for j in r.prompt_len..lmax {
+                        m[ri * total + j] = f32::NEG_INFINITY;
+                    }
+                }
+                Some(Tensor::from_vec(m, (b, 1, 1, 1, total), self.device())?)
+            };
+            let ctx = Ctx {
+                cos,
+                sin,
+                mask,
+                past: Some(&state),
+                adapter,
+                mode: Mode::Infer,
+            };
+            let x = self.decoder.embed(&ids)?;
+            let (h, kvs) = self.decoder.run(x, &ctx)?;
+            state = kvs;
+            t += 1;
+            let lg = self.decoder.logits(&h, Mode::Infer)?.squeeze(1)?;
+            let lg = lg.to_dtype(candle_core::DType::F32)?;
+            logits = (0..b)
+                .map(|i| lg.get(i)?.to_vec1::<f32>())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.ok_or_else(|| ModelError::Invalid(format!("branch {i} did not finish"))))
+            .collect()
+    }
+
+    /// The per-sequence cache of batch row `ri` after `t` fed tokens: its prompt part (without
+    /// padding) followed by its generated part.
+    fn row_cache(
+        &self,
+        state: &[(Tensor, Tensor)],
+        ri: usize,
+        row: &Row,
+        orig: &Cache,
+        lmax: usize,
+        t: usize,
+    ) -> Result<Cache> {
+        if t == 0 {
+            return Ok(orig.clone());
+        }
+        let take = |x: &Tensor| -> Result<Tensor> {
+            let x = x.narrow(0, ri, 1)?;
+            let p = x.narrow(2, 0, row.prompt_len)?;
+            let g = x.narrow(2, lmax, t)?;
+            Ok(Tensor::cat(&[&p, &g], 2)?)
+        };
+        let kv = state
+            .iter()
+            .map(|(k, v)| Ok((take(k)?, take(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tokens = orig.tokens.clone();
+        tokens.extend_from_slice(&row.gen[..t]);
+        Ok(Cache {
+            kv,
+            tokens,
+            adapter: orig.adapter,
+            last_logits: None,
+        })
+    }
+
+    /// Prompt text -> one completion (used by `malt generate`).
+    pub fn complete(
+        &self,
+        prompt_tokens: &[u32],
+        params: &SamplingParams,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Completion> {
+        let cache = self.prefill(prompt_tokens, adapter)?;
+        let mut out = self.generate(
+            vec![Branch {
+                cache,
+                seed: crate::sampling::branch_seed(params.seed, &[0]),
+            }],
+            params,
+            adapter,
+        )?;
+        out.pop()
+            .ok_or_else(|| ModelError::Invalid("no completion".into()))
+    }
+}

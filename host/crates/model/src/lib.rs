@@ -1,0 +1,46 @@
+//! The model layer of malt: a Llama / Qwen2 / Qwen3 decoder on candle with an inference path and
+//! a differentiable training path over one frozen base, per-agent LoRA adapters (PEFT format),
+//! forkable KV caches, batched and tree sampling, chat templates, and the embedded default model.
+//!
+//! Typical use by the tree engine:
+//! ```no_run
+//! # fn main() -> malt_model::Result<()> {
+//! use malt_model::{Model, Message, SamplingParams, TreeSampler, parse_device};
+//! let model = Model::load("smollm2-135m-instruct", &parse_device("cpu")?)?;
+//! let prompt = model.encode_chat(&[Message::user("2+2?")], true)?;
+//! let mut tree = TreeSampler::new(&model);
+//! let params = SamplingParams { temperature: 0.3, max_new_tokens: 64, ..Default::default() };
+//! let gens = tree.sample(None, &prompt, None, 3, &params, &[])?;
+//! # let _ = gens; Ok(()) }
+//! ```
+
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod device;
+pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod kv;
+pub mod lora;
+pub mod model;
+pub mod ops;
+pub mod sampling;
+pub mod tokenizer;
+pub mod tree;
+pub mod weights;
+
+pub use chat::{ChatTemplate, Message};
+pub use config::{Arch, ModelConfig};
+pub use decoder::{Decoder, Mode};
+pub use device::parse_device;
+pub use error::{ModelError, Result};
+pub use generate::{Branch, Completion, Finish};
+pub use kv::Cache;
+pub use lora::{LoraAdapter, LoraConfig, Proj};
+pub use model::Model;
+pub use sampling::{branch_seed, SamplingParams};
+pub use tokenizer::Tokenizer;
+pub use tree::{TreeSampler, TreeStats};
+
+pub use candle_core;

@@ -1,0 +1,232 @@
+//! A loaded model: decoder + tokenizer + chat template, from a source string (the embedded
+//! default, a HF directory or a GGUF file), plus LoRA merge and merged HF export.
+
+use crate::chat::{ChatTemplate, Message};
+use crate::config::ModelConfig;
+use crate::decoder::Decoder;
+use crate::error::{ModelError, Result};
+use crate::fetch;
+use crate::lora::{LoraAdapter, LoraConfig, Proj};
+use crate::tokenizer::Tokenizer;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    /// Token ids that end a completion.
+    pub stop_ids: Vec<u32>,
+    /// Where the weights came from (a path), for adapter metadata and logs.
+    pub source: String,
+}
+
+impl Model {
+    /// `smollm2-135m-instruct` (fetched on first use), a HF directory, or a `.gguf` file.
+    pub fn load(source: &str, device: &Device) -> Result<Self> {
+        if source.eq_ignore_ascii_case(fetch::DEFAULT_MODEL) {
+            let path = fetch::ensure_smollm2()?;
+            return Self::load_gguf(&path, device);
+        }
+        let path = PathBuf::from(source);
+        if path.is_dir() {
+            Self::load_hf_dir(&path, device)
+        } else if path.is_file() {
+            if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+                Self::load_gguf(&path, device)
+            } else {
+                Err(ModelError::Invalid(format!(
+                    "{source}: expected a HF model directory or a .gguf file"
+                )))
+            }
+        } else {
+            Err(ModelError::MissingFile { path })
+        }
+    }
+
+    pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let cfg = ModelConfig::from_hf_file(&cfg_path)?;
+        let (tensors, file) = crate::weights::load_hf_tensors(dir, device)?;
+        let decoder = Decoder::from_tensors(cfg, tensors, &file, device)?;
+        let tokenizer = Tokenizer::from_hf_dir(dir)?;
+        Self::assemble(decoder, tokenizer, dir.display().to_string())
+    }
+
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+        let ck = crate::weights::load_gguf(path, device)?;
+        let tokenizer = Tokenizer::from_gguf(&ck.content)?;
+        let decoder = Decoder::from_tensors(ck.config, ck.tensors, path, device)?;
+        Self::assemble(decoder, tokenizer, path.display().to_string())
+    }
+
+    fn assemble(decoder: Decoder, tokenizer: Tokenizer, source: String) -> Result<Self> {
+        let chat = match &tokenizer.chat_template {
+            Some(t) => ChatTemplate::new(
+                t,
+                tokenizer.bos_token.as_deref().unwrap_or(""),
+                tokenizer.eos_token.as_deref().unwrap_or(""),
+            )?,
+            None => {
+                tracing::warn!("{source}: no chat template, using ChatML");
+                ChatTemplate::chatml()
+            }
+        };
+        let stop_ids = tokenizer.stop_ids(&decoder.cfg.eos_token_ids);
+        Ok(Model {
+            decoder,
+            tokenizer,
+            chat,
+            stop_ids,
+            source,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.decoder.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.decoder.device()
+    }
+
+    /// The chat prompt text for `messages`, from the model's template.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.chat.render(messages, add_generation_prompt)
+    }
+
+    /// Rendered and tokenized (the template supplies special tokens, so none are added).
+    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages, add_generation_prompt)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// A fresh adapter for this model (A random from `seed`, B zero).
+    pub fn new_adapter(&self, name: &str, config: LoraConfig, seed: u64) -> Result<LoraAdapter> {
+        LoraAdapter::new(name, config, self.config(), self.device(), seed)
+    }
+
+    pub fn load_adapter(&self, dir: &Path, name: &str) -> Result<LoraAdapter> {
+        LoraAdapter::load_peft(dir, name, self.config(), self.device())
+    }
+
+    /// All weights with HF names, with `adapter` merged in (`W + alpha/r * B A`).
+    /// Tied models have no separate `lm_head.weight`.
+    pub fn merged_tensors(&self, adapter: Option<&LoraAdapter>) -> Result<HashMap<String, Tensor>> {
+        let d = &self.decoder;
+        let mut out = HashMap::new();
+        out.insert("model.embed_tokens.weight".into(), d.embed.clone());
+        out.insert("model.norm.weight".into(), d.norm.clone());
+        if !d.cfg.tie_word_embeddings {
+            out.insert("lm_head.weight".into(), d.lm_head.clone());
+        }
+        for (i, l) in d.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.insert(format!("{p}.input_layernorm.weight"), l.input_norm.clone());
+            out.insert(format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone());
+            if let Some(t) = &l.q_norm {
+                out.insert(format!("{p}.self_attn.q_norm.weight"), t.clone());
+            }
+            if let Some(t) = &l.k_norm {
+                out.insert(format!("{p}.self_attn.k_norm.weight"), t.clone());
+            }
+            for proj in Proj::ALL {
+                let lin = l.proj(proj);
+                let base = format!("{p}.{}.{}", proj.module(), proj.hf_name());
+                let w = match adapter.map(|a| a.delta(i, proj)).transpose()?.flatten() {
+                    Some(delta) => (&lin.w + delta)?,
+                    None => lin.w.clone(),
+                };
+                out.insert(format!("{base}.weight"), w);
+                if let Some(b) = &lin.b {
+                    out.insert(format!("{base}.bias"), b.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a HF directory (config.json, model.safetensors, tokenizer files) with `adapter`
+    /// merged: what `malt export --merge` produces and transformers / vLLM / this crate load.
+    pub fn export_merged(&self, dir: &Path, adapter: Option<&LoraAdapter>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let cpath = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.config().to_hf_json())
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        std::fs::write(&cpath, text).map_err(|e| ModelError::io(&cpath, e))?;
+        let tensors = self.merged_tensors(adapter)?;
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+        let mut tok = self.tokenizer.clone();
+        if tok.chat_template.is_none() && !self.chat.is_fallback {
+            tok.chat_template = Some(self.chat.source.clone());
+        }
+        tok.save_hf(dir)
+    }
+}
+
+impl Model {
+    /// A model with random weights (N(0, 0.02), unit norms) for config `cfg`, a synthetic
+    /// word-level tokenizer (`t0`, `t1`, ...) and ChatML; it never emits a stop token. For
+    /// benchmarks of a shape without its checkpoint, and for tests.
+    pub fn random(cfg: ModelConfig, device: &Device) -> Result<Self> {
+        use crate::decoder::{Layer, Linear};
+        let h = cfg.hidden_size;
+        let rnd = |shape: &[usize]| -> Result<Tensor> {
+            Ok(Tensor::randn(0f32, 0.02, shape, device)?)
+        };
+        let ones = |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
+        let embed = rnd(&[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let lin = |p: Proj| -> Result<Linear> {
+                let (o, i) = p.dims(&cfg);
+                let bias = matches!(p, Proj::Q | Proj::K | Proj::V) && cfg.qkv_bias;
+                Ok(Linear {
+                    w: rnd(&[o, i])?,
+                    b: if bias { Some(rnd(&[o])?) } else { None },
+                })
+            };
+            layers.push(Layer {
+                input_norm: ones(h)?,
+                post_norm: ones(h)?,
+                q_norm: if cfg.qk_norm { Some(ones(cfg.head_dim)?) } else { None },
+                k_norm: if cfg.qk_norm { Some(ones(cfg.head_dim)?) } else { None },
+                proj: [
+                    lin(Proj::Q)?,
+                    lin(Proj::K)?,
+                    lin(Proj::V)?,
+                    lin(Proj::O)?,
+                    lin(Proj::Gate)?,
+                    lin(Proj::Up)?,
+                    lin(Proj::Down)?,
+                ],
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            rnd(&[cfg.vocab_size, h])?
+        };
+        let norm = ones(h)?;
+        let vocab: std::collections::HashMap<String, u32> = (0..cfg.vocab_size as u32)
+            .map(|i| (format!("t{i}"), i))
+            .collect();
+        let wl = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token("t0".into())
+            .build()
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut tk = tokenizers::Tokenizer::new(wl);
+        tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+        let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device)?;
+        Ok(Model {
+            decoder,
+            tokenizer: Tokenizer::new(tk),
+            chat: ChatTemplate::chatml(),
+            stop_ids: vec![],
+            source: "random".into(),
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! Tree sampling for the agent chain: a node's prompt is prefilled once (reusing its parent's
+//! keys/values for the common prefix when computed under the same adapter), forked into `n`
+//! branches that decode as one batch, recursively. Branch `i` of the node at `path` samples with
+//! `branch_seed(seed, path ++ [i])`, so results do not depend on batching or visiting order.
+
+use crate::error::Result;
+use crate::generate::{Branch, Completion};
+use crate::kv::Cache;
+use crate::lora::LoraAdapter;
+use crate::model::Model;
+use crate::sampling::{branch_seed, SamplingParams};
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Prompt tokens actually pushed through prefill.
+    pub prefill_computed: usize,
+    /// The unique-prefix minimum: prompt tokens whose (adapter, prefix) had no keys/values yet.
+    pub prefill_minimum: usize,
+    /// Tokens generated (including eos steps).
+    pub generated: usize,
+    pub nodes: usize,
+    pub sequences: usize,
+}
+
+pub struct TreeSampler<'m> {
+    model: &'m Model,
+    /// (adapter uid, hash of a token prefix) whose keys/values exist somewhere in the tree.
+    known: HashSet<(u64, u64)>,
+    pub stats: TreeStats,
+}
+
+fn step_hash(h: u64, tok: u32) -> u64 {
+    // FNV-1a style over the token's bytes, seeded with the previous prefix's hash.
+    let mut h = h ^ 0xcbf2_9ce4_8422_2325;
+    for b in tok.to_le_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.rotate_left(17) ^ (tok as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl<'m> TreeSampler<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        TreeSampler {
+            model,
+            known: HashSet::new(),
+            stats: TreeStats::default(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        self.model
+    }
+
+    /// Marks every prefix of `tokens` as available under `adapter`; returns how many were new.
+    fn mark(&mut self, adapter: u64, tokens: &[u32]) -> usize {
+        let mut h = 0u64;
+        let mut new = 0;
+        for &t in tokens {
+            h = step_hash(h, t);
+            if self.known.insert((adapter, h)) {
+                new += 1;
+            }
+        }
+        new
+    }
+
+    /// Samples `n` children of a node whose full prompt is `prompt` (tokens). `parent` is the cache
+    /// of the sequence the prompt continues (e.g. the parent's completion), if any; its keys/values
+    /// are reused for the common prefix when computed under the same adapter. `path` identifies the
+    /// node (child indices from the root) for seeding. Each child's `cache` can be the `parent` of
+    /// the next level.
+    pub fn sample(
+        &mut self,
+        parent: Option<&Cache>,
+        prompt: &[u32],
+        adapter: Option<&LoraAdapter>,
+        n: usize,
+        params: &SamplingParams,
+        path: &[usize],
+    ) -> Result<Vec<Completion>> {
+        let uid = adapter.map(|a| a.uid()).unwrap_or(0);
+        self.stats.prefill_minimum += self.mark(uid, prompt);
+        let before = self.model.decoder.prefill_tokens_computed();
+        let empty = Cache::empty();
+        let cache = self.model.extend(parent.unwrap_or(&empty), prompt, adapter)?;
+        self.stats.prefill_computed += self.model.decoder.prefill_tokens_computed() - before;
+        let branches = cache
+            .fork(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut p = path.to_vec();
+                p.push(i);
+                Branch {
+                    cache: c,
+                    seed: branch_seed(params.seed, &p),
+                }
+            })
+            .collect();
+        let out = self.model.generate(branches, params, adapter)?;
+        for c in &out {
+            self.mark(uid, c.cache.tokens());
+            self.stats.generated += c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
+        }
+        self.stats.nodes += 1;
+        self.stats.sequences += n;
+        Ok(out)
+    }
+}

@@ -1,0 +1,125 @@
+//! Bindings for `malt:plugin@0.1.0` (host/crates/plugins/wit/v0.1.0, a copy of the frozen
+//! plugins/api/v0.1.0 checked by a test) and conversions to the host's own types.
+
+use wasmtime::component::{InstancePre, Linker};
+use wasmtime::Store;
+
+use crate::types as h;
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "wit/v0.1.0",
+});
+
+use exports::malt::plugin::benchmark as b;
+use malt::plugin::types as t;
+
+/// An instantiated 0.1.x plugin.
+pub struct Bindings(Plugin);
+
+impl Bindings {
+    pub fn instantiate<T: 'static>(pre: &InstancePre<T>, store: &mut Store<T>) -> wasmtime::Result<Self> {
+        let pre = PluginPre::new(pre.clone())?;
+        Ok(Bindings(pre.instantiate(store)?))
+    }
+
+    fn api(&self) -> &b::Guest {
+        self.0.malt_plugin_benchmark()
+    }
+
+    pub fn info<T>(&self, store: &mut Store<T>) -> wasmtime::Result<h::PluginInfo> {
+        let i = self.api().call_info(store)?;
+        Ok(h::PluginInfo {
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            roles: i.roles,
+            options: i.options,
+            can_generate: i.can_generate,
+        })
+    }
+
+    pub fn configure<T>(&self, store: &mut Store<T>, options: &[(String, String)]) -> wasmtime::Result<Result<(), String>> {
+        self.api().call_configure(store, options)
+    }
+
+    pub fn parse_records<T>(&self, store: &mut Store<T>, lines: &[String]) -> wasmtime::Result<Vec<Result<h::Example, String>>> {
+        Ok(self.api().call_parse_records(store, lines)?.into_iter().map(|r| r.map(example_in)).collect())
+    }
+
+    pub fn generate<T>(&self, store: &mut Store<T>, seed: u64, count: u32) -> wasmtime::Result<Result<Vec<h::Example>, String>> {
+        Ok(self.api().call_generate(store, seed, count)?.map(|v| v.into_iter().map(example_in).collect()))
+    }
+
+    pub fn render<T>(&self, store: &mut Store<T>, reqs: &[h::RenderRequest]) -> wasmtime::Result<Vec<Result<Vec<h::Message>, String>>> {
+        let reqs: Vec<t::RenderRequest> = reqs
+            .iter()
+            .map(|r| t::RenderRequest {
+                agent: r.agent.clone(),
+                role: r.role.clone(),
+                position: r.position,
+                chain_length: r.chain_length,
+                example: example_out(&r.example),
+                history: r
+                    .history
+                    .iter()
+                    .map(|x| t::Turn { agent: x.agent.clone(), role: x.role.clone(), output: x.output.clone() })
+                    .collect(),
+            })
+            .collect();
+        Ok(self
+            .api()
+            .call_render(store, &reqs)?
+            .into_iter()
+            .map(|r| r.map(|ms| ms.into_iter().map(|m| h::Message { role: m.role, content: m.content }).collect()))
+            .collect())
+    }
+
+    pub fn extract<T>(&self, store: &mut Store<T>, reqs: &[h::ExtractRequest]) -> wasmtime::Result<Vec<Option<String>>> {
+        let reqs: Vec<t::ExtractRequest> = reqs
+            .iter()
+            .map(|r| t::ExtractRequest { output: r.output.clone(), choices: choices_out(&r.choices) })
+            .collect();
+        self.api().call_extract(store, &reqs)
+    }
+
+    pub fn grade<T>(&self, store: &mut Store<T>, reqs: &[h::GradeRequest]) -> wasmtime::Result<Vec<h::Grade>> {
+        let reqs: Vec<t::GradeRequest> =
+            reqs.iter().map(|r| t::GradeRequest { answer: r.answer.clone(), gold: r.gold.clone() }).collect();
+        Ok(self
+            .api()
+            .call_grade(store, &reqs)?
+            .into_iter()
+            .map(|g| h::Grade { reward: g.reward, reason: g.reason })
+            .collect())
+    }
+}
+
+/// Nothing to add beyond WASI: the 0.1 world imports only types.
+pub fn add_to_linker<T>(_linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    Ok(())
+}
+
+fn choices_out(c: &[h::Choice]) -> Vec<t::Choice> {
+    c.iter().map(|c| t::Choice { label: c.label.clone(), text: c.text.clone() }).collect()
+}
+
+fn example_out(e: &h::Example) -> t::Example {
+    t::Example {
+        id: e.id.clone(),
+        question: e.question.clone(),
+        gold: e.gold.clone(),
+        choices: choices_out(&e.choices),
+        metadata: e.metadata.clone(),
+    }
+}
+
+fn example_in(e: t::Example) -> h::Example {
+    h::Example {
+        id: e.id,
+        question: e.question,
+        gold: e.gold,
+        choices: e.choices.into_iter().map(|c| h::Choice { label: c.label, text: c.text }).collect(),
+        metadata: e.metadata,
+    }
+}

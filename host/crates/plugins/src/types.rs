@@ -1,0 +1,122 @@
+//! Host-side mirrors of the WIT records, independent of the API version a plugin targets.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub label: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    pub id: String,
+    pub question: String,
+    pub gold: String,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// JSON object text.
+    #[serde(default)]
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub agent: String,
+    pub role: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderRequest {
+    pub agent: String,
+    pub role: String,
+    pub position: u32,
+    pub chain_length: u32,
+    pub example: Example,
+    pub history: Vec<Turn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtractRequest {
+    pub output: String,
+    pub choices: Vec<Choice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradeRequest {
+    pub answer: Option<String>,
+    pub gold: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grade {
+    /// In [0, 1] (checked by the host).
+    pub reward: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub roles: Vec<String>,
+    pub options: Vec<(String, String)>,
+    pub can_generate: bool,
+}
+
+/// Total size of the strings in a value, for the output-size guard.
+pub(crate) trait OutputSize {
+    fn output_size(&self) -> usize;
+}
+
+impl OutputSize for String {
+    fn output_size(&self) -> usize {
+        self.len()
+    }
+}
+impl<T: OutputSize> OutputSize for Option<T> {
+    fn output_size(&self) -> usize {
+        self.as_ref().map_or(0, OutputSize::output_size)
+    }
+}
+impl<T: OutputSize> OutputSize for Vec<T> {
+    fn output_size(&self) -> usize {
+        self.iter().map(OutputSize::output_size).sum()
+    }
+}
+impl<T: OutputSize, E: OutputSize> OutputSize for Result<T, E> {
+    fn output_size(&self) -> usize {
+        match self {
+            Ok(t) => t.output_size(),
+            Err(e) => e.output_size(),
+        }
+    }
+}
+impl OutputSize for Choice {
+    fn output_size(&self) -> usize {
+        self.label.len() + self.text.len()
+    }
+}
+impl OutputSize for Example {
+    fn output_size(&self) -> usize {
+        self.id.len() + self.question.len() + self.gold.len() + self.choices.output_size() + self.metadata.len()
+    }
+}
+impl OutputSize for Message {
+    fn output_size(&self) -> usize {
+        self.role.len() + self.content.len()
+    }
+}
+impl OutputSize for Grade {
+    fn output_size(&self) -> usize {
+        self.reason.len()
+    }
+}

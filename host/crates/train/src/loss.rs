@@ -1,0 +1,156 @@
+//! Losses. Per-token log-probs come from a fused log-softmax-gather op with an analytic backward
+//! (`g * (onehot - softmax)`): the composed candle version materialises several vocab-sized
+//! intermediates per step and backpropagates through each (notes/candle.md: ~25 % of a step).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+
+use crate::batch::TokenBatch;
+use crate::error::Result;
+use crate::settings::{DpoLossKind, DpoSettings};
+
+struct TokenLogprob {
+    targets: Vec<u32>,
+}
+
+impl CustomOp1 for TokenLogprob {
+    fn name(&self) -> &'static str {
+        "token-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = layout.shape().dims2()?;
+        let data = match storage {
+            CpuStorage::F32(d) => d,
+            _ => candle_core::bail!("token-logprob: only f32"),
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("token-logprob: logits must be contiguous")
+        };
+        let data = &data[start..end];
+        if self.targets.len() != n {
+            candle_core::bail!("token-logprob: {} targets for {n} rows", self.targets.len());
+        }
+        let mut out = Vec::with_capacity(n);
+        for (i, &t) in self.targets.iter().enumerate() {
+            let row = &data[i * v..(i + 1) * v];
+            let Some(&x) = row.get(t as usize) else {
+                candle_core::bail!("token-logprob: target {t} outside vocab {v}")
+            };
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // f64 accumulation: the sum of up to 152k exponentials.
+            let sum: f64 = row.iter().map(|&y| ((y - max) as f64).exp()).sum();
+            out.push(((x - max) as f64 - sum.ln()) as f32);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let n = self.targets.len();
+        // The fused softmax is fine here: this computes a gradient value, nothing flows through it.
+        let sm = candle_nn::ops::softmax_last_dim(&arg.detach().contiguous()?)?;
+        let idx = Tensor::from_vec(self.targets.clone(), (n, 1), arg.device())?;
+        let ones = Tensor::ones((n, 1), DType::F32, arg.device())?;
+        let onehot = sm.zeros_like()?.scatter_add(&idx, &ones, 1)?;
+        let g = grad_res.detach().reshape((n, 1))?;
+        Ok(Some((onehot - sm)?.broadcast_mul(&g)?))
+    }
+}
+
+/// `log softmax(logits)[i, targets[i]]`, shape `(n,)`, fused on CPU f32.
+pub fn token_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        Ok(logits.contiguous()?.apply_op1(TokenLogprob {
+            targets: targets.to_vec(),
+        })?)
+    } else {
+        token_logprobs_composed(logits, targets)
+    }
+}
+
+/// The plain candle-autograd version (baseline for the benchmark and a cross-check in tests).
+pub fn token_logprobs_composed(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let n = targets.len();
+    let idx = Tensor::from_vec(targets.to_vec(), (n, 1), logits.device())?;
+    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    Ok(lsm.gather(&idx, 1)?.reshape(n)?)
+}
+
+/// Per-row sums of per-token log-probs: `(batch,)`.
+pub fn sequence_sums(batch: &TokenBatch, token_lp: &Tensor) -> Result<Tensor> {
+    let ind = batch.row_indicator(token_lp.device())?;
+    let n = batch.num_targets();
+    Ok(ind
+        .matmul(&token_lp.reshape((n, 1))?)?
+        .reshape(batch.batch)?)
+}
+
+/// Number of loss tokens per row.
+pub fn row_target_counts(batch: &TokenBatch) -> Vec<usize> {
+    let mut c = vec![0usize; batch.batch];
+    for &r in &batch.target_rows {
+        c[r as usize] += 1;
+    }
+    c
+}
+
+/// `log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|))`, differentiable and stable.
+pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let min0 = x.neg()?.relu()?.neg()?;
+    let soft = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    Ok((min0 - soft)?)
+}
+
+/// DPO outputs for a set of pairs (all `(pairs,)`).
+pub struct DpoTerms {
+    /// Per-pair loss (not yet averaged).
+    pub losses: Tensor,
+    /// `beta * (pi_c - ref_c)` and `beta * (pi_r - ref_r)`.
+    pub chosen_rewards: Tensor,
+    pub rejected_rewards: Tensor,
+}
+
+/// The DPO family of losses from policy and reference (sequence) log-probs.
+///
+/// sigmoid (cDPO when `label_smoothing = eps > 0`):
+///   `h = (pi_c - pi_r) - (ref_c - ref_r)`,
+///   `loss = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`.
+/// ipo: `loss = (h - 1 / (2 beta))^2` with length-normalised log-probs (the caller passes
+///   per-token means for IPO, as TRL does).
+pub fn dpo_terms(
+    pi_c: &Tensor,
+    pi_r: &Tensor,
+    ref_c: &Tensor,
+    ref_r: &Tensor,
+    s: &DpoSettings,
+) -> Result<DpoTerms> {
+    let chosen_lr = (pi_c - ref_c)?;
+    let rejected_lr = (pi_r - ref_r)?;
+    let h = (&chosen_lr - &rejected_lr)?;
+    let losses = match s.loss {
+        DpoLossKind::Sigmoid => {
+            let bh = (&h * s.beta)?;
+            let pos = log_sigmoid(&bh)?;
+            if s.label_smoothing > 0.0 {
+                let neg = log_sigmoid(&bh.neg()?)?;
+                ((pos * -(1.0 - s.label_smoothing))? - (neg * s.label_smoothing)?)?
+            } else {
+                pos.neg()?
+            }
+        }
+        DpoLossKind::Ipo => (h - 1.0 / (2.0 * s.beta))?.sqr()?,
+    };
+    Ok(DpoTerms {
+        losses,
+        chosen_rewards: (chosen_lr.detach() * s.beta)?,
+        rejected_rewards: (rejected_lr.detach() * s.beta)?,
+    })
+}

@@ -1,0 +1,55 @@
+//! The two small traits the training loop is written against, so it runs on malt-model's decoder
+//! (see `model_bridge`) and on tiny test models alike.
+
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use crate::batch::TokenBatch;
+use crate::data::ChatMessage;
+use crate::error::Result;
+
+/// Forward mode. Dropout (if the model has any) is seeded per micro-batch so a resumed run
+/// replays exactly the same masks as an uninterrupted one: no RNG state has to be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Build the autograd graph; `dropout_seed` seeds this micro-batch's dropout masks.
+    Train { dropout_seed: u64 },
+    /// No graph needed (reference log-probs, eval): the model should detach / skip dropout.
+    Eval,
+}
+
+/// A causal LM with LoRA adapters, as training needs it.
+pub trait PolicyModel {
+    type Adapter;
+
+    /// A fresh adapter whose output equals the base model (LoRA: A random, B zero).
+    fn new_adapter(&self, name: &str, seed: u64) -> Result<Self::Adapter>;
+    /// Loads an adapter saved by `save_adapter` (PEFT layout for malt-model).
+    fn load_adapter(&self, dir: &Path, name: &str) -> Result<Self::Adapter>;
+    /// Saves in PEFT format into `dir` (created if missing).
+    fn save_adapter(&self, adapter: &Self::Adapter, dir: &Path, base_model: &str) -> Result<()>;
+    /// The adapter's trainable variables with stable unique names, in a stable order.
+    fn trainable_vars(&self, adapter: &Self::Adapter) -> Vec<(String, Var)>;
+    /// Logits only at the batch's target positions (`batch.positions`, flat indices into the
+    /// padded `(batch, seq_len)` grid), shape `(batch.num_targets(), vocab)`. Computing the LM
+    /// head only there is the main memory/time saving for large vocabularies.
+    /// `adapter = None` means the bare base model.
+    fn target_logits(
+        &self,
+        batch: &TokenBatch,
+        adapter: Option<&Self::Adapter>,
+        mode: Mode,
+    ) -> Result<Tensor>;
+}
+
+/// Renders TRL conversational records into token ids.
+pub trait ChatTokenizer {
+    /// The prompt messages rendered with the chat template and the generation prompt.
+    fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>>;
+    /// The assistant completion text, without special tokens (EOS is appended by the caller).
+    fn completion_ids(&self, text: &str) -> Result<Vec<u32>>;
+    fn eos_id(&self) -> u32;
+    /// Identifies tokenizer + template; part of the reference log-prob cache key.
+    fn fingerprint(&self) -> String;
+}

@@ -1,0 +1,275 @@
+//! Credit assignment: leaf rewards -> node values -> labels -> sibling pairs.
+//!
+//! Leaf value = reward. Inner value = mean over its scored children of either the child's
+//! value (global pooling, the paper's: a generator's value is the mean of its n^2 leaves
+//! when branching is uniform) or the child's binarised label (local pooling: 1 if the child's
+//! value > the child agent's theta). Label positive iff value > theta, strictly.
+//! Errored leaves are excluded from the mean; a node with no scored child is itself unscored.
+//!
+//! Speed: nodes are in level order with each parent before its children, so one reverse pass
+//! over flat arrays finishes every child before its parent is read. The buffers are reused
+//! across trees; the hot loop allocates nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{check_theta, ChainSpec};
+use crate::error::{Result, TreeError};
+use crate::tree::Tree;
+
+/// Marks "no parent" (level-0 nodes) in [`CreditInput::parent`].
+pub const NO_PARENT: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// Inner value = mean of children's values (the paper).
+    #[default]
+    Global,
+    /// Inner value = mean of children's labels (child value > child theta).
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairMode {
+    /// Every positive x negative combination among siblings.
+    #[default]
+    All,
+    /// One pair per parent: highest-valued positive vs lowest-valued negative, ties broken
+    /// by the lower node index, so the choice is deterministic.
+    OnePerParent,
+}
+
+/// The `[credit]` section: global threshold, pooling, pair mode. Per-agent thetas live on
+/// [`crate::chain::AgentSpec::theta`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CreditSettings {
+    pub theta: f64,
+    #[serde(default)]
+    pub pooling: Pooling,
+    #[serde(default)]
+    pub pairs: PairMode,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        CreditSettings {
+            theta: 0.5,
+            pooling: Pooling::Global,
+            pairs: PairMode::All,
+        }
+    }
+}
+
+impl CreditSettings {
+    pub fn validate(&self) -> Result<()> {
+        check_theta("[credit] theta", self.theta)
+    }
+
+    /// Effective theta per level: the agent's own, else the global one.
+    pub fn thetas(&self, chain: &ChainSpec) -> Result<Vec<f64>> {
+        self.validate()?;
+        chain.validate()?;
+        Ok(chain
+            .agents
+            .iter()
+            .map(|a| a.theta.unwrap_or(self.theta))
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    Positive,
+    Negative,
+    /// Errored, or no scored descendant.
+    Unscored,
+}
+
+/// Struct-of-arrays view of one tree, all that credit needs. Reused across trees.
+#[derive(Debug, Default, Clone)]
+pub struct CreditInput {
+    /// Parent index, [`NO_PARENT`] for level 0. Must satisfy parent < index.
+    pub parent: Vec<u32>,
+    pub level: Vec<u16>,
+    /// Leaf reward (ignored for inner nodes).
+    pub reward: Vec<f64>,
+    /// Errored nodes (plugin or sampler failure, errored ancestor, missing reward on a leaf).
+    pub errored: Vec<bool>,
+    /// Index of the leaf level (chain length - 1).
+    pub leaf_level: u16,
+}
+
+impl CreditInput {
+    /// Refills from a stored tree without reallocating when capacity suffices.
+    pub fn fill_from_tree(&mut self, tree: &Tree, chain: &ChainSpec) {
+        self.parent.clear();
+        self.level.clear();
+        self.reward.clear();
+        self.errored.clear();
+        self.leaf_level = (chain.len().max(1) - 1) as u16;
+        for n in &tree.nodes {
+            self.parent.push(n.parent.unwrap_or(NO_PARENT));
+            self.level.push(n.level);
+            let is_leaf = n.level == self.leaf_level;
+            let reward = if is_leaf { n.reward } else { Some(0.0) };
+            self.reward.push(reward.unwrap_or(f64::NAN));
+            // A leaf without a reward was never graded: treat it as errored, not as 0.
+            let leaf_unscorable =
+                is_leaf && (n.score_error.is_some() || reward.is_none_or(|r| r.is_nan()));
+            self.errored.push(n.error.is_some() || leaf_unscorable);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+}
+
+/// Values and labels of one tree. `value[i]` is NaN for unscored nodes.
+#[derive(Debug, Default, Clone)]
+pub struct Credit {
+    pub value: Vec<f64>,
+    pub label: Vec<Label>,
+    /// Leaves excluded because they errored.
+    pub errored_leaves: u32,
+    /// Inner nodes left unscored (errored, or every child errored).
+    pub unscored_inner: u32,
+    sum: Vec<f64>,
+    count: Vec<u32>,
+}
+
+impl Credit {
+    pub fn value_of(&self, i: usize) -> Option<f64> {
+        self.value.get(i).copied().filter(|v| !v.is_nan())
+    }
+}
+
+/// Computes values and labels for `input` into `out` (buffers reused).
+/// `thetas[l]` is the threshold of level l (see [`CreditSettings::thetas`]).
+pub fn assign(input: &CreditInput, thetas: &[f64], pooling: Pooling, out: &mut Credit) {
+    let n = input.len();
+    out.value.clear();
+    out.value.resize(n, f64::NAN);
+    out.label.clear();
+    out.label.resize(n, Label::Unscored);
+    out.sum.clear();
+    out.sum.resize(n, 0.0);
+    out.count.clear();
+    out.count.resize(n, 0);
+    out.errored_leaves = 0;
+    out.unscored_inner = 0;
+    let leaf = input.leaf_level;
+    for i in (0..n).rev() {
+        let lvl = input.level[i];
+        let v = if input.errored[i] {
+            f64::NAN
+        } else if lvl == leaf {
+            input.reward[i]
+        } else if out.count[i] > 0 {
+            out.sum[i] / out.count[i] as f64
+        } else {
+            f64::NAN
+        };
+        if v.is_nan() {
+            if lvl == leaf {
+                out.errored_leaves += 1;
+            } else {
+                out.unscored_inner += 1;
+            }
+            continue;
+        }
+        out.value[i] = v;
+        let theta = thetas[lvl as usize];
+        let positive = v > theta;
+        out.label[i] = if positive {
+            Label::Positive
+        } else {
+            Label::Negative
+        };
+        let p = input.parent[i];
+        if p != NO_PARENT {
+            let p = p as usize;
+            out.sum[p] += match pooling {
+                Pooling::Global => v,
+                Pooling::Local => positive as u8 as f64,
+            };
+            out.count[p] += 1;
+        }
+    }
+}
+
+/// Convenience: credit a stored tree in one call (allocates; use [`assign`] in loops).
+pub fn credit_tree(tree: &Tree, chain: &ChainSpec, settings: &CreditSettings) -> Result<Credit> {
+    let thetas = settings.thetas(chain)?;
+    tree.check_shape(chain).map_err(TreeError::Config)?;
+    let mut input = CreditInput::default();
+    input.fill_from_tree(tree, chain);
+    let mut out = Credit::default();
+    assign(&input, &thetas, settings.pooling, &mut out);
+    Ok(out)
+}
+
+/// DPO pairs (chosen, rejected) among siblings: nodes with the same parent, hence the same
+/// input. Calls `emit` per pair in a deterministic order (sibling groups in arena order;
+/// within a group positives by index, then negatives by index).
+pub fn for_each_pair(
+    input: &CreditInput,
+    credit: &Credit,
+    mode: PairMode,
+    mut emit: impl FnMut(usize, usize),
+) {
+    let n = input.len();
+    let mut start = 0;
+    while start < n {
+        // Children of one parent are contiguous: find the end of this sibling group.
+        let (p, l) = (input.parent[start], input.level[start]);
+        let mut end = start + 1;
+        while end < n && input.parent[end] == p && input.level[end] == l {
+            end += 1;
+        }
+        let group = start..end;
+        match mode {
+            PairMode::All => {
+                for c in group.clone() {
+                    if credit.label[c] != Label::Positive {
+                        continue;
+                    }
+                    for r in group.clone() {
+                        if credit.label[r] == Label::Negative {
+                            emit(c, r);
+                        }
+                    }
+                }
+            }
+            PairMode::OnePerParent => {
+                let mut best: Option<usize> = None;
+                let mut worst: Option<usize> = None;
+                for i in group {
+                    match credit.label[i] {
+                        Label::Positive => {
+                            if best.is_none_or(|b| credit.value[i] > credit.value[b]) {
+                                best = Some(i);
+                            }
+                        }
+                        Label::Negative => {
+                            if worst.is_none_or(|w| credit.value[i] < credit.value[w]) {
+                                worst = Some(i);
+                            }
+                        }
+                        Label::Unscored => {}
+                    }
+                }
+                if let (Some(c), Some(r)) = (best, worst) {
+                    emit(c, r);
+                }
+            }
+        }
+        start = end;
+    }
+}

@@ -1,0 +1,187 @@
+//! Per-agent training sets in the conversational formats TRL reads.
+//!
+//! SFT: `{"prompt": [messages], "completion": [{"role": "assistant", "content": output}],
+//! "meta": {...}}` for every positive node. DPO: `{"prompt": [...], "chosen": [...],
+//! "rejected": [...], "meta": {...}}` for sibling pairs only (same parent, hence the same
+//! prompt). TRL ignores the extra `meta` column. Files: `<run>/datasets/<agent>/{sft,dpo}.jsonl`,
+//! each replaced atomically.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::chain::ChainSpec;
+use crate::credit::{for_each_pair, Credit, CreditInput, Label, PairMode};
+use crate::error::{Result, TreeError};
+use crate::store::{par_map, write_atomic};
+use crate::tree::Tree;
+
+#[derive(Serialize)]
+struct SftMeta<'a> {
+    question_id: &'a str,
+    agent: &'a str,
+    node: usize,
+    value: f64,
+}
+
+#[derive(Serialize)]
+struct DpoMeta<'a> {
+    question_id: &'a str,
+    agent: &'a str,
+    parent: Option<u32>,
+    chosen_node: usize,
+    rejected_node: usize,
+    chosen_value: f64,
+    rejected_value: f64,
+}
+
+/// Records are assembled from pre-serialised pieces: siblings share one prompt, which can be
+/// several KB and appears in every SFT record and pair of the group, so it is serialised once
+/// per tree instead of once per record.
+fn json(out: &mut Vec<u8>, v: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(out, v)
+        .map_err(|e| TreeError::Config(format!("serialising a dataset record: {e}")))
+}
+
+fn assistant(out: &mut Vec<u8>, content: &str) -> Result<()> {
+    out.extend_from_slice(b"[{\"role\":\"assistant\",\"content\":");
+    json(out, &content)?;
+    out.extend_from_slice(b"}]");
+    Ok(())
+}
+
+/// JSONL bytes and counts of one agent's two sets.
+#[derive(Debug, Default, Clone)]
+pub struct AgentSets {
+    pub sft: Vec<u8>,
+    pub dpo: Vec<u8>,
+    pub sft_count: u64,
+    pub dpo_count: u64,
+}
+
+/// Accumulates the datasets of all agents over many trees.
+#[derive(Debug, Clone)]
+pub struct DatasetBuilder {
+    agents: Vec<String>,
+    sets: Vec<AgentSets>,
+    mode: PairMode,
+}
+
+impl DatasetBuilder {
+    pub fn new(chain: &ChainSpec, mode: PairMode) -> Self {
+        DatasetBuilder {
+            agents: chain.agents.iter().map(|a| a.name.clone()).collect(),
+            sets: vec![AgentSets::default(); chain.len()],
+            mode,
+        }
+    }
+
+    /// Adds the positives and sibling pairs of one credited tree.
+    pub fn add_tree(&mut self, tree: &Tree, input: &CreditInput, credit: &Credit) -> Result<()> {
+        let mut pairs = Vec::new();
+        for_each_pair(input, credit, self.mode, |c, r| pairs.push((c, r)));
+        // Serialise each prompt that some record needs, once.
+        let prompt_of = |i: usize| tree.nodes[i].prompt.map(|p| p as usize);
+        let mut cache: Vec<Option<Vec<u8>>> = vec![None; tree.prompts.len()];
+        let positives = (0..tree.nodes.len()).filter(|&i| credit.label[i] == Label::Positive);
+        for i in positives.chain(pairs.iter().map(|&(c, _)| c)) {
+            let Some(p) = prompt_of(i).filter(|&p| p < cache.len()) else {
+                continue;
+            };
+            if cache[p].is_none() {
+                let mut buf = Vec::new();
+                json(&mut buf, &tree.prompts[p])?;
+                cache[p] = Some(buf);
+            }
+        }
+        let prompt_json = |i: usize| prompt_of(i).and_then(|p| cache.get(p)?.as_deref());
+        for (i, node) in tree.nodes.iter().enumerate() {
+            if credit.label[i] != Label::Positive {
+                continue;
+            }
+            let Some(prompt) = prompt_json(i) else {
+                continue;
+            };
+            let out = &mut self.sets[node.level as usize];
+            out.sft.extend_from_slice(b"{\"prompt\":");
+            out.sft.extend_from_slice(prompt);
+            out.sft.extend_from_slice(b",\"completion\":");
+            assistant(&mut out.sft, &node.output)?;
+            out.sft.extend_from_slice(b",\"meta\":");
+            json(
+                &mut out.sft,
+                &SftMeta {
+                    question_id: &tree.question_id,
+                    agent: &node.agent,
+                    node: i,
+                    value: credit.value[i],
+                },
+            )?;
+            out.sft.extend_from_slice(b"}\n");
+            out.sft_count += 1;
+        }
+        for (c, r) in pairs {
+            let (cn, rn) = (&tree.nodes[c], &tree.nodes[r]);
+            let Some(prompt) = prompt_json(c) else {
+                continue;
+            };
+            let out = &mut self.sets[cn.level as usize];
+            out.dpo.extend_from_slice(b"{\"prompt\":");
+            out.dpo.extend_from_slice(prompt);
+            out.dpo.extend_from_slice(b",\"chosen\":");
+            assistant(&mut out.dpo, &cn.output)?;
+            out.dpo.extend_from_slice(b",\"rejected\":");
+            assistant(&mut out.dpo, &rn.output)?;
+            out.dpo.extend_from_slice(b",\"meta\":");
+            json(
+                &mut out.dpo,
+                &DpoMeta {
+                    question_id: &tree.question_id,
+                    agent: &cn.agent,
+                    parent: cn.parent,
+                    chosen_node: c,
+                    rejected_node: r,
+                    chosen_value: credit.value[c],
+                    rejected_value: credit.value[r],
+                },
+            )?;
+            out.dpo.extend_from_slice(b"}\n");
+            out.dpo_count += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends another builder's records (same chain) after this one's; used to merge the
+    /// results of parallel chunks in order.
+    pub fn append(&mut self, other: DatasetBuilder) {
+        for (a, b) in self.sets.iter_mut().zip(other.sets) {
+            a.sft.extend_from_slice(&b.sft);
+            a.dpo.extend_from_slice(&b.dpo);
+            a.sft_count += b.sft_count;
+            a.dpo_count += b.dpo_count;
+        }
+    }
+
+    pub fn agents(&self) -> &[String] {
+        &self.agents
+    }
+
+    pub fn sets(&self) -> &[AgentSets] {
+        &self.sets
+    }
+
+    /// Writes `<run>/datasets/<agent>/{sft,dpo}.jsonl` atomically (files in parallel: the
+    /// fsyncs dominate).
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        let mut files: Vec<(std::path::PathBuf, &[u8])> = Vec::new();
+        for (name, set) in self.agents.iter().zip(&self.sets) {
+            let dir = run_dir.join("datasets").join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| TreeError::io(&dir, e))?;
+            files.push((dir.join("sft.jsonl"), &set.sft));
+            files.push((dir.join("dpo.jsonl"), &set.dpo));
+        }
+        par_map(&files, |(path, bytes)| write_atomic(path, bytes))
+            .into_iter()
+            .collect()
+    }
+}

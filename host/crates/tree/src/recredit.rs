@@ -1,0 +1,124 @@
+//! `malt credit` as a library call: stored trees -> (optional re-scoring) -> values, labels,
+//! datasets and statistics. Never touches the model; re-scoring goes through the `Scorer`
+//! (current plugins). Stored trees are not rewritten: re-scored rewards feed the datasets and
+//! statistics only, so `trees.jsonl` stays the immutable record of what was generated.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::chain::ChainSpec;
+use crate::credit::{assign, Credit, CreditInput, CreditSettings};
+use crate::datasets::DatasetBuilder;
+use crate::error::{Result, TreeError};
+use crate::score::{score_tree, ErrorCounts};
+use crate::scorer::Scorer;
+use crate::stats::Stats;
+use crate::store::{par_map, read_trees, threads, write_atomic, TREES};
+use crate::tree::Tree;
+
+pub const STATS: &str = "stats.json";
+
+#[derive(Debug, Clone)]
+pub struct RecreditReport {
+    pub stats: Stats,
+    /// Set when a torn last record was skipped (a generator may still be writing).
+    pub dropped_tail: Option<String>,
+    pub read_time: Duration,
+    pub score_time: Duration,
+    pub credit_time: Duration,
+    pub write_time: Duration,
+}
+
+/// Recomputes everything derived from the stored trees of `run_dir` with `chain` (its
+/// thresholds) and `settings`, writes `datasets/` and `stats.json`, and returns the stats.
+/// With `scorer`, extraction and grading are redone with the current plugins first.
+pub fn recredit(
+    run_dir: &Path,
+    chain: &ChainSpec,
+    settings: &CreditSettings,
+    scorer: Option<&mut dyn Scorer>,
+) -> Result<RecreditReport> {
+    let thetas = settings.thetas(chain)?;
+    let trees_path = run_dir.join(TREES);
+    if !trees_path.exists() {
+        return Err(TreeError::File {
+            path: trees_path,
+            msg: "no trees: run `malt generate` first".into(),
+        });
+    }
+    let t0 = Instant::now();
+    let mut loaded = read_trees(&trees_path)?;
+    for (tree, &line) in loaded.trees.iter().zip(&loaded.lines) {
+        tree.check_shape(chain).map_err(|msg| TreeError::Line {
+            path: trees_path.clone(),
+            line,
+            msg,
+        })?;
+    }
+    let read_time = t0.elapsed();
+
+    let t1 = Instant::now();
+    let mut errors = ErrorCounts::new();
+    if let Some(s) = scorer {
+        for tree in &mut loaded.trees {
+            score_tree(tree, chain, s, &mut errors);
+        }
+    } else {
+        // Without plugins, count the scoring failures recorded at generation time.
+        for tree in &loaded.trees {
+            for n in &tree.nodes {
+                if n.score_error.is_some() {
+                    *errors
+                        .entry(chain.agents[n.level as usize].plugin.clone())
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    let score_time = t1.elapsed();
+
+    let t2 = Instant::now();
+    // Trees are independent: credit them in contiguous chunks on all cores and concatenate
+    // the results in order, so the output is identical to a sequential pass.
+    let chunk = loaded.trees.len().div_ceil(threads()).max(1);
+    let chunks: Vec<&[Tree]> = loaded.trees.chunks(chunk).collect();
+    let parts = par_map(&chunks, |trees| -> Result<(DatasetBuilder, Stats)> {
+        let mut input = CreditInput::default();
+        let mut credit = Credit::default();
+        let mut sets = DatasetBuilder::new(chain, settings.pairs);
+        let mut stats = Stats::new(chain);
+        for tree in trees.iter() {
+            input.fill_from_tree(tree, chain);
+            assign(&input, &thetas, settings.pooling, &mut credit);
+            sets.add_tree(tree, &input, &credit)?;
+            stats.add_tree(chain, tree, &credit);
+        }
+        Ok((sets, stats))
+    });
+    let mut sets = DatasetBuilder::new(chain, settings.pairs);
+    let mut stats = Stats::new(chain);
+    for part in parts {
+        let (s, st) = part?;
+        sets.append(s);
+        stats.merge(&st);
+    }
+    let sft: Vec<u64> = sets.sets().iter().map(|s| s.sft_count).collect();
+    let pairs: Vec<u64> = sets.sets().iter().map(|s| s.dpo_count).collect();
+    stats.finish(&sft, &pairs, &errors);
+    let credit_time = t2.elapsed();
+
+    let t3 = Instant::now();
+    sets.write(run_dir)?;
+    let json = serde_json::to_vec_pretty(&stats).map_err(|e| TreeError::Config(e.to_string()))?;
+    write_atomic(&run_dir.join(STATS), &json)?;
+    let write_time = t3.elapsed();
+
+    Ok(RecreditReport {
+        stats,
+        dropped_tail: loaded.dropped_tail,
+        read_time,
+        score_time,
+        credit_time,
+        write_time,
+    })
+}

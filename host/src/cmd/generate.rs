@@ -1,0 +1,112 @@
+//! `malt generate --model M --prompt P`: one completion on stdout, throughput on stderr.
+
+use anyhow::{bail, Context};
+use malt_model::{parse_device, Message, Model, SamplingParams};
+use std::io::Write;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model: `smollm2-135m-instruct` (fetched on first use), a Hugging Face directory or a .gguf file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The user message.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// An optional system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the prompt as-is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// A PEFT LoRA adapter directory to apply.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Some(model_src) = args.model.as_deref() else {
+        bail!("no model given: pass --model M (smollm2-135m-instruct, a HF directory or a .gguf file)");
+    };
+    let Some(prompt) = args.prompt.as_deref() else {
+        bail!("--prompt is required with --model");
+    };
+    let device = parse_device(&args.device)?;
+    let t0 = Instant::now();
+    let model = Model::load(model_src, &device).with_context(|| format!("loading model {model_src}"))?;
+    tracing::info!("loaded {} in {:.2}s", model.source, t0.elapsed().as_secs_f64());
+    let adapter = match &args.adapter {
+        Some(dir) => Some(
+            model
+                .load_adapter(dir, "cli")
+                .with_context(|| format!("loading adapter {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let ids = if args.raw {
+        model.tokenizer.encode(prompt, true)?
+    } else {
+        let mut msgs = vec![];
+        if let Some(s) = &args.system {
+            msgs.push(Message::system(s));
+        }
+        msgs.push(Message::user(prompt));
+        model.encode_chat(&msgs, true)?
+    };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        stop: args.stop.clone(),
+        seed: args.seed,
+    };
+    let t1 = Instant::now();
+    let cache = model.prefill(&ids, adapter.as_ref())?;
+    let prefill_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let out = model
+        .generate(
+            vec![malt_model::Branch {
+                cache,
+                seed: malt_model::branch_seed(args.seed, &[0]),
+            }],
+            &params,
+            adapter.as_ref(),
+        )?
+        .pop()
+        .context("no completion")?;
+    let decode_s = t2.elapsed().as_secs_f64();
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", out.text)?;
+    stdout.flush()?;
+    eprintln!(
+        "prefill {} tokens in {:.2}s ({:.1} tok/s); generated {} tokens in {:.2}s ({:.1} tok/s); finish: {:?}",
+        ids.len(),
+        prefill_s,
+        ids.len() as f64 / prefill_s.max(1e-9),
+        out.tokens.len(),
+        decode_s,
+        out.tokens.len() as f64 / decode_s.max(1e-9),
+        out.finish
+    );
+    Ok(())
+}

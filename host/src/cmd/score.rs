@@ -1,0 +1,143 @@
+//! `malt score --plugin P --data RAW.jsonl --completions C.jsonl [--options k=v ...]`: grade
+//! completions of any model. Each line of C is `{"index": i, "completion": "..."}` with `i` a
+//! 0-based line number of RAW; prints one JSON line per completion
+//! `{"index": i, "answer": <extracted or null>, "reward": <float>}` (plus `"error"` when the
+//! item errored) and a summary on stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use malt_plugins::{ExtractRequest, GradeRequest, Runtime, Sandbox};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plugin: a name under plugins/, a guest crate directory or a .wasm component.
+    #[arg(long)]
+    plugin: String,
+    /// Raw dataset records (JSONL), parsed by the plugin.
+    #[arg(long)]
+    data: PathBuf,
+    /// Completions (JSONL): {"index": i, "completion": "..."}.
+    #[arg(long)]
+    completions: PathBuf,
+    /// Plugin options, `key=value` (repeatable).
+    #[arg(long = "options", value_name = "KEY=VALUE", num_args = 1..)]
+    options: Vec<String>,
+    /// Items per plugin call.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+/// Parse `k=v` options.
+pub fn parse_options(opts: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for o in opts {
+        let Some((k, v)) = o.split_once('=') else { bail!("option {o:?}: expected KEY=VALUE") };
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Completion {
+    index: usize,
+    completion: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = parse_options(&args.options)?;
+    let runtime = Runtime::shared()?;
+    let plugin = malt_plugins::load_named(&runtime, &args.plugin, &options, &Sandbox::default())
+        .with_context(|| format!("loading plugin {}", args.plugin))?;
+    let raw = std::fs::read_to_string(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    let records: Vec<String> = raw.lines().map(String::from).collect();
+    let comp_text = std::fs::read_to_string(&args.completions)
+        .with_context(|| format!("reading {}", args.completions.display()))?;
+    let mut completions = Vec::new();
+    for (n, line) in comp_text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c: Completion = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: bad completion line", args.completions.display(), n + 1))?;
+        if c.index >= records.len() {
+            bail!(
+                "{}:{}: index {} is out of range ({} has {} lines)",
+                args.completions.display(),
+                n + 1,
+                c.index,
+                args.data.display(),
+                records.len()
+            );
+        }
+        completions.push(c);
+    }
+    // Parse only the records that are referenced.
+    let mut wanted: Vec<usize> = completions.iter().map(|c| c.index).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let lines: Vec<String> = wanted.iter().map(|&i| records[i].clone()).collect();
+    let mut examples = BTreeMap::new();
+    for chunk in wanted.chunks(args.batch.max(1)).zip(lines.chunks(args.batch.max(1))) {
+        for (&i, r) in chunk.0.iter().zip(plugin.parse_records(chunk.1)) {
+            examples.insert(i, r);
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut count, mut sum, mut unparseable, mut errors) = (0usize, 0f64, 0usize, 0usize);
+    for chunk in completions.chunks(args.batch.max(1)) {
+        let ex_reqs: Vec<ExtractRequest> = chunk
+            .iter()
+            .map(|c| ExtractRequest {
+                output: c.completion.clone(),
+                choices: examples.get(&c.index).and_then(|r| r.as_ref().ok()).map(|e| e.choices.clone()).unwrap_or_default(),
+            })
+            .collect();
+        let answers = plugin.extract(&ex_reqs);
+        let mut grade_reqs = Vec::new();
+        let mut grade_of = vec![None; chunk.len()];
+        for (k, (c, a)) in chunk.iter().zip(&answers).enumerate() {
+            if let (Some(Ok(e)), Ok(ans)) = (examples.get(&c.index), a) {
+                grade_of[k] = Some(grade_reqs.len());
+                grade_reqs.push(GradeRequest { answer: ans.clone(), gold: e.gold.clone() });
+            }
+        }
+        let grades = plugin.grade(&grade_reqs);
+        for (k, c) in chunk.iter().enumerate() {
+            count += 1;
+            let mut line = serde_json::json!({"index": c.index, "answer": null, "reward": 0.0});
+            let err = match (examples.get(&c.index), &answers[k]) {
+                (Some(Err(e)), _) => Some(format!("record {}: {e}", c.index)),
+                (_, Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Ok(Some(a)) = &answers[k] {
+                line["answer"] = a.clone().into();
+            } else if answers[k].is_ok() {
+                unparseable += 1;
+            }
+            let err = err.or_else(|| match grade_of[k].map(|g| &grades[g]) {
+                Some(Ok(g)) => {
+                    sum += g.reward;
+                    line["reward"] = g.reward.into();
+                    None
+                }
+                Some(Err(e)) => Some(e.to_string()),
+                None => Some("not graded".into()),
+            });
+            if let Some(e) = err {
+                errors += 1;
+                line["error"] = e.into();
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    let mean = if count > 0 { sum / count as f64 } else { 0.0 };
+    eprintln!("scored {count} completions with {} {}: mean reward {mean:.4}, unparseable {unparseable}, errors {errors}", plugin.name(), plugin.version());
+    Ok(())
+}

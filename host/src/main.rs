@@ -1,0 +1,51 @@
+//! The `malt` command line: a thin layer over the workspace's libraries.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "malt", version, about = "MALT multi-agent LLM training with WASM plugins")]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `malt_plugins=debug`.
+    #[arg(long, global = true, env = "MALT_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config, load every plugin it names and run the conformance battery.
+    Check(cmd::check::Args),
+    /// Grade completions of any model with a plugin.
+    Score(cmd::score::Args),
+    /// Build, test or scaffold plugins.
+    Plugin(cmd::plugin::Args),
+    /// Sample a completion from a model (`--model M --prompt P`).
+    Generate(cmd::generate::Args),
+    /// Recompute rewards, values, labels and per-agent datasets from stored trees.
+    Credit(cmd::credit::Args),
+    /// Benchmarks that print a ratio against a baseline measured in the same run.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Check(args) => cmd::check::run(args),
+        Command::Score(args) => cmd::score::run(args),
+        Command::Plugin(args) => cmd::plugin::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Credit(args) => cmd::credit::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

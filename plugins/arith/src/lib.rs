@@ -1,0 +1,123 @@
+//! Procedural arithmetic word problems for malt. See README.md.
+use malt_graders::{arith, gsm8k, templates};
+use malt_plugin_sdk::*;
+
+struct Arith {
+    difficulty: u32,
+}
+
+/// Upper bound on one generate() call, to keep a single call's memory bounded.
+const MAX_COUNT: u32 = 1_000_000;
+
+impl Benchmark for Arith {
+    fn new() -> Self {
+        Arith {
+            difficulty: arith::DEFAULT_DIFFICULTY,
+        }
+    }
+
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "arith".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Procedurally generated multi-step arithmetic word problems with integer \
+                          answers, deterministic in the seed; graded numerically"
+                .into(),
+            roles: roles(),
+            options: vec![(
+                "difficulty".into(),
+                "integer 1..=5 (default 1): number of steps (d to d+1) and size of the numbers"
+                    .into(),
+            )],
+            can_generate: true,
+        }
+    }
+
+    fn configure(&mut self, options: &[(String, String)]) -> Result<(), String> {
+        let mut difficulty = arith::DEFAULT_DIFFICULTY;
+        for (key, value) in options {
+            match key.as_str() {
+                "difficulty" => {
+                    difficulty = match value.trim().parse::<u32>() {
+                        Ok(d) if (1..=5).contains(&d) => d,
+                        _ => return Err(bad_value(key, value, "an integer from 1 to 5")),
+                    }
+                }
+                _ => return Err(unknown_option(key, &["difficulty"])),
+            }
+        }
+        self.difficulty = difficulty;
+        Ok(())
+    }
+
+    fn parse_record(&self, line: &str) -> Result<Example, String> {
+        arith::parse_record(line).map(to_example)
+    }
+
+    fn generate(&self, seed: u64, count: u32) -> Result<Vec<Example>, String> {
+        if count > MAX_COUNT {
+            return Err(format!("count {count} is too large (at most {MAX_COUNT} per call)"));
+        }
+        Ok(arith::generate(seed, count, self.difficulty)
+            .into_iter()
+            .map(to_example)
+            .collect())
+    }
+
+    fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
+        render_with(templates::Task::Numeric, request)
+    }
+
+    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {
+        gsm8k::extract(output, gsm8k::Mode::Numeric)
+    }
+
+    fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {
+        let g = gsm8k::grade(answer, gold, gsm8k::Mode::Numeric);
+        grade(g.reward, g.reason)
+    }
+}
+
+export_benchmark!(Arith);
+
+// --- glue between the SDK's WIT types and malt-graders (the same in every bundled plugin) ---
+
+fn to_example(r: malt_graders::Record) -> Example {
+    Example {
+        id: r.id,
+        question: r.question,
+        gold: r.gold,
+        choices: r
+            .choices
+            .into_iter()
+            .map(|c| Choice {
+                label: c.label,
+                text: c.text,
+            })
+            .collect(),
+        metadata: r.metadata,
+    }
+}
+
+fn render_with(task: templates::Task, req: &RenderRequest) -> Result<Vec<Message>, String> {
+    let choices: Vec<(&str, &str)> = req
+        .example
+        .choices
+        .iter()
+        .map(|c| (c.label.as_str(), c.text.as_str()))
+        .collect();
+    let history: Vec<templates::Turn> = req
+        .history
+        .iter()
+        .map(|t| templates::Turn {
+            role: &t.role,
+            output: &t.output,
+        })
+        .collect();
+    templates::render(task, &req.role, &req.example.question, &choices, &history)
+        .map(|ms| ms.into_iter().map(|m| message(m.role, m.content)).collect())
+}
+
+fn roles() -> Vec<String> {
+    templates::ROLES.iter().map(|r| r.to_string()).collect()
+}

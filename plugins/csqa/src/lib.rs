@@ -1,0 +1,120 @@
+//! CommonsenseQA benchmark plugin for malt. See README.md.
+use malt_graders::{csqa, templates};
+use malt_plugin_sdk::*;
+
+struct Csqa {
+    map_choice_text: bool,
+}
+
+impl Benchmark for Csqa {
+    fn new() -> Self {
+        Csqa {
+            map_choice_text: true,
+        }
+    }
+
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "csqa".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "CommonsenseQA five-way multiple choice: the last answer letter after an \
+                          answer cue, graded by exact label match"
+                .into(),
+            roles: roles(),
+            options: vec![(
+                "map-choice-text".into(),
+                "true (default) | false: when no letter follows an answer cue, map an exact \
+                 choice text to its letter"
+                    .into(),
+            )],
+            can_generate: false,
+        }
+    }
+
+    fn configure(&mut self, options: &[(String, String)]) -> Result<(), String> {
+        let mut map = true;
+        for (key, value) in options {
+            match key.as_str() {
+                "map-choice-text" => {
+                    map = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad_value(key, value, "true or false")),
+                    }
+                }
+                _ => return Err(unknown_option(key, &["map-choice-text"])),
+            }
+        }
+        self.map_choice_text = map;
+        Ok(())
+    }
+
+    fn parse_record(&self, line: &str) -> Result<Example, String> {
+        csqa::parse_record(line).map(to_example)
+    }
+
+    fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
+        render_with(templates::Task::MultipleChoice, request)
+    }
+
+    fn extract(&self, output: &str, choices: &[Choice]) -> Option<String> {
+        if self.map_choice_text {
+            let pairs: Vec<(&str, &str)> = choices
+                .iter()
+                .map(|c| (c.label.as_str(), c.text.as_str()))
+                .collect();
+            csqa::extract(output, &pairs)
+        } else {
+            csqa::extract(output, &[])
+        }
+    }
+
+    fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {
+        let g = csqa::grade(answer, gold);
+        grade(g.reward, g.reason)
+    }
+}
+
+export_benchmark!(Csqa);
+
+// --- glue between the SDK's WIT types and malt-graders (the same in every bundled plugin) ---
+
+fn to_example(r: malt_graders::Record) -> Example {
+    Example {
+        id: r.id,
+        question: r.question,
+        gold: r.gold,
+        choices: r
+            .choices
+            .into_iter()
+            .map(|c| Choice {
+                label: c.label,
+                text: c.text,
+            })
+            .collect(),
+        metadata: r.metadata,
+    }
+}
+
+fn render_with(task: templates::Task, req: &RenderRequest) -> Result<Vec<Message>, String> {
+    let choices: Vec<(&str, &str)> = req
+        .example
+        .choices
+        .iter()
+        .map(|c| (c.label.as_str(), c.text.as_str()))
+        .collect();
+    let history: Vec<templates::Turn> = req
+        .history
+        .iter()
+        .map(|t| templates::Turn {
+            role: &t.role,
+            output: &t.output,
+        })
+        .collect();
+    templates::render(task, &req.role, &req.example.question, &choices, &history)
+        .map(|ms| ms.into_iter().map(|m| message(m.role, m.content)).collect())
+}
+
+fn roles() -> Vec<String> {
+    templates::ROLES.iter().map(|r| r.to_string()).collect()
+}

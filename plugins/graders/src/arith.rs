@@ -1,0 +1,193 @@
+//! Procedurally generated multi-step arithmetic word problems, deterministic in the seed
+//! (splitmix64; no `rand`). Integer answers, never negative.
+//!
+//! `difficulty` 1..=5 sets the number of steps and the magnitude of the numbers:
+//!
+//! | difficulty | steps | start value | operations |
+//! |---|---|---|---|
+//! | 1 (default) | 1-2 | 2..=20 | add, subtract |
+//! | 2 | 2-3 | 2..=50 | + packs of k items |
+//! | 3 | 3-4 | 2..=100 | + multiply, divide evenly |
+//! | 4 | 4-5 | 2..=500 | all |
+//! | 5 | 5-6 | 2..=1000 | all |
+
+use crate::Record;
+
+pub const DEFAULT_DIFFICULTY: u32 = 1;
+
+/// splitmix64.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi` (`lo <= hi`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next_u64() % xs.len() as u64) as usize]
+    }
+}
+
+const NAMES: &[&str] = &[
+    "Ava", "Ben", "Chloe", "Dev", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack", "Kira",
+    "Leo", "Maya", "Noah", "Omar", "Priya", "Rosa", "Sam", "Tara", "Yuki",
+];
+
+const ITEMS: &[&str] = &[
+    "apples", "coins", "books", "marbles", "stickers", "pencils", "cookies", "stamps",
+    "shells", "cards", "buttons", "crayons",
+];
+
+const ADD: &[&str] = &[
+    "{n} buys {b} more {it}.",
+    "{n} finds {b} more {it}.",
+    "A friend gives {n} {b} {it}.",
+    "{n} wins {b} {it} in a game.",
+];
+const SUB: &[&str] = &[
+    "{n} gives {b} {it} to a friend.",
+    "{n} loses {b} {it}.",
+    "{n} sells {b} {it}.",
+    "{n} uses {b} {it} for a school project.",
+];
+const PACKS: &[&str] = &[
+    "{n} buys {k} packs of {it} with {b} {it} in each pack.",
+    "{n} receives {k} bags with {b} {it} in each bag.",
+];
+const MUL: &[&str] = &[
+    "Then the number of {it} {n} has becomes {k} times as large.",
+    "{n}'s collection of {it} grows to {k} times its size.",
+];
+const DIV: &[&str] = &[
+    "{n} splits the {it} equally into {k} groups and keeps only one group.",
+    "{n} shares the {it} equally among {k} people, {n} included, and keeps one share.",
+];
+
+fn fill(t: &str, n: &str, it: &str, b: u64, k: u64) -> String {
+    t.replace("{n}", n)
+        .replace("{it}", it)
+        .replace("{b}", &b.to_string())
+        .replace("{k}", &k.to_string())
+}
+
+/// One generated problem: question text, integer answer, number of steps.
+pub fn problem(rng: &mut Rng, difficulty: u32) -> (String, u64, u32) {
+    let d = difficulty.clamp(1, 5) as u64;
+    let max = [20, 50, 100, 500, 1000][(d - 1) as usize];
+    let steps = rng.range(d, d + 1) as u32;
+    let name = *rng.pick(NAMES);
+    let item = *rng.pick(ITEMS);
+    let mut x = rng.range(2, max);
+    let mut text = format!("{name} has {x} {item}.");
+    for _ in 0..steps {
+        let ops = match d {
+            1 => 2,
+            2 => 3,
+            _ => 5,
+        };
+        let mut op = rng.range(0, ops - 1);
+        // Keep the numbers bounded and the answers whole and non-negative.
+        if op == 1 && x < 3 {
+            op = 0;
+        }
+        if op == 3 && x.saturating_mul(4) > 100 * max {
+            op = 1;
+        }
+        let divisors: Vec<u64> = (2..=5).filter(|k| x % k == 0 && x / k >= 1).collect();
+        if op == 4 && divisors.is_empty() {
+            op = 0;
+        }
+        let sentence = match op {
+            0 => {
+                let b = rng.range(2, max);
+                x += b;
+                fill(*rng.pick(ADD), name, item, b, 0)
+            }
+            1 => {
+                let b = if x >= 3 { rng.range(2, x.min(max)) } else { 1 };
+                x -= b;
+                fill(*rng.pick(SUB), name, item, b, 0)
+            }
+            2 => {
+                let k = rng.range(2, 5);
+                let b = rng.range(2, (max / 4).max(3));
+                x += k * b;
+                fill(*rng.pick(PACKS), name, item, b, k)
+            }
+            3 => {
+                let k = rng.range(2, 4);
+                x *= k;
+                fill(*rng.pick(MUL), name, item, 0, k)
+            }
+            _ => {
+                let k = *rng.pick(&divisors);
+                x /= k;
+                fill(*rng.pick(DIV), name, item, 0, k)
+            }
+        };
+        text.push(' ');
+        text.push_str(&sentence);
+    }
+    text.push_str(&format!(" How many {item} does {name} have now?"));
+    (text, x, steps)
+}
+
+/// `count` examples from `seed`; ids `arith-<seed>-<i>`. Item `i` depends only on
+/// `(seed, i)`, so a longer run extends a shorter one.
+pub fn generate(seed: u64, count: u32, difficulty: u32) -> Vec<Record> {
+    (0..count)
+        .map(|i| {
+            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            rng.next_u64();
+            let (question, answer, steps) = problem(&mut rng, difficulty);
+            Record {
+                id: format!("arith-{seed}-{i}"),
+                question,
+                gold: answer.to_string(),
+                choices: Vec::new(),
+                metadata: format!("{{\"difficulty\":{difficulty},\"steps\":{steps}}}"),
+            }
+        })
+        .collect()
+}
+
+/// Parses a saved `{"question", "answer"}` record (GSM8K-style `#### N` answers work too).
+pub fn parse_record(line: &str) -> Result<Record, String> {
+    crate::gsm8k::parse_record_with_prefix(line, "arith")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_whole() {
+        for d in 1..=5 {
+            let a = generate(42, 50, d);
+            assert_eq!(a, generate(42, 50, d));
+            assert_ne!(a, generate(43, 50, d));
+            for r in &a {
+                assert!(r.gold.parse::<u64>().is_ok());
+                assert!(r.question.ends_with("have now?"));
+            }
+        }
+        assert_eq!(generate(7, 3, 1)[2], generate(7, 10, 1)[2]);
+        assert_eq!(generate(7, 1, 1)[0].id, "arith-7-0");
+        assert!(generate(0, 0, 1).is_empty());
+    }
+}
+

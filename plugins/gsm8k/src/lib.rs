@@ -1,0 +1,111 @@
+//! GSM8K benchmark plugin for malt. See README.md.
+use malt_graders::{gsm8k, templates};
+use malt_plugin_sdk::*;
+
+struct Gsm8k {
+    mode: gsm8k::Mode,
+}
+
+impl Benchmark for Gsm8k {
+    fn new() -> Self {
+        Gsm8k {
+            mode: gsm8k::Mode::default(),
+        }
+    }
+
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "gsm8k".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "GSM8K grade-school math word problems: numeric answers, graded exactly \
+                          (numeric mode) or as lm-evaluation-harness does"
+                .into(),
+            roles: roles(),
+            options: vec![(
+                "mode".into(),
+                "numeric (default: number after the last answer cue, else the last number; exact \
+                 rational comparison) | strict-match | flexible-extract | cot-strict-match \
+                 (lm-evaluation-harness filters and exact match, reproduced exactly)"
+                    .into(),
+            )],
+            can_generate: false,
+        }
+    }
+
+    fn configure(&mut self, options: &[(String, String)]) -> Result<(), String> {
+        let mut mode = gsm8k::Mode::default();
+        for (key, value) in options {
+            match key.as_str() {
+                "mode" => {
+                    mode = gsm8k::Mode::parse(value).ok_or_else(|| {
+                        bad_value(key, value, &format!("one of: {}", gsm8k::Mode::NAMES.join(", ")))
+                    })?
+                }
+                _ => return Err(unknown_option(key, &["mode"])),
+            }
+        }
+        self.mode = mode;
+        Ok(())
+    }
+
+    fn parse_record(&self, line: &str) -> Result<Example, String> {
+        gsm8k::parse_record(line).map(to_example)
+    }
+
+    fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
+        render_with(templates::Task::Numeric, request)
+    }
+
+    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {
+        gsm8k::extract(output, self.mode)
+    }
+
+    fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {
+        let g = gsm8k::grade(answer, gold, self.mode);
+        grade(g.reward, g.reason)
+    }
+}
+
+export_benchmark!(Gsm8k);
+
+// --- glue between the SDK's WIT types and malt-graders (the same in every bundled plugin) ---
+
+fn to_example(r: malt_graders::Record) -> Example {
+    Example {
+        id: r.id,
+        question: r.question,
+        gold: r.gold,
+        choices: r
+            .choices
+            .into_iter()
+            .map(|c| Choice {
+                label: c.label,
+                text: c.text,
+            })
+            .collect(),
+        metadata: r.metadata,
+    }
+}
+
+fn render_with(task: templates::Task, req: &RenderRequest) -> Result<Vec<Message>, String> {
+    let choices: Vec<(&str, &str)> = req
+        .example
+        .choices
+        .iter()
+        .map(|c| (c.label.as_str(), c.text.as_str()))
+        .collect();
+    let history: Vec<templates::Turn> = req
+        .history
+        .iter()
+        .map(|t| templates::Turn {
+            role: &t.role,
+            output: &t.output,
+        })
+        .collect();
+    templates::render(task, &req.role, &req.example.question, &choices, &history)
+        .map(|ms| ms.into_iter().map(|m| message(m.role, m.content)).collect())
+}
+
+fn roles() -> Vec<String> {
+    templates::ROLES.iter().map(|r| r.to_string()).collect()
+}
