@@ -55,7 +55,11 @@ fn variant(wasm: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn wait(rx: &Receiver<ReloadEvent>, what: &str, pred: impl Fn(&ReloadEvent) -> bool) -> ReloadEvent {
+fn wait(
+    rx: &Receiver<ReloadEvent>,
+    what: &str,
+    pred: impl Fn(&ReloadEvent) -> bool,
+) -> ReloadEvent {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -69,7 +73,10 @@ fn wait(rx: &Receiver<ReloadEvent>, what: &str, pred: impl Fn(&ReloadEvent) -> b
 
 fn still_grades(r: &Reloader) {
     let cur = r.current();
-    let g = cur.plugins.get("h").unwrap().grade(&[GradeRequest { answer: Some("1".into()), gold: "1".into() }]);
+    let g = cur.plugins.get("h").unwrap().grade(&[GradeRequest {
+        answer: Some("1".into()),
+        gold: "1".into(),
+    }]);
     assert_eq!(g[0].as_ref().unwrap().reward, 1.0);
 }
 
@@ -96,7 +103,9 @@ fn edits_reload_and_broken_edits_keep_the_old_set() {
 
     // 2. a new build of the plugin
     write_atomic(&plugin, &variant(&wasm, "v2"));
-    wait(&rx, "plugin replaced", |e| e.result.is_ok() && e.generation > g1);
+    wait(&rx, "plugin replaced", |e| {
+        e.result.is_ok() && e.generation > g1
+    });
     assert_ne!(r.current().plugins.get("h").unwrap().hash(), hash0);
     let g2 = r.generation();
     still_grades(&r);
@@ -105,13 +114,21 @@ fn edits_reload_and_broken_edits_keep_the_old_set() {
     write_atomic(&plugin, b"this is not wasm");
     let ev = wait(&rx, "garbage wasm refused", |e| e.result.is_err());
     assert_eq!(ev.generation, g2);
-    assert!(ev.result.as_ref().unwrap_err().contains("not a valid WebAssembly component"), "{ev:?}");
+    assert!(
+        ev.result
+            .as_ref()
+            .unwrap_err()
+            .contains("not a valid WebAssembly component"),
+        "{ev:?}"
+    );
     assert_eq!(r.generation(), g2);
     still_grades(&r);
 
     // 4. bad TOML too: refused
     write_atomic(&cfg, b"[credit\ntheta = ");
-    let ev = wait(&rx, "bad TOML refused", |e| e.result.as_ref().is_err_and(|m| m.contains("run.toml:1:")));
+    let ev = wait(&rx, "bad TOML refused", |e| {
+        e.result.as_ref().is_err_and(|m| m.contains("run.toml:1:"))
+    });
     assert_eq!(ev.generation, g2);
     assert_eq!(r.current().config.credit.theta, 0.7);
 

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "malt", version, about = "MALT multi-agent LLM training with WASM plugins")]
+#[command(
+    name = "malt",
+    version,
+    about = "MALT multi-agent LLM training with WASM plugins"
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `malt_plugins=debug`.
     #[arg(long, global = true, env = "MALT_LOG", default_value = "info")]

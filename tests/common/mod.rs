@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use malt_plugins::Runtime;
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Build tests/fixtures/NAME (a standalone guest crate) and return its component.
@@ -19,7 +22,8 @@ pub fn fixture(name: &str) -> PathBuf {
     let dir = repo().join("tests/fixtures").join(name);
     let mut c = malt_plugins::build::guest_crate(name, &dir).expect("fixture crate");
     c.target_dir = repo().join("target/malt-fixtures");
-    malt_plugins::build::ensure_built(name, &c).unwrap_or_else(|e| panic!("building fixture {name}: {e}"))
+    malt_plugins::build::ensure_built(name, &c)
+        .unwrap_or_else(|e| panic!("building fixture {name}: {e}"))
 }
 
 pub fn hostile() -> PathBuf {
@@ -29,5 +33,8 @@ pub fn hostile() -> PathBuf {
 /// One runtime per test binary, caching precompiled components under target/.
 pub fn runtime() -> Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(Some(repo().join("target/malt-fixtures/cwasm"))).expect("runtime")).clone()
+    RT.get_or_init(|| {
+        Runtime::new(Some(repo().join("target/malt-fixtures/cwasm"))).expect("runtime")
+    })
+    .clone()
 }

@@ -22,7 +22,13 @@ pub struct Args {
 pub fn sample_records(source: &DataSource, n: usize) -> Vec<String> {
     match source {
         DataSource::File(p) => std::fs::read_to_string(p)
-            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(n)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default(),
         DataSource::Generate { .. } => Vec::new(),
     }
@@ -48,10 +54,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "config ok: run `{}`, {} agents ({}), hash {}",
             config.run.name,
             config.agents.len(),
-            config.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(" -> "),
+            config
+                .agents
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" -> "),
             &config.config_hash()[..16]
         );
-        let set = match PluginSet::load(&runtime, &config).with_context(|| format!("{}: loading plugins", path.display())) {
+        let set = match PluginSet::load(&runtime, &config)
+            .with_context(|| format!("{}: loading plugins", path.display()))
+        {
             Ok(s) => s,
             Err(e) => {
                 println!("error: {e:#}");
@@ -63,7 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         for (name, plugin) in set.iter() {
-            let records = if *name == config.dataset.plugin { sample_records(&config.dataset.source, 20) } else { Vec::new() };
+            let records = if *name == config.dataset.plugin {
+                sample_records(&config.dataset.source, 20)
+            } else {
+                Vec::new()
+            };
             let report = conformance::run(plugin, &records);
             println!("{report}");
             if !report.passed() {

@@ -51,8 +51,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let device = parse_device(&args.device)?;
     let t0 = Instant::now();
-    let model = Model::load(model_src, &device).with_context(|| format!("loading model {model_src}"))?;
-    tracing::info!("loaded {} in {:.2}s", model.source, t0.elapsed().as_secs_f64());
+    let model =
+        Model::load(model_src, &device).with_context(|| format!("loading model {model_src}"))?;
+    tracing::info!(
+        "loaded {} in {:.2}s",
+        model.source,
+        t0.elapsed().as_secs_f64()
+    );
     let adapter = match &args.adapter {
         Some(dir) => Some(
             model

@@ -61,17 +61,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let cwd = std::env::current_dir()?;
             let p = Path::new(&path);
             let (name, source) = if p.exists() {
-                let n = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or(path.clone());
+                let n = p
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or(path.clone());
                 (n.clone(), build::resolve(&n, Some(p), &cwd)?)
             } else {
                 (path.clone(), build::resolve(&path, None, &cwd)?)
             };
-            let build::Source::Crate(c) = source else { bail!("{path} is a .wasm file, not a crate") };
+            let build::Source::Crate(c) = source else {
+                bail!("{path} is a .wasm file, not a crate")
+            };
             let wasm = build::build(&name, &c)?;
             println!("{}", wasm.display());
             Ok(())
         }
-        Which::Test { path, data, options } => {
+        Which::Test {
+            path,
+            data,
+            options,
+        } => {
             let options = super::score::parse_options(&options)?;
             let runtime = Runtime::shared()?;
             let plugin = malt_plugins::load_named(&runtime, &path, &options, &Sandbox::default())
@@ -95,11 +104,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         println!("{}:{}: {e}", d.display(), i + 1);
                     }
                 }
-                let reqs: Vec<GradeRequest> =
-                    examples.iter().map(|e| GradeRequest { answer: Some(e.gold.clone()), gold: e.gold.clone() }).collect();
+                let reqs: Vec<GradeRequest> = examples
+                    .iter()
+                    .map(|e| GradeRequest {
+                        answer: Some(e.gold.clone()),
+                        gold: e.gold.clone(),
+                    })
+                    .collect();
                 let grades = plugin.grade(&reqs);
-                let ok: Vec<f64> = grades.iter().filter_map(|g| g.as_ref().ok().map(|g| g.reward)).collect();
-                let mean = if ok.is_empty() { 0.0 } else { ok.iter().sum::<f64>() / ok.len() as f64 };
+                let ok: Vec<f64> = grades
+                    .iter()
+                    .filter_map(|g| g.as_ref().ok().map(|g| g.reward))
+                    .collect();
+                let mean = if ok.is_empty() {
+                    0.0
+                } else {
+                    ok.iter().sum::<f64>() / ok.len() as f64
+                };
                 println!(
                     "{}: {} records, {} parsed, gold-vs-gold mean reward {mean:.4} ({} grade errors)",
                     d.display(),
@@ -115,7 +136,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Which::New { name, dir } => {
             if name.is_empty()
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 || name.starts_with(|c: char| c.is_ascii_digit())
             {
                 bail!("plugin name {name:?}: use letters, digits, `-` and `_`, not starting with a digit");
@@ -125,8 +148,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("{} already exists", root.display());
             }
             let sdk = sdk_path();
-            let fill = |t: &str| t.replace("{{name}}", &name).replace("{{sdk_path}}", &sdk.to_string_lossy());
-            std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
+            let fill = |t: &str| {
+                t.replace("{{name}}", &name)
+                    .replace("{{sdk_path}}", &sdk.to_string_lossy())
+            };
+            std::fs::create_dir_all(root.join("src"))
+                .with_context(|| format!("creating {}", root.display()))?;
             std::fs::write(root.join("Cargo.toml"), fill(TEMPLATE_CARGO))?;
             std::fs::write(root.join("src/lib.rs"), fill(TEMPLATE_LIB))?;
             println!("created {} (sdk: {})", root.display(), sdk.display());

@@ -34,10 +34,21 @@ pub struct Args {
 pub fn parse_options(opts: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for o in opts {
-        let Some((k, v)) = o.split_once('=') else { bail!("option {o:?}: expected KEY=VALUE") };
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("option {o:?}: expected KEY=VALUE")
+        };
         out.insert(k.trim().to_string(), v.to_string());
     }
     Ok(out)
+}
+
+#[derive(serde::Serialize)]
+struct Scored {
+    index: usize,
+    answer: Option<String>,
+    reward: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -52,7 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = Runtime::shared()?;
     let plugin = malt_plugins::load_named(&runtime, &args.plugin, &options, &Sandbox::default())
         .with_context(|| format!("loading plugin {}", args.plugin))?;
-    let raw = std::fs::read_to_string(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    let raw = std::fs::read_to_string(&args.data)
+        .with_context(|| format!("reading {}", args.data.display()))?;
     let records: Vec<String> = raw.lines().map(String::from).collect();
     let comp_text = std::fs::read_to_string(&args.completions)
         .with_context(|| format!("reading {}", args.completions.display()))?;
@@ -61,8 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let c: Completion = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: bad completion line", args.completions.display(), n + 1))?;
+        let c: Completion = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: bad completion line",
+                args.completions.display(),
+                n + 1
+            )
+        })?;
         if c.index >= records.len() {
             bail!(
                 "{}:{}: index {} is out of range ({} has {} lines)",
@@ -81,7 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     wanted.dedup();
     let lines: Vec<String> = wanted.iter().map(|&i| records[i].clone()).collect();
     let mut examples = BTreeMap::new();
-    for chunk in wanted.chunks(args.batch.max(1)).zip(lines.chunks(args.batch.max(1))) {
+    for chunk in wanted
+        .chunks(args.batch.max(1))
+        .zip(lines.chunks(args.batch.max(1)))
+    {
         for (&i, r) in chunk.0.iter().zip(plugin.parse_records(chunk.1)) {
             examples.insert(i, r);
         }
@@ -94,7 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|c| ExtractRequest {
                 output: c.completion.clone(),
-                choices: examples.get(&c.index).and_then(|r| r.as_ref().ok()).map(|e| e.choices.clone()).unwrap_or_default(),
+                choices: examples
+                    .get(&c.index)
+                    .and_then(|r| r.as_ref().ok())
+                    .map(|e| e.choices.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         let answers = plugin.extract(&ex_reqs);
@@ -103,36 +127,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for (k, (c, a)) in chunk.iter().zip(&answers).enumerate() {
             if let (Some(Ok(e)), Ok(ans)) = (examples.get(&c.index), a) {
                 grade_of[k] = Some(grade_reqs.len());
-                grade_reqs.push(GradeRequest { answer: ans.clone(), gold: e.gold.clone() });
+                grade_reqs.push(GradeRequest {
+                    answer: ans.clone(),
+                    gold: e.gold.clone(),
+                });
             }
         }
         let grades = plugin.grade(&grade_reqs);
         for (k, c) in chunk.iter().enumerate() {
             count += 1;
-            let mut line = serde_json::json!({"index": c.index, "answer": null, "reward": 0.0});
+            let mut line = Scored {
+                index: c.index,
+                answer: None,
+                reward: 0.0,
+                error: None,
+            };
             let err = match (examples.get(&c.index), &answers[k]) {
                 (Some(Err(e)), _) => Some(format!("record {}: {e}", c.index)),
                 (_, Err(e)) => Some(e.to_string()),
                 _ => None,
             };
             if let Ok(Some(a)) = &answers[k] {
-                line["answer"] = a.clone().into();
-            } else if answers[k].is_ok() {
-                unparseable += 1;
+                line.answer = Some(a.clone());
             }
             let err = err.or_else(|| match grade_of[k].map(|g| &grades[g]) {
                 Some(Ok(g)) => {
                     sum += g.reward;
-                    line["reward"] = g.reward.into();
+                    line.reward = g.reward;
                     None
                 }
                 Some(Err(e)) => Some(e.to_string()),
                 None => Some("not graded".into()),
             });
-            if let Some(e) = err {
-                errors += 1;
-                line["error"] = e.into();
+            match err {
+                Some(e) => {
+                    errors += 1;
+                    line.error = Some(e);
+                }
+                None if line.answer.is_none() => unparseable += 1,
+                None => {}
             }
+            let line = serde_json::to_string(&line)?;
             writeln!(out, "{line}")?;
         }
     }

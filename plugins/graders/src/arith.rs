@@ -43,13 +43,13 @@ impl Rng {
 }
 
 const NAMES: &[&str] = &[
-    "Ava", "Ben", "Chloe", "Dev", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack", "Kira",
-    "Leo", "Maya", "Noah", "Omar", "Priya", "Rosa", "Sam", "Tara", "Yuki",
+    "Ava", "Ben", "Chloe", "Dev", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack", "Kira", "Leo",
+    "Maya", "Noah", "Omar", "Priya", "Rosa", "Sam", "Tara", "Yuki",
 ];
 
 const ITEMS: &[&str] = &[
-    "apples", "coins", "books", "marbles", "stickers", "pencils", "cookies", "stamps",
-    "shells", "cards", "buttons", "crayons",
+    "apples", "coins", "books", "marbles", "stickers", "pencils", "cookies", "stamps", "shells",
+    "cards", "buttons", "crayons",
 ];
 
 const ADD: &[&str] = &[
@@ -107,7 +107,7 @@ pub fn problem(rng: &mut Rng, difficulty: u32) -> (String, u64, u32) {
         if op == 3 && x.saturating_mul(4) > 100 * max {
             op = 1;
         }
-        let divisors: Vec<u64> = (2..=5).filter(|k| x % k == 0 && x / k >= 1).collect();
+        let divisors: Vec<u64> = (2..=5).filter(|k| x.is_multiple_of(*k)).collect();
         if op == 4 && divisors.is_empty() {
             op = 0;
         }
@@ -115,28 +115,28 @@ pub fn problem(rng: &mut Rng, difficulty: u32) -> (String, u64, u32) {
             0 => {
                 let b = rng.range(2, max);
                 x += b;
-                fill(*rng.pick(ADD), name, item, b, 0)
+                fill(rng.pick::<&str>(ADD), name, item, b, 0)
             }
             1 => {
                 let b = if x >= 3 { rng.range(2, x.min(max)) } else { 1 };
                 x -= b;
-                fill(*rng.pick(SUB), name, item, b, 0)
+                fill(rng.pick::<&str>(SUB), name, item, b, 0)
             }
             2 => {
                 let k = rng.range(2, 5);
                 let b = rng.range(2, (max / 4).max(3));
                 x += k * b;
-                fill(*rng.pick(PACKS), name, item, b, k)
+                fill(rng.pick::<&str>(PACKS), name, item, b, k)
             }
             3 => {
                 let k = rng.range(2, 4);
                 x *= k;
-                fill(*rng.pick(MUL), name, item, 0, k)
+                fill(rng.pick::<&str>(MUL), name, item, 0, k)
             }
             _ => {
                 let k = *rng.pick(&divisors);
                 x /= k;
-                fill(*rng.pick(DIV), name, item, 0, k)
+                fill(rng.pick::<&str>(DIV), name, item, 0, k)
             }
         };
         text.push(' ');
@@ -190,4 +190,3 @@ mod tests {
         assert!(generate(0, 0, 1).is_empty());
     }
 }
-

@@ -13,13 +13,39 @@ const LETTERS: &[u8] = b"ABCDE";
 
 fn skip_wrappers(b: &[u8], mut i: usize) -> usize {
     loop {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'*' | b'$' | b'(' | b'[' | b'{' | b'"' | b'\'' | b'_' | b':') {
+        while i < b.len()
+            && matches!(
+                b[i],
+                b' ' | b'\t'
+                    | b'\n'
+                    | b'\r'
+                    | b'*'
+                    | b'$'
+                    | b'('
+                    | b'['
+                    | b'{'
+                    | b'"'
+                    | b'\''
+                    | b'_'
+                    | b':'
+            )
+        {
             i += 1;
         }
         let rest = &b[i..];
         let mut advanced = false;
-        for w in [&b"\\boxed"[..], b"\\text", b"\\textbf", b"\\mathrm", b"\\mathbf"] {
-            if rest.starts_with(w) && !rest[w.len()..].first().is_some_and(|c| c.is_ascii_alphabetic()) {
+        for w in [
+            &b"\\boxed"[..],
+            b"\\text",
+            b"\\textbf",
+            b"\\mathrm",
+            b"\\mathbf",
+        ] {
+            if rest.starts_with(w)
+                && !rest[w.len()..]
+                    .first()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
+            {
                 i += w.len();
                 advanced = true;
                 break;
@@ -71,7 +97,9 @@ fn cue_ends(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
 
 fn normalise_text(s: &str) -> String {
     s.trim()
-        .trim_matches(|c: char| c == '*' || c == '"' || c == '\'' || c == '.' || c == '$' || c.is_whitespace())
+        .trim_matches(|c: char| {
+            c == '*' || c == '"' || c == '\'' || c == '.' || c == '$' || c.is_whitespace()
+        })
         .to_lowercase()
 }
 
@@ -154,7 +182,9 @@ pub fn grade(answer: Option<&str>, gold: &str) -> Graded {
 pub fn parse_record(line: &str) -> Result<Record, String> {
     let obj = crate::record::parse_object(line)?;
     let question = crate::record::str_field(&obj, "question")?;
-    let gold = crate::record::str_field(&obj, "answerKey")?.trim().to_string();
+    let gold = crate::record::str_field(&obj, "answerKey")?
+        .trim()
+        .to_string();
     let choices_v = obj.get("choices").ok_or("missing field `choices`")?;
     let labels = choices_v
         .get("label")
@@ -182,7 +212,9 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
         });
     }
     if !gold.is_empty() && !choices.iter().any(|c| c.label == gold) {
-        return Err(format!("`answerKey` {gold:?} is not one of the choice labels"));
+        return Err(format!(
+            "`answerKey` {gold:?} is not one of the choice labels"
+        ));
     }
     let id = crate::record::id_or_hash(&obj, "csqa", question);
     let mut meta = serde_json::Map::new();
@@ -202,7 +234,13 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
 mod tests {
     use super::*;
 
-    const CH: &[(&str, &str)] = &[("A", "bank"), ("B", "library"), ("C", "park"), ("D", "zoo"), ("E", "new york")];
+    const CH: &[(&str, &str)] = &[
+        ("A", "bank"),
+        ("B", "library"),
+        ("C", "park"),
+        ("D", "zoo"),
+        ("E", "new york"),
+    ];
 
     #[test]
     fn letters() {
@@ -229,6 +267,9 @@ mod tests {
         assert_eq!(r.gold, "B");
         assert_eq!(r.choices.len(), 2);
         assert_eq!(r.id, "x1");
-        assert_eq!(parse_record(r#"{"question":"q"}"#).unwrap_err(), "missing field `answerKey`");
+        assert_eq!(
+            parse_record(r#"{"question":"q"}"#).unwrap_err(),
+            "missing field `answerKey`"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! GSM8K: record parsing, answer extraction and grading.
 //!
 //! Modes:
-//! - `numeric` (default): the first number after the last answer cue (`Final Answer`, `####`,
+//! - `numeric` (default): the first number after the last answer cue (`Final Answer:` / `final answer is`, `####`,
 //!   `\boxed`), else the last number of the output; `$`, thousands commas and a trailing `.`
 //!   dropped; exact rational comparison (`72.00` == `72`, `0.5` == `.5`).
 //! - `strict-match`, `flexible-extract`: lm-evaluation-harness `gsm8k` filters, reproduced
@@ -9,7 +9,7 @@
 //!   `ignore_case` and `regexes_to_ignore = [",", "\$", "(?s).*#### ", "\.$"]`).
 //! - `cot-strict-match`: lm-eval `gsm8k-cot` strict filter `The answer is (\-?[0-9\.\,]+).`.
 
-use crate::number::{self, Decimal, Num};
+use crate::number::{self, Num};
 use crate::{Graded, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,7 +163,10 @@ fn next_number(s: &str, from: usize) -> Option<Token<'_>> {
     while i < b.len() {
         let c = b[i];
         let starts = c.is_ascii_digit()
-            || (c == b'.' && i + 1 < b.len() && b[i + 1].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()));
+            || (c == b'.'
+                && i + 1 < b.len()
+                && b[i + 1].is_ascii_digit()
+                && (i == 0 || !b[i - 1].is_ascii_digit()));
         if !starts {
             i += 1;
             continue;
@@ -193,19 +196,34 @@ fn last_number(s: &str, from: usize) -> Option<Token<'_>> {
     last
 }
 
-/// Position just after the last answer cue (`final answer`, `####`, `\boxed`), if any.
-pub fn last_cue_end(s: &str) -> Option<usize> {
+/// Position just after the last `Final Answer:` / `final answer is` (case-insensitive; `*`
+/// and spaces allowed before the `:`), so "to find the final answer, ..." is not a cue.
+pub fn final_answer_cue_end(s: &str) -> Option<usize> {
     let b = s.as_bytes();
-    let cues: [(&[u8], bool); 3] = [(b"final answer", true), (b"####", false), (b"\\boxed", false)];
-    cues.iter()
-        .filter_map(|(cue, ci)| {
-            let p = if *ci {
-                crate::rfind_ci(b, cue)
-            } else {
-                s.rfind(std::str::from_utf8(cue).unwrap_or("\u{0}"))
-            };
-            p.map(|p| p + cue.len())
-        })
+    let mut limit = b.len();
+    loop {
+        let p = crate::rfind_ci(&b[..limit], b"final answer")?;
+        let mut i = p + "final answer".len();
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'*') {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b':' {
+            return Some(i + 1);
+        }
+        if i + 1 < b.len() && b[i..i + 2].eq_ignore_ascii_case(b"is") {
+            return Some(i + 2);
+        }
+        limit = p + "final answer".len() - 1;
+    }
+}
+
+/// Position just after the last answer cue (`Final Answer:`, `####`, `\boxed`), if any.
+pub fn last_cue_end(s: &str) -> Option<usize> {
+    let hashes = s.rfind("####").map(|p| p + 4);
+    let boxed = s.rfind("\\boxed").map(|p| p + 6);
+    [final_answer_cue_end(s), hashes, boxed]
+        .into_iter()
+        .flatten()
         .max()
 }
 
@@ -348,23 +366,24 @@ pub fn canonical_number(s: &str) -> Option<String> {
     number::parse_number(s).map(|n| n.canonical())
 }
 
-#[allow(dead_code)]
-fn _assert_decimal_is_copy(d: Decimal) -> Decimal {
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn numeric_extraction_prefers_cue() {
-        assert_eq!(extract_numeric("It is 5. Final Answer: 7 apples, 8").as_deref(), Some("7"));
+        assert_eq!(
+            extract_numeric("It is 5. Final Answer: 7 apples, 8").as_deref(),
+            Some("7")
+        );
         assert_eq!(extract_numeric("#### 72\n#### 73").as_deref(), Some("73"));
         assert_eq!(extract_numeric("costs $1,000.").as_deref(), Some("1000"));
         assert_eq!(extract_numeric("x = -5").as_deref(), Some("-5"));
         assert_eq!(extract_numeric("pages 10-15").as_deref(), Some("15"));
-        assert_eq!(extract_numeric("Final Answer: none. I had 4").as_deref(), Some("4"));
+        assert_eq!(
+            extract_numeric("Final Answer: none. I had 4").as_deref(),
+            Some("4")
+        );
         assert_eq!(extract_numeric("\\boxed{3/4}").as_deref(), Some("3/4"));
         assert_eq!(extract_numeric("no number"), None);
         assert_eq!(extract_numeric(""), None);
@@ -401,8 +420,15 @@ mod tests {
         assert!(r.id.starts_with("gsm8k-"));
         let r2 = parse_record(r#"{"question":"q?","answer":"so\n#### 1,080"}"#).unwrap();
         assert_eq!(r.id, r2.id);
-        assert_eq!(parse_record(r#"{"question":"q"}"#).unwrap_err(), "missing field `answer`");
-        assert!(parse_record("[1]").unwrap_err().starts_with("not a JSON object"));
-        assert!(parse_record("").unwrap_err().starts_with("not a JSON object"));
+        assert_eq!(
+            parse_record(r#"{"question":"q"}"#).unwrap_err(),
+            "missing field `answer`"
+        );
+        assert!(parse_record("[1]")
+            .unwrap_err()
+            .starts_with("not a JSON object"));
+        assert!(parse_record("")
+            .unwrap_err()
+            .starts_with("not a JSON object"));
     }
 }

@@ -54,17 +54,17 @@ pub struct Record {
 }
 
 /// Checks an option value against a list of accepted values, with an error naming both.
-pub fn parse_choice_option<'a>(key: &str, value: &str, valid: &[&'a str]) -> Result<&'a str, String> {
-    valid
-        .iter()
-        .find(|v| **v == value)
-        .copied()
-        .ok_or_else(|| {
-            format!(
-                "bad value `{value}` for option `{key}`; valid values: {}",
-                valid.join(", ")
-            )
-        })
+pub fn parse_choice_option<'a>(
+    key: &str,
+    value: &str,
+    valid: &[&'a str],
+) -> Result<&'a str, String> {
+    valid.iter().find(|v| **v == value).copied().ok_or_else(|| {
+        format!(
+            "bad value `{value}` for option `{key}`; valid values: {}",
+            valid.join(", ")
+        )
+    })
 }
 
 /// Error text for an unknown option key.

@@ -232,7 +232,10 @@ mod tests {
 
     #[test]
     fn extraction() {
-        assert_eq!(extract("so $\\boxed{\\frac{1}{2}}$.").as_deref(), Some("\\frac{1}{2}"));
+        assert_eq!(
+            extract("so $\\boxed{\\frac{1}{2}}$.").as_deref(),
+            Some("\\frac{1}{2}")
+        );
         assert_eq!(extract("\\fbox{12}").as_deref(), Some("12"));
         assert_eq!(extract("Final Answer: $24$").as_deref(), Some("24"));
         assert_eq!(
@@ -251,8 +254,16 @@ mod tests {
         assert_eq!(r.gold, "5");
         let r = parse_record(r#"{"problem":"p","answer":"\\frac12","unique_id":"test/x/1.json"}"#)
             .unwrap();
-        assert_eq!((r.gold.as_str(), r.id.as_str()), ("\\frac12", "test/x/1.json"));
-        assert!(parse_record(r#"{"problem":"p"}"#).unwrap_err().contains("missing field `answer`"));
-        assert_eq!(parse_record(r#"{"answer":"1"}"#).unwrap_err(), "missing field `problem`");
+        assert_eq!(
+            (r.gold.as_str(), r.id.as_str()),
+            ("\\frac12", "test/x/1.json")
+        );
+        assert!(parse_record(r#"{"problem":"p"}"#)
+            .unwrap_err()
+            .contains("missing field `answer`"));
+        assert_eq!(
+            parse_record(r#"{"answer":"1"}"#).unwrap_err(),
+            "missing field `problem`"
+        );
     }
 }

@@ -94,7 +94,14 @@ pub fn decimal_eq(a: &Decimal, b: &Decimal) -> bool {
 pub fn scan_decimal(s: &str, neg: bool) -> Option<(Decimal<'_>, usize)> {
     let b = s.as_bytes();
     let mut i = 0;
-    while i < b.len() && (b[i].is_ascii_digit() || (b[i] == b',' && i > 0 && b[i - 1].is_ascii_digit() && i + 1 < b.len() && b[i + 1].is_ascii_digit())) {
+    while i < b.len()
+        && (b[i].is_ascii_digit()
+            || (b[i] == b','
+                && i > 0
+                && b[i - 1].is_ascii_digit()
+                && i + 1 < b.len()
+                && b[i + 1].is_ascii_digit()))
+    {
         i += 1;
     }
     let int_end = i;
@@ -141,7 +148,10 @@ fn strip_sign_and_dollar(s: &str) -> (bool, &str) {
             rest = r;
         }
         if !seen_sign {
-            if let Some(r) = rest.strip_prefix('-').or_else(|| rest.strip_prefix('\u{2212}')) {
+            if let Some(r) = rest
+                .strip_prefix('-')
+                .or_else(|| rest.strip_prefix('\u{2212}'))
+            {
                 neg = true;
                 seen_sign = true;
                 rest = r;

@@ -5,7 +5,10 @@ use serde_json::{Map, Value};
 pub fn parse_object(line: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str::<Value>(line) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("not a JSON object: {}", preview(&other.to_string()))),
+        Ok(other) => Err(format!(
+            "not a JSON object: {}",
+            preview(&other.to_string())
+        )),
         Err(e) => Err(format!("not a JSON object: {e}")),
     }
 }

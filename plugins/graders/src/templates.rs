@@ -128,9 +128,8 @@ pub fn render(
             ),
         ]),
         "verifier" => {
-            let solution = solution.ok_or(
-                "the verifier needs an earlier generator or refiner output in the chain",
-            )?;
+            let solution = solution
+                .ok_or("the verifier needs an earlier generator or refiner output in the chain")?;
             Ok(vec![
                 msg("system", VERIFIER_SYSTEM.to_string()),
                 msg(
@@ -143,9 +142,8 @@ pub fn render(
             ])
         }
         "refiner" => {
-            let solution = solution.ok_or(
-                "the refiner needs an earlier generator or refiner output in the chain",
-            )?;
+            let solution = solution
+                .ok_or("the refiner needs an earlier generator or refiner output in the chain")?;
             Ok(vec![
                 msg("system", REFINER_SYSTEM.to_string()),
                 msg(
@@ -178,8 +176,16 @@ mod tests {
     fn latest_by_role() {
         assert_eq!(latest(&[]), (None, None));
         assert_eq!(latest(&[t("generator", "g")]), (Some("g"), None));
-        assert_eq!(latest(&[t("generator", "g"), t("verifier", "v")]), (Some("g"), Some("v")));
-        let gvrv = [t("generator", "g"), t("verifier", "v1"), t("refiner", "r1"), t("verifier", "v2")];
+        assert_eq!(
+            latest(&[t("generator", "g"), t("verifier", "v")]),
+            (Some("g"), Some("v"))
+        );
+        let gvrv = [
+            t("generator", "g"),
+            t("verifier", "v1"),
+            t("refiner", "r1"),
+            t("verifier", "v2"),
+        ];
         assert_eq!(latest(&gvrv), (Some("r1"), Some("v2")));
         let gvr = [t("generator", "g"), t("verifier", "v1"), t("refiner", "r1")];
         assert_eq!(latest(&gvr), (Some("r1"), None));
@@ -187,13 +193,27 @@ mod tests {
 
     #[test]
     fn roles() {
-        let r = render(Task::Numeric, "refiner", "1+1?", &[], &[t("generator", "2")]).unwrap();
+        let r = render(
+            Task::Numeric,
+            "refiner",
+            "1+1?",
+            &[],
+            &[t("generator", "2")],
+        )
+        .unwrap();
         assert_eq!(r[0].content, REFINER_SYSTEM);
         assert!(r[1].content.contains(NO_FEEDBACK));
         assert!(render(Task::Numeric, "verifier", "q", &[], &[]).is_err());
         let e = render(Task::Numeric, "judge", "q", &[], &[]).unwrap_err();
         assert!(e.contains("`judge`") && e.contains("generator, verifier, refiner"));
-        let mc = render(Task::MultipleChoice, "generator", "Where?", &[("A", "bank"), ("B", "zoo")], &[]).unwrap();
+        let mc = render(
+            Task::MultipleChoice,
+            "generator",
+            "Where?",
+            &[("A", "bank"), ("B", "zoo")],
+            &[],
+        )
+        .unwrap();
         assert!(mc[1].content.contains("A. bank\nB. zoo"));
         assert!(mc[1].content.contains("(A, B)"));
     }

@@ -63,7 +63,11 @@ fn csqa_golden_table() {
 #[test]
 fn csqa_simple_evals_reproduced() {
     for r in rows() {
-        assert!(r.simple_evals_agree, "simple-evals disagreement on {:?}", r.text);
+        assert!(
+            r.simple_evals_agree,
+            "simple-evals disagreement on {:?}",
+            r.text
+        );
     }
 }
 

@@ -57,9 +57,30 @@ fn rows() -> Vec<Row> {
                 numeric_extract,
                 numeric_reward: g.reward,
                 numeric_reason: g.reason,
-                strict_match: side(pred, gold, Mode::StrictMatch, c, "strict_extract", "strict_em"),
-                flexible_extract: side(pred, gold, Mode::FlexibleExtract, c, "flex_extract", "flex_em"),
-                cot_strict_match: side(pred, gold, Mode::CotStrictMatch, c, "cot_strict_extract", "cot_strict_em"),
+                strict_match: side(
+                    pred,
+                    gold,
+                    Mode::StrictMatch,
+                    c,
+                    "strict_extract",
+                    "strict_em",
+                ),
+                flexible_extract: side(
+                    pred,
+                    gold,
+                    Mode::FlexibleExtract,
+                    c,
+                    "flex_extract",
+                    "flex_em",
+                ),
+                cot_strict_match: side(
+                    pred,
+                    gold,
+                    Mode::CotStrictMatch,
+                    c,
+                    "cot_strict_extract",
+                    "cot_strict_em",
+                ),
             }
         })
         .collect()

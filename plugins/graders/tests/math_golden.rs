@@ -39,7 +39,8 @@ fn math_rows() -> Vec<MathRow> {
             let p = math::grade(Some(pred), gold, Mode::Prm800k).reward == 1.0;
             assert_eq!(p, v.correct());
             MathRow {
-                strip_agree: sp == s(c, "hendrycks_strip_pred") && sg == s(c, "hendrycks_strip_gold"),
+                strip_agree: sp == s(c, "hendrycks_strip_pred")
+                    && sg == s(c, "hendrycks_strip_gold"),
                 hendrycks_strip_pred: sp,
                 hendrycks_strip_gold: sg,
                 hendrycks_ours: h,
@@ -80,7 +81,10 @@ fn boxed_rows() -> Vec<BoxedRow> {
         .map(|c| {
             let text = s(c, "text");
             let lb = math::last_boxed_only_string(text);
-            let rb = lb.as_deref().and_then(math::remove_boxed).map(str::to_string);
+            let rb = lb
+                .as_deref()
+                .and_then(math::remove_boxed)
+                .map(str::to_string);
             let lb_ref = opt(c, "last_boxed_only_string");
             let rb_ref = opt(c, "remove_boxed");
             let rb_ours_as_ref = match (&lb, &rb) {
@@ -144,7 +148,10 @@ fn math_modes_reproduce_reference() {
     let mut bad = Vec::new();
     for r in math_rows() {
         if !r.strip_agree {
-            bad.push(format!("hendrycks normalisation of {:?} / {:?}", r.pred, r.gold));
+            bad.push(format!(
+                "hendrycks normalisation of {:?} / {:?}",
+                r.pred, r.gold
+            ));
         }
         if !r.hendrycks_agree {
             bad.push(format!("hendrycks on {:?} vs {:?}", r.pred, r.gold));

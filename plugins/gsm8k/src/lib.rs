@@ -38,7 +38,11 @@ impl Benchmark for Gsm8k {
             match key.as_str() {
                 "mode" => {
                     mode = gsm8k::Mode::parse(value).ok_or_else(|| {
-                        bad_value(key, value, &format!("one of: {}", gsm8k::Mode::NAMES.join(", ")))
+                        bad_value(
+                            key,
+                            value,
+                            &format!("one of: {}", gsm8k::Mode::NAMES.join(", ")),
+                        )
                     })?
                 }
                 _ => return Err(unknown_option(key, &["mode"])),

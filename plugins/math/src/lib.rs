@@ -17,9 +17,10 @@ impl Benchmark for Math {
         PluginInfo {
             name: "math".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "MATH and MATH-500 competition problems: last \\boxed{} (or Final Answer) \
+            description:
+                "MATH and MATH-500 competition problems: last \\boxed{} (or Final Answer) \
                           graded as PRM800K or Hendrycks do"
-                .into(),
+                    .into(),
             roles: roles(),
             options: vec![(
                 "mode".into(),
@@ -37,7 +38,11 @@ impl Benchmark for Math {
             match key.as_str() {
                 "mode" => {
                     mode = math::Mode::parse(value).ok_or_else(|| {
-                        bad_value(key, value, &format!("one of: {}", math::Mode::NAMES.join(", ")))
+                        bad_value(
+                            key,
+                            value,
+                            &format!("one of: {}", math::Mode::NAMES.join(", ")),
+                        )
                     })?
                 }
                 _ => return Err(unknown_option(key, &["mode"])),

@@ -14,10 +14,8 @@
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        // FIXME(lead): ../api/v0.1.0/plugin.wit does not parse (the type `grade` and the function
-        // `grade` clash in interface `benchmark`). `wit/plugin.wit` is that file with the one-line fix
-        // `use types.{.., grade as grade-result, ..}`; point this back at "../api/v0.1.0" once fixed.
-        path: "wit",
+        // The frozen API release this SDK targets.
+        path: "../api/v0.1.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
@@ -26,8 +24,7 @@ pub mod bindings {
 }
 
 pub use bindings::malt::plugin::types::{
-    Choice, Example, ExtractRequest, Grade, GradeRequest, Message, PluginInfo, RenderRequest,
-    Turn,
+    Choice, Example, ExtractRequest, Grade, GradeRequest, Message, PluginInfo, RenderRequest, Turn,
 };
 /// Re-exported so a plugin can parse JSON records without its own dependency.
 pub use serde_json;
@@ -81,7 +78,10 @@ pub fn unknown_option(key: &str, valid: &[&str]) -> String {
     if valid.is_empty() {
         format!("unknown option `{key}`: this plugin takes no options")
     } else {
-        format!("unknown option `{key}`; valid options: {}", valid.join(", "))
+        format!(
+            "unknown option `{key}`; valid options: {}",
+            valid.join(", ")
+        )
     }
 }
 
@@ -115,7 +115,10 @@ pub fn grade(reward: f64, reason: impl Into<String>) -> Grade {
 pub fn parse_json_object(line: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     match serde_json::from_str::<serde_json::Value>(line) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("not a JSON object: {}", preview(&other.to_string()))),
+        Ok(other) => Err(format!(
+            "not a JSON object: {}",
+            preview(&other.to_string())
+        )),
         Err(e) => Err(format!("not a JSON object: {e}")),
     }
 }
@@ -275,7 +278,7 @@ macro_rules! export_benchmark {
                     $crate::__private::grade(&__MALT_STATE, requests)
                 }
             }
-            $crate::__private::__export_plugin!(__MaltGuest with_types_in $crate::bindings);
+    $crate::__private::__export_plugin!(__MaltGuest with_types_in $crate::bindings);
         };
     };
 }

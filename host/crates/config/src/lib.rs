@@ -74,7 +74,10 @@ impl ConfigError {
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         match self {
             ConfigError::Io { path, source } => vec![Diagnostic {
-                location: Location { file: path.clone(), line_col: None },
+                location: Location {
+                    file: path.clone(),
+                    line_col: None,
+                },
                 message: format!("cannot read config: {source}"),
             }],
             ConfigError::Parse(d) => vec![d.clone()],
@@ -84,14 +87,19 @@ impl ConfigError {
 }
 
 fn join_lines(ds: &[Diagnostic]) -> String {
-    ds.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+    ds.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Config {
     /// Read, parse, validate and resolve a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
@@ -101,7 +109,10 @@ impl Config {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             let line_col = e.span().map(|s| locate::line_col(text, s.start));
             ConfigError::Parse(Diagnostic {
-                location: Location { file: path.to_path_buf(), line_col },
+                location: Location {
+                    file: path.to_path_buf(),
+                    line_col,
+                },
                 message: e.message().trim_end().to_string(),
             })
         })?;
@@ -109,7 +120,7 @@ impl Config {
         let (config, errors) = raw::resolve(raw, path, &locator);
         if errors.is_empty() {
             for w in &config.warnings {
-                tracing::warn!("{w}");
+                tracing::debug!("{w}");
             }
             Ok(config)
         } else {

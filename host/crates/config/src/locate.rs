@@ -32,7 +32,11 @@ pub(crate) struct Locator<'t> {
 
 impl<'t> Locator<'t> {
     pub(crate) fn new(text: &'t str, file: &Path) -> Self {
-        Locator { text, file: file.to_path_buf(), doc: DeTable::parse(text).ok() }
+        Locator {
+            text,
+            file: file.to_path_buf(),
+            doc: DeTable::parse(text).ok(),
+        }
     }
 
     /// The location of the deepest prefix of `path` that is present in the file (so a default
@@ -52,9 +56,7 @@ impl<'t> Locator<'t> {
                 // A key's span is the value's; for tables prefer the key (header) position.
                 span = Some(match (*seg, table) {
                     (Seg::Key(k), Some(t)) => match t.get_key_value(k) {
-                        Some((_, val)) if !matches!(val.get_ref(), DeValue::Table(_)) => {
-                            val.span()
-                        }
+                        Some((_, val)) if !matches!(val.get_ref(), DeValue::Table(_)) => val.span(),
                         Some((key, _)) => key.span(),
                         None => v.span(),
                     },
@@ -69,6 +71,9 @@ impl<'t> Locator<'t> {
                 }
             }
         }
-        Location { file: self.file.clone(), line_col: span.map(|s| line_col(self.text, s.start)) }
+        Location {
+            file: self.file.clone(),
+            line_col: span.map(|s| line_col(self.text, s.start)),
+        }
     }
 }

@@ -156,7 +156,11 @@ macro_rules! optim_table {
 }
 
 optim_table!(RawSft {});
-optim_table!(RawDpo { beta: f64, label_smoothing: f64, loss: DpoLoss });
+optim_table!(RawDpo {
+    beta: f64,
+    label_smoothing: f64,
+    loss: DpoLoss
+});
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,68 +240,151 @@ struct Checker<'a, 't> {
 
 impl Checker<'_, '_> {
     fn err(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
-        self.errors.push(Diagnostic { location: self.loc.at(path), message: message.into() });
+        self.errors.push(Diagnostic {
+            location: self.loc.at(path),
+            message: message.into(),
+        });
     }
     fn warn(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
-        self.warnings.push(Diagnostic { location: self.loc.at(path), message: message.into() });
+        self.warnings.push(Diagnostic {
+            location: self.loc.at(path),
+            message: message.into(),
+        });
     }
     fn range(&mut self, path: &[Seg<'_>], name: &str, v: f64, lo: f64, hi: f64) {
         if !(v.is_finite() && v >= lo && v <= hi) {
-            self.err(path, format!("{name} = {v} is out of range: expected a value in [{lo}, {hi}]"));
+            self.err(
+                path,
+                format!("{name} = {v} is out of range: expected a value in [{lo}, {hi}]"),
+            );
         }
     }
-    fn positive<T: PartialEq + Default + std::fmt::Display>(&mut self, path: &[Seg<'_>], name: &str, v: T) {
+    fn positive<T: PartialEq + Default + std::fmt::Display>(
+        &mut self,
+        path: &[Seg<'_>],
+        name: &str,
+        v: T,
+    ) {
         if v == T::default() {
             self.err(path, format!("{name} must be at least 1"));
         }
     }
     fn plan(&mut self, prefix: &[Seg<'static>], plan: &TrainPlan) {
         let p = |rest: &[&'static str]| -> Vec<Seg<'static>> {
-            prefix.iter().copied().chain(rest.iter().map(|k| Seg::Key(k))).collect()
+            prefix
+                .iter()
+                .copied()
+                .chain(rest.iter().map(|k| Seg::Key(k)))
+                .collect()
         };
         self.positive(&p(&["lora", "rank"]), "lora.rank", plan.lora.rank);
-        self.range(&p(&["lora", "dropout"]), "lora.dropout", plan.lora.dropout, 0.0, 0.99);
+        self.range(
+            &p(&["lora", "dropout"]),
+            "lora.dropout",
+            plan.lora.dropout,
+            0.0,
+            0.99,
+        );
         if !(plan.lora.alpha.is_finite() && plan.lora.alpha > 0.0) {
             self.err(&p(&["lora", "alpha"]), "lora.alpha must be > 0");
         }
         if plan.lora.targets.is_empty() {
-            self.err(&p(&["lora", "targets"]), "lora.targets must name at least one module");
+            self.err(
+                &p(&["lora", "targets"]),
+                "lora.targets must name at least one module",
+            );
         }
         for (table, o) in [("sft", &plan.sft.optim), ("dpo", &plan.dpo.optim)] {
             if !(o.lr.is_finite() && o.lr > 0.0 && o.lr < 1.0) {
-                self.err(&p(&[table, "lr"]), format!("{table}.lr = {} is out of range: expected 0 < lr < 1", o.lr));
+                self.err(
+                    &p(&[table, "lr"]),
+                    format!("{table}.lr = {} is out of range: expected 0 < lr < 1", o.lr),
+                );
             }
-            self.positive(&p(&[table, "micro_batch"]), &format!("{table}.micro_batch"), o.micro_batch);
-            self.positive(&p(&[table, "grad_accum"]), &format!("{table}.grad_accum"), o.grad_accum);
-            self.positive(&p(&[table, "max_seq_len"]), &format!("{table}.max_seq_len"), o.max_seq_len);
+            self.positive(
+                &p(&[table, "micro_batch"]),
+                &format!("{table}.micro_batch"),
+                o.micro_batch,
+            );
+            self.positive(
+                &p(&[table, "grad_accum"]),
+                &format!("{table}.grad_accum"),
+                o.grad_accum,
+            );
+            self.positive(
+                &p(&[table, "max_seq_len"]),
+                &format!("{table}.max_seq_len"),
+                o.max_seq_len,
+            );
             if o.epochs == 0 && o.max_steps == 0 {
-                self.err(&p(&[table, "epochs"]), format!("{table}: epochs and max_steps are both 0"));
+                self.err(
+                    &p(&[table, "epochs"]),
+                    format!("{table}: epochs and max_steps are both 0"),
+                );
             }
-            self.range(&p(&[table, "warmup_ratio"]), &format!("{table}.warmup_ratio"), o.warmup_ratio, 0.0, 1.0);
-            self.range(&p(&[table, "weight_decay"]), &format!("{table}.weight_decay"), o.weight_decay, 0.0, 1.0);
+            self.range(
+                &p(&[table, "warmup_ratio"]),
+                &format!("{table}.warmup_ratio"),
+                o.warmup_ratio,
+                0.0,
+                1.0,
+            );
+            self.range(
+                &p(&[table, "weight_decay"]),
+                &format!("{table}.weight_decay"),
+                o.weight_decay,
+                0.0,
+                1.0,
+            );
             if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
-                self.err(&p(&[table, "max_grad_norm"]), format!("{table}.max_grad_norm must be >= 0 (0 = no clipping)"));
+                self.err(
+                    &p(&[table, "max_grad_norm"]),
+                    format!("{table}.max_grad_norm must be >= 0 (0 = no clipping)"),
+                );
             }
         }
         if !(plan.dpo.beta.is_finite() && plan.dpo.beta > 0.0) {
-            self.err(&p(&["dpo", "beta"]), format!("dpo.beta = {} must be > 0", plan.dpo.beta));
+            self.err(
+                &p(&["dpo", "beta"]),
+                format!("dpo.beta = {} must be > 0", plan.dpo.beta),
+            );
         }
-        self.range(&p(&["dpo", "label_smoothing"]), "dpo.label_smoothing", plan.dpo.label_smoothing, 0.0, 0.49);
+        self.range(
+            &p(&["dpo", "label_smoothing"]),
+            "dpo.label_smoothing",
+            plan.dpo.label_smoothing,
+            0.0,
+            0.49,
+        );
     }
 }
 
 pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config, Vec<Diagnostic>) {
     use Seg::{Index as I, Key as K};
-    let mut c = Checker { loc, errors: Vec::new(), warnings: Vec::new() };
+    let mut c = Checker {
+        loc,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
     let base_abs = std::path::absolute(&base_dir).unwrap_or(base_dir.clone());
 
     // [run]
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
     let name = raw.run.name.unwrap_or(stem);
     if name.is_empty() || name.contains(['/', '\\']) {
-        c.err(&[K("run"), K("name")], format!("run.name {name:?} must be non-empty and contain no path separator"));
+        c.err(
+            &[K("run"), K("name")],
+            format!("run.name {name:?} must be non-empty and contain no path separator"),
+        );
     }
     let run = Run {
         dir: match raw.run.dir {
@@ -309,8 +396,12 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     };
 
     // [model]
-    let src = raw.model.source.unwrap_or_else(|| "smollm2-135m-instruct".into());
-    let looks_like_path = src.contains(['/', '\\']) || src.ends_with(".gguf") || src.starts_with('.');
+    let src = raw
+        .model
+        .source
+        .unwrap_or_else(|| "smollm2-135m-instruct".into());
+    let looks_like_path =
+        src.contains(['/', '\\']) || src.ends_with(".gguf") || src.starts_with('.');
     let model = Model {
         source: if looks_like_path {
             ModelSource::Path(resolve_path(&base_abs, Path::new(&src)))
@@ -320,11 +411,25 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         device: raw.model.device.unwrap_or_else(|| "cpu".into()),
         dtype: raw.model.dtype.unwrap_or_else(|| "f32".into()),
     };
-    if !matches!(model.device.as_str(), "cpu" | "cuda" | "metal") && !model.device.starts_with("cuda:") {
-        c.err(&[K("model"), K("device")], format!("model.device {:?}: expected \"cpu\", \"cuda\", \"cuda:N\" or \"metal\"", model.device));
+    if !matches!(model.device.as_str(), "cpu" | "cuda" | "metal")
+        && !model.device.starts_with("cuda:")
+    {
+        c.err(
+            &[K("model"), K("device")],
+            format!(
+                "model.device {:?}: expected \"cpu\", \"cuda\", \"cuda:N\" or \"metal\"",
+                model.device
+            ),
+        );
     }
     if !matches!(model.dtype.as_str(), "f32" | "f16" | "bf16") {
-        c.err(&[K("model"), K("dtype")], format!("model.dtype {:?}: expected \"f32\", \"f16\" or \"bf16\"", model.dtype));
+        c.err(
+            &[K("model"), K("dtype")],
+            format!(
+                "model.dtype {:?}: expected \"f32\", \"f16\" or \"bf16\"",
+                model.dtype
+            ),
+        );
     }
 
     // [plugins]
@@ -332,14 +437,21 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         .plugins
         .into_iter()
         .map(|(name, p)| {
-            let spec = PluginSpec { name: name.clone(), path: p.path.map(|x| resolve_path(&base_abs, &x)), options: p.options };
+            let spec = PluginSpec {
+                name: name.clone(),
+                path: p.path.map(|x| resolve_path(&base_abs, &x)),
+                options: p.options,
+            };
             (name, spec)
         })
         .collect();
     for (name, spec) in &plugins {
         if let Some(p) = &spec.path {
             if !p.exists() {
-                c.warn(&[K("plugins"), K(name), K("path")], format!("plugin `{name}`: {} does not exist", p.display()));
+                c.warn(
+                    &[K("plugins"), K(name), K("path")],
+                    format!("plugin `{name}`: {} does not exist", p.display()),
+                );
             }
         }
     }
@@ -347,35 +459,64 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     // [dataset]
     let d = raw.dataset;
     if !plugins.contains_key(&d.plugin) {
-        c.err(&[K("dataset"), K("plugin")], unknown_plugin(&d.plugin, &plugins));
+        c.err(
+            &[K("dataset"), K("plugin")],
+            unknown_plugin(&d.plugin, &plugins),
+        );
     }
     let source = match (d.path, d.generate) {
         (Some(p), None) => {
             let p = resolve_path(&base_abs, &p);
             if !p.exists() {
-                c.warn(&[K("dataset"), K("path")], format!("dataset file {} does not exist (yet)", p.display()));
+                c.warn(
+                    &[K("dataset"), K("path")],
+                    format!("dataset file {} does not exist (yet)", p.display()),
+                );
             }
             DataSource::File(p)
         }
         (None, Some(g)) => {
             if g.count == 0 {
-                c.err(&[K("dataset"), K("generate"), K("count")], "dataset.generate.count must be at least 1");
+                c.err(
+                    &[K("dataset"), K("generate"), K("count")],
+                    "dataset.generate.count must be at least 1",
+                );
             }
-            DataSource::Generate { seed: g.seed, count: g.count }
+            DataSource::Generate {
+                seed: g.seed,
+                count: g.count,
+            }
         }
         (Some(_), Some(_)) => {
-            c.err(&[K("dataset"), K("generate")], "dataset: give either `path` or `generate`, not both");
+            c.err(
+                &[K("dataset"), K("generate")],
+                "dataset: give either `path` or `generate`, not both",
+            );
             DataSource::Generate { seed: 0, count: 0 }
         }
         (None, None) => {
-            c.err(&[K("dataset")], "dataset: give either `path` (a JSONL file) or `generate = { seed, count }`");
+            c.err(
+                &[K("dataset")],
+                "dataset: give either `path` (a JSONL file) or `generate = { seed, count }`",
+            );
             DataSource::Generate { seed: 0, count: 0 }
         }
     };
-    let dataset = Dataset { plugin: d.plugin, source, train: d.train.unwrap_or(100), test: d.test.unwrap_or(100) };
+    let dataset = Dataset {
+        plugin: d.plugin,
+        source,
+        train: d.train.unwrap_or(100),
+        test: d.test.unwrap_or(100),
+    };
     if let DataSource::Generate { count, .. } = dataset.source {
         if count > 0 && dataset.train + dataset.test > count as usize {
-            c.err(&[K("dataset"), K("train")], format!("dataset: train ({}) + test ({}) exceeds generate.count ({count})", dataset.train, dataset.test));
+            c.err(
+                &[K("dataset"), K("train")],
+                format!(
+                    "dataset: train ({}) + test ({}) exceeds generate.count ({count})",
+                    dataset.train, dataset.test
+                ),
+            );
         }
     }
     if dataset.train == 0 && dataset.test == 0 {
@@ -393,11 +534,29 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         stderr_kib: s.stderr_kib.unwrap_or(dflt.stderr_kib),
         workers: s.workers.unwrap_or(dflt.workers),
     };
-    c.positive(&[K("sandbox"), K("timeout_ms")], "sandbox.timeout_ms", sandbox.timeout_ms);
-    c.positive(&[K("sandbox"), K("max_output_kib")], "sandbox.max_output_kib", sandbox.max_output_kib);
-    c.positive(&[K("sandbox"), K("workers")], "sandbox.workers", sandbox.workers);
+    c.positive(
+        &[K("sandbox"), K("timeout_ms")],
+        "sandbox.timeout_ms",
+        sandbox.timeout_ms,
+    );
+    c.positive(
+        &[K("sandbox"), K("max_output_kib")],
+        "sandbox.max_output_kib",
+        sandbox.max_output_kib,
+    );
+    c.positive(
+        &[K("sandbox"), K("workers")],
+        "sandbox.workers",
+        sandbox.workers,
+    );
     if !(1..=4096).contains(&sandbox.memory_mib) {
-        c.err(&[K("sandbox"), K("memory_mib")], format!("sandbox.memory_mib = {} is out of range: expected 1..=4096", sandbox.memory_mib));
+        c.err(
+            &[K("sandbox"), K("memory_mib")],
+            format!(
+                "sandbox.memory_mib = {} is out of range: expected 1..=4096",
+                sandbox.memory_mib
+            ),
+        );
     }
 
     // [credit]
@@ -406,11 +565,20 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         pooling: raw.credit.pooling.unwrap_or(Pooling::Global),
         pairs: raw.credit.pairs.unwrap_or(Pairs::All),
     };
-    c.range(&[K("credit"), K("theta")], "credit.theta", credit.theta, 0.0, 1.0);
+    c.range(
+        &[K("credit"), K("theta")],
+        "credit.theta",
+        credit.theta,
+        0.0,
+        1.0,
+    );
 
     // [[agents]]
     if raw.agents.is_empty() {
-        c.err(&[K("agents")], "no agents: the chain needs at least one [[agents]] table");
+        c.err(
+            &[K("agents")],
+            "no agents: the chain needs at least one [[agents]] table",
+        );
     }
     let mut seen = HashSet::new();
     let mut agents = Vec::new();
@@ -421,12 +589,21 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         } else if !seen.insert(a.name.clone()) {
             c.err(&at("name"), format!("duplicate agent name `{}`", a.name));
         }
-        let role = a.role.unwrap_or_else(|| a.name.trim_end_matches(|ch: char| ch.is_ascii_digit() || ch == '-').to_string());
+        let role = a.role.unwrap_or_else(|| {
+            a.name
+                .trim_end_matches(|ch: char| ch.is_ascii_digit() || ch == '-')
+                .to_string()
+        });
         let plugin = a.plugin.unwrap_or_else(|| dataset.plugin.clone());
         if !plugins.contains_key(&plugin) && plugin != dataset.plugin {
             c.err(&at("plugin"), unknown_plugin(&plugin, &plugins));
         }
-        let mut plan = TrainPlan { method: default_method(&role), lora: Lora::default(), sft: Sft::default(), dpo: Dpo::default() };
+        let mut plan = TrainPlan {
+            method: default_method(&role),
+            lora: Lora::default(),
+            sft: Sft::default(),
+            dpo: Dpo::default(),
+        };
         raw.train.apply(&mut plan);
         if let Some(t) = &a.train {
             t.apply(&mut plan);
@@ -445,16 +622,40 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
             train: plan,
         };
         c.positive(&at("branches"), "branches", agent.branches);
-        c.positive(&at("max_new_tokens"), "max_new_tokens", agent.max_new_tokens);
-        c.range(&at("temperature"), "temperature", agent.temperature, 0.0, 5.0);
+        c.positive(
+            &at("max_new_tokens"),
+            "max_new_tokens",
+            agent.max_new_tokens,
+        );
+        c.range(
+            &at("temperature"),
+            "temperature",
+            agent.temperature,
+            0.0,
+            5.0,
+        );
         if !(agent.top_p.is_finite() && agent.top_p > 0.0 && agent.top_p <= 1.0) {
-            c.err(&at("top_p"), format!("top_p = {} is out of range: expected 0 < top_p <= 1", agent.top_p));
+            c.err(
+                &at("top_p"),
+                format!(
+                    "top_p = {} is out of range: expected 0 < top_p <= 1",
+                    agent.top_p
+                ),
+            );
         }
         if a.theta.is_some() {
             c.range(&at("theta"), "theta", agent.theta, 0.0, 1.0);
         }
-        if agent.role == "generator" && matches!(agent.train.method, Method::Dpo | Method::SftThenDpo) {
-            c.warn(&[K("agents"), I(i), K("train"), K("method")], format!("agent `{}`: DPO on the generator differs from the MALT paper (generator: sft)", agent.name));
+        if agent.role == "generator"
+            && matches!(agent.train.method, Method::Dpo | Method::SftThenDpo)
+        {
+            c.warn(
+                &[K("agents"), I(i), K("train"), K("method")],
+                format!(
+                    "agent `{}`: DPO on the generator differs from the MALT paper (generator: sft)",
+                    agent.name
+                ),
+            );
         }
         if a.train.is_some() {
             c.plan(&[K("agents"), I(i), K("train")], &agent.train);
@@ -470,10 +671,21 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         seeds: raw.eval.seeds.unwrap_or_else(|| vec![0, 1, 2, 3]),
         majority_k: raw.eval.majority_k.unwrap_or(3),
     };
-    c.positive(&[K("eval"), K("questions")], "eval.questions", eval.questions);
-    c.positive(&[K("eval"), K("majority_k")], "eval.majority_k", eval.majority_k);
+    c.positive(
+        &[K("eval"), K("questions")],
+        "eval.questions",
+        eval.questions,
+    );
+    c.positive(
+        &[K("eval"), K("majority_k")],
+        "eval.majority_k",
+        eval.majority_k,
+    );
     if eval.seeds.is_empty() {
-        c.err(&[K("eval"), K("seeds")], "eval.seeds must list at least one seed");
+        c.err(
+            &[K("eval"), K("seeds")],
+            "eval.seeds must list at least one seed",
+        );
     }
 
     let config = Config {
@@ -496,6 +708,10 @@ fn unknown_plugin(name: &str, plugins: &BTreeMap<String, PluginSpec>) -> String 
     let known: Vec<&str> = plugins.keys().map(String::as_str).collect();
     format!(
         "unknown plugin `{name}`: declare it with a [plugins.{name}] table (declared: {})",
-        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
     )
 }

@@ -199,9 +199,17 @@ impl Default for Lora {
             rank: 8,
             alpha: 16.0,
             dropout: 0.05,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            targets: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -261,7 +269,10 @@ impl Default for Dpo {
             beta: 0.1,
             label_smoothing: 0.0,
             loss: DpoLoss::Sigmoid,
-            optim: Optim { lr: 5e-5, ..Optim::default() },
+            optim: Optim {
+                lr: 5e-5,
+                ..Optim::default()
+            },
         }
     }
 }

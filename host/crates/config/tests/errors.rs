@@ -50,10 +50,17 @@ fn good_config_resolves_defaults() {
 #[test]
 fn hash_ignores_formatting_but_not_values() {
     let a = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
-    let reformatted = format!("# a comment\n{}\n[credit]\ntheta = 0.5\n", GOOD.replace(" = ", "="));
+    let reformatted = format!(
+        "# a comment\n{}\n[credit]\ntheta = 0.5\n",
+        GOOD.replace(" = ", "=")
+    );
     let b = Config::parse(&reformatted, Path::new("configs/x.toml")).unwrap();
     assert_eq!(a.config_hash(), b.config_hash());
-    let c = Config::parse(&format!("{GOOD}\n[credit]\ntheta = 0.6\n"), Path::new("configs/x.toml")).unwrap();
+    let c = Config::parse(
+        &format!("{GOOD}\n[credit]\ntheta = 0.6\n"),
+        Path::new("configs/x.toml"),
+    )
+    .unwrap();
     assert_ne!(a.config_hash(), c.config_hash());
 }
 
@@ -78,7 +85,9 @@ fn per_agent_train_overrides() {
 
 #[test]
 fn unknown_field() {
-    insta::assert_snapshot!(err(&GOOD.replace("name = \"verifier\"", "name = \"verifier\"\nbranchs = 3")));
+    insta::assert_snapshot!(err(
+        &GOOD.replace("name = \"verifier\"", "name = \"verifier\"\nbranchs = 3")
+    ));
 }
 
 #[test]
@@ -88,7 +97,9 @@ fn unknown_top_level_table() {
 
 #[test]
 fn wrong_type() {
-    insta::assert_snapshot!(err(&GOOD.replace("seed = 1\n\n[dataset]", "seed = \"one\"\n\n[dataset]")));
+    insta::assert_snapshot!(err(
+        &GOOD.replace("seed = 1\n\n[dataset]", "seed = \"one\"\n\n[dataset]")
+    ));
 }
 
 #[test]
@@ -108,7 +119,9 @@ fn theta_out_of_range() {
 
 #[test]
 fn agent_theta_out_of_range() {
-    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"refiner\"\ntheta = -0.1")));
+    insta::assert_snapshot!(err(
+        &GOOD.replace("name = \"refiner\"", "name = \"refiner\"\ntheta = -0.1")
+    ));
 }
 
 #[test]
@@ -119,12 +132,17 @@ fn zero_agents() {
 
 #[test]
 fn duplicate_agent_names() {
-    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"verifier\"")));
+    insta::assert_snapshot!(err(
+        &GOOD.replace("name = \"refiner\"", "name = \"verifier\"")
+    ));
 }
 
 #[test]
 fn unknown_plugin() {
-    insta::assert_snapshot!(err(&GOOD.replace("name = \"refiner\"", "name = \"refiner\"\nplugin = \"gsm8k\"")));
+    insta::assert_snapshot!(err(&GOOD.replace(
+        "name = \"refiner\"",
+        "name = \"refiner\"\nplugin = \"gsm8k\""
+    )));
 }
 
 #[test]
@@ -137,7 +155,9 @@ fn zero_branches_and_bad_sampling() {
 
 #[test]
 fn dataset_needs_one_source() {
-    insta::assert_snapshot!(err(&GOOD.replace("generate = { seed = 1, count = 200 }", "")));
+    insta::assert_snapshot!(err(
+        &GOOD.replace("generate = { seed = 1, count = 200 }", "")
+    ));
 }
 
 #[test]
@@ -147,7 +167,10 @@ fn split_larger_than_generated() {
 
 #[test]
 fn dpo_on_generator_warns() {
-    let text = GOOD.replace("name = \"generator\"", "name = \"generator\"\n[agents.train]\nmethod = \"dpo\"");
+    let text = GOOD.replace(
+        "name = \"generator\"",
+        "name = \"generator\"\n[agents.train]\nmethod = \"dpo\"",
+    );
     let c = Config::parse(&text, Path::new("configs/x.toml")).unwrap();
     let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     insta::assert_snapshot!(w.join("\n"));
@@ -159,16 +182,33 @@ fn relative_paths_resolve_against_config_dir() {
     let cfg_dir = dir.path().join("configs");
     std::fs::create_dir_all(&cfg_dir).unwrap();
     let text = GOOD
-        .replace("generate = { seed = 1, count = 200 }", "path = \"../data/train.jsonl\"")
-        .replace("[plugins.arith]", "[plugins.arith]\npath = \"../plugins/arith\"");
+        .replace(
+            "generate = { seed = 1, count = 200 }",
+            "path = \"../data/train.jsonl\"",
+        )
+        .replace(
+            "[plugins.arith]",
+            "[plugins.arith]\npath = \"../plugins/arith\"",
+        );
     let path = cfg_dir.join("x.toml");
     std::fs::write(&path, text).unwrap();
     let c = Config::load(&path).unwrap();
     match &c.dataset.source {
-        malt_config::DataSource::File(p) => assert!(p.ends_with("configs/../data/train.jsonl"), "{}", p.display()),
+        malt_config::DataSource::File(p) => assert!(
+            p.ends_with("configs/../data/train.jsonl"),
+            "{}",
+            p.display()
+        ),
         other => panic!("{other:?}"),
     }
-    assert!(c.plugins["arith"].path.as_ref().unwrap().starts_with(&cfg_dir));
+    assert!(c.plugins["arith"]
+        .path
+        .as_ref()
+        .unwrap()
+        .starts_with(&cfg_dir));
     // a missing dataset file is a warning, not an error
-    assert!(c.warnings.iter().any(|w| w.message.contains("does not exist")));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("does not exist")));
 }

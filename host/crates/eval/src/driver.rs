@@ -97,9 +97,9 @@ pub fn run_evaluation(
     } else {
         ProgressBar::hidden()
     };
-    if let Ok(style) =
-        ProgressStyle::with_template("eval {bar:30} {pos}/{len} questions {msg} [{elapsed} < {eta}]")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "eval {bar:30} {pos}/{len} questions {msg} [{elapsed} < {eta}]",
+    ) {
         bar.set_style(style);
     }
     let resumed = log.records().len();
@@ -149,5 +149,9 @@ pub fn run_evaluation(
 
     let report = aggregate(plan, log.records(), manifest)?;
     write_reports(out_dir, &report)?;
+    for s in &report.systems {
+        tracing::info!(system = %s.id, mean_pct = s.mean_pct, std_pct = ?s.std_pct,
+            errored = s.errored, "evaluation result");
+    }
     Ok(report)
 }

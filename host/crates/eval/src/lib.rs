@@ -11,7 +11,7 @@
 //! - [`subset`]: seeded question subsets (splitmix64 + partial Fisher-Yates).
 //! - [`results`]: the append-only JSONL result log and its resume logic.
 //! - [`stats`]: mean and sample standard deviation.
-//! - [`aggregate`]: from result records to the [`Report`] figures.
+//! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
 //! - [`svg`]: hand-written SVG charts, reusable for loss curves.

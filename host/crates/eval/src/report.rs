@@ -54,7 +54,12 @@ pub fn render_markdown(r: &Report) -> String {
     }
     let _ = writeln!(md, "{header}\n{rule}");
     for s in &r.systems {
-        let _ = write!(md, "| {} | {} |", s.label, fmt_spread(s.mean_pct, s.std_pct));
+        let _ = write!(
+            md,
+            "| {} | {} |",
+            s.label,
+            fmt_spread(s.mean_pct, s.std_pct)
+        );
         for a in &s.per_seed {
             let _ = write!(md, " {:.2} |", a.accuracy_pct);
         }
@@ -96,7 +101,10 @@ pub fn render_markdown(r: &Report) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n## Answer flips between consecutive answering turns\n");
+    let _ = writeln!(
+        md,
+        "\n## Answer flips between consecutive answering turns\n"
+    );
     let _ = writeln!(
         md,
         "Attempt 0, pooled over seeds, errored attempts excluded; unparseable counts as wrong.\n"
@@ -189,7 +197,7 @@ pub fn per_turn_svg(r: &Report) -> String {
             .collect()
     });
     let mut series = Vec::new();
-    for v in &r.per_turn {
+    for (vi, v) in r.per_turn.iter().enumerate() {
         for voted in [false, true] {
             let points = v
                 .turns
@@ -207,6 +215,7 @@ pub fn per_turn_svg(r: &Report) -> String {
                 },
                 points,
                 dashed: voted,
+                colour: Some(vi),
             });
         }
     }

@@ -13,6 +13,7 @@
 //! A bad line anywhere else means the file was damaged or edited and is an error (silently
 //! skipping it would change the figures). A key seen twice keeps its first record.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -106,7 +107,12 @@ impl AttemptRecord {
             return None;
         }
         const UNPARSEABLE: &Outcome = &Outcome::Unparseable;
-        Some(self.turns.get(t).map(|turn| &turn.outcome).unwrap_or(UNPARSEABLE))
+        Some(
+            self.turns
+                .get(t)
+                .map(|turn| &turn.outcome)
+                .unwrap_or(UNPARSEABLE),
+        )
     }
 }
 
@@ -153,11 +159,14 @@ impl ResultLog {
             match serde_json::from_slice::<AttemptRecord>(line) {
                 Ok(rec) => {
                     let key = rec.key();
-                    if records.contains_key(&key) {
-                        tracing::warn!(path = %path.display(), line = line_no, %key,
-                            "duplicate result line ignored (first one kept)");
-                    } else {
-                        records.insert(key, rec);
+                    match records.entry(key) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(rec);
+                        }
+                        Entry::Occupied(_) => {
+                            tracing::warn!(path = %path.display(), line = line_no, %key,
+                                "duplicate result line ignored (first one kept)");
+                        }
                     }
                     needs_newline = end.is_none();
                 }
@@ -183,8 +192,7 @@ impl ResultLog {
         if needs_newline {
             // A complete record whose newline never hit the disk: terminate it so the next
             // append does not glue onto it.
-            file.write_all(b"\n")
-                .map_err(|e| EvalError::io(&path, e))?;
+            file.write_all(b"\n").map_err(|e| EvalError::io(&path, e))?;
         }
         Ok(ResultLog {
             path,

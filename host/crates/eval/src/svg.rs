@@ -110,6 +110,9 @@ pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub dashed: bool,
+    /// Palette index, to give related series (e.g. a system and its MV@k) one colour;
+    /// `None` takes the series' position.
+    pub colour: Option<usize>,
 }
 
 /// A generic line chart.
@@ -289,7 +292,13 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar]) -> String {
 /// right. Non-finite points break the line.
 pub fn line_chart(chart: &LineChart) -> String {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let pts = || chart.series.iter().flat_map(|s| s.points.iter()).filter(finite);
+    let pts = || {
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(finite)
+    };
     let (mut xlo, mut xhi, mut ylo, mut yhi) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts() {
         xlo = xlo.min(x);
@@ -373,7 +382,7 @@ pub fn line_chart(chart: &LineChart) -> String {
 
     let many = pts().count() > 60 * chart.series.len().max(1);
     for (i, s) in chart.series.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
+        let colour = PALETTE[s.colour.unwrap_or(i) % PALETTE.len()];
         let dash = if s.dashed {
             " stroke-dasharray=\"6 4\""
         } else {
@@ -404,7 +413,11 @@ pub fn line_chart(chart: &LineChart) -> String {
         }
         // Markers make sparse series (a few turns) readable; dense curves do without.
         if !many {
-            for &(x, y) in s.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()) {
+            for &(x, y) in s
+                .points
+                .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+            {
                 let _ = writeln!(
                     out,
                     "<circle cx=\"{:.2}\" cy=\"{:.2}\" r=\"3.5\" fill=\"{colour}\"/>",
@@ -446,7 +459,11 @@ pub(crate) mod tests {
             if tag.starts_with('?') {
                 // XML declaration
             } else if let Some(name) = tag.strip_prefix('/') {
-                assert_eq!(stack.pop().as_deref(), Some(name.trim()), "mismatched close");
+                assert_eq!(
+                    stack.pop().as_deref(),
+                    Some(name.trim()),
+                    "mismatched close"
+                );
             } else {
                 assert_entities(tag);
                 let name: String = tag
@@ -477,15 +494,22 @@ pub(crate) mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("a<b & \"c\" 'd'>"), "a&lt;b &amp; &quot;c&quot; &apos;d&apos;&gt;");
+        assert_eq!(
+            escape("a<b & \"c\" 'd'>"),
+            "a&lt;b &amp; &quot;c&quot; &apos;d&apos;&gt;"
+        );
     }
 
     #[test]
     fn nice_ticks_cover_range() {
-        assert_eq!(nice_ticks(0.0, 95.0, 6), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!(
+            nice_ticks(0.0, 95.0, 6),
+            vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+        );
         let t = nice_ticks(0.13, 0.71, 5);
         assert!(t[0] <= 0.13 && *t.last().expect("ticks") >= 0.71);
-        assert_eq!(nice_ticks(3.0, 3.0, 5).len() >= 2, true);
+        let flat = nice_ticks(3.0, 3.0, 5);
+        assert!(flat.len() >= 2 && flat[0] < 3.0 && *flat.last().expect("ticks") > 3.0);
     }
 
     #[test]
@@ -519,13 +543,17 @@ pub(crate) mod tests {
             series: vec![
                 Series {
                     name: "train".into(),
-                    points: (0..200).map(|i| (i as f64, 2.0 / (1.0 + i as f64))).collect(),
+                    points: (0..200)
+                        .map(|i| (i as f64, 2.0 / (1.0 + i as f64)))
+                        .collect(),
                     dashed: false,
+                    colour: None,
                 },
                 Series {
                     name: "eval & <val>".into(),
                     points: vec![(0.0, 1.5), (f64::NAN, 1.0), (100.0, 0.4), (199.0, 0.3)],
                     dashed: true,
+                    colour: Some(0),
                 },
             ],
             x_ticks: None,

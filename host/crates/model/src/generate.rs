@@ -58,7 +58,12 @@ impl Model {
     /// A cache for `tokens` (the full sequence) that reuses `base`'s keys/values for their
     /// longest common prefix when `base` was computed under the same adapter; only the rest is
     /// prefilled. `base` is not modified (its storage is shared).
-    pub fn extend(&self, base: &Cache, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Cache> {
+    pub fn extend(
+        &self,
+        base: &Cache,
+        tokens: &[u32],
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Cache> {
         if tokens.is_empty() {
             return Err(ModelError::Invalid("cannot prefill an empty prompt".into()));
         }
@@ -106,7 +111,9 @@ impl Model {
                 )));
             }
             let l = b.cache.last_logits.as_ref().ok_or_else(|| {
-                ModelError::Invalid(format!("branch {i}: cache has no pending logits (prefill it first)"))
+                ModelError::Invalid(format!(
+                    "branch {i}: cache has no pending logits (prefill it first)"
+                ))
             })?;
             first_logits.push(l.to_vec1::<f32>()?);
         }
@@ -250,7 +257,9 @@ impl Model {
         results
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.ok_or_else(|| ModelError::Invalid(format!("branch {i} did not finish"))))
+            .map(|(i, r)| {
+                r.ok_or_else(|| ModelError::Invalid(format!("branch {i} did not finish")))
+            })
             .collect()
     }
 

@@ -41,6 +41,6 @@ pub use lora::{LoraAdapter, LoraConfig, Proj};
 pub use model::Model;
 pub use sampling::{branch_seed, SamplingParams};
 pub use tokenizer::Tokenizer;
-pub use tree::{TreeSampler, TreeStats};
+pub use tree::{NodeRequest, TreeSampler, TreeStats};
 
 pub use candle_core;

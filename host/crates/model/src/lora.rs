@@ -213,7 +213,8 @@ impl LoraAdapter {
             "revision": null,
         });
         let path = dir.join("adapter_config.json");
-        let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::Invalid(e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
         let tensors: HashMap<String, Tensor> = self
             .named_vars()
@@ -241,7 +242,9 @@ impl LoraAdapter {
             return Err(bad("peft_type is not LORA".into()));
         }
         if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false)
-            || v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false)
+            || v.get("use_rslora")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
         {
             return Err(bad("DoRA / rsLoRA adapters are not supported".into()));
         }
@@ -249,13 +252,19 @@ impl LoraAdapter {
             .get("r")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("missing `r`".into()))? as usize;
-        let alpha = v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(r as f64);
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .unwrap_or(r as f64);
         let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
         let targets = match v.get("target_modules") {
             Some(Value::Array(a)) => a
                 .iter()
                 .filter_map(Value::as_str)
-                .map(|s| Proj::from_name(s).ok_or_else(|| bad(format!("unsupported target module `{s}`"))))
+                .map(|s| {
+                    Proj::from_name(s)
+                        .ok_or_else(|| bad(format!("unsupported target module `{s}`")))
+                })
                 .collect::<Result<Vec<_>>>()?,
             Some(Value::String(s)) if s == "all-linear" => Proj::ALL.to_vec(),
             _ => return Err(bad("missing or unsupported `target_modules`".into())),

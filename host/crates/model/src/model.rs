@@ -98,7 +98,11 @@ impl Model {
     }
 
     /// Rendered and tokenized (the template supplies special tokens, so none are added).
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         let text = self.render_chat(messages, add_generation_prompt)?;
         self.tokenizer.encode(&text, false)
     }
@@ -125,7 +129,10 @@ impl Model {
         for (i, l) in d.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.insert(format!("{p}.input_layernorm.weight"), l.input_norm.clone());
-            out.insert(format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone());
+            out.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_norm.clone(),
+            );
             if let Some(t) = &l.q_norm {
                 out.insert(format!("{p}.self_attn.q_norm.weight"), t.clone());
             }
@@ -173,10 +180,10 @@ impl Model {
     pub fn random(cfg: ModelConfig, device: &Device) -> Result<Self> {
         use crate::decoder::{Layer, Linear};
         let h = cfg.hidden_size;
-        let rnd = |shape: &[usize]| -> Result<Tensor> {
-            Ok(Tensor::randn(0f32, 0.02, shape, device)?)
-        };
-        let ones = |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
+        let rnd =
+            |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 0.02, shape, device)?) };
+        let ones =
+            |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
         let embed = rnd(&[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for _ in 0..cfg.num_hidden_layers {
@@ -191,8 +198,16 @@ impl Model {
             layers.push(Layer {
                 input_norm: ones(h)?,
                 post_norm: ones(h)?,
-                q_norm: if cfg.qk_norm { Some(ones(cfg.head_dim)?) } else { None },
-                k_norm: if cfg.qk_norm { Some(ones(cfg.head_dim)?) } else { None },
+                q_norm: if cfg.qk_norm {
+                    Some(ones(cfg.head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(ones(cfg.head_dim)?)
+                } else {
+                    None
+                },
                 proj: [
                     lin(Proj::Q)?,
                     lin(Proj::K)?,

@@ -68,10 +68,18 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
         return argmax();
     }
     let t = p.temperature as f32;
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    // Candidates within 30 nats of the best (relative probability > 1e-13): dropping the rest
+    // changes nothing measurable and avoids sorting the whole vocabulary at every step.
+    let floor = max - 30.0 * t;
     let mut idx: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
-        .filter(|(_, v)| v.is_finite())
+        .filter(|(_, v)| v.is_finite() && **v >= floor)
         .map(|(i, &v)| (i as u32, v / t))
         .collect();
     if idx.is_empty() {
@@ -83,8 +91,10 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
         idx.select_nth_unstable_by(p.top_k - 1, cmp);
         idx.truncate(p.top_k);
     }
-    idx.sort_by(cmp);
-    let max = idx[0].1;
+    if p.top_p < 1.0 {
+        idx.sort_by(cmp);
+    }
+    let max = idx.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<f32> = idx.iter().map(|(_, v)| (v - max).exp()).collect();
     let sum: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= sum);

@@ -33,7 +33,14 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 }
 
 /// Turn-ending tokens of common chat formats; only used when present in the vocabulary.
-const END_OF_TURN: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_turn>"];
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+    "<end_of_turn>",
+];
 
 impl Tokenizer {
     pub fn new(inner: tokenizers::Tokenizer) -> Self {

@@ -23,6 +23,15 @@ pub struct TreeStats {
     pub sequences: usize,
 }
 
+/// One node to expand in [`TreeSampler::sample_level`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRequest<'a> {
+    pub parent: Option<&'a Cache>,
+    pub prompt: &'a [u32],
+    pub n: usize,
+    pub path: &'a [usize],
+}
+
 pub struct TreeSampler<'m> {
     model: &'m Model,
     /// (adapter uid, hash of a token prefix) whose keys/values exist somewhere in the tree.
@@ -84,7 +93,9 @@ impl<'m> TreeSampler<'m> {
         self.stats.prefill_minimum += self.mark(uid, prompt);
         let before = self.model.decoder.prefill_tokens_computed();
         let empty = Cache::empty();
-        let cache = self.model.extend(parent.unwrap_or(&empty), prompt, adapter)?;
+        let cache = self
+            .model
+            .extend(parent.unwrap_or(&empty), prompt, adapter)?;
         self.stats.prefill_computed += self.model.decoder.prefill_tokens_computed() - before;
         let branches = cache
             .fork(n)
@@ -102,10 +113,55 @@ impl<'m> TreeSampler<'m> {
         let out = self.model.generate(branches, params, adapter)?;
         for c in &out {
             self.mark(uid, c.cache.tokens());
-            self.stats.generated += c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
+            self.stats.generated +=
+                c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
         }
         self.stats.nodes += 1;
         self.stats.sequences += n;
         Ok(out)
+    }
+
+    /// Expands several nodes that use the same adapter (typically one agent level) and decodes
+    /// all their children as one batch: same results as calling [`Self::sample`] per node (same
+    /// seeds), higher throughput. Returns the children per node, in order.
+    pub fn sample_level(
+        &mut self,
+        nodes: &[NodeRequest],
+        adapter: Option<&LoraAdapter>,
+        params: &SamplingParams,
+    ) -> Result<Vec<Vec<Completion>>> {
+        let uid = adapter.map(|a| a.uid()).unwrap_or(0);
+        let empty = Cache::empty();
+        let mut branches = vec![];
+        for node in nodes {
+            self.stats.prefill_minimum += self.mark(uid, node.prompt);
+            let before = self.model.decoder.prefill_tokens_computed();
+            let cache = self
+                .model
+                .extend(node.parent.unwrap_or(&empty), node.prompt, adapter)?;
+            self.stats.prefill_computed += self.model.decoder.prefill_tokens_computed() - before;
+            for (i, c) in cache.fork(node.n).into_iter().enumerate() {
+                let mut p = node.path.to_vec();
+                p.push(i);
+                branches.push(Branch {
+                    cache: c,
+                    seed: branch_seed(params.seed, &p),
+                });
+            }
+        }
+        let mut out = self.model.generate(branches, params, adapter)?.into_iter();
+        let mut result = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let kids: Vec<Completion> = out.by_ref().take(node.n).collect();
+            for c in &kids {
+                self.mark(uid, c.cache.tokens());
+                self.stats.generated +=
+                    c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
+            }
+            self.stats.nodes += 1;
+            self.stats.sequences += node.n;
+            result.push(kids);
+        }
+        Ok(result)
     }
 }

@@ -40,12 +40,15 @@ pub fn load_hf_tensors(dir: &Path, device: &Device) -> Result<(HashMap<String, T
         if !f.exists() {
             return Err(ModelError::MissingFile { path: f.clone() });
         }
-        let t = candle_core::safetensors::load(f, device).map_err(|e| {
-            ModelError::Invalid(format!("reading {}: {e}", f.display()))
-        })?;
+        let t = candle_core::safetensors::load(f, device)
+            .map_err(|e| ModelError::Invalid(format!("reading {}: {e}", f.display())))?;
         all.extend(t);
     }
-    let named = if files.len() == 1 { files[0].clone() } else { index };
+    let named = if files.len() == 1 {
+        files[0].clone()
+    } else {
+        index
+    };
     Ok((all, named))
 }
 
@@ -143,15 +146,15 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
     let hidden = md_u(&ct, &format!("{a}.embedding_length"), path)?;
     let n_head = md_u(&ct, &format!("{a}.attention.head_count"), path)?;
     let n_kv = md_u(&ct, &format!("{a}.attention.head_count_kv"), path).unwrap_or(n_head);
-    let head_dim = md_u(&ct, &format!("{a}.attention.key_length"), path)
-        .unwrap_or(hidden / n_head.max(1));
-    let embd_info = ct
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| ModelError::MissingTensor {
-            tensor: "token_embd.weight".into(),
-            file: path.into(),
-        })?;
+    let head_dim =
+        md_u(&ct, &format!("{a}.attention.key_length"), path).unwrap_or(hidden / n_head.max(1));
+    let embd_info =
+        ct.tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor {
+                tensor: "token_embd.weight".into(),
+                file: path.into(),
+            })?;
     let vocab = embd_info.shape.dims()[0];
     let tied = !ct.tensor_infos.contains_key("output.weight");
     let has_bias = ct.tensor_infos.contains_key("blk.0.attn_q.bias");
@@ -185,9 +188,9 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
             tracing::debug!("ignoring GGUF tensor {name}");
             continue;
         };
-        let q = ct
-            .tensor(&mut f, &name, device)
-            .map_err(|e| ModelError::Invalid(format!("GGUF {} tensor {name}: {e}", path.display())))?;
+        let q = ct.tensor(&mut f, &name, device).map_err(|e| {
+            ModelError::Invalid(format!("GGUF {} tensor {name}: {e}", path.display()))
+        })?;
         let mut t = q.dequantize(device)?.to_dtype(DType::F32)?;
         if permuted && t.rank() == 2 {
             if name.ends_with("attn_q.weight") {

@@ -14,7 +14,9 @@ fn ids(v: &[u32]) -> Tensor {
 }
 
 fn seq(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 7 + salt * 13 + 5) % VOCAB as u32).collect()
+    (0..n as u32)
+        .map(|i| (i * 7 + salt * 13 + 5) % VOCAB as u32)
+        .collect()
 }
 
 fn greedy() -> SamplingParams {
@@ -61,7 +63,10 @@ fn load_round_trip_sharded_and_export() {
         let c = r.decoder.forward(&x, None, Mode::Infer).unwrap();
         assert_eq!(max_abs_diff(&a, &c), 0.0, "{v:?}: exported != original");
         assert_eq!(r.chat.source, CHATML);
-        assert_eq!(r.tokenizer.encode("the capital of france", false).unwrap(), vec![7, 8, 9, 10]);
+        assert_eq!(
+            r.tokenizer.encode("the capital of france", false).unwrap(),
+            vec![7, 8, 9, 10]
+        );
     }
 }
 
@@ -70,12 +75,7 @@ fn inference_and_training_paths_agree() {
     for v in VARIANTS {
         let (_d, m) = load_tiny(v, 2);
         let a = adapter(&m, 3);
-        let x = Tensor::from_vec(
-            [seq(12, 1), seq(12, 2)].concat(),
-            (2, 12),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let x = Tensor::from_vec([seq(12, 1), seq(12, 2)].concat(), (2, 12), &Device::Cpu).unwrap();
         for ad in [None, Some(&a)] {
             let inf = m.decoder.forward(&x, ad, Mode::Infer).unwrap();
             let tr = m
@@ -128,7 +128,10 @@ fn cached_prefill_and_decode_equal_full_forward() {
             assert_eq!(out.cache.len(), toks.len() + out.tokens.len() - 1);
             let again = m.extend(&out.cache, &ctx, ad).unwrap();
             let full = m.decoder.forward(&ids(&ctx), ad, Mode::Infer).unwrap();
-            let d = max_abs_diff(&full.i((0, ctx.len() - 1)).unwrap(), again.last_logits().unwrap());
+            let d = max_abs_diff(
+                &full.i((0, ctx.len() - 1)).unwrap(),
+                again.last_logits().unwrap(),
+            );
             assert!(d < 1e-4, "{v:?}: cache after decode {d}");
         }
     }
@@ -177,7 +180,10 @@ fn forked_branch_decodes_like_an_independent_one() {
             forks
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| Branch { cache: c, seed: i as u64 })
+                .map(|(i, c)| Branch {
+                    cache: c,
+                    seed: i as u64,
+                })
                 .collect(),
             &params,
             None,
@@ -186,7 +192,14 @@ fn forked_branch_decodes_like_an_independent_one() {
     for (i, t) in together.iter().enumerate() {
         let own = m.prefill(&p, None).unwrap();
         let alone = m
-            .generate(vec![Branch { cache: own, seed: i as u64 }], &params, None)
+            .generate(
+                vec![Branch {
+                    cache: own,
+                    seed: i as u64,
+                }],
+                &params,
+                None,
+            )
             .unwrap()
             .pop()
             .unwrap();
@@ -209,10 +222,17 @@ fn lora_loss(m: &Model, a: &LoraAdapter, x: &Tensor) -> Tensor {
         .decoder
         .forward_hidden(x, Some(a), Mode::Train { dropout: false })
         .unwrap();
-    let logits = m.decoder.logits(&h, Mode::Train { dropout: false }).unwrap();
+    let logits = m
+        .decoder
+        .logits(&h, Mode::Train { dropout: false })
+        .unwrap();
     let (b, s, v) = logits.dims3().unwrap();
     let targets = x.narrow(1, 1, s - 1).unwrap().flatten_all().unwrap();
-    let lg = logits.narrow(1, 0, s - 1).unwrap().reshape((b * (s - 1), v)).unwrap();
+    let lg = logits
+        .narrow(1, 0, s - 1)
+        .unwrap()
+        .reshape((b * (s - 1), v))
+        .unwrap();
     candle_nn::loss::cross_entropy(&lg, &targets).unwrap()
 }
 
@@ -230,7 +250,13 @@ fn every_lora_variable_gets_a_gradient() {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("{v:?}: no gradient for {name}"));
-            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0 && n.is_finite(), "{v:?}: zero gradient for {name}");
         }
         // Base weights are frozen: no gradient reaches them.
@@ -250,24 +276,38 @@ fn finite_difference_check() {
     for (name, var) in vars.iter().step_by(5) {
         let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
         let g = g.to_vec1::<f32>().unwrap();
-        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let orig = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // Probe the element with the largest gradient.
-        let (k, _) = g
-            .iter()
-            .enumerate()
-            .fold((0, 0f32), |acc, (i, &x)| if x.abs() > acc.1 { (i, x.abs()) } else { acc });
+        let (k, _) =
+            g.iter().enumerate().fold(
+                (0, 0f32),
+                |acc, (i, &x)| if x.abs() > acc.1 { (i, x.abs()) } else { acc },
+            );
         let eval = |delta: f32| {
             let mut w = orig.clone();
             w[k] += delta;
-            var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap()).unwrap();
-            let l = lora_loss(&m, &a, &x).to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-            l
+            var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            lora_loss(&m, &a, &x)
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
-        var.set(&Tensor::from_vec(orig.clone(), var.dims(), &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(orig.clone(), var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
         let an = g[k] as f64;
         let tol = 2e-2 * an.abs().max(fd.abs()) + 2e-4;
-        assert!((fd - an).abs() < tol, "{name}[{k}]: analytic {an} vs numeric {fd}");
+        assert!(
+            (fd - an).abs() < tol,
+            "{name}[{k}]: analytic {an} vs numeric {fd}"
+        );
         checked += 1;
     }
     assert!(checked >= 5);
@@ -286,8 +326,11 @@ fn peft_adapter_round_trip_and_merge() {
         .unwrap();
         assert_eq!(cfg["peft_type"], "LORA");
         assert_eq!(cfg["r"], 4);
-        let st = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
+        let st = candle_core::safetensors::load(
+            dir.path().join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
         assert!(st.contains_key("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"));
         assert!(st.contains_key("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"));
         let b = m.load_adapter(dir.path(), "back").unwrap();
@@ -400,7 +443,10 @@ fn clear_errors_name_the_file_or_tensor() {
     cj["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     std::fs::write(d.path().join("config.json"), cj.to_string()).unwrap();
     let err = Model::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap_err();
-    assert!(matches!(err, ModelError::UnknownArchitecture { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::UnknownArchitecture { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("GPTNeoXForCausalLM"));
     // Shape mismatch: config says a wider MLP than the weights have.
     let mut cj = config_json(LLAMA);
@@ -409,7 +455,10 @@ fn clear_errors_name_the_file_or_tensor() {
     let err = Model::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap_err();
     let s = err.to_string();
     assert!(matches!(err, ModelError::ShapeMismatch { .. }), "{s}");
-    assert!(s.contains("gate_proj.weight") && s.contains("model.safetensors"), "{s}");
+    assert!(
+        s.contains("gate_proj.weight") && s.contains("model.safetensors"),
+        "{s}"
+    );
     // Missing tokenizer.
     std::fs::write(d.path().join("config.json"), config_json(LLAMA).to_string()).unwrap();
     std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
@@ -421,13 +470,21 @@ fn clear_errors_name_the_file_or_tensor() {
 fn chat_template_from_tokenizer_config() {
     let (_d, m) = load_tiny(QWEN2, 15);
     let s = m
-        .render_chat(&[Message::system("be brief"), Message::user("what is 1 + 2 ?")], true)
+        .render_chat(
+            &[
+                Message::system("be brief"),
+                Message::user("what is 1 + 2 ?"),
+            ],
+            true,
+        )
         .unwrap();
     assert_eq!(
         s,
         "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nwhat is 1 + 2 ?<|im_end|>\n<|im_start|>assistant\n"
     );
-    let t = m.encode_chat(&[Message::user("hello world")], true).unwrap();
+    let t = m
+        .encode_chat(&[Message::user("hello world")], true)
+        .unwrap();
     assert_eq!(t[0], 1);
     assert!(m.stop_ids.contains(&2));
 }
@@ -451,7 +508,9 @@ fn tree_sampling_shares_prefixes_and_is_deterministic() {
             let mut p1 = p0.clone();
             p1.extend(&g.tokens);
             p1.extend(seq(15, 2 + i as u32));
-            let kids = tree.sample(Some(&g.cache), &p1, None, 3, &params, &[i]).unwrap();
+            let kids = tree
+                .sample(Some(&g.cache), &p1, None, 3, &params, &[i])
+                .unwrap();
             leaves.extend(kids.into_iter().map(|c| c.tokens));
         }
         (leaves, tree.stats.clone())
@@ -472,7 +531,10 @@ fn tree_sampling_shares_prefixes_and_is_deterministic() {
     let cache = m.prefill(&p1, None).unwrap();
     let alone = m
         .generate(
-            vec![Branch { cache, seed: malt_model::branch_seed(42, &[1, 2]) }],
+            vec![Branch {
+                cache,
+                seed: malt_model::branch_seed(42, &[1, 2]),
+            }],
             &params,
             None,
         )
@@ -492,7 +554,14 @@ fn adapter_caches_are_not_shared_across_adapters() {
     let d = max_abs_diff(&full.i((0, 9)).unwrap(), with_a.last_logits().unwrap());
     assert!(d < 1e-4, "{d}");
     let err = m
-        .generate(vec![Branch { cache: base, seed: 0 }], &greedy(), Some(&a))
+        .generate(
+            vec![Branch {
+                cache: base,
+                seed: 0,
+            }],
+            &greedy(),
+            Some(&a),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("different adapter"));
 }
@@ -502,7 +571,15 @@ fn stop_strings_and_max_tokens() {
     let (_d, m) = load_tiny(LLAMA, 19);
     let p = seq(6, 1);
     let free = m
-        .complete(&p, &SamplingParams { temperature: 0.0, max_new_tokens: 12, ..Default::default() }, None)
+        .complete(
+            &p,
+            &SamplingParams {
+                temperature: 0.0,
+                max_new_tokens: 12,
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap();
     assert!(free.tokens.len() <= 12);
     if free.tokens.len() >= 3 {
@@ -522,4 +599,49 @@ fn stop_strings_and_max_tokens() {
         assert_eq!(stopped.finish, malt_model::Finish::StopString);
         assert!(!stopped.text.contains(&third));
     }
+}
+
+#[test]
+fn sample_level_batches_nodes_like_per_node_sampling() {
+    let (_d, m) = load_tiny(QWEN2, 20);
+    let params = SamplingParams {
+        temperature: 0.8,
+        max_new_tokens: 5,
+        seed: 9,
+        ..Default::default()
+    };
+    let p0 = seq(12, 1);
+    let mut t1 = TreeSampler::new(&m);
+    let g = t1.sample(None, &p0, None, 3, &params, &[]).unwrap();
+    let prompts: Vec<Vec<u32>> = g
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut p = p0.clone();
+            p.extend(&c.tokens);
+            p.extend(seq(4 + i, 7));
+            p
+        })
+        .collect();
+    let paths: Vec<Vec<usize>> = (0..3).map(|i| vec![i]).collect();
+    let reqs: Vec<malt_model::NodeRequest> = (0..3)
+        .map(|i| malt_model::NodeRequest {
+            parent: Some(&g[i].cache),
+            prompt: &prompts[i],
+            n: 2,
+            path: &paths[i],
+        })
+        .collect();
+    let batched = t1.sample_level(&reqs, None, &params).unwrap();
+    let mut t2 = TreeSampler::new(&m);
+    for i in 0..3 {
+        let one = t2
+            .sample(Some(&g[i].cache), &prompts[i], None, 2, &params, &paths[i])
+            .unwrap();
+        let a: Vec<_> = one.iter().map(|c| c.tokens.clone()).collect();
+        let b: Vec<_> = batched[i].iter().map(|c| c.tokens.clone()).collect();
+        assert_eq!(a, b, "node {i}");
+    }
+    assert_eq!(t1.stats.sequences, 9);
+    assert!(t1.stats.prefill_computed <= t1.stats.prefill_minimum + 3);
 }

@@ -29,7 +29,10 @@ fn model() -> Option<Model> {
 fn smollm2_chat_template_and_greedy_answer() {
     let Some(m) = model() else { return };
     let cfg = m.config();
-    assert_eq!((cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size), (30, 576, 49152));
+    assert_eq!(
+        (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size),
+        (30, 576, 49152)
+    );
     let msgs = [Message::user("What is the capital of France?")];
     let prompt = m.render_chat(&msgs, true).unwrap();
     assert_eq!(prompt, EXPECTED_PROMPT);

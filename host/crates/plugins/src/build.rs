@@ -35,7 +35,9 @@ pub struct GuestCrate {
 
 impl GuestCrate {
     pub fn wasm_path(&self) -> PathBuf {
-        self.target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", self.package.replace('-', "_")))
+        self.target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", self.package.replace('-', "_")))
     }
 }
 
@@ -59,7 +61,10 @@ impl Source {
 /// Resolve a plugin spec: `path` if given (relative to `base`), else `plugins/NAME` searched
 /// from `base` upwards and then in this repository.
 pub fn resolve(name: &str, path: Option<&Path>, base: &Path) -> Result<Source, PluginError> {
-    let not_found = |message: String| PluginError::NotFound { name: name.into(), message };
+    let not_found = |message: String| PluginError::NotFound {
+        name: name.into(),
+        message,
+    };
     let candidate = match path {
         Some(p) if p.is_absolute() => p.to_path_buf(),
         Some(p) => base.join(p),
@@ -95,8 +100,11 @@ pub fn resolve(name: &str, path: Option<&Path>, base: &Path) -> Result<Source, P
 }
 
 fn read_toml(name: &str, path: &Path) -> Result<toml::Table, PluginError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PluginError::Io { name: name.into(), path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PluginError::Io {
+        name: name.into(),
+        path: path.into(),
+        source,
+    })?;
     toml::from_str(&text).map_err(|e| PluginError::NotFound {
         name: name.into(),
         message: format!("{}: {}", path.display(), e.message()),
@@ -134,12 +142,26 @@ pub fn guest_crate(name: &str, dir: &Path) -> Result<GuestCrate, PluginError> {
         if !ws_manifest.is_file() {
             continue;
         }
-        let Ok(wt) = read_toml(name, &ws_manifest) else { continue };
-        let Some(w) = wt.get("workspace") else { continue };
-        let rel = dir.strip_prefix(ws).unwrap_or(&dir).to_string_lossy().replace('\\', "/");
-        let members = w.get("members").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+        let Ok(wt) = read_toml(name, &ws_manifest) else {
+            continue;
+        };
+        let Some(w) = wt.get("workspace") else {
+            continue;
+        };
+        let rel = dir
+            .strip_prefix(ws)
+            .unwrap_or(&dir)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let members = w
+            .get("members")
+            .and_then(|m| m.as_array())
+            .cloned()
+            .unwrap_or_default();
         let is_member = members.iter().filter_map(|m| m.as_str()).any(|m| {
-            m == rel || (m.ends_with("/*") && Path::new(&rel).parent() == Some(Path::new(&m[..m.len() - 2])))
+            m == rel
+                || (m.ends_with("/*")
+                    && Path::new(&rel).parent() == Some(Path::new(&m[..m.len() - 2])))
         });
         if is_member {
             return Ok(GuestCrate {
@@ -160,7 +182,9 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
     let mut newest: Option<SystemTime> = None;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let fname = e.file_name();
@@ -171,7 +195,10 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
             let Ok(md) = e.metadata() else { continue };
             if md.is_dir() {
                 stack.push(p);
-            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("rs" | "toml" | "lock" | "wit" | "tmpl" | "json")) {
+            } else if matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("rs" | "toml" | "lock" | "wit" | "tmpl" | "json")
+            ) {
                 if let Ok(m) = md.modified() {
                     newest = Some(newest.map_or(m, |n| n.max(m)));
                 }
@@ -183,7 +210,9 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
 
 /// Whether the crate's component is missing or older than any of its sources.
 pub fn is_stale(c: &GuestCrate) -> bool {
-    let Ok(built) = std::fs::metadata(c.wasm_path()).and_then(|m| m.modified()) else { return true };
+    let Ok(built) = std::fs::metadata(c.wasm_path()).and_then(|m| m.modified()) else {
+        return true;
+    };
     newest_source(&c.source_root).is_some_and(|s| s > built)
 }
 
@@ -199,26 +228,51 @@ pub fn ensure_built(name: &str, c: &GuestCrate) -> Result<PathBuf, PluginError> 
 pub fn build(name: &str, c: &GuestCrate) -> Result<PathBuf, PluginError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(&c.manifest)
-        .arg("--target-dir")
-        .arg(&c.target_dir);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(&c.manifest)
+    .arg("--target-dir")
+    .arg(&c.target_dir);
     if c.member {
         cmd.args(["-p", &c.package]);
     }
     // A build started from inside `cargo test`/`cargo run` must not inherit its target settings.
-    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     tracing::info!(plugin = name, manifest = %c.manifest.display(), "building plugin");
-    let fail = |message: String| PluginError::Build { name: name.into(), manifest: c.manifest.clone(), message };
-    let out = cmd.output().map_err(|e| fail(format!("cannot run cargo: {e}")))?;
+    let fail = |message: String| PluginError::Build {
+        name: name.into(),
+        manifest: c.manifest.clone(),
+        message,
+    };
+    let out = cmd
+        .output()
+        .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let missing_target = stderr.contains("target may not be installed")
-            || (stderr.contains("can't find crate for `core`") || stderr.contains("can't find crate for `std`"))
+            || (stderr.contains("can't find crate for `core`")
+                || stderr.contains("can't find crate for `std`"))
                 && stderr.contains("wasm32-wasip2");
-        let tail: Vec<&str> = stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let mut message = tail.join("\n");
         if missing_target {
             message = format!("the wasm32-wasip2 target is not installed: run `rustup target add wasm32-wasip2`\n{message}");
@@ -227,7 +281,10 @@ pub fn build(name: &str, c: &GuestCrate) -> Result<PathBuf, PluginError> {
     }
     let wasm = c.wasm_path();
     if !wasm.is_file() {
-        return Err(fail(format!("cargo succeeded but {} is missing (is the crate a cdylib?)", wasm.display())));
+        return Err(fail(format!(
+            "cargo succeeded but {} is missing (is the crate a cdylib?)",
+            wasm.display()
+        )));
     }
     Ok(wasm)
 }

@@ -56,7 +56,11 @@ struct Battery {
 
 impl Battery {
     fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) {
-        self.checks.push(Check { name: name.into(), passed, detail: detail.into() });
+        self.checks.push(Check {
+            name: name.into(),
+            passed,
+            detail: detail.into(),
+        });
     }
 }
 
@@ -66,7 +70,12 @@ fn is_failure(e: &CallError) -> bool {
 }
 
 fn first_failure<T>(rs: &[Result<T, CallError>]) -> Option<String> {
-    rs.iter().find_map(|r| r.as_ref().err().filter(|e| is_failure(e)).map(|e| e.to_string()))
+    rs.iter().find_map(|r| {
+        r.as_ref()
+            .err()
+            .filter(|e| is_failure(e))
+            .map(|e| e.to_string())
+    })
 }
 
 fn short(s: &str) -> String {
@@ -76,10 +85,15 @@ fn short(s: &str) -> String {
 
 /// Everything the battery feeds a plugin, run once per fresh instance for the determinism check.
 fn outputs(p: &Plugin, examples: &[Example], records: &[String]) -> String {
-    let roles = if p.info().roles.is_empty() { vec!["generator".to_string()] } else { p.info().roles.clone() };
+    let roles = if p.info().roles.is_empty() {
+        vec!["generator".to_string()]
+    } else {
+        p.info().roles.clone()
+    };
     let reqs: Vec<RenderRequest> = examples
         .iter()
         .flat_map(|e| {
+            let roles = &roles;
             roles.iter().enumerate().map(move |(i, r)| RenderRequest {
                 agent: r.clone(),
                 role: r.clone(),
@@ -88,17 +102,29 @@ fn outputs(p: &Plugin, examples: &[Example], records: &[String]) -> String {
                 example: e.clone(),
                 history: roles[..i]
                     .iter()
-                    .map(|h| Turn { agent: h.clone(), role: h.clone(), output: format!("The answer is {}.", e.gold) })
+                    .map(|h| Turn {
+                        agent: h.clone(),
+                        role: h.clone(),
+                        output: format!("The answer is {}.", e.gold),
+                    })
                     .collect(),
             })
         })
         .collect();
     let ex: Vec<ExtractRequest> = examples
         .iter()
-        .map(|e| ExtractRequest { output: format!("So the final answer is {}.", e.gold), choices: e.choices.clone() })
+        .map(|e| ExtractRequest {
+            output: format!("So the final answer is {}.", e.gold),
+            choices: e.choices.clone(),
+        })
         .collect();
-    let gr: Vec<GradeRequest> =
-        examples.iter().map(|e| GradeRequest { answer: Some(e.gold.clone()), gold: e.gold.clone() }).collect();
+    let gr: Vec<GradeRequest> = examples
+        .iter()
+        .map(|e| GradeRequest {
+            answer: Some(e.gold.clone()),
+            gold: e.gold.clone(),
+        })
+        .collect();
     format!(
         "{:?}\n{:?}\n{:?}\n{:?}",
         p.parse_records(records),
@@ -121,22 +147,42 @@ pub fn run(p: &Plugin, records: &[String]) -> Report {
     if info.description.trim().is_empty() {
         problems.push("has an empty description".to_string());
     }
-    if let Some((k, _)) = info.options.iter().find(|(k, d)| k.trim().is_empty() || d.trim().is_empty()) {
+    if let Some((k, _)) = info
+        .options
+        .iter()
+        .find(|(k, d)| k.trim().is_empty() || d.trim().is_empty())
+    {
         problems.push(format!("option {k:?} has an empty name or description"));
     }
-    b.check("info is sane", problems.is_empty(), if problems.is_empty() {
-        format!("roles [{}], can-generate {}", info.roles.join(", "), info.can_generate)
-    } else {
-        problems.join("; ")
-    });
+    b.check(
+        "info is sane",
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!(
+                "roles [{}], can-generate {}",
+                info.roles.join(", "),
+                info.can_generate
+            )
+        } else {
+            problems.join("; ")
+        },
+    );
 
     // configure
-    b.check("configure with the config's options", true, format!("{:?}", p.options()));
+    b.check(
+        "configure with the config's options",
+        true,
+        format!("{:?}", p.options()),
+    );
     let mut opts = p.options().to_vec();
     opts.push(("malt-conformance-unknown-key".into(), "1".into()));
     match p.try_configure(&opts) {
         Ok(Err(msg)) => b.check("configure refuses an unknown option", true, short(&msg)),
-        Ok(Ok(())) => b.check("configure refuses an unknown option", false, "an unknown key was accepted"),
+        Ok(Ok(())) => b.check(
+            "configure refuses an unknown option",
+            false,
+            "an unknown key was accepted",
+        ),
         Err(e) => b.check("configure refuses an unknown option", false, e.to_string()),
     }
 
@@ -148,17 +194,37 @@ pub fn run(p: &Plugin, records: &[String]) -> Report {
         let c = p.generate(7, 5);
         match (&a, &c) {
             (Ok(x), Ok(y)) if x == y => {
-                b.check("generate is deterministic", true, format!("{} examples", x.len()));
+                b.check(
+                    "generate is deterministic",
+                    true,
+                    format!("{} examples", x.len()),
+                );
                 examples = x.clone();
             }
-            (Ok(_), Ok(_)) => b.check("generate is deterministic", false, "two fresh instances differ for the same seed"),
+            (Ok(_), Ok(_)) => b.check(
+                "generate is deterministic",
+                false,
+                "two fresh instances differ for the same seed",
+            ),
             (Err(e), _) | (_, Err(e)) => b.check("generate is deterministic", false, e.to_string()),
         }
     } else {
         match p.generate(7, 5) {
-            Err(e) if !is_failure(&e) => b.check("generate refuses (can-generate = false)", true, short(&e.to_string())),
-            Err(e) => b.check("generate refuses (can-generate = false)", false, e.to_string()),
-            Ok(_) => b.check("generate refuses (can-generate = false)", false, "returned examples anyway"),
+            Err(e) if !is_failure(&e) => b.check(
+                "generate refuses (can-generate = false)",
+                true,
+                short(&e.to_string()),
+            ),
+            Err(e) => b.check(
+                "generate refuses (can-generate = false)",
+                false,
+                e.to_string(),
+            ),
+            Ok(_) => b.check(
+                "generate refuses (can-generate = false)",
+                false,
+                "returned examples anyway",
+            ),
         }
     }
 
@@ -167,10 +233,14 @@ pub fn run(p: &Plugin, records: &[String]) -> Report {
         let parsed = p.parse_records(records);
         let ok = parsed.iter().filter(|r| r.is_ok()).count();
         let fail = first_failure(&parsed);
-        b.check("parse-records on sample records", fail.is_none() && ok > 0, match fail {
-            Some(f) => f,
-            None => format!("{ok} of {} parsed", records.len()),
-        });
+        b.check(
+            "parse-records on sample records",
+            fail.is_none() && ok > 0,
+            match fail {
+                Some(f) => f,
+                None => format!("{ok} of {} parsed", records.len()),
+            },
+        );
         examples.extend(parsed.into_iter().filter_map(Result::ok).take(5));
     }
     if examples.is_empty() {
@@ -186,56 +256,133 @@ pub fn run(p: &Plugin, records: &[String]) -> Report {
     // hostile-ish inputs
     let big = "9".repeat(100 * 1024);
     let parse = p.parse_records(&[String::new(), big.clone(), "{}".into()]);
-    b.check("parse-records: empty and 100 KB inputs", first_failure(&parse).is_none(), first_failure(&parse).unwrap_or_default());
-    let role = info.roles.first().cloned().unwrap_or_else(|| "generator".into());
+    b.check(
+        "parse-records: empty and 100 KB inputs",
+        first_failure(&parse).is_none(),
+        first_failure(&parse).unwrap_or_default(),
+    );
+    let role = info
+        .roles
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "generator".into());
     let mk = |q: &str| {
         let mut e = examples[0].clone();
         e.question = q.to_string();
-        RenderRequest { agent: role.clone(), role: role.clone(), position: 0, chain_length: 3, example: e, history: vec![] }
+        RenderRequest {
+            agent: role.clone(),
+            role: role.clone(),
+            position: 0,
+            chain_length: 3,
+            example: e,
+            history: vec![],
+        }
     };
     let render = p.render(&[mk(""), mk(&big)]);
-    b.check("render: empty and 100 KB inputs", first_failure(&render).is_none(), first_failure(&render).unwrap_or_default());
+    b.check(
+        "render: empty and 100 KB inputs",
+        first_failure(&render).is_none(),
+        first_failure(&render).unwrap_or_default(),
+    );
     let extract = p.extract(&[
-        ExtractRequest { output: String::new(), choices: vec![] },
-        ExtractRequest { output: big.clone(), choices: vec![] },
+        ExtractRequest {
+            output: String::new(),
+            choices: vec![],
+        },
+        ExtractRequest {
+            output: big.clone(),
+            choices: vec![],
+        },
     ]);
-    b.check("extract: empty and 100 KB inputs", first_failure(&extract).is_none(), first_failure(&extract).unwrap_or_default());
+    b.check(
+        "extract: empty and 100 KB inputs",
+        first_failure(&extract).is_none(),
+        first_failure(&extract).unwrap_or_default(),
+    );
     let grade = p.grade(&[
-        GradeRequest { answer: None, gold: String::new() },
-        GradeRequest { answer: Some(String::new()), gold: "1".into() },
-        GradeRequest { answer: Some(big.clone()), gold: big.clone() },
+        GradeRequest {
+            answer: None,
+            gold: String::new(),
+        },
+        GradeRequest {
+            answer: Some(String::new()),
+            gold: "1".into(),
+        },
+        GradeRequest {
+            answer: Some(big.clone()),
+            gold: big.clone(),
+        },
     ]);
-    b.check("grade: empty and 100 KB inputs", first_failure(&grade).is_none(), first_failure(&grade).unwrap_or_default());
+    b.check(
+        "grade: empty and 100 KB inputs",
+        first_failure(&grade).is_none(),
+        first_failure(&grade).unwrap_or_default(),
+    );
 
     // rewards in [0, 1]
     let golds: Vec<GradeRequest> = examples
         .iter()
         .flat_map(|e| {
             [
-                GradeRequest { answer: Some(e.gold.clone()), gold: e.gold.clone() },
-                GradeRequest { answer: Some("not the answer".into()), gold: e.gold.clone() },
-                GradeRequest { answer: None, gold: e.gold.clone() },
+                GradeRequest {
+                    answer: Some(e.gold.clone()),
+                    gold: e.gold.clone(),
+                },
+                GradeRequest {
+                    answer: Some("not the answer".into()),
+                    gold: e.gold.clone(),
+                },
+                GradeRequest {
+                    answer: None,
+                    gold: e.gold.clone(),
+                },
             ]
         })
         .collect();
     let g = p.grade(&golds);
-    let bad = g.iter().find_map(|r| r.as_ref().err().map(|e| e.to_string()));
-    let exact = g.iter().step_by(3).filter(|r| matches!(r, Ok(g) if g.reward == 1.0)).count();
-    b.check("rewards are in [0, 1]", bad.is_none(), bad.unwrap_or_else(|| format!("gold graded 1.0 for {exact} of {}", examples.len())));
+    let bad = g
+        .iter()
+        .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
+    let exact = g
+        .iter()
+        .step_by(3)
+        .filter(|r| matches!(r, Ok(g) if g.reward == 1.0))
+        .count();
+    b.check(
+        "rewards are in [0, 1]",
+        bad.is_none(),
+        bad.unwrap_or_else(|| format!("gold graded 1.0 for {exact} of {}", examples.len())),
+    );
 
     // determinism across fresh instances
     p.reset();
     let a = outputs(p, &examples, records);
     p.reset();
     let c = outputs(p, &examples, records);
-    b.check("deterministic across two fresh instances", a == c, if a == c { String::new() } else { "outputs differ".into() });
+    b.check(
+        "deterministic across two fresh instances",
+        a == c,
+        if a == c {
+            String::new()
+        } else {
+            "outputs differ".into()
+        },
+    );
 
     let s = p.stats();
     let failures = s.timeouts + s.memory + s.traps + s.output_too_large + s.bad_responses;
-    b.check("no traps, timeouts or memory errors", failures == 0, format!(
-        "timeouts {}, memory {}, traps {}, oversized {}, malformed {}",
-        s.timeouts, s.memory, s.traps, s.output_too_large, s.bad_responses
-    ));
+    b.check(
+        "no traps, timeouts or memory errors",
+        failures == 0,
+        format!(
+            "timeouts {}, memory {}, traps {}, oversized {}, malformed {}",
+            s.timeouts, s.memory, s.traps, s.output_too_large, s.bad_responses
+        ),
+    );
 
-    Report { plugin: p.name().to_string(), version: info.version, checks: b.checks }
+    Report {
+        plugin: p.name().to_string(),
+        version: info.version,
+        checks: b.checks,
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).finish()
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
     }
 }
 
@@ -35,19 +37,27 @@ impl Runtime {
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.clone();
             let stop = stop.clone();
-            std::thread::Builder::new().name("malt-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    engine.increment_epoch();
-                }
-            })?
+            std::thread::Builder::new()
+                .name("malt-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })?
         };
-        Ok(Arc::new(Runtime { engine, cache_dir, stop, ticker: Some(ticker) }))
+        Ok(Arc::new(Runtime {
+            engine,
+            cache_dir,
+            stop,
+            ticker: Some(ticker),
+        }))
     }
 
     /// The process-wide runtime with the default cache directory.
@@ -82,7 +92,12 @@ impl Runtime {
 
     /// Compile a component, or load its precompiled artifact from the cache (written atomically
     /// through a temporary file and a rename).
-    pub fn load_component(&self, name: &str, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+    pub fn load_component(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Component, PluginError> {
         let invalid = |e: wasmtime::Error| PluginError::Invalid {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -101,15 +116,28 @@ impl Runtime {
                     tracing::debug!(plugin = name, cache = %file.display(), "loaded precompiled component");
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(cache = %file.display(), "ignoring unusable cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(cache = %file.display(), "ignoring unusable cache entry: {e:#}")
+                }
             }
         }
         let artifact = self.engine.precompile_component(bytes).map_err(invalid)?;
-        let cache_err = |source| PluginError::Cache { path: file.clone(), source };
+        let cache_err = |source| PluginError::Cache {
+            path: file.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(cache_err)?;
-        let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), file.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()));
+        // Unique per process and call: concurrent loads of one component must not share it.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}-{seq}.cwasm.tmp", std::process::id()));
         std::fs::write(&tmp, &artifact).map_err(cache_err)?;
-        std::fs::rename(&tmp, &file).map_err(cache_err)?;
+        if let Err(e) = std::fs::rename(&tmp, &file) {
+            let _ = std::fs::remove_file(&tmp);
+            if !file.exists() {
+                return Err(cache_err(e));
+            }
+        }
         // SAFETY: as above; we just wrote this artifact with this engine.
         unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(invalid)
     }

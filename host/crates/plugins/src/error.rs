@@ -1,6 +1,7 @@
 //! Typed errors: loading a plugin ([`PluginError`]) and calling it ([`CallError`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What went wrong in one call (or for one item of a batch call).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,17 +26,17 @@ pub enum CallErrorKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("plugin `{plugin}` {version}: {function}: {kind}{}", panic_suffix(.panic))]
 pub struct CallError {
-    pub plugin: String,
-    pub version: String,
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
     pub function: &'static str,
     pub kind: CallErrorKind,
     /// The guest's panic message, when it printed one.
-    pub panic: Option<String>,
+    pub panic: Option<Arc<str>>,
     /// Everything the guest wrote to stderr during the call (bounded).
-    pub stderr: String,
+    pub stderr: Arc<str>,
 }
 
-fn panic_suffix(p: &Option<String>) -> String {
+fn panic_suffix(p: &Option<Arc<str>>) -> String {
     match p {
         Some(p) => format!(" (guest panicked: {p})"),
         None => String::new(),
@@ -65,15 +66,36 @@ pub enum PluginError {
     #[error("plugin `{name}`: {message}")]
     NotFound { name: String, message: String },
     #[error("plugin `{name}`: build failed ({}):\n{message}", manifest.display())]
-    Build { name: String, manifest: PathBuf, message: String },
+    Build {
+        name: String,
+        manifest: PathBuf,
+        message: String,
+    },
     #[error("plugin `{name}`: {} is not a valid WebAssembly component: {message}", path.display())]
-    Invalid { name: String, path: PathBuf, message: String },
+    Invalid {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("plugin `{name}` ({}) targets {guest}; this host supports {supported}", path.display())]
-    UnsupportedApi { name: String, path: PathBuf, guest: String, supported: String },
+    UnsupportedApi {
+        name: String,
+        path: PathBuf,
+        guest: String,
+        supported: String,
+    },
     #[error("plugin `{name}` ({}) is not a malt plugin: it exports no `malt:plugin/benchmark` interface (exports: {})", path.display(), exports.join(", "))]
-    NotAPlugin { name: String, path: PathBuf, exports: Vec<String> },
+    NotAPlugin {
+        name: String,
+        path: PathBuf,
+        exports: Vec<String>,
+    },
     #[error("plugin `{name}` ({}): cannot link: {message}", path.display())]
-    Link { name: String, path: PathBuf, message: String },
+    Link {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("plugin `{name}`: configure refused the options: {message}")]
     Configure { name: String, message: String },
     #[error("plugin `{name}`: info() reports an invalid description: {message}")]
@@ -95,7 +117,9 @@ pub(crate) fn panic_message(stderr: &str) -> Option<String> {
     let mut lines = rest.lines();
     let first = lines.next()?;
     // Newer std: message on the next line; older: "panicked at 'msg', file".
-    let msg: Vec<&str> = lines.take_while(|l| !l.starts_with("note:") && !l.starts_with("stack backtrace")).collect();
+    let msg: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("note:") && !l.starts_with("stack backtrace"))
+        .collect();
     let msg = msg.join("\n");
     let msg = msg.trim();
     if msg.is_empty() {

@@ -30,7 +30,10 @@ pub(crate) struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -111,8 +114,11 @@ impl Plugin {
         options: &BTreeMap<String, String>,
         limits: &Sandbox,
     ) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| PluginError::Io { name: name.into(), path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
+            name: name.into(),
+            path: path.into(),
+            source,
+        })?;
         let component = runtime.load_component(name, path, &bytes)?;
         match api::detect(runtime.engine(), &component) {
             Detected::Supported { guest, host } => {
@@ -127,7 +133,11 @@ impl Plugin {
                 })
             }
             Detected::NotAPlugin { exports } => {
-                return Err(PluginError::NotAPlugin { name: name.into(), path: path.into(), exports })
+                return Err(PluginError::NotAPlugin {
+                    name: name.into(),
+                    path: path.into(),
+                    exports,
+                })
             }
         }
         let link_err = |e: wasmtime::Error| PluginError::Link {
@@ -153,7 +163,10 @@ impl Plugin {
                 can_generate: false,
             },
             api_version,
-            options: options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             limits: limits.clone(),
             pre,
             runtime: runtime.clone(),
@@ -161,21 +174,31 @@ impl Plugin {
             counters: Counters::default(),
         };
         let mut worker = plugin.new_worker().map_err(|e| match e.kind {
-            CallErrorKind::Rejected(message) => PluginError::Configure { name: name.into(), message },
+            CallErrorKind::Rejected(message) => PluginError::Configure {
+                name: name.into(),
+                message,
+            },
             _ => PluginError::Call(e),
         })?;
         let info = plugin.call_on(&mut worker, "info", 0, |api, store| api.info(store))?;
         if info.name.trim().is_empty() || info.version.trim().is_empty() {
             return Err(PluginError::BadInfo {
                 name: name.into(),
-                message: format!("name {:?} and version {:?} must be non-empty", info.name, info.version),
+                message: format!(
+                    "name {:?} and version {:?} must be non-empty",
+                    info.name, info.version
+                ),
             });
         }
         if info.name != name {
             tracing::debug!(plugin = name, info_name = %info.name, "plugin calls itself by another name");
         }
         plugin.info = info;
-        plugin.pool.lock().unwrap_or_else(|p| p.into_inner()).push(worker);
+        plugin
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(worker);
         tracing::info!(plugin = name, version = %plugin.info.version, path = %path.display(), "plugin loaded");
         Ok(plugin)
     }
@@ -229,32 +252,51 @@ impl Plugin {
     }
 
     /// Configure a fresh instance with other options (to test them) without keeping it.
-    pub fn try_configure(&self, options: &[(String, String)]) -> Result<Result<(), String>, CallError> {
+    pub fn try_configure(
+        &self,
+        options: &[(String, String)],
+    ) -> Result<Result<(), String>, CallError> {
         let mut w = self.instantiate()?;
-        self.call_on(&mut w, "configure", 0, |api, store| api.configure(store, options))
+        self.call_on(&mut w, "configure", 0, |api, store| {
+            api.configure(store, options)
+        })
     }
 
     /// Parse raw dataset records (JSON object text, one per item).
     pub fn parse_records(&self, lines: &[String]) -> Vec<Result<Example, ItemError>> {
-        self.batch("parse-records", lines, |api, store, items| api.parse_records(store, items))
-            .into_iter()
-            .map(|r| self.flatten(r, "parse-records"))
-            .collect()
+        self.batch("parse-records", lines, |api, store, items| {
+            api.parse_records(store, items)
+        })
+        .into_iter()
+        .map(|r| self.flatten(r, "parse-records"))
+        .collect()
     }
 
     /// Generate `count` examples from `seed`. The deadline scales with `count`.
     pub fn generate(&self, seed: u64, count: u32) -> Result<Vec<Example>, CallError> {
-        let out = self.run("generate", count as usize, |api, store| api.generate(store, seed, count))?;
+        let out = self.run("generate", count as usize, |api, store| {
+            api.generate(store, seed, count)
+        })?;
         match out {
             Ok(v) => {
                 let max = self.max_output();
                 if let Some(e) = v.iter().find(|e| e.output_size() > max) {
-                    return Err(self.err("generate", CallErrorKind::OutputTooLarge { bytes: e.output_size(), max }, ""));
+                    return Err(self.err(
+                        "generate",
+                        CallErrorKind::OutputTooLarge {
+                            bytes: e.output_size(),
+                            max,
+                        },
+                        "",
+                    ));
                 }
                 if v.len() != count as usize {
                     return Err(self.err(
                         "generate",
-                        CallErrorKind::BadResponse(format!("asked for {count} examples, got {}", v.len())),
+                        CallErrorKind::BadResponse(format!(
+                            "asked for {count} examples, got {}",
+                            v.len()
+                        )),
                         "",
                     ));
                 }
@@ -266,30 +308,40 @@ impl Plugin {
 
     /// Render the chat messages of each request.
     pub fn render(&self, requests: &[RenderRequest]) -> Vec<Result<Vec<Message>, ItemError>> {
-        self.batch("render", requests, |api, store, items| api.render(store, items))
-            .into_iter()
-            .map(|r| self.flatten(r, "render"))
-            .collect()
+        self.batch("render", requests, |api, store, items| {
+            api.render(store, items)
+        })
+        .into_iter()
+        .map(|r| self.flatten(r, "render"))
+        .collect()
     }
 
     /// Extract the final answer of each output (`None`: no answer found).
     pub fn extract(&self, requests: &[ExtractRequest]) -> Vec<Result<Option<String>, ItemError>> {
-        self.batch("extract", requests, |api, store, items| api.extract(store, items))
+        self.batch("extract", requests, |api, store, items| {
+            api.extract(store, items)
+        })
     }
 
     /// Grade each answer; rewards outside [0, 1] (or NaN) become item errors.
     pub fn grade(&self, requests: &[GradeRequest]) -> Vec<Result<Grade, ItemError>> {
-        self.batch("grade", requests, |api, store, items| api.grade(store, items))
-            .into_iter()
-            .map(|r| match r {
-                Ok(g) if !(g.reward.is_finite() && (0.0..=1.0).contains(&g.reward)) => {
-                    self.counters.bad_responses.fetch_add(1, Ordering::Relaxed);
-                    self.counters.item_errors.fetch_add(1, Ordering::Relaxed);
-                    Err(self.err("grade", CallErrorKind::BadResponse(format!("reward {} is outside [0, 1]", g.reward)), ""))
-                }
-                other => other,
-            })
-            .collect()
+        self.batch("grade", requests, |api, store, items| {
+            api.grade(store, items)
+        })
+        .into_iter()
+        .map(|r| match r {
+            Ok(g) if !(g.reward.is_finite() && (0.0..=1.0).contains(&g.reward)) => {
+                self.counters.bad_responses.fetch_add(1, Ordering::Relaxed);
+                self.counters.item_errors.fetch_add(1, Ordering::Relaxed);
+                Err(self.err(
+                    "grade",
+                    CallErrorKind::BadResponse(format!("reward {} is outside [0, 1]", g.reward)),
+                    "",
+                ))
+            }
+            other => other,
+        })
+        .collect()
     }
 
     // ---- internals -------------------------------------------------------------------------
@@ -298,7 +350,11 @@ impl Plugin {
         (self.limits.max_output_kib as usize).saturating_mul(1024)
     }
 
-    fn flatten<T>(&self, r: Result<Result<T, String>, ItemError>, function: &'static str) -> Result<T, ItemError> {
+    fn flatten<T>(
+        &self,
+        r: Result<Result<T, String>, ItemError>,
+        function: &'static str,
+    ) -> Result<T, ItemError> {
         match r {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(msg)) => {
@@ -312,12 +368,12 @@ impl Plugin {
 
     fn err(&self, function: &'static str, kind: CallErrorKind, stderr: &str) -> CallError {
         CallError {
-            plugin: self.name.clone(),
-            version: self.info.version.clone(),
+            plugin: self.name.as_str().into(),
+            version: self.info.version.as_str().into(),
             function,
             kind,
-            panic: panic_message(stderr),
-            stderr: stderr.to_string(),
+            panic: panic_message(stderr).map(Into::into),
+            stderr: stderr.into(),
         }
     }
 
@@ -325,7 +381,9 @@ impl Plugin {
     /// A `configure` error comes back as `CallErrorKind::Rejected`.
     fn new_worker(&self) -> Result<Worker, CallError> {
         let mut w = self.instantiate()?;
-        match self.call_on(&mut w, "configure", 0, |api, store| api.configure(store, &self.options))? {
+        match self.call_on(&mut w, "configure", 0, |api, store| {
+            api.configure(store, &self.options)
+        })? {
             Ok(()) => Ok(w),
             Err(msg) => Err(self.err("configure", CallErrorKind::Rejected(msg), "")),
         }
@@ -343,7 +401,14 @@ impl Plugin {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(self.runtime.engine(), State { wasi, table: ResourceTable::new(), limits });
+        let mut store = Store::new(
+            self.runtime.engine(),
+            State {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+            },
+        );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks(0));
         match v0_1_0::Bindings::instantiate(&self.pre, &mut store) {
@@ -356,7 +421,11 @@ impl Plugin {
     }
 
     fn deadline_ticks(&self, items: usize) -> u64 {
-        let us = self.limits.timeout_ms.saturating_mul(1000).saturating_add(self.limits.per_item_us.saturating_mul(items as u64));
+        let us = self
+            .limits
+            .timeout_ms
+            .saturating_mul(1000)
+            .saturating_add(self.limits.per_item_us.saturating_mul(items as u64));
         us / (TICK.as_micros() as u64).max(1) + 1
     }
 
@@ -367,10 +436,16 @@ impl Plugin {
     fn classify(&self, e: &wasmtime::Error) -> CallErrorKind {
         let text = format!("{e:#}");
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-            return CallErrorKind::Timeout { ms: self.limits.timeout_ms };
+            return CallErrorKind::Timeout {
+                ms: self.limits.timeout_ms,
+            };
         }
-        if text.contains("forcing trap when growing memory") || text.contains("exceeds memory limits") {
-            return CallErrorKind::MemoryLimit { mib: self.limits.memory_mib };
+        if text.contains("forcing trap when growing memory")
+            || text.contains("exceeds memory limits")
+        {
+            return CallErrorKind::MemoryLimit {
+                mib: self.limits.memory_mib,
+            };
         }
         CallErrorKind::Trap(text.lines().next().unwrap_or("trap").to_string())
     }
@@ -445,7 +520,9 @@ impl Plugin {
         if items.is_empty() {
             return Vec::new();
         }
-        self.counters.items.fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.counters
+            .items
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         let out = match self.run(function, items.len(), |api, store| call(api, store, items)) {
             Ok(v) => self.check_batch(function, items.len(), v),
             Err(e) if items.len() == 1 => vec![Err(e)],
@@ -458,7 +535,8 @@ impl Plugin {
                         out.push(Err(e.clone()));
                         continue;
                     }
-                    let one = self.run(function, 1, |api, store| call(api, store, &items[i..i + 1]));
+                    let one =
+                        self.run(function, 1, |api, store| call(api, store, &items[i..i + 1]));
                     match one {
                         Ok(v) => out.extend(self.check_batch(function, 1, v)),
                         Err(e1) => {
@@ -473,22 +551,37 @@ impl Plugin {
             }
         };
         let errors = out.iter().filter(|r| r.is_err()).count() as u64;
-        self.counters.item_errors.fetch_add(errors, Ordering::Relaxed);
+        self.counters
+            .item_errors
+            .fetch_add(errors, Ordering::Relaxed);
         out
     }
 
-    fn check_batch<Resp: OutputSize>(&self, function: &'static str, n: usize, v: Vec<Resp>) -> Vec<Result<Resp, ItemError>> {
+    fn check_batch<Resp: OutputSize>(
+        &self,
+        function: &'static str,
+        n: usize,
+        v: Vec<Resp>,
+    ) -> Vec<Result<Resp, ItemError>> {
         if v.len() != n {
-            self.counters.bad_responses.fetch_add(n as u64, Ordering::Relaxed);
-            let e = self.err(function, CallErrorKind::BadResponse(format!("{} results for {n} inputs", v.len())), "");
-            return vec![Err(e); n];
+            self.counters
+                .bad_responses
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let e = self.err(
+                function,
+                CallErrorKind::BadResponse(format!("{} results for {n} inputs", v.len())),
+                "",
+            );
+            return (0..n).map(|_| Err(e.clone())).collect();
         }
         let max = self.max_output();
         v.into_iter()
             .map(|r| {
                 let bytes = r.output_size();
                 if bytes > max {
-                    self.counters.output_too_large.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .output_too_large
+                        .fetch_add(1, Ordering::Relaxed);
                     Err(self.err(function, CallErrorKind::OutputTooLarge { bytes, max }, ""))
                 } else {
                     Ok(r)

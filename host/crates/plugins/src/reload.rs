@@ -68,7 +68,11 @@ pub struct Reloader {
 fn load(runtime: &Arc<Runtime>, path: &Path, generation: u64) -> Result<Loaded, ReloadError> {
     let config = Config::load(path)?;
     let plugins = PluginSet::load(runtime, &config)?;
-    Ok(Loaded { config, plugins, generation })
+    Ok(Loaded {
+        config,
+        plugins,
+        generation,
+    })
 }
 
 /// Directories to watch for a loaded set, and the paths whose changes matter.
@@ -99,7 +103,9 @@ fn relevant(event_path: &Path, paths: &[PathBuf]) -> bool {
     if event_path.components().any(|c| c.as_os_str() == "target") {
         return false;
     }
-    paths.iter().any(|p| event_path == p || event_path.starts_with(p) && p.is_dir())
+    paths
+        .iter()
+        .any(|p| event_path == p || event_path.starts_with(p) && p.is_dir())
 }
 
 impl Reloader {
@@ -128,18 +134,30 @@ impl Reloader {
                 }
             };
             let (_, paths) = interest(&cb_inner.config_path, &cb_inner.current.load());
-            let hit = events.iter().filter(|e| !e.kind.is_access()).flat_map(|e| e.paths.iter()).find(|p| relevant(p, &paths));
+            let hit = events
+                .iter()
+                .filter(|e| !e.kind.is_access())
+                .flat_map(|e| e.paths.iter())
+                .find(|p| relevant(p, &paths));
             if let Some(p) = hit {
                 tracing::info!(path = %p.display(), "change detected; reloading");
                 Inner::reload(&cb_inner);
             }
         };
         let debouncer = new_debouncer(Duration::from_millis(200), None, handler)?;
-        let r = Reloader { inner, debouncer: Arc::new(Mutex::new(debouncer)), watched };
+        let r = Reloader {
+            inner,
+            debouncer: Arc::new(Mutex::new(debouncer)),
+            watched,
+        };
         r.rewatch()?;
         // Watch directories of a newly loaded set too.
         let (tx, rx) = channel::<ReloadEvent>();
-        r.inner.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        r.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
         let deb = Arc::downgrade(&r.debouncer);
         let watched = r.watched.clone();
         let inner = Arc::downgrade(&r.inner);
@@ -150,7 +168,9 @@ impl Reloader {
                     if ev.result.is_err() {
                         continue;
                     }
-                    let (Some(deb), Some(inner)) = (deb.upgrade(), inner.upgrade()) else { break };
+                    let (Some(deb), Some(inner)) = (deb.upgrade(), inner.upgrade()) else {
+                        break;
+                    };
                     let (dirs, _) = interest(&inner.config_path, &inner.current.load());
                     let mut w = watched.lock().unwrap_or_else(|p| p.into_inner());
                     let mut d = deb.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,7 +211,11 @@ impl Reloader {
     /// A channel receiving one event per reload attempt from now on.
     pub fn subscribe(&self) -> Receiver<ReloadEvent> {
         let (tx, rx) = channel();
-        self.inner.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
         rx
     }
 
@@ -210,15 +234,27 @@ impl Inner {
                 this.current.store(Arc::new(loaded));
                 this.generation.store(next, Ordering::SeqCst);
                 tracing::info!(generation = next, config = %this.config_path.display(), "reloaded");
-                ReloadEvent { generation: next, result: Ok(()) }
+                ReloadEvent {
+                    generation: next,
+                    result: Ok(()),
+                }
             }
             Err(e) => {
                 let generation = next - 1;
-                tracing::error!(generation, "reload refused, keeping generation {generation}: {e}");
-                ReloadEvent { generation, result: Err(e.to_string()) }
+                tracing::error!(
+                    generation,
+                    "reload refused, keeping generation {generation}: {e}"
+                );
+                ReloadEvent {
+                    generation,
+                    result: Err(e.to_string()),
+                }
             }
         };
-        this.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| s.send(event.clone()).is_ok());
+        this.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.send(event.clone()).is_ok());
         event
     }
 }

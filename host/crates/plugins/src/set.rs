@@ -51,12 +51,19 @@ impl PluginSet {
 
     /// Paths whose changes should trigger a reload.
     pub fn watch_paths(&self) -> Vec<PathBuf> {
-        self.sources.values().flat_map(Source::watch_paths).collect()
+        self.sources
+            .values()
+            .flat_map(Source::watch_paths)
+            .collect()
     }
 }
 
 /// Resolve, build if needed and load one plugin of a config.
-pub fn load_spec(runtime: &Arc<Runtime>, spec: &PluginSpec, config: &Config) -> Result<(Source, Plugin), PluginError> {
+pub fn load_spec(
+    runtime: &Arc<Runtime>,
+    spec: &PluginSpec,
+    config: &Config,
+) -> Result<(Source, Plugin), PluginError> {
     let source = build::resolve(&spec.name, spec.path.as_deref(), &config.base_dir)?;
     let wasm = build::component_path(&spec.name, &source)?;
     let plugin = Plugin::load(runtime, &spec.name, &wasm, &spec.options, &config.sandbox)?;
@@ -74,10 +81,16 @@ pub fn load_named(
     let p = std::path::Path::new(name_or_path);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let (name, source) = if p.exists() {
-        let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name_or_path.into());
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name_or_path.into());
         (name.clone(), build::resolve(&name, Some(p), &cwd)?)
     } else {
-        (name_or_path.to_string(), build::resolve(name_or_path, None, &cwd)?)
+        (
+            name_or_path.to_string(),
+            build::resolve(name_or_path, None, &cwd)?,
+        )
     };
     let wasm = build::component_path(&name, &source)?;
     Plugin::load(runtime, &name, &wasm, options, limits)

@@ -1,6 +1,7 @@
 //! Host-side mirrors of the WIT records, independent of the API version a plugin targets.
 
 use serde::{Deserialize, Serialize};
+use wasmtime::component::{ComponentType, Lift, Lower};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice {
@@ -49,13 +50,17 @@ pub struct ExtractRequest {
     pub choices: Vec<Choice>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Also a component-model type: `grade` lowers these directly, without a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ComponentType, Lower, Lift)]
+#[component(record)]
 pub struct GradeRequest {
     pub answer: Option<String>,
     pub gold: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Also a component-model type: `grade` lifts these directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ComponentType, Lower, Lift)]
+#[component(record)]
 pub struct Grade {
     /// In [0, 1] (checked by the host).
     pub reward: f64,
@@ -107,7 +112,11 @@ impl OutputSize for Choice {
 }
 impl OutputSize for Example {
     fn output_size(&self) -> usize {
-        self.id.len() + self.question.len() + self.gold.len() + self.choices.output_size() + self.metadata.len()
+        self.id.len()
+            + self.question.len()
+            + self.gold.len()
+            + self.choices.output_size()
+            + self.metadata.len()
     }
 }
 impl OutputSize for Message {

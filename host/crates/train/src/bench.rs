@@ -8,11 +8,18 @@
 //!   computes both operand gradients), `repeat_kv` materialised, logits at every position,
 //!   composed `log_softmax` + `gather` cross-entropy.
 //!
-//! A step = forward + loss + backward + AdamW update. Peak memory per phase: before each phase
-//! `5` is written to `/proc/self/clear_refs`, which resets the kernel's RSS high-water mark
-//! (`VmHWM`) to the current RSS (Linux >= 4.0); `VmHWM` read after the phase is that phase's
-//! peak, and `peak_delta_mib` subtracts the RSS at the phase start (weights etc.). Where the
-//! reset is refused, the report says `vmhwm-cumulative` and the peaks are process-wide maxima.
+//! A step = forward + loss + backward + AdamW update; all rows of a phase use the same weights,
+//! adapter init and synthetic batch, and report the first step's loss (they must agree).
+//!
+//! Peak memory: exact per phase only in a fresh process, so the CLI should run each
+//! (phase, implementation) through `bench_phase` in a child process (`malt bench train` re-exec'ing
+//! itself; the ignored test `bench_real_model` does exactly that with the test binary) and read
+//! `VmHWM` there. In-process (`bench_train`), before each phase freed heap is returned to the OS
+//! (`malloc_trim(0)`, glibc) and `5` is written to `/proc/self/clear_refs`, which resets the
+//! kernel's RSS high-water mark (`VmHWM`) to the current RSS (Linux >= 4.0); `VmHWM` after the
+//! phase is then its peak and `peak_delta_mib` subtracts the RSS at its start (weights etc.).
+//! Allocator caching can still blur in-process deltas. Where the reset is refused the row says
+//! `vmhwm-cumulative` (process-wide maxima).
 
 use std::time::Instant;
 
@@ -93,7 +100,22 @@ fn status_kib(field: &str) -> Option<f64> {
         .ok()
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_heap() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+    }
+    // SAFETY: glibc's malloc_trim only returns free heap pages to the OS; no pointer is touched.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_heap() {}
+
 fn reset_hwm() -> bool {
+    release_heap();
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -218,111 +240,125 @@ fn synthetic(s: &BenchSettings, vocab: usize, n: usize, salt: u64) -> Vec<Sequen
         .collect()
 }
 
-/// Runs the phases `sft` and `dpo` for `malt` (and `plain-candle` when `s.baseline`).
-pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
+fn check(s: &BenchSettings) -> Result<()> {
     if s.micro_batch == 0 || s.steps == 0 || s.prompt_len == 0 || s.completion_len == 0 {
         return Err(TrainError::Settings(
             "bench: micro_batch, steps, prompt_len and completion_len must be >= 1".into(),
         ));
     }
-    let policy = MaltPolicy::new(model, s.lora.clone());
-    let d = &model.decoder;
-    let vocab = model.config().vocab_size;
-    let dpo = DpoSettings::default();
-    let mut rows = vec![];
+    Ok(())
+}
+
+/// Runs every phase (`sft`, `dpo`) for `malt` (and `plain-candle` when `s.baseline`) in this
+/// process. See the module docs for the memory method.
+pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
+    check(s)?;
     let impls: &[&str] = if s.baseline {
         &["malt", "plain-candle"]
     } else {
         &["malt"]
     };
+    let mut rows = vec![];
     for phase in ["sft", "dpo"] {
-        let n = if phase == "sft" {
-            s.micro_batch
-        } else {
-            2 * s.micro_batch
-        };
-        let seqs = synthetic(s, vocab, n, 0x5eed);
-        let refs: Vec<&Sequence> = seqs.iter().collect();
-        let batch = TokenBatch::new(&refs, 0);
-        let tokens = batch.num_tokens();
-        for &imp in impls {
-            // The same fresh adapter for both implementations (B random-ish after one step anyway).
-            let adapter = policy.new_adapter("bench", s.seed)?;
-            let mut opt = AdamW::new(policy.trainable_vars(&adapter), AdamWParams::default())?;
-            let vars = opt.vars().to_vec();
-            let memory_ok = reset_hwm();
-            let rss0 = status_kib("VmRSS:");
-            let mut first_loss = f64::NAN;
-            let mut timed = 0f64;
-            let total = s.steps + usize::from(s.warmup);
-            for k in 0..total {
-                let t0 = Instant::now();
-                let lp = match imp {
-                    "malt" => {
-                        let logits = policy.target_logits(
-                            &batch,
-                            Some(&adapter),
-                            Mode::Train {
-                                dropout_seed: k as u64,
-                            },
-                        )?;
-                        loss::token_logprobs(&logits, &batch.targets)?
-                    }
-                    _ => plain_token_logprobs(d, &batch, &adapter)?,
-                };
-                let l = if phase == "sft" {
-                    (lp.sum_all()?.neg()? / batch.num_targets() as f64)?
-                } else {
-                    let sums = loss::sequence_sums(&batch, &lp)?;
-                    let b = s.micro_batch;
-                    let zeros =
-                        Tensor::zeros(b, DType::F32, &Device::Cpu)?.to_device(sums.device())?;
-                    let t = loss::dpo_terms(
-                        &sums.narrow(0, 0, b)?,
-                        &sums.narrow(0, b, b)?,
-                        &zeros,
-                        &zeros,
-                        &dpo,
-                    )?;
-                    t.losses.mean_all()?
-                };
-                if k == 0 {
-                    first_loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                }
-                let g = l.backward()?;
-                let grads: Vec<Tensor> = vars
-                    .iter()
-                    .map(|(_, v)| {
-                        g.get(v.as_tensor())
-                            .cloned()
-                            .map_or_else(|| v.as_tensor().zeros_like(), Ok)
-                    })
-                    .collect::<candle_core::Result<_>>()?;
-                opt.step(&grads, 1e-4)?;
-                if k >= usize::from(s.warmup) {
-                    timed += t0.elapsed().as_secs_f64();
-                }
-            }
-            let hwm = status_kib("VmHWM:");
-            let spp = timed / s.steps as f64;
-            rows.push(BenchRow {
-                phase: phase.into(),
-                implementation: imp.into(),
-                steps: s.steps,
-                tokens_per_step: tokens,
-                secs_per_step: spp,
-                tokens_per_s: tokens as f64 / spp.max(1e-12),
-                peak_rss_mib: hwm.map(|k| k / 1024.0),
-                peak_delta_mib: hwm.zip(rss0).map(|(h, r)| (h - r) / 1024.0),
-                memory_method: if memory_ok {
-                    "clear_refs-reset"
-                } else {
-                    "vmhwm-cumulative"
-                }
-                .into(),
-                first_loss,
-            });
+        for imp in impls {
+            rows.push(bench_phase(model, s, phase, imp)?);
         }
     }
     Ok(rows)
+}
+
+/// One (phase, implementation) measurement: `phase` is `sft` or `dpo`, `implementation` is
+/// `malt` or `plain-candle`. Run it in a fresh child process for an exact peak.
+pub fn bench_phase(
+    model: &Model,
+    s: &BenchSettings,
+    phase: &str,
+    implementation: &str,
+) -> Result<BenchRow> {
+    check(s)?;
+    if !matches!(phase, "sft" | "dpo") || !matches!(implementation, "malt" | "plain-candle") {
+        return Err(TrainError::Settings(format!(
+            "bench: unknown phase `{phase}` or implementation `{implementation}` \
+             (sft|dpo, malt|plain-candle)"
+        )));
+    }
+    let policy = MaltPolicy::new(model, s.lora.clone());
+    let d = &model.decoder;
+    let vocab = model.config().vocab_size;
+    let dpo = DpoSettings::default();
+    let n = if phase == "sft" {
+        s.micro_batch
+    } else {
+        2 * s.micro_batch
+    };
+    let seqs = synthetic(s, vocab, n, 0x5eed);
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let batch = TokenBatch::new(&refs, 0);
+    let tokens = batch.num_tokens();
+    // The same fresh adapter (seeded) for both implementations.
+    let adapter = policy.new_adapter("bench", s.seed)?;
+    let mut opt = AdamW::new(policy.trainable_vars(&adapter), AdamWParams::default())?;
+    let vars = opt.vars().to_vec();
+    let memory_ok = reset_hwm();
+    let rss0 = status_kib("VmRSS:");
+    let mut first_loss = f64::NAN;
+    let mut timed = 0f64;
+    let total = s.steps + usize::from(s.warmup);
+    for k in 0..total {
+        let t0 = Instant::now();
+        let lp = if implementation == "malt" {
+            let mode = Mode::Train {
+                dropout_seed: k as u64,
+            };
+            let logits = policy.target_logits(&batch, Some(&adapter), mode)?;
+            loss::token_logprobs(&logits, &batch.targets)?
+        } else {
+            plain_token_logprobs(d, &batch, &adapter)?
+        };
+        let l = if phase == "sft" {
+            (lp.sum_all()?.neg()? / batch.num_targets() as f64)?
+        } else {
+            let sums = loss::sequence_sums(&batch, &lp)?;
+            let b = s.micro_batch;
+            let zeros = Tensor::zeros(b, DType::F32, &Device::Cpu)?.to_device(sums.device())?;
+            let (c, r) = (sums.narrow(0, 0, b)?, sums.narrow(0, b, b)?);
+            loss::dpo_terms(&c, &r, &zeros, &zeros, &dpo)?
+                .losses
+                .mean_all()?
+        };
+        if k == 0 {
+            first_loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        let g = l.backward()?;
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|(_, v)| match g.get(v.as_tensor()) {
+                Some(t) => Ok(t.clone()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        opt.step(&grads, 1e-4)?;
+        if k >= usize::from(s.warmup) {
+            timed += t0.elapsed().as_secs_f64();
+        }
+    }
+    let hwm = status_kib("VmHWM:");
+    let spp = timed / s.steps as f64;
+    Ok(BenchRow {
+        phase: phase.into(),
+        implementation: implementation.into(),
+        steps: s.steps,
+        tokens_per_step: tokens,
+        secs_per_step: spp,
+        tokens_per_s: tokens as f64 / spp.max(1e-12),
+        peak_rss_mib: hwm.map(|k| k / 1024.0),
+        peak_delta_mib: hwm.zip(rss0).map(|(h, r)| (h - r) / 1024.0),
+        memory_method: if memory_ok {
+            "clear_refs-reset"
+        } else {
+            "vmhwm-cumulative"
+        }
+        .into(),
+        first_loss,
+    })
 }

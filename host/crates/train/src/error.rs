@@ -17,7 +17,7 @@ pub enum TrainError {
     #[error("invalid training settings: {0}")]
     Settings(String),
     #[error(
-        "non-finite {what} ({value}) at step {step}, micro-batch {micro}, examples [{}]; \
+        "non-finite {what} ({value}) at step {step}, micro-batch {micro} (0-based), examples [{}]; \
          the run stopped, the last good checkpoint is kept{}",
         examples.join(", "),
         last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default()

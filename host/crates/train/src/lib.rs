@@ -37,7 +37,7 @@ pub mod settings;
 pub mod trainer;
 
 pub use batch::{Sequence, TokenBatch};
-pub use bench::{bench_train, BenchRow, BenchSettings};
+pub use bench::{bench_phase, bench_train, BenchRow, BenchSettings};
 pub use error::{Result, TrainError};
 pub use model_bridge::{lora_config, MaltPolicy, MaltTokenizer};
 pub use policy::{ChatTokenizer, Mode, PolicyModel};

@@ -629,6 +629,16 @@ pub fn train_phase<M: PolicyModel>(
         }))
     };
 
+    tracing::info!(
+        "training {} {}: {} train / {} eval examples, {} steps ({} per epoch), starting at step {}",
+        spec.agent,
+        spec.phase.name(),
+        n_train,
+        eval_idx.len(),
+        total,
+        spe,
+        start_step
+    );
     let mut perm_cache: Option<(u64, Vec<usize>)> = None;
     let mut last_eval = None;
     let mut step = start_step;

@@ -42,20 +42,62 @@ fn bench_runs_and_both_implementations_agree() {
     }
 }
 
+fn real_settings() -> BenchSettings {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    BenchSettings {
+        micro_batch: env("MALT_BENCH_MB").unwrap_or(1),
+        prompt_len: env("MALT_BENCH_PROMPT").unwrap_or(192),
+        completion_len: env("MALT_BENCH_COMPLETION").unwrap_or(64),
+        steps: env("MALT_BENCH_STEPS").unwrap_or(2),
+        ..BenchSettings::default()
+    }
+}
+
+/// Each (phase, implementation) in a fresh child process (this test binary re-run on
+/// `bench_child`), so every peak-memory figure is that phase's own.
 #[test]
 #[ignore]
 fn bench_real_model() {
+    let exe = std::env::current_exe().unwrap();
+    for phase in ["sft", "dpo"] {
+        for imp in ["malt", "plain-candle"] {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "bench_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("MALT_BENCH_PHASE", phase)
+                .env("MALT_BENCH_IMPL", imp)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let row = text
+                .lines()
+                .find_map(|l| l.split_once("BENCHROW ").map(|(_, r)| r));
+            assert!(
+                out.status.success() && row.is_some(),
+                "{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("{}", row.unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn bench_child() {
+    let (Ok(phase), Ok(imp)) = (
+        std::env::var("MALT_BENCH_PHASE"),
+        std::env::var("MALT_BENCH_IMPL"),
+    ) else {
+        return; // only meaningful when spawned by bench_real_model
+    };
     let src = std::env::var("MALT_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m-instruct".into());
     let model = Model::load(&src, &Device::Cpu).unwrap();
-    let s = BenchSettings {
-        micro_batch: std::env::var("MALT_BENCH_MB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
-        ..BenchSettings::default()
-    };
-    let rows = bench_train(&model, &s).unwrap();
-    for r in rows {
-        println!("{}", serde_json::to_string(&r).unwrap());
-    }
+    let row = malt_train::bench_phase(&model, &real_settings(), &phase, &imp).unwrap();
+    println!("BENCHROW {}", serde_json::to_string(&row).unwrap());
 }

@@ -174,3 +174,65 @@ fn tok_eos(t: &MaltTokenizer) -> u32 {
     use malt_train::ChatTokenizer;
     t.eos_id()
 }
+
+/// SmolLM2-135M end to end (ignored: ~1 min): real chat template, tokenizer and EOS, 2 SFT steps
+/// and 1 DPO step with reference log-probs, adapters in PEFT format.
+#[test]
+#[ignore]
+fn smollm2_sft_then_dpo_smoke() {
+    use malt_train::ChatTokenizer;
+    let model = Model::load("smollm2-135m-instruct", &Device::Cpu).unwrap();
+    let tok = MaltTokenizer::new(&model).unwrap();
+    assert_eq!(
+        model.tokenizer.token_to_id("<|im_end|>"),
+        Some(tok.eos_id())
+    );
+    let policy = MaltPolicy::new(
+        &model,
+        malt_train::lora_config(8, 16.0, 0.0, &["all-linear".into()]).unwrap(),
+    );
+    let run = tempfile::tempdir().unwrap();
+    let m = |r: &str, c: &str| serde_json::json!([{"role": r, "content": c}]);
+    let q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?";
+    let sft = (0..2)
+        .map(|i| format!("{}\n", serde_json::json!({"prompt": m("user", q), "completion": m("assistant", "48 / 2 = 24 in May, 48 + 24 = 72.\nFinal Answer: 72"), "meta": {"id": i}})))
+        .collect::<String>();
+    let dpo = format!(
+        "{}\n",
+        serde_json::json!({"prompt": m("user", q), "chosen": m("assistant", "48 + 24 = 72.\nFinal Answer: 72"), "rejected": m("assistant", "48 + 48 = 96.\nFinal Answer: 96"), "meta": {"id": 0}})
+    );
+    for (ph, text) in [(Phase::Sft, sft), (Phase::Dpo, dpo)] {
+        let p = trainer::dataset_path(run.path(), "refiner", ph);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let o = OptimSettings {
+        lr: 1e-3,
+        max_steps: 2,
+        micro_batch: 1,
+        grad_accum: 1,
+        max_seq_len: 256,
+        eval_ratio: 0.0,
+        warmup_ratio: 0.0,
+        ..OptimSettings::default()
+    };
+    let plan = AgentPlan {
+        name: "refiner".into(),
+        method: Method::SftThenDpo,
+        sft: o.clone(),
+        dpo: OptimSettings { max_steps: 1, ..o },
+        dpo_loss: DpoSettings::default(),
+    };
+    let opts = RunOptions {
+        progress: true,
+        ..RunOptions::default()
+    };
+    let reps = malt_train::train_agent(&policy, &tok, run.path(), &plan, &opts).unwrap();
+    println!("{}", serde_json::to_string_pretty(&reps).unwrap());
+    let (tr, _) = read_metrics(&run.path().join("train/refiner/sft/metrics.jsonl")).unwrap();
+    assert!(tr[1].loss < tr[0].loss, "{tr:?}");
+    let ad = policy
+        .load_adapter(&run.path().join("adapters/refiner/dpo"), "r")
+        .unwrap();
+    assert_eq!(ad.named_vars().len(), 30 * 7 * 2);
+}

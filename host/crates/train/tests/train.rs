@@ -165,6 +165,27 @@ fn dpo_raises_margin_and_accuracy_and_caches_reference() {
 }
 
 #[test]
+fn reference_logprobs_are_computed_once_then_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    common::write_dpo(&trainer::dataset_path(run, "refiner", Phase::Dpo), 12, 2);
+    let mut p = plan(Method::Dpo);
+    p.dpo.eval_ratio = 0.0;
+    p.dpo.micro_batch = 4;
+    p.dpo.max_steps = 2;
+    let model = TinyLm::new(3);
+    malt_train::train_agent(&model, &CharTok, run, &p, &opts()).unwrap();
+    assert_eq!(model.eval_calls.get(), 3); // 12 pairs / micro-batch 4, no eval split
+                                           // A fresh (not resumed) run on the same dataset and reference reuses the cache.
+    malt_train::train_agent(&model, &CharTok, run, &p, &opts()).unwrap();
+    assert_eq!(model.eval_calls.get(), 3);
+    // Another dataset content: another key, recomputed.
+    common::write_dpo(&trainer::dataset_path(run, "refiner", Phase::Dpo), 12, 5);
+    malt_train::train_agent(&model, &CharTok, run, &p, &opts()).unwrap();
+    assert_eq!(model.eval_calls.get(), 6);
+}
+
+#[test]
 fn ipo_and_label_smoothing_train() {
     for (loss, ls) in [(DpoLossKind::Ipo, 0.0), (DpoLossKind::Sigmoid, 0.1)] {
         let dir = tempfile::tempdir().unwrap();

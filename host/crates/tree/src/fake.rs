@@ -163,13 +163,13 @@ impl Scorer for FakeScorer {
         &mut self,
         _plugin: &str,
         requests: &[ExtractRequest<'_>],
-    ) -> Result<Vec<Option<String>>, PluginError> {
+    ) -> Result<Vec<Result<Option<String>, String>>, PluginError> {
         Ok(requests
             .iter()
             .map(|r| {
-                r.output
+                Ok(r.output
                     .rsplit_once("Final Answer:")
-                    .map(|(_, a)| a.trim().to_owned())
+                    .map(|(_, a)| a.trim().to_owned()))
             })
             .collect())
     }
@@ -178,7 +178,7 @@ impl Scorer for FakeScorer {
         &mut self,
         _plugin: &str,
         requests: &[GradeRequest<'_>],
-    ) -> Result<Vec<Grade>, PluginError> {
+    ) -> Result<Vec<Result<Grade, String>>, PluginError> {
         if let Some(t) = &self.trap_grade_on {
             if requests.iter().any(|r| r.answer == Some(t.as_str())) {
                 return Err(PluginError("wasm trap: out of fuel (grade)".into()));
@@ -188,10 +188,10 @@ impl Scorer for FakeScorer {
             .iter()
             .map(|r| {
                 let ok = r.answer == Some(r.gold);
-                Grade {
+                Ok(Grade {
                     reward: if ok { 1.0 } else { 0.0 } + self.reward_offset,
                     reason: if ok { "exact match" } else { "mismatch" }.into(),
-                }
+                })
             })
             .collect())
     }

@@ -185,6 +185,7 @@ pub fn generate_tree(
             .iter()
             .zip(&seeds)
             .map(|(&(_, p), s)| SampleRequest {
+                agent: &agent.name,
                 messages: &tree.prompts[p as usize],
                 params: &agent.sampling,
                 seeds: s,

@@ -8,6 +8,8 @@ use crate::types::Message;
 /// the whole input, so an implementation should prefill the prompt once.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRequest<'a> {
+    /// The agent whose turn this is: a backend with per-agent adapters picks its LoRA by it.
+    pub agent: &'a str,
     pub messages: &'a [Message],
     pub params: &'a SamplingParams,
     /// One seed per completion, derived from run seed + question id + tree path

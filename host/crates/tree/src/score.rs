@@ -81,7 +81,26 @@ pub fn score_tree(
             }
         };
 
-        let reqs: Vec<GradeRequest> = answers
+        // An item that failed extraction is not graded; its error is recorded on the node.
+        let mut graded: Vec<usize> = Vec::with_capacity(todo.len());
+        let mut kept: Vec<Option<String>> = Vec::with_capacity(todo.len());
+        for (&i, answer) in todo.iter().zip(answers) {
+            match answer {
+                Ok(a) => {
+                    graded.push(i);
+                    kept.push(a);
+                }
+                Err(e) => {
+                    tree.nodes[i].score_error = Some(format!("extract: {e}"));
+                    count(errors, plugin, 1);
+                    failed += 1;
+                }
+            }
+        }
+        if graded.is_empty() {
+            continue;
+        }
+        let reqs: Vec<GradeRequest> = kept
             .iter()
             .map(|a| GradeRequest {
                 answer: a.as_deref(),
@@ -89,35 +108,41 @@ pub fn score_tree(
             })
             .collect();
         let grades = match scorer.grade(plugin, &reqs) {
-            Ok(g) if g.len() == todo.len() => Ok(g),
+            Ok(g) if g.len() == graded.len() => Ok(g),
             Ok(g) => Err(format!(
                 "grade: plugin returned {} results for {}",
                 g.len(),
-                todo.len()
+                graded.len()
             )),
             Err(e) => Err(format!("grade: {e}")),
         };
         let grades = match grades {
             Ok(g) => g,
             Err(msg) => {
-                fail(tree, &todo, &msg);
-                count(errors, plugin, todo.len());
-                failed += todo.len();
+                fail(tree, &graded, &msg);
+                count(errors, plugin, graded.len());
+                failed += graded.len();
                 continue;
             }
         };
-        for ((&i, answer), grade) in todo.iter().zip(answers).zip(grades) {
+        for ((&i, answer), grade) in graded.iter().zip(kept).zip(grades) {
             let n = &mut tree.nodes[i];
             n.answer = answer;
-            if (0.0..=1.0).contains(&grade.reward) {
-                n.reward = Some(grade.reward);
-            } else {
-                n.score_error = Some(format!(
-                    "grade: reward {} outside [0, 1] ({})",
-                    grade.reward, grade.reason
-                ));
-                count(errors, plugin, 1);
-                failed += 1;
+            match grade {
+                Ok(grade) if (0.0..=1.0).contains(&grade.reward) => n.reward = Some(grade.reward),
+                Ok(grade) => {
+                    n.score_error = Some(format!(
+                        "grade: reward {} outside [0, 1] ({})",
+                        grade.reward, grade.reason
+                    ));
+                    count(errors, plugin, 1);
+                    failed += 1;
+                }
+                Err(e) => {
+                    n.score_error = Some(format!("grade: {e}"));
+                    count(errors, plugin, 1);
+                    failed += 1;
+                }
             }
         }
     }

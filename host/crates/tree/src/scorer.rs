@@ -61,18 +61,19 @@ pub trait Scorer {
         requests: &[RenderRequest<'_>],
     ) -> Result<Vec<Result<Vec<Message>, String>>, PluginError>;
 
-    /// Extract final answers; one per request, in order.
+    /// Extract final answers; one result per request, in order. An item `Err` (that item
+    /// trapped on its own) marks only that node errored.
     fn extract(
         &mut self,
         plugin: &str,
         requests: &[ExtractRequest<'_>],
-    ) -> Result<Vec<Option<String>>, PluginError>;
+    ) -> Result<Vec<Result<Option<String>, String>>, PluginError>;
 
-    /// Grade extracted answers; one per request, in order. Rewards outside [0, 1] are
+    /// Grade extracted answers; one result per request, in order. Rewards outside [0, 1] are
     /// treated as plugin errors by the caller.
     fn grade(
         &mut self,
         plugin: &str,
         requests: &[GradeRequest<'_>],
-    ) -> Result<Vec<Grade>, PluginError>;
+    ) -> Result<Vec<Result<Grade, String>>, PluginError>;
 }

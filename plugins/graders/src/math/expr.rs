@@ -150,6 +150,9 @@ fn tokenize(s: &str) -> Option<(Vec<Tok>, bool)> {
     let cs: Vec<char> = s.chars().collect();
     let mut i = 0;
     while i < cs.len() {
+        if toks.len() > 400 {
+            return None;
+        }
         let c = cs[i];
         if c.is_ascii_digit() || (c == '.' && i + 1 < cs.len() && cs[i + 1].is_ascii_digit()) {
             let start = i;
@@ -235,7 +238,11 @@ impl Parser<'_> {
         while let Some(Tok::Op(c @ ('+' | '-'))) = self.peek().cloned() {
             self.pos += 1;
             let r = self.term()?;
-            v = if c == '+' { add(v, r)? } else { add(v, neg(r))? };
+            v = if c == '+' {
+                add(v, r)?
+            } else {
+                add(v, neg(r))?
+            };
         }
         self.depth -= 1;
         Some(v)

@@ -1,19 +1,23 @@
 //! Hendrycks MATH `is_equiv` (hendrycks/math `math_equivalence.py`), reproduced exactly,
 //! including its fall-back to raw string equality when normalisation raises.
 
+/// Where the Python code raises (IndexError, AssertionError).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raised;
+
 /// Python's `len(s)` in code points.
 fn plen(s: &str) -> usize {
     s.chars().count()
 }
 
-fn fix_fracs(string: &str) -> Result<String, ()> {
+fn fix_fracs(string: &str) -> Result<String, Raised> {
     let mut substrs = string.split("\\frac");
     let mut new_str = substrs.next().unwrap_or("").to_string();
     for substr in substrs {
         new_str.push_str("\\frac");
         let mut chars = substr.chars();
         let Some(a) = chars.next() else {
-            return Err(()); // substr[0] on an empty string: IndexError
+            return Err(Raised); // substr[0] on an empty string: IndexError
         };
         if a == '{' {
             new_str.push_str(substr);
@@ -62,11 +66,11 @@ fn fix_a_slash_b(string: &str) -> String {
     }
 }
 
-fn remove_right_units(string: &str) -> Result<String, ()> {
+fn remove_right_units(string: &str) -> Result<String, Raised> {
     if string.contains("\\text{ ") {
         let splits: Vec<&str> = string.split("\\text{ ").collect();
         if splits.len() != 2 {
-            return Err(()); // assert len(splits) == 2
+            return Err(Raised); // assert len(splits) == 2
         }
         Ok(splits[0].to_string())
     } else {
@@ -74,7 +78,7 @@ fn remove_right_units(string: &str) -> Result<String, ()> {
     }
 }
 
-fn fix_sqrt(string: &str) -> Result<String, ()> {
+fn fix_sqrt(string: &str) -> Result<String, Raised> {
     if !string.contains("\\sqrt") {
         return Ok(string.to_string());
     }
@@ -83,7 +87,7 @@ fn fix_sqrt(string: &str) -> Result<String, ()> {
     for split in splits {
         let mut chars = split.chars();
         let Some(a) = chars.next() else {
-            return Err(()); // split[0]: IndexError
+            return Err(Raised); // split[0]: IndexError
         };
         if a != '{' {
             new_string.push_str("\\sqrt{");
@@ -99,7 +103,7 @@ fn fix_sqrt(string: &str) -> Result<String, ()> {
 }
 
 /// `_strip_string`; `Err` where the Python code raises.
-pub fn strip_string(string: &str) -> Result<String, ()> {
+pub fn strip_string(string: &str) -> Result<String, Raised> {
     let mut s = string.replace('\n', "");
     s = s.replace("\\!", "");
     s = s.replace("\\\\", "\\");

@@ -81,9 +81,25 @@ const SYMBOLS: &[(&str, &str)] = &[
 
 /// Macros rendered as the concatenation of their (one) argument.
 const KEEP_ARG: &[&str] = &[
-    "text", "textrm", "textbf", "textit", "textsf", "texttt", "emph", "mathrm", "mathbf",
-    "mathit", "mathsf", "mathtt", "mathbb", "mathcal", "mbox", "overline", "underline",
-    "widehat", "widetilde",
+    "text",
+    "textrm",
+    "textbf",
+    "textit",
+    "textsf",
+    "texttt",
+    "emph",
+    "mathrm",
+    "mathbf",
+    "mathit",
+    "mathsf",
+    "mathtt",
+    "mathbb",
+    "mathcal",
+    "mbox",
+    "overline",
+    "underline",
+    "widehat",
+    "widetilde",
 ];
 
 struct Walker<'a> {
@@ -120,19 +136,19 @@ impl<'a> Walker<'a> {
 
     /// Renders one node: a group, a macro (with its arguments) or a character.
     fn node(&mut self, out: &mut String) {
+        if self.depth > 200 {
+            // Too deeply nested to be an answer: stop rendering.
+            self.pos = self.s.len();
+            return;
+        }
         let Some(c) = self.bump() else { return };
+        self.depth += 1;
         match c {
-            '{' => {
-                if self.depth > 200 {
-                    return;
-                }
-                self.depth += 1;
-                self.nodes(out, true);
-                self.depth -= 1;
-            }
+            '{' => self.nodes(out, true),
             '\\' => self.macro_(out),
             _ => out.push(c),
         }
+        self.depth -= 1;
     }
 
     fn macro_name(&mut self) -> &'a str {
@@ -207,7 +223,11 @@ impl<'a> Walker<'a> {
 
 /// `latex_to_text` approximation.
 pub fn latex_to_text(s: &str) -> String {
-    let mut w = Walker { s, pos: 0, depth: 0 };
+    let mut w = Walker {
+        s,
+        pos: 0,
+        depth: 0,
+    };
     let mut out = String::with_capacity(s.len());
     w.nodes(&mut out, false);
     out

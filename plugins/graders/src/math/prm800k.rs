@@ -147,7 +147,11 @@ fn str_is_int(x: &str) -> bool {
 fn str_to_int(x: &str) -> Option<String> {
     let f = py_float(&x.replace(',', ""))?;
     let t = f.trunc(); // int(float) truncates
-    Some(if t == 0.0 { "0".to_string() } else { format!("{t:.0}") })
+    Some(if t == 0.0 {
+        "0".to_string()
+    } else {
+        format!("{t:.0}")
+    })
 }
 
 /// `_inject_implicit_mixed_number`: `([0-9]) +([0-9])` -> `\1+\2`.
@@ -176,7 +180,9 @@ fn inject_mixed(s: &str) -> String {
 }
 
 fn parse_latex(expr: &str) -> String {
-    let e = expr.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac");
+    let e = expr
+        .replace("\\tfrac", "\\frac")
+        .replace("\\dfrac", "\\frac");
     let e = e.replace("\\frac", " \\frac");
     let e = latex::latex_to_text(&e);
     let e = e
@@ -184,8 +190,7 @@ fn parse_latex(expr: &str) -> String {
         .replace('π', "pi")
         .replace('∞', "inf")
         .replace('∪', "U")
-        .replace('·', "*")
-        .replace('×', "*");
+        .replace(['·', '×'], "*");
     e.trim().to_string()
 }
 
@@ -195,7 +200,10 @@ pub fn normalize(expr: &str) -> String {
         Some(t) => t.to_string(),
         None => expr.to_string(),
     };
-    e = e.replace("\\%", "%").replace("\\$", "$").replace(['$', '%'], "");
+    e = e
+        .replace("\\%", "%")
+        .replace("\\$", "$")
+        .replace(['$', '%'], "");
     e = e.replace(" or ", " , ").replace(" and ", " , ");
     e = e
         .replace("million", "*10^6")

@@ -23,7 +23,9 @@ pub fn load(name: &str) -> serde_json::Value {
 }
 
 pub fn s<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("golden case lacks string `{key}`: {v}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("golden case lacks string `{key}`: {v}"))
 }
 
 pub fn opt(v: &serde_json::Value, key: &str) -> Option<String> {
@@ -31,7 +33,9 @@ pub fn opt(v: &serde_json::Value, key: &str) -> Option<String> {
 }
 
 pub fn b(v: &serde_json::Value, key: &str) -> bool {
-    v[key].as_bool().unwrap_or_else(|| panic!("golden case lacks bool `{key}`: {v}"))
+    v[key]
+        .as_bool()
+        .unwrap_or_else(|| panic!("golden case lacks bool `{key}`: {v}"))
 }
 
 /// "[invalid]" (lm-eval's fallback) as None.

@@ -39,10 +39,18 @@ pub const QWEN3: Variant = Variant {
 };
 
 pub fn words() -> Vec<String> {
-    let mut w: Vec<String> = ["<unk>", "<|im_start|>", "<|im_end|>", "<s>", "system", "user", "assistant"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut w: Vec<String> = [
+        "<unk>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<s>",
+        "system",
+        "user",
+        "assistant",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for s in [
         "the", "capital", "of", "france", "is", "paris", "what", "a", "b", "c", "d", "e", "hello",
         "world", "answer", "final", "x", "y", "z", "?", ".", ",", "1", "2", "3", "4", "5", "6",
@@ -59,8 +67,11 @@ pub fn words() -> Vec<String> {
 
 pub fn tokenizer_json() -> serde_json::Value {
     let w = words();
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        w.iter().enumerate().map(|(i, s)| (s.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = w
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), json!(i)))
+        .collect();
     let added: Vec<_> = [(1, "<|im_start|>"), (2, "<|im_end|>"), (3, "<s>")]
         .iter()
         .map(|(id, c)| {
@@ -108,7 +119,9 @@ pub fn config_json(v: Variant) -> serde_json::Value {
 
 fn rand_t(rng: &mut rand::rngs::StdRng, shape: &[usize], scale: f32, offset: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| offset + rng.random_range(-scale..scale)).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| offset + rng.random_range(-scale..scale))
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -117,18 +130,36 @@ pub fn random_tensors(c: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut t = HashMap::new();
     let h = c.hidden_size;
-    t.insert("model.embed_tokens.weight".into(), rand_t(&mut rng, &[c.vocab_size, h], 1.0, 0.0));
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        rand_t(&mut rng, &[c.vocab_size, h], 1.0, 0.0),
+    );
     t.insert("model.norm.weight".into(), rand_t(&mut rng, &[h], 0.2, 1.0));
     if !c.tie_word_embeddings {
-        t.insert("lm_head.weight".into(), rand_t(&mut rng, &[c.vocab_size, h], 0.3, 0.0));
+        t.insert(
+            "lm_head.weight".into(),
+            rand_t(&mut rng, &[c.vocab_size, h], 0.3, 0.0),
+        );
     }
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        t.insert(format!("{p}.input_layernorm.weight"), rand_t(&mut rng, &[h], 0.2, 1.0));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), rand_t(&mut rng, &[h], 0.2, 1.0));
+        t.insert(
+            format!("{p}.input_layernorm.weight"),
+            rand_t(&mut rng, &[h], 0.2, 1.0),
+        );
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            rand_t(&mut rng, &[h], 0.2, 1.0),
+        );
         if c.qk_norm {
-            t.insert(format!("{p}.self_attn.q_norm.weight"), rand_t(&mut rng, &[c.head_dim], 0.2, 1.0));
-            t.insert(format!("{p}.self_attn.k_norm.weight"), rand_t(&mut rng, &[c.head_dim], 0.2, 1.0));
+            t.insert(
+                format!("{p}.self_attn.q_norm.weight"),
+                rand_t(&mut rng, &[c.head_dim], 0.2, 1.0),
+            );
+            t.insert(
+                format!("{p}.self_attn.k_norm.weight"),
+                rand_t(&mut rng, &[c.head_dim], 0.2, 1.0),
+            );
         }
         for proj in Proj::ALL {
             let (o, i_) = proj.dims(c);
@@ -149,7 +180,11 @@ pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + messag
 pub fn write_tiny(dir: &Path, v: Variant, seed: u64, shards: bool) -> ModelConfig {
     std::fs::create_dir_all(dir).unwrap();
     let cj = config_json(v);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cj).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cj).unwrap(),
+    )
+    .unwrap();
     let cfg = ModelConfig::from_hf_json(&cj, Path::new("config.json")).unwrap();
     let t = random_tensors(&cfg, seed);
     if shards {
@@ -157,7 +192,10 @@ pub fn write_tiny(dir: &Path, v: Variant, seed: u64, shards: bool) -> ModelConfi
         names.sort();
         let (a, b) = names.split_at(names.len() / 2);
         let mut map = serde_json::Map::new();
-        for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", a),
+            ("model-00002-of-00002.safetensors", b),
+        ] {
             let sub: HashMap<String, Tensor> =
                 part.iter().map(|n| ((*n).clone(), t[*n].clone())).collect();
             candle_core::safetensors::save(&sub, dir.join(file)).unwrap();

@@ -14,7 +14,11 @@ pub const INTERFACE: &str = "benchmark";
 /// Every API version this host supports, newest first. A guest built against `X.Y.Z` loads when
 /// some supported version is semver-compatible with it (same major, and same minor while the
 /// major is 0), as the component model's linker matches them.
-pub const SUPPORTED: &[ApiVersion] = &[ApiVersion { major: 0, minor: 1, patch: 0 }];
+pub const SUPPORTED: &[ApiVersion] = &[ApiVersion {
+    major: 0,
+    minor: 1,
+    patch: 0,
+}];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ApiVersion {
@@ -33,7 +37,11 @@ impl ApiVersion {
     pub fn parse(s: &str) -> Option<ApiVersion> {
         let core = s.split(['-', '+']).next()?;
         let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
-        let v = ApiVersion { major: it.next()??, minor: it.next()??, patch: it.next()?? };
+        let v = ApiVersion {
+            major: it.next()??,
+            minor: it.next()??,
+            patch: it.next()??,
+        };
         it.next().is_none().then_some(v)
     }
 
@@ -45,7 +53,11 @@ impl ApiVersion {
 
 /// "malt:plugin@0.1.0", for messages.
 pub fn supported_list() -> String {
-    SUPPORTED.iter().map(|v| format!("{PACKAGE}@{v}")).collect::<Vec<_>>().join(", ")
+    SUPPORTED
+        .iter()
+        .map(|v| format!("{PACKAGE}@{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the component's exports say about its API.
@@ -62,19 +74,30 @@ pub enum Detected {
 /// Inspect a component's exports (before linking) to find the API version it targets.
 pub fn detect(engine: &Engine, component: &Component) -> Detected {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let prefix = format!("{PACKAGE}/{INTERFACE}");
     for name in &exports {
-        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
         let Some(ver) = rest.strip_prefix('@') else {
-            return Detected::Unsupported { guest: "(unversioned)".into() };
+            return Detected::Unsupported {
+                guest: "(unversioned)".into(),
+            };
         };
         let Some(guest) = ApiVersion::parse(ver) else {
-            return Detected::Unsupported { guest: ver.to_string() };
+            return Detected::Unsupported {
+                guest: ver.to_string(),
+            };
         };
         return match SUPPORTED.iter().find(|h| guest.compatible_with(h)) {
             Some(host) => Detected::Supported { guest, host: *host },
-            None => Detected::Unsupported { guest: guest.to_string() },
+            None => Detected::Unsupported {
+                guest: guest.to_string(),
+            },
         };
     }
     Detected::NotAPlugin { exports }
@@ -86,7 +109,11 @@ mod tests {
 
     #[test]
     fn semver_rules() {
-        let host = ApiVersion { major: 0, minor: 1, patch: 0 };
+        let host = ApiVersion {
+            major: 0,
+            minor: 1,
+            patch: 0,
+        };
         assert!(ApiVersion::parse("0.1.3").unwrap().compatible_with(&host));
         assert!(!ApiVersion::parse("0.2.0").unwrap().compatible_with(&host));
         assert!(!ApiVersion::parse("1.1.0").unwrap().compatible_with(&host));
@@ -103,6 +130,9 @@ mod tests {
             "/../../../plugins/api/v0.1.0/plugin.wit"
         ))
         .expect("plugins/api/v0.1.0/plugin.wit");
-        assert_eq!(ours, released, "host/crates/plugins/wit/v0.1.0 differs from plugins/api/v0.1.0");
+        assert_eq!(
+            ours, released,
+            "host/crates/plugins/wit/v0.1.0 differs from plugins/api/v0.1.0"
+        );
     }
 }

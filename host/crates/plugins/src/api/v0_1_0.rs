@@ -15,12 +15,28 @@ use exports::malt::plugin::benchmark as b;
 use malt::plugin::types as t;
 
 /// An instantiated 0.1.x plugin.
-pub struct Bindings(Plugin);
+pub struct Bindings(Plugin, wasmtime::component::Func);
 
 impl Bindings {
-    pub fn instantiate<T: 'static>(pre: &InstancePre<T>, store: &mut Store<T>) -> wasmtime::Result<Self> {
-        let pre = PluginPre::new(pre.clone())?;
-        Ok(Bindings(pre.instantiate(store)?))
+    pub fn instantiate<T: 'static>(
+        pre: &InstancePre<T>,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Self> {
+        let instance = pre.instantiate(&mut *store)?;
+        let plugin = Plugin::new(&mut *store, &instance)?;
+        // `grade` is the hot path: call it with the host's own types (derived component types,
+        // type-checked here once) so requests are lowered without an intermediate copy.
+        let iface = instance
+            .get_export_index(&mut *store, None, "malt:plugin/benchmark@0.1.0")
+            .ok_or_else(|| wasmtime::format_err!("no export malt:plugin/benchmark@0.1.0"))?;
+        let idx = instance
+            .get_export_index(&mut *store, Some(&iface), "grade")
+            .ok_or_else(|| wasmtime::format_err!("no export `grade`"))?;
+        let grade = instance
+            .get_func(&mut *store, idx)
+            .ok_or_else(|| wasmtime::format_err!("export `grade` is not a function"))?;
+        grade.typed::<(&[h::GradeRequest],), (Vec<h::Grade>,)>(&*store)?;
+        Ok(Bindings(plugin, grade))
     }
 
     fn api(&self) -> &b::Guest {
@@ -39,19 +55,44 @@ impl Bindings {
         })
     }
 
-    pub fn configure<T>(&self, store: &mut Store<T>, options: &[(String, String)]) -> wasmtime::Result<Result<(), String>> {
+    pub fn configure<T>(
+        &self,
+        store: &mut Store<T>,
+        options: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
         self.api().call_configure(store, options)
     }
 
-    pub fn parse_records<T>(&self, store: &mut Store<T>, lines: &[String]) -> wasmtime::Result<Vec<Result<h::Example, String>>> {
-        Ok(self.api().call_parse_records(store, lines)?.into_iter().map(|r| r.map(example_in)).collect())
+    pub fn parse_records<T>(
+        &self,
+        store: &mut Store<T>,
+        lines: &[String],
+    ) -> wasmtime::Result<Vec<Result<h::Example, String>>> {
+        Ok(self
+            .api()
+            .call_parse_records(store, lines)?
+            .into_iter()
+            .map(|r| r.map(example_in))
+            .collect())
     }
 
-    pub fn generate<T>(&self, store: &mut Store<T>, seed: u64, count: u32) -> wasmtime::Result<Result<Vec<h::Example>, String>> {
-        Ok(self.api().call_generate(store, seed, count)?.map(|v| v.into_iter().map(example_in).collect()))
+    pub fn generate<T>(
+        &self,
+        store: &mut Store<T>,
+        seed: u64,
+        count: u32,
+    ) -> wasmtime::Result<Result<Vec<h::Example>, String>> {
+        Ok(self
+            .api()
+            .call_generate(store, seed, count)?
+            .map(|v| v.into_iter().map(example_in).collect()))
     }
 
-    pub fn render<T>(&self, store: &mut Store<T>, reqs: &[h::RenderRequest]) -> wasmtime::Result<Vec<Result<Vec<h::Message>, String>>> {
+    pub fn render<T>(
+        &self,
+        store: &mut Store<T>,
+        reqs: &[h::RenderRequest],
+    ) -> wasmtime::Result<Vec<Result<Vec<h::Message>, String>>> {
         let reqs: Vec<t::RenderRequest> = reqs
             .iter()
             .map(|r| t::RenderRequest {
@@ -63,7 +104,11 @@ impl Bindings {
                 history: r
                     .history
                     .iter()
-                    .map(|x| t::Turn { agent: x.agent.clone(), role: x.role.clone(), output: x.output.clone() })
+                    .map(|x| t::Turn {
+                        agent: x.agent.clone(),
+                        role: x.role.clone(),
+                        output: x.output.clone(),
+                    })
                     .collect(),
             })
             .collect();
@@ -71,27 +116,46 @@ impl Bindings {
             .api()
             .call_render(store, &reqs)?
             .into_iter()
-            .map(|r| r.map(|ms| ms.into_iter().map(|m| h::Message { role: m.role, content: m.content }).collect()))
+            .map(|r| {
+                r.map(|ms| {
+                    ms.into_iter()
+                        .map(|m| h::Message {
+                            role: m.role,
+                            content: m.content,
+                        })
+                        .collect()
+                })
+            })
             .collect())
     }
 
-    pub fn extract<T>(&self, store: &mut Store<T>, reqs: &[h::ExtractRequest]) -> wasmtime::Result<Vec<Option<String>>> {
+    pub fn extract<T>(
+        &self,
+        store: &mut Store<T>,
+        reqs: &[h::ExtractRequest],
+    ) -> wasmtime::Result<Vec<Option<String>>> {
         let reqs: Vec<t::ExtractRequest> = reqs
             .iter()
-            .map(|r| t::ExtractRequest { output: r.output.clone(), choices: choices_out(&r.choices) })
+            .map(|r| t::ExtractRequest {
+                output: r.output.clone(),
+                choices: choices_out(&r.choices),
+            })
             .collect();
         self.api().call_extract(store, &reqs)
     }
 
-    pub fn grade<T>(&self, store: &mut Store<T>, reqs: &[h::GradeRequest]) -> wasmtime::Result<Vec<h::Grade>> {
-        let reqs: Vec<t::GradeRequest> =
-            reqs.iter().map(|r| t::GradeRequest { answer: r.answer.clone(), gold: r.gold.clone() }).collect();
-        Ok(self
-            .api()
-            .call_grade(store, &reqs)?
-            .into_iter()
-            .map(|g| h::Grade { reward: g.reward, reason: g.reason })
-            .collect())
+    pub fn grade<T>(
+        &self,
+        store: &mut Store<T>,
+        reqs: &[h::GradeRequest],
+    ) -> wasmtime::Result<Vec<h::Grade>> {
+        // SAFETY: the signature was type-checked against these exact types in `instantiate`.
+        let f = unsafe {
+            wasmtime::component::TypedFunc::<(&[h::GradeRequest],), (Vec<h::Grade>,)>::new_unchecked(
+                self.1,
+            )
+        };
+        Ok(f.call(store, (reqs,))?.0)
     }
 }
 
@@ -101,7 +165,12 @@ pub fn add_to_linker<T>(_linker: &mut Linker<T>) -> wasmtime::Result<()> {
 }
 
 fn choices_out(c: &[h::Choice]) -> Vec<t::Choice> {
-    c.iter().map(|c| t::Choice { label: c.label.clone(), text: c.text.clone() }).collect()
+    c.iter()
+        .map(|c| t::Choice {
+            label: c.label.clone(),
+            text: c.text.clone(),
+        })
+        .collect()
 }
 
 fn example_out(e: &h::Example) -> t::Example {
@@ -119,7 +188,14 @@ fn example_in(e: t::Example) -> h::Example {
         id: e.id,
         question: e.question,
         gold: e.gold,
-        choices: e.choices.into_iter().map(|c| h::Choice { label: c.label, text: c.text }).collect(),
+        choices: e
+            .choices
+            .into_iter()
+            .map(|c| h::Choice {
+                label: c.label,
+                text: c.text,
+            })
+            .collect(),
         metadata: e.metadata,
     }
 }

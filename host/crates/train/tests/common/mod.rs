@@ -31,6 +31,8 @@ fn randn(rng: &mut rand::rngs::StdRng, shape: (usize, usize), scale: f32) -> Ten
 }
 
 pub struct TinyLm {
+    /// Forwards in `Mode::Eval` (reference log-probs, eval), to check the reference cache.
+    pub eval_calls: std::cell::Cell<usize>,
     e: Tensor,
     p: Tensor,
     w: Tensor,
@@ -45,6 +47,7 @@ impl TinyLm {
     pub fn new(seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         TinyLm {
+            eval_calls: std::cell::Cell::new(0),
             e: randn(&mut rng, (VOCAB, HIDDEN), 1.0),
             p: randn(&mut rng, (VOCAB, HIDDEN), 1.0),
             w: randn(&mut rng, (VOCAB, HIDDEN), 0.3),
@@ -104,6 +107,9 @@ impl PolicyModel for TinyLm {
         adapter: Option<&TinyAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            self.eval_calls.set(self.eval_calls.get() + 1);
+        }
         let dev = Device::Cpu;
         let (b, t) = (batch.batch, batch.seq_len);
         let ids = Tensor::from_vec(batch.ids.clone(), b * t, &dev)?;

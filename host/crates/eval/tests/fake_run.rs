@@ -1,0 +1,465 @@
+//! End-to-end evaluations over a deterministic fake chain runner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use malt_eval::{
+    majority_vote, run_evaluation, select_subset, AttemptRecord, ChainError, ChainRequest,
+    ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, SplitMix64, Turn, Variant, RESULTS_FILE,
+};
+use serde_json::Value;
+
+/// Deterministic in the request alone (never in call order), so interrupted and uninterrupted
+/// runs must produce identical logs.
+#[derive(Default)]
+struct FakeRunner {
+    calls: usize,
+    /// Return `Fatal` on this call number (0-based), simulating a crash midway.
+    fail_at: Option<usize>,
+    requests: Vec<ChainRequest>,
+}
+
+fn answer(idx: usize, correct: bool, wrong_pick: u64) -> Outcome {
+    // Wrong answers come from a two-value set so wrong attempts can agree and win votes.
+    let answer = if correct {
+        format!("{idx}")
+    } else {
+        format!("{}", idx + 1 + (wrong_pick % 2) as usize)
+    };
+    Outcome::Answer {
+        answer: format!(" {answer}"),
+        key: None,
+        correct,
+    }
+}
+
+impl ChainRunner for FakeRunner {
+    fn run_chain(&mut self, req: &ChainRequest) -> Result<ChainTrace, ChainError> {
+        if self.fail_at == Some(self.calls) {
+            return Err(ChainError::Fatal("simulated crash".into()));
+        }
+        self.calls += 1;
+        self.requests.push(*req);
+        let vid = match req.variant {
+            Variant::Single => 1u64,
+            Variant::UntrainedChain => 2,
+            Variant::TrainedChain => 3,
+        };
+        let mut rng = SplitMix64::new(req.sample_seed ^ vid.wrapping_mul(0x1234_5678_9ABC_DEF1));
+        let mut u = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let (err, unparse, g, r, pick) = (u(), u(), u(), u(), u());
+        if err < 0.04 {
+            return Err(ChainError::Item(format!(
+                "context overflow on example {}",
+                req.example_idx
+            )));
+        }
+        let pick = (pick * 1000.0) as u64;
+        let gen_ok = g < 0.5;
+        let gen = Turn {
+            agent: "generator".into(),
+            output: format!("Reasoning...\nFinal Answer: {}", req.example_idx),
+            outcome: answer(req.example_idx, gen_ok, pick),
+        };
+        if req.variant == Variant::Single {
+            let mut gen = gen;
+            if unparse < 0.06 {
+                gen.outcome = Outcome::Unparseable;
+            }
+            return Ok(ChainTrace { turns: vec![gen] });
+        }
+        let (keep, fix) = match req.variant {
+            Variant::TrainedChain => (0.95, 0.45),
+            _ => (0.85, 0.25),
+        };
+        let ref_ok = if gen_ok { r < keep } else { r < fix };
+        let refine = if unparse < 0.06 {
+            Outcome::Unparseable
+        } else {
+            answer(req.example_idx, ref_ok, pick / 7)
+        };
+        Ok(ChainTrace {
+            turns: vec![
+                gen,
+                Turn {
+                    agent: "verifier".into(),
+                    output: "The solution is <probably> right & complete.".into(),
+                    outcome: Outcome::NoAnswer,
+                },
+                Turn {
+                    agent: "refiner".into(),
+                    output: "Final Answer: x".into(),
+                    outcome: refine,
+                },
+            ],
+        })
+    }
+}
+
+fn plan(pool: usize, questions: usize, seeds: &[u64]) -> EvalPlan {
+    EvalPlan {
+        pool_size: pool,
+        questions,
+        seeds: seeds.to_vec(),
+        majority_k: 3,
+        variants: Variant::ALL.to_vec(),
+    }
+}
+
+fn manifest() -> Value {
+    serde_json::json!({"config_sha256": "abc", "adapters": ["generator", "verifier", "refiner"]})
+}
+
+fn read_records(dir: &Path) -> Vec<AttemptRecord> {
+    std::fs::read_to_string(dir.join(RESULTS_FILE))
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().expect("number")
+}
+
+#[test]
+fn full_run_figures_are_consistent_with_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan(200, 40, &[1, 2, 3, 4]);
+    let mut runner = FakeRunner::default();
+    let report = run_evaluation(&mut runner, &plan, dir.path(), manifest(), false).expect("run");
+
+    // Every planned attempt is logged exactly once.
+    let records = read_records(dir.path());
+    assert_eq!(records.len(), 4 * 40 * 3 * 3);
+    let by_key: BTreeMap<_, _> = records.iter().map(|r| (r.key(), r)).collect();
+    assert_eq!(by_key.len(), records.len());
+
+    // All systems ran on the same, seed-determined questions.
+    for &seed in &plan.seeds {
+        let subset: BTreeSet<usize> = select_subset(200, 40, seed)
+            .expect("subset")
+            .into_iter()
+            .collect();
+        for v in Variant::ALL {
+            let seen: BTreeSet<usize> = records
+                .iter()
+                .filter(|r| r.seed == seed && r.variant == v)
+                .map(|r| r.example_idx)
+                .collect();
+            assert_eq!(seen, subset);
+        }
+    }
+
+    let json = read_json(&dir.path().join("report.json"));
+    assert_eq!(json["manifest"], manifest());
+    assert_eq!(json["format"], 1);
+    for key in ["plan", "subsets", "systems", "per_turn", "flips", "counts"] {
+        assert!(json.get(key).is_some(), "report.json lacks {key}");
+    }
+    let systems = json["systems"].as_array().expect("systems");
+    let ids: Vec<&str> = systems
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "single",
+            "single_mv3",
+            "untrained_chain",
+            "untrained_chain_mv3",
+            "trained_chain",
+            "trained_chain_mv3"
+        ]
+    );
+
+    // Recompute every per-seed accuracy from the JSONL alone.
+    for s in systems {
+        let variant: Variant = serde_json::from_value(s["variant"].clone()).expect("variant");
+        let mv = !s["majority_k"].is_null();
+        let mut per_seed = Vec::new();
+        for ps in s["per_seed"].as_array().expect("per_seed") {
+            let seed = ps["seed"].as_u64().expect("seed");
+            let mut correct = 0;
+            let subset = select_subset(200, 40, seed).expect("subset");
+            for &idx in &subset {
+                let attempts: Vec<&AttemptRecord> = (0..3)
+                    .map(|a| {
+                        *by_key
+                            .get(&malt_eval::AttemptKey {
+                                seed,
+                                variant,
+                                example_idx: idx,
+                                attempt: a,
+                            })
+                            .expect("attempt logged")
+                    })
+                    .collect();
+                let ok = if mv {
+                    let votes: Vec<Option<&str>> = attempts
+                        .iter()
+                        .map(|r| r.final_outcome().and_then(Outcome::vote_key))
+                        .collect();
+                    majority_vote(&votes)
+                        .and_then(|w| attempts[w].final_outcome())
+                        .is_some_and(Outcome::is_correct)
+                } else {
+                    attempts[0].final_outcome().is_some_and(Outcome::is_correct)
+                };
+                correct += usize::from(ok);
+            }
+            assert_eq!(
+                ps["correct"].as_u64(),
+                Some(correct as u64),
+                "{} seed {seed}",
+                s["id"]
+            );
+            assert_eq!(ps["total"].as_u64(), Some(40));
+            assert!((f(&ps["accuracy_pct"]) - 100.0 * correct as f64 / 40.0).abs() < 1e-9);
+            per_seed.push(100.0 * correct as f64 / 40.0);
+        }
+        let mean = per_seed.iter().sum::<f64>() / 4.0;
+        let var = per_seed.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0;
+        assert!((f(&s["mean_pct"]) - mean).abs() < 1e-9);
+        assert!((f(&s["std_pct"]) - var.sqrt()).abs() < 1e-9);
+    }
+
+    // Per-turn: verifier is n/a, the last answering turn equals the system accuracy, the first
+    // turn of the untrained chain is the generator.
+    for (vt, pair) in report.per_turn.iter().zip(report.systems.chunks(2)) {
+        let answering: Vec<_> = vt.turns.iter().filter(|t| t.answering).collect();
+        let last = answering.last().expect("an answering turn");
+        let acc = last.accuracy.as_ref().expect("acc");
+        let mv = last.mv_accuracy.as_ref().expect("mv acc");
+        let plain_seeds: Vec<f64> = pair[0].per_seed.iter().map(|a| a.accuracy_pct).collect();
+        let mv_seeds: Vec<f64> = pair[1].per_seed.iter().map(|a| a.accuracy_pct).collect();
+        assert_eq!(acc.per_seed_pct, plain_seeds);
+        assert_eq!(mv.per_seed_pct, mv_seeds);
+        if vt.variant != Variant::Single {
+            assert_eq!(vt.turns.len(), 3);
+            assert_eq!(vt.turns[1].agent, "verifier");
+            assert!(!vt.turns[1].answering && vt.turns[1].accuracy.is_none());
+        }
+    }
+    let pt = &json["per_turn"][1]["turns"][1];
+    assert!(pt["accuracy"].is_null() && pt["mv_accuracy"].is_null());
+
+    // Flips: cells sum to the non-errored items, and net flips equal the accuracy change.
+    for (fl, vt) in report.flips.iter().zip(&report.per_turn) {
+        if vt.variant == Variant::Single {
+            assert!(fl.transitions.is_empty());
+            continue;
+        }
+        assert_eq!(fl.transitions.len(), 1);
+        let t = &fl.transitions[0];
+        assert_eq!(
+            (t.from_agent.as_str(), t.to_agent.as_str()),
+            ("generator", "refiner")
+        );
+        assert_eq!(
+            t.wrong_to_right + t.right_to_wrong + t.right_to_right + t.wrong_to_wrong,
+            fl.items
+        );
+        let firsts: Vec<_> = records
+            .iter()
+            .filter(|r| r.variant == vt.variant && r.attempt == 0)
+            .collect();
+        let correct_at = |turn: usize| {
+            firsts
+                .iter()
+                .filter(|r| r.outcome_at(turn).is_some_and(Outcome::is_correct))
+                .count() as i64
+        };
+        assert_eq!(
+            t.wrong_to_right as i64 - t.right_to_wrong as i64,
+            correct_at(2) - correct_at(0)
+        );
+        assert_eq!(fl.items, firsts.iter().filter(|r| !r.is_errored()).count());
+    }
+
+    // Counts: errored attempts are reported, and errored items count as wrong.
+    let errored_total: usize = report.counts.iter().map(|c| c.errored_attempts).sum();
+    assert_eq!(
+        errored_total,
+        records.iter().filter(|r| r.is_errored()).count()
+    );
+    assert!(errored_total > 0, "the fake should produce some errors");
+    assert!(report.counts.iter().any(|c| c.unparseable_attempts > 0));
+    for s in &report.systems {
+        if s.majority_k.is_none() {
+            let errored_first = records
+                .iter()
+                .filter(|r| r.variant == s.variant && r.attempt == 0 && r.is_errored())
+                .count();
+            assert_eq!(s.errored, errored_first);
+        }
+    }
+
+    // Reports and plots exist and the SVGs are XML.
+    for name in ["report.md", "accuracy.svg", "per_turn.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(name)).expect(name);
+        assert!(!text.is_empty());
+    }
+    let svg = std::fs::read_to_string(dir.path().join("per_turn.svg")).expect("svg");
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+}
+
+#[test]
+fn report_md_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run_evaluation(
+        &mut FakeRunner::default(),
+        &plan(50, 10, &[11, 12]),
+        dir.path(),
+        manifest(),
+        false,
+    )
+    .expect("run");
+    insta::assert_snapshot!(malt_eval::render_markdown(&report));
+}
+
+#[test]
+fn resume_after_crash_and_torn_line_gives_identical_reports() {
+    let plan = plan(60, 12, &[5, 6, 7]);
+    let full = tempfile::tempdir().expect("tempdir");
+    run_evaluation(
+        &mut FakeRunner::default(),
+        &plan,
+        full.path(),
+        manifest(),
+        false,
+    )
+    .expect("uninterrupted run");
+
+    let resumed = tempfile::tempdir().expect("tempdir");
+    let mut crashing = FakeRunner {
+        fail_at: Some(100),
+        ..FakeRunner::default()
+    };
+    let err =
+        run_evaluation(&mut crashing, &plan, resumed.path(), manifest(), false).expect_err("crash");
+    assert!(matches!(err, EvalError::Runner(_)));
+    assert_eq!(read_records(resumed.path()).len(), 100);
+    assert!(!resumed.path().join("report.json").exists());
+
+    // A crash in the middle of a write leaves a torn last line.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(resumed.path().join(RESULTS_FILE))
+            .expect("open");
+        f.write_all(b"{\"seed\":5,\"variant\":\"sin")
+            .expect("write");
+    }
+
+    let mut second = FakeRunner::default();
+    run_evaluation(&mut second, &plan, resumed.path(), manifest(), false).expect("resume");
+    let expected = 3 * 12 * 3 * 3;
+    assert_eq!(second.calls, expected - 100, "only missing attempts rerun");
+
+    let lines = read_records(resumed.path());
+    assert_eq!(lines.len(), expected);
+    let keys: BTreeSet<_> = lines.iter().map(AttemptRecord::key).collect();
+    assert_eq!(keys.len(), expected, "no duplicate lines");
+
+    for name in ["report.md", "report.json", "accuracy.svg", "per_turn.svg"] {
+        assert_eq!(
+            std::fs::read(full.path().join(name)).expect("full"),
+            std::fs::read(resumed.path().join(name)).expect("resumed"),
+            "{name} differs after resume"
+        );
+    }
+
+    // A third run over a complete log calls nothing and rewrites the same report.
+    let mut idle = FakeRunner::default();
+    run_evaluation(&mut idle, &plan, resumed.path(), manifest(), false).expect("rerun");
+    assert_eq!(idle.calls, 0);
+    assert_eq!(read_records(resumed.path()).len(), expected);
+}
+
+#[test]
+fn requests_carry_plan_seeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runner = FakeRunner::default();
+    let plan = EvalPlan {
+        majority_k: 2,
+        variants: vec![Variant::Single],
+        ..plan(30, 5, &[9])
+    };
+    let report = run_evaluation(&mut runner, &plan, dir.path(), Value::Null, false).expect("run");
+    assert_eq!(runner.requests.len(), 10);
+    for r in &runner.requests {
+        assert_eq!(r.eval_seed, 9);
+        assert!(r.attempt < 2);
+        assert_eq!(
+            r.sample_seed,
+            malt_eval::derive_sample_seed(9, r.example_idx, r.attempt)
+        );
+    }
+    // One seed: std is undefined, not zero.
+    assert!(report.systems.iter().all(|s| s.std_pct.is_none()));
+}
+
+#[test]
+fn invalid_plans_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = FakeRunner::default();
+    let cases = [
+        plan(10, 11, &[1]),
+        plan(10, 5, &[]),
+        plan(10, 5, &[1, 1]),
+        plan(10, 0, &[1]),
+        EvalPlan {
+            majority_k: 0,
+            ..plan(10, 5, &[1])
+        },
+    ];
+    for p in &cases {
+        assert!(run_evaluation(&mut r, p, dir.path(), Value::Null, false).is_err());
+    }
+    assert_eq!(r.calls, 0);
+}
+
+/// Writes a sample evaluation to `$MALT_EVAL_DEMO_DIR` for eyeballing the report and plots:
+/// `MALT_EVAL_DEMO_DIR=/tmp/demo cargo test -p malt-eval --test fake_run -- --ignored`.
+#[test]
+#[ignore]
+fn demo_output() {
+    let Ok(dir) = std::env::var("MALT_EVAL_DEMO_DIR") else {
+        return;
+    };
+    run_evaluation(
+        &mut FakeRunner::default(),
+        &plan(500, 100, &[1, 2, 3, 4]),
+        Path::new(&dir),
+        manifest(),
+        true,
+    )
+    .expect("demo run");
+    // The generic line chart as the trainer would use it for loss curves.
+    use malt_eval::svg::{line_chart, LineChart, Series};
+    let curve = |scale: f64, name: &str, dashed: bool| Series {
+        name: name.into(),
+        points: (0..=1500)
+            .step_by(10)
+            .map(|s| (s as f64, scale * (0.35 + 2.0 / (1.0 + s as f64 / 80.0))))
+            .collect(),
+        dashed,
+        colour: None,
+    };
+    let svg = line_chart(&LineChart {
+        title: "SFT loss (refiner)".into(),
+        x_label: "optimizer step".into(),
+        y_label: "loss".into(),
+        series: vec![curve(1.0, "train", false), curve(1.1, "validation", true)],
+        x_ticks: None,
+        y_range: None,
+    });
+    std::fs::write(Path::new(&dir).join("loss.svg"), svg).expect("write loss.svg");
+}

@@ -1,0 +1,154 @@
+//! [`malt_tree::Sampler`] over the embedded candle model.
+//!
+//! Siblings share their whole prompt: each request is prefilled once and forked into its n
+//! branches. Across requests, the sampler keeps the most recent prompt caches and extends the one
+//! with the longest common token prefix (same adapter), so the system prompt and the question are
+//! not recomputed for every node of a level. All branches of one agent's requests decode as one
+//! batch.
+
+use std::collections::BTreeMap;
+
+use malt_model::{Branch, Cache, LoraAdapter, Model};
+use malt_tree::{SampleRequest, Sampler, SamplerError, SamplingParams};
+
+/// How many prompt caches to keep for prefix reuse. A 135M model holds ~46 KB of keys/values
+/// per token, so 32 prompts of 500 tokens cost well under 1 GB.
+const PREFIX_POOL: usize = 32;
+
+/// Counters for the progress line and the benchmark.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SamplerStats {
+    pub prompt_tokens: u64,
+    pub prefill_computed: u64,
+    pub generated_tokens: u64,
+    pub sequences: u64,
+}
+
+pub struct ModelSampler<'m> {
+    model: &'m Model,
+    /// Per agent; an agent without an entry samples from the base model.
+    adapters: BTreeMap<String, LoraAdapter>,
+    pool: Vec<Cache>,
+    pub stats: SamplerStats,
+}
+
+impl<'m> ModelSampler<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        ModelSampler {
+            model,
+            adapters: BTreeMap::new(),
+            pool: Vec::new(),
+            stats: SamplerStats::default(),
+        }
+    }
+
+    /// Use `adapter` for `agent`'s turns (a trained chain).
+    pub fn with_adapter(mut self, agent: &str, adapter: LoraAdapter) -> Self {
+        self.adapters.insert(agent.to_owned(), adapter);
+        self
+    }
+
+    /// A cache holding `tokens` under `adapter`, reusing the pooled cache that shares the
+    /// longest prefix with them.
+    fn prompt_cache(
+        &mut self,
+        tokens: &[u32],
+        adapter: Option<&LoraAdapter>,
+    ) -> malt_model::Result<Cache> {
+        let uid = adapter.map(|a| a.uid());
+        let best = self
+            .pool
+            .iter()
+            .filter(|c| c.adapter_uid() == uid)
+            .max_by_key(|c| common_prefix(c.tokens(), tokens));
+        let before = self.model.decoder.prefill_tokens_computed();
+        let cache = match best {
+            Some(base) => self.model.extend(base, tokens, adapter)?,
+            None => self.model.prefill(tokens, adapter)?,
+        };
+        self.stats.prefill_computed += (self.model.decoder.prefill_tokens_computed() - before) as u64;
+        self.stats.prompt_tokens += tokens.len() as u64;
+        if self.pool.len() == PREFIX_POOL {
+            self.pool.remove(0);
+        }
+        self.pool.push(cache.clone());
+        Ok(cache)
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn model_params(p: &SamplingParams) -> malt_model::SamplingParams {
+    malt_model::SamplingParams {
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k as usize,
+        max_new_tokens: p.max_new_tokens as usize,
+        stop: p.stop.clone(),
+        // Each branch carries its own seed; this one is unused.
+        seed: 0,
+    }
+}
+
+impl Sampler for ModelSampler<'_> {
+    fn sample(
+        &mut self,
+        requests: &[SampleRequest<'_>],
+    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
+        let mut out: Vec<Result<Vec<String>, String>> = vec![Ok(Vec::new()); requests.len()];
+        // Requests of one agent share their sampling parameters and adapter: one decode batch.
+        let mut by_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, r) in requests.iter().enumerate() {
+            by_agent.entry(r.agent).or_default().push(i);
+        }
+        for (agent, idx) in by_agent {
+            let adapter = self.adapters.get(agent).cloned();
+            let params = model_params(requests[idx[0]].params);
+            let mut branches = Vec::new();
+            let mut owners = Vec::new();
+            for &i in &idx {
+                let r = &requests[i];
+                let messages: Vec<malt_model::Message> = r
+                    .messages
+                    .iter()
+                    .map(|m| malt_model::Message::new(&m.role, &m.content))
+                    .collect();
+                let cache = self
+                    .model
+                    .encode_chat(&messages, true)
+                    .and_then(|tokens| self.prompt_cache(&tokens, adapter.as_ref()));
+                match cache {
+                    Ok(cache) => {
+                        for &seed in r.seeds {
+                            branches.push(Branch {
+                                cache: cache.clone(),
+                                seed,
+                            });
+                            owners.push(i);
+                        }
+                    }
+                    // A prompt the model cannot take (e.g. longer than its context) fails only
+                    // its own nodes.
+                    Err(e) => out[i] = Err(format!("agent {agent}: {e}")),
+                }
+            }
+            if branches.is_empty() {
+                continue;
+            }
+            let done = self
+                .model
+                .generate(branches, &params, adapter.as_ref())
+                .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
+            for (c, &i) in done.into_iter().zip(&owners) {
+                self.stats.generated_tokens += c.tokens.len() as u64;
+                self.stats.sequences += 1;
+                if let Ok(v) = &mut out[i] {
+                    v.push(c.text);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

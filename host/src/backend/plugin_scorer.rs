@@ -1,0 +1,201 @@
+//! [`malt_tree::Scorer`] over the loaded WASM plugins of a config.
+//!
+//! The tree engine keeps its own plain-data mirrors of the WIT records so that it builds without
+//! wasmtime; this module converts field by field. A plugin's per-item failures (one poisonous
+//! output that traps) stay per item: malt-plugins already retries a trapped batch item by item.
+
+use std::collections::BTreeMap;
+
+use malt_plugins::{self as mp, PluginSet};
+use malt_tree::{self as mt, PluginError, Scorer};
+
+/// Scores through the plugins of one loaded [`PluginSet`], counting item errors per plugin.
+pub struct PluginScorer {
+    plugins: PluginSet,
+    /// Item errors per plugin, for the run's statistics.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl PluginScorer {
+    pub fn new(plugins: PluginSet) -> Self {
+        PluginScorer {
+            plugins,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    pub fn plugins(&self) -> &PluginSet {
+        &self.plugins
+    }
+
+    /// Swap in a reloaded plugin set (hot reload between questions).
+    pub fn replace(&mut self, plugins: PluginSet) {
+        self.plugins = plugins;
+    }
+
+    fn plugin(&self, name: &str) -> Result<&mp::Plugin, PluginError> {
+        self.plugins.get(name).map(|p| p.as_ref()).ok_or_else(|| {
+            let known: Vec<&str> = self.plugins.iter().map(|(n, _)| n.as_str()).collect();
+            PluginError(format!(
+                "no plugin named `{name}` is loaded (loaded: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Keeps the plugin's error text for the node and counts it.
+    fn item<T>(&mut self, plugin: &str, r: Result<T, mp::ItemError>) -> Result<T, String> {
+        r.map_err(|e| {
+            *self.errors.entry(plugin.to_owned()).or_default() += 1;
+            e.to_string()
+        })
+    }
+}
+
+fn example_to_plugin(e: &mt::Example) -> mp::Example {
+    mp::Example {
+        id: e.id.clone(),
+        question: e.question.clone(),
+        gold: e.gold.clone(),
+        choices: e.choices.iter().map(choice_to_plugin).collect(),
+        metadata: e.metadata.clone(),
+    }
+}
+
+fn example_from_plugin(e: mp::Example) -> mt::Example {
+    mt::Example {
+        id: e.id,
+        question: e.question,
+        gold: e.gold,
+        choices: e
+            .choices
+            .into_iter()
+            .map(|c| mt::Choice {
+                label: c.label,
+                text: c.text,
+            })
+            .collect(),
+        metadata: if e.metadata.trim().is_empty() {
+            "{}".to_owned()
+        } else {
+            e.metadata
+        },
+    }
+}
+
+fn choice_to_plugin(c: &mt::Choice) -> mp::Choice {
+    mp::Choice {
+        label: c.label.clone(),
+        text: c.text.clone(),
+    }
+}
+
+impl Scorer for PluginScorer {
+    fn parse_records(
+        &mut self,
+        plugin: &str,
+        lines: &[&str],
+    ) -> Result<Vec<Result<mt::Example, String>>, PluginError> {
+        let p = self.plugin(plugin)?;
+        let owned: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        // A rejected record is the dataset's fault, not the plugin's: not counted as an error.
+        Ok(p.parse_records(&owned)
+            .into_iter()
+            .map(|r| r.map(example_from_plugin).map_err(|e| e.to_string()))
+            .collect())
+    }
+
+    fn generate_examples(
+        &mut self,
+        plugin: &str,
+        seed: u64,
+        count: u32,
+    ) -> Result<Result<Vec<mt::Example>, String>, PluginError> {
+        let p = self.plugin(plugin)?;
+        match p.generate(seed, count) {
+            Ok(v) => Ok(Ok(v.into_iter().map(example_from_plugin).collect())),
+            Err(e) if e.is_rejection() => Ok(Err(e.to_string())),
+            Err(e) => Err(PluginError(e.to_string())),
+        }
+    }
+
+    fn render(
+        &mut self,
+        plugin: &str,
+        requests: &[mt::RenderRequest<'_>],
+    ) -> Result<Vec<Result<Vec<mt::Message>, String>>, PluginError> {
+        let p = self.plugin(plugin)?;
+        let reqs: Vec<mp::RenderRequest> = requests
+            .iter()
+            .map(|r| mp::RenderRequest {
+                agent: r.agent.to_owned(),
+                role: r.role.to_owned(),
+                position: r.position,
+                chain_length: r.chain_length,
+                example: example_to_plugin(r.example),
+                history: r
+                    .history
+                    .iter()
+                    .map(|t| mp::Turn {
+                        agent: t.agent.clone(),
+                        role: t.role.clone(),
+                        output: t.output.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let out = p.render(&reqs);
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                self.item(plugin, r).map(|msgs| {
+                    msgs.into_iter()
+                        .map(|m| mt::Message::new(m.role, m.content))
+                        .collect()
+                })
+            })
+            .collect())
+    }
+
+    fn extract(
+        &mut self,
+        plugin: &str,
+        requests: &[mt::ExtractRequest<'_>],
+    ) -> Result<Vec<Result<Option<String>, String>>, PluginError> {
+        let p = self.plugin(plugin)?;
+        let reqs: Vec<mp::ExtractRequest> = requests
+            .iter()
+            .map(|r| mp::ExtractRequest {
+                output: r.output.to_owned(),
+                choices: r.choices.iter().map(choice_to_plugin).collect(),
+            })
+            .collect();
+        let out = p.extract(&reqs);
+        Ok(out.into_iter().map(|r| self.item(plugin, r)).collect())
+    }
+
+    fn grade(
+        &mut self,
+        plugin: &str,
+        requests: &[mt::GradeRequest<'_>],
+    ) -> Result<Vec<Result<mt::Grade, String>>, PluginError> {
+        let p = self.plugin(plugin)?;
+        let reqs: Vec<mp::GradeRequest> = requests
+            .iter()
+            .map(|r| mp::GradeRequest {
+                answer: r.answer.map(str::to_owned),
+                gold: r.gold.to_owned(),
+            })
+            .collect();
+        let out = p.grade(&reqs);
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                self.item(plugin, r).map(|g| mt::Grade {
+                    reward: g.reward,
+                    reason: g.reason,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,75 @@
+//! Readable snapshots of generated problems and rendered prompts.
+use malt_graders::{arith, templates};
+use serde::Serialize;
+
+#[test]
+fn arith_generated() {
+    let mut all = Vec::new();
+    for d in 1..=5 {
+        all.extend(arith::generate(2024, 4, d));
+    }
+    insta::assert_yaml_snapshot!("arith_generated", all);
+}
+
+#[derive(Serialize)]
+struct Case {
+    chain: &'static str,
+    agent_role: &'static str,
+    messages: Vec<templates::Msg>,
+}
+
+#[test]
+fn prompts() {
+    use templates::{render, Task, Turn};
+    let g = Turn {
+        role: "generator",
+        output: "2 + 3 = 5.\nFinal Answer: 5",
+    };
+    let v1 = Turn {
+        role: "verifier",
+        output: "The addition is right.",
+    };
+    let r1 = Turn {
+        role: "refiner",
+        output: "2 + 3 = 5.\nFinal Answer: 5",
+    };
+    let v2 = Turn {
+        role: "verifier",
+        output: "Still right.",
+    };
+    let q = "Ava has 2 apples and finds 3 more. How many apples does she have?";
+    let mut cases = Vec::new();
+    let mut push = |chain, role, task, hist: &[Turn]| {
+        let choices = [("A", "bank"), ("B", "library"), ("C", "park")];
+        let ch: &[(&str, &str)] = if task == Task::MultipleChoice {
+            &choices
+        } else {
+            &[]
+        };
+        cases.push(Case {
+            chain,
+            agent_role: role,
+            messages: render(task, role, q, ch, hist).unwrap(),
+        });
+    };
+    push("G (numeric)", "generator", Task::Numeric, &[]);
+    push("G (math)", "generator", Task::Math, &[]);
+    push(
+        "G (multiple choice)",
+        "generator",
+        Task::MultipleChoice,
+        &[],
+    );
+    push("G-V", "verifier", Task::Numeric, &[g]);
+    push("G-V-R", "refiner", Task::Numeric, &[g, v1]);
+    push("G-R (no verifier)", "refiner", Task::Numeric, &[g]);
+    push("G-V-R-V", "verifier", Task::Numeric, &[g, v1, r1]);
+    push("G-V-R-V-R", "refiner", Task::Numeric, &[g, v1, r1, v2]);
+    push(
+        "G-V-R (multiple choice)",
+        "refiner",
+        Task::MultipleChoice,
+        &[g, v1],
+    );
+    insta::assert_yaml_snapshot!("prompts", cases);
+}

@@ -1,0 +1,129 @@
+//! The `malt` commands owned by the plugin host: check, score, plugin new/test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn malt(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_malt"))
+        .args(["--log", "warn"])
+        .args(args)
+        .current_dir(cwd)
+        .env("MALT_CACHE", repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_for_every_shipped_config() {
+    let mut configs: Vec<String> = std::fs::read_dir(repo().join("configs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 6, "{configs:?}");
+    let mut args = vec!["check"];
+    args.extend(configs.iter().map(String::as_str));
+    let (ok, out, err) = malt(&args, &repo());
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[test]
+fn check_fails_on_a_bad_config_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[dataset]\nplugin = \"arith\"\ngenerate = { count = 10 }\n[plugins.arith]\n[[agents]]\nname = \"g\"\nbranchs = 2\n").unwrap();
+    let (ok, out, _) = malt(&["check", "bad.toml"], dir.path());
+    assert!(!ok);
+    assert!(
+        out.contains("bad.toml:7:1: unknown field `branchs`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn score_prints_one_line_per_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raw.jsonl"), "{\"question\":\"2+3?\",\"answer\":\"#### 5\"}\n{\"question\":\"1+1?\",\"answer\":\"#### 2\"}\n").unwrap();
+    std::fs::write(
+        dir.path().join("c.jsonl"),
+        "{\"index\":0,\"completion\":\"The answer is 5.\"}\n{\"index\":1,\"completion\":\"It is 3\"}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = malt(
+        &[
+            "score",
+            "--plugin",
+            "gsm8k",
+            "--data",
+            "raw.jsonl",
+            "--completions",
+            "c.jsonl",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["index"], 0);
+    assert_eq!(lines[0]["answer"], "5");
+    assert_eq!(lines[0]["reward"], 1.0);
+    assert_eq!(lines[1]["reward"], 0.0);
+    assert!(err.contains("mean reward 0.5000"), "{err}");
+
+    std::fs::write(
+        dir.path().join("bad.jsonl"),
+        "{\"index\":0,\"completion\":\"5\"}\n{\"index\":7,\"completion\":\"5\"}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = malt(
+        &[
+            "score",
+            "--plugin",
+            "gsm8k",
+            "--data",
+            "raw.jsonl",
+            "--completions",
+            "bad.jsonl",
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bad.jsonl:2: index 7 is out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_passes_the_battery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = malt(&["plugin", "new", "scaffolded", "--dir", "."], dir.path());
+    assert!(ok, "{out}{err}");
+    let manifest = std::fs::read_to_string(dir.path().join("scaffolded/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&repo().join("plugins/sdk").to_string_lossy().into_owned()),
+        "{manifest}"
+    );
+    let (ok, out, err) = malt(&["plugin", "test", "scaffolded"], dir.path());
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("11 of 11 checks passed"), "{out}");
+}
