@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline: generate -> credit -> train -> eval, resumable at every stage.
+    Run(cmd::run::Args),
     /// Validate a config, load every plugin it names and run the conformance battery.
     Check(cmd::check::Args),
     /// Grade completions of any model with a plugin.
@@ -30,6 +32,10 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Recompute rewards, values, labels and per-agent datasets from stored trees.
     Credit(cmd::credit::Args),
+    /// Train each agent's LoRA adapter on the run's datasets (SFT, DPO or SFT then DPO).
+    Train(cmd::train::Args),
+    /// Evaluate single agent, untrained and trained chains (with majority voting) on held-out questions.
+    Eval(cmd::eval::Args),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     Bench(cmd::bench::Args),
 }
@@ -38,11 +44,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Score(args) => cmd::score::run(args),
         Command::Plugin(args) => cmd::plugin::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Credit(args) => cmd::credit::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     };
     match result {

@@ -66,7 +66,8 @@ impl<'m> ModelSampler<'m> {
             Some(base) => self.model.extend(base, tokens, adapter)?,
             None => self.model.prefill(tokens, adapter)?,
         };
-        self.stats.prefill_computed += (self.model.decoder.prefill_tokens_computed() - before) as u64;
+        self.stats.prefill_computed +=
+            (self.model.decoder.prefill_tokens_computed() - before) as u64;
         self.stats.prompt_tokens += tokens.len() as u64;
         if self.pool.len() == PREFIX_POOL {
             self.pool.remove(0);
@@ -104,51 +105,71 @@ impl Sampler for ModelSampler<'_> {
             by_agent.entry(r.agent).or_default().push(i);
         }
         for (agent, idx) in by_agent {
-            let adapter = self.adapters.get(agent).cloned();
-            let params = model_params(requests[idx[0]].params);
-            let mut branches = Vec::new();
-            let mut owners = Vec::new();
-            for &i in &idx {
-                let r = &requests[i];
-                let messages: Vec<malt_model::Message> = r
-                    .messages
-                    .iter()
-                    .map(|m| malt_model::Message::new(&m.role, &m.content))
-                    .collect();
-                let cache = self
-                    .model
-                    .encode_chat(&messages, true)
-                    .and_then(|tokens| self.prompt_cache(&tokens, adapter.as_ref()));
-                match cache {
-                    Ok(cache) => {
-                        for &seed in r.seeds {
-                            branches.push(Branch {
-                                cache: cache.clone(),
-                                seed,
-                            });
-                            owners.push(i);
-                        }
-                    }
-                    // A prompt the model cannot take (e.g. longer than its context) fails only
-                    // its own nodes.
-                    Err(e) => out[i] = Err(format!("agent {agent}: {e}")),
-                }
+            // Take the adapter out while its requests run, so `self` stays borrowable.
+            let adapter = self.adapters.remove(agent);
+            let result = self.sample_agent(requests, agent, &idx, adapter.as_ref(), &mut out);
+            if let Some(a) = adapter {
+                self.adapters.insert(agent.to_owned(), a);
             }
-            if branches.is_empty() {
-                continue;
-            }
-            let done = self
-                .model
-                .generate(branches, &params, adapter.as_ref())
-                .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
-            for (c, &i) in done.into_iter().zip(&owners) {
-                self.stats.generated_tokens += c.tokens.len() as u64;
-                self.stats.sequences += 1;
-                if let Ok(v) = &mut out[i] {
-                    v.push(c.text);
-                }
-            }
+            result?;
         }
         Ok(out)
+    }
+}
+
+impl ModelSampler<'_> {
+    /// Samples every request of one agent (`idx`) as one decode batch.
+    fn sample_agent(
+        &mut self,
+        requests: &[SampleRequest<'_>],
+        agent: &str,
+        idx: &[usize],
+        adapter: Option<&LoraAdapter>,
+        out: &mut [Result<Vec<String>, String>],
+    ) -> Result<(), SamplerError> {
+        let params = model_params(requests[idx[0]].params);
+        let mut branches = Vec::new();
+        let mut owners = Vec::new();
+        for &i in idx {
+            let r = &requests[i];
+            let messages: Vec<malt_model::Message> = r
+                .messages
+                .iter()
+                .map(|m| malt_model::Message::new(&m.role, &m.content))
+                .collect();
+            let cache = self
+                .model
+                .encode_chat(&messages, true)
+                .and_then(|tokens| self.prompt_cache(&tokens, adapter));
+            match cache {
+                Ok(cache) => {
+                    for &seed in r.seeds {
+                        branches.push(Branch {
+                            cache: cache.clone(),
+                            seed,
+                        });
+                        owners.push(i);
+                    }
+                }
+                // A prompt the model cannot take (e.g. longer than its context) fails only
+                // its own nodes.
+                Err(e) => out[i] = Err(format!("agent {agent}: {e}")),
+            }
+        }
+        if branches.is_empty() {
+            return Ok(());
+        }
+        let done = self
+            .model
+            .generate(branches, &params, adapter)
+            .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
+        for (c, &i) in done.into_iter().zip(&owners) {
+            self.stats.generated_tokens += c.tokens.len() as u64;
+            self.stats.sequences += 1;
+            if let Ok(v) = &mut out[i] {
+                v.push(c.text);
+            }
+        }
+        Ok(())
     }
 }

@@ -3,9 +3,12 @@
 pub mod bench;
 pub mod check;
 pub mod credit;
+pub mod eval;
 pub mod generate;
 pub mod plugin;
+pub mod run;
 pub mod score;
+pub mod train;
 
 /// Logs go to stderr so that commands printing JSON on stdout stay machine-readable.
 pub fn init_logging(filter: &str) {

@@ -154,6 +154,9 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     {
         return Ok(None);
     }
+    if n > 4 && std::env::var_os("MALT_EXP_GEMM").is_some() {
+        return Ok(Some(w.matmul(&x.t()?)?.t()?.contiguous()?));
+    }
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();

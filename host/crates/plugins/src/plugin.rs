@@ -85,6 +85,8 @@ pub struct Plugin {
     hash: String,
     info: PluginInfo,
     api_version: ApiVersion,
+    /// The exported interface's full name, e.g. `malt:plugin/benchmark@0.1.0`.
+    export: String,
     options: Vec<(String, String)>,
     limits: Sandbox,
     pre: InstancePre<State>,
@@ -120,9 +122,10 @@ impl Plugin {
             source,
         })?;
         let component = runtime.load_component(name, path, &bytes)?;
-        match api::detect(runtime.engine(), &component) {
+        let guest_version = match api::detect(runtime.engine(), &component) {
             Detected::Supported { guest, host } => {
                 tracing::debug!(plugin = name, %guest, %host, "API version accepted");
+                guest
             }
             Detected::Unsupported { guest } => {
                 return Err(PluginError::UnsupportedApi {
@@ -139,7 +142,7 @@ impl Plugin {
                     exports,
                 })
             }
-        }
+        };
         let link_err = |e: wasmtime::Error| PluginError::Link {
             name: name.into(),
             path: path.into(),
@@ -150,6 +153,7 @@ impl Plugin {
         v0_1_0::add_to_linker(&mut linker).map_err(link_err)?;
         let pre = linker.instantiate_pre(&component).map_err(link_err)?;
         let api_version = api::SUPPORTED[0];
+        let export = format!("{}/{}@{guest_version}", api::PACKAGE, api::INTERFACE);
         let mut plugin = Plugin {
             name: name.into(),
             path: path.into(),
@@ -163,6 +167,7 @@ impl Plugin {
                 can_generate: false,
             },
             api_version,
+            export,
             options: options
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -411,7 +416,7 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks(0));
-        match v0_1_0::Bindings::instantiate(&self.pre, &mut store) {
+        match v0_1_0::Bindings::instantiate(&self.pre, &mut store, &self.export) {
             Ok(api) => Ok(Worker { store, api, stderr }),
             Err(e) => {
                 let text = String::from_utf8_lossy(&stderr.contents()).into_owned();

@@ -21,14 +21,15 @@ impl Bindings {
     pub fn instantiate<T: 'static>(
         pre: &InstancePre<T>,
         store: &mut Store<T>,
+        export: &str,
     ) -> wasmtime::Result<Self> {
         let instance = pre.instantiate(&mut *store)?;
         let plugin = Plugin::new(&mut *store, &instance)?;
         // `grade` is the hot path: call it with the host's own types (derived component types,
         // type-checked here once) so requests are lowered without an intermediate copy.
         let iface = instance
-            .get_export_index(&mut *store, None, "malt:plugin/benchmark@0.1.0")
-            .ok_or_else(|| wasmtime::format_err!("no export malt:plugin/benchmark@0.1.0"))?;
+            .get_export_index(&mut *store, None, export)
+            .ok_or_else(|| wasmtime::format_err!("no export {export}"))?;
         let idx = instance
             .get_export_index(&mut *store, Some(&iface), "grade")
             .ok_or_else(|| wasmtime::format_err!("no export `grade`"))?;

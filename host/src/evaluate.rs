@@ -1,0 +1,67 @@
+//! The evaluation stage: every system (single agent, untrained chain, trained chain; each also
+//! with majority voting over k attempts) on seeded subsets of the held-out questions, with the
+//! same prompts for every system. Writes `<run>/eval/{results.jsonl, report.md, report.json,
+//! accuracy.svg, per_turn.svg}`; resumable through `results.jsonl`.
+
+use malt_eval::{EvalPlan, Report, Variant};
+use malt_model::Model;
+
+use crate::backend::ModelChainRunner;
+use crate::session::Session;
+
+/// Evaluates the systems of `session` on its held-out split.
+pub fn evaluate(session: &mut Session, model: &Model) -> anyhow::Result<Report> {
+    let split = session.questions()?;
+    let run_dir = session.config.run.dir.clone();
+    let eval = session.config.eval.clone();
+    let mut adapters = Vec::new();
+    for agent in &session.config.agents {
+        if let Some(dir) = malt_train::final_adapter_dir(&run_dir, &agent.name) {
+            tracing::info!("agent {}: trained adapter {}", agent.name, dir.display());
+            adapters.push((agent.name.clone(), model.load_adapter(&dir, &agent.name)?));
+        }
+    }
+    let mut variants = vec![Variant::Single, Variant::UntrainedChain];
+    if adapters.is_empty() {
+        tracing::warn!(
+            "no trained adapters in {}: the trained chain is left out of the report \
+             (run `malt train` first)",
+            run_dir.join("adapters").display()
+        );
+    } else {
+        variants.push(Variant::TrainedChain);
+    }
+    if eval.questions > split.test.len() {
+        anyhow::bail!(
+            "{}: [eval] questions = {} but the held-out split has {} ([dataset] test); \
+             lower eval.questions or raise dataset.test",
+            session.config.source.display(),
+            eval.questions,
+            split.test.len()
+        );
+    }
+    let plan = EvalPlan {
+        pool_size: split.test.len(),
+        questions: eval.questions,
+        seeds: eval.seeds.clone(),
+        majority_k: eval.majority_k,
+        variants,
+    };
+    let manifest = match std::fs::read(run_dir.join("manifest.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::json!({ "config_text": session.config_text }),
+    };
+    let chain = session.chain.clone();
+    let mut runner = ModelChainRunner::new(
+        model,
+        chain,
+        split.test,
+        eval.majority_k,
+        &mut session.scorer,
+        adapters,
+    );
+    let out = run_dir.join("eval");
+    let report = malt_eval::run_evaluation(&mut runner, &plan, &out, manifest, true)?;
+    tracing::info!("report: {}", out.join("report.md").display());
+    Ok(report)
+}

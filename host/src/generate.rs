@@ -1,0 +1,79 @@
+//! The generation stage: sample one tree per training question through the embedded model and
+//! append each finished tree to the run directory (resumable: finished questions are skipped).
+
+use indicatif::{ProgressBar, ProgressStyle};
+use malt_model::Model;
+use malt_tree::{GenerateSummary, Manifest, RunWriter};
+
+use crate::backend::ModelSampler;
+use crate::session::Session;
+
+/// Generates the trees of every training question of `session` not yet in its run directory.
+pub fn generate_trees(
+    session: &mut Session,
+    model: &Model,
+    model_id: &str,
+) -> anyhow::Result<GenerateSummary> {
+    let split = session.questions()?;
+    let dir = session.config.run.dir.clone();
+    let manifest = Manifest::new(
+        &session.config_text,
+        session.plugin_hashes(),
+        model_id,
+        session.config.run.seed,
+        session.chain.clone(),
+        session.credit.clone(),
+    );
+    let mut run = RunWriter::open(&dir, manifest)?;
+    let per_tree: u64 = session
+        .chain
+        .agents
+        .iter()
+        .scan(1u64, |width, a| {
+            *width *= a.branches as u64;
+            Some(*width)
+        })
+        .sum();
+    tracing::info!(
+        "generating {} trees ({} samples each) into {}",
+        split.train.len(),
+        per_tree,
+        dir.display()
+    );
+    let bar = ProgressBar::new(split.train.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} questions  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut sampler = ModelSampler::new(model);
+    let summary = malt_tree::generate_run(
+        &mut run,
+        &session.chain,
+        &split.train,
+        &mut sampler,
+        &mut session.scorer,
+        &mut |p| {
+            bar.set_position(p.questions_done as u64);
+            let eta = p
+                .eta()
+                .map(|d| format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60))
+                .unwrap_or_else(|| "?".into());
+            bar.set_message(format!("{:.1} samples/s  ETA {eta}", p.samples_per_sec()));
+        },
+    )?;
+    bar.finish();
+    let s = sampler.stats;
+    tracing::info!(
+        "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
+         prefill computed {} of {} prompt tokens, {} tokens generated",
+        summary.generated,
+        summary.skipped,
+        summary.samples,
+        summary.errored_nodes,
+        summary.score_failures,
+        s.prefill_computed,
+        s.prompt_tokens,
+        s.generated_tokens
+    );
+    Ok(summary)
+}

@@ -1,0 +1,200 @@
+//! What every stage of a run starts from: the loaded config, its plugins, the agent chain and
+//! the credit settings, plus the question split. The CLI commands and `malt run` share it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use malt_config::{Config, DataSource};
+use malt_plugins::{PluginSet, Runtime};
+use malt_tree::{
+    AgentSpec, ChainSpec, CreditSettings, Example, PairMode, Pooling, SamplingParams, Scorer,
+};
+
+use crate::backend::PluginScorer;
+
+/// A config with its plugins loaded.
+pub struct Session {
+    pub config: Config,
+    pub config_text: String,
+    pub runtime: Arc<Runtime>,
+    pub scorer: PluginScorer,
+    pub chain: ChainSpec,
+    pub credit: CreditSettings,
+}
+
+impl Session {
+    /// Loads and validates `path`, builds (when stale) and loads every plugin it names.
+    pub fn open(path: &Path) -> anyhow::Result<Session> {
+        let config = Config::load(path)?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let config_text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let runtime = Runtime::shared()?;
+        let plugins = PluginSet::load(&runtime, &config)
+            .with_context(|| format!("{}: loading plugins", path.display()))?;
+        let chain = chain_from_config(&config)?;
+        let credit = credit_from_config(&config)?;
+        Ok(Session {
+            config,
+            config_text,
+            runtime,
+            scorer: PluginScorer::new(plugins),
+            chain,
+            credit,
+        })
+    }
+
+    /// Content hash of every loaded plugin, by name, for the run manifest.
+    pub fn plugin_hashes(&self) -> BTreeMap<String, String> {
+        self.scorer
+            .plugins()
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    format!("{}@{} sha256:{}", p.info().name, p.version(), p.hash()),
+                )
+            })
+            .collect()
+    }
+
+    /// The training and held-out questions of the config.
+    ///
+    /// Every question is read (or generated), then shuffled with a seeded Fisher-Yates
+    /// (splitmix64 of `run.seed`) so that a file sorted by topic or difficulty still gives
+    /// representative splits; the first `dataset.train` train and the next `dataset.test` test.
+    /// The two sets never overlap.
+    pub fn questions(&mut self) -> anyhow::Result<Split> {
+        let ds = &self.config.dataset;
+        let plugin = ds.plugin.clone();
+        let mut all = match &ds.source {
+            DataSource::File(path) => malt_tree::load_examples(path, &plugin, &mut self.scorer)?,
+            DataSource::Generate { seed, count } => self
+                .scorer
+                .generate_examples(&plugin, *seed, *count)
+                .map_err(|e| anyhow::anyhow!("plugin `{plugin}`: generate: {e}"))?
+                .map_err(|e| anyhow::anyhow!("plugin `{plugin}` cannot generate examples: {e}"))?,
+        };
+        let need = ds.train + ds.test;
+        if all.len() < need {
+            anyhow::bail!(
+                "{}: [dataset] asks for train = {} + test = {} questions but the dataset has {}; \
+                 lower the counts or provide more data",
+                self.config.source.display(),
+                ds.train,
+                ds.test,
+                all.len()
+            );
+        }
+        shuffle(&mut all, self.config.run.seed);
+        let test = all.split_off(ds.train).into_iter().take(ds.test).collect();
+        Ok(Split { train: all, test })
+    }
+}
+
+/// Training and held-out questions.
+pub struct Split {
+    pub train: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Fisher-Yates with splitmix64: stable across platforms and dependency upgrades.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed ^ 0x6d61_6c74_2d73_706c; // "malt-spl"
+    for i in (1..items.len()).rev() {
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The chain of a config. Config validation already guarantees the invariants; the tree
+/// engine checks them again so a library caller cannot bypass them.
+pub fn chain_from_config(cfg: &Config) -> anyhow::Result<ChainSpec> {
+    let agents = cfg
+        .agents
+        .iter()
+        .map(|a| AgentSpec {
+            name: a.name.clone(),
+            role: a.role.clone(),
+            plugin: a.plugin.clone(),
+            branches: a.branches,
+            sampling: SamplingParams {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                top_k: a.top_k,
+                max_new_tokens: a.max_new_tokens,
+                stop: a.stop.clone(),
+            },
+            theta: Some(a.theta),
+            answers: None,
+        })
+        .collect();
+    ChainSpec::new(agents).with_context(|| format!("{}: [[agents]]", cfg.source.display()))
+}
+
+/// The `[credit]` section of a config.
+pub fn credit_from_config(cfg: &Config) -> anyhow::Result<CreditSettings> {
+    let s = CreditSettings {
+        theta: cfg.credit.theta,
+        pooling: match cfg.credit.pooling {
+            malt_config::Pooling::Global => Pooling::Global,
+            malt_config::Pooling::Local => Pooling::Local,
+        },
+        pairs: match cfg.credit.pairs {
+            malt_config::Pairs::All => PairMode::All,
+            malt_config::Pairs::OnePerParent => PairMode::OnePerParent,
+        },
+    };
+    s.validate()
+        .with_context(|| format!("{}: [credit]", cfg.source.display()))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_is_a_deterministic_permutation() {
+        let mut a: Vec<u32> = (0..100).collect();
+        let mut b = a.clone();
+        shuffle(&mut a, 7);
+        shuffle(&mut b, 7);
+        assert_eq!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        let mut c: Vec<u32> = (0..100).collect();
+        shuffle(&mut c, 8);
+        assert_ne!(a, c);
+    }
+}
+
+/// Loads the config's base model on its device. Returns the model and its identity for the
+/// run manifest (the name or path the config gives: a resumed run must use the same one).
+pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
+    let id = match &cfg.model.source {
+        malt_config::ModelSource::Named(name) => name.clone(),
+        malt_config::ModelSource::Path(p) => p.display().to_string(),
+    };
+    let device = malt_model::parse_device(&cfg.model.device)
+        .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
+    let t = std::time::Instant::now();
+    let model = malt_model::Model::load(&id, &device)
+        .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
+    tracing::info!("loaded model {id} in {:.1} s", t.elapsed().as_secs_f64());
+    Ok((model, id))
+}

@@ -1,0 +1,105 @@
+//! The training stage: each agent's schedule from the config (`sft`, `dpo`, `sft-then-dpo`)
+//! run on the datasets of the run directory, one PEFT adapter per agent and phase.
+
+use malt_config::{Agent, Config};
+use malt_model::Model;
+use malt_train::{
+    AgentPlan, DpoLossKind, DpoSettings, MaltPolicy, MaltTokenizer, Method, OptimSettings,
+    PhaseReport, RunOptions, ScheduleKind,
+};
+
+fn optim(o: &malt_config::Optim, seed: u64) -> OptimSettings {
+    OptimSettings {
+        lr: o.lr,
+        epochs: o.epochs,
+        max_steps: o.max_steps,
+        micro_batch: o.micro_batch,
+        grad_accum: o.grad_accum,
+        max_seq_len: o.max_seq_len,
+        warmup_ratio: o.warmup_ratio,
+        schedule: match o.schedule {
+            malt_config::Schedule::Cosine => ScheduleKind::Cosine,
+            malt_config::Schedule::Linear => ScheduleKind::Linear,
+        },
+        weight_decay: o.weight_decay,
+        max_grad_norm: o.max_grad_norm,
+        save_every: o.save_every,
+        seed,
+        ..OptimSettings::default()
+    }
+}
+
+/// The trainer's plan for one agent of the config.
+pub fn agent_plan(agent: &Agent, seed: u64) -> AgentPlan {
+    let t = &agent.train;
+    AgentPlan {
+        name: agent.name.clone(),
+        method: match t.method {
+            malt_config::Method::Sft => Method::Sft,
+            malt_config::Method::Dpo => Method::Dpo,
+            malt_config::Method::SftThenDpo => Method::SftThenDpo,
+            malt_config::Method::None => Method::None,
+        },
+        sft: optim(&t.sft.optim, seed),
+        dpo: optim(&t.dpo.optim, seed),
+        dpo_loss: DpoSettings {
+            beta: t.dpo.beta,
+            label_smoothing: t.dpo.label_smoothing,
+            loss: match t.dpo.loss {
+                malt_config::DpoLoss::Sigmoid => DpoLossKind::Sigmoid,
+                malt_config::DpoLoss::Ipo => DpoLossKind::Ipo,
+            },
+        },
+    }
+}
+
+/// Trains every agent (or only `only_agent`) of `config` on its run directory's datasets.
+/// Each agent gets its own LoRA settings, so each runs with its own policy.
+pub fn train_agents(
+    config: &Config,
+    model: &Model,
+    model_id: &str,
+    only_agent: Option<&str>,
+    resume: bool,
+) -> anyhow::Result<Vec<PhaseReport>> {
+    if let Some(name) = only_agent {
+        if !config.agents.iter().any(|a| a.name == name) {
+            let known: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+            anyhow::bail!(
+                "{}: no agent named `{name}` (agents: {})",
+                config.source.display(),
+                known.join(", ")
+            );
+        }
+    }
+    let tok = MaltTokenizer::new(model)?;
+    let opts = RunOptions {
+        resume,
+        progress: true,
+        stop_after_steps: None,
+        base_model: model_id.to_owned(),
+    };
+    let mut reports = Vec::new();
+    for agent in &config.agents {
+        if only_agent.is_some_and(|n| n != agent.name) {
+            continue;
+        }
+        let plan = agent_plan(agent, config.run.seed);
+        if plan.method == Method::None {
+            tracing::info!("agent {}: method none, not trained", agent.name);
+            continue;
+        }
+        let l = &agent.train.lora;
+        let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
+        let policy = MaltPolicy::new(model, lora);
+        reports.extend(malt_train::run_schedule(
+            &policy,
+            &tok,
+            &config.run.dir,
+            &[plan],
+            None,
+            &opts,
+        )?);
+    }
+    Ok(reports)
+}
