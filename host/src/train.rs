@@ -1,6 +1,8 @@
 //! The training stage: each agent's schedule from the config (`sft`, `dpo`, `sft-then-dpo`)
 //! run on the datasets of the run directory, one PEFT adapter per agent and phase.
 
+use std::path::Path;
+
 use malt_config::{Agent, Config};
 use malt_model::Model;
 use malt_train::{
@@ -53,6 +55,50 @@ pub fn agent_plan(agent: &Agent, seed: u64) -> AgentPlan {
     }
 }
 
+/// Number of records in a dataset file (0 when it does not exist).
+fn records(path: &Path) -> anyhow::Result<usize> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().filter(|l| !l.trim().is_empty()).count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    }
+}
+
+/// The agent's method restricted to the phases that have data. With few questions or a hard
+/// benchmark an agent may have no positives (no SFT set) or no mixed siblings (no DPO pairs):
+/// that phase is skipped with a warning instead of failing the whole run, and an agent left
+/// with nothing keeps the base model in the trained chain.
+fn method_with_data(run_dir: &Path, agent: &str, method: Method) -> anyhow::Result<Method> {
+    let dir = run_dir.join("datasets").join(agent);
+    let sft = records(&dir.join("sft.jsonl"))?;
+    let dpo = records(&dir.join("dpo.jsonl"))?;
+    let wants_sft = matches!(method, Method::Sft | Method::SftThenDpo);
+    let wants_dpo = matches!(method, Method::Dpo | Method::SftThenDpo);
+    if wants_sft && sft == 0 {
+        tracing::warn!(
+            "agent {agent}: no positive examples in {}: SFT skipped",
+            dir.join("sft.jsonl").display()
+        );
+    }
+    if wants_dpo && dpo == 0 {
+        tracing::warn!(
+            "agent {agent}: no preference pairs in {}: DPO skipped",
+            dir.join("dpo.jsonl").display()
+        );
+    }
+    let (sft, dpo) = (wants_sft && sft > 0, wants_dpo && dpo > 0);
+    let m = match (sft, dpo) {
+        (true, true) => Method::SftThenDpo,
+        (true, false) => Method::Sft,
+        (false, true) => Method::Dpo,
+        (false, false) => Method::None,
+    };
+    if m == Method::None {
+        tracing::info!("agent {agent}: not trained (method {method:?}, nothing to train on)");
+    }
+    Ok(m)
+}
+
 /// Trains every agent (or only `only_agent`) of `config` on its run directory's datasets.
 /// Each agent gets its own LoRA settings, so each runs with its own policy.
 pub fn train_agents(
@@ -84,9 +130,9 @@ pub fn train_agents(
         if only_agent.is_some_and(|n| n != agent.name) {
             continue;
         }
-        let plan = agent_plan(agent, config.run.seed);
+        let mut plan = agent_plan(agent, config.run.seed);
+        plan.method = method_with_data(&config.run.dir, &agent.name, plan.method)?;
         if plan.method == Method::None {
-            tracing::info!("agent {}: method none, not trained", agent.name);
             continue;
         }
         let l = &agent.train.lora;

@@ -5,6 +5,7 @@ use clap::Subcommand;
 mod credit;
 mod generate;
 mod plugins;
+mod train;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,6 +19,8 @@ enum Which {
     Plugins(plugins::Args),
     /// Credit assignment leaves/s on synthetic trees against a naive recursive baseline.
     Credit(credit::Args),
+    /// Training tokens/s and peak memory, SFT and DPO, against plain candle autograd.
+    Train(train::Args),
     /// Decode/prefill tokens/s and tree sampling against independent sampling.
     Generate(generate::Args),
 }
@@ -27,5 +30,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Plugins(a) => plugins::run(a),
         Which::Generate(a) => generate::run(a),
         Which::Credit(a) => credit::run(a),
+        Which::Train(a) => train::run(a),
     }
 }

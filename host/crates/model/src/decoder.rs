@@ -361,6 +361,24 @@ impl Decoder {
                 }
                 None => (k, v),
             };
+            if s == 1 && mode == Mode::Infer {
+                let q4 = q.reshape((b, nkv, n_rep, hd))?;
+                let mask = ctx.mask.as_ref();
+                let scale = 1.0 / (hd as f32).sqrt();
+                if let Some(o) = crate::ops::decode_attention(&q4, &k, &v, mask, scale)? {
+                    let o = o.reshape((b, 1, nh * hd))?;
+                    let o = self.linear(&o, i, Proj::O, ad, mode)?;
+                    x = (x + o)?;
+                    let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
+                    let g = self.linear(&h, i, Proj::Gate, ad, mode)?;
+                    let u = self.linear(&h, i, Proj::Up, ad, mode)?;
+                    let m = (candle_nn::ops::silu(&g)? * u)?;
+                    let m = self.linear(&m, i, Proj::Down, ad, mode)?;
+                    x = (x + m)?;
+                    kvs.push((k, v));
+                    continue;
+                }
+            }
             let l = k.dim(2)?;
             // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
             let q5 = q.reshape((b, nkv, n_rep * s, hd))?;

@@ -166,7 +166,10 @@ impl Model {
         }
         let mut logits: Vec<Vec<f32>> = first_logits;
         let mut t = 0usize; // tokens fed per row so far
+        let prof = std::env::var_os("MALT_PROFILE_DECODE").is_some();
+        let (mut t_sample, mut t_fwd, mut t_logits) = (0f64, 0f64, 0f64);
         loop {
+            let ts = std::time::Instant::now();
             // Sample, then retire finished rows.
             let mut keep: Vec<usize> = vec![];
             for (ri, row) in rows.iter_mut().enumerate() {
@@ -203,6 +206,7 @@ impl Model {
                     }
                 }
             }
+            t_sample += ts.elapsed().as_secs_f64();
             if keep.is_empty() {
                 break;
             }
@@ -244,8 +248,11 @@ impl Model {
                 adapter,
                 mode: Mode::Infer,
             };
+            let tf = std::time::Instant::now();
             let x = self.decoder.embed(&ids)?;
             let (h, kvs) = self.decoder.run(x, &ctx)?;
+            t_fwd += tf.elapsed().as_secs_f64();
+            let tl = std::time::Instant::now();
             state = kvs;
             t += 1;
             let lg = self.decoder.logits(&h, Mode::Infer)?.squeeze(1)?;
@@ -253,6 +260,10 @@ impl Model {
             logits = (0..b)
                 .map(|i| lg.get(i)?.to_vec1::<f32>())
                 .collect::<candle_core::Result<Vec<_>>>()?;
+            t_logits += tl.elapsed().as_secs_f64();
+        }
+        if prof {
+            eprintln!("decode profile (b={n}): sample+stop {t_sample:.3}s, layers {t_fwd:.3}s, lm_head+copy {t_logits:.3}s");
         }
         results
             .into_iter()

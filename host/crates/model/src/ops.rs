@@ -131,7 +131,13 @@ fn run_chunk(x: &[f32], n: usize, k: usize, w: &[f32], first_row: usize, yt: &mu
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function was compiled for.
-            unsafe { chunk_kernel_avx2(x, n, k, w, first_row, yt) };
+            unsafe {
+                if n >= 3 {
+                    block_kernel_avx2(x, n, k, w, first_row, yt)
+                } else {
+                    chunk_kernel_avx2(x, n, k, w, first_row, yt)
+                }
+            };
             return;
         }
     }
@@ -153,9 +159,6 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         || w.dtype() != candle_core::DType::F32
     {
         return Ok(None);
-    }
-    if n > 4 && std::env::var_os("MALT_EXP_GEMM").is_some() {
-        return Ok(Some(w.matmul(&x.t()?)?.t()?.contiguous()?));
     }
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
@@ -195,7 +198,14 @@ mod tests {
 
     #[test]
     fn small_matmul_matches_gemm() {
-        for (n, k, out) in [(1, 37, 70), (9, 384, 130), (16, 64, 64)] {
+        for (n, k, out) in [
+            (1, 37, 70),
+            (9, 384, 130),
+            (16, 64, 64),
+            (7, 45, 67),
+            (3, 8, 4),
+            (5, 576, 1536),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
             let a = small_matmul(&x, &w).unwrap().unwrap();
@@ -246,4 +256,200 @@ mod tests {
             .unwrap();
         assert!(d < 1e-5);
     }
+}
+
+/// 4 weight rows x 3 input rows per block, 12 accumulators in registers: each weight load feeds
+/// 3 FMAs and each input load 4, instead of one FMA per two loads in the plain dot product.
+/// Used when there are enough input rows (>= 3) for the decode step to be compute-bound.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_kernel_avx2(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    first_row: usize,
+    yt: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let rows = yt.len() / n;
+    let k8 = k / 8 * 8;
+    let full_j = rows / 4 * 4;
+    let full_b = n / 3 * 3;
+    assert!(x.len() >= n * k && w.len() >= (first_row + rows) * k);
+    let xp = x.as_ptr();
+    let wp = w.as_ptr();
+    let mut j = 0;
+    while j < full_j {
+        let wr = [
+            (first_row + j) * k,
+            (first_row + j + 1) * k,
+            (first_row + j + 2) * k,
+            (first_row + j + 3) * k,
+        ];
+        let mut b = 0;
+        while b < full_b {
+            let xr = [b * k, (b + 1) * k, (b + 2) * k];
+            let z = _mm256_setzero_ps();
+            let (mut a00, mut a01, mut a02) = (z, z, z);
+            let (mut a10, mut a11, mut a12) = (z, z, z);
+            let (mut a20, mut a21, mut a22) = (z, z, z);
+            let (mut a30, mut a31, mut a32) = (z, z, z);
+            let mut c = 0;
+            while c < k8 {
+                // SAFETY: c + 8 <= k and the row offsets are within the asserted lengths.
+                let x0 = _mm256_loadu_ps(xp.add(xr[0] + c));
+                let x1 = _mm256_loadu_ps(xp.add(xr[1] + c));
+                let x2 = _mm256_loadu_ps(xp.add(xr[2] + c));
+                let w0 = _mm256_loadu_ps(wp.add(wr[0] + c));
+                a00 = _mm256_fmadd_ps(x0, w0, a00);
+                a01 = _mm256_fmadd_ps(x1, w0, a01);
+                a02 = _mm256_fmadd_ps(x2, w0, a02);
+                let w1 = _mm256_loadu_ps(wp.add(wr[1] + c));
+                a10 = _mm256_fmadd_ps(x0, w1, a10);
+                a11 = _mm256_fmadd_ps(x1, w1, a11);
+                a12 = _mm256_fmadd_ps(x2, w1, a12);
+                let w2 = _mm256_loadu_ps(wp.add(wr[2] + c));
+                a20 = _mm256_fmadd_ps(x0, w2, a20);
+                a21 = _mm256_fmadd_ps(x1, w2, a21);
+                a22 = _mm256_fmadd_ps(x2, w2, a22);
+                let w3 = _mm256_loadu_ps(wp.add(wr[3] + c));
+                a30 = _mm256_fmadd_ps(x0, w3, a30);
+                a31 = _mm256_fmadd_ps(x1, w3, a31);
+                a32 = _mm256_fmadd_ps(x2, w3, a32);
+                c += 8;
+            }
+            let acc = [
+                [a00, a01, a02],
+                [a10, a11, a12],
+                [a20, a21, a22],
+                [a30, a31, a32],
+            ];
+            for (q, row) in acc.iter().enumerate() {
+                for (r, v) in row.iter().enumerate() {
+                    let mut t = [0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), *v);
+                    let mut s: f32 = t.iter().sum();
+                    for i in k8..k {
+                        s += x[xr[r] + i] * w[wr[q] + i];
+                    }
+                    yt[(j + q) * n + b + r] = s;
+                }
+            }
+            b += 3;
+        }
+        for (q, &r0) in wr.iter().enumerate() {
+            let w_row = &w[r0..r0 + k];
+            let out = &mut yt[(j + q) * n..(j + q + 1) * n];
+            for bb in full_b..n {
+                dot_group::<true, 1>(x, bb, k, w_row, out);
+            }
+        }
+        j += 4;
+    }
+    for jj in full_j..rows {
+        let r0 = (first_row + jj) * k;
+        dot_rows::<true>(x, n, k, &w[r0..r0 + k], &mut yt[jj * n..(jj + 1) * n]);
+    }
+}
+
+/// Attention for one new token per row (decode), q (b, kv_heads, n_rep, hd), k/v (b, kv_heads, L, hd),
+/// optional additive mask (b, L). Plain loops over (row, kv head) on the rayon pool: with gemm each
+/// (row, head) pair is a separate tiny matmul call whose overhead grows with the batch.
+/// Returns None when the fast path does not apply.
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let (b, nkv, n_rep, hd) = q.dims4()?;
+    let l = k.dim(2)?;
+    if !q.device().is_cpu()
+        || q.dtype() != candle_core::DType::F32
+        || k.dtype() != candle_core::DType::F32
+        || v.dtype() != candle_core::DType::F32
+        || k.dims() != [b, nkv, l, hd]
+        || v.dims() != [b, nkv, l, hd]
+    {
+        return Ok(None);
+    }
+    let maskv: Option<Vec<f32>> = match mask {
+        Some(m) => {
+            if m.elem_count() != b * l {
+                return Ok(None);
+            }
+            Some(m.flatten_all()?.to_vec1::<f32>()?)
+        }
+        None => None,
+    };
+    let q = q.contiguous()?;
+    let k = k.contiguous()?;
+    let v = v.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (
+        candle_core::Storage::Cpu(CpuStorage::F32(qv)),
+        candle_core::Storage::Cpu(CpuStorage::F32(kv)),
+        candle_core::Storage::Cpu(CpuStorage::F32(vv)),
+    ) = (&*qs, &*ks, &*vs)
+    else {
+        return Ok(None);
+    };
+    let (Some((qa, qb)), Some((ka, kb)), Some((va, vb))) = (
+        ql.contiguous_offsets(),
+        kl.contiguous_offsets(),
+        vl.contiguous_offsets(),
+    ) else {
+        return Ok(None);
+    };
+    let (qd, kd, vd) = (&qv[qa..qb], &kv[ka..kb], &vv[va..vb]);
+    let mut out = vec![0f32; b * nkv * n_rep * hd];
+    out.par_chunks_mut(n_rep * hd)
+        .enumerate()
+        .for_each(|(bh, o)| {
+            let row = bh / nkv;
+            let kbase = bh * l * hd;
+            let mut scores = vec![0f32; l];
+            for r in 0..n_rep {
+                let qr = &qd[(bh * n_rep + r) * hd..(bh * n_rep + r + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let kr = &kd[kbase + j * hd..kbase + (j + 1) * hd];
+                    let mut s = 0f32;
+                    for i in 0..hd {
+                        s += qr[i] * kr[i];
+                    }
+                    s *= scale;
+                    if let Some(m) = &maskv {
+                        s += m[row * l + j];
+                    }
+                    *sc = s;
+                    max = max.max(s);
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let or = &mut o[r * hd..(r + 1) * hd];
+                or.iter_mut().for_each(|x| *x = 0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let p = p / sum;
+                    let vr = &vd[kbase + j * hd..kbase + (j + 1) * hd];
+                    for i in 0..hd {
+                        or[i] += p * vr[i];
+                    }
+                }
+            }
+        });
+    drop((qs, ks, vs));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (b, nkv, n_rep, hd),
+        q.device(),
+    )?))
 }

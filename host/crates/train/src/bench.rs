@@ -70,7 +70,7 @@ impl Default for BenchSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BenchRow {
     /// `sft` or `dpo`.
     pub phase: String,
