@@ -191,73 +191,6 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn small_matmul_matches_gemm() {
-        for (n, k, out) in [
-            (1, 37, 70),
-            (9, 384, 130),
-            (16, 64, 64),
-            (7, 45, 67),
-            (3, 8, 4),
-            (5, 576, 1536),
-        ] {
-            let x = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
-            let a = small_matmul(&x, &w).unwrap().unwrap();
-            let b = x.matmul(&w.t().unwrap()).unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-4, "{n}x{k}x{out}: {d}");
-        }
-        let big = Tensor::zeros((17, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let w = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(small_matmul(&big, &w).unwrap().is_none());
-    }
-
-    #[test]
-    fn frozen_matmul_gives_only_the_input_gradient() {
-        let x = candle_core::Var::randn(0f32, 1.0, (3, 5), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (4, 5), &Device::Cpu).unwrap();
-        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
-        let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-        let d = (&y - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5);
-        let g = y.sum_all().unwrap().backward().unwrap();
-        let gx = g.get(x.as_tensor()).unwrap();
-        let want = Tensor::ones((3, 4), candle_core::DType::F32, &Device::Cpu)
-            .unwrap()
-            .matmul(&w)
-            .unwrap();
-        let d = (gx - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5);
-    }
-}
-
 /// 4 weight rows x 3 input rows per block, 12 accumulators in registers: each weight load feeds
 /// 3 FMAs and each input load 4, instead of one FMA per two loads in the plain dot product.
 /// Used when there are enough input rows (>= 3) for the decode step to be compute-bound.
@@ -452,4 +385,71 @@ pub fn decode_attention(
         (b, nkv, n_rep, hd),
         q.device(),
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn small_matmul_matches_gemm() {
+        for (n, k, out) in [
+            (1, 37, 70),
+            (9, 384, 130),
+            (16, 64, 64),
+            (7, 45, 67),
+            (3, 8, 4),
+            (5, 576, 1536),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
+            let a = small_matmul(&x, &w).unwrap().unwrap();
+            let b = x.matmul(&w.t().unwrap()).unwrap();
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "{n}x{k}x{out}: {d}");
+        }
+        let big = Tensor::zeros((17, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(small_matmul(&big, &w).unwrap().is_none());
+    }
+
+    #[test]
+    fn frozen_matmul_gives_only_the_input_gradient() {
+        let x = candle_core::Var::randn(0f32, 1.0, (3, 5), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 5), &Device::Cpu).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
+        let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        let d = (&y - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        let want = Tensor::ones((3, 4), candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .matmul(&w)
+            .unwrap();
+        let d = (gx - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5);
+    }
 }
