@@ -1,4 +1,6 @@
-//! `malt generate --model M --prompt P`: one completion on stdout, throughput on stderr.
+//! `malt generate CONFIG`: sample one tree per training question into the run directory
+//! (resumable). `malt generate --model M --prompt P`: one completion on stdout, throughput on
+//! stderr.
 
 use anyhow::{bail, Context};
 use malt_model::{parse_device, Message, Model, SamplingParams};
@@ -7,6 +9,9 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// A run config: generate its trees (the other flags do not apply).
+    #[arg(conflicts_with_all = ["model", "prompt"])]
+    pub config: Option<std::path::PathBuf>,
     /// Model: `smollm2-135m-instruct` (fetched on first use), a Hugging Face directory or a .gguf file.
     #[arg(long)]
     pub model: Option<String>,
@@ -43,8 +48,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(config) = &args.config {
+        let mut session = malt::session::Session::open(config)?;
+        let (model, id) = malt::session::load_model(&session.config)?;
+        malt::generate::generate_trees(&mut session, &model, &id)?;
+        return Ok(());
+    }
     let Some(model_src) = args.model.as_deref() else {
-        bail!("no model given: pass --model M (smollm2-135m-instruct, a HF directory or a .gguf file)");
+        bail!(
+            "nothing to generate: pass a run config (`malt generate CONFIG`) or a model and a \
+             prompt (`malt generate --model smollm2-135m-instruct --prompt \"...\"`)"
+        );
     };
     let Some(prompt) = args.prompt.as_deref() else {
         bail!("--prompt is required with --model");

@@ -19,8 +19,10 @@ const MAX_ROPE_POSITIONS: usize = 32_768;
 pub enum Mode {
     /// Fused kernels, no graph.
     Infer,
-    /// Differentiable ops; `dropout` applies LoRA dropout (set it for training steps only).
-    Train { dropout: bool },
+    /// Differentiable ops. `dropout_seed` applies LoRA dropout (training steps only) with masks
+    /// drawn from a seeded generator, so a resumed run repeats an uninterrupted one exactly
+    /// (candle's own dropout uses an unseedable RNG).
+    Train { dropout_seed: Option<u64> },
 }
 
 #[derive(Debug, Clone)]
@@ -313,8 +315,13 @@ impl Decoder {
         if let Some(pair) = adapter.and_then(|a| a.get(layer, p)) {
             let scale = adapter.map(|a| a.scale()).unwrap_or(1.0);
             let xd = match (mode, adapter) {
-                (Mode::Train { dropout: true }, Some(a)) if a.config.dropout > 0.0 => {
-                    candle_nn::ops::dropout(&x2, a.config.dropout)?
+                (
+                    Mode::Train {
+                        dropout_seed: Some(seed),
+                    },
+                    Some(a),
+                ) if a.config.dropout > 0.0 => {
+                    seeded_dropout(&x2, a.config.dropout, seed, layer, p)?
                 }
                 _ => x2.clone(),
             };
@@ -521,5 +528,64 @@ impl Decoder {
         let logits = self.logits(&last, Mode::Infer)?.flatten_all()?;
         self.count_prefill(s);
         Ok((logits, kvs))
+    }
+}
+
+/// Inverted dropout with a mask from splitmix64 seeded by (seed, layer, projection): the same
+/// micro-batch seed gives the same masks whatever ran before.
+fn seeded_dropout(x: &Tensor, p: f32, seed: u64, layer: usize, proj: Proj) -> Result<Tensor> {
+    let mut state = seed ^ ((layer as u64) << 32) ^ ((proj as u64 + 1) << 56);
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let keep = 1.0 - p;
+    let scale = 1.0 / keep;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            // 24 random bits give a uniform in [0, 1) exactly representable in f32.
+            let u = (next() >> 40) as f32 / (1u64 << 24) as f32;
+            if u < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    Ok(x.mul(&mask)?)
+}
+
+#[cfg(test)]
+mod dropout_tests {
+    use super::*;
+
+    #[test]
+    fn seeded_dropout_is_deterministic_inverted_and_drops_about_p() -> Result<()> {
+        let x = Tensor::ones(
+            (64, 128),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
+        let a = seeded_dropout(&x, 0.25, 7, 3, Proj::Q)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = seeded_dropout(&x, 0.25, 7, 3, Proj::Q)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let c = seeded_dropout(&x, 0.25, 7, 4, Proj::Q)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(a, b);
+        assert_ne!(a, c, "another layer must get another mask");
+        let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.03, "dropped fraction {dropped}");
+        assert!(a
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+        Ok(())
     }
 }

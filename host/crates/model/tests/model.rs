@@ -80,7 +80,7 @@ fn inference_and_training_paths_agree() {
             let inf = m.decoder.forward(&x, ad, Mode::Infer).unwrap();
             let tr = m
                 .decoder
-                .forward(&x, ad, Mode::Train { dropout: false })
+                .forward(&x, ad, Mode::Train { dropout_seed: None })
                 .unwrap();
             let d = max_abs_diff(&inf, &tr);
             assert!(d < 1e-5, "{v:?} adapter={}: diff {d}", ad.is_some());
@@ -220,11 +220,11 @@ fn forked_branch_decodes_like_an_independent_one() {
 fn lora_loss(m: &Model, a: &LoraAdapter, x: &Tensor) -> Tensor {
     let h = m
         .decoder
-        .forward_hidden(x, Some(a), Mode::Train { dropout: false })
+        .forward_hidden(x, Some(a), Mode::Train { dropout_seed: None })
         .unwrap();
     let logits = m
         .decoder
-        .logits(&h, Mode::Train { dropout: false })
+        .logits(&h, Mode::Train { dropout_seed: None })
         .unwrap();
     let (b, s, v) = logits.dims3().unwrap();
     let targets = x.narrow(1, 1, s - 1).unwrap().flatten_all().unwrap();

@@ -4,14 +4,11 @@
 //! and compute the LM head only at completion positions; reference log-probs and eval use the
 //! fused inference path (`Mode::Infer`, no graph).
 //!
-//! LoRA dropout: candle's CPU RNG cannot be seeded (`Device::set_seed` bails on CPU), and
-//! malt-model applies `candle_nn::ops::dropout` inside its projections, so with
-//! `lora.dropout > 0` a resumed run continues correctly but not bit-identically. Runs with
-//! dropout 0 (see `MaltPolicy::lora`) resume bit-exactly. The per-micro-batch seed this crate
-//! passes (`Mode::Train { dropout_seed }`) is ready for a seeded dropout in malt-model.
+//! LoRA dropout masks come from the per-micro-batch seed this crate passes
+//! (`Mode::Train { dropout_seed }`), so a resumed run repeats an uninterrupted one bit for bit,
+//! dropout or not.
 
 use std::path::Path;
-use std::sync::Once;
 
 use candle_core::{Tensor, Var};
 use malt_model::{LoraAdapter, LoraConfig, Message, Model};
@@ -34,8 +31,6 @@ impl<'m> MaltPolicy<'m> {
         MaltPolicy { model, lora }
     }
 }
-
-static DROPOUT_WARNING: Once = Once::new();
 
 impl PolicyModel for MaltPolicy<'_> {
     type Adapter = LoraAdapter;
@@ -73,18 +68,9 @@ impl PolicyModel for MaltPolicy<'_> {
     ) -> Result<Tensor> {
         let dev = self.model.device();
         let m = match mode {
-            Mode::Train { .. } => {
-                let dropout = adapter.is_some_and(|a| a.config.dropout > 0.0);
-                if dropout {
-                    DROPOUT_WARNING.call_once(|| {
-                        tracing::warn!(
-                            "LoRA dropout > 0: candle's CPU RNG is unseeded, so --resume continues \
-                             correctly but not bit-identically"
-                        )
-                    });
-                }
-                malt_model::Mode::Train { dropout }
-            }
+            Mode::Train { dropout_seed } => malt_model::Mode::Train {
+                dropout_seed: Some(dropout_seed),
+            },
             Mode::Eval => malt_model::Mode::Infer,
         };
         let d = &self.model.decoder;
