@@ -1,5 +1,6 @@
 //! MATH / MATH-500 benchmark plugin for malt. See README.md.
 use malt_graders::{math, templates};
+use malt_bundled::{render_with, roles, to_example};
 use malt_plugin_sdk::*;
 
 struct Math {
@@ -71,45 +72,3 @@ impl Benchmark for Math {
 }
 
 export_benchmark!(Math);
-
-// --- glue between the SDK's WIT types and malt-graders (the same in every bundled plugin) ---
-
-fn to_example(r: malt_graders::Record) -> Example {
-    Example {
-        id: r.id,
-        question: r.question,
-        gold: r.gold,
-        choices: r
-            .choices
-            .into_iter()
-            .map(|c| Choice {
-                label: c.label,
-                text: c.text,
-            })
-            .collect(),
-        metadata: r.metadata,
-    }
-}
-
-fn render_with(task: templates::Task, req: &RenderRequest) -> Result<Vec<Message>, String> {
-    let choices: Vec<(&str, &str)> = req
-        .example
-        .choices
-        .iter()
-        .map(|c| (c.label.as_str(), c.text.as_str()))
-        .collect();
-    let history: Vec<templates::Turn> = req
-        .history
-        .iter()
-        .map(|t| templates::Turn {
-            role: &t.role,
-            output: &t.output,
-        })
-        .collect();
-    templates::render(task, &req.role, &req.example.question, &choices, &history)
-        .map(|ms| ms.into_iter().map(|m| message(m.role, m.content)).collect())
-}
-
-fn roles() -> Vec<String> {
-    templates::ROLES.iter().map(|r| r.to_string()).collect()
-}

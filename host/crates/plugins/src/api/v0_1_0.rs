@@ -1,5 +1,5 @@
-//! Bindings for `malt:plugin@0.1.0` (host/crates/plugins/wit/v0.1.0, a copy of the frozen
-//! plugins/api/v0.1.0 checked by a test) and conversions to the host's own types.
+//! Bindings for `malt:plugin@0.1.0`, compiled from the frozen release in plugins/api/v0.1.0
+//! (the one file guests and host share), and conversions to the host's own types.
 
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::Store;
@@ -8,7 +8,7 @@ use crate::types as h;
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "wit/v0.1.0",
+    path: "../../../plugins/api/v0.1.0",
 });
 
 use exports::malt::plugin::benchmark as b;
