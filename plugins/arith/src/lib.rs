@@ -1,6 +1,6 @@
 //! Procedural arithmetic word problems for malt. See README.md.
-use malt_graders::{arith, gsm8k, templates};
 use malt_bundled::{render_with, roles, to_example};
+use malt_graders::{arith, gsm8k, templates};
 use malt_plugin_sdk::*;
 
 struct Arith {

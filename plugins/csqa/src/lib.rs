@@ -1,6 +1,6 @@
 //! CommonsenseQA benchmark plugin for malt. See README.md.
-use malt_graders::{csqa, templates};
 use malt_bundled::{render_with, roles, to_example};
+use malt_graders::{csqa, templates};
 use malt_plugin_sdk::*;
 
 struct Csqa {

@@ -1,6 +1,6 @@
 //! GSM8K benchmark plugin for malt. See README.md.
-use malt_graders::{gsm8k, templates};
 use malt_bundled::{render_with, roles, to_example};
+use malt_graders::{gsm8k, templates};
 use malt_plugin_sdk::*;
 
 struct Gsm8k {
