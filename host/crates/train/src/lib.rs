@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod model_bridge;
 pub mod optim;
 pub mod policy;
+pub mod reference;
 pub mod settings;
 pub mod trainer;
 
