@@ -7,6 +7,7 @@ use common::{CharTok, TinyLm};
 use malt_train::data::{self, join_truncate};
 use malt_train::metrics::read_metrics;
 use malt_train::optim::{self, AdamW, AdamWParams};
+use malt_train::reference;
 use malt_train::trainer::{self, evaluate_dpo, evaluate_sft};
 use malt_train::{
     AgentPlan, DpoLossKind, DpoSettings, Method, OptimSettings, Phase, PhaseSpec, PolicyModel,
@@ -124,7 +125,7 @@ fn dpo_raises_margin_and_accuracy_and_caches_reference() {
     // Before training (policy == reference): zero margin, no pair strictly preferred.
     let f = data::load_dpo(&ds).unwrap();
     let items = data::tokenize_dpo(&CharTok, &f.records, 16).unwrap();
-    let refs = trainer::compute_ref_logprobs(&model, None, &items, 4, common::EOS).unwrap();
+    let refs = reference::compute_ref_logprobs(&model, None, &items, 4, common::EOS).unwrap();
     let fresh = model.new_adapter("x", 1).unwrap();
     let before = evaluate_dpo(
         &model,
@@ -159,7 +160,7 @@ fn dpo_raises_margin_and_accuracy_and_caches_reference() {
     );
 
     // The reference cache sits beside the dataset, keyed by dataset + reference ("base") hash.
-    let cache = trainer::ref_cache_path(&ds, &f.sha256, "base", "tiny-char-v1", 16);
+    let cache = reference::ref_cache_path(&ds, &f.sha256, "base", "tiny-char-v1", 16);
     assert!(cache.exists(), "{}", cache.display());
     assert!(cache.with_extension("json").exists());
 }
@@ -428,7 +429,7 @@ fn run_schedule_sft_then_dpo_uses_sft_adapter_as_reference() {
         .unwrap();
     let h = trainer::adapter_hash(&model.trainable_vars(&sft)).unwrap();
     let f = data::load_dpo(&ds).unwrap();
-    assert!(trainer::ref_cache_path(&ds, &f.sha256, &h, "tiny-char-v1", 16).exists());
+    assert!(reference::ref_cache_path(&ds, &f.sha256, &h, "tiny-char-v1", 16).exists());
 }
 
 #[test]
