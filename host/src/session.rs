@@ -192,6 +192,14 @@ pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
     };
     let device = malt_model::parse_device(&cfg.model.device)
         .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
+    if cfg.model.dtype != "f32" {
+        // The decoder computes in f32 only for now; say so rather than silently use 2x memory.
+        tracing::warn!(
+            "{}: [model] dtype = {:?} is not implemented yet; the weights are loaded in f32",
+            cfg.source.display(),
+            cfg.model.dtype
+        );
+    }
     let t = std::time::Instant::now();
     let model = malt_model::Model::load(&id, &device)
         .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
