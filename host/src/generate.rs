@@ -22,7 +22,7 @@ pub fn generate_trees(
         model_id,
         session.config.run.seed,
         session.chain.clone(),
-        session.credit.clone(),
+        session.credit,
     );
     let mut run = RunWriter::open(&dir, manifest)?;
     let per_tree: u64 = session

@@ -162,27 +162,6 @@ pub fn credit_from_config(cfg: &Config) -> anyhow::Result<CreditSettings> {
     Ok(s)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shuffle_is_a_deterministic_permutation() {
-        let mut a: Vec<u32> = (0..100).collect();
-        let mut b = a.clone();
-        shuffle(&mut a, 7);
-        shuffle(&mut b, 7);
-        assert_eq!(a, b);
-        let mut sorted = a.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_ne!(a, (0..100).collect::<Vec<_>>());
-        let mut c: Vec<u32> = (0..100).collect();
-        shuffle(&mut c, 8);
-        assert_ne!(a, c);
-    }
-}
-
 /// Loads the config's base model on its device. Returns the model and its identity for the
 /// run manifest (the name or path the config gives: a resumed run must use the same one).
 pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
@@ -205,4 +184,25 @@ pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
         .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
     tracing::info!("loaded model {id} in {:.1} s", t.elapsed().as_secs_f64());
     Ok((model, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_is_a_deterministic_permutation() {
+        let mut a: Vec<u32> = (0..100).collect();
+        let mut b = a.clone();
+        shuffle(&mut a, 7);
+        shuffle(&mut b, 7);
+        assert_eq!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        let mut c: Vec<u32> = (0..100).collect();
+        shuffle(&mut c, 8);
+        assert_ne!(a, c);
+    }
 }
