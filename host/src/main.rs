@@ -28,7 +28,7 @@ enum Command {
     Score(cmd::score::Args),
     /// Build, test or scaffold plugins.
     Plugin(cmd::plugin::Args),
-    /// Sample a completion from a model (`--model M --prompt P`).
+    /// Sample the trees of a config (`malt generate CONFIG`), or one completion (`--model M --prompt P`).
     Generate(cmd::generate::Args),
     /// Recompute rewards, values, labels and per-agent datasets from stored trees.
     Credit(cmd::credit::Args),
