@@ -368,38 +368,32 @@ impl Decoder {
                 }
                 None => (k, v),
             };
-            if s == 1 && mode == Mode::Infer {
+            // Decode steps of the inference path use the fused attention kernel when it applies.
+            let fused = if s == 1 && mode == Mode::Infer {
                 let q4 = q.reshape((b, nkv, n_rep, hd))?;
-                let mask = ctx.mask.as_ref();
                 let scale = 1.0 / (hd as f32).sqrt();
-                if let Some(o) = crate::ops::decode_attention(&q4, &k, &v, mask, scale)? {
-                    let o = o.reshape((b, 1, nh * hd))?;
-                    let o = self.linear(&o, i, Proj::O, ad, mode)?;
-                    x = (x + o)?;
-                    let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
-                    let g = self.linear(&h, i, Proj::Gate, ad, mode)?;
-                    let u = self.linear(&h, i, Proj::Up, ad, mode)?;
-                    let m = (candle_nn::ops::silu(&g)? * u)?;
-                    let m = self.linear(&m, i, Proj::Down, ad, mode)?;
-                    x = (x + m)?;
-                    kvs.push((k, v));
-                    continue;
+                crate::ops::decode_attention(&q4, &k, &v, ctx.mask.as_ref(), scale)?
+            } else {
+                None
+            };
+            let o = match fused {
+                Some(o) => o.reshape((b, 1, nh * hd))?,
+                None => {
+                    let l = k.dim(2)?;
+                    // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
+                    let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
+                    let att = (q5.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+                    let mut att = att.reshape((b, nkv, n_rep, s, l))?;
+                    if let Some(m) = &ctx.mask {
+                        att = att.broadcast_add(m)?;
+                    }
+                    let att = softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?;
+                    att.matmul(&v)? // (b, nkv, n_rep*s, hd)
+                        .reshape((b, nh, s, hd))?
+                        .transpose(1, 2)?
+                        .reshape((b, s, nh * hd))?
                 }
-            }
-            let l = k.dim(2)?;
-            // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
-            let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
-            let att = (q5.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-            let mut att = att.reshape((b, nkv, n_rep, s, l))?;
-            if let Some(m) = &ctx.mask {
-                att = att.broadcast_add(m)?;
-            }
-            let att = softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?;
-            let o = att.matmul(&v)?; // (b, nkv, n_rep*s, hd)
-            let o = o
-                .reshape((b, nh, s, hd))?
-                .transpose(1, 2)?
-                .reshape((b, s, nh * hd))?;
+            };
             let o = self.linear(&o, i, Proj::O, ad, mode)?;
             x = (x + o)?;
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
