@@ -52,15 +52,20 @@ pub fn evaluate(session: &mut Session, model: &Model) -> anyhow::Result<Report> 
         Err(_) => serde_json::json!({ "config_text": session.config_text }),
     };
     let chain = session.chain.clone();
-    let mut runner = ModelChainRunner::new(
+    let live = session.live.clone();
+    let subsets = plan.subsets()?;
+    let runner = ModelChainRunner::new(
         model,
         chain,
         split.test,
         eval.majority_k,
         &mut session.scorer,
         adapters,
-    );
+    )
+    .with_batches(&subsets, eval.batch_questions);
     let out = run_dir.join("eval");
+    // Hot-reloaded plugins apply between questions, never inside one.
+    let mut runner = crate::live_reload::QuestionBoundaries::new(runner, live.as_deref());
     let report = malt_eval::run_evaluation(&mut runner, &plan, &out, manifest, true)?;
     tracing::info!("report: {}", out.join("report.md").display());
     Ok(report)

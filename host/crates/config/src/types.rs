@@ -30,6 +30,47 @@ pub struct Config {
     pub agents: Vec<Agent>,
     pub credit: Credit,
     pub eval: Eval,
+    /// Where tree completions are sampled. Not hashed: the backend does not change what the
+    /// trees are (remote servers reproduce the embedded sampler seed for seed).
+    #[serde(skip)]
+    pub generation: Generation,
+    /// `malt serve` settings. Not hashed: serving does not change a run's results.
+    #[serde(skip)]
+    pub serve: Serve,
+}
+
+/// `[serve]`: the HTTP server of `malt serve`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Serve {
+    /// `IP:PORT` to listen on; loopback unless `allow_remote`.
+    pub addr: String,
+    /// Allow a non-loopback `addr` (the server has no authentication).
+    pub allow_remote: bool,
+    /// Largest `n` of a chat completion (and `k` of a chain request).
+    pub max_n: usize,
+    /// Largest `max_tokens`; also the default when a request gives none.
+    pub max_tokens: usize,
+    pub max_body_bytes: usize,
+    /// Generation and chain requests in flight at once; one more gets 429.
+    pub max_queue: usize,
+    pub request_timeout_s: f64,
+    /// Decode concurrent requests with the same adapter and sampling settings as one batch.
+    pub batch: bool,
+}
+
+impl Default for Serve {
+    fn default() -> Self {
+        Serve {
+            addr: "127.0.0.1:8080".into(),
+            allow_remote: false,
+            max_n: 16,
+            max_tokens: 2048,
+            max_body_bytes: 1 << 20,
+            max_queue: 32,
+            request_timeout_s: 300.0,
+            batch: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -289,4 +330,68 @@ pub struct Eval {
     pub questions: usize,
     pub seeds: Vec<u64>,
     pub majority_k: u32,
+    /// Questions whose attempts decode as one batch.
+    pub batch_questions: usize,
+}
+
+/// `[generation]`: the backend that samples the trees' completions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    pub backend: Backend,
+    /// OpenAI-compatible servers (remote backend only); requests spread across them.
+    pub endpoints: Vec<Endpoint>,
+    /// Served model name used for every agent without an entry in `models`.
+    pub model: String,
+    /// Agent name -> served model name (e.g. a LoRA adapter registered in vLLM).
+    pub models: BTreeMap<String, String>,
+    /// Retries of one request after its first attempt (connection errors, 408, 429, 5xx).
+    pub retries: u32,
+    /// First backoff; doubled at each retry, with jitter.
+    pub backoff_ms: u64,
+    /// Cap of one backoff.
+    pub max_backoff_s: f64,
+    /// Total time one request may spend waiting between attempts before the batch fails.
+    pub max_wait_s: f64,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation {
+            backend: Backend::Embedded,
+            endpoints: Vec::new(),
+            model: "base".into(),
+            models: BTreeMap::new(),
+            retries: 8,
+            backoff_ms: 500,
+            max_backoff_s: 30.0,
+            max_wait_s: 300.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The candle model in this process.
+    Embedded,
+    /// `[[generation.endpoints]]` over HTTP.
+    Remote,
+}
+
+/// One OpenAI-compatible server. The API key itself never appears in the config: only the
+/// name of the environment variable holding it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    /// Base URL (`http://host:8000`, `http://host:8000/v1` or the full
+    /// `.../v1/chat/completions`).
+    pub url: String,
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once on this endpoint.
+    pub max_concurrency: usize,
+    /// Deadline of one request (connect + generation + body).
+    pub timeout_s: f64,
+    pub connect_timeout_s: f64,
+    /// Send the `malt_seeds` extension (one seed per choice; `malt serve` reproduces the
+    /// embedded sampler with it, other servers ignore unknown fields).
+    pub malt_seeds: bool,
 }
