@@ -212,3 +212,48 @@ fn relative_paths_resolve_against_config_dir() {
         .iter()
         .any(|w| w.message.contains("does not exist")));
 }
+
+#[test]
+fn remote_generation_resolves_with_defaults() {
+    let text = format!(
+        "{GOOD}\n[generation]\nbackend = \"remote\"\nmodels = {{ verifier = \"v-lora\" }}\n\
+         [[generation.endpoints]]\nurl = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"VLLM_API_KEY\"\n"
+    );
+    let c = Config::parse(&text, Path::new("configs/x.toml")).unwrap();
+    let g = &c.generation;
+    assert_eq!(g.backend, malt_config::Backend::Remote);
+    assert_eq!(g.model, "base");
+    assert_eq!(g.models["verifier"], "v-lora");
+    assert_eq!(g.retries, 8);
+    let e = &g.endpoints[0];
+    assert_eq!(e.api_key_env.as_deref(), Some("VLLM_API_KEY"));
+    assert_eq!((e.max_concurrency, e.timeout_s, e.malt_seeds), (8, 120.0, true));
+    // Where trees are sampled is not part of the config's identity.
+    let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    assert_eq!(plain.generation.backend, malt_config::Backend::Embedded);
+    assert_eq!(plain.config_hash(), c.config_hash());
+}
+
+#[test]
+fn api_keys_in_the_config_are_refused_with_their_position() {
+    let text = format!(
+        "{GOOD}\n[generation]\nbackend = \"remote\"\n[[generation.endpoints]]\nurl = \"http://h:1\"\napi_key = \"sk-123\"\n"
+    );
+    let e = err(&text);
+    assert!(e.starts_with("configs/x.toml:25:11: "), "{e}");
+    assert!(e.contains("api_key_env"), "{e}");
+    assert!(!e.contains("sk-123"), "{e}");
+}
+
+#[test]
+fn remote_generation_is_validated() {
+    let e = err(&format!("{GOOD}\n[generation]\nbackend = \"remote\"\n"));
+    assert!(e.contains("needs at least one [[generation.endpoints]]"), "{e}");
+    let e = err(&format!(
+        "{GOOD}\n[generation]\nbackend = \"remote\"\nmodels = {{ critic = \"x\" }}\n\
+         [[generation.endpoints]]\nurl = \"127.0.0.1:8000\"\nmax_concurrency = 0\n"
+    ));
+    assert!(e.contains("no agent named `critic`"), "{e}");
+    assert!(e.contains("expected an http:// or https:// URL"), "{e}");
+    assert!(e.contains("max_concurrency must be at least 1"), "{e}");
+}

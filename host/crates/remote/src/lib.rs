@@ -1,0 +1,27 @@
+//! malt-remote: sample the trees' completions from OpenAI-compatible chat-completions servers
+//! (`malt serve`, vLLM, llama.cpp, hosted APIs) instead of the embedded model.
+//!
+//! [`RemoteSampler`] implements [`malt_tree::Sampler`]. Each request of a batch asks one server
+//! for a node's `n` siblings in one call (`n` = number of seeds, so the server prefills the
+//! shared prompt once and keeps its prefix cache), with `seed` = the first sibling's seed and,
+//! when the endpoint accepts it, the `malt_seeds` extension listing every sibling's seed: with
+//! it `malt serve` returns exactly the completions the embedded sampler would. The agent picks
+//! the served model name, which is how vLLM selects a LoRA adapter.
+//!
+//! Failures: connection errors, timeouts, 408, 429 (honouring `Retry-After`) and 5xx are
+//! retried with exponential backoff and deterministic jitter, on any live endpoint; other 4xx
+//! mark that request's nodes errored with the server's message, except 401/403/404 (a wrong
+//! key, URL or model name), which stop the run. A request that exhausts its retry budget fails
+//! the batch with a [`malt_tree::SamplerError`] naming the endpoint(s) and the last error; the
+//! run store then holds every finished tree once and a rerun resumes. API keys are read by the
+//! caller from the environment and never appear in `Debug` output or logs.
+
+mod call;
+pub mod endpoint;
+pub mod protocol;
+pub mod retry;
+mod sampler;
+
+pub use endpoint::Endpoint;
+pub use retry::RetryPolicy;
+pub use sampler::{RemoteSampler, RemoteSettings, RemoteStats};

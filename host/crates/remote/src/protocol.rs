@@ -1,0 +1,150 @@
+//! The OpenAI chat-completions wire format: the request body for one node's siblings and the
+//! choices of a response.
+
+use malt_tree::{Message, SamplingParams};
+use serde_json::{json, Value};
+
+/// The JSON body asking for `seeds.len()` completions of `messages`.
+///
+/// `seed` is the first choice's seed (servers that take one seed per request derive the others
+/// from it); `malt_seeds` carries every choice's seed when the endpoint accepts the extension.
+/// Optional OpenAI fields are sent only when they differ from the default, so strict servers
+/// that reject unknown ones (`top_k` is a vLLM extension) accept the common case.
+pub fn request_body(
+    model: &str,
+    messages: &[Message],
+    params: &SamplingParams,
+    seeds: &[u64],
+    malt_seeds: bool,
+) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect::<Vec<_>>(),
+        "n": seeds.len(),
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_new_tokens,
+        "stream": false,
+    });
+    let obj = body.as_object_mut().expect("a JSON object literal");
+    if let Some(&first) = seeds.first() {
+        obj.insert("seed".into(), json!(first));
+    }
+    if params.top_k > 0 {
+        obj.insert("top_k".into(), json!(params.top_k));
+    }
+    if !params.stop.is_empty() {
+        obj.insert("stop".into(), json!(params.stop));
+    }
+    if malt_seeds {
+        obj.insert("malt_seeds".into(), json!(seeds));
+    }
+    body
+}
+
+/// The completions of a response, by choice index (`None`: the server did not return it).
+/// Choices with an index outside `0..n` are ignored; a choice without `index` takes the first
+/// free slot, as some servers omit it.
+pub fn parse_choices(body: &str, n: usize) -> Result<Vec<Option<String>>, String> {
+    let v: Value = serde_json::from_str(body)
+        .map_err(|e| format!("response is not JSON ({e}): {}", excerpt(body)))?;
+    let choices = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("response has no `choices` array: {}", excerpt(body)))?;
+    let mut out: Vec<Option<String>> = vec![None; n];
+    for c in choices {
+        let text = c
+            .pointer("/message/content")
+            .or_else(|| c.get("text"))
+            .map(|t| t.as_str().unwrap_or_default().to_owned())
+            .ok_or_else(|| format!("a choice has no message content: {}", excerpt(body)))?;
+        let slot = match c.get("index").and_then(Value::as_u64) {
+            Some(i) => i as usize,
+            None => match out.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => continue,
+            },
+        };
+        if slot < n && out[slot].is_none() {
+            out[slot] = Some(text);
+        }
+    }
+    Ok(out)
+}
+
+/// The server's own message from an error body (`{"error": {"message": ...}}`, `{"detail":
+/// ...}`, `{"message": ...}`), else the body itself, shortened.
+pub fn error_message(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        for ptr in ["/error/message", "/error", "/detail", "/message"] {
+            if let Some(s) = v.pointer(ptr).and_then(Value::as_str) {
+                return excerpt(s);
+            }
+        }
+    }
+    excerpt(body)
+}
+
+/// At most 300 characters of `s`, for error messages.
+pub fn excerpt(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 16,
+            stop: vec![],
+        }
+    }
+
+    #[test]
+    fn body_carries_n_seeds_and_only_needed_extensions() {
+        let msgs = [Message::new("user", "hi")];
+        let b = request_body("base", &msgs, &params(), &[5, 6, 7], true);
+        assert_eq!(b["n"], 3);
+        assert_eq!(b["seed"], 5);
+        assert_eq!(b["malt_seeds"], json!([5, 6, 7]));
+        assert!(b.get("top_k").is_none() && b.get("stop").is_none());
+        let mut p = params();
+        p.top_k = 4;
+        p.stop = vec!["\n".into()];
+        let b = request_body("base", &msgs, &p, &[5], false);
+        assert!(b.get("malt_seeds").is_none());
+        assert_eq!(b["top_k"], 4);
+        assert_eq!(b["stop"], json!(["\n"]));
+    }
+
+    #[test]
+    fn choices_land_by_index_and_missing_ones_stay_empty() {
+        let body = r#"{"choices":[{"index":2,"message":{"content":"c"}},{"index":0,"message":{"content":null}},{"index":9,"message":{"content":"x"}}]}"#;
+        let got = parse_choices(body, 3).unwrap();
+        assert_eq!(got, vec![Some(String::new()), None, Some("c".into())]);
+        assert!(parse_choices("<html>", 1).unwrap_err().contains("not JSON"));
+        assert!(parse_choices("{}", 1).unwrap_err().contains("choices"));
+    }
+
+    #[test]
+    fn error_messages_prefer_the_servers_words() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"prompt too long"}}"#),
+            "prompt too long"
+        );
+        assert_eq!(error_message(r#"{"detail":"nope"}"#), "nope");
+        assert_eq!(error_message("plain"), "plain");
+    }
+}

@@ -1,0 +1,409 @@
+//! [`RemoteSampler`]: the tree engine's [`Sampler`] over OpenAI-compatible servers.
+//!
+//! A batch (one chain level of one tree) is a set of requests, one per parent node, each
+//! asking for that node's n children. The requests run concurrently: every endpoint gets up to
+//! `max_concurrency` worker threads that take requests from one shared queue, and an idle
+//! worker leaves a request to another endpoint that is less loaded (in-flight / capacity), so
+//! the work spreads to the least-loaded server and a slow or dead one takes less.
+//!
+//! A failed attempt is retried with backoff on any live endpoint; the endpoint that failed is
+//! paused for that backoff. A request that exhausts its budget fails the whole batch with a
+//! [`SamplerError`]: the tree in flight is dropped (never half stored) and a rerun resumes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use malt_tree::{SampleRequest, Sampler, SamplerError};
+
+use crate::call::Client;
+use crate::endpoint::Endpoint;
+use crate::protocol::request_body;
+use crate::retry::{Outcome, RetryPolicy};
+
+/// Everything the remote backend needs, resolved (API keys read from the environment).
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub endpoints: Vec<Endpoint>,
+    /// Served model name for agents without an entry in `models`.
+    pub model: String,
+    /// Agent name -> served model name.
+    pub models: BTreeMap<String, String>,
+    pub retry: RetryPolicy,
+}
+
+/// Counters, for the end-of-stage log line and the benchmark.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// HTTP attempts sent.
+    pub attempts: u64,
+    /// Attempts that failed and were retried.
+    pub retries: u64,
+    /// Requests re-sent because a server returned fewer choices than asked.
+    pub follow_ups: u64,
+    /// Requests the server refused (their nodes are errored).
+    pub refused: u64,
+    pub completions: u64,
+}
+
+pub struct RemoteSampler {
+    clients: Vec<Client>,
+    model: String,
+    models: BTreeMap<String, String>,
+    retry: RetryPolicy,
+    /// Per endpoint, kept across batches: paused until, consecutive failures. A dead server
+    /// is skipped by the next batches too instead of costing each of their requests a try.
+    health: Vec<Health>,
+    pub stats: RemoteStats,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    down_until: Option<Instant>,
+    failures: u32,
+}
+
+impl std::fmt::Debug for RemoteSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSampler")
+            .field(
+                "endpoints",
+                &self.clients.iter().map(|c| &c.endpoint).collect::<Vec<_>>(),
+            )
+            .field("model", &self.model)
+            .field("models", &self.models)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl RemoteSampler {
+    pub fn new(settings: RemoteSettings) -> Result<RemoteSampler, SamplerError> {
+        if settings.endpoints.is_empty() {
+            return Err(SamplerError(
+                "remote generation needs at least one endpoint".into(),
+            ));
+        }
+        Ok(RemoteSampler {
+            health: vec![Health::default(); settings.endpoints.len()],
+            clients: settings.endpoints.into_iter().map(Client::new).collect(),
+            model: settings.model,
+            models: settings.models,
+            retry: settings.retry,
+            stats: RemoteStats::default(),
+        })
+    }
+
+    fn model_for(&self, agent: &str) -> &str {
+        self.models.get(agent).unwrap_or(&self.model)
+    }
+}
+
+/// One request's remaining work.
+struct Job {
+    request: usize,
+    /// Choice slots not yet returned.
+    missing: Vec<usize>,
+    failures: u32,
+    waited: Duration,
+    not_before: Instant,
+    /// The endpoint that failed it last; others may retry it before `not_before`.
+    avoid: Option<usize>,
+    tried: BTreeSet<usize>,
+}
+
+struct State {
+    queue: Vec<Job>,
+    /// Per request, per choice.
+    texts: Vec<Vec<Option<String>>>,
+    refused: Vec<Option<String>>,
+    /// Requests queued or in flight.
+    outstanding: usize,
+    in_flight: Vec<usize>,
+    workers: Vec<usize>,
+    health: Vec<Health>,
+    fatal: Option<String>,
+    stats: RemoteStats,
+}
+
+/// The longest a worker sleeps without re-checking (a lost wake-up costs at most this).
+const POLL: Duration = Duration::from_millis(50);
+
+enum Pick {
+    Take(usize),
+    Wait(Duration),
+}
+
+impl State {
+    /// Which queued job worker of endpoint `e` should take now, if any.
+    fn pick(&self, e: usize, now: Instant) -> Pick {
+        if let Some(t) = self.health[e].down_until.filter(|&t| t > now) {
+            return Pick::Wait((t - now).min(POLL));
+        }
+        let load = |f: usize| (self.in_flight[f] as f64) / (self.workers[f] as f64);
+        let mut soonest = POLL;
+        for (i, job) in self.queue.iter().enumerate() {
+            let ready = job.not_before <= now || job.avoid.is_some_and(|a| a != e);
+            if !ready {
+                soonest = soonest.min(job.not_before - now);
+                continue;
+            }
+            // Leave it to a less-loaded live endpoint with an idle worker (ties: lower index).
+            let better = (0..self.workers.len()).any(|f| {
+                f != e
+                    && self.in_flight[f] < self.workers[f]
+                    && self.health[f].down_until.is_none_or(|t| t <= now)
+                    && (job.not_before <= now || job.avoid != Some(f))
+                    && (load(f) < load(e) || (load(f) == load(e) && f < e))
+            });
+            if better {
+                return Pick::Wait(POLL);
+            }
+            return Pick::Take(i);
+        }
+        Pick::Wait(soonest)
+    }
+}
+
+impl Sampler for RemoteSampler {
+    fn sample(
+        &mut self,
+        requests: &[SampleRequest<'_>],
+    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bodies: Vec<(&str, &SampleRequest<'_>)> = requests
+            .iter()
+            .map(|r| (self.model_for(r.agent), r))
+            .collect();
+        let now = Instant::now();
+        let workers: Vec<usize> = self
+            .clients
+            .iter()
+            .map(|c| c.endpoint.max_concurrency.clamp(1, requests.len()))
+            .collect();
+        let state = Mutex::new(State {
+            queue: requests
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Job {
+                    request: i,
+                    missing: (0..r.seeds.len()).collect(),
+                    failures: 0,
+                    waited: Duration::ZERO,
+                    not_before: now,
+                    avoid: None,
+                    tried: BTreeSet::new(),
+                })
+                .collect(),
+            texts: requests.iter().map(|r| vec![None; r.seeds.len()]).collect(),
+            refused: vec![None; requests.len()],
+            outstanding: requests.len(),
+            in_flight: vec![0; self.clients.len()],
+            workers: workers.clone(),
+            health: self.health.clone(),
+            fatal: None,
+            stats: RemoteStats::default(),
+        });
+        let wake = Condvar::new();
+        let ctx = Ctx {
+            clients: &self.clients,
+            bodies: &bodies,
+            retry: self.retry,
+            state: &state,
+            wake: &wake,
+        };
+        std::thread::scope(|s| {
+            for (e, &n) in workers.iter().enumerate() {
+                for _ in 0..n {
+                    let ctx = &ctx;
+                    s.spawn(move || ctx.work(e));
+                }
+            }
+        });
+        let st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.health = st.health;
+        let st_stats = st.stats;
+        self.stats.attempts += st_stats.attempts;
+        self.stats.retries += st_stats.retries;
+        self.stats.follow_ups += st_stats.follow_ups;
+        self.stats.refused += st_stats.refused;
+        self.stats.completions += st_stats.completions;
+        if let Some(msg) = st.fatal {
+            return Err(SamplerError(msg));
+        }
+        Ok(st
+            .texts
+            .into_iter()
+            .zip(st.refused)
+            .map(|(texts, refused)| match refused {
+                Some(msg) => Err(msg),
+                None => Ok(texts.into_iter().map(Option::unwrap_or_default).collect()),
+            })
+            .collect())
+    }
+}
+
+/// What the worker threads share.
+struct Ctx<'a, 'r> {
+    clients: &'a [Client],
+    bodies: &'a [(&'a str, &'a SampleRequest<'r>)],
+    retry: RetryPolicy,
+    state: &'a Mutex<State>,
+    wake: &'a Condvar,
+}
+
+impl Ctx<'_, '_> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Worker loop of endpoint `e`: take a job, send it, file the outcome, until the batch is
+    /// done or failed.
+    fn work(&self, e: usize) {
+        let mut st = self.lock();
+        loop {
+            if st.fatal.is_some() || st.outstanding == 0 {
+                self.wake.notify_all();
+                return;
+            }
+            let now = Instant::now();
+            let i = match st.pick(e, now) {
+                Pick::Take(i) => i,
+                Pick::Wait(d) => {
+                    st = self
+                        .wake
+                        .wait_timeout(st, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
+            };
+            let job = st.queue.remove(i);
+            st.in_flight[e] += 1;
+            st.stats.attempts += 1;
+            drop(st);
+
+            let (model, req) = self.bodies[job.request];
+            let seeds: Vec<u64> = job.missing.iter().map(|&j| req.seeds[j]).collect();
+            let client = &self.clients[e];
+            let body = request_body(
+                model,
+                req.messages,
+                req.params,
+                &seeds,
+                client.endpoint.malt_seeds,
+            );
+            let outcome = client.post(&body, seeds.len());
+
+            st = self.lock();
+            st.in_flight[e] -= 1;
+            self.file(&mut st, e, job, outcome);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Records one attempt's outcome: completions in their slots, the job requeued for the rest
+    /// or for a retry, or the batch failed.
+    fn file(&self, st: &mut State, e: usize, mut job: Job, outcome: Outcome) {
+        let endpoint = &self.clients[e].endpoint;
+        job.tried.insert(e);
+        let error = match outcome {
+            Outcome::Choices(choices) => {
+                let before = job.missing.len();
+                let mut still = Vec::new();
+                for (&slot, c) in job.missing.iter().zip(choices) {
+                    match c {
+                        Some(text) => {
+                            st.texts[job.request][slot] = Some(text);
+                            st.stats.completions += 1;
+                        }
+                        None => still.push(slot),
+                    }
+                }
+                st.health[e] = Health::default();
+                if still.is_empty() {
+                    st.outstanding -= 1;
+                    return;
+                }
+                if still.len() < before {
+                    // Fewer choices than `n` (llama.cpp ignores `n`): ask again for the rest.
+                    tracing::debug!(
+                        "{endpoint}: {} of {before} choices returned; requesting the rest",
+                        before - still.len()
+                    );
+                    st.stats.follow_ups += 1;
+                    job.missing = still;
+                    job.not_before = Instant::now();
+                    job.avoid = None;
+                    st.queue.insert(0, job);
+                    return;
+                }
+                ("the server returned none of the requested choices".to_owned(), None)
+            }
+            Outcome::Refused(msg) => {
+                st.stats.refused += 1;
+                st.refused[job.request] = Some(format!("{endpoint}: {msg}"));
+                st.outstanding -= 1;
+                return;
+            }
+            Outcome::Fatal(msg) => {
+                if st.fatal.is_none() {
+                    st.fatal = Some(format!("endpoint {endpoint}: {msg}"));
+                }
+                return;
+            }
+            Outcome::Retry { error, retry_after } => (error, retry_after),
+        };
+        let (error, retry_after) = error;
+        job.failures += 1;
+        let seed = job
+            .missing
+            .first()
+            .map(|&j| self.bodies[job.request].1.seeds[j])
+            .unwrap_or(0);
+        let wait = self
+            .retry
+            .backoff(job.failures, seed)
+            .max(retry_after.unwrap_or_default());
+        if job.failures > self.retry.retries || job.waited + wait > self.retry.max_wait {
+            if st.fatal.is_none() {
+                let tried: Vec<String> = job
+                    .tried
+                    .iter()
+                    .map(|&t| self.clients[t].endpoint.to_string())
+                    .collect();
+                st.fatal = Some(format!(
+                    "remote generation gave up on a request after {} attempts and {:.1} s of \
+                     backoff (retry budget: generation.retries = {}, generation.max_wait_s = \
+                     {}) on endpoint(s) {}; last error: {error}. Every finished tree is stored; \
+                     rerun to resume",
+                    job.failures,
+                    job.waited.as_secs_f64(),
+                    self.retry.retries,
+                    self.retry.max_wait.as_secs_f64(),
+                    tried.join(", ")
+                ));
+            }
+            return;
+        }
+        tracing::warn!(
+            "{endpoint}: attempt {} failed: {error}; retrying in {:.1} s",
+            job.failures,
+            wait.as_secs_f64()
+        );
+        st.stats.retries += 1;
+        let now = Instant::now();
+        job.waited += wait;
+        job.not_before = now + wait;
+        job.avoid = Some(e);
+        // Pause the endpoint too, longer with each consecutive failure (a restarting server
+        // is not hammered by every request of the batch).
+        let h = &mut st.health[e];
+        h.failures += 1;
+        let pause = now + self.retry.backoff(h.failures, e as u64).max(wait);
+        h.down_until = Some(h.down_until.map_or(pause, |t| t.max(pause)));
+        st.queue.insert(0, job);
+    }
+}
