@@ -46,6 +46,7 @@ pub fn generate_trees(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut sampler = ModelSampler::new(model);
+    let live = session.live.clone();
     let summary = malt_tree::generate_run(
         &mut run,
         &session.chain,
@@ -53,6 +54,10 @@ pub fn generate_trees(
         &mut sampler,
         &mut session.scorer,
         &mut |p| {
+            // A tree is finished: hot-reloaded plugins may apply from the next one on.
+            if let Some(l) = &live {
+                l.mark_boundary();
+            }
             bar.set_position(p.questions_done as u64);
             let eta = p
                 .eta()

@@ -3,5 +3,8 @@
 pub mod backend;
 pub mod evaluate;
 pub mod generate;
+pub mod live_reload;
+pub mod pipeline;
 pub mod session;
+pub mod stages;
 pub mod train;

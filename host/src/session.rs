@@ -22,6 +22,8 @@ pub struct Session {
     pub scorer: PluginScorer,
     pub chain: ChainSpec,
     pub credit: CreditSettings,
+    /// Hot reload of `malt run` (None elsewhere): marks item boundaries, supplies new plugins.
+    pub live: Option<Arc<crate::live_reload::LiveReload>>,
 }
 
 impl Session {
@@ -45,7 +47,21 @@ impl Session {
             scorer: PluginScorer::new(plugins),
             chain,
             credit,
+            live: None,
         })
+    }
+
+    /// Switches to a reloaded config and its plugins (at a stage boundary of `malt run`).
+    pub fn apply(&mut self, config: &Config, plugins: PluginSet) -> anyhow::Result<()> {
+        let chain = chain_from_config(config)?;
+        let credit = credit_from_config(config)?;
+        self.config_text = std::fs::read_to_string(&config.source)
+            .with_context(|| format!("cannot read {}", config.source.display()))?;
+        self.config = config.clone();
+        self.chain = chain;
+        self.credit = credit;
+        self.scorer.replace(plugins);
+        Ok(())
     }
 
     /// Content hash of every loaded plugin, by name, for the run manifest.
@@ -162,13 +178,18 @@ pub fn credit_from_config(cfg: &Config) -> anyhow::Result<CreditSettings> {
     Ok(s)
 }
 
+/// The model identity of a config: the name or path it gives.
+pub fn model_id(cfg: &Config) -> String {
+    match &cfg.model.source {
+        malt_config::ModelSource::Named(name) => name.clone(),
+        malt_config::ModelSource::Path(p) => p.display().to_string(),
+    }
+}
+
 /// Loads the config's base model on its device. Returns the model and its identity for the
 /// run manifest (the name or path the config gives: a resumed run must use the same one).
 pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
-    let id = match &cfg.model.source {
-        malt_config::ModelSource::Named(name) => name.clone(),
-        malt_config::ModelSource::Path(p) => p.display().to_string(),
-    };
+    let id = model_id(cfg);
     let device = malt_model::parse_device(&cfg.model.device)
         .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
     if cfg.model.dtype != "f32" {

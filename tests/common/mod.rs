@@ -8,9 +8,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use malt_plugins::Runtime;
 
+/// The repository root: the nearest ancestor of the testing crate that holds `tests/fixtures`
+/// (these tests are compiled into `host` and into `host/crates/*`).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../..")
+        .ancestors()
+        .find(|d| d.join("tests/fixtures").is_dir())
+        .expect("repo root")
         .canonicalize()
         .expect("repo root")
 }

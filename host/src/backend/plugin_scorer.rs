@@ -5,6 +5,7 @@
 //! output that traps) stay per item: malt-plugins already retries a trapped batch item by item.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use malt_plugins::{self as mp, PluginSet};
 use malt_tree::{self as mt, PluginError, Scorer};
@@ -14,6 +15,8 @@ pub struct PluginScorer {
     plugins: PluginSet,
     /// Item errors per plugin, for the run's statistics.
     pub errors: BTreeMap<String, u64>,
+    /// Hot reload of `malt run`: newer plugins are swapped in at item boundaries.
+    live: Option<Arc<crate::live_reload::LiveReload>>,
 }
 
 impl PluginScorer {
@@ -21,7 +24,15 @@ impl PluginScorer {
         PluginScorer {
             plugins,
             errors: BTreeMap::new(),
+            live: None,
         }
+    }
+
+    /// Follow `live`: after each item boundary it marks, the next render uses the newest valid
+    /// plugins. Render is the first plugin call of every tree and every chain turn, so a tree
+    /// or a question never mixes two plugin sets.
+    pub fn follow(&mut self, live: Option<Arc<crate::live_reload::LiveReload>>) {
+        self.live = live;
     }
 
     pub fn plugins(&self) -> &PluginSet {
@@ -124,6 +135,9 @@ impl Scorer for PluginScorer {
         plugin: &str,
         requests: &[mt::RenderRequest<'_>],
     ) -> Result<Vec<Result<Vec<mt::Message>, String>>, PluginError> {
+        if let Some(set) = self.live.as_ref().and_then(|l| l.plugins_between_items()) {
+            self.plugins = set;
+        }
         let p = self.plugin(plugin)?;
         let reqs: Vec<mp::RenderRequest> = requests
             .iter()

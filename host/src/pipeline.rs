@@ -1,0 +1,361 @@
+//! `malt run`: generate -> credit -> train -> eval, each stage skipped when its record in
+//! `<run>/stages/` says its outputs are current, resumed when it was interrupted, recomputed
+//! when an input changed (see [`crate::stages`]). Hot reload ([`crate::live_reload`]) applies
+//! new plugins between trees and questions and a new config at stage boundaries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use malt_config::DataSource;
+use malt_model::Model;
+use malt_tree::Scorer;
+
+use crate::live_reload::LiveReload;
+use crate::session::{self, Session};
+use crate::stages::{discard, file_hash, json_hash, tree_hash, Decision, Stage};
+
+/// The stages in order.
+pub const STAGES: [&str; 4] = ["generate", "credit", "train", "eval"];
+
+pub struct Options {
+    pub config: PathBuf,
+    /// Stop after this stage (one of [`STAGES`]).
+    pub until: String,
+    /// Watch the config and plugins and apply valid edits while running.
+    pub hot_reload: bool,
+}
+
+/// The model, loaded the first time a stage needs it: a run whose stages are all current
+/// never loads it.
+struct LazyModel {
+    model: Option<Model>,
+}
+
+impl LazyModel {
+    fn get(&mut self, cfg: &malt_config::Config) -> anyhow::Result<&Model> {
+        if self.model.is_none() {
+            self.model = Some(session::load_model(cfg)?.0);
+        }
+        self.model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("model not loaded"))
+    }
+}
+
+fn insert(map: &mut BTreeMap<String, String>, key: impl Into<String>, value: String) {
+    map.insert(key.into(), value);
+}
+
+/// What the questions are: `[dataset]` without its resolved path (moving the project must not
+/// look like a new dataset), plus the dataset file's content.
+fn dataset_inputs(s: &Session, map: &mut BTreeMap<String, String>) -> anyhow::Result<()> {
+    let ds = &s.config.dataset;
+    let source = match &ds.source {
+        DataSource::File(path) => serde_json::json!({ "file_sha256": file_hash(path)? }),
+        DataSource::Generate { seed, count } => {
+            serde_json::json!({ "generate_seed": seed, "generate_count": count })
+        }
+    };
+    let v = serde_json::json!({
+        "plugin": ds.plugin, "train": ds.train, "test": ds.test, "source": source,
+        "run_seed": s.config.run.seed,
+    });
+    insert(map, "config [dataset] and run seed", json_hash(&v));
+    Ok(())
+}
+
+fn plugin_inputs(s: &Session, map: &mut BTreeMap<String, String>) {
+    for (name, hash) in s.plugin_hashes() {
+        insert(
+            map,
+            format!("plugin {name}"),
+            crate::stages::sha256(hash.as_bytes()),
+        );
+    }
+    insert(
+        map,
+        "config [plugins] options",
+        json_hash(&s.config.plugins),
+    );
+}
+
+fn generate_inputs(s: &Session) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    insert(
+        &mut m,
+        "chain shape and sampling",
+        crate::stages::sha256(s.chain.generation_fingerprint().as_bytes()),
+    );
+    insert(
+        &mut m,
+        "model",
+        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+    );
+    dataset_inputs(s, &mut m)?;
+    Ok(m)
+}
+
+fn credit_inputs(s: &Session, trees: String) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    insert(&mut m, "trees.jsonl", trees);
+    insert(&mut m, "config [credit]", json_hash(&s.config.credit));
+    let thetas: Vec<(&str, Option<f64>)> = s
+        .chain
+        .agents
+        .iter()
+        .map(|a| (a.name.as_str(), a.theta))
+        .collect();
+    insert(&mut m, "agents theta", json_hash(&thetas));
+    plugin_inputs(s, &mut m);
+    m
+}
+
+fn train_inputs(s: &Session, datasets: String) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    insert(&mut m, "datasets", datasets);
+    for a in &s.config.agents {
+        insert(
+            &mut m,
+            format!("config train of agent {}", a.name),
+            json_hash(&a.train),
+        );
+    }
+    insert(
+        &mut m,
+        "model",
+        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+    );
+    insert(&mut m, "run seed", json_hash(&s.config.run.seed));
+    m
+}
+
+fn eval_inputs(s: &Session, adapters: String) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    insert(&mut m, "adapters", adapters);
+    insert(&mut m, "config [eval]", json_hash(&s.config.eval));
+    insert(
+        &mut m,
+        "chain shape and sampling",
+        crate::stages::sha256(s.chain.generation_fingerprint().as_bytes()),
+    );
+    insert(
+        &mut m,
+        "model",
+        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+    );
+    dataset_inputs(s, &mut m)?;
+    plugin_inputs(s, &mut m);
+    Ok(m)
+}
+
+fn trees_hash(run: &Path) -> anyhow::Result<String> {
+    file_hash(&run.join(malt_tree::store::TREES))
+}
+
+/// The per-agent SFT/DPO sets (not the statistics, nor the trainer's reference caches).
+fn datasets_hash(run: &Path) -> anyhow::Result<String> {
+    tree_hash(&run.join("datasets"), &|p: &Path| {
+        matches!(
+            p.file_name().and_then(|n| n.to_str()),
+            Some("sft.jsonl" | "dpo.jsonl")
+        )
+    })
+}
+
+fn adapters_hash(run: &Path) -> anyhow::Result<String> {
+    tree_hash(&run.join("adapters"), &|_: &Path| true)
+}
+
+fn eval_hash(run: &Path) -> anyhow::Result<String> {
+    tree_hash(&run.join("eval"), &|_: &Path| true)
+}
+
+/// Refuses to mix trees of two question sets: every stored tree must belong to the current
+/// training split (a different dataset, split size or seed selects other questions).
+fn check_trees_match_split(s: &mut Session) -> anyhow::Result<()> {
+    let run = s.config.run.dir.clone();
+    let path = run.join(malt_tree::store::TREES);
+    if !path.exists() {
+        return Ok(());
+    }
+    let stored = malt_tree::read_trees(&path)?;
+    let split = s.questions()?;
+    let train: std::collections::HashSet<&str> =
+        split.train.iter().map(|e| e.id.as_str()).collect();
+    let foreign: Vec<&str> = stored
+        .trees
+        .iter()
+        .map(|t| t.question_id.as_str())
+        .filter(|id| !train.contains(id))
+        .collect();
+    if let Some(first) = foreign.first() {
+        anyhow::bail!(
+            "{}: {} stored tree(s) (e.g. question {first:?}) are not in the training split of \
+             {} ([dataset] or run seed changed since they were generated); refusing to mix two \
+             question sets: use a new run directory ([run] dir) or restore the old [dataset]",
+            path.display(),
+            foreign.len(),
+            s.config.source.display()
+        );
+    }
+    Ok(())
+}
+
+/// At a stage boundary: apply a newer valid config and plugin set, if the reloader has one.
+fn apply_reload(
+    s: &mut Session,
+    live: Option<&Arc<LiveReload>>,
+    stage: &str,
+) -> anyhow::Result<()> {
+    if let Some(loaded) = live.and_then(|l| l.at_stage(stage)) {
+        s.apply(&loaded.config, loaded.plugins.clone())?;
+    }
+    Ok(())
+}
+
+/// Runs the stage when `decision` says so; `run` does the work, `outputs` hashes the result.
+fn run_stage(
+    stage: &Stage,
+    decision: &Decision,
+    run: impl FnOnce() -> anyhow::Result<()>,
+    outputs: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<bool> {
+    tracing::info!("{}: {decision}", stage.name);
+    if *decision == Decision::Current {
+        return Ok(false);
+    }
+    stage.begin()?;
+    run()?;
+    stage.finish(outputs()?)?;
+    Ok(true)
+}
+
+/// The whole pipeline.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // One absolute path for the session and the reloader, so both resolve relative paths alike.
+    let config_path = std::path::absolute(&opts.config)
+        .with_context(|| format!("bad config path {}", opts.config.display()))?;
+    let mut s = Session::open(&config_path)?;
+    let live = if opts.hot_reload {
+        let l = LiveReload::start(s.runtime.clone(), &config_path, &s.config)
+            .context("starting hot reload (pass --no-reload to run without it)")?;
+        s.scorer.follow(Some(l.clone()));
+        s.live = Some(l.clone());
+        Some(l)
+    } else {
+        None
+    };
+    let run_dir = s.config.run.dir.clone();
+    let mut model = LazyModel { model: None };
+    let until = STAGES
+        .iter()
+        .position(|x| *x == opts.until)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown stage {:?} (stages: {})",
+                opts.until,
+                STAGES.join(", ")
+            )
+        })?;
+    let banner = |name: &str| tracing::info!("== {name} ({:.0} s)", start.elapsed().as_secs_f64());
+
+    banner("generate");
+    let gen = Stage::new(&run_dir, "generate", generate_inputs(&s)?);
+    let decision = gen.decide(|| trees_hash(&run_dir))?;
+    if decision != Decision::Current {
+        check_trees_match_split(&mut s)?;
+    }
+    run_stage(
+        &gen,
+        &decision,
+        || {
+            let m = model.get(&s.config)?;
+            let id = session::model_id(&s.config);
+            crate::generate::generate_trees(&mut s, m, &id).map(drop)
+        },
+        || trees_hash(&run_dir),
+    )?;
+    if until == 0 {
+        return Ok(());
+    }
+
+    banner("credit");
+    apply_reload(&mut s, live.as_ref(), "credit")?;
+    let credit = Stage::new(&run_dir, "credit", credit_inputs(&s, trees_hash(&run_dir)?));
+    let decision = credit.decide(|| datasets_hash(&run_dir))?;
+    run_stage(
+        &credit,
+        &decision,
+        || {
+            let report = malt_tree::recredit(
+                &run_dir,
+                &s.chain,
+                &s.credit,
+                Some(&mut s.scorer as &mut dyn Scorer),
+            )?;
+            print!("{}", report.stats.table());
+            Ok(())
+        },
+        || datasets_hash(&run_dir),
+    )?;
+    if until == 1 {
+        return Ok(());
+    }
+
+    banner("train");
+    apply_reload(&mut s, live.as_ref(), "train")?;
+    let train = Stage::new(
+        &run_dir,
+        "train",
+        train_inputs(&s, datasets_hash(&run_dir)?),
+    );
+    let decision = train.decide(|| adapters_hash(&run_dir))?;
+    if let Decision::InputsChanged(_) = decision {
+        // Checkpoints and adapters of other data or settings must not be resumed or evaluated.
+        discard(&run_dir.join("train"))?;
+        discard(&run_dir.join("adapters"))?;
+    }
+    run_stage(
+        &train,
+        &decision,
+        || {
+            let m = model.get(&s.config)?;
+            let id = session::model_id(&s.config);
+            crate::train::train_agents(&s.config, m, &id, None, true).map(drop)
+        },
+        || adapters_hash(&run_dir),
+    )?;
+    if until == 2 {
+        return Ok(());
+    }
+
+    banner("eval");
+    apply_reload(&mut s, live.as_ref(), "eval")?;
+    let eval = Stage::new(&run_dir, "eval", eval_inputs(&s, adapters_hash(&run_dir)?)?);
+    let decision = eval.decide(|| eval_hash(&run_dir))?;
+    if let Decision::InputsChanged(_) = decision {
+        // Logged attempts of other adapters, plugins or settings would be mixed into the report.
+        discard(&run_dir.join("eval"))?;
+    }
+    run_stage(
+        &eval,
+        &decision,
+        || {
+            let m = model.get(&s.config)?;
+            let report = crate::evaluate::evaluate(&mut s, m)?;
+            print!("{}", malt_eval::render_markdown(&report));
+            Ok(())
+        },
+        || eval_hash(&run_dir),
+    )?;
+    tracing::info!(
+        "done in {:.1} s; report in {}",
+        start.elapsed().as_secs_f64(),
+        run_dir.join("eval").display()
+    );
+    Ok(())
+}
