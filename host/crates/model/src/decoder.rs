@@ -6,6 +6,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{LoraAdapter, Proj};
+use crate::fused;
 use crate::ops::{frozen_matmul, small_matmul};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
@@ -75,9 +76,16 @@ pub(crate) struct Ctx<'a> {
     pub mode: Mode,
 }
 
+/// Training on CPU f32 takes the fused ops of `crate::fused` (one graph node each, analytic
+/// backward); elsewhere the composed candle ops.
+fn fused_train(x: &Tensor, mode: Mode) -> bool {
+    matches!(mode, Mode::Train { .. }) && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+        Mode::Train { .. } if fused_train(x, mode) => fused::rms_norm(x, w, eps)?,
         Mode::Train { .. } => candle_nn::ops::rms_norm_slow(x, w, eps as f32)?,
     })
 }
@@ -93,6 +101,9 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
+        Mode::Train { .. } if fused_train(x, mode) && cos.rank() == 2 => {
+            Ok(fused::rope(x, cos, sin)?)
+        }
         Mode::Train { .. } => {
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
             let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
@@ -302,6 +313,45 @@ impl Decoder {
         let inp = dims[dims.len() - 1];
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((n, inp))?;
+        let pair = adapter.and_then(|a| a.get(layer, p).map(|pair| (a, pair)));
+        if fused_train(&x2, mode) {
+            let y = match pair {
+                Some((a, pair)) => {
+                    let mask = match mode {
+                        Mode::Train {
+                            dropout_seed: Some(seed),
+                        } if a.config.dropout > 0.0 => Some(dropout_mask(
+                            x2.shape(),
+                            a.config.dropout,
+                            seed,
+                            layer,
+                            p,
+                        )?),
+                        _ => None,
+                    };
+                    fused::lora_linear(
+                        &x2,
+                        &lin.w,
+                        lin.b.as_ref(),
+                        pair.a.as_tensor(),
+                        pair.b.as_tensor(),
+                        a.scale(),
+                        mask,
+                    )?
+                }
+                None => {
+                    let y = fused::frozen_linear(&x2, &lin.w)?;
+                    match &lin.b {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
+                }
+            };
+            let mut out_dims = dims;
+            let last = out_dims.len() - 1;
+            out_dims[last] = y.dim(1)?;
+            return Ok(y.reshape(out_dims)?);
+        }
         let mut y = match mode {
             Mode::Infer => match small_matmul(&x2, &lin.w)? {
                 Some(y) => y,
@@ -382,12 +432,19 @@ impl Decoder {
                     let l = k.dim(2)?;
                     // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
                     let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
-                    let att = (q5.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-                    let mut att = att.reshape((b, nkv, n_rep, s, l))?;
-                    if let Some(m) = &ctx.mask {
-                        att = att.broadcast_add(m)?;
-                    }
-                    let att = softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?;
+                    let scale = 1.0 / (hd as f64).sqrt();
+                    let att = if fused_train(&q5, mode) && ctx.past.is_none() {
+                        // Training forwards start at position 0: the mask is the causal one,
+                        // which the fused softmax applies by construction.
+                        fused::causal_softmax(&q5.matmul(&k.t()?)?, scale, s)?
+                    } else {
+                        let att = (q5.matmul(&k.t()?)? * scale)?;
+                        let mut att = att.reshape((b, nkv, n_rep, s, l))?;
+                        if let Some(m) = &ctx.mask {
+                            att = att.broadcast_add(m)?;
+                        }
+                        softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?
+                    };
                     att.matmul(&v)? // (b, nkv, n_rep*s, hd)
                         .reshape((b, nh, s, hd))?
                         .transpose(1, 2)?
@@ -399,7 +456,11 @@ impl Decoder {
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
             let g = self.linear(&h, i, Proj::Gate, ad, mode)?;
             let u = self.linear(&h, i, Proj::Up, ad, mode)?;
-            let m = (candle_nn::ops::silu(&g)? * u)?;
+            let m = if fused_train(&g, mode) {
+                fused::swiglu(&g, &u)?
+            } else {
+                (candle_nn::ops::silu(&g)? * u)?
+            };
             let m = self.linear(&m, i, Proj::Down, ad, mode)?;
             x = (x + m)?;
             kvs.push((k, v));
@@ -528,6 +589,18 @@ impl Decoder {
 /// Inverted dropout with a mask from splitmix64 seeded by (seed, layer, projection): the same
 /// micro-batch seed gives the same masks whatever ran before.
 fn seeded_dropout(x: &Tensor, p: f32, seed: u64, layer: usize, proj: Proj) -> Result<Tensor> {
+    let mask = dropout_mask(x.shape(), p, seed, layer, proj)?.to_device(x.device())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// The mask of [`seeded_dropout`]: `1 / (1 - p)` where kept, 0 where dropped.
+fn dropout_mask(
+    shape: &candle_core::Shape,
+    p: f32,
+    seed: u64,
+    layer: usize,
+    proj: Proj,
+) -> Result<Tensor> {
     let mut state = seed ^ ((layer as u64) << 32) ^ ((proj as u64 + 1) << 56);
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -538,7 +611,7 @@ fn seeded_dropout(x: &Tensor, p: f32, seed: u64, layer: usize, proj: Proj) -> Re
     };
     let keep = 1.0 - p;
     let scale = 1.0 / keep;
-    let mask: Vec<f32> = (0..x.elem_count())
+    let mask: Vec<f32> = (0..shape.elem_count())
         .map(|_| {
             // 24 random bits give a uniform in [0, 1) exactly representable in f32.
             let u = (next() >> 40) as f32 / (1u64 << 24) as f32;
@@ -549,8 +622,11 @@ fn seeded_dropout(x: &Tensor, p: f32, seed: u64, layer: usize, proj: Proj) -> Re
             }
         })
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    Ok(x.mul(&mask)?)
+    Ok(Tensor::from_vec(
+        mask,
+        shape.clone(),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 #[cfg(test)]

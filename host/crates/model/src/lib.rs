@@ -24,6 +24,7 @@ pub mod generate;
 pub mod kv;
 pub mod lora;
 pub mod model;
+pub mod fused;
 pub mod ops;
 pub mod sampling;
 pub mod tokenizer;
