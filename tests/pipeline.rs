@@ -503,7 +503,12 @@ fn pipeline_runs_resumes_skips_and_matches() {
 #[test]
 fn hot_reload_applies_a_plugin_option_before_evaluation() {
     let fx = fixture();
+    // Longer training than the other test: the edit must land before evaluation starts.
+    let text = |target: &str| {
+        config(&fx.model, &fx.plugin, 0.5, target).replace("max_steps = 12", "max_steps = 30")
+    };
     let cfg = fx.write_config("reload", 0.5, "even");
+    std::fs::write(&cfg, text("even")).unwrap();
     let c = fx.workdir("c");
     let c_run = c.join("runs/pipeline");
     let log = fx.root.join("c.log");
@@ -516,7 +521,7 @@ fn hot_reload_applies_a_plugin_option_before_evaluation() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // First a change the run cannot take mid-way: refused and named.
-    let seed4 = config(&fx.model, &fx.plugin, 0.5, "even").replace("seed = 3", "seed = 4");
+    let seed4 = text("even").replace("seed = 3", "seed = 4");
     std::fs::write(&cfg, seed4).unwrap();
     let refused = "run seed or directory cannot change during a run";
     while !std::fs::read_to_string(&log).unwrap().contains(refused) {
@@ -528,10 +533,13 @@ fn hot_reload_applies_a_plugin_option_before_evaluation() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // Then the seed back and the rewarded parity flipped: applies.
-    std::fs::write(&cfg, config(&fx.model, &fx.plugin, 0.5, "odd")).unwrap();
+    std::fs::write(&cfg, text("odd")).unwrap();
     let status = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
+    if std::env::var_os("MALT_TEST_SHOW_LOG").is_some() {
+        eprintln!("{text}");
+    }
     assert!(text.contains("reloaded plugins (generation 2)"), "{text}");
     assert!(!text.contains("reloaded plugins (generation 1)"), "{text}");
     // Evaluation graded with the new option: "odd" is right, "even" wrong.

@@ -273,9 +273,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         &gen,
         &decision,
         || {
-            let m = model.get(&s.config)?;
-            let id = session::model_id(&s.config);
-            crate::generate::generate_trees(&mut s, m, &id).map(drop)
+            // The remote backend samples over HTTP: the model is not loaded for it.
+            let model = &mut model;
+            crate::generate::generate_configured(&mut s, move |cfg| {
+                Ok((model.get(cfg)?, session::model_id(cfg)))
+            })
+            .map(drop)
         },
         || trees_hash(&run_dir),
     )?;
@@ -314,8 +317,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         train_inputs(&s, datasets_hash(&run_dir)?),
     );
     let decision = train.decide(|| adapters_hash(&run_dir))?;
-    if let Decision::InputsChanged(_) = decision {
-        // Checkpoints and adapters of other data or settings must not be resumed or evaluated.
+    if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
+        // Checkpoints and adapters of other data or settings (or of unknown origin: a
+        // standalone `malt train`) must not be resumed or evaluated.
         discard(&run_dir.join("train"))?;
         discard(&run_dir.join("adapters"))?;
     }
@@ -337,8 +341,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     apply_reload(&mut s, live.as_ref(), "eval")?;
     let eval = Stage::new(&run_dir, "eval", eval_inputs(&s, adapters_hash(&run_dir)?)?);
     let decision = eval.decide(|| eval_hash(&run_dir))?;
-    if let Decision::InputsChanged(_) = decision {
-        // Logged attempts of other adapters, plugins or settings would be mixed into the report.
+    if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
+        // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
+        // be mixed into the report.
         discard(&run_dir.join("eval"))?;
     }
     run_stage(
