@@ -62,7 +62,10 @@ impl Responder {
         Self::serve(listener, Arc::new(handler))
     }
 
-    fn start_on(port: u16, handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Responder {
+    fn start_on(
+        port: u16,
+        handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> Responder {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         Self::serve(listener, Arc::new(handler))
     }
@@ -76,7 +79,8 @@ impl Responder {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (handler, seen, max, cur) = (handler.clone(), s.clone(), m.clone(), current.clone());
+                let (handler, seen, max, cur) =
+                    (handler.clone(), s.clone(), m.clone(), current.clone());
                 std::thread::spawn(move || {
                     let now = cur.fetch_add(1, Ordering::SeqCst) + 1;
                     max.fetch_max(now, Ordering::SeqCst);
@@ -202,7 +206,9 @@ struct Batch {
 impl Batch {
     fn new(k: usize, n: usize) -> Batch {
         Batch {
-            messages: (0..k).map(|i| vec![Message::new("user", format!("q{i}"))]).collect(),
+            messages: (0..k)
+                .map(|i| vec![Message::new("user", format!("q{i}"))])
+                .collect(),
             seeds: (0..k)
                 .map(|i| (0..n).map(|j| (100 * i + j) as u64).collect())
                 .collect(),
@@ -232,7 +238,9 @@ fn completions_land_by_seed_with_the_agents_model_and_the_key() {
     let out = s.sample(&b.requests("verifier")).unwrap();
     for (i, r) in out.iter().enumerate() {
         let texts = r.as_ref().unwrap();
-        let want: Vec<String> = (0..3).map(|j| format!("verifier-lora|{}", 100 * i + j)).collect();
+        let want: Vec<String> = (0..3)
+            .map(|j| format!("verifier-lora|{}", 100 * i + j))
+            .collect();
         assert_eq!(texts, &want);
     }
     let out = s.sample(&b.requests("generator")).unwrap();
@@ -240,7 +248,9 @@ fn completions_land_by_seed_with_the_agents_model_and_the_key() {
     let seen = server.requests();
     assert_eq!(seen.len(), 6, "one request per prompt, n choices each");
     for r in &seen {
-        assert!(r.headers.contains(&("authorization".into(), "Bearer sk-test-123".into())));
+        assert!(r
+            .headers
+            .contains(&("authorization".into(), "Bearer sk-test-123".into())));
         assert_eq!(r.body["n"], 3);
         assert_eq!(r.body["seed"], r.body["malt_seeds"][0]);
     }
@@ -261,7 +271,10 @@ fn server_errors_and_rate_limits_are_retried() {
     let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(5));
     let b = Batch::new(1, 2);
     let out = s.sample(&b.requests("generator")).unwrap();
-    assert_eq!(out[0].as_ref().unwrap(), &vec!["base|0".to_owned(), "base|1".to_owned()]);
+    assert_eq!(
+        out[0].as_ref().unwrap(),
+        &vec!["base|0".to_owned(), "base|1".to_owned()]
+    );
     assert_eq!(s.stats.retries, 3);
     assert_eq!(s.stats.attempts, 4);
 }
@@ -278,12 +291,20 @@ fn retry_after_is_honoured() {
     let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(2));
     let t = std::time::Instant::now();
     s.sample(&Batch::new(1, 1).requests("g")).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(950), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 /// A port nothing listens on (yet).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -307,7 +328,11 @@ fn refused_connections_are_retried_until_the_server_is_back() {
     let server = starter.join().unwrap();
     assert!(out.iter().all(|r| r.as_ref().unwrap().len() == 2));
     assert!(s.stats.retries >= 1, "{:?}", s.stats);
-    assert_eq!(server.requests().len(), 4, "every request answered exactly once");
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "every request answered exactly once"
+    );
 }
 
 #[test]
@@ -321,9 +346,15 @@ fn timeouts_exhaust_the_budget_into_an_error_naming_the_endpoint() {
     let mut s = sampler(vec![ep], fast_retry(2));
     let err = s.sample(&Batch::new(1, 1).requests("g")).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&format!("{}/v1/chat/completions", server.url())), "{msg}");
+    assert!(
+        msg.contains(&format!("{}/v1/chat/completions", server.url())),
+        "{msg}"
+    );
     assert!(msg.contains("after 3 attempts"), "{msg}");
-    assert!(msg.to_lowercase().contains("timeout") || msg.contains("timed out"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("timeout") || msg.contains("timed out"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -338,7 +369,10 @@ fn the_wait_budget_stops_retries_before_the_attempt_budget() {
             max_wait: Duration::from_millis(300),
         },
     );
-    let err = s.sample(&Batch::new(1, 1).requests("g")).unwrap_err().to_string();
+    let err = s
+        .sample(&Batch::new(1, 1).requests("g"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("HTTP 502: bad gateway"), "{err}");
     assert!(server.requests().len() < 10, "{}", server.requests().len());
 }
@@ -356,7 +390,10 @@ fn fewer_choices_than_n_get_follow_up_requests() {
     let mut s = sampler(vec![ep], fast_retry(1));
     let b = Batch::new(2, 3);
     let out = s.sample(&b.requests("g")).unwrap();
-    assert_eq!(out[1].as_ref().unwrap(), &vec!["s100".to_owned(), "s101".into(), "s102".into()]);
+    assert_eq!(
+        out[1].as_ref().unwrap(),
+        &vec!["s100".to_owned(), "s101".into(), "s102".into()]
+    );
     assert_eq!(s.stats.follow_ups, 4);
     assert_eq!(server.requests().len(), 6);
     assert_eq!(s.stats.retries, 0);
@@ -381,11 +418,18 @@ fn client_errors_fail_only_their_request() {
 
 #[test]
 fn a_rejected_key_stops_the_batch_without_showing_the_key() {
-    let server = Responder::start(|_, _| Reply::status(401, r#"{"error":{"message":"invalid api key"}}"#));
+    let server =
+        Responder::start(|_, _| Reply::status(401, r#"{"error":{"message":"invalid api key"}}"#));
     let ep = Endpoint::new(&server.url()).with_api_key(Some("sk-secret-999".into()));
     let mut s = sampler(vec![ep], fast_retry(5));
-    let err = s.sample(&Batch::new(2, 1).requests("g")).unwrap_err().to_string();
-    assert!(err.contains("HTTP 401: invalid api key") && err.contains("api_key_env"), "{err}");
+    let err = s
+        .sample(&Batch::new(2, 1).requests("g"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HTTP 401: invalid api key") && err.contains("api_key_env"),
+        "{err}"
+    );
     assert!(!err.contains("sk-secret-999"));
     assert!(server.requests().len() <= 2, "not retried");
 }

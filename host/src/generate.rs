@@ -1,17 +1,81 @@
-//! The generation stage: sample one tree per training question through the embedded model and
-//! append each finished tree to the run directory (resumable: finished questions are skipped).
+//! The generation stage: sample one tree per training question through the embedded model or
+//! the remote backend (`[generation] backend`), and append each finished tree to the run
+//! directory (resumable: finished questions are skipped).
 
 use indicatif::{ProgressBar, ProgressStyle};
 use malt_model::Model;
-use malt_tree::{GenerateSummary, Manifest, RunWriter};
+use malt_tree::{GenerateSummary, Manifest, RunWriter, Sampler};
 
 use crate::backend::ModelSampler;
 use crate::session::Session;
 
-/// Generates the trees of every training question of `session` not yet in its run directory.
+/// Generates the trees of every training question of `session` not yet in its run directory,
+/// through the embedded `model`.
 pub fn generate_trees(
     session: &mut Session,
     model: &Model,
+    model_id: &str,
+) -> anyhow::Result<GenerateSummary> {
+    let mut sampler = ModelSampler::new(model);
+    let summary = generate_with(session, &mut sampler, model_id)?;
+    let s = sampler.stats;
+    tracing::info!(
+        "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
+         prefill computed {} of {} prompt tokens, {} tokens generated",
+        summary.generated,
+        summary.skipped,
+        summary.samples,
+        summary.errored_nodes,
+        summary.score_failures,
+        s.prefill_computed,
+        s.prompt_tokens,
+        s.generated_tokens
+    );
+    Ok(summary)
+}
+
+/// Generates the trees through the config's `[[generation.endpoints]]`; the local model is
+/// not loaded.
+pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary> {
+    let mut sampler = crate::backend::remote::remote_sampler(&session.config)?;
+    let model_id = crate::backend::remote::remote_model_id(&session.config);
+    let summary = generate_with(session, &mut sampler, &model_id)?;
+    let s = sampler.stats;
+    tracing::info!(
+        "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
+         {} HTTP attempts, {} retried, {} follow-ups for missing choices, {} refused",
+        summary.generated,
+        summary.skipped,
+        summary.samples,
+        summary.errored_nodes,
+        summary.score_failures,
+        s.attempts,
+        s.retries,
+        s.follow_ups,
+        s.refused
+    );
+    Ok(summary)
+}
+
+/// Generates with the backend the config selects; `model` (the loaded model and its identity)
+/// is called only for the embedded one.
+pub fn generate_configured<'m>(
+    session: &mut Session,
+    model: impl FnOnce(&malt_config::Config) -> anyhow::Result<(&'m Model, String)>,
+) -> anyhow::Result<GenerateSummary> {
+    match session.config.generation.backend {
+        malt_config::Backend::Remote => generate_remote(session),
+        malt_config::Backend::Embedded => {
+            let (m, id) = model(&session.config)?;
+            generate_trees(session, m, &id)
+        }
+    }
+}
+
+/// The stage itself, over any sampler.
+fn generate_with(
+    session: &mut Session,
+    sampler: &mut dyn Sampler,
     model_id: &str,
 ) -> anyhow::Result<GenerateSummary> {
     let split = session.questions()?;
@@ -45,13 +109,12 @@ pub fn generate_trees(
         ProgressStyle::with_template("{bar:30} {pos}/{len} questions  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut sampler = ModelSampler::new(model);
     let live = session.live.clone();
     let summary = malt_tree::generate_run(
         &mut run,
         &session.chain,
         &split.train,
-        &mut sampler,
+        sampler,
         &mut session.scorer,
         &mut |p| {
             // A tree is finished: hot-reloaded plugins may apply from the next one on.
@@ -67,18 +130,5 @@ pub fn generate_trees(
         },
     )?;
     bar.finish();
-    let s = sampler.stats;
-    tracing::info!(
-        "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
-         prefill computed {} of {} prompt tokens, {} tokens generated",
-        summary.generated,
-        summary.skipped,
-        summary.samples,
-        summary.errored_nodes,
-        summary.score_failures,
-        s.prefill_computed,
-        s.prompt_tokens,
-        s.generated_tokens
-    );
     Ok(summary)
 }

@@ -50,8 +50,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         let mut session = malt::session::Session::open(config)?;
-        let (model, id) = malt::session::load_model(&session.config)?;
-        malt::generate::generate_trees(&mut session, &model, &id)?;
+        // Loaded only by the embedded backend; the remote one samples over HTTP.
+        let mut model = None;
+        malt::generate::generate_configured(&mut session, |cfg| {
+            let (m, id) = model.insert(malt::session::load_model(cfg)?);
+            Ok((&*m, id.clone()))
+        })?;
         return Ok(());
     }
     let Some(model_src) = args.model.as_deref() else {

@@ -46,7 +46,12 @@ impl Client {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = match resp.body_mut().with_config().limit(64 << 20).read_to_string() {
+        let body = match resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+        {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::Retry {

@@ -340,7 +340,10 @@ impl Ctx<'_, '_> {
                     st.queue.insert(0, job);
                     return;
                 }
-                ("the server returned none of the requested choices".to_owned(), None)
+                (
+                    "the server returned none of the requested choices".to_owned(),
+                    None,
+                )
             }
             Outcome::Refused(msg) => {
                 st.stats.refused += 1;
