@@ -15,7 +15,8 @@
 //!   (`"kind":"train"`: step, epoch, loss, lr, grad_norm, tokens, tokens_per_s and for DPO
 //!   reward_margin, accuracy, chosen_reward, rejected_reward) and per eval (`"kind":"eval"`:
 //!   step, epoch, eval_loss, examples and for DPO the reward fields).
-//! - `<run>/train/<agent>/<phase>/loss.svg`, `complete.json` (the `PhaseReport`).
+//! - `<run>/train/<agent>/<phase>/loss.svg`, `complete.json` (the `PhaseReport` plus the
+//!   `fingerprint` of its data and settings: resume reuses a finished phase only when it matches).
 //! - `<run>/train/<agent>/<phase>/checkpoints/step-XXXXXXXX/{adapter/, optimizer.safetensors,
 //!   state.json}` (see `checkpoint`), the newest two kept.
 //! - `<run>/datasets/<agent>/dpo.ref-<key16>.safetensors` (`chosen_logps`, `rejected_logps` f32,

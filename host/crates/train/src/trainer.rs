@@ -283,11 +283,6 @@ pub fn train_phase<M: PolicyModel>(
         spec.dpo.validate()?;
     }
     let complete_path = spec.out_dir.join("complete.json");
-    if opts.resume && complete_path.exists() && spec.adapter_out.exists() {
-        let text = std::fs::read_to_string(&complete_path)
-            .map_err(|e| TrainError::io(&complete_path, e))?;
-        return Ok(serde_json::from_str(&text)?);
-    }
     let ckpt_root = spec.out_dir.join("checkpoints");
     if !opts.resume {
         // A fresh run must not pick up anything of an older one.
@@ -376,6 +371,14 @@ pub fn train_phase<M: PolicyModel>(
             &tok.fingerprint(),
         ])
     };
+
+    // A finished phase is reused only for the same data and settings: `complete.json` carries
+    // the fingerprint, like the checkpoints do.
+    if opts.resume && spec.adapter_out.exists() {
+        if let Some(done) = read_complete(&complete_path, &fingerprint)? {
+            return Ok(done);
+        }
+    }
 
     // Policy adapter: the init adapter (continued), else fresh; replaced by the checkpoint's on resume.
     let mut adapter = match init {
@@ -711,9 +714,30 @@ pub fn train_phase<M: PolicyModel>(
         train_examples: n_train,
         eval_examples: eval_idx.len(),
     };
-    std::fs::write(&complete_path, serde_json::to_string_pretty(&report)?)
+    let mut complete = serde_json::to_value(&report)?;
+    complete["fingerprint"] = serde_json::Value::String(fingerprint.clone());
+    std::fs::write(&complete_path, serde_json::to_string_pretty(&complete)?)
         .map_err(|e| TrainError::io(&complete_path, e))?;
     Ok(report)
+}
+
+/// The report of a finished phase if `path` exists and was written for `fingerprint`. A phase
+/// finished on other data or settings is logged and trained again (`None`).
+fn read_complete(path: &Path, fingerprint: &str) -> Result<Option<PhaseReport>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)?;
+    if value.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint) {
+        tracing::warn!(
+            "{}: the phase finished on other data, settings or initial adapter; training it again",
+            path.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_value(value)?))
 }
 
 /// Runs one agent's schedule (`sft`, `dpo` or `sft-then-dpo`) on `<run>/datasets/<agent>/`.

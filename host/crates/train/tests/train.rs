@@ -642,3 +642,30 @@ fn bad_dataset_line_reports_file_and_line() {
         Err(TrainError::EmptyDataset { .. })
     ));
 }
+
+/// A finished phase is reused on resume only for the data it was trained on: after the
+/// dataset changes, `complete.json` no longer matches and the stale run is not passed off as
+/// done (its checkpoints are refused too).
+#[test]
+fn finished_phase_is_reused_only_for_the_same_data() {
+    let run = tempfile::tempdir().unwrap();
+    let ds = trainer::dataset_path(run.path(), "refiner", Phase::Sft);
+    common::write_sft(&ds, 30, 1, None);
+    let mut p = plan(Method::Sft);
+    p.sft.max_steps = 4;
+    let resume = RunOptions {
+        resume: true,
+        ..opts()
+    };
+    let model = TinyLm::new(3);
+    let first = malt_train::train_agent(&model, &CharTok, run.path(), &p, &resume).unwrap();
+    let again = malt_train::train_agent(&model, &CharTok, run.path(), &p, &resume).unwrap();
+    assert_eq!(first, again, "same data: the stored report is returned");
+
+    common::write_sft(&ds, 30, 2, None);
+    let err = malt_train::train_agent(&model, &CharTok, run.path(), &p, &resume).unwrap_err();
+    assert!(
+        err.to_string().contains("differ from the checkpointed run"),
+        "{err}"
+    );
+}
