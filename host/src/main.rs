@@ -36,6 +36,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Evaluate single agent, untrained and trained chains (with majority voting) on held-out questions.
     Eval(cmd::eval::Args),
+    /// The model and every agent's adapter behind an OpenAI-compatible HTTP server.
+    Serve(cmd::serve::Args),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     Bench(cmd::bench::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Credit(args) => cmd::credit::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     };
     match result {

@@ -5,6 +5,7 @@ pub mod chain_runner;
 pub mod model_sampler;
 pub mod plugin_scorer;
 pub mod remote;
+pub mod serve_backend;
 
 pub use chain_runner::ModelChainRunner;
 pub use model_sampler::ModelSampler;

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod plugin;
 pub mod run;
 pub mod score;
+pub mod serve;
 pub mod train;
 
 /// Logs go to stderr so that commands printing JSON on stdout stay machine-readable.

@@ -18,6 +18,21 @@ pub enum Finish {
     StopString,
     /// `max_new_tokens` reached.
     Length,
+    /// The step observer of [`Model::generate_observed`] asked to stop this branch.
+    Cancelled,
+}
+
+/// What [`Model::generate_observed`] reports after each sampled token of a branch.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// The branch's index in the input.
+    pub branch: usize,
+    /// The decoded text so far (cut before a stop string once one appeared).
+    pub text: &'a str,
+    /// Generated tokens so far (without a final eos).
+    pub tokens: usize,
+    /// Set on the branch's last step.
+    pub finish: Option<Finish>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +115,19 @@ impl Model {
         branches: Vec<Branch>,
         params: &SamplingParams,
         adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<Completion>> {
+        self.generate_observed(branches, params, adapter, &mut |_| true)
+    }
+
+    /// [`Model::generate`] that calls `observe` after every sampled token of every branch (for
+    /// token-by-token streaming). Returning `false` for an unfinished branch stops it with
+    /// [`Finish::Cancelled`] (its client went away) without disturbing the other branches.
+    pub fn generate_observed(
+        &self,
+        branches: Vec<Branch>,
+        params: &SamplingParams,
+        adapter: Option<&LoraAdapter>,
+        observe: &mut dyn FnMut(&Step<'_>) -> bool,
     ) -> Result<Vec<Completion>> {
         let uid = adapter.map(|a| a.uid());
         let n = branches.len();
@@ -192,6 +220,15 @@ impl Model {
                     } else if row.gen.len() >= params.max_new_tokens {
                         finish = Some(Finish::Length);
                     }
+                }
+                let step = Step {
+                    branch: row.orig,
+                    text: &row.text,
+                    tokens: row.gen.len(),
+                    finish,
+                };
+                if !observe(&step) && finish.is_none() {
+                    finish = Some(Finish::Cancelled);
                 }
                 match finish {
                     None => keep.push(ri),

@@ -1,0 +1,157 @@
+//! What the server needs from a model: the trait the host implements.
+
+use std::time::Instant;
+
+use crate::protocol::{ChainResponse, ChatMessage};
+
+/// The names a backend answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModels {
+    /// The base model's id (its config name or path); `"base"` is an alias.
+    pub base: String,
+    /// One name per agent with a trained adapter (the agent's name).
+    pub adapters: Vec<String>,
+    /// Whether `POST /v1/malt/chain` is available (the server was started from a config).
+    pub chain: bool,
+}
+
+impl ServedModels {
+    /// `Some(None)` for the base model, `Some(Some(agent))` for an adapter, `None` if unknown.
+    pub fn resolve(&self, name: &str) -> Option<Option<String>> {
+        if name == self.base || name == "base" {
+            Some(None)
+        } else if self.adapters.iter().any(|a| a == name) {
+            Some(Some(name.to_owned()))
+        } else {
+            None
+        }
+    }
+
+    /// Every accepted model name, for error messages.
+    pub fn names(&self) -> Vec<String> {
+        let mut v = vec![self.base.clone(), "base".to_owned()];
+        v.extend(self.adapters.iter().cloned());
+        v
+    }
+}
+
+/// Sampling settings of one request, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingSettings {
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 = off.
+    pub top_k: usize,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+/// How the per-choice seeds are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seeds {
+    /// `malt_seeds`: one per choice, used as they are.
+    Explicit(Vec<u64>),
+    /// `seed` (or a random one when the request has none): the backend derives one per choice.
+    Derived(u64),
+}
+
+/// One validated chat completion request.
+#[derive(Debug, Clone)]
+pub struct GenerationJob {
+    /// The agent whose adapter to use; `None` = the base model.
+    pub adapter: Option<String>,
+    /// The rendered and tokenized prompt (from [`ServeBackend::tokenize_chat`]).
+    pub prompt: Vec<u32>,
+    pub messages: Vec<ChatMessage>,
+    pub n: usize,
+    pub sampling: SamplingSettings,
+    pub seeds: Seeds,
+    /// Give up (return [`BackendError::Timeout`]) after this instant.
+    pub deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub completion_tokens: usize,
+    pub finish: FinishReason,
+    /// The seed this choice was sampled with.
+    pub seed: u64,
+}
+
+/// `POST /v1/malt/chain`, validated.
+#[derive(Debug, Clone)]
+pub struct ChainQuery {
+    /// A plain question (no reference answer) ...
+    pub question: Option<String>,
+    /// ... or a dataset record (one JSON object, as in the config's dataset file).
+    pub record: Option<serde_json::Value>,
+    /// Attempts; `None` = the config's `eval.majority_k`.
+    pub k: Option<u32>,
+    pub seed: u64,
+    pub deadline: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The request cannot be served as given (400), e.g. a record the plugin rejects.
+    #[error("{0}")]
+    Invalid(String),
+    /// The feature is not available on this server (404), e.g. the chain without a config.
+    #[error("{0}")]
+    NotAvailable(String),
+    /// The deadline passed (503).
+    #[error("{0}")]
+    Timeout(String),
+    /// Anything else (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Receives `(choice index, text so far)` after every generated token; returning `false`
+/// cancels that choice (the client went away).
+pub type StepSink<'a> = dyn FnMut(usize, &str) -> bool + 'a;
+
+/// The model side of the server. Methods are called from the handler threads concurrently;
+/// `on_step` is always called on the calling thread.
+pub trait ServeBackend: Send + Sync {
+    fn models(&self) -> ServedModels;
+
+    /// Prompt + completion tokens the model can attend to.
+    fn context_length(&self) -> usize;
+
+    /// The messages rendered with the model's chat template (with the generation prompt) and
+    /// tokenized.
+    fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError>;
+
+    /// Samples the job's `n` choices, in order.
+    fn generate(
+        &self,
+        job: GenerationJob,
+        on_step: &mut StepSink<'_>,
+    ) -> Result<Vec<ChoiceOutput>, BackendError>;
+
+    /// Runs the agent chain `k` times on one question and votes.
+    fn chain(&self, query: ChainQuery) -> Result<ChainResponse, BackendError>;
+
+    /// Engine counters shown by `GET /health` (free-form JSON).
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

@@ -1,0 +1,150 @@
+//! The wire types: OpenAI chat completions (request, response, stream chunk, model list) and
+//! malt's chain endpoint. Requests are parsed field by field in `validate.rs` so that a wrong
+//! field is named in the error; these types are what the handlers produce and what clients
+//! (tests, the benchmark, malt's remote backend) read back.
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message. `content` on the wire may also be an array of `{"type":"text","text"}`
+/// parts; they are joined into one string when the request is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage {
+            role: role.to_owned(),
+            content: content.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Usage,
+    /// Extension: the sampling seed of each choice, in order. Sending them back as `malt_seeds`
+    /// reproduces the choices exactly.
+    pub malt_seeds: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub message: ChatMessage,
+    /// `"stop"` (end of turn or a stop string) or `"length"` (`max_tokens` reached).
+    pub finish_reason: String,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+/// One Server-Sent Event of a streamed completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    /// Only on the last chunk, and only when `stream_options.include_usage` was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// The base model an adapter applies to (as vLLM lists LoRA modules); `None` for the base.
+    pub parent: Option<String>,
+    /// The model's context length in tokens (prompt + completion).
+    pub max_model_len: usize,
+}
+
+/// `POST /v1/malt/chain`: the answer of the whole agent chain with majority voting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainResponse {
+    pub object: String,
+    /// `"trained-chain"` when at least one agent has a trained adapter, else `"untrained-chain"`.
+    pub system: String,
+    pub question: String,
+    /// The reference answer when the request gave a dataset record.
+    pub gold: Option<String>,
+    pub k: u32,
+    pub seed: u64,
+    pub attempts: Vec<ChainAttempt>,
+    /// The majority answer over the attempts (`None` when no attempt produced one).
+    pub answer: Option<String>,
+    /// The attempt whose answer won (ties go to the earliest attempt).
+    pub answer_attempt: Option<usize>,
+    /// Whether the majority answer matches `gold` (only with a record).
+    pub correct: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainAttempt {
+    pub attempt: u32,
+    pub turns: Vec<ChainTurn>,
+    /// The final answer of the attempt (the last answering agent's).
+    pub answer: Option<String>,
+    /// Why the attempt failed (a plugin or generation error), if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainTurn {
+    pub agent: String,
+    /// Whether this turn ran with the agent's trained adapter.
+    pub adapter: bool,
+    pub output: String,
+    pub answer: Option<String>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// Generation and chain requests admitted and not finished.
+    pub in_flight: usize,
+    pub max_queue: usize,
+    /// The backend's counters (for the model engine: requests, decode batches, largest batch).
+    #[serde(default)]
+    pub engine: serde_json::Value,
+}

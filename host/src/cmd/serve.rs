@@ -1,0 +1,129 @@
+//! `malt serve`: the embedded model with every agent's trained adapter behind an
+//! OpenAI-compatible HTTP server (protocol in the `malt-serve` crate, engine in
+//! `backend::serve_backend`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use malt_serve::{Limits, Server};
+
+use malt::backend::serve_backend::{ChainSetup, ModelServeBackend};
+use malt::session::{load_model, Session};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run config: its `[model]`, the trained adapters of its agents (served under the agent
+    /// names), its plugins (for `POST /v1/malt/chain`) and its `[serve]` settings.
+    #[arg(required_unless_present = "model")]
+    pub config: Option<PathBuf>,
+    /// Serve a model without a config (a name, a HF directory or a .gguf file): base model
+    /// only, no chain endpoint, default `[serve]` settings.
+    #[arg(long, conflicts_with = "config")]
+    pub model: Option<String>,
+    /// Listen address, overriding `[serve] addr`; port 0 picks a free port. The bound address
+    /// is printed as `listening on http://ADDR`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Allow a non-loopback address (the server has no authentication).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Serve one request at a time instead of batching waiting requests (`[serve] batch`).
+    #[arg(long)]
+    pub no_batch: bool,
+    /// Override `[serve] max_queue`.
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // Check the address before the slow part (plugins, model).
+    let settings = match &args.config {
+        Some(path) => malt_config::Config::load(path)?.serve,
+        None => malt_config::Serve::default(),
+    };
+    let addr = args.addr.clone().unwrap_or(settings.addr.clone());
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--addr {addr:?}: expected IP:PORT, e.g. 127.0.0.1:8080"))?;
+    if !parsed.ip().is_loopback() {
+        if !(args.allow_remote || settings.allow_remote) {
+            anyhow::bail!(
+                "{addr} is reachable from other machines and the server has no authentication; \
+                 use 127.0.0.1 or pass --allow-remote (or set [serve] allow_remote = true)"
+            );
+        }
+        tracing::warn!("listening on non-loopback {addr}: anyone who can reach it can use it");
+    }
+    let (model, base_id, adapters, chain) = match (&args.config, &args.model) {
+        (Some(path), _) => {
+            let session = Session::open(path)?;
+            let (model, id) = load_model(&session.config)?;
+            let run_dir = session.config.run.dir.clone();
+            let mut adapters = Vec::new();
+            for agent in &session.config.agents {
+                if let Some(dir) = malt_train::final_adapter_dir(&run_dir, &agent.name) {
+                    let a = model
+                        .load_adapter(&dir, &agent.name)
+                        .with_context(|| format!("loading adapter {}", dir.display()))?;
+                    tracing::info!("model `{}`: adapter {}", agent.name, dir.display());
+                    adapters.push((agent.name.clone(), a));
+                }
+            }
+            if adapters.is_empty() {
+                tracing::info!(
+                    "no trained adapters in {} yet: serving the base model only",
+                    run_dir.join("adapters").display()
+                );
+            }
+            let chain = ChainSetup {
+                majority_k: session.config.eval.majority_k,
+                dataset_plugin: session.config.dataset.plugin.clone(),
+                chain: session.chain.clone(),
+                run_dir,
+                scorer: session.scorer,
+            };
+            (model, id, adapters, Some(chain))
+        }
+        (None, Some(source)) => {
+            let device = malt_model::parse_device("cpu")?;
+            let model = malt_model::Model::load(source, &device)
+                .with_context(|| format!("loading model {source}"))?;
+            (model, source.clone(), Vec::new(), None)
+        }
+        (None, None) => anyhow::bail!("give a CONFIG or --model"),
+    };
+    let limits = Limits {
+        max_n: settings.max_n,
+        max_tokens: settings.max_tokens,
+        max_body_bytes: settings.max_body_bytes,
+        max_queue: args.max_queue.unwrap_or(settings.max_queue).max(1),
+        request_timeout: Duration::from_secs_f64(settings.request_timeout_s),
+    };
+    let names: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
+    let backend = ModelServeBackend::start(
+        model,
+        &base_id,
+        adapters,
+        chain,
+        settings.batch && !args.no_batch,
+        settings.request_timeout_s,
+    )?;
+    let server = Server::start(&addr, std::sync::Arc::new(backend), limits)?;
+    tracing::info!(
+        "serving {base_id} (also as \"base\"){}",
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" and adapters {}", names.join(", "))
+        }
+    );
+    // The one line a parent process waits for (tests, `malt bench serve`).
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{}", server.addr())?;
+    out.flush()?;
+    server.join();
+    Ok(())
+}
