@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod evaluate;
+pub mod export;
 pub mod generate;
 pub mod live_reload;
 pub mod pipeline;

@@ -38,6 +38,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// The model and every agent's adapter behind an OpenAI-compatible HTTP server.
     Serve(cmd::serve::Args),
+    /// A run's adapters and datasets in one folder, with a README for TRL and vLLM (--merge: merged models).
+    Export(cmd::export::Args),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     Bench(cmd::bench::Args),
 }
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Export(args) => cmd::export::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     };
     match result {

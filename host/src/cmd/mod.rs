@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod credit;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod plugin;
 pub mod run;

@@ -227,7 +227,10 @@ fn remote_generation_resolves_with_defaults() {
     assert_eq!(g.retries, 8);
     let e = &g.endpoints[0];
     assert_eq!(e.api_key_env.as_deref(), Some("VLLM_API_KEY"));
-    assert_eq!((e.max_concurrency, e.timeout_s, e.malt_seeds), (8, 120.0, true));
+    assert_eq!(
+        (e.max_concurrency, e.timeout_s, e.malt_seeds),
+        (8, 120.0, true)
+    );
     // Where trees are sampled is not part of the config's identity.
     let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
     assert_eq!(plain.generation.backend, malt_config::Backend::Embedded);
@@ -248,7 +251,10 @@ fn api_keys_in_the_config_are_refused_with_their_position() {
 #[test]
 fn remote_generation_is_validated() {
     let e = err(&format!("{GOOD}\n[generation]\nbackend = \"remote\"\n"));
-    assert!(e.contains("needs at least one [[generation.endpoints]]"), "{e}");
+    assert!(
+        e.contains("needs at least one [[generation.endpoints]]"),
+        "{e}"
+    );
     let e = err(&format!(
         "{GOOD}\n[generation]\nbackend = \"remote\"\nmodels = {{ critic = \"x\" }}\n\
          [[generation.endpoints]]\nurl = \"127.0.0.1:8000\"\nmax_concurrency = 0\n"
