@@ -5,7 +5,12 @@ use malt_plugin_sdk::*;
 
 struct Arith {
     difficulty: u32,
+    /// Worked examples shown to the generator before its problem.
+    shots: u32,
 }
+
+/// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
+const MAX_SHOTS: u32 = 8;
 
 /// Upper bound on one generate() call: keeps one call well inside a 32 MiB guest memory cap
 /// (about 300 bytes per example, copied once more when returned). Ask in chunks for more:
@@ -16,6 +21,7 @@ impl Benchmark for Arith {
     fn new() -> Self {
         Arith {
             difficulty: arith::DEFAULT_DIFFICULTY,
+            shots: 0,
         }
     }
 
@@ -27,29 +33,44 @@ impl Benchmark for Arith {
                           answers, deterministic in the seed; graded numerically"
                 .into(),
             roles: roles(),
-            options: vec![(
-                "difficulty".into(),
-                "integer 1..=5 (default 1): number of steps (d to d+1) and size of the numbers"
-                    .into(),
-            )],
+            options: vec![
+                (
+                    "difficulty".into(),
+                    "integer 0..=5 (default 1): number of steps and size of the numbers".into(),
+                ),
+                (
+                    "shots".into(),
+                    "integer 0..=8 (default 0): worked examples of the same difficulty shown to \
+                     the generator as earlier chat turns (few-shot prompting)"
+                        .into(),
+                ),
+            ],
             can_generate: true,
         }
     }
 
     fn configure(&mut self, options: &[(String, String)]) -> Result<(), String> {
         let mut difficulty = arith::DEFAULT_DIFFICULTY;
+        let mut shots = 0;
         for (key, value) in options {
             match key.as_str() {
                 "difficulty" => {
                     difficulty = match value.trim().parse::<u32>() {
-                        Ok(d) if (1..=5).contains(&d) => d,
-                        _ => return Err(bad_value(key, value, "an integer from 1 to 5")),
+                        Ok(d) if d <= 5 => d,
+                        _ => return Err(bad_value(key, value, "an integer from 0 to 5")),
                     }
                 }
-                _ => return Err(unknown_option(key, &["difficulty"])),
+                "shots" => {
+                    shots = match value.trim().parse::<u32>() {
+                        Ok(n) if n <= MAX_SHOTS => n,
+                        _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
+                    }
+                }
+                _ => return Err(unknown_option(key, &["difficulty", "shots"])),
             }
         }
         self.difficulty = difficulty;
+        self.shots = shots;
         Ok(())
     }
 
@@ -70,7 +91,23 @@ impl Benchmark for Arith {
     }
 
     fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
-        render_with(templates::Task::Numeric, request)
+        let mut messages = render_with(templates::Task::Numeric, request)?;
+        if self.shots == 0 || request.role != "generator" {
+            return Ok(messages);
+        }
+        // The demonstrations go between the system message and the problem, each as the
+        // generator prompt of its question followed by its worked solution.
+        let question = messages.split_off(1);
+        for demo in arith::demonstrations(self.difficulty, self.shots) {
+            let prompt =
+                templates::render(templates::Task::Numeric, "generator", &demo.question, &[], &[])?;
+            if let Some(user) = prompt.into_iter().find(|m| m.role == "user") {
+                messages.push(message(user.role, user.content));
+                messages.push(message("assistant", demo.solution));
+            }
+        }
+        messages.extend(question);
+        Ok(messages)
     }
 
     fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {

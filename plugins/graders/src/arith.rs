@@ -1,10 +1,11 @@
 //! Procedurally generated multi-step arithmetic word problems, deterministic in the seed
 //! (splitmix64; no `rand`). Integer answers, never negative.
 //!
-//! `difficulty` 1..=5 sets the number of steps and the magnitude of the numbers:
+//! `difficulty` 0..=5 sets the number of steps and the magnitude of the numbers:
 //!
 //! | difficulty | steps | start value | operations |
 //! |---|---|---|---|
+//! | 0 | 1 | 2..=10 | add, subtract |
 //! | 1 (default) | 1-2 | 2..=20 | add, subtract |
 //! | 2 | 2-3 | 2..=50 | + packs of k items |
 //! | 3 | 3-4 | 2..=100 | + multiply, divide evenly |
@@ -86,16 +87,39 @@ fn fill(t: &str, n: &str, it: &str, b: u64, k: u64) -> String {
 
 /// One generated problem: question text, integer answer, number of steps.
 pub fn problem(rng: &mut Rng, difficulty: u32) -> (String, u64, u32) {
-    let d = difficulty.clamp(1, 5) as u64;
-    let max = [20, 50, 100, 500, 1000][(d - 1) as usize];
-    let steps = rng.range(d, d + 1) as u32;
+    let p = solved_problem(rng, difficulty);
+    (p.question, p.answer, p.steps)
+}
+
+/// A generated problem with a worked solution (one equation per step, then a
+/// `Final Answer: N` line), used as a few-shot demonstration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Solved {
+    pub question: String,
+    pub answer: u64,
+    pub steps: u32,
+    pub solution: String,
+}
+
+/// [`problem`] with its worked solution; draws the same random numbers.
+pub fn solved_problem(rng: &mut Rng, difficulty: u32) -> Solved {
+    let d = difficulty.min(5) as u64;
+    let max = [10, 20, 50, 100, 500, 1000][d as usize];
+    // Level 0 exists for very small models: one step, so no draw for the step count (levels
+    // 1..=5 keep their sequences, and their problems, unchanged).
+    let steps = if d == 0 {
+        1
+    } else {
+        rng.range(d, d + 1) as u32
+    };
     let name = *rng.pick(NAMES);
     let item = *rng.pick(ITEMS);
     let mut x = rng.range(2, max);
     let mut text = format!("{name} has {x} {item}.");
+    let mut solution = format!("{name} starts with {x} {item}.");
     for _ in 0..steps {
         let ops = match d {
-            1 => 2,
+            0 | 1 => 2,
             2 => 3,
             _ => 5,
         };
@@ -111,39 +135,70 @@ pub fn problem(rng: &mut Rng, difficulty: u32) -> (String, u64, u32) {
         if op == 4 && divisors.is_empty() {
             op = 0;
         }
-        let sentence = match op {
+        let before = x;
+        let (sentence, step) = match op {
             0 => {
                 let b = rng.range(2, max);
                 x += b;
-                fill(rng.pick::<&str>(ADD), name, item, b, 0)
+                let s = fill(rng.pick::<&str>(ADD), name, item, b, 0);
+                (s, format!("{before} + {b} = {x}."))
             }
             1 => {
                 let b = if x >= 3 { rng.range(2, x.min(max)) } else { 1 };
                 x -= b;
-                fill(rng.pick::<&str>(SUB), name, item, b, 0)
+                let s = fill(rng.pick::<&str>(SUB), name, item, b, 0);
+                (s, format!("{before} - {b} = {x}."))
             }
             2 => {
                 let k = rng.range(2, 5);
                 let b = rng.range(2, (max / 4).max(3));
                 x += k * b;
-                fill(rng.pick::<&str>(PACKS), name, item, b, k)
+                let s = fill(rng.pick::<&str>(PACKS), name, item, b, k);
+                (
+                    s,
+                    format!("{k} x {b} = {}, and {before} + {} = {x}.", k * b, k * b),
+                )
             }
             3 => {
                 let k = rng.range(2, 4);
                 x *= k;
-                fill(rng.pick::<&str>(MUL), name, item, 0, k)
+                let s = fill(rng.pick::<&str>(MUL), name, item, 0, k);
+                (s, format!("{before} x {k} = {x}."))
             }
             _ => {
                 let k = *rng.pick(&divisors);
                 x /= k;
-                fill(rng.pick::<&str>(DIV), name, item, 0, k)
+                let s = fill(rng.pick::<&str>(DIV), name, item, 0, k);
+                (s, format!("{before} / {k} = {x}."))
             }
         };
         text.push(' ');
         text.push_str(&sentence);
+        solution.push(' ');
+        solution.push_str(&step);
     }
     text.push_str(&format!(" How many {item} does {name} have now?"));
-    (text, x, steps)
+    solution.push_str(&format!(" {name} has {x} {item} now.\nFinal Answer: {x}"));
+    Solved {
+        question: text,
+        answer: x,
+        steps,
+        solution,
+    }
+}
+
+/// Seed of the few-shot demonstrations: fixed, so prompts do not depend on the dataset seed.
+const SHOTS_SEED: u64 = 0x5107_5eed;
+
+/// `count` worked examples at `difficulty` for few-shot prompts, always the same ones.
+pub fn demonstrations(difficulty: u32, count: u32) -> Vec<Solved> {
+    (0..count)
+        .map(|i| {
+            let mut rng = Rng::new(SHOTS_SEED ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            rng.next_u64();
+            solved_problem(&mut rng, difficulty)
+        })
+        .collect()
 }
 
 /// `count` examples from `seed`; ids `arith-<seed>-<i>`. Item `i` depends only on
@@ -176,7 +231,7 @@ mod tests {
 
     #[test]
     fn deterministic_and_whole() {
-        for d in 1..=5 {
+        for d in 0..=5 {
             let a = generate(42, 50, d);
             assert_eq!(a, generate(42, 50, d));
             assert_ne!(a, generate(43, 50, d));
@@ -188,5 +243,38 @@ mod tests {
         assert_eq!(generate(7, 3, 1)[2], generate(7, 10, 1)[2]);
         assert_eq!(generate(7, 1, 1)[0].id, "arith-7-0");
         assert!(generate(0, 0, 1).is_empty());
+    }
+
+    #[test]
+    fn solutions_compute_the_answer() {
+        for d in 0..=5 {
+            for p in demonstrations(d, 20) {
+                assert!(p.solution.ends_with(&format!("Final Answer: {}", p.answer)));
+                assert_eq!(
+                    crate::gsm8k::extract_numeric(&p.solution),
+                    Some(p.answer.to_string())
+                );
+                // Every equation of the solution holds.
+                for eq in p.solution.split(['.', ',']).filter(|e| e.contains('=')) {
+                    let (lhs, rhs) = eq.split_once('=').unwrap();
+                    let t: Vec<&str> = lhs.split_whitespace().collect();
+                    let (a, op, b): (u64, &str, u64) = (
+                        t[t.len() - 3].parse().unwrap(),
+                        t[t.len() - 2],
+                        t[t.len() - 1].parse().unwrap(),
+                    );
+                    let r: u64 = rhs.trim().parse().unwrap();
+                    let v = match op {
+                        "+" => a + b,
+                        "-" => a - b,
+                        "x" => a * b,
+                        "/" => a / b,
+                        _ => panic!("operator {op} in {eq}"),
+                    };
+                    assert_eq!(v, r, "{eq} in {}", p.solution);
+                }
+            }
+        }
+        assert_eq!(demonstrations(1, 3), demonstrations(1, 3));
     }
 }

@@ -228,12 +228,30 @@ pub fn last_cue_end(s: &str) -> Option<usize> {
 }
 
 /// Numeric-mode extraction: the first number after the last cue, else the last number.
-/// Returns its canonical text (`$1,000.` -> `1000`, `72.00` -> `72`).
+/// When the cue's line is a calculation ("Final Answer: 8 + 9 = 17"), its result counts: the
+/// first number after the line's last `=`. Returns its canonical text (`$1,000.` -> `1000`,
+/// `72.00` -> `72`).
 pub fn extract_numeric(output: &str) -> Option<String> {
     let tok = last_cue_end(output)
-        .and_then(|p| next_number(output, p))
+        .and_then(|p| next_number(output, after_last_equals(output, p)))
         .or_else(|| last_number(output, 0))?;
     Some(tok.num.canonical())
+}
+
+/// Where the result of a calculation on the line starting at `from` begins: after the line's
+/// last `=` when a number follows it on that line, else `from`.
+fn after_last_equals(s: &str, from: usize) -> usize {
+    let line_end = s[from..].find('\n').map_or(s.len(), |i| from + i);
+    match s[from..line_end].rfind('=') {
+        Some(eq) => {
+            let start = from + eq + 1;
+            match next_number(s, start) {
+                Some(t) if t.end <= line_end => start,
+                _ => from,
+            }
+        }
+        None => from,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -385,6 +403,19 @@ mod tests {
             Some("4")
         );
         assert_eq!(extract_numeric("\\boxed{3/4}").as_deref(), Some("3/4"));
+        assert_eq!(
+            extract_numeric("Final Answer: 8 + 9 = 17\n\nThe answer is 17.").as_deref(),
+            Some("17")
+        );
+        assert_eq!(
+            extract_numeric("Final Answer: x = 5 apples").as_deref(),
+            Some("5")
+        );
+        // `=` without a number after it on the cue's line: the cue's first number.
+        assert_eq!(
+            extract_numeric("Final Answer: 12 =\n 3").as_deref(),
+            Some("12")
+        );
         assert_eq!(extract_numeric("no number"), None);
         assert_eq!(extract_numeric(""), None);
     }
