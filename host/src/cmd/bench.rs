@@ -5,6 +5,8 @@ use clap::Subcommand;
 mod credit;
 mod generate;
 mod plugins;
+mod remote;
+mod serve;
 mod train;
 
 #[derive(clap::Args)]
@@ -23,6 +25,11 @@ enum Which {
     Train(train::Args),
     /// Decode/prefill tokens/s and tree sampling against independent sampling.
     Generate(generate::Args),
+    /// Tree generation through the remote backend against `malt serve`, against the embedded backend.
+    Remote(remote::Args),
+    /// Load test of `malt serve` from a second process: requests/s and latency percentiles,
+    /// concurrent clients against the same requests sent one at a time.
+    Serve(serve::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -31,5 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Generate(a) => generate::run(a),
         Which::Credit(a) => credit::run(a),
         Which::Train(a) => train::run(a),
+        Which::Remote(a) => remote::run(a),
+        Which::Serve(a) => serve::run(a),
     }
 }
