@@ -491,3 +491,72 @@ fn stream(req: Request, chat: ChatRequest, ctx: &Ctx) {
         let _ = sse.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendError, ChainQuery, ChoiceOutput, GenerationJob, ServedModels};
+
+    /// Fault injection: a backend whose generation panics (the model engine cannot be made to
+    /// panic on demand). Everything else about the server is real.
+    struct PanickingBackend;
+
+    impl ServeBackend for PanickingBackend {
+        fn models(&self) -> ServedModels {
+            ServedModels {
+                base: "m".into(),
+                adapters: vec![],
+                chain: false,
+            }
+        }
+        fn context_length(&self) -> usize {
+            64
+        }
+        fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError> {
+            Ok(messages.iter().map(|m| m.content.len() as u32).collect())
+        }
+        fn generate(
+            &self,
+            _job: GenerationJob,
+            _on_step: &mut crate::backend::StepSink<'_>,
+        ) -> Result<Vec<ChoiceOutput>, BackendError> {
+            panic!("injected fault")
+        }
+        fn chain(&self, _query: ChainQuery) -> Result<ChainResponse, BackendError> {
+            Err(BackendError::NotAvailable("no chain".into()))
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_gets_500_and_the_server_keeps_serving() {
+        let server = Server::start(
+            "127.0.0.1:0",
+            Arc::new(PanickingBackend),
+            Limits {
+                max_queue: 2,
+                ..Limits::default()
+            },
+        )
+        .expect("server");
+        let base = format!("http://{}", server.addr());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+        // More panics than handler slots: the admission slot must be released each time.
+        for _ in 0..4 {
+            let resp = agent
+                .post(format!("{base}/v1/chat/completions"))
+                .send(body)
+                .expect("request");
+            assert_eq!(resp.status().as_u16(), 500);
+            let text = resp.into_body().read_to_string().expect("body");
+            assert!(text.contains("injected fault"), "{text}");
+        }
+        let resp = agent.get(format!("{base}/health")).call().expect("health");
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.into_body().read_to_string().expect("body");
+        assert!(text.contains("\"in_flight\":0"), "{text}");
+    }
+}
