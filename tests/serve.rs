@@ -465,12 +465,11 @@ fn bad_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn a_full_queue_gets_429_and_a_slow_request_times_out() {
+fn a_full_queue_gets_429_with_retry_after() {
     let limits = Limits {
         max_queue: 1,
         max_tokens: 4096,
         max_n: 16,
-        request_timeout: Duration::from_millis(1500),
         ..Limits::default()
     };
     let f = start(limits, true);
@@ -500,12 +499,7 @@ fn a_full_queue_gets_429_and_a_slow_request_times_out() {
     }
     let (s, v) = slow.join().expect("slow request");
     assert!(saw_429, "never saw 429 while a request was in flight");
-    // 16 x 200 tokens do not fit in 1.5 s on the tiny model unless the machine is very fast.
-    if s == 503 {
-        assert_eq!(v["error"]["code"], "timeout", "{v}");
-    } else {
-        assert_eq!(s, 200, "{v}");
-    }
+    assert_eq!(s, 200, "{v}");
     let (s, _) = chat(&f.url, request("tiny", 1, 1));
     assert_eq!(s, 200);
 }
