@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    malt_model::ops::prefer_rayon_only();
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let result = match cli.command {

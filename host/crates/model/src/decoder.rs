@@ -5,8 +5,8 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::lora::{LoraAdapter, Proj};
 use crate::fused;
+use crate::lora::{LoraAdapter, Proj};
 use crate::ops::{frozen_matmul, small_matmul};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
@@ -320,13 +320,9 @@ impl Decoder {
                     let mask = match mode {
                         Mode::Train {
                             dropout_seed: Some(seed),
-                        } if a.config.dropout > 0.0 => Some(dropout_mask(
-                            x2.shape(),
-                            a.config.dropout,
-                            seed,
-                            layer,
-                            p,
-                        )?),
+                        } if a.config.dropout > 0.0 => {
+                            Some(dropout_mask(x2.shape(), a.config.dropout, seed, layer, p)?)
+                        }
                         _ => None,
                     };
                     fused::lora_linear(

@@ -44,8 +44,16 @@ pub(crate) fn sgemm(
         }
         return;
     }
-    let (lhs_rs, lhs_cs) = if lhs_t { (1, m as isize) } else { (k as isize, 1) };
-    let (rhs_rs, rhs_cs) = if rhs_t { (1, k as isize) } else { (n as isize, 1) };
+    let (lhs_rs, lhs_cs) = if lhs_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (rhs_rs, rhs_cs) = if rhs_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -347,8 +355,7 @@ impl CustomOp1 for RmsNorm {
                     dx.par_chunks_mut(rows * d)
                         .zip(x.par_chunks(rows * d).zip(g.par_chunks(rows * d)))
                         .for_each(|(dx, (x, g))| {
-                            for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d)))
-                            {
+                            for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
                                 let r = inv_rms(x, self.eps);
                                 let dot: f32 =
                                     x.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum();
@@ -386,7 +393,10 @@ impl Rope {
         let (s, d) = (dims[2], dims[3]);
         let half = d / 2;
         if d % 2 != 0 || self.cos.dims() != [s, half] || self.sin.dims() != [s, half] {
-            bail!("rope: tables {:?} for {s} positions of {d}", self.cos.dims());
+            bail!(
+                "rope: tables {:?} for {s} positions of {d}",
+                self.cos.dims()
+            );
         }
         let mut y = vec![0f32; x.len()];
         with_data(&self.cos, "rope", |cos| {
@@ -540,7 +550,11 @@ impl CustomOp2 for SwiGlu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+            bail!(
+                "swiglu: gate {:?} and up {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let (g, u) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let mut y = vec![0f32; g.len()];
@@ -627,7 +641,10 @@ mod tests {
         reference: impl Fn(&[Tensor]) -> Tensor,
         tol: f32,
     ) {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (yf, yr) = (fused(&ts), reference(&ts));
         assert!(max_diff(&yf, &yr) < tol, "value: {}", max_diff(&yf, &yr));
@@ -654,7 +671,11 @@ mod tests {
         )
         .unwrap();
         for m in [None, Some(mask)] {
-            let inputs = [randn(&[n, inp], 3), randn(&[r, inp], 4), randn(&[out, r], 5)];
+            let inputs = [
+                randn(&[n, inp], 3),
+                randn(&[r, inp], 4),
+                randn(&[out, r], 5),
+            ];
             check(
                 &inputs,
                 |t| lora_linear(&t[0], &w, Some(&bias), &t[1], &t[2], 0.7, m.clone()).unwrap(),

@@ -79,6 +79,10 @@ pub struct BenchRow {
     pub steps: usize,
     pub tokens_per_step: usize,
     pub secs_per_step: f64,
+    /// CPU time (user + system, all threads) per timed step: unlike wall time it hardly moves
+    /// when other processes share the cores, so it is the figure to compare across runs.
+    #[serde(default)]
+    pub cpu_secs_per_step: Option<f64>,
     pub tokens_per_s: f64,
     /// VmHWM after the phase (MiB).
     pub peak_rss_mib: Option<f64>,
@@ -88,6 +92,17 @@ pub struct BenchRow {
     pub memory_method: String,
     /// Loss of the first step (both implementations must agree).
     pub first_loss: f64,
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, 100 ticks per second,
+/// the Linux ABI value of `CLK_TCK`).
+fn cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn status_kib(field: &str) -> Option<f64> {
@@ -303,9 +318,11 @@ pub fn bench_phase(
     let rss0 = status_kib("VmRSS:");
     let mut first_loss = f64::NAN;
     let mut timed = 0f64;
+    let mut cpu = Some(0f64);
     let total = s.steps + usize::from(s.warmup);
     for k in 0..total {
         let t0 = Instant::now();
+        let c0 = cpu_secs();
         let lp = if implementation == "malt" {
             let mode = Mode::Train {
                 dropout_seed: k as u64,
@@ -340,6 +357,7 @@ pub fn bench_phase(
         opt.step(&grads, 1e-4)?;
         if k >= usize::from(s.warmup) {
             timed += t0.elapsed().as_secs_f64();
+            cpu = cpu.zip(cpu_secs().zip(c0)).map(|(c, (b, a))| c + b - a);
         }
     }
     let hwm = status_kib("VmHWM:");
@@ -350,6 +368,7 @@ pub fn bench_phase(
         steps: s.steps,
         tokens_per_step: tokens,
         secs_per_step: spp,
+        cpu_secs_per_step: cpu.map(|c| c / s.steps as f64),
         tokens_per_s: tokens as f64 / spp.max(1e-12),
         peak_rss_mib: hwm.map(|k| k / 1024.0),
         peak_delta_mib: hwm.zip(rss0).map(|(h, r)| (h - r) / 1024.0),

@@ -1,8 +1,13 @@
 //! `malt bench train`: training tokens/s and peak memory for one SFT and one DPO step, malt's
 //! trainer against plain candle autograd (both-operand matmul backward, composed cross-entropy)
-//! on the same model, in one run. Each (phase, implementation) runs in a fresh child process
-//! (this binary re-executed with `--child`) so every peak-memory figure is that phase's own.
+//! on the same model, in one run, for each batch size (default 1 and 8 sequences of 256 tokens:
+//! 8 x 256 is the PyTorch + PEFT peer's shape). Each (batch, phase, implementation) runs in a
+//! fresh child process (this binary re-executed with `--child`) so every peak-memory figure is
+//! that measurement's own. A row whose peak, extrapolated from the same implementation at a
+//! smaller batch, would not fit in the available memory is skipped and says so (plain candle
+//! needs several GiB per sequence).
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
@@ -14,8 +19,11 @@ pub struct Args {
     /// Model to measure (a name, HF directory or .gguf).
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
-    /// Sequences per step (DPO: pairs per step).
-    #[arg(long, default_value_t = 1)]
+    /// Batch sizes to measure, comma-separated: sequences per SFT step, pairs per DPO step.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    batch_sizes: Vec<usize>,
+    /// Internal: the batch size of a `--child` measurement.
+    #[arg(long, hide = true, default_value_t = 1)]
     micro_batch: usize,
     #[arg(long, default_value_t = 192)]
     prompt_len: usize,
@@ -29,9 +37,9 @@ pub struct Args {
     child: Option<String>,
 }
 
-fn settings(a: &Args) -> BenchSettings {
+fn settings(a: &Args, micro_batch: usize) -> BenchSettings {
     BenchSettings {
-        micro_batch: a.micro_batch,
+        micro_batch,
         prompt_len: a.prompt_len,
         completion_len: a.completion_len,
         steps: a.steps,
@@ -45,63 +53,116 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .split_once(':')
             .context("--child takes PHASE:IMPLEMENTATION")?;
         let model = Model::load(&args.model, &parse_device("cpu")?)?;
-        let row = malt_train::bench_phase(&model, &settings(&args), phase, imp)?;
+        let row = malt_train::bench_phase(&model, &settings(&args, args.micro_batch), phase, imp)?;
         println!("BENCHROW {}", serde_json::to_string(&row)?);
         return Ok(());
     }
     let exe = std::env::current_exe().context("cannot find the malt executable")?;
     println!(
-        "model {}, {} x ({} prompt + {} completion) tokens per step, LoRA r=8 on all 7 projections, {} steps",
-        args.model, args.micro_batch, args.prompt_len, args.completion_len, args.steps
+        "model {}, batch sizes {:?} x ({} prompt + {} completion) tokens (DPO: pairs), \
+         LoRA r=8 on all 7 projections, {} steps",
+        args.model, args.batch_sizes, args.prompt_len, args.completion_len, args.steps
     );
-    let mut rows: Vec<BenchRow> = Vec::new();
-    for phase in ["sft", "dpo"] {
-        for imp in ["malt", "plain-candle"] {
-            let out = Command::new(&exe)
-                .args(["bench", "train", "--model", &args.model])
-                .args(["--micro-batch", &args.micro_batch.to_string()])
-                .args(["--prompt-len", &args.prompt_len.to_string()])
-                .args(["--completion-len", &args.completion_len.to_string()])
-                .args(["--steps", &args.steps.to_string()])
-                .args(["--child", &format!("{phase}:{imp}")])
-                .output()
-                .context("cannot run the benchmark child process")?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let row = text
-                .lines()
-                .find_map(|l| l.strip_prefix("BENCHROW "))
-                .filter(|_| out.status.success())
-                .with_context(|| {
-                    format!(
-                        "{phase}/{imp} failed:\n{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                })?;
-            let row: BenchRow = serde_json::from_str(row)?;
-            println!(
-                "{:<4} {:<13} {:>7.2} s/step {:>8.1} tokens/s  peak RSS {:>7.0} MiB  first loss {:.5}",
-                row.phase,
-                row.implementation,
-                row.secs_per_step,
-                row.tokens_per_s,
-                row.peak_rss_mib.unwrap_or(f64::NAN),
-                row.first_loss
-            );
-            rows.push(row);
+    let mut rows: Vec<(usize, BenchRow)> = Vec::new();
+    for &mb in &args.batch_sizes {
+        for phase in ["sft", "dpo"] {
+            for imp in ["malt", "plain-candle"] {
+                if let Some(why) = too_big(&rows, mb, phase, imp) {
+                    println!("b={mb:<2} {phase:<4} {imp:<13} skipped: {why}");
+                    continue;
+                }
+                let row = child(&exe, &args, mb, phase, imp)?;
+                println!(
+                    "b={mb:<2} {:<4} {:<13} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
+                     peak RSS {:>6.0} MiB (+{:.0} over the loaded model)  first loss {:.5}",
+                    row.phase,
+                    row.implementation,
+                    row.secs_per_step,
+                    row.cpu_secs_per_step.unwrap_or(f64::NAN),
+                    row.tokens_per_s,
+                    row.peak_rss_mib.unwrap_or(f64::NAN),
+                    row.peak_delta_mib.unwrap_or(f64::NAN),
+                    row.first_loss
+                );
+                rows.push((mb, row));
+            }
         }
     }
-    for phase in ["sft", "dpo"] {
-        let get = |imp: &str| {
-            rows.iter()
-                .find(|r| r.phase == phase && r.implementation == imp)
-        };
-        if let (Some(m), Some(p)) = (get("malt"), get("plain-candle")) {
-            println!(
-                "{phase}: malt / plain candle = {:.2}x tokens/s, {:.2}x peak memory",
-                m.tokens_per_s / p.tokens_per_s,
-                m.peak_rss_mib.unwrap_or(f64::NAN) / p.peak_rss_mib.unwrap_or(f64::NAN)
-            );
+    for &mb in &args.batch_sizes {
+        for phase in ["sft", "dpo"] {
+            let get = |imp: &str| {
+                rows.iter()
+                    .find(|(b, r)| *b == mb && r.phase == phase && r.implementation == imp)
+                    .map(|(_, r)| r)
+            };
+            if let (Some(m), Some(p)) = (get("malt"), get("plain-candle")) {
+                println!(
+                    "b={mb} {phase}: malt / plain candle = {:.2}x tokens/s ({:.2}x by CPU time), \
+                     {:.2}x peak memory",
+                    m.tokens_per_s / p.tokens_per_s,
+                    p.cpu_secs_per_step.unwrap_or(f64::NAN)
+                        / m.cpu_secs_per_step.unwrap_or(f64::NAN),
+                    m.peak_rss_mib.unwrap_or(f64::NAN) / p.peak_rss_mib.unwrap_or(f64::NAN)
+                );
+            }
         }
     }
     Ok(())
+}
+
+fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::Result<BenchRow> {
+    let out = Command::new(exe)
+        .args(["bench", "train", "--model", &args.model])
+        .args(["--micro-batch", &mb.to_string()])
+        .args(["--prompt-len", &args.prompt_len.to_string()])
+        .args(["--completion-len", &args.completion_len.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--child", &format!("{phase}:{imp}")])
+        .output()
+        .context("cannot run the benchmark child process")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCHROW "))
+        .filter(|_| out.status.success())
+        .with_context(|| {
+            format!(
+                "b={mb} {phase}/{imp} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    Ok(serde_json::from_str(row)?)
+}
+
+/// Why a (batch, phase, implementation) should not run: its peak, extrapolated linearly in the
+/// batch from the largest smaller batch measured for the same phase and implementation, exceeds
+/// 90 % of `MemAvailable` (other processes share the machine; an OOM kill could hit them).
+fn too_big(rows: &[(usize, BenchRow)], mb: usize, phase: &str, imp: &str) -> Option<String> {
+    let (b0, r0) = rows
+        .iter()
+        .filter(|(b, r)| *b < mb && r.phase == phase && r.implementation == imp)
+        .max_by_key(|(b, _)| *b)?;
+    let (peak, delta) = (r0.peak_rss_mib?, r0.peak_delta_mib?);
+    let predicted = peak + delta * (mb as f64 / *b0 as f64 - 1.0);
+    let available = mem_available_mib()?;
+    (predicted > 0.9 * available).then(|| {
+        format!(
+            "predicted peak {:.1} GiB (b={b0} measured {:.1} GiB) exceeds 90 % of the {:.1} GiB available",
+            predicted / 1024.0,
+            peak / 1024.0,
+            available / 1024.0
+        )
+    })
+}
+
+fn mem_available_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
