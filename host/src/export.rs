@@ -71,6 +71,16 @@ pub struct AgentExport {
     pub merged: Option<String>,
 }
 
+/// One agent's exportable files in the run.
+struct Found {
+    name: String,
+    role: String,
+    /// Its final adapter directory, if trained.
+    adapter: Option<PathBuf>,
+    /// (phase, file) of the datasets present.
+    datasets: Vec<(String, PathBuf)>,
+}
+
 /// The run directory named by `source`: itself, or the `[run] dir` of a config.
 pub fn resolve_run_dir(source: &Path) -> anyhow::Result<PathBuf> {
     if source.is_dir() {
@@ -115,7 +125,7 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
         .unwrap_or_else(|| manifest.model.clone());
 
     // Find everything before writing anything: a run with nothing to export fails cleanly.
-    let mut found: Vec<(String, String, Option<PathBuf>, Vec<(String, PathBuf)>)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     for agent in &manifest.chain.agents {
         let adapter = malt_train::final_adapter_dir(&run, &agent.name);
         let datasets: Vec<(String, PathBuf)> = ["sft", "dpo"]
@@ -130,10 +140,15 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
             })
             .filter(|(_, p)| p.is_file())
             .collect();
-        found.push((agent.name.clone(), agent.role.clone(), adapter, datasets));
+        found.push(Found {
+            name: agent.name.clone(),
+            role: agent.role.clone(),
+            adapter,
+            datasets,
+        });
     }
-    let adapters = found.iter().filter(|f| f.2.is_some()).count();
-    let datasets = found.iter().map(|f| f.3.len()).sum::<usize>();
+    let adapters = found.iter().filter(|f| f.adapter.is_some()).count();
+    let datasets = found.iter().map(|f| f.datasets.len()).sum::<usize>();
     if adapters == 0 && datasets == 0 {
         bail!(
             "run {} has neither adapters (adapters/<agent>/{{sft,dpo}}) nor datasets \
@@ -171,7 +186,13 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
         base_model: base_model.clone(),
         agents: BTreeMap::new(),
     };
-    for (name, role, adapter, sets) in found {
+    for Found {
+        name,
+        role,
+        adapter,
+        datasets: sets,
+    } in found
+    {
         let mut a = AgentExport {
             role,
             ..AgentExport::default()

@@ -19,7 +19,11 @@ impl Client {
             .timeout_connect(Some(endpoint.connect_timeout))
             // Status codes are classified here, with the body's message.
             .http_status_as_error(false)
-            .max_idle_connections_per_host(endpoint.max_concurrency.max(1))
+            // A fresh connection per request. A request generates n completions (seconds), so
+            // a handshake is noise; and `malt serve` 0.1 (tiny_http 0.12) was seen leaving a
+            // request unread on a reused keep-alive connection until another client connected,
+            // stalling a batch for the whole timeout.
+            .max_idle_connections(0)
             .user_agent(concat!("malt/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
