@@ -333,3 +333,49 @@ fn assert_same_trees(reference: &BTreeMap<String, Value>, got: &BTreeMap<String,
         assert_eq!(want, have, "question {id}");
     }
 }
+
+/// API keys come from the environment: an unset variable is named, a set key never reaches
+/// the logs (even at debug level, where the endpoint settings are printed).
+#[test]
+fn api_keys_come_from_the_environment_and_stay_out_of_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = root.join("model");
+    tiny_model(&model);
+    let section = format!(
+        "{}api_key_env = \"MALT_TEST_REMOTE_KEY\"\n",
+        remote_section(free_port(), 0, 0.1)
+    );
+    let cfg = root.join("keyed.toml");
+    std::fs::write(&cfg, config(&model, "runs/keyed", &section)).unwrap();
+
+    let out = malt(root)
+        .arg("generate")
+        .arg(&cfg)
+        .env_remove("MALT_TEST_REMOTE_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("environment variable MALT_TEST_REMOTE_KEY, which is not set"),
+        "{err}"
+    );
+
+    let key = "sk-malt-test-0123456789";
+    let out = Command::new(MALT)
+        .current_dir(root)
+        .env("MALT_CACHE", repo().join("target/malt-cache"))
+        .args(["--log", "debug", "generate"])
+        .arg(&cfg)
+        .env("MALT_TEST_REMOTE_KEY", key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nothing listens on the endpoint");
+    assert!(
+        err.contains("<redacted>") && err.contains("gave up"),
+        "{err}"
+    );
+    assert!(!err.contains(key), "the API key was logged:\n{err}");
+}
