@@ -31,6 +31,47 @@ pub fn prefer_rayon_only() {
     }
 }
 
+/// Keeps freed tensor memory in the heap for the next tensor instead of returning it to the OS.
+///
+/// glibc serves large blocks with fresh `mmap`s and trims the heap top past its trim threshold,
+/// so every large activation or gradient of a training step was re-faulted and re-zeroed by the
+/// kernel (page faults and `clear_page` were ~20 % of an 8 x 256 SFT step's samples). With mmap
+/// off for the heap and automatic trim off, that step went from 10.1-10.5 s to 9.4-9.8 s at the
+/// same peak RSS. The heap then keeps its high-water mark until [`release_freed_memory`], which
+/// the trainer calls after each phase. No-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(
+                param: std::os::raw::c_int,
+                value: std::os::raw::c_int,
+            ) -> std::os::raw::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
+        const M_MMAP_MAX: std::os::raw::c_int = -4;
+        // SAFETY: mallopt only changes allocator parameters; it is called before threads exist.
+        unsafe {
+            mallopt(M_MMAP_MAX, 0);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
+/// Returns free heap memory to the OS (`malloc_trim(0)`; no-op off glibc).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: glibc's malloc_trim only returns free heap pages to the OS; no pointer is touched.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Largest row count routed to [`small_matmul`]; above it gemm's blocked kernels win.
 pub const SMALL_MATMUL_MAX_ROWS: usize = 16;
 

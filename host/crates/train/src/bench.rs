@@ -115,22 +115,8 @@ fn status_kib(field: &str) -> Option<f64> {
         .ok()
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_heap() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::os::raw::c_int;
-    }
-    // SAFETY: glibc's malloc_trim only returns free heap pages to the OS; no pointer is touched.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_heap() {}
-
 fn reset_hwm() -> bool {
-    release_heap();
+    malt_model::ops::release_freed_memory();
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
