@@ -16,6 +16,9 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Set (to `1`) when [`prefer_rayon_only`] chose `CANDLE_NUM_THREADS`, not the user.
+pub const CANDLE_THREADS_DEFAULTED: &str = "MALT_CANDLE_THREADS_DEFAULTED";
+
 /// Makes candle run its elementwise ops on the calling thread unless the user set
 /// `CANDLE_NUM_THREADS`. Call first thing in `main`, before any thread exists.
 ///
@@ -28,6 +31,8 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn prefer_rayon_only() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+        // Lets a benchmark give its plain-candle baseline candle's own default back.
+        std::env::set_var(CANDLE_THREADS_DEFAULTED, "1");
     }
 }
 

@@ -111,7 +111,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::Result<BenchRow> {
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if imp == "plain-candle"
+        && std::env::var_os(malt_model::ops::CANDLE_THREADS_DEFAULTED).is_some()
+    {
+        // The baseline keeps candle's own default (elementwise ops on its thread pool, one
+        // thread per core) rather than malt's `prefer_rayon_only`.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.env("CANDLE_NUM_THREADS", cores.to_string());
+    }
+    let out = cmd
         .args(["bench", "train", "--model", &args.model])
         .args(["--micro-batch", &mb.to_string()])
         .args(["--prompt-len", &args.prompt_len.to_string()])
