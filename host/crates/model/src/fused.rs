@@ -193,6 +193,7 @@ impl CustomOp3 for LoraLinear {
         let (r, _) = a.dims2()?;
         let (out, _) = b.dims2()?;
         let s = self.scale;
+        let needs_dx = x.track_op();
         with_data(x, self.name(), |x| {
             with_data(a, self.name(), |a| {
                 with_data(b, self.name(), |b| {
@@ -201,22 +202,30 @@ impl CustomOp3 for LoraLinear {
                             // gb = g @ b: the gradient at the LoRA bottleneck, (n, r).
                             let mut gb = vec![0f32; n * r];
                             sgemm(n, r, out, &mut gb, false, g, false, b, false, 1.0);
-                            let mut dx = vec![0f32; n * inp];
-                            sgemm(n, inp, out, &mut dx, false, g, false, w, false, 1.0);
                             let xd = self.dropped(x)?;
-                            match &self.mask {
-                                None => sgemm(n, inp, r, &mut dx, true, &gb, false, a, false, s),
-                                Some(m) => {
-                                    let mut t = vec![0f32; n * inp];
-                                    sgemm(n, inp, r, &mut t, false, &gb, false, a, false, s);
-                                    with_data(m, self.name(), |m| {
-                                        dx.iter_mut()
-                                            .zip(t.iter().zip(m))
-                                            .for_each(|(d, (t, m))| *d += t * m);
-                                        Ok(())
-                                    })?;
+                            // The first layer's input is no variable's descendant: no dx.
+                            let dx = if needs_dx {
+                                let mut dx = vec![0f32; n * inp];
+                                sgemm(n, inp, out, &mut dx, false, g, false, w, false, 1.0);
+                                match &self.mask {
+                                    None => {
+                                        sgemm(n, inp, r, &mut dx, true, &gb, false, a, false, s)
+                                    }
+                                    Some(m) => {
+                                        let mut t = vec![0f32; n * inp];
+                                        sgemm(n, inp, r, &mut t, false, &gb, false, a, false, s);
+                                        with_data(m, self.name(), |m| {
+                                            dx.iter_mut()
+                                                .zip(t.iter().zip(m))
+                                                .for_each(|(d, (t, m))| *d += t * m);
+                                            Ok(())
+                                        })?;
+                                    }
                                 }
-                            }
+                                Some(tensor(dx, (n, inp))?)
+                            } else {
+                                None
+                            };
                             let xd = xd.as_deref().unwrap_or(x);
                             let mut da = vec![0f32; r * inp];
                             sgemm(r, inp, n, &mut da, false, &gb, true, xd, false, s);
@@ -224,11 +233,7 @@ impl CustomOp3 for LoraLinear {
                             sgemm(n, r, inp, &mut xa, false, xd, false, a, true, 1.0);
                             let mut db = vec![0f32; out * r];
                             sgemm(out, r, n, &mut db, false, g, true, &xa, false, s);
-                            Ok((
-                                Some(tensor(dx, (n, inp))?),
-                                Some(tensor(da, (r, inp))?),
-                                Some(tensor(db, (out, r))?),
-                            ))
+                            Ok((dx, Some(tensor(da, (r, inp))?), Some(tensor(db, (out, r))?)))
                         })
                     })
                 })
