@@ -46,7 +46,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     malt_model::ops::prefer_rayon_only();
-    malt_model::ops::keep_freed_memory();
+    malt_model::ops::return_large_blocks();
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let result = match cli.command {

@@ -371,9 +371,14 @@ impl Decoder {
                 }
                 _ => x2.clone(),
             };
-            let delta = xd
-                .matmul(&pair.a.as_tensor().t()?)?
-                .matmul(&pair.b.as_tensor().t()?)?;
+            // The adapter's tensors are `Var`s: used as they are, every op after them would be
+            // recorded for backprop and an inference cache would keep the whole graph of its
+            // prompt alive (an evaluation of a trained chain peaked near 20 GB that way).
+            let (a_t, b_t) = match mode {
+                Mode::Infer => (pair.a.as_tensor().detach(), pair.b.as_tensor().detach()),
+                Mode::Train { .. } => (pair.a.as_tensor().clone(), pair.b.as_tensor().clone()),
+            };
+            let delta = xd.matmul(&a_t.t()?)?.matmul(&b_t.t()?)?;
             y = (y + (delta * scale)?)?;
         }
         let mut out_dims = dims;

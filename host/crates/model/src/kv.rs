@@ -47,6 +47,13 @@ impl Cache {
         self.last_logits.as_ref()
     }
 
+    /// Whether a stored tensor records ops for backprop, which would keep the whole forward
+    /// graph of the prompt alive as long as the cache. Inference caches never should.
+    pub fn holds_graph(&self) -> bool {
+        self.kv.iter().any(|(k, v)| k.track_op() || v.track_op())
+            || self.last_logits.as_ref().is_some_and(|l| l.track_op())
+    }
+
     /// `n` branches sharing this cache's storage.
     pub fn fork(&self, n: usize) -> Vec<Cache> {
         vec![self.clone(); n]

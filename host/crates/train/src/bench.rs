@@ -254,6 +254,8 @@ fn check(s: &BenchSettings) -> Result<()> {
 /// process. See the module docs for the memory method.
 pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
     check(s)?;
+    // Both implementations train with the allocator setting the trainer uses.
+    let _keep = malt_model::ops::keep_freed_memory();
     let impls: &[&str] = if s.baseline {
         &["malt", "plain-candle"]
     } else {

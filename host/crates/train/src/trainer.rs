@@ -754,10 +754,10 @@ pub fn train_agent<M: PolicyModel>(
     let mut init: Option<PathBuf> = None;
     for &phase in plan.method.phases() {
         let spec = PhaseSpec::in_run(run_dir, plan, phase, init.clone());
+        let keep = malt_model::ops::keep_freed_memory();
         let rep = train_phase(model, tok, &spec, opts);
-        // The phase's activations and gradients are freed; hand the pages back (the allocator
-        // keeps them otherwise, see `malt_model::ops::keep_freed_memory`).
-        malt_model::ops::release_freed_memory();
+        // The phase's activations and gradients are freed; hand the pages back.
+        drop(keep);
         let rep = rep?;
         let done = rep.completed;
         init = Some(rep.adapter_dir.clone());
