@@ -223,6 +223,12 @@ fn respond(req: Request, status: u16, body: Vec<u8>, extra: &[(&str, String)]) {
     if let Some(h) = header("Content-Type", "application/json") {
         resp.add_header(h);
     }
+    // tiny_http stalled requests that arrived on reused keep-alive connections once about
+    // eight clients held one open (seen from malt's remote backend); a fresh connection per
+    // request costs nothing measurable next to a generation.
+    if let Some(h) = header("Connection", "close") {
+        resp.add_header(h);
+    }
     for (k, v) in extra {
         if let Some(h) = header(k, v) {
             resp.add_header(h);
