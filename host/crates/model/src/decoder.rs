@@ -72,6 +72,11 @@ pub(crate) struct Ctx<'a> {
     /// Additive mask broadcastable to (b, kv_heads, n_rep, s, L); None = no masking needed.
     pub mask: Option<Tensor>,
     pub past: Option<&'a [(Tensor, Tensor)]>,
+    /// Some(n): `past` holds preallocated buffers (b, kv_heads, capacity, head_dim) whose first
+    /// n positions are valid; this step's keys/values are written in place at n and the
+    /// returned keys/values are the same buffers. Decoding then copies one position per layer
+    /// and step instead of the whole cache (a `cat` of past and new).
+    pub past_len: Option<usize>,
     pub adapter: Option<&'a LoraAdapter>,
     pub mode: Mode,
 }
@@ -412,24 +417,36 @@ impl Decoder {
             }
             let q = rope(&q, &ctx.cos, &ctx.sin, mode)?;
             let k = rope(&k, &ctx.cos, &ctx.sin, mode)?;
-            let (k, v) = match ctx.past {
-                Some(past) => {
+            let (k, v, valid) = match (ctx.past, ctx.past_len) {
+                (Some(past), Some(n)) => {
                     let (pk, pv) = &past[i];
-                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                    pk.slice_set(&k, 2, n)?;
+                    pv.slice_set(&v, 2, n)?;
+                    (pk.clone(), pv.clone(), Some(n + s))
                 }
-                None => (k, v),
+                (Some(past), None) => {
+                    let (pk, pv) = &past[i];
+                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?, None)
+                }
+                (None, _) => (k, v, None),
             };
             // Decode steps of the inference path use the fused attention kernel when it applies.
             let fused = if s == 1 && mode == Mode::Infer {
                 let q4 = q.reshape((b, nkv, n_rep, hd))?;
                 let scale = 1.0 / (hd as f32).sqrt();
-                crate::ops::decode_attention(&q4, &k, &v, ctx.mask.as_ref(), scale)?
+                crate::ops::decode_attention(&q4, &k, &v, valid, ctx.mask.as_ref(), scale)?
             } else {
                 None
+            };
+            // The general path attends over the valid part of a buffer.
+            let (k_att, v_att) = match valid {
+                Some(n) if fused.is_none() => (k.narrow(2, 0, n)?, v.narrow(2, 0, n)?),
+                _ => (k.clone(), v.clone()),
             };
             let o = match fused {
                 Some(o) => o.reshape((b, 1, nh * hd))?,
                 None => {
+                    let (k, v) = (&k_att, &v_att);
                     let l = k.dim(2)?;
                     // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
                     let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
@@ -525,6 +542,7 @@ impl Decoder {
             sin,
             mask: self.causal_mask(s)?,
             past: None,
+            past_len: None,
             adapter,
             mode,
         };
@@ -576,6 +594,7 @@ impl Decoder {
             sin,
             mask,
             past,
+            past_len: None,
             adapter,
             mode: Mode::Infer,
         };

@@ -10,6 +10,9 @@ use crate::model::Model;
 use crate::sampling::{rng_for, sample, SamplingParams};
 use candle_core::Tensor;
 
+/// Positions by which a decode batch's key/value buffers grow.
+const DECODE_CHUNK: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
     /// An end-of-turn / eos token (not included in `tokens`).
@@ -174,21 +177,19 @@ impl Model {
             .collect();
         let lmax = rows.iter().map(|r| r.prompt_len).max().unwrap_or(0);
         let n_layers = self.decoder.layers.len();
-        // Batched state: per layer (b, kv_heads, lmax + t, hd).
+        // Batched state: per layer a buffer (b, kv_heads, cap, hd) whose first lmax + t
+        // positions are valid; each step writes its keys/values in place. The capacity grows
+        // by DECODE_CHUNK positions, so a large max_new_tokens reserves nothing up front.
+        let mut cap = lmax + params.max_new_tokens.min(DECODE_CHUNK) + 1;
         let mut state: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
             let mut ks = Vec::with_capacity(n);
             let mut vs = Vec::with_capacity(n);
             for c in &caches {
                 let (k, v) = &c.kv[l];
-                let pad = lmax - c.len();
-                if pad > 0 {
-                    ks.push(k.pad_with_zeros(2, 0, pad)?);
-                    vs.push(v.pad_with_zeros(2, 0, pad)?);
-                } else {
-                    ks.push(k.clone());
-                    vs.push(v.clone());
-                }
+                let pad = cap - c.len();
+                ks.push(k.pad_with_zeros(2, 0, pad)?);
+                vs.push(v.pad_with_zeros(2, 0, pad)?);
             }
             state.push((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
         }
@@ -259,6 +260,16 @@ impl Model {
                 let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
                 rows = keep.iter().filter_map(|&i| old[i].take()).collect();
             }
+            if lmax + t + 1 > cap {
+                let grow = DECODE_CHUNK.min(params.max_new_tokens) + 1;
+                for kv in state.iter_mut() {
+                    *kv = (
+                        kv.0.pad_with_zeros(2, 0, grow)?,
+                        kv.1.pad_with_zeros(2, 0, grow)?,
+                    );
+                }
+                cap += grow;
+            }
             // Feed each row's last token.
             let b = rows.len();
             let last: Vec<u32> = rows.iter().map(|r| *r.gen.last().unwrap_or(&0)).collect();
@@ -282,6 +293,7 @@ impl Model {
                 sin,
                 mask,
                 past: Some(&state),
+                past_len: Some(lmax + t),
                 adapter,
                 mode: Mode::Infer,
             };

@@ -370,18 +370,22 @@ pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    valid: Option<usize>,
     mask: Option<&Tensor>,
     scale: f32,
 ) -> Result<Option<Tensor>> {
     use rayon::prelude::*;
     let (b, nkv, n_rep, hd) = q.dims4()?;
-    let l = k.dim(2)?;
+    // Keys/values may be preallocated buffers: `cap` positions stored, the first `l` valid.
+    let cap = k.dim(2)?;
+    let l = valid.unwrap_or(cap);
     if !q.device().is_cpu()
         || q.dtype() != candle_core::DType::F32
         || k.dtype() != candle_core::DType::F32
         || v.dtype() != candle_core::DType::F32
-        || k.dims() != [b, nkv, l, hd]
-        || v.dims() != [b, nkv, l, hd]
+        || k.dims() != [b, nkv, cap, hd]
+        || v.dims() != [b, nkv, cap, hd]
+        || l > cap
     {
         return Ok(None);
     }
@@ -421,7 +425,7 @@ pub fn decode_attention(
         .enumerate()
         .for_each(|(bh, o)| {
             let row = bh / nkv;
-            let kbase = bh * l * hd;
+            let kbase = bh * cap * hd;
             let mut scores = vec![0f32; l];
             for r in 0..n_rep {
                 let qr = &qd[(bh * n_rep + r) * hd..(bh * n_rep + r + 1) * hd];

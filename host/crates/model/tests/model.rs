@@ -137,6 +137,44 @@ fn cached_prefill_and_decode_equal_full_forward() {
     }
 }
 
+/// Long decodes outgrow the key/value buffers a decode batch starts with (they grow in chunks
+/// of 64 positions): tokens still equal a greedy recomputation from scratch.
+#[test]
+fn long_decode_grows_its_buffers_and_matches_recomputation() {
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 150,
+        ..Default::default()
+    };
+    let mut longest = 0;
+    // Random tiny models often emit their eos early: try a few until one decodes long.
+    for (model_seed, salt) in (0..12u64).flat_map(|s| (0..3u32).map(move |t| (s, t))) {
+        if longest > 130 {
+            break;
+        }
+        let (_d, m) = load_tiny(LLAMA, model_seed);
+        let toks = seq(10 + salt as usize, salt);
+        let cache = m.prefill(&toks, None).unwrap();
+        let out = m
+            .generate(vec![Branch { cache, seed: 0 }], &params, None)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut ctx = toks.clone();
+        for &t in &out.tokens {
+            let lg = m.decoder.forward(&ids(&ctx), None, Mode::Infer).unwrap();
+            let next = lg.i((0, ctx.len() - 1)).unwrap().argmax(D::Minus1).unwrap();
+            assert_eq!(next.to_scalar::<u32>().unwrap(), t, "salt {salt}");
+            ctx.push(t);
+        }
+        longest = longest.max(out.tokens.len());
+    }
+    assert!(
+        longest > 130,
+        "no decode ran past two buffer growths ({longest} tokens)"
+    );
+}
+
 #[test]
 fn batched_decode_of_different_lengths_matches_single() {
     let (_d, m) = load_tiny(QWEN2, 6);
