@@ -99,8 +99,13 @@ impl Benchmark for Arith {
         // generator prompt of its question followed by its worked solution.
         let question = messages.split_off(1);
         for demo in arith::demonstrations(self.difficulty, self.shots) {
-            let prompt =
-                templates::render(templates::Task::Numeric, "generator", &demo.question, &[], &[])?;
+            let prompt = templates::render(
+                templates::Task::Numeric,
+                "generator",
+                &demo.question,
+                &[],
+                &[],
+            )?;
             if let Some(user) = prompt.into_iter().find(|m| m.role == "user") {
                 messages.push(message(user.role, user.content));
                 messages.push(message("assistant", demo.solution));

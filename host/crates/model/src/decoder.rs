@@ -463,7 +463,7 @@ impl Decoder {
                         }
                         softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?
                     };
-                    att.matmul(&v)? // (b, nkv, n_rep*s, hd)
+                    att.matmul(v)? // (b, nkv, n_rep*s, hd)
                         .reshape((b, nh, s, hd))?
                         .transpose(1, 2)?
                         .reshape((b, s, nh * hd))?
