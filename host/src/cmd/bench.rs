@@ -7,6 +7,7 @@ mod generate;
 mod plugins;
 mod remote;
 mod serve;
+mod serve_child;
 mod train;
 
 #[derive(clap::Args)]

@@ -7,10 +7,8 @@
 //! `arith` plugin, 3 agents x 3 branches. With CONFIG: its model, plugins and chain, with
 //! `dataset.train = K` and run directories in a temporary directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use malt_model::candle_core::Device;
@@ -27,16 +25,6 @@ pub struct Args {
     /// `max_concurrency` of the remote endpoint.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-}
-
-/// Kills the server when the benchmark ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -78,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         samples as f64 / embedded_s
     );
 
-    let (_server, url) = spawn_server(&embedded_cfg)?;
+    let (_server, url) = super::serve_child::spawn(&[&embedded_cfg])?;
     let remote_cfg = root.join("remote.toml");
     write_config(
         &remote_cfg,
@@ -244,36 +232,6 @@ fn table<'t>(t: &'t mut Table, key: &str) -> &'t mut Table {
         *v = Value::Table(Table::new());
     }
     v.as_table_mut().expect("just made a table")
-}
-
-/// `malt serve CONFIG --addr 127.0.0.1:0` as a child; returns it with its base URL once it
-/// prints `listening on`.
-fn spawn_server(config: &Path) -> anyhow::Result<(Server, String)> {
-    let exe = std::env::current_exe().context("locating the malt binary")?;
-    let mut child = Command::new(exe)
-        .args(["--log", "warn", "serve"])
-        .arg(config)
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting malt serve")?;
-    let stdout = child.stdout.take().context("malt serve stdout")?;
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let (false, Some(url)) = (sent, line.strip_prefix("listening on ")) {
-                let _ = tx.send(url.trim().to_owned());
-                sent = true;
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(600))
-        .context("`malt serve` did not print `listening on ...` within 600 s")?;
-    Ok((server, url))
 }
 
 /// (equal nodes, nodes) between the two runs' trees, matched by question id.

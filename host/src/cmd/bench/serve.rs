@@ -4,14 +4,12 @@
 //! limit, and prints requests/s, completion tokens/s and latency percentiles of both, and
 //! their ratio.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use malt_model::candle_core::Device;
 use malt_model::{Arch, Model, ModelConfig};
 use serde_json::{json, Value};
@@ -41,16 +39,6 @@ pub struct Args {
     pub no_batch: bool,
 }
 
-/// The `malt serve` child; killed when dropped.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn tiny_shape() -> ModelConfig {
     ModelConfig {
         arch: Arch::Llama,
@@ -72,33 +60,6 @@ fn tiny_shape() -> ModelConfig {
         bos_token_id: None,
         eos_token_ids: vec![],
     }
-}
-
-fn spawn_server(args: &[String]) -> anyhow::Result<(ServerProcess, String)> {
-    let exe = std::env::current_exe().context("locating the malt binary")?;
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .args(args)
-        .args(["--addr", "127.0.0.1:0"])
-        .env("MALT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting `malt serve`")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let child = ServerProcess(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(600))
-        .context("`malt serve` did not print `listening on ...` within 600 s")?;
-    Ok((child, url))
 }
 
 fn agent() -> ureq::Agent {
@@ -231,7 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         server_args.push("--no-batch".into());
     }
     let t = Instant::now();
-    let (_server, base) = spawn_server(&server_args)?;
+    let (_server, base) = super::serve_child::spawn(&server_args)?;
     println!(
         "malt serve ready at {base} in {:.1} s ({})",
         t.elapsed().as_secs_f64(),
