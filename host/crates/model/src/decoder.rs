@@ -7,7 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::lora::{LoraAdapter, Proj};
-use crate::ops::{frozen_matmul, small_matmul};
+use crate::ops::{frozen_matmul, small_matmul, small_matmuls};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 use std::path::Path;
@@ -353,13 +353,65 @@ impl Decoder {
             out_dims[last] = y.dim(1)?;
             return Ok(y.reshape(out_dims)?);
         }
-        let mut y = match mode {
+        let y = match mode {
             Mode::Infer => match small_matmul(&x2, &lin.w)? {
                 Some(y) => y,
                 None => x2.matmul(&lin.w.t()?)?,
             },
             Mode::Train { .. } => frozen_matmul(&x2, &lin.w)?,
         };
+        self.finish_linear(&x2, y, dims, layer, p, adapter, mode)
+    }
+
+    /// Projections `ps` of the same input. The inference path computes their base products in
+    /// one parallel dispatch ([`small_matmuls`]) when it applies; otherwise one [`Self::linear`]
+    /// each.
+    fn linears<const N: usize>(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        ps: [Proj; N],
+        adapter: Option<&LoraAdapter>,
+        mode: Mode,
+    ) -> Result<[Tensor; N]> {
+        if mode == Mode::Infer {
+            let dims = x.dims().to_vec();
+            let inp = dims[dims.len() - 1];
+            let n: usize = dims[..dims.len() - 1].iter().product();
+            let x2 = x.reshape((n, inp))?;
+            let ws: Vec<&Tensor> = ps.iter().map(|&p| &self.layers[layer].proj(p).w).collect();
+            if let Some(ys) = small_matmuls(&x2, &ws)? {
+                let mut out = Vec::with_capacity(N);
+                for (y, &p) in ys.into_iter().zip(&ps) {
+                    out.push(self.finish_linear(&x2, y, dims.clone(), layer, p, adapter, mode)?);
+                }
+                return out
+                    .try_into()
+                    .map_err(|_| ModelError::Invalid("projection count".into()));
+            }
+        }
+        let mut out = Vec::with_capacity(N);
+        for &p in &ps {
+            out.push(self.linear(x, layer, p, adapter, mode)?);
+        }
+        out.try_into()
+            .map_err(|_| ModelError::Invalid("projection count".into()))
+    }
+
+    /// Bias, the adapter's low-rank update and the output shape, after the base product `y` of
+    /// the flattened input `x2` (input dims `dims`).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_linear(
+        &self,
+        x2: &Tensor,
+        mut y: Tensor,
+        dims: Vec<usize>,
+        layer: usize,
+        p: Proj,
+        adapter: Option<&LoraAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let lin = self.layers[layer].proj(p);
         if let Some(b) = &lin.b {
             y = y.broadcast_add(b)?;
         }
@@ -372,7 +424,7 @@ impl Decoder {
                     },
                     Some(a),
                 ) if a.config.dropout > 0.0 => {
-                    seeded_dropout(&x2, a.config.dropout, seed, layer, p)?
+                    seeded_dropout(x2, a.config.dropout, seed, layer, p)?
                 }
                 _ => x2.clone(),
             };
@@ -405,9 +457,7 @@ impl Decoder {
         let mut kvs = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps, mode)?;
-            let q = self.linear(&h, i, Proj::Q, ad, mode)?;
-            let k = self.linear(&h, i, Proj::K, ad, mode)?;
-            let v = self.linear(&h, i, Proj::V, ad, mode)?;
+            let [q, k, v] = self.linears(&h, i, [Proj::Q, Proj::K, Proj::V], ad, mode)?;
             let mut q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let mut k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -472,8 +522,7 @@ impl Decoder {
             let o = self.linear(&o, i, Proj::O, ad, mode)?;
             x = (x + o)?;
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
-            let g = self.linear(&h, i, Proj::Gate, ad, mode)?;
-            let u = self.linear(&h, i, Proj::Up, ad, mode)?;
+            let [g, u] = self.linears(&h, i, [Proj::Gate, Proj::Up], ad, mode)?;
             let m = if fused_train(&g, mode) {
                 fused::swiglu(&g, &u)?
             } else {

@@ -124,7 +124,7 @@ pub fn release_freed_memory() {
 }
 
 /// Largest row count routed to [`small_matmul`]; above it gemm's blocked kernels win.
-pub const SMALL_MATMUL_MAX_ROWS: usize = 16;
+pub const SMALL_MATMUL_MAX_ROWS: usize = 28;
 
 /// Dots of `R` input rows (starting at row `b0`) with one weight row: the weight chunk is loaded
 /// once for `R` fused multiply-adds.
@@ -202,22 +202,57 @@ unsafe fn chunk_kernel_avx2(
     chunk_kernel::<true>(x, n, k, w, first_row, yt)
 }
 
-fn run_chunk(x: &[f32], n: usize, k: usize, w: &[f32], first_row: usize, yt: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            unsafe {
+/// The kernels of [`small_matmul`], best first; [`Kernel::best`] picks the best this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Kernel::Avx512, Kernel::Avx2]
+                .into_iter()
+                .find(|k| k.available())
+                .unwrap_or(Kernel::Portable)
+        })
+    }
+
+    fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            Kernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    fn run(self, x: &[f32], n: usize, k: usize, w: &[f32], first_row: usize, yt: &mut [f32]) {
+        debug_assert!(self.available());
+        match self {
+            // SAFETY (both arms): `available()` checked that the CPU has the features the
+            // functions were compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::skinny(x, n, k, w, first_row, yt) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
                 if n >= 3 {
                     block_kernel_avx2(x, n, k, w, first_row, yt)
                 } else {
                     chunk_kernel_avx2(x, n, k, w, first_row, yt)
                 }
-            };
-            return;
+            },
+            _ => chunk_kernel::<false>(x, n, k, w, first_row, yt),
         }
     }
-    chunk_kernel::<false>(x, n, k, w, first_row, yt)
 }
 
 /// `x @ w^T` for few rows (decode steps): reads each weight row once and splits the output rows
@@ -225,46 +260,82 @@ fn run_chunk(x: &[f32], n: usize, k: usize, w: &[f32], first_row: usize, yt: &mu
 /// which makes batch-1 decode GEMV-bound at a fraction of memory bandwidth (notes/candle.md).
 /// Returns None when the fast path does not apply (not CPU f32 contiguous, too many rows).
 pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    small_matmul_with(Kernel::best(), x, w)
+}
+
+fn small_matmul_with(kernel: Kernel, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    Ok(small_matmuls_with(kernel, x, &[w])?.and_then(|mut ys| ys.pop()))
+}
+
+/// [`small_matmul`] of one input with several weights (a layer's q/k/v, or gate/up) in one
+/// parallel dispatch: a decode step makes hundreds of these calls, and waking the pool for each
+/// was a tenth of a batch-1 step.
+pub fn small_matmuls(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    small_matmuls_with(Kernel::best(), x, ws)
+}
+
+fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     use rayon::prelude::*;
     let (n, k) = x.dims2()?;
-    let (out, k2) = w.dims2()?;
-    if n > SMALL_MATMUL_MAX_ROWS
-        || k != k2
-        || !x.device().is_cpu()
-        || x.dtype() != candle_core::DType::F32
-        || w.dtype() != candle_core::DType::F32
-    {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if n > SMALL_MATMUL_MAX_ROWS || !f32_cpu(x) || !ws.iter().all(|w| f32_cpu(w)) {
         return Ok(None);
+    }
+    let mut outs = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (out, k2) = w.dims2()?;
+        if k2 != k {
+            return Ok(None);
+        }
+        outs.push(out);
     }
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (
-        candle_core::Storage::Cpu(CpuStorage::F32(xv)),
-        candle_core::Storage::Cpu(CpuStorage::F32(wv)),
-    ) = (&*xs, &*ws)
-    else {
+    let wsl: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let candle_core::Storage::Cpu(CpuStorage::F32(xv)) = &*xs else {
         return Ok(None);
     };
-    let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-    else {
+    let Some((xa, xb)) = xl.contiguous_offsets() else {
         return Ok(None);
     };
     let xd = &xv[xa..xb];
-    let wd = &wv[wa..wb];
-    let mut yt = vec![0f32; out * n];
+    let mut wds = Vec::with_capacity(ws.len());
+    for (st, l) in &wsl {
+        let (candle_core::Storage::Cpu(CpuStorage::F32(wv)), Some((wa, wb))) =
+            (&**st, l.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        wds.push(&wv[wa..wb]);
+    }
+    let mut yts: Vec<Vec<f32>> = outs.iter().map(|&out| vec![0f32; out * n]).collect();
     const ROWS: usize = 64;
-    yt.par_chunks_mut(ROWS * n)
+    let jobs: Vec<(usize, usize, &mut [f32])> = yts
+        .iter_mut()
         .enumerate()
-        .for_each(|(ci, chunk)| run_chunk(xd, n, k, wd, ci * ROWS, chunk));
+        .flat_map(|(wi, yt)| {
+            yt.chunks_mut(ROWS * n)
+                .enumerate()
+                .map(move |(ci, chunk)| (wi, ci * ROWS, chunk))
+        })
+        .collect();
+    jobs.into_par_iter()
+        .for_each(|(wi, first, chunk)| kernel.run(xd, n, k, wds[wi], first, chunk));
+    drop(wds);
+    drop(wsl);
     drop(xs);
-    drop(ws);
-    let y = Tensor::from_vec(yt, (out, n), x.device())?;
-    Ok(Some(if n == 1 {
-        y.reshape((1, out))?
-    } else {
-        y.t()?.contiguous()?
-    }))
+    yts.into_iter()
+        .zip(outs)
+        .map(|(yt, out)| {
+            let y = Tensor::from_vec(yt, (out, n), x.device())?;
+            if n == 1 {
+                y.reshape((1, out))
+            } else {
+                y.t()?.contiguous()
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// 4 weight rows x 3 input rows per block, 12 accumulators in registers: each weight load feeds
@@ -362,6 +433,141 @@ unsafe fn block_kernel_avx2(
     }
 }
 
+/// The AVX-512 kernel of [`small_matmul`]: tiles of `RW` weight rows x `RX` input rows, one
+/// 16-lane accumulator per output, reduced once at the end of the row. Each weight vector loaded
+/// feeds `RX` FMAs and each input vector `RW`, so few input rows still keep the FMA units busy
+/// while the weight streams through once; the k tail is a masked load, not a scalar loop.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const RW: usize = 4;
+    const RX: usize = 5;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn skinny(
+        x: &[f32],
+        n: usize,
+        k: usize,
+        w: &[f32],
+        first_row: usize,
+        yt: &mut [f32],
+    ) {
+        let rows = yt.len() / n;
+        assert!(x.len() >= n * k && w.len() >= (first_row + rows) * k);
+        let (xp, wp, out) = (x.as_ptr(), w.as_ptr().add(first_row * k), yt.as_mut_ptr());
+        let mut j = 0;
+        while j + RW <= rows {
+            row_block::<RW>(xp, wp, n, k, j, out);
+            j += RW;
+        }
+        while j < rows {
+            row_block::<1>(xp, wp, n, k, j, out);
+            j += 1;
+        }
+    }
+
+    /// Outputs of weight rows `j..j + W` for every input row.
+    // The feature on every helper too: an intrinsic is only inlined into a function that has
+    // its feature, and a called intrinsic spills every vector to the stack.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn row_block<const W: usize>(
+        xp: *const f32,
+        wp: *const f32,
+        n: usize,
+        k: usize,
+        j: usize,
+        out: *mut f32,
+    ) {
+        let mut b = 0;
+        while b + RX <= n {
+            tile::<W, RX>(xp, wp, n, k, j, b, out);
+            b += RX;
+        }
+        match n - b {
+            0 => {}
+            1 => tile::<W, 1>(xp, wp, n, k, j, b, out),
+            2 => tile::<W, 2>(xp, wp, n, k, j, b, out),
+            3 => tile::<W, 3>(xp, wp, n, k, j, b, out),
+            _ => tile::<W, 4>(xp, wp, n, k, j, b, out),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const W: usize, const X: usize>(
+        xp: *const f32,
+        wp: *const f32,
+        n: usize,
+        k: usize,
+        j: usize,
+        b: usize,
+        out: *mut f32,
+    ) {
+        // Index loops over the const bounds (not iterators) so LLVM unrolls them and keeps every
+        // accumulator in a register.
+        let mut acc = [[_mm512_setzero_ps(); X]; W];
+        let full = k / 16 * 16;
+        let mut c = 0;
+        while c < full {
+            let mut xv = [_mm512_setzero_ps(); X];
+            #[allow(clippy::needless_range_loop)]
+            for r in 0..X {
+                xv[r] = _mm512_loadu_ps(xp.add((b + r) * k + c));
+            }
+            #[allow(clippy::needless_range_loop)]
+            for q in 0..W {
+                let wv = _mm512_loadu_ps(wp.add((j + q) * k + c));
+                for r in 0..X {
+                    acc[q][r] = _mm512_fmadd_ps(xv[r], wv, acc[q][r]);
+                }
+            }
+            c += 16;
+        }
+        if full < k {
+            let m: __mmask16 = ((1u32 << (k - full)) - 1) as u16;
+            let mut xv = [_mm512_setzero_ps(); X];
+            #[allow(clippy::needless_range_loop)]
+            for r in 0..X {
+                xv[r] = _mm512_maskz_loadu_ps(m, xp.add((b + r) * k + full));
+            }
+            #[allow(clippy::needless_range_loop)]
+            for q in 0..W {
+                let wv = _mm512_maskz_loadu_ps(m, wp.add((j + q) * k + full));
+                for r in 0..X {
+                    acc[q][r] = _mm512_fmadd_ps(xv[r], wv, acc[q][r]);
+                }
+            }
+        }
+        #[allow(clippy::needless_range_loop)]
+        for q in 0..W {
+            for r in 0..X {
+                *out.add((j + q) * n + b + r) = _mm512_reduce_add_ps(acc[q][r]);
+            }
+        }
+    }
+}
+
+/// Dot product with 16 independent partial sums, so LLVM vectorises it (a single running sum
+/// is a chain of dependent adds the compiler may not reorder).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
 /// Attention for one new token per row (decode), q (b, kv_heads, n_rep, hd), k/v (b, kv_heads, L, hd),
 /// optional additive mask (b, L). Plain loops over (row, kv head) on the rayon pool: with gemm each
 /// (row, head) pair is a separate tiny matmul call whose overhead grows with the batch.
@@ -432,11 +638,7 @@ pub fn decode_attention(
                 let mut max = f32::NEG_INFINITY;
                 for (j, sc) in scores.iter_mut().enumerate() {
                     let kr = &kd[kbase + j * hd..kbase + (j + 1) * hd];
-                    let mut s = 0f32;
-                    for i in 0..hd {
-                        s += qr[i] * kr[i];
-                    }
-                    s *= scale;
+                    let mut s = dot(qr, kr) * scale;
                     if let Some(m) = &maskv {
                         s += m[row * l + j];
                     }
@@ -450,11 +652,12 @@ pub fn decode_attention(
                 }
                 let or = &mut o[r * hd..(r + 1) * hd];
                 or.iter_mut().for_each(|x| *x = 0.0);
+                let inv = 1.0 / sum;
                 for (j, &p) in scores.iter().enumerate() {
-                    let p = p / sum;
+                    let p = p * inv;
                     let vr = &vd[kbase + j * hd..kbase + (j + 1) * hd];
-                    for i in 0..hd {
-                        or[i] += p * vr[i];
+                    for (o, v) in or.iter_mut().zip(vr) {
+                        *o += p * v;
                     }
                 }
             }
@@ -473,32 +676,75 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn small_matmul_matches_gemm() {
+    fn small_matmul_matches_gemm_with_every_kernel_this_cpu_runs() {
+        let kernels = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+        let kernels: Vec<Kernel> = kernels.into_iter().filter(|k| k.available()).collect();
+        // Row counts around the tile sizes, k with and without a 16-lane tail.
         for (n, k, out) in [
             (1, 37, 70),
+            (2, 16, 9),
             (9, 384, 130),
             (16, 64, 64),
             (7, 45, 67),
             (3, 8, 4),
             (5, 576, 1536),
+            (11, 100, 33),
+            (SMALL_MATMUL_MAX_ROWS, 81, 131),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
-            let a = small_matmul(&x, &w).unwrap().unwrap();
             let b = x.matmul(&w.t().unwrap()).unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-4, "{n}x{k}x{out}: {d}");
+            for &kernel in &kernels {
+                let a = small_matmul_with(kernel, &x, &w).unwrap().unwrap();
+                let d = (a - &b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-4, "{kernel:?} {n}x{k}x{out}: {d}");
+            }
         }
-        let big = Tensor::zeros((17, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let big = Tensor::zeros(
+            (SMALL_MATMUL_MAX_ROWS + 1, 4),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let w = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(small_matmul(&big, &w).unwrap().is_none());
+    }
+
+    #[test]
+    fn small_matmuls_equal_one_call_per_weight() {
+        let x = Tensor::randn(0f32, 1.0, (5, 40), &Device::Cpu).unwrap();
+        let ws: Vec<Tensor> = [70, 3, 130]
+            .iter()
+            .map(|&o| Tensor::randn(0f32, 1.0, (o, 40), &Device::Cpu).unwrap())
+            .collect();
+        let refs: Vec<&Tensor> = ws.iter().collect();
+        let ys = small_matmuls(&x, &refs).unwrap().unwrap();
+        assert_eq!(ys.len(), 3);
+        for (y, w) in ys.iter().zip(&ws) {
+            let one = small_matmul(&x, w).unwrap().unwrap();
+            assert_eq!(y.dims(), one.dims());
+            let (a, b) = (y.flatten_all().unwrap(), one.flatten_all().unwrap());
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        }
+        let bad = Tensor::zeros((4, 41), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(small_matmuls(&x, &[&ws[0], &bad]).unwrap().is_none());
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        for len in [0, 1, 15, 16, 17, 64, 100] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - want).abs() < 1e-4, "len {len}");
+        }
     }
 
     #[test]
