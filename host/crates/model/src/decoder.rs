@@ -523,7 +523,9 @@ impl Decoder {
             x = (x + o)?;
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
             let [g, u] = self.linears(&h, i, [Proj::Gate, Proj::Up], ad, mode)?;
-            let m = if fused_train(&g, mode) {
+            // The fused op on CPU f32 in both modes: it is one parallel pass, where candle's
+            // silu and mul are two single-threaded ones (candle's own pool is off, see ops.rs).
+            let m = if g.device().is_cpu() && g.dtype() == DType::F32 {
                 fused::swiglu(&g, &u)?
             } else {
                 (candle_nn::ops::silu(&g)? * u)?

@@ -14,6 +14,7 @@
 //! # let _ = gens; Ok(()) }
 //! ```
 
+pub mod baseline;
 pub mod chat;
 pub mod config;
 pub mod decoder;

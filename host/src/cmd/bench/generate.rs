@@ -1,7 +1,9 @@
-//! `malt bench generate`: prefill and decode throughput, and a 3-3-3 agent tree sampled with
-//! prefix sharing against the same 39 sequences sampled independently, in one run.
+//! `malt bench generate`: prefill and decode throughput against candle-transformers' own Llama on
+//! the same weights, and a 3-3-3 agent tree sampled with prefix sharing against the same 39
+//! sequences sampled independently, in one run.
 
 use anyhow::Context;
+use malt_model::baseline::PlainCandle;
 use malt_model::{
     branch_seed, fetch, parse_device, Arch, Branch, Cache, Message, Model, ModelConfig,
     NodeRequest, SamplingParams, TreeSampler,
@@ -31,6 +33,9 @@ pub struct Args {
     /// Branching factor of the tree (n-n-n).
     #[arg(long, default_value_t = 3)]
     pub n: usize,
+    /// Only prefill and decode throughput, not the agent tree against independent sampling.
+    #[arg(long)]
+    pub skip_tree: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -86,6 +91,18 @@ fn tiny_shape() -> ModelConfig {
         bos_token_id: None,
         eos_token_ids: vec![],
     }
+}
+
+const PREFILL_RUNS: usize = 5;
+const DECODE_RUNS: usize = 3;
+
+/// The median of `runs` timings.
+fn median(runs: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut v = (0..runs)
+        .map(|_| f())
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
 }
 
 fn synthetic(n: usize, salt: u64, vocab: usize) -> Vec<u32> {
@@ -150,48 +167,89 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         None,
     )?;
 
+    // Medians of repeated runs (the peers' figures are medians of three), each beside the
+    // plain-candle baseline (candle-transformers' Llama on the same weights) measured here.
+    let plain = match PlainCandle::new(m) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("[{label}] plain-candle baseline skipped: {e}");
+            None
+        }
+    };
+    let ratio = |ours: f64, base: Option<f64>| match base {
+        Some(b) => format!("; plain candle {b:.1} = {:.2}x", ours / b),
+        None => String::new(),
+    };
     let p128 = synthetic(128, 1, vocab);
-    let t = Instant::now();
-    let c = m.prefill(&p128, None)?;
-    let s = t.elapsed().as_secs_f64();
+    let mut c = m.prefill(&p128, None)?;
+    let s = median(PREFILL_RUNS, || {
+        let t = Instant::now();
+        c = m.prefill(&p128, None)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let base = match &plain {
+        Some(p) => Some(128.0 / median(PREFILL_RUNS, || Ok(p.prefill_secs(&p128)?))?),
+        None => None,
+    };
     println!(
-        "[{label}] prefill 128 tokens: {s:.3}s = {:.1} tok/s (llama.cpp reference 500)",
-        128.0 / s
+        "[{label}] prefill 128 tokens: median of {PREFILL_RUNS} {s:.3}s = {:.1} tok/s{} (llama.cpp reference 500)",
+        128.0 / s,
+        ratio(128.0 / s, base)
     );
 
-    let t = Instant::now();
-    m.generate(
-        vec![Branch {
-            cache: c.clone(),
-            seed: 1,
-        }],
-        &params,
-        None,
-    )?;
-    let s = t.elapsed().as_secs_f64();
+    let s = median(DECODE_RUNS, || {
+        let t = Instant::now();
+        m.generate(
+            vec![Branch {
+                cache: c.clone(),
+                seed: 1,
+            }],
+            &params,
+            None,
+        )?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let base = match &plain {
+        Some(p) => Some(nt as f64 / median(DECODE_RUNS, || Ok(p.decode_secs(&p128, 1, nt)?))?),
+        None => None,
+    };
     println!(
-        "[{label}] decode batch 1: {nt} tokens in {s:.2}s = {:.1} tok/s (llama.cpp reference 45)",
-        nt as f64 / s
+        "[{label}] decode batch 1: {nt} tokens, median of {DECODE_RUNS} {s:.2}s = {:.1} tok/s{} (llama.cpp reference 45)",
+        nt as f64 / s,
+        ratio(nt as f64 / s, base)
     );
 
-    let branches: Vec<Branch> = c
-        .fork(9)
-        .into_iter()
-        .enumerate()
-        .map(|(i, cache)| Branch {
-            cache,
-            seed: i as u64,
-        })
-        .collect();
-    let t = Instant::now();
-    m.generate(branches, &params, None)?;
-    let s = t.elapsed().as_secs_f64();
+    let s = median(DECODE_RUNS, || {
+        let branches: Vec<Branch> = c
+            .fork(9)
+            .into_iter()
+            .enumerate()
+            .map(|(i, cache)| Branch {
+                cache,
+                seed: i as u64,
+            })
+            .collect();
+        let t = Instant::now();
+        m.generate(branches, &params, None)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let base = match &plain {
+        Some(p) => {
+            Some((9 * nt) as f64 / median(DECODE_RUNS, || Ok(p.decode_secs(&p128, 9, nt)?))?)
+        }
+        None => None,
+    };
+    drop(plain);
     println!(
-        "[{label}] decode batch 9: {} tokens in {s:.2}s = {:.1} tok/s total (llama.cpp reference 200)",
+        "[{label}] decode batch 9: {} tokens, median of {DECODE_RUNS} {s:.2}s = {:.1} tok/s total{} (llama.cpp reference 200)",
         9 * nt,
-        (9 * nt) as f64 / s
+        (9 * nt) as f64 / s,
+        ratio((9 * nt) as f64 / s, base)
     );
 
+    if a.skip_tree {
+        return Ok(());
+    }
     // The agent tree: each level's prompt continues the conversation of its parent.
     let n = a.n;
     let (q, v_instr, r_instr) = if text {
