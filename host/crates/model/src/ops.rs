@@ -309,7 +309,9 @@ fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Opti
         wds.push(&wv[wa..wb]);
     }
     let mut yts: Vec<Vec<f32>> = outs.iter().map(|&out| vec![0f32; out * n]).collect();
-    const ROWS: usize = 64;
+    // 32 rows: a 576-row projection splits into 18 chunks, even on 2 threads; 64 left one
+    // thread a chunk behind (9 chunks).
+    const ROWS: usize = 32;
     let jobs: Vec<(usize, usize, &mut [f32])> = yts
         .iter_mut()
         .enumerate()
