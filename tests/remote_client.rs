@@ -82,10 +82,16 @@ impl Responder {
                 let (handler, seen, max, cur) =
                     (handler.clone(), s.clone(), m.clone(), current.clone());
                 std::thread::spawn(move || {
-                    let now = cur.fetch_add(1, Ordering::SeqCst) + 1;
-                    max.fetch_max(now, Ordering::SeqCst);
-                    let _ = handle(conn, &*handler, &seen);
-                    cur.fetch_sub(1, Ordering::SeqCst);
+                    let busy = Busy {
+                        start: &|| {
+                            let now = cur.fetch_add(1, Ordering::SeqCst) + 1;
+                            max.fetch_max(now, Ordering::SeqCst);
+                        },
+                        end: &|| {
+                            cur.fetch_sub(1, Ordering::SeqCst);
+                        },
+                    };
+                    let _ = handle(conn, &*handler, &seen, &busy);
                 });
             }
         });
@@ -105,7 +111,23 @@ impl Responder {
     }
 }
 
-fn handle(conn: TcpStream, handler: &Handler, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+/// Marks the span in which the server counts a request as in flight: from its whole body read
+/// to just before the reply is written. That span lies inside the client's own (the client sends
+/// only once it holds a slot and frees the slot only after the reply), so the concurrency the
+/// server sees can never exceed the client's limit because of scheduling: counting up to the end
+/// of the handler thread did, under load, when the next request was accepted before that thread
+/// ran again.
+struct Busy<'a> {
+    start: &'a dyn Fn(),
+    end: &'a dyn Fn(),
+}
+
+fn handle(
+    conn: TcpStream,
+    handler: &Handler,
+    seen: &Mutex<Vec<Seen>>,
+    busy: &Busy,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -128,6 +150,7 @@ fn handle(conn: TcpStream, handler: &Handler, seen: &Mutex<Vec<Seen>>) -> std::i
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body)?;
+    (busy.start)();
     let req = Seen {
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
@@ -139,6 +162,7 @@ fn handle(conn: TcpStream, handler: &Handler, seen: &Mutex<Vec<Seen>>) -> std::i
     };
     let reply = handler(&req, index);
     std::thread::sleep(reply.delay);
+    (busy.end)();
     let mut out = conn;
     let mut head = format!(
         "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
