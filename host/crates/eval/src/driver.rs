@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{aggregate, Report};
 use crate::error::EvalError;
 use crate::report::write_reports;
-use crate::results::{AttemptKey, AttemptRecord, ResultLog};
+use crate::results::{read_records, AttemptKey, AttemptRecord, ResultLog};
 use crate::subset::{derive_sample_seed, select_subset};
 use crate::trace::{ChainError, ChainRequest, ChainRunner, Variant};
+
+/// Where [`report_complete_seeds`] writes, inside the output directory.
+pub const PARTIAL_DIR: &str = "partial";
 
 /// Name of the result log inside the output directory.
 pub const RESULTS_FILE: &str = "results.jsonl";
@@ -153,5 +156,60 @@ pub fn run_evaluation(
         tracing::info!(system = %s.id, mean_pct = s.mean_pct, std_pct = ?s.std_pct,
             errored = s.errored, "evaluation result");
     }
+    Ok(report)
+}
+
+/// The report over the seeds of `plan` whose every attempt is already in
+/// `<out_dir>/results.jsonl`, written into `<out_dir>/partial/`: a look at a long evaluation
+/// while it runs or after it stopped, without running anything. The log is only read, so an
+/// evaluation may be appending to it. Fails with [`EvalError::Incomplete`] (counting the first
+/// seed's missing attempts) when no seed is complete.
+pub fn report_complete_seeds(
+    plan: &EvalPlan,
+    out_dir: &Path,
+    manifest: serde_json::Value,
+) -> Result<Report, EvalError> {
+    plan.validate()?;
+    let path = out_dir.join(RESULTS_FILE);
+    let records = if path.exists() {
+        read_records(&path)?
+    } else {
+        Default::default()
+    };
+    let mut complete = Vec::new();
+    let mut first_missing: Option<(usize, String)> = None;
+    for (seed, subset) in plan.subsets()? {
+        let missing: Vec<AttemptKey> = subset
+            .iter()
+            .flat_map(|&example_idx| {
+                plan.variants.iter().flat_map(move |&variant| {
+                    (0..plan.majority_k).map(move |attempt| AttemptKey {
+                        seed,
+                        variant,
+                        example_idx,
+                        attempt,
+                    })
+                })
+            })
+            .filter(|k| !records.contains_key(k))
+            .collect();
+        match missing.first() {
+            None => complete.push(seed),
+            Some(k) if first_missing.is_none() => {
+                first_missing = Some((missing.len(), k.to_string()));
+            }
+            Some(_) => {}
+        }
+    }
+    if complete.is_empty() {
+        let (missing, first) = first_missing.unwrap_or_default();
+        return Err(EvalError::Incomplete { missing, first });
+    }
+    let partial = EvalPlan {
+        seeds: complete,
+        ..plan.clone()
+    };
+    let report = aggregate(&partial, &records, manifest)?;
+    write_reports(&out_dir.join(PARTIAL_DIR), &report)?;
     Ok(report)
 }

@@ -28,7 +28,7 @@ pub mod trace;
 pub mod vote;
 
 pub use aggregate::{aggregate, Report};
-pub use driver::{run_evaluation, EvalPlan, RESULTS_FILE};
+pub use driver::{report_complete_seeds, run_evaluation, EvalPlan, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};

@@ -138,53 +138,11 @@ impl ResultLog {
         file.read_to_end(&mut bytes)
             .map_err(|e| EvalError::io(&path, e))?;
 
-        let mut records = BTreeMap::new();
-        let mut offset = 0usize;
-        let mut line_no = 0usize;
-        let mut keep_len = bytes.len();
-        let mut needs_newline = false;
-        while offset < bytes.len() {
-            line_no += 1;
-            let end = bytes[offset..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|p| offset + p);
-            let line = &bytes[offset..end.unwrap_or(bytes.len())];
-            let next = end.map(|e| e + 1).unwrap_or(bytes.len());
-            let is_last = next >= bytes.len();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                offset = next;
-                continue;
-            }
-            match serde_json::from_slice::<AttemptRecord>(line) {
-                Ok(rec) => {
-                    let key = rec.key();
-                    match records.entry(key) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(rec);
-                        }
-                        Entry::Occupied(_) => {
-                            tracing::warn!(path = %path.display(), line = line_no, %key,
-                                "duplicate result line ignored (first one kept)");
-                        }
-                    }
-                    needs_newline = end.is_none();
-                }
-                Err(e) if is_last => {
-                    tracing::warn!(path = %path.display(), line = line_no, error = %e,
-                        "dropping torn last line of the result log");
-                    keep_len = offset;
-                }
-                Err(e) => {
-                    return Err(EvalError::CorruptLog {
-                        path,
-                        line: line_no,
-                        message: e.to_string(),
-                    })
-                }
-            }
-            offset = next;
-        }
+        let Parsed {
+            records,
+            keep_len,
+            needs_newline,
+        } = parse(&path, &bytes)?;
         if keep_len < bytes.len() {
             file.set_len(keep_len as u64)
                 .map_err(|e| EvalError::io(&path, e))?;
@@ -229,6 +187,76 @@ impl ResultLog {
         self.records.insert(key, record);
         Ok(())
     }
+}
+
+/// What a log's bytes hold: its records, the length to keep (without a torn last line) and
+/// whether the last complete record lacks its newline.
+struct Parsed {
+    records: BTreeMap<AttemptKey, AttemptRecord>,
+    keep_len: usize,
+    needs_newline: bool,
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, EvalError> {
+    let mut records = BTreeMap::new();
+    let mut offset = 0usize;
+    let mut line_no = 0usize;
+    let mut keep_len = bytes.len();
+    let mut needs_newline = false;
+    while offset < bytes.len() {
+        line_no += 1;
+        let end = bytes[offset..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| offset + p);
+        let line = &bytes[offset..end.unwrap_or(bytes.len())];
+        let next = end.map(|e| e + 1).unwrap_or(bytes.len());
+        let is_last = next >= bytes.len();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            offset = next;
+            continue;
+        }
+        match serde_json::from_slice::<AttemptRecord>(line) {
+            Ok(rec) => {
+                let key = rec.key();
+                match records.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(rec);
+                    }
+                    Entry::Occupied(_) => {
+                        tracing::warn!(path = %path.display(), line = line_no, %key,
+                            "duplicate result line ignored (first one kept)");
+                    }
+                }
+                needs_newline = end.is_none();
+            }
+            Err(e) if is_last => {
+                tracing::warn!(path = %path.display(), line = line_no, error = %e,
+                    "dropping torn last line of the result log");
+                keep_len = offset;
+            }
+            Err(e) => {
+                return Err(EvalError::CorruptLog {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    message: e.to_string(),
+                })
+            }
+        }
+        offset = next;
+    }
+    Ok(Parsed {
+        records,
+        keep_len,
+        needs_newline,
+    })
+}
+
+/// The records of the log at `path` without opening it for writing: safe while another process
+/// appends (a torn last line is skipped, not truncated).
+pub fn read_records(path: &Path) -> Result<BTreeMap<AttemptKey, AttemptRecord>, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
+    Ok(parse(path, &bytes)?.records)
 }
 
 #[cfg(test)]

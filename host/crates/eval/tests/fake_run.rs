@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use malt_eval::{
-    majority_vote, run_evaluation, select_subset, AttemptRecord, ChainError, ChainRequest,
-    ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, SplitMix64, Turn, Variant, RESULTS_FILE,
+    majority_vote, report_complete_seeds, run_evaluation, select_subset, AttemptRecord, ChainError,
+    ChainRequest, ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, SplitMix64, Turn, Variant,
+    RESULTS_FILE,
 };
 use serde_json::Value;
 
@@ -381,6 +382,77 @@ fn resume_after_crash_and_torn_line_gives_identical_reports() {
     run_evaluation(&mut idle, &plan, resumed.path(), manifest(), false).expect("rerun");
     assert_eq!(idle.calls, 0);
     assert_eq!(read_records(resumed.path()).len(), expected);
+}
+
+#[test]
+fn partial_report_covers_complete_seeds_and_leaves_the_log_alone() {
+    let plan = plan(60, 12, &[5, 6, 7]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let per_seed = 12 * 3 * 3;
+
+    // Nothing complete yet: the error counts the first seed's missing attempts.
+    let mut early = FakeRunner {
+        fail_at: Some(50),
+        ..FakeRunner::default()
+    };
+    run_evaluation(&mut early, &plan, dir.path(), manifest(), false).expect_err("crash");
+    match report_complete_seeds(&plan, dir.path(), manifest()) {
+        Err(EvalError::Incomplete { missing, .. }) => assert_eq!(missing, per_seed - 50),
+        other => panic!("expected Incomplete, got {other:?}"),
+    }
+
+    // Seed 5 complete, seed 6 half done, and a torn line being written.
+    let mut later = FakeRunner {
+        fail_at: Some(per_seed + 30 - 50),
+        ..FakeRunner::default()
+    };
+    run_evaluation(&mut later, &plan, dir.path(), manifest(), false).expect_err("crash");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(RESULTS_FILE))
+            .expect("open");
+        f.write_all(b"{\"seed\":6,\"variant\":\"sin")
+            .expect("write");
+    }
+    let log_before = std::fs::read(dir.path().join(RESULTS_FILE)).expect("log");
+    let report = report_complete_seeds(&plan, dir.path(), manifest()).expect("partial");
+    assert_eq!(
+        std::fs::read(dir.path().join(RESULTS_FILE)).expect("log"),
+        log_before,
+        "the log is only read"
+    );
+    assert!(!dir.path().join("report.md").exists());
+
+    // Equal to a full evaluation of seed 5 alone.
+    let alone = tempfile::tempdir().expect("tempdir");
+    let want = run_evaluation(
+        &mut FakeRunner::default(),
+        &plan_seeds(&plan, &[5]),
+        alone.path(),
+        manifest(),
+        false,
+    )
+    .expect("seed 5 alone");
+    assert_eq!(
+        serde_json::to_value(&report).expect("json"),
+        serde_json::to_value(&want).expect("json")
+    );
+    for name in ["report.md", "report.json", "accuracy.svg", "per_turn.svg"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("partial").join(name)).expect("partial"),
+            std::fs::read(alone.path().join(name)).expect("alone"),
+            "{name}"
+        );
+    }
+}
+
+fn plan_seeds(plan: &EvalPlan, seeds: &[u64]) -> EvalPlan {
+    EvalPlan {
+        seeds: seeds.to_vec(),
+        ..plan.clone()
+    }
 }
 
 #[test]
