@@ -29,6 +29,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod heldout;
 pub mod loss;
 pub mod metrics;
 pub mod model_bridge;
