@@ -81,6 +81,14 @@ pub(crate) struct Ctx<'a> {
     pub mode: Mode,
 }
 
+/// `x` (..., in) as rows (n, in), with its original dims.
+fn flatten_rows(x: &Tensor) -> Result<(Vec<usize>, Tensor)> {
+    let dims = x.dims().to_vec();
+    let inp = dims[dims.len() - 1];
+    let n: usize = dims[..dims.len() - 1].iter().product();
+    Ok((dims, x.reshape((n, inp))?))
+}
+
 /// Training on CPU f32 takes the fused ops of `crate::fused` (one graph node each, analytic
 /// backward); elsewhere the composed candle ops.
 fn fused_train(x: &Tensor, mode: Mode) -> bool {
@@ -314,10 +322,7 @@ impl Decoder {
         mode: Mode,
     ) -> Result<Tensor> {
         let lin = self.layers[layer].proj(p);
-        let dims = x.dims().to_vec();
-        let inp = dims[dims.len() - 1];
-        let n: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((n, inp))?;
+        let (dims, x2) = flatten_rows(x)?;
         let pair = adapter.and_then(|a| a.get(layer, p).map(|pair| (a, pair)));
         if fused_train(&x2, mode) {
             let y = match pair {
@@ -375,10 +380,7 @@ impl Decoder {
         mode: Mode,
     ) -> Result<[Tensor; N]> {
         if mode == Mode::Infer {
-            let dims = x.dims().to_vec();
-            let inp = dims[dims.len() - 1];
-            let n: usize = dims[..dims.len() - 1].iter().product();
-            let x2 = x.reshape((n, inp))?;
+            let (dims, x2) = flatten_rows(x)?;
             let ws: Vec<&Tensor> = ps.iter().map(|&p| &self.layers[layer].proj(p).w).collect();
             if let Some(ys) = small_matmuls(&x2, &ws)? {
                 let mut out = Vec::with_capacity(N);
@@ -551,10 +553,7 @@ impl Decoder {
     /// Logits for hidden states (..., h). In training mode the head is frozen (input gradient only),
     /// so the trainer can select completion positions first and pay for the vocab matmul only there.
     pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
-        let dims = hidden.dims().to_vec();
-        let h = dims[dims.len() - 1];
-        let n: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = hidden.reshape((n, h))?;
+        let (dims, x2) = flatten_rows(hidden)?;
         let y = match mode {
             Mode::Infer => match small_matmul(&x2, &self.lm_head)? {
                 Some(y) => y,

@@ -201,38 +201,26 @@ impl Model {
             let ts = std::time::Instant::now();
             // Sample, then retire finished rows.
             let mut keep: Vec<usize> = vec![];
-            // Sampling and detokenising are per row (each row has its own RNG), so they run on
-            // the pool; a batch of 9 spent a twentieth of its step here on one thread.
-            let sampled: Vec<std::result::Result<bool, ModelError>> = {
-                use rayon::prelude::*;
-                rows.par_iter_mut()
-                    .zip(logits.par_iter())
-                    .map(|(row, lg)| {
-                        let tok = sample(lg, params, &mut row.rng);
-                        if self.stop_ids.contains(&tok) {
-                            return Ok(true);
-                        }
-                        row.gen.push(tok);
-                        row.text = self.tokenizer.decode(&row.gen, true)?;
-                        Ok(false)
-                    })
-                    .collect()
-            };
-            for (ri, (row, eos)) in rows.iter_mut().zip(sampled).enumerate() {
+            for (ri, row) in rows.iter_mut().enumerate() {
+                let tok = sample(&logits[ri], params, &mut row.rng);
                 let mut finish = None;
-                if eos? {
+                if self.stop_ids.contains(&tok) {
                     finish = Some(Finish::Eos);
-                } else if let Some(cut) = params
-                    .stop
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .filter_map(|s| row.text.find(s.as_str()))
-                    .min()
-                {
-                    row.text.truncate(cut);
-                    finish = Some(Finish::StopString);
-                } else if row.gen.len() >= params.max_new_tokens {
-                    finish = Some(Finish::Length);
+                } else {
+                    row.gen.push(tok);
+                    row.text = self.tokenizer.decode(&row.gen, true)?;
+                    if let Some(cut) = params
+                        .stop
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .filter_map(|s| row.text.find(s.as_str()))
+                        .min()
+                    {
+                        row.text.truncate(cut);
+                        finish = Some(Finish::StopString);
+                    } else if row.gen.len() >= params.max_new_tokens {
+                        finish = Some(Finish::Length);
+                    }
                 }
                 let step = Step {
                     branch: row.orig,

@@ -72,23 +72,19 @@ impl Drop for KeepFreedMemory {
 /// over 20 GB resident that way; with the threshold fixed it stayed at 1-1.5 GB between
 /// batches. Call once at start-up, before threads exist. No-op off glibc.
 pub fn return_large_blocks() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(
-                param: std::os::raw::c_int,
-                value: std::os::raw::c_int,
-            ) -> std::os::raw::c_int;
-        }
-        const M_MMAP_THRESHOLD: std::os::raw::c_int = -3;
-        // SAFETY: mallopt only changes allocator parameters, under glibc's own arena locks.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-        }
-    }
+    const M_MMAP_THRESHOLD: i32 = -3;
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 }
 
 fn set_malloc_options(mmap_max: i32, trim_threshold: i32) {
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_MAX: i32 = -4;
+    mallopt(M_MMAP_MAX, mmap_max);
+    mallopt(M_TRIM_THRESHOLD, trim_threshold);
+}
+
+/// glibc's `mallopt(param, value)`; a no-op elsewhere.
+fn mallopt(param: i32, value: i32) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
@@ -97,16 +93,13 @@ fn set_malloc_options(mmap_max: i32, trim_threshold: i32) {
                 value: std::os::raw::c_int,
             ) -> std::os::raw::c_int;
         }
-        const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
-        const M_MMAP_MAX: std::os::raw::c_int = -4;
         // SAFETY: mallopt only changes allocator parameters, under glibc's own arena locks.
         unsafe {
-            mallopt(M_MMAP_MAX, mmap_max);
-            mallopt(M_TRIM_THRESHOLD, trim_threshold);
+            mallopt(param, value);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = (mmap_max, trim_threshold);
+    let _ = (param, value);
 }
 
 /// Returns free heap memory to the OS (`malloc_trim(0)`; no-op off glibc).
