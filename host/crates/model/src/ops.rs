@@ -301,36 +301,71 @@ fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Opti
         };
         wds.push(&wv[wa..wb]);
     }
-    let mut yts: Vec<Vec<f32>> = outs.iter().map(|&out| vec![0f32; out * n]).collect();
+    // Each output is written as (n, out) directly: a job computes a block of 32 weight rows into
+    // a small local buffer and scatters it into its own columns. Writing (out, n) and
+    // transposing after was one more single-threaded pass, and for the LM head one more
+    // multi-megabyte allocation per step.
+    let mut ys: Vec<Vec<f32>> = outs.iter().map(|&out| vec![0f32; n * out]).collect();
+    let dests: Vec<Columns> = ys
+        .iter_mut()
+        .zip(&outs)
+        .map(|(y, &out)| Columns {
+            ptr: y.as_mut_ptr(),
+            row_len: out,
+        })
+        .collect();
     // 32 rows: a 576-row projection splits into 18 chunks, even on 2 threads; 64 left one
     // thread a chunk behind (9 chunks).
     const ROWS: usize = 32;
-    let jobs: Vec<(usize, usize, &mut [f32])> = yts
-        .iter_mut()
+    let jobs: Vec<(usize, usize, usize)> = outs
+        .iter()
         .enumerate()
-        .flat_map(|(wi, yt)| {
-            yt.chunks_mut(ROWS * n)
-                .enumerate()
-                .map(move |(ci, chunk)| (wi, ci * ROWS, chunk))
+        .flat_map(|(wi, &out)| {
+            (0..out)
+                .step_by(ROWS)
+                .map(move |first| (wi, first, ROWS.min(out - first)))
         })
         .collect();
-    jobs.into_par_iter()
-        .for_each(|(wi, first, chunk)| kernel.run(xd, n, k, wds[wi], first, chunk));
+    jobs.into_par_iter().for_each(|(wi, first, rows)| {
+        let mut block = [0f32; ROWS * SMALL_MATMUL_MAX_ROWS];
+        let block = &mut block[..rows * n];
+        kernel.run(xd, n, k, wds[wi], first, block);
+        // SAFETY: the jobs of one weight cover disjoint column ranges `first..first + rows` of
+        // its (n, out) output, which outlives this loop.
+        unsafe { dests[wi].write(first, rows, n, block) };
+    });
     drop(wds);
     drop(wsl);
     drop(xs);
-    yts.into_iter()
+    ys.into_iter()
         .zip(outs)
-        .map(|(yt, out)| {
-            let y = Tensor::from_vec(yt, (out, n), x.device())?;
-            if n == 1 {
-                y.reshape((1, out))
-            } else {
-                y.t()?.contiguous()
-            }
-        })
+        .map(|(y, out)| Tensor::from_vec(y, (n, out), x.device()))
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// The output columns of one weight, shared by the jobs that fill disjoint ranges of them.
+struct Columns {
+    ptr: *mut f32,
+    row_len: usize,
+}
+
+// SAFETY: jobs only write disjoint column ranges (see `small_matmuls_with`).
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// Writes `block` (weight-row-major: `rows` x `n`) into columns `first..first + rows`.
+    ///
+    /// # Safety
+    /// No other thread writes these columns, and `first + rows <= row_len`.
+    unsafe fn write(&self, first: usize, rows: usize, n: usize, block: &[f32]) {
+        for r in 0..n {
+            let dst = self.ptr.add(r * self.row_len + first);
+            for j in 0..rows {
+                *dst.add(j) = block[j * n + r];
+            }
+        }
+    }
 }
 
 /// 4 weight rows x 3 input rows per block, 12 accumulators in registers: each weight load feeds

@@ -36,6 +36,9 @@ pub struct Args {
     /// Only prefill and decode throughput, not the agent tree against independent sampling.
     #[arg(long)]
     pub skip_tree: bool,
+    /// Skip the plain-candle baseline (quicker, and a profile then shows only malt's own path).
+    #[arg(long)]
+    pub skip_baseline: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -169,12 +172,11 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
 
     // Medians of repeated runs (the peers' figures are medians of three), each beside the
     // plain-candle baseline (candle-transformers' Llama on the same weights) measured here.
-    let plain = match PlainCandle::new(m) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            println!("[{label}] plain-candle baseline skipped: {e}");
-            None
-        }
+    let plain = match a.skip_baseline {
+        true => None,
+        false => PlainCandle::new(m)
+            .inspect_err(|e| println!("[{label}] plain-candle baseline skipped: {e}"))
+            .ok(),
     };
     let ratio = |ours: f64, base: Option<f64>| match base {
         Some(b) => format!("; plain candle {b:.1} = {:.2}x", ours / b),
