@@ -5,30 +5,15 @@
 use std::process::Command;
 
 use malt_model::candle_core::Device;
-use malt_model::{Arch, Model, ModelConfig};
+use malt_model::{Model, ModelConfig};
 
 const MALT: &str = env!("CARGO_BIN_EXE_malt");
 
 fn write_tiny_model(dir: &std::path::Path) {
     let cfg = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 64,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
         eos_token_ids: vec![1],
+        ..ModelConfig::llama(64, 16, 32, 2, 4, 2)
     };
     Model::random(cfg, &Device::Cpu)
         .unwrap()

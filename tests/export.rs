@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use malt_model::candle_core::{Device, Tensor};
-use malt_model::{Arch, LoraConfig, Model, ModelConfig, Proj};
+use malt_model::{LoraConfig, Model, ModelConfig, Proj};
 use malt_tree::{AgentSpec, ChainSpec, CreditSettings, Manifest, RunWriter};
 use serde_json::Value;
 
@@ -15,24 +15,9 @@ const MALT: &str = env!("CARGO_BIN_EXE_malt");
 
 fn tiny_model(dir: &Path) -> Model {
     let cfg = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 64,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        num_key_value_heads: 1,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
         eos_token_ids: vec![1],
+        ..ModelConfig::llama(64, 16, 32, 2, 2, 1)
     };
     Model::random(cfg, &Device::Cpu)
         .unwrap()

@@ -19,31 +19,16 @@ use std::time::{Duration, Instant};
 
 use malt_eval::{AttemptRecord, Outcome, Report, Variant};
 use malt_model::candle_core::Device;
-use malt_model::{Arch, Model, ModelConfig};
+use malt_model::{Model, ModelConfig};
 use serde_json::Value;
 
 const MALT: &str = env!("CARGO_BIN_EXE_malt");
 
 fn tiny_model(dir: &Path) {
     let cfg = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 256,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
         eos_token_ids: vec![1],
+        ..ModelConfig::llama(256, 32, 64, 2, 4, 2)
     };
     let mut m = Model::random(cfg, &Device::Cpu).expect("random model");
     // Training appends an end-of-turn token: give the synthetic vocabulary one.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use malt::backend::serve_backend::ModelServeBackend;
 use malt::backend::ModelSampler;
 use malt_model::candle_core::{Device, Tensor};
-use malt_model::{Arch, LoraAdapter, LoraConfig, Model, ModelConfig, Proj};
+use malt_model::{LoraAdapter, LoraConfig, Model, ModelConfig, Proj};
 use malt_serve::{Limits, Server};
 use malt_tree::{SampleRequest, Sampler};
 use serde_json::{json, Value};
@@ -20,24 +20,9 @@ const CONTEXT: usize = 256;
 
 fn tiny_config() -> ModelConfig {
     ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 96,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: CONTEXT,
         tie_word_embeddings: false,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..ModelConfig::llama(96, 64, 128, 2, 4, 2)
     }
 }
 

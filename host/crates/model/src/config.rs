@@ -78,6 +78,42 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+impl ModelConfig {
+    /// A Llama shape with the usual defaults: `head_dim = hidden / heads`, RoPE theta 10 000
+    /// without scaling, RMSNorm eps 1e-5, 2048 positions, tied embeddings, no biases, no special
+    /// tokens. Tests and benchmarks build their random checkpoints from it (struct update syntax
+    /// for anything else).
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+    ) -> Self {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim: hidden_size / num_attention_heads.max(1),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+}
+
 fn get_usize(v: &Value, key: &str, file: &Path) -> Result<usize> {
     v.get(key)
         .and_then(Value::as_u64)

@@ -5,8 +5,8 @@
 use anyhow::Context;
 use malt_model::baseline::PlainCandle;
 use malt_model::{
-    branch_seed, fetch, parse_device, Arch, Branch, Cache, Message, Model, ModelConfig,
-    NodeRequest, SamplingParams, TreeSampler,
+    branch_seed, fetch, parse_device, Branch, Cache, Message, Model, ModelConfig, NodeRequest,
+    SamplingParams, TreeSampler,
 };
 use std::time::Instant;
 
@@ -75,24 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn tiny_shape() -> ModelConfig {
     ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 49152,
-        hidden_size: 384,
-        intermediate_size: 1024,
-        num_hidden_layers: 8,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..ModelConfig::llama(49152, 384, 1024, 8, 6, 2)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use malt_model::candle_core::Device;
-use malt_model::{Arch, Model, ModelConfig};
+use malt_model::{Model, ModelConfig};
 use toml::{Table, Value};
 
 #[derive(clap::Args)]
@@ -132,24 +132,8 @@ fn from_config(path: &Path) -> anyhow::Result<Table> {
 /// The default: a small random Llama (h256, 4 layers) and `arith`, 3 x 3 branches.
 fn tiny_config(root: &Path) -> anyhow::Result<Table> {
     let cfg = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 4096,
-        hidden_size: 256,
-        intermediate_size: 704,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 2048,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
         eos_token_ids: vec![1],
+        ..ModelConfig::llama(4096, 256, 704, 4, 4, 2)
     };
     let dir = root.join("model");
     Model::random(cfg, &Device::Cpu)?.export_merged(&dir, None)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use malt_model::candle_core::Device;
-use malt_model::{Arch, Model, ModelConfig};
+use malt_model::{Model, ModelConfig};
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
@@ -40,26 +40,7 @@ pub struct Args {
 }
 
 fn tiny_shape() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 4096,
-        hidden_size: 128,
-        intermediate_size: 384,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 32,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 2048,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        qk_norm: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig::llama(4096, 128, 384, 4, 4, 2)
 }
 
 fn agent() -> ureq::Agent {
