@@ -232,12 +232,29 @@ impl Decoder {
 
     pub(crate) fn assemble(
         cfg: ModelConfig,
-        embed: Tensor,
-        layers: Vec<Layer>,
+        mut embed: Tensor,
+        mut layers: Vec<Layer>,
         norm: Tensor,
-        lm_head: Tensor,
+        mut lm_head: Tensor,
         device: &Device,
     ) -> Result<Self> {
+        if device.is_cpu() {
+            // In the order a forward pass reads them.
+            let tied = cfg.tie_word_embeddings;
+            let mut weights: Vec<&mut Tensor> = vec![&mut embed];
+            weights.extend(
+                layers
+                    .iter_mut()
+                    .flat_map(|l| l.proj.iter_mut().map(|p| &mut p.w)),
+            );
+            if !tied {
+                weights.push(&mut lm_head);
+            }
+            crate::arena::pack(&mut weights)?;
+            if tied {
+                lm_head = embed.clone();
+            }
+        }
         let n_pos = cfg.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
         let inv = cfg.rope_inv_freq();
         let half = inv.len();

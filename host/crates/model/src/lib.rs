@@ -14,6 +14,7 @@
 //! # let _ = gens; Ok(()) }
 //! ```
 
+mod arena;
 pub mod baseline;
 pub mod chat;
 pub mod config;
