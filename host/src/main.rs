@@ -45,8 +45,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    malt_model::ops::prefer_rayon_only();
-    malt_model::ops::return_large_blocks();
+    malt_model::process::prefer_rayon_only();
+    malt_model::process::return_large_blocks();
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let result = match cli.command {

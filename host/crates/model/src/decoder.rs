@@ -7,7 +7,8 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::lora::{LoraAdapter, Proj};
-use crate::ops::{frozen_matmul, small_matmul, small_matmuls};
+use crate::ops::frozen_matmul;
+use crate::small_matmul::{small_matmul, small_matmuls};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 use std::path::Path;
@@ -543,7 +544,7 @@ impl Decoder {
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
             let [g, u] = self.linears(&h, i, [Proj::Gate, Proj::Up], ad, mode)?;
             // The fused op on CPU f32 in both modes: it is one parallel pass, where candle's
-            // silu and mul are two single-threaded ones (candle's own pool is off, see ops.rs).
+            // silu and mul are two single-threaded ones (candle's own pool is off, see process.rs).
             let m = if g.device().is_cpu() && g.dtype() == DType::F32 {
                 fused::swiglu(&g, &u)?
             } else {

@@ -116,7 +116,7 @@ fn status_kib(field: &str) -> Option<f64> {
 }
 
 fn reset_hwm() -> bool {
-    malt_model::ops::release_freed_memory();
+    malt_model::process::release_freed_memory();
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -255,7 +255,7 @@ fn check(s: &BenchSettings) -> Result<()> {
 pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
     check(s)?;
     // Both implementations train with the allocator setting the trainer uses.
-    let _keep = malt_model::ops::keep_freed_memory();
+    let _keep = malt_model::process::keep_freed_memory();
     let impls: &[&str] = if s.baseline {
         &["malt", "plain-candle"]
     } else {

@@ -113,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::Result<BenchRow> {
     let mut cmd = Command::new(exe);
     if imp == "plain-candle"
-        && std::env::var_os(malt_model::ops::CANDLE_THREADS_DEFAULTED).is_some()
+        && std::env::var_os(malt_model::process::CANDLE_THREADS_DEFAULTED).is_some()
     {
         // The baseline keeps candle's own default (elementwise ops on its thread pool, one
         // thread per core) rather than malt's `prefer_rayon_only`.
