@@ -6,7 +6,7 @@
 //! gets 2 MiB pages, and separately allocated tensors of 0.4-3.5 MB mostly cannot hold one; one
 //! arena asked for before its first write can. Off Linux, or with THP off, this is a plain copy.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 /// Moves `tensors` (CPU, f32) into one huge-page arena; each becomes a view of it with the same
 /// shape and values. Tensors on another device or dtype are left alone. Each original is released
@@ -29,7 +29,7 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<()> {
             continue;
         }
         spans.push((i, data.len(), t.shape().clone()));
-        data.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        append(&mut data, t)?;
         // Release the original now; a view of the arena takes its place below.
         **t = Tensor::zeros((), DType::F32, t.device())?;
     }
@@ -37,6 +37,21 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<()> {
     for (i, start, shape) in spans {
         *tensors[i] = arena.narrow(0, start, shape.elem_count())?.reshape(shape)?;
     }
+    Ok(())
+}
+
+/// Appends `t`'s values to `data`, straight from its storage when it is contiguous.
+fn append(data: &mut Vec<f32>, t: &Tensor) -> Result<()> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            data.extend_from_slice(&v[a..b]);
+            return Ok(());
+        }
+    }
+    data.extend(t.flatten_all()?.to_vec1::<f32>()?);
     Ok(())
 }
 

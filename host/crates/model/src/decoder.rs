@@ -248,7 +248,10 @@ impl Decoder {
                     .iter_mut()
                     .flat_map(|l| l.proj.iter_mut().map(|p| &mut p.w)),
             );
-            if !tied {
+            if tied {
+                // Let go of the second handle on the embeddings, so packing can free them.
+                lm_head = Tensor::zeros((), DType::F32, device)?;
+            } else {
                 weights.push(&mut lm_head);
             }
             crate::arena::pack(&mut weights)?;
