@@ -14,11 +14,11 @@
 //! Peak memory: exact per phase only in a fresh process, so the CLI should run each
 //! (phase, implementation) through `bench_phase` in a child process (`malt bench train` re-exec'ing
 //! itself; the ignored test `bench_real_model` does exactly that with the test binary) and read
-//! `VmHWM` there. In-process (`bench_train`), before each phase freed heap is returned to the OS
-//! (`malloc_trim(0)`, glibc) and `5` is written to `/proc/self/clear_refs`, which resets the
-//! kernel's RSS high-water mark (`VmHWM`) to the current RSS (Linux >= 4.0); `VmHWM` after the
-//! phase is then its peak and `peak_delta_mib` subtracts the RSS at its start (weights etc.).
-//! Allocator caching can still blur in-process deltas. Where the reset is refused the row says
+//! `VmHWM` there. In-process (`bench_train`), before each phase `5` is written to
+//! `/proc/self/clear_refs`, which resets the kernel's RSS high-water mark (`VmHWM`) to the
+//! current RSS (Linux >= 4.0); `VmHWM` after the phase is then its peak and `peak_delta_mib`
+//! subtracts the RSS at its start (weights etc.). Memory the allocator keeps for reuse can still
+//! blur in-process deltas. Where the reset is refused the row says
 //! `vmhwm-cumulative` (process-wide maxima).
 
 use std::time::Instant;
@@ -116,7 +116,6 @@ fn status_kib(field: &str) -> Option<f64> {
 }
 
 fn reset_hwm() -> bool {
-    malt_model::process::release_freed_memory();
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -254,8 +253,6 @@ fn check(s: &BenchSettings) -> Result<()> {
 /// process. See the module docs for the memory method.
 pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
     check(s)?;
-    // Both implementations train with the allocator setting the trainer uses.
-    let _keep = malt_model::process::keep_freed_memory();
     let impls: &[&str] = if s.baseline {
         &["malt", "plain-candle"]
     } else {

@@ -695,11 +695,7 @@ pub fn train_agent<M: PolicyModel>(
     let mut init: Option<PathBuf> = None;
     for &phase in plan.method.phases() {
         let spec = PhaseSpec::in_run(run_dir, plan, phase, init.clone());
-        let keep = malt_model::process::keep_freed_memory();
-        let rep = train_phase(model, tok, &spec, opts);
-        // The phase's activations and gradients are freed; hand the pages back.
-        drop(keep);
-        let rep = rep?;
+        let rep = train_phase(model, tok, &spec, opts)?;
         let done = rep.completed;
         init = Some(rep.adapter_dir.clone());
         out.push(rep);
