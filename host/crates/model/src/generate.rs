@@ -299,12 +299,13 @@ impl Model {
             };
             let tf = std::time::Instant::now();
             let x = self.decoder.embed(&ids)?;
-            let (h, kvs) = self.decoder.run(x, &ctx)?;
+            let (h, kvs) = crate::process::on_pool(|| self.decoder.run(x, &ctx))?;
             t_fwd += tf.elapsed().as_secs_f64();
             let tl = std::time::Instant::now();
             state = kvs;
             t += 1;
-            let lg = self.decoder.logits(&h, Mode::Infer)?.squeeze(1)?;
+            let lg =
+                crate::process::on_pool(|| self.decoder.logits(&h, Mode::Infer))?.squeeze(1)?;
             let lg = lg.to_dtype(candle_core::DType::F32)?;
             logits = (0..b)
                 .map(|i| lg.get(i)?.to_vec1::<f32>())
