@@ -694,7 +694,8 @@ impl Decoder {
             adapter,
             mode: Mode::Infer,
         };
-        let (h, kvs) = self.run(self.embed(&ids)?, &ctx)?;
+        let x = self.embed(&ids)?;
+        let (h, kvs) = crate::process::on_pool(|| self.run(x, &ctx))?;
         let last = h.narrow(1, s - 1, 1)?;
         let logits = self.logits(&last, Mode::Infer)?.flatten_all()?;
         self.count_prefill(s);
