@@ -80,6 +80,32 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = (ptr, len);
 }
 
+/// One (total rows, cols) view of `arena` covering `ws` when they lie back to back in it, in
+/// order, with the same column count; None otherwise.
+pub(crate) fn adjacent_rows(arena: &Tensor, ws: [&Tensor; 3]) -> Result<Option<Tensor>> {
+    // The address of a CPU f32 tensor's whole storage: views of one arena share it.
+    let storage = |t: &Tensor| match &*t.storage_and_layout().0 {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(v.as_ptr()),
+        _ => None,
+    };
+    let first = ws[0].layout().start_offset();
+    let cols = ws[0].dim(1)?;
+    let mut end = first;
+    let mut rows = 0;
+    for w in ws {
+        let in_arena = storage(w).is_some() && storage(w) == storage(arena);
+        if !in_arena || w.layout().start_offset() != end || w.dim(1)? != cols || !w.is_contiguous()
+        {
+            return Ok(None);
+        }
+        end += w.elem_count();
+        rows += w.dim(0)?;
+    }
+    Ok(Some(
+        arena.narrow(0, first, end - first)?.reshape((rows, cols))?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

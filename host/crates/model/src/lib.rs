@@ -20,6 +20,7 @@ pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod device;
+mod dropout;
 pub mod error;
 pub mod fetch;
 pub mod fused;
