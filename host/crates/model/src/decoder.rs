@@ -530,13 +530,22 @@ impl Decoder {
                 }
                 (None, _) => (k, v, None),
             };
-            // Decode steps of the inference path use the fused attention kernel when it applies.
-            let fused = if s == 1 && mode == Mode::Infer {
-                let q4 = q.reshape((b, nkv, n_rep, hd))?;
-                let scale = 1.0 / (hd as f32).sqrt();
-                crate::ops::decode_attention(&q4, &k, &v, valid, ctx.mask.as_ref(), scale)?
-            } else {
-                None
+            // The inference path uses fused attention kernels where they apply: decode steps
+            // (one query per row, any mask) and prompts (causal: every caller with s > 1 asks
+            // for the causal mask, offset by the cached positions).
+            let scale = 1.0 / (hd as f32).sqrt();
+            let fused = match (mode, s) {
+                (Mode::Infer, 1) => {
+                    let q4 = q.reshape((b, nkv, n_rep, hd))?;
+                    crate::ops::decode_attention(&q4, &k, &v, valid, ctx.mask.as_ref(), scale)?
+                        .map(|o| o.reshape((b, 1, nh * hd)))
+                        .transpose()?
+                }
+                (Mode::Infer, _) if valid.is_none() => {
+                    let q5 = q.reshape((b, nkv, n_rep, s, hd))?;
+                    crate::attention::prefill_attention(&q5, &k, &v, scale)?
+                }
+                _ => None,
             };
             // The general path attends over the valid part of a buffer.
             let (k_att, v_att) = match valid {
@@ -544,7 +553,7 @@ impl Decoder {
                 _ => (k.clone(), v.clone()),
             };
             let o = match fused {
-                Some(o) => o.reshape((b, 1, nh * hd))?,
+                Some(o) => o,
                 None => {
                     let (k, v) = (&k_att, &v_att);
                     let l = k.dim(2)?;

@@ -15,6 +15,7 @@
 //! ```
 
 mod arena;
+pub mod attention;
 pub mod baseline;
 pub mod chat;
 pub mod config;

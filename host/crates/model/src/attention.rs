@@ -1,0 +1,346 @@
+//! Causal attention of a prompt's queries (prefill, or a prompt extending a cache) on the CPU
+//! inference path, as one fused AVX-512 pass per block of queries: scores, softmax and the
+//! weighted values, written straight into the layout the output projection reads.
+//!
+//! The composed path it replaces ran two batched gemms of a few hundred rows each with a
+//! scale, a mask, a softmax and a transpose copy between them, the elementwise ones
+//! single-threaded and 4 lanes wide (the crate is built for baseline x86-64): 10-14 % of a
+//! 128-token prefill of SmolLM2-135M. With this kernel, same build otherwise, alternating runs
+//! of 10 prefills: 442 -> 507 and 431 -> 489 tok/s (medians of 10 and 8 runs).
+
+use candle_core::{CpuStorage, Result, Tensor};
+
+/// Queries per job: their scores share each key load.
+const QUERIES: usize = 4;
+
+/// Causal attention of `s` queries per row over `l` keys, the queries being positions
+/// `l - s..l`: q (b, kv_heads, n_rep, s, hd), k/v (b, kv_heads, l, hd), scores scaled by
+/// `scale`. Returns (b, s, kv_heads * n_rep * hd), or None where the fused kernel does not apply
+/// (not CPU f32, no AVX-512, `hd` not a multiple of 16): the caller then composes candle ops.
+pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let (b, nkv, n_rep, s, hd) = q.dims5()?;
+    let l = k.dim(2)?;
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !avx512_available()
+        || hd % 16 != 0
+        || !(f32_cpu(q) && f32_cpu(k) && f32_cpu(v))
+        || k.dims() != [b, nkv, l, hd]
+        || v.dims() != k.dims()
+        || s > l
+    {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (
+        candle_core::Storage::Cpu(CpuStorage::F32(qv)),
+        candle_core::Storage::Cpu(CpuStorage::F32(kv)),
+        candle_core::Storage::Cpu(CpuStorage::F32(vv)),
+    ) = (&*qs, &*ks, &*vs)
+    else {
+        return Ok(None);
+    };
+    let (Some((qa, qb)), Some((ka, kb)), Some((va, vb))) = (
+        ql.contiguous_offsets(),
+        kl.contiguous_offsets(),
+        vl.contiguous_offsets(),
+    ) else {
+        return Ok(None);
+    };
+    let (qd, kd, vd) = (&qv[qa..qb], &kv[ka..kb], &vv[va..vb]);
+    let nh = nkv * n_rep;
+    let offset = l - s;
+    let blocks = s.div_ceil(QUERIES);
+    let mut out: Vec<f32> = Vec::with_capacity(b * s * nh * hd);
+    let dst = Shared(out.as_mut_ptr());
+    (0..b * nh * blocks).into_par_iter().for_each(|job| {
+        let (bh, blk) = (job / blocks, job % blocks);
+        let (row, h) = (bh / nh, bh % nh);
+        let kv_at = (row * nkv + h / n_rep) * l * hd;
+        let i0 = blk * QUERIES;
+        let nq = QUERIES.min(s - i0);
+        let block = Block {
+            q: qd[(bh * s + i0) * hd..(bh * s + i0 + nq) * hd].as_ptr(),
+            k: kd[kv_at..kv_at + l * hd].as_ptr(),
+            v: vd[kv_at..kv_at + l * hd].as_ptr(),
+            hd,
+            first_pos: offset + i0,
+            scale,
+            // Query i0 + t of this head: row (row * s + i0 + t), columns h * hd.., of the output.
+            out: dst.at((row * s + i0) * nh * hd + h * hd),
+            out_stride: nh * hd,
+        };
+        let mut scores = vec![0f32; QUERIES * (offset + i0 + nq)];
+        // SAFETY: `avx512_available()` was checked above; the block reads inside q/k/v and writes
+        // only its own queries' `hd` columns of `out`, whose capacity covers every row.
+        unsafe {
+            match nq {
+                1 => avx512::block::<1>(&block, &mut scores),
+                2 => avx512::block::<2>(&block, &mut scores),
+                3 => avx512::block::<3>(&block, &mut scores),
+                _ => avx512::block::<QUERIES>(&block, &mut scores),
+            }
+        }
+    });
+    drop((qs, ks, vs));
+    // SAFETY: the jobs cover every (row, query, head) and write all `hd` values of each.
+    unsafe { out.set_len(b * s * nh * hd) };
+    Ok(Some(Tensor::from_vec(out, (b, s, nh * hd), q.device())?))
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The output buffer, written by the jobs in disjoint parts.
+struct Shared(*mut f32);
+
+// SAFETY: every job writes only its own queries' columns.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// One job: up to `QUERIES` consecutive queries of one head. Query `t` (at position
+/// `first_pos + t`) sees keys `0..=first_pos + t`; its row is `q + t * hd`, its output
+/// `out + t * out_stride`.
+struct Block {
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    hd: usize,
+    first_pos: usize,
+    scale: f32,
+    out: *mut f32,
+    out_stride: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Block;
+    use std::arch::x86_64::*;
+
+    /// `scores` holds `N` rows of `first_pos + N` (each query's scores, then its
+    /// probabilities, zero past what it sees).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block<const N: usize>(b: &Block, scores: &mut [f32]) {
+        let hd = b.hd;
+        let keys = b.first_pos + N;
+        let chunks = hd / 16;
+        // Scores: each key's vectors are loaded once for the N queries.
+        for j in 0..keys {
+            let kj = b.k.add(j * hd);
+            let mut acc = [_mm512_setzero_ps(); N];
+            for c in 0..chunks {
+                let kv = _mm512_loadu_ps(kj.add(c * 16));
+                #[allow(clippy::needless_range_loop)]
+                for t in 0..N {
+                    let qv = _mm512_loadu_ps(b.q.add(t * hd + c * 16));
+                    acc[t] = _mm512_fmadd_ps(qv, kv, acc[t]);
+                }
+            }
+            #[allow(clippy::needless_range_loop)]
+            for t in 0..N {
+                scores[t * keys + j] = _mm512_reduce_add_ps(acc[t]) * b.scale;
+            }
+        }
+        // Softmax over what each query sees; the keys after it get probability 0.
+        for t in 0..N {
+            let row = &mut scores[t * keys..(t + 1) * keys];
+            let visible = b.first_pos + t + 1;
+            softmax(&mut row[..visible]);
+            row[visible..].iter_mut().for_each(|p| *p = 0.0);
+        }
+        // Weighted values, 16 output columns at a time.
+        for c in 0..chunks {
+            let mut o = [_mm512_setzero_ps(); N];
+            for j in 0..keys {
+                let vv = _mm512_loadu_ps(b.v.add(j * hd + c * 16));
+                #[allow(clippy::needless_range_loop)]
+                for t in 0..N {
+                    let p = _mm512_set1_ps(*scores.get_unchecked(t * keys + j));
+                    o[t] = _mm512_fmadd_ps(p, vv, o[t]);
+                }
+            }
+            #[allow(clippy::needless_range_loop)]
+            for t in 0..N {
+                _mm512_storeu_ps(b.out.add(t * b.out_stride + c * 16), o[t]);
+            }
+        }
+    }
+
+    /// In place, 16 lanes at a time (the tail masked).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn softmax(x: &mut [f32]) {
+        let n = x.len();
+        let tail: __mmask16 = ((1u32 << (n % 16)) - 1) as u16;
+        let full = n / 16 * 16;
+        let p = x.as_mut_ptr();
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in (0..full).step_by(16) {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(p.add(c)));
+        }
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        m = _mm512_max_ps(m, _mm512_mask_loadu_ps(neg_inf, tail, p.add(full)));
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for c in (0..full).step_by(16) {
+            let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(c)), max));
+            _mm512_storeu_ps(p.add(c), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), max));
+        let e = _mm512_maskz_mov_ps(tail, e);
+        _mm512_mask_storeu_ps(p.add(full), tail, e);
+        sum = _mm512_add_ps(sum, e);
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for c in (0..full).step_by(16) {
+            _mm512_storeu_ps(p.add(c), _mm512_mul_ps(_mm512_loadu_ps(p.add(c)), inv));
+        }
+        let last = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv);
+        _mm512_mask_storeu_ps(p.add(full), tail, last);
+    }
+
+    /// `e^x` for x <= 0 (scores less their maximum): Cephes' single-precision polynomial on
+    /// `x - n ln 2`, scaled by `2^n`; relative error about 2e-7. Below -87 the result
+    /// underflows to 0 (or a denormal), as `f32::exp` does.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-103.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // ln 2 in two parts, so that n * ln 2 is subtracted without rounding error.
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(
+            y,
+            _mm512_mul_ps(r, r),
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(y, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    /// The composed reference: causal softmax(q k^T * scale) v, queries at positions l - s.., heads
+    /// of a kv group sharing its keys.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Tensor {
+        let (b, nkv, n_rep, s, hd) = q.dims5().unwrap();
+        let l = k.dim(2).unwrap();
+        let q = q.reshape((b, nkv, n_rep * s, hd)).unwrap();
+        let att = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+        let mask: Vec<f32> = (0..n_rep * s)
+            .flat_map(|r| {
+                let i = r % s;
+                (0..l).map(move |j| {
+                    if j > l - s + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, n_rep * s, l), &Device::Cpu).unwrap();
+        let att = candle_nn::ops::softmax(&att.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        att.matmul(v)
+            .unwrap()
+            .reshape((b, nkv * n_rep, s, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, s, nkv * n_rep * hd))
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_prefill_attention_matches_the_composed_ops() {
+        if !avx512_available() {
+            eprintln!("skipped: no AVX-512 on this CPU (the decoder composes candle ops there)");
+            return;
+        }
+        // Query blocks with remainders, keys past 16-lane multiples, a cached prefix, GQA.
+        for (b, nkv, n_rep, s, l, hd) in [
+            (1, 3, 3, 7, 7, 64),
+            (2, 2, 2, 13, 20, 32),
+            (1, 1, 4, 1, 33, 16),
+            (1, 2, 1, 40, 40, 128),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (b, nkv, n_rep, s, hd), &Device::Cpu).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, nkv, l, hd), &Device::Cpu).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, nkv, l, hd), &Device::Cpu).unwrap();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let got = prefill_attention(&q, &k, &v, scale).unwrap().unwrap();
+            let want = reference(&q, &k, &v, scale);
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{:?}: {d}", (b, nkv, n_rep, s, l, hd));
+        }
+        let odd = Tensor::zeros((1, 1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let kv = Tensor::zeros((1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(prefill_attention(&odd, &kv, &kv, 1.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn vector_exp_matches_f32_exp() {
+        if !avx512_available() {
+            return;
+        }
+        let xs: Vec<f32> = (0..=2000).map(|i| -100.0 + i as f32 * 0.05).collect();
+        for c in xs.chunks(16) {
+            let mut lane = [0f32; 16];
+            lane[..c.len()].copy_from_slice(c);
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512 checked above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(
+                    out.as_mut_ptr(),
+                    avx512::exp(_mm512_loadu_ps(lane.as_ptr())),
+                );
+            }
+            for (x, y) in lane.iter().zip(out) {
+                let want = x.exp();
+                let err = (y - want).abs() / want.max(f32::MIN_POSITIVE);
+                assert!(
+                    err < 1e-6 || (y - want).abs() < 1e-37,
+                    "exp({x}) = {y}, want {want}"
+                );
+            }
+        }
+    }
+}
