@@ -38,3 +38,8 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| out = Some(f()));
     out.expect("rayon::scope runs its closure to completion")
 }
+
+/// Threads the tensor work runs on (rayon's global pool: `RAYON_NUM_THREADS`, else one per core).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

@@ -8,6 +8,8 @@ use malt_model::{
     branch_seed, fetch, parse_device, Branch, Cache, Message, Model, ModelConfig, NodeRequest,
     SamplingParams, TreeSampler,
 };
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -41,6 +43,16 @@ pub struct Args {
     pub skip_baseline: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A llama.cpp build directory (holding `llama-bench` and `llama-batched-bench`): the real
+    /// model's three throughput figures are then also measured with llama.cpp in this run, with
+    /// as many threads as malt uses. Needs --llama-cpp-model.
+    #[arg(long, requires = "llama_cpp_model")]
+    pub llama_cpp: Option<PathBuf>,
+    /// The GGUF llama.cpp runs; for a like-for-like comparison the same weights in f32, e.g.
+    /// `llama-quantize --allow-requantize SmolLM2-135M-Instruct.Q4_1.gguf smollm2-f32.gguf F32`
+    /// (malt dequantises that file to f32 too).
+    #[arg(long, requires = "llama_cpp")]
+    pub llama_cpp_model: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -177,6 +189,7 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         Some(p) => Some(128.0 / median(PREFILL_RUNS, || Ok(p.prefill_secs(&p128)?))?),
         None => None,
     };
+    let mut ours = (128.0 / s, 0.0, 0.0);
     println!(
         "[{label}] prefill 128 tokens: median of {PREFILL_RUNS} {s:.3}s = {:.1} tok/s{} (llama.cpp reference 500)",
         128.0 / s,
@@ -199,6 +212,7 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         Some(p) => Some(nt as f64 / median(DECODE_RUNS, || Ok(p.decode_secs(&p128, 1, nt)?))?),
         None => None,
     };
+    ours.1 = nt as f64 / s;
     println!(
         "[{label}] decode batch 1: {nt} tokens, median of {DECODE_RUNS} {s:.2}s = {:.1} tok/s{} (llama.cpp reference 45)",
         nt as f64 / s,
@@ -226,6 +240,7 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         None => None,
     };
     drop(plain);
+    ours.2 = (9 * nt) as f64 / s;
     println!(
         "[{label}] decode batch 9: {} tokens, median of {DECODE_RUNS} {s:.2}s = {:.1} tok/s total{} (llama.cpp reference 200)",
         9 * nt,
@@ -233,6 +248,19 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         ratio((9 * nt) as f64 / s, base)
     );
 
+    if let (true, Some(dir), Some(gguf)) = (text, &a.llama_cpp, &a.llama_cpp_model) {
+        let peer = llama_cpp(dir, gguf, nt)?;
+        println!(
+            "[{label}] llama.cpp, same run ({} threads): prefill 128 {:.1} tok/s, decode batch 1 {:.1}, batch 9 {:.1} total; malt / llama.cpp = {:.2}x, {:.2}x, {:.2}x",
+            malt_model::process::threads(),
+            peer.prefill,
+            peer.decode_1,
+            peer.decode_9,
+            ours.0 / peer.prefill,
+            ours.1 / peer.decode_1,
+            ours.2 / peer.decode_9
+        );
+    }
     if a.skip_tree {
         return Ok(());
     }
@@ -350,4 +378,84 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         }
     );
     Ok(())
+}
+
+/// llama.cpp's figures for the shapes `bench_model` measures.
+struct Peer {
+    prefill: f64,
+    decode_1: f64,
+    decode_9: f64,
+}
+
+/// Runs llama.cpp's own benchmarks from `dir` on `gguf`: `llama-bench` (prefill of 128 tokens and
+/// decode of `nt` at batch 1, mean of 3 repetitions) and `llama-batched-bench` (9 sequences
+/// sharing a 128-token prompt, `nt` tokens each, as the batch-9 line above).
+fn llama_cpp(dir: &Path, gguf: &Path, nt: usize) -> anyhow::Result<Peer> {
+    let threads = malt_model::process::threads().to_string();
+    let run = |tool: &str, args: &[&str]| -> anyhow::Result<String> {
+        let bin = dir.join(tool);
+        let out = Command::new(&bin)
+            .arg("-m")
+            .arg(gguf)
+            .args(["-t", &threads])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let nts = nt.to_string();
+    let bench = run(
+        "llama-bench",
+        &["-p", "128", "-n", &nts, "-r", "3", "-o", "json"],
+    )?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&bench).context("reading llama-bench's JSON output")?;
+    let rate = |prompt: u64, gen: u64| -> anyhow::Result<f64> {
+        rows.iter()
+            .find(|r| r["n_prompt"] == prompt && r["n_gen"] == gen)
+            .and_then(|r| r["avg_ts"].as_f64())
+            .with_context(|| {
+                format!("llama-bench printed no row for n_prompt {prompt}, n_gen {gen}")
+            })
+    };
+    let batched = run(
+        "llama-batched-bench",
+        &[
+            "-c",
+            "2048",
+            "-b",
+            "512",
+            "-ub",
+            "512",
+            "-npp",
+            "128",
+            "-ntg",
+            &nts,
+            "-npl",
+            "9",
+            "-pps",
+            "--output-format",
+            "jsonl",
+        ],
+    )?;
+    let decode_9 = batched
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|r| r["speed_tg"].as_f64())
+        .context("llama-batched-bench printed no speed_tg")?;
+    Ok(Peer {
+        prefill: rate(128, 0)?,
+        decode_1: rate(0, nt as u64)?,
+        decode_9,
+    })
 }
