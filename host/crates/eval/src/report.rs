@@ -177,19 +177,23 @@ pub fn accuracy_svg(r: &Report) -> String {
             error: s.std_pct,
         })
         .collect();
+    let seeds = r.plan.seeds.len();
     let title = format!(
-        "Accuracy per system ({} seeds × {} questions)",
-        r.plan.seeds.len(),
+        "Accuracy per system ({seeds} seed{} × {} questions)",
+        if seeds == 1 { "" } else { "s" },
         r.plan.questions
     );
     bar_chart(&title, "accuracy (%), mean ± std", &bars)
 }
 
 /// Accuracy after each turn, one solid (attempt 0) and one dashed (MV@k) line per variant;
-/// non-answering turns have no point, so the line joins the answering turns across them.
+/// non-answering turns have no point, so the line joins the answering turns across them. A
+/// one-turn variant (the single agent) is drawn as a level line across every turn: the
+/// reference the chains are read against (a lone point hid under the chains' first turn).
 pub fn per_turn_svg(r: &Report) -> String {
     let k = r.plan.majority_k;
     let longest = r.per_turn.iter().max_by_key(|v| v.turns.len());
+    let last_turn = longest.map(|v| v.turns.len()).unwrap_or(1) as f64;
     let x_ticks = longest.map(|v| {
         v.turns
             .iter()
@@ -199,7 +203,7 @@ pub fn per_turn_svg(r: &Report) -> String {
     let mut series = Vec::new();
     for (vi, v) in r.per_turn.iter().enumerate() {
         for voted in [false, true] {
-            let points = v
+            let mut points: Vec<(f64, f64)> = v
                 .turns
                 .iter()
                 .filter_map(|t| {
@@ -207,11 +211,20 @@ pub fn per_turn_svg(r: &Report) -> String {
                     s.as_ref().map(|s| ((t.turn + 1) as f64, s.mean_pct))
                 })
                 .collect();
+            let level = v.turns.len() == 1 && last_turn > 1.0 && points.len() == 1;
+            if level {
+                points.push((last_turn, points[0].1));
+            }
+            let name = if voted {
+                format!("{} + MV@{k}", v.variant.label())
+            } else {
+                v.variant.label().to_string()
+            };
             series.push(Series {
-                name: if voted {
-                    format!("{} + MV@{k}", v.variant.label())
+                name: if level {
+                    format!("{name} (reference)")
                 } else {
-                    v.variant.label().to_string()
+                    name
                 },
                 points,
                 dashed: voted,
