@@ -8,6 +8,7 @@
 //! 128-token prefill of SmolLM2-135M. With this kernel, same build otherwise, alternating runs
 //! of 10 prefills: 442 -> 507 and 431 -> 489 tok/s (medians of 10 and 8 runs).
 
+use crate::simd::has_avx512;
 use candle_core::{CpuStorage, Result, Tensor};
 
 /// Queries per job: their scores share each key load.
@@ -22,7 +23,7 @@ pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
     let (b, nkv, n_rep, s, hd) = q.dims5()?;
     let l = k.dim(2)?;
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !avx512_available()
+    if !has_avx512()
         || hd % 16 != 0
         || !(f32_cpu(q) && f32_cpu(k) && f32_cpu(v))
         || k.dims() != [b, nkv, l, hd]
@@ -74,7 +75,7 @@ pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
             out_stride: nh * hd,
         };
         let mut scores = vec![0f32; QUERIES * (offset + i0 + nq)];
-        // SAFETY: `avx512_available()` was checked above; the block reads inside q/k/v and writes
+        // SAFETY: `has_avx512()` was checked above; the block reads inside q/k/v and writes
         // only its own queries' `hd` columns of `out`, whose capacity covers every row.
         unsafe {
             match nq {
@@ -89,17 +90,6 @@ pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
     // SAFETY: the jobs cover every (row, query, head) and write all `hd` values of each.
     unsafe { out.set_len(b * s * nh * hd) };
     Ok(Some(Tensor::from_vec(out, (b, s, nh * hd), q.device())?))
-}
-
-fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// The output buffer, written by the jobs in disjoint parts.
@@ -131,6 +121,7 @@ struct Block {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::Block;
+    use crate::simd::avx512::exp;
     use std::arch::x86_64::*;
 
     /// `scores` holds `N` rows of `first_pos + N` (each query's scores, then its
@@ -213,36 +204,6 @@ mod avx512 {
         let last = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv);
         _mm512_mask_storeu_ps(p.add(full), tail, last);
     }
-
-    /// `e^x` for x <= 0 (scores less their maximum): Cephes' single-precision polynomial on
-    /// `x - n ln 2`, scaled by `2^n`; relative error about 2e-7. Below -87 the result
-    /// underflows to 0 (or a denormal), as `f32::exp` does.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-103.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        // ln 2 in two parts, so that n * ln 2 is subtracted without rounding error.
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-        }
-        let y = _mm512_fmadd_ps(
-            y,
-            _mm512_mul_ps(r, r),
-            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-        );
-        _mm512_scalef_ps(y, n)
-    }
 }
 
 #[cfg(test)]
@@ -283,7 +244,7 @@ mod tests {
 
     #[test]
     fn fused_prefill_attention_matches_the_composed_ops() {
-        if !avx512_available() {
+        if !has_avx512() {
             eprintln!("skipped: no AVX-512 on this CPU (the decoder composes candle ops there)");
             return;
         }
@@ -313,34 +274,5 @@ mod tests {
         let odd = Tensor::zeros((1, 1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
         let kv = Tensor::zeros((1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(prefill_attention(&odd, &kv, &kv, 1.0).unwrap().is_none());
-    }
-
-    #[test]
-    fn vector_exp_matches_f32_exp() {
-        if !avx512_available() {
-            return;
-        }
-        let xs: Vec<f32> = (0..=2000).map(|i| -100.0 + i as f32 * 0.05).collect();
-        for c in xs.chunks(16) {
-            let mut lane = [0f32; 16];
-            lane[..c.len()].copy_from_slice(c);
-            let mut out = [0f32; 16];
-            // SAFETY: AVX-512 checked above.
-            unsafe {
-                use std::arch::x86_64::*;
-                _mm512_storeu_ps(
-                    out.as_mut_ptr(),
-                    avx512::exp(_mm512_loadu_ps(lane.as_ptr())),
-                );
-            }
-            for (x, y) in lane.iter().zip(out) {
-                let want = x.exp();
-                let err = (y - want).abs() / want.max(f32::MIN_POSITIVE);
-                assert!(
-                    err < 1e-6 || (y - want).abs() < 1e-37,
-                    "exp({x}) = {y}, want {want}"
-                );
-            }
-        }
     }
 }

@@ -565,11 +565,7 @@ impl CustomOp2 for SwiGlu {
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(y, (g, u))| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(*g) * u;
-                }
-            });
+            .for_each(|(y, (g, u))| crate::simd::silu_mul(g, u, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -32,6 +32,7 @@ pub mod model;
 pub mod ops;
 pub mod process;
 pub mod sampling;
+mod simd;
 pub mod small_matmul;
 pub mod tokenizer;
 pub mod tree;
