@@ -15,77 +15,10 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::matmul::{matmul_wt, sgemm};
+
 /// Elements per rayon task in the elementwise loops: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
-
-/// `dst (m, n) = alpha_dst * dst + scale * op(lhs) @ op(rhs)`, all row-major. `lhs` holds (m, k)
-/// or, when `lhs_t`, (k, m); `rhs` holds (k, n) or, when `rhs_t`, (n, k). `accumulate` keeps
-/// `dst`'s contents (alpha 1) instead of overwriting them.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
-    scale: f32,
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].iter_mut().for_each(|v| *v = 0.0);
-        }
-        return;
-    }
-    let (lhs_rs, lhs_cs) = if lhs_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (rhs_rs, rhs_cs) = if rhs_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserted lengths cover every index the strides reach: lhs (m, k), rhs (k, n),
-    // dst (m, n), each with the strides of its stored layout.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            scale,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
 
 /// The contiguous f32 data of a CPU storage.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -170,7 +103,7 @@ impl CustomOp3 for LoraLinear {
             None => false,
         };
         with_data(&self.w, self.name(), |w| {
-            sgemm(n, out, inp, &mut y, has_bias, x, false, w, true, 1.0);
+            matmul_wt(n, out, inp, &mut y, has_bias, x, w);
             Ok(())
         })?;
         let xd = self.dropped(x)?;
@@ -284,7 +217,7 @@ impl CustomOp1 for FrozenLinear {
         let x = slice(s, l, self.name())?;
         let mut y = vec![0f32; n * out];
         with_data(&self.w, self.name(), |w| {
-            sgemm(n, out, k, &mut y, false, x, false, w, true, 1.0);
+            matmul_wt(n, out, k, &mut y, false, x, w);
             Ok(())
         })?;
         Ok((CpuStorage::F32(y), Shape::from((n, out))))

@@ -28,6 +28,7 @@ pub mod fused;
 pub mod generate;
 pub mod kv;
 pub mod lora;
+mod matmul;
 pub mod model;
 pub mod ops;
 pub mod process;

@@ -1,12 +1,13 @@
-//! `x @ w^T` for the few rows of a decode step (and prompts of up to 64 tokens): the weight streams
+//! `x @ w^T` for the few rows of a decode step (and prompts of up to 28 tokens): the weight streams
 //! through once, split over the rayon pool, with an AVX-512, AVX2+FMA or portable kernel chosen at
 //! run time.
 
 use candle_core::{CpuStorage, Result, Tensor};
 
-/// Largest row count routed to [`small_matmul`]. On the matmuls of a SmolLM2-135M forward, gemm
-/// took 1.3-1.7x as long at 27-64 rows and was on par at 96.
-pub const SMALL_MATMUL_MAX_ROWS: usize = 64;
+/// Largest row count routed to [`small_matmul`]: a 27-leaf decode step fits. On the matmuls of a
+/// SmolLM2-135M forward (AVX-512), gemm through `crate::matmul` took 1.1-1.2x as long at 16-24
+/// rows and was 0.8-0.9x at 32, 0.7x at 64.
+pub const SMALL_MATMUL_MAX_ROWS: usize = 28;
 
 /// Where a job writes its outputs: the value for input row `r` and the job's weight row `j` goes
 /// to `ptr + r * ld + j`, `ptr` being the job's first column of the (n, out) output and `ld` its
@@ -539,7 +540,7 @@ mod tests {
             (3, 8, 4),
             (5, 576, 1536),
             (11, 100, 33),
-            (33, 50, 70),
+            (27, 50, 70),
             (SMALL_MATMUL_MAX_ROWS, 81, 131),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
