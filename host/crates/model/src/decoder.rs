@@ -9,7 +9,6 @@ use crate::dropout::{dropout_mask, seeded_dropout};
 use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::lora::{LoraAdapter, Proj};
-use crate::matmul::linear_wt;
 use crate::ops::frozen_matmul;
 use crate::small_matmul::{small_matmul, small_matmuls};
 use candle_core::{DType, Device, Tensor, D};
@@ -394,7 +393,7 @@ impl Decoder {
         let y = match mode {
             Mode::Infer => match small_matmul(&x2, &lin.w)? {
                 Some(y) => y,
-                None => linear_wt(&x2, &lin.w)?,
+                None => frozen_matmul(&x2, &lin.w)?,
             },
             Mode::Train { .. } => frozen_matmul(&x2, &lin.w)?,
         };
@@ -419,7 +418,7 @@ impl Decoder {
             let ys = match (small_matmuls(&x2, &ws)?, &l.qkv) {
                 (Some(ys), _) => Some(ys),
                 (None, Some(qkv)) if ps[..] == [Proj::Q, Proj::K, Proj::V] => {
-                    let y = linear_wt(&x2, qkv)?;
+                    let y = frozen_matmul(&x2, qkv)?;
                     let mut start = 0;
                     let mut ys = Vec::with_capacity(N);
                     for w in &ws {
@@ -615,7 +614,7 @@ impl Decoder {
         let y = match mode {
             Mode::Infer => match small_matmul(&x2, &self.lm_head)? {
                 Some(y) => y,
-                None => linear_wt(&x2, &self.lm_head)?,
+                None => frozen_matmul(&x2, &self.lm_head)?,
             },
             Mode::Train { .. } => frozen_matmul(&x2, &self.lm_head)?,
         };

@@ -7,7 +7,6 @@
 //! back costs a fraction of what the packing did. Measured on the SmolLM2-135M shapes at 128 rows
 //! (2 threads, AVX-512 gemm kernels): 1.2-1.7x faster per projection than the packing product.
 
-use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Fewest rows for which [`matmul_wt`] takes the transposed product. Below it gemm packs little
@@ -102,31 +101,6 @@ pub(crate) fn matmul_wt(
     let mut yt = vec![0f32; out * n];
     sgemm(out, n, k, &mut yt, false, w, false, x, true, 1.0);
     transpose_into(&yt, out, n, &mut y[..n * out], accumulate);
-}
-
-/// [`matmul_wt`] on tensors: `x (n, k) @ w^T` for `w` (out, k), CPU f32; other devices and dtypes
-/// take candle's matmul.
-pub(crate) fn linear_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, k) = x.dims2()?;
-    let (out, k2) = w.dims2()?;
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if k != k2 || n < WT_MIN_ROWS || !cpu_f32(x) || !cpu_f32(w) {
-        return x.matmul(&w.t()?);
-    }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(wv))) = (&*xs, &*ws)
-    else {
-        return x.matmul(&w.t()?);
-    };
-    let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-    else {
-        return x.matmul(&w.t()?);
-    };
-    let mut y = vec![0f32; n * out];
-    matmul_wt(n, out, k, &mut y, false, &xv[xa..xb], &wv[wa..wb]);
-    Tensor::from_vec(y, (n, out), &Device::Cpu)
 }
 
 /// Side of the square tiles [`transpose_into`] moves: 16 x 16 f32 is a 1 KiB tile read as 16

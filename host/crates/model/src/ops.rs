@@ -3,7 +3,9 @@
 
 use candle_core::{CpuStorage, Result, Tensor};
 
-/// `x @ w^T` (x 2-D) for a frozen `w`: the backward returns only the input gradient `g @ w`.
+/// `x @ w^T` (x 2-D) for a frozen `w`: the backward returns only the input gradient `g @ w`. The
+/// inference path uses it too, for inputs of more rows than the small-batch matmul takes: on CPU
+/// its product reads `w` in place (`crate::matmul::matmul_wt`) where candle's matmul packs it.
 ///
 /// Plain `matmul` always computes the weight gradient as well, one wasted weight-sized matmul per
 /// frozen projection in a LoRA step (about 25 % of a step, see notes/candle.md). Off CPU (no
