@@ -97,6 +97,15 @@ fn flatten_rows(x: &Tensor) -> Result<(Vec<usize>, Tensor)> {
 
 /// Training on CPU f32 takes the fused ops of `crate::fused` (one graph node each, analytic
 /// backward); elsewhere the composed candle ops.
+/// `x @ w^T` by the small-batch kernel when inferring on few rows; None sends the caller to
+/// [`frozen_matmul`], which serves every other case (and training) from one op.
+fn infer_small(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Option<Tensor>> {
+    Ok(match mode {
+        Mode::Infer => small_matmul(x, w)?,
+        Mode::Train { .. } => None,
+    })
+}
+
 fn fused_train(x: &Tensor, mode: Mode) -> bool {
     matches!(mode, Mode::Train { .. }) && x.device().is_cpu() && x.dtype() == DType::F32
 }
@@ -390,12 +399,9 @@ impl Decoder {
             out_dims[last] = y.dim(1)?;
             return Ok(y.reshape(out_dims)?);
         }
-        let y = match mode {
-            Mode::Infer => match small_matmul(&x2, &lin.w)? {
-                Some(y) => y,
-                None => frozen_matmul(&x2, &lin.w)?,
-            },
-            Mode::Train { .. } => frozen_matmul(&x2, &lin.w)?,
+        let y = match infer_small(&x2, &lin.w, mode)? {
+            Some(y) => y,
+            None => frozen_matmul(&x2, &lin.w)?,
         };
         self.finish_linear(&x2, y, dims, layer, p, adapter, mode)
     }
@@ -611,12 +617,9 @@ impl Decoder {
     /// so the trainer can select completion positions first and pay for the vocab matmul only there.
     pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
         let (dims, x2) = flatten_rows(hidden)?;
-        let y = match mode {
-            Mode::Infer => match small_matmul(&x2, &self.lm_head)? {
-                Some(y) => y,
-                None => frozen_matmul(&x2, &self.lm_head)?,
-            },
-            Mode::Train { .. } => frozen_matmul(&x2, &self.lm_head)?,
+        let y = match infer_small(&x2, &self.lm_head, mode)? {
+            Some(y) => y,
+            None => frozen_matmul(&x2, &self.lm_head)?,
         };
         let mut out = dims;
         let last = out.len() - 1;
