@@ -328,7 +328,7 @@ fn api_keys_come_from_the_environment_and_stay_out_of_logs() {
     let model = root.join("model");
     tiny_model(&model);
     let section = format!(
-        "{}api_key_env = \"MALT_TEST_REMOTE_KEY\"\n",
+        "{}api_key_env = \"MALT_TEST_REMOTE_KEY\"\nengine = \"malt\"\n",
         remote_section(free_port(), 0, 0.1)
     );
     let cfg = root.join("keyed.toml");

@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use malt_remote::{Endpoint, RemoteSampler, RemoteSettings, RetryPolicy};
+use malt_remote::{Endpoint, Engine, EngineChoice, RemoteSampler, RemoteSettings, RetryPolicy};
 use malt_tree::{Message, SampleRequest, Sampler, SamplingParams};
 use serde_json::{json, Value};
 
 /// What the responder saw.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// `GET /v1/models`, `POST /v1/chat/completions`, ...
+    line: String,
     headers: Vec<(String, String)>,
     body: Value,
 }
@@ -131,6 +133,11 @@ fn handle(
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let request_line = line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut headers = Vec::new();
     let mut len = 0usize;
     loop {
@@ -152,6 +159,7 @@ fn handle(
     reader.read_exact(&mut body)?;
     (busy.start)();
     let req = Seen {
+        line: request_line,
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     };
@@ -189,6 +197,13 @@ fn echo(req: &Seen) -> Reply {
         .map(|(i, s)| json!({"index": i, "message": {"role": "assistant", "content": format!("{model}|{s}")}, "finish_reason": "stop"}))
         .collect();
     Reply::ok(json!({ "choices": choices }))
+}
+
+/// An endpoint known to be `malt serve` (no engine probe).
+fn ep(url: &str) -> Endpoint {
+    let mut e = Endpoint::new(url);
+    e.engine = EngineChoice::Fixed(Engine::Malt);
+    e
 }
 
 fn params() -> SamplingParams {
@@ -256,8 +271,8 @@ impl Batch {
 #[test]
 fn completions_land_by_seed_with_the_agents_model_and_the_key() {
     let server = Responder::start(|r, _| echo(r));
-    let ep = Endpoint::new(&server.url()).with_api_key(Some("sk-test-123".into()));
-    let mut s = sampler(vec![ep], fast_retry(2));
+    let e = ep(&server.url()).with_api_key(Some("sk-test-123".into()));
+    let mut s = sampler(vec![e], fast_retry(2));
     let b = Batch::new(3, 3);
     let out = s.sample(&b.requests("verifier")).unwrap();
     for (i, r) in out.iter().enumerate() {
@@ -292,7 +307,7 @@ fn server_errors_and_rate_limits_are_retried() {
         2 => Reply::status(503, "warming up"),
         _ => echo(r),
     });
-    let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(5));
+    let mut s = sampler(vec![ep(&server.url())], fast_retry(5));
     let b = Batch::new(1, 2);
     let out = s.sample(&b.requests("generator")).unwrap();
     assert_eq!(
@@ -312,7 +327,7 @@ fn retry_after_is_honoured() {
         },
         _ => echo(r),
     });
-    let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(2));
+    let mut s = sampler(vec![ep(&server.url())], fast_retry(2));
     let t = std::time::Instant::now();
     s.sample(&Batch::new(1, 1).requests("g")).unwrap();
     assert!(
@@ -335,7 +350,7 @@ fn free_port() -> u16 {
 fn refused_connections_are_retried_until_the_server_is_back() {
     let port = free_port();
     let mut s = sampler(
-        vec![Endpoint::new(&format!("http://127.0.0.1:{port}/v1"))],
+        vec![ep(&format!("http://127.0.0.1:{port}/v1"))],
         RetryPolicy {
             retries: 20,
             backoff: Duration::from_millis(50),
@@ -365,9 +380,9 @@ fn timeouts_exhaust_the_budget_into_an_error_naming_the_endpoint() {
         delay: Duration::from_millis(1500),
         ..echo(r)
     });
-    let mut ep = Endpoint::new(&server.url());
-    ep.timeout = Duration::from_millis(200);
-    let mut s = sampler(vec![ep], fast_retry(2));
+    let mut e = ep(&server.url());
+    e.timeout = Duration::from_millis(200);
+    let mut s = sampler(vec![e], fast_retry(2));
     let err = s.sample(&Batch::new(1, 1).requests("g")).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -385,7 +400,7 @@ fn timeouts_exhaust_the_budget_into_an_error_naming_the_endpoint() {
 fn the_wait_budget_stops_retries_before_the_attempt_budget() {
     let server = Responder::start(|_, _| Reply::status(502, "bad gateway"));
     let mut s = sampler(
-        vec![Endpoint::new(&server.url())],
+        vec![ep(&server.url())],
         RetryPolicy {
             retries: 100,
             backoff: Duration::from_millis(100),
@@ -401,7 +416,8 @@ fn the_wait_budget_stops_retries_before_the_attempt_budget() {
     assert!(server.requests().len() < 10, "{}", server.requests().len());
 }
 
-/// llama.cpp's server ignores `n` and returns one choice, seeded by `seed`.
+/// llama-cpp-python's server (and older llama.cpp builds) ignore `n` and return one choice,
+/// seeded by `seed`.
 #[test]
 fn fewer_choices_than_n_get_follow_up_requests() {
     let server = Responder::start(|r, _| {
@@ -409,9 +425,9 @@ fn fewer_choices_than_n_get_follow_up_requests() {
         let seed = r.body["seed"].as_u64().unwrap();
         Reply::ok(json!({"choices": [{"index": 0, "message": {"content": format!("s{seed}")}}]}))
     });
-    let mut ep = Endpoint::new(&server.url());
-    ep.malt_seeds = false;
-    let mut s = sampler(vec![ep], fast_retry(1));
+    let mut e = Endpoint::new(&server.url());
+    e.engine = EngineChoice::Fixed(Engine::Openai);
+    let mut s = sampler(vec![e], fast_retry(1));
     let b = Batch::new(2, 3);
     let out = s.sample(&b.requests("g")).unwrap();
     assert_eq!(
@@ -432,7 +448,7 @@ fn client_errors_fail_only_their_request() {
             echo(r)
         }
     });
-    let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(3));
+    let mut s = sampler(vec![ep(&server.url())], fast_retry(3));
     let out = s.sample(&Batch::new(3, 2).requests("g")).unwrap();
     assert!(out[0].is_ok() && out[2].is_ok());
     let e = out[1].as_ref().unwrap_err();
@@ -444,8 +460,8 @@ fn client_errors_fail_only_their_request() {
 fn a_rejected_key_stops_the_batch_without_showing_the_key() {
     let server =
         Responder::start(|_, _| Reply::status(401, r#"{"error":{"message":"invalid api key"}}"#));
-    let ep = Endpoint::new(&server.url()).with_api_key(Some("sk-secret-999".into()));
-    let mut s = sampler(vec![ep], fast_retry(5));
+    let e = ep(&server.url()).with_api_key(Some("sk-secret-999".into()));
+    let mut s = sampler(vec![e], fast_retry(5));
     let err = s
         .sample(&Batch::new(2, 1).requests("g"))
         .unwrap_err()
@@ -465,9 +481,9 @@ fn concurrency_is_limited_per_endpoint_and_work_spreads() {
         ..echo(r)
     };
     let (a, b) = (Responder::start(slow), Responder::start(slow));
-    let mut ea = Endpoint::new(&a.url());
+    let mut ea = ep(&a.url());
     ea.max_concurrency = 2;
-    let mut eb = Endpoint::new(&b.url());
+    let mut eb = ep(&b.url());
     eb.max_concurrency = 3;
     let mut s = sampler(vec![ea, eb], fast_retry(0));
     let batch = Batch::new(10, 2);
@@ -483,11 +499,91 @@ fn concurrency_is_limited_per_endpoint_and_work_spreads() {
 #[test]
 fn a_dead_endpoint_is_bypassed() {
     let live = Responder::start(|r, _| echo(r));
-    let dead = Endpoint::new(&format!("http://127.0.0.1:{}", free_port()));
-    let mut s = sampler(vec![dead, Endpoint::new(&live.url())], fast_retry(3));
+    let dead = ep(&format!("http://127.0.0.1:{}", free_port()));
+    let mut s = sampler(vec![dead, ep(&live.url())], fast_retry(3));
     for _ in 0..3 {
         let out = s.sample(&Batch::new(4, 2).requests("g")).unwrap();
         assert!(out.iter().all(Result::is_ok));
     }
     assert_eq!(live.requests().len(), 12);
+}
+
+/// A server whose model list says vLLM: the engine is identified once, before the first
+/// completion, and a node's choices are asked one per request with the choice's own seed
+/// (vLLM has no per-choice seeds) and vLLM's defaults pinned.
+#[test]
+fn an_auto_endpoint_is_identified_and_asked_one_choice_per_request() {
+    let server = Responder::start(|r, _| {
+        if r.line == "GET /v1/models" {
+            return Reply::ok(json!({"object": "list", "data": [{"id": "base", "object": "model", "owned_by": "vllm"}]}));
+        }
+        assert!(r.body.get("malt_seeds").is_none(), "{}", r.body);
+        assert_eq!(r.body["n"], 1);
+        assert_eq!((r.body["top_k"].clone(), r.body["min_p"].clone()), (json!(-1), json!(0.0)));
+        let seed = r.body["seed"].as_u64().unwrap();
+        Reply::ok(json!({"choices": [{"index": 0, "message": {"content": format!("s{seed}")}}]}))
+    });
+    let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(1));
+    let reports = s.resolve_engines(false).unwrap();
+    assert_eq!(reports[0].engine, Engine::Vllm);
+    assert!(reports[0].caveats.iter().any(|c| c.contains("malt_seeds")));
+    let b = Batch::new(2, 3);
+    let out = s.sample(&b.requests("g")).unwrap();
+    assert_eq!(
+        out[1].as_ref().unwrap(),
+        &vec!["s100".to_owned(), "s101".into(), "s102".into()]
+    );
+    let seen = server.requests();
+    assert_eq!(seen.iter().filter(|r| r.line == "GET /v1/models").count(), 1);
+    assert_eq!(seen.len(), 1 + 6, "one probe, then one request per choice");
+    assert_eq!(s.stats.follow_ups, 0);
+}
+
+/// llama-server refuses `n` beyond its `--parallel` slots with a 400: a generic endpoint then
+/// asks one choice per request instead of erroring the nodes.
+#[test]
+fn a_refused_multi_choice_request_is_asked_one_choice_at_a_time() {
+    let server = Responder::start(|r, _| {
+        if r.body["n"].as_u64() != Some(1) {
+            return Reply::status(
+                400,
+                r#"{"error":{"code":400,"message":"Field 'n': Value must be between 1 <= value <= 1, but got 3","type":"invalid_request_error"}}"#,
+            );
+        }
+        let seed = r.body["seed"].as_u64().unwrap();
+        Reply::ok(json!({"choices": [{"index": 0, "message": {"content": format!("s{seed}")}}]}))
+    });
+    let mut e = Endpoint::new(&server.url());
+    e.engine = EngineChoice::Fixed(Engine::Openai);
+    let mut s = sampler(vec![e], fast_retry(1));
+    let out = s.sample(&Batch::new(2, 3).requests("g")).unwrap();
+    assert_eq!(
+        out[0].as_ref().unwrap(),
+        &vec!["s0".to_owned(), "s1".into(), "s2".into()]
+    );
+    assert_eq!(s.stats.refused, 0);
+    assert_eq!(server.requests().len(), 2 + 6);
+}
+
+/// An endpoint whose model list names no known engine is used as a generic OpenAI API, and a
+/// refused key while identifying it stops the run with a pointer to `api_key_env`.
+#[test]
+fn unknown_and_unauthorised_model_lists() {
+    let server = Responder::start(|r, _| {
+        if r.line == "GET /v1/models" {
+            return Reply::ok(json!({"data": [{"id": "gpt-x", "owned_by": "someone"}]}));
+        }
+        echo(r)
+    });
+    let mut s = sampler(vec![Endpoint::new(&server.url())], fast_retry(1));
+    let r = s.resolve_engines(true).unwrap();
+    assert_eq!(r[0].engine, Engine::Openai);
+    assert!(r[0].source.contains("someone"), "{}", r[0].source);
+    assert!(r[0].caveats.iter().any(|c| c.contains("top_k")));
+
+    let locked = Responder::start(|_, _| Reply::status(401, r#"{"error":{"message":"no key"}}"#));
+    let mut s = sampler(vec![Endpoint::new(&locked.url())], fast_retry(3));
+    let e = s.resolve_engines(false).unwrap_err().to_string();
+    assert!(e.contains("HTTP 401") && e.contains("api_key_env"), "{e}");
+    assert_eq!(locked.requests().len(), 1);
 }

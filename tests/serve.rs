@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use malt::backend::serve_backend::ModelServeBackend;
+use malt::backend::serve_backend::{Batching, EngineSettings, ModelServeBackend};
 use malt::backend::ModelSampler;
 use malt_model::candle_core::{Device, Tensor};
 use malt_model::{LoraAdapter, LoraConfig, Model, ModelConfig, Proj};
@@ -71,14 +71,14 @@ struct Fixture {
     url: String,
 }
 
-fn start(limits: Limits, batch: bool) -> Fixture {
+fn start(limits: Limits, batch: Batching) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let (model_dir, run_dir) = write_fixture(dir.path());
     start_on(dir, model_dir, run_dir, limits, batch)
 }
 
 /// A second server on the same checkpoint as `f`.
-fn start_like(f: &Fixture, limits: Limits, batch: bool) -> Fixture {
+fn start_like(f: &Fixture, limits: Limits, batch: Batching) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     start_on(dir, f.model_dir.clone(), f.run_dir.clone(), limits, batch)
 }
@@ -88,7 +88,7 @@ fn start_on(
     model_dir: PathBuf,
     run_dir: PathBuf,
     limits: Limits,
-    batch: bool,
+    batching: Batching,
 ) -> Fixture {
     let (model, adapter) = load(&model_dir, &run_dir);
     let backend = ModelServeBackend::start(
@@ -96,8 +96,11 @@ fn start_on(
         "tiny",
         vec![("generator".into(), adapter)],
         None,
-        batch,
-        limits.request_timeout.as_secs_f64(),
+        EngineSettings {
+            batching,
+            max_batch: 64,
+            timeout_s: limits.request_timeout.as_secs_f64(),
+        },
     )
     .expect("backend");
     let server = Server::start("127.0.0.1:0", Arc::new(backend), limits).expect("server");
@@ -173,7 +176,7 @@ fn request(model: &str, n: usize, seed: u64) -> Value {
 
 #[test]
 fn models_and_a_completion_with_n() {
-    let f = start(Limits::default(), true);
+    let f = start(Limits::default(), Batching::Continuous);
     let (s, models) = get(&format!("{}/v1/models", f.url));
     assert_eq!(s, 200);
     let ids: Vec<&str> = models["data"]
@@ -214,7 +217,7 @@ fn models_and_a_completion_with_n() {
 
 #[test]
 fn seeds_reproduce_and_malt_seeds_match_the_embedded_sampler() {
-    let f = start(Limits::default(), true);
+    let f = start(Limits::default(), Batching::Continuous);
     let (_, a) = chat(&f.url, request("tiny", 3, 42));
     let (_, b) = chat(&f.url, request("tiny", 3, 42));
     let (_, c) = chat(&f.url, request("tiny", 3, 43));
@@ -268,7 +271,7 @@ fn seeds_reproduce_and_malt_seeds_match_the_embedded_sampler() {
 
 #[test]
 fn the_adapter_answers_differently_from_the_base() {
-    let f = start(Limits::default(), true);
+    let f = start(Limits::default(), Batching::Continuous);
     let greedy = |model: &str| {
         let mut body = request(model, 1, 0);
         body["temperature"] = json!(0.0);
@@ -331,7 +334,7 @@ fn read_stream(url: &str, body: &Value) -> (Vec<String>, Vec<String>, bool, Opti
 
 #[test]
 fn streamed_deltas_concatenate_to_the_non_streamed_text() {
-    let f = start(Limits::default(), true);
+    let f = start(Limits::default(), Batching::Continuous);
     for stop in [json!(null), json!("t4")] {
         let mut body = request("generator", 2, 9);
         body["max_tokens"] = json!(24);
@@ -362,7 +365,7 @@ fn bad_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
         max_tokens: 64,
         ..Limits::default()
     };
-    let f = start(limits, true);
+    let f = start(limits, Batching::Continuous);
     let chat_url = format!("{}/v1/chat/completions", f.url);
     let long_prompt = vec!["t9"; 300].join(" ");
     let cases: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
@@ -457,7 +460,7 @@ fn a_full_queue_gets_429_with_retry_after() {
         max_n: 16,
         ..Limits::default()
     };
-    let f = start(limits, true);
+    let f = start(limits, Batching::Continuous);
     // The tiny model's context is 256 tokens; a long request is many of them in parallel.
     let mut long = request("tiny", 16, 5);
     long["max_tokens"] = json!(200);
@@ -491,10 +494,16 @@ fn a_full_queue_gets_429_with_retry_after() {
 
 #[test]
 fn concurrent_requests_in_a_batch_match_requests_served_alone() {
-    // Batched decoding pads and masks shorter prompts; each request must still get what it
-    // gets when served alone.
-    let batched = start(Limits::default(), true);
-    let alone = start_like(&batched, Limits::default(), false);
+    for batching in [Batching::Waiting, Batching::Continuous] {
+        concurrent_requests_match(batching);
+    }
+}
+
+/// Batched decoding pads and masks shorter prompts (and, continuously batched, joins a batch
+/// mid-decode); each request must still get what it gets when served alone.
+fn concurrent_requests_match(batching: Batching) {
+    let batched = start(Limits::default(), batching);
+    let alone = start_like(&batched, Limits::default(), Batching::Off);
     let bodies: Vec<Value> = (0..4)
         .map(|i| {
             let mut b = request("tiny", 2, 100 + i);
@@ -527,6 +536,10 @@ fn concurrent_requests_in_a_batch_match_requests_served_alone() {
     let (_, h) = get(&format!("{}/health", batched.url));
     let largest = h["engine"]["largest_batch"].as_u64().unwrap();
     assert!(largest >= 2, "the requests were not batched: {h}");
+    if batching == Batching::Continuous {
+        let joined = h["engine"]["joined_running"].as_u64().unwrap();
+        assert!(joined >= 1, "no request joined the running batch: {h}");
+    }
 }
 
 #[test]
@@ -535,7 +548,7 @@ fn a_request_past_its_deadline_gets_503_timeout() {
         request_timeout: Duration::from_millis(1),
         ..Limits::default()
     };
-    let f = start(limits, true);
+    let f = start(limits, Batching::Continuous);
     for stream in [false, true] {
         let mut body = request("tiny", 4, 1);
         body["max_tokens"] = json!(200);

@@ -38,6 +38,7 @@ pub fn generate_trees(
 /// not loaded.
 pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary> {
     let mut sampler = crate::backend::remote::remote_sampler(&session.config)?;
+    crate::backend::remote::announce_engines(&session.config, &mut sampler)?;
     let model_id = crate::backend::remote::remote_model_id(&session.config);
     let summary = generate_with(session, &mut sampler, &model_id)?;
     let s = sampler.stats;

@@ -6,6 +6,7 @@ pub mod model_sampler;
 pub mod plugin_scorer;
 pub mod remote;
 pub mod serve_backend;
+mod serve_continuous;
 
 pub use chain_runner::ModelChainRunner;
 pub use model_sampler::ModelSampler;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use malt_config::{Config, ModelSource};
-use malt_remote::{Endpoint, RemoteSampler, RemoteSettings, RetryPolicy};
+use malt_config::{Config, EngineKind, ModelSource};
+use malt_remote::{Endpoint, Engine, EngineChoice, RemoteSampler, RemoteSettings, RetryPolicy};
 
 /// The sampler for `cfg`'s `[[generation.endpoints]]`. Fails, naming the variable, when an
 /// endpoint's `api_key_env` is not set.
@@ -30,6 +30,14 @@ pub fn remote_sampler(cfg: &Config) -> anyhow::Result<RemoteSampler> {
         ep.timeout = Duration::from_secs_f64(e.timeout_s);
         ep.connect_timeout = Duration::from_secs_f64(e.connect_timeout_s);
         ep.malt_seeds = e.malt_seeds;
+        ep.engine = match e.engine {
+            EngineKind::Auto => EngineChoice::Auto,
+            EngineKind::Malt => EngineChoice::Fixed(Engine::Malt),
+            EngineKind::Vllm => EngineChoice::Fixed(Engine::Vllm),
+            EngineKind::Sglang => EngineChoice::Fixed(Engine::Sglang),
+            EngineKind::LlamaCpp => EngineChoice::Fixed(Engine::LlamaCpp),
+            EngineKind::Openai => EngineChoice::Fixed(Engine::Openai),
+        };
         endpoints.push(ep);
     }
     let settings = RemoteSettings {
@@ -47,6 +55,20 @@ pub fn remote_sampler(cfg: &Config) -> anyhow::Result<RemoteSampler> {
     RemoteSampler::new(settings)
         .map_err(|e| anyhow::anyhow!(e.0))
         .with_context(|| format!("{}: [generation]", cfg.source.display()))
+}
+
+/// Identifies each endpoint's engine and logs, at the start of the run, what it does not honour
+/// of what the trees depend on (per-choice seeds, `n`, `seed`, `top_k`).
+pub fn announce_engines(cfg: &Config, sampler: &mut RemoteSampler) -> anyhow::Result<()> {
+    let uses_top_k = cfg.agents.iter().any(|a| a.top_k > 0);
+    let reports = sampler
+        .resolve_engines(uses_top_k)
+        .map_err(|e| anyhow::anyhow!(e.0))
+        .with_context(|| format!("{}: [[generation.endpoints]]", cfg.source.display()))?;
+    for r in &reports {
+        r.log();
+    }
+    Ok(())
 }
 
 /// The model identity a remote run records in its manifest. `malt serve` serves the config's

@@ -1,11 +1,14 @@
 //! [`malt_serve::ServeBackend`] over the embedded candle model: the engine behind `malt serve`.
 //!
 //! candle already uses every core for one forward pass, so the model runs on a single engine
-//! thread fed by a channel; handler threads only validate, tokenize and wait. When the engine
-//! is free it takes every waiting request (with `batch`) and decodes those with the same
-//! adapter and sampling settings as one batch, each request's `n` choices forked from one
-//! prefill. Prompt caches are pooled across requests, so a prompt sharing a prefix with a
-//! recent one (the system prompt, the question of a tree level) only prefills the rest.
+//! thread fed by a channel; handler threads only validate, tokenize and wait. How the engine
+//! batches is [`Batching`]: with `Continuous` (the default) a request joins the decode batch
+//! that is already running between two steps (`serve_continuous`); with `Waiting` the engine,
+//! when free, takes every waiting request and decodes those with the same adapter and sampling
+//! settings as one batch to the end; with `Off` it serves one request at a time. Each request's
+//! `n` choices fork from one prefill. Prompt caches are pooled across requests, so a prompt
+//! sharing a prefix with a recent one (the system prompt, the question of a tree level) only
+//! prefills the rest.
 //!
 //! Choice j of a request is what [`super::ModelSampler`] produces for the seed `malt_seeds[j]`
 //! with the same messages and parameters: the same template, prefill, fork and decode loop.
@@ -34,6 +37,27 @@ use super::{ModelChainRunner, PluginScorer};
 /// Prompt caches kept for prefix reuse (as in `ModelSampler`).
 const PREFIX_POOL: usize = 32;
 
+/// How the engine batches concurrent requests (`[serve] batch` and `continuous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// One request at a time.
+    Off,
+    /// Requests waiting when the engine is free decode together until the last one finishes.
+    Waiting,
+    /// Requests join the running decode batch between steps and leave when done.
+    Continuous,
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    pub batching: Batching,
+    /// Choices decoded together at most (continuous batching).
+    pub max_batch: usize,
+    /// `[serve] request_timeout_s`, for messages.
+    pub timeout_s: f64,
+}
+
 /// What the chain endpoint needs besides the model: the config's plugins and chain.
 pub struct ChainSetup {
     pub scorer: PluginScorer,
@@ -45,7 +69,7 @@ pub struct ChainSetup {
     pub dataset_plugin: String,
 }
 
-enum EngineJob {
+pub(super) enum EngineJob {
     Generate {
         job: GenerationJob,
         events: mpsc::Sender<Event>,
@@ -56,18 +80,22 @@ enum EngineJob {
     },
 }
 
-enum Event {
+pub(super) enum Event {
     Step(usize, String),
     Done(Result<Vec<ChoiceOutput>, BackendError>),
 }
 
 /// Engine counters, for `/health` and the benchmark.
 #[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    batches: AtomicU64,
-    largest_batch: AtomicU64,
-    generated_tokens: AtomicU64,
+pub(super) struct Counters {
+    pub requests: AtomicU64,
+    /// Decode batches started (continuous batching: from an idle engine).
+    pub batches: AtomicU64,
+    /// Most choices decoded together.
+    pub largest_batch: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Requests that joined a batch already decoding (continuous batching).
+    pub joined_running: AtomicU64,
 }
 
 pub struct ModelServeBackend {
@@ -87,9 +115,9 @@ impl ModelServeBackend {
         base_id: &str,
         adapters: Vec<(String, LoraAdapter)>,
         chain: Option<ChainSetup>,
-        batch: bool,
-        timeout_s: f64,
+        settings: EngineSettings,
     ) -> anyhow::Result<Self> {
+        let timeout_s = settings.timeout_s;
         let model = Arc::new(model);
         let served = ServedModels {
             base: base_id.to_owned(),
@@ -103,7 +131,7 @@ impl ModelServeBackend {
             model: model.clone(),
             adapters: adapters.into_iter().collect(),
             pool: Vec::new(),
-            batch,
+            settings,
             chain,
             timeout_s,
         };
@@ -134,7 +162,7 @@ impl ModelServeBackend {
     }
 }
 
-fn timeout_error(timeout_s: f64) -> BackendError {
+pub(super) fn timeout_error(timeout_s: f64) -> BackendError {
     BackendError::Timeout(format!(
         "the request did not finish within {timeout_s} s ([serve] request_timeout_s); \
          lower max_tokens or n, or retry when the server is less busy"
@@ -205,6 +233,7 @@ impl ServeBackend for ModelServeBackend {
             "decode_batches": c.batches.load(Ordering::Relaxed),
             "largest_batch": c.largest_batch.load(Ordering::Relaxed),
             "generated_tokens": c.generated_tokens.load(Ordering::Relaxed),
+            "joined_running": c.joined_running.load(Ordering::Relaxed),
         })
     }
 
@@ -222,14 +251,33 @@ impl ServeBackend for ModelServeBackend {
     }
 }
 
-struct Engine {
-    counters: Arc<Counters>,
-    model: Arc<Model>,
-    adapters: BTreeMap<String, LoraAdapter>,
-    pool: Vec<Cache>,
-    batch: bool,
-    chain: Option<ChainSetup>,
-    timeout_s: f64,
+pub(super) struct Engine {
+    pub counters: Arc<Counters>,
+    pub model: Arc<Model>,
+    pub adapters: BTreeMap<String, LoraAdapter>,
+    pub pool: Vec<Cache>,
+    pub settings: EngineSettings,
+    pub chain: Option<ChainSetup>,
+    pub timeout_s: f64,
+}
+
+/// The seeds of a job's choices: `malt_seeds` as given, else derived from `seed` as
+/// `malt generate --seed` does.
+pub(super) fn choice_seeds(job: &GenerationJob) -> Vec<u64> {
+    match &job.seeds {
+        Seeds::Explicit(s) => s.clone(),
+        Seeds::Derived(s) => (0..job.n)
+            .map(|j| malt_model::branch_seed(*s, &[j]))
+            .collect(),
+    }
+}
+
+/// The model's finish reason as the API names it.
+pub(super) fn finish_reason(f: Finish) -> FinishReason {
+    match f {
+        Finish::Eos | Finish::StopString => FinishReason::Stop,
+        Finish::Length | Finish::Cancelled => FinishReason::Length,
+    }
 }
 
 /// A request of a decode batch and its bookkeeping.
@@ -244,21 +292,18 @@ struct Pending {
 
 impl Engine {
     fn run(mut self, rx: mpsc::Receiver<EngineJob>) {
+        if self.settings.batching == Batching::Continuous {
+            return super::serve_continuous::run(&mut self, rx);
+        }
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
-            if self.batch {
+            if self.settings.batching == Batching::Waiting {
                 jobs.extend(rx.try_iter());
             }
             let mut generations = Vec::new();
             for job in jobs {
                 match job {
-                    EngineJob::Chain { query, reply } => {
-                        let result = catch_unwind(AssertUnwindSafe(|| self.run_chain(query)))
-                            .unwrap_or_else(|_| {
-                                Err(BackendError::Internal("the chain run panicked".into()))
-                            });
-                        let _ = reply.send(result);
-                    }
+                    EngineJob::Chain { query, reply } => self.answer_chain(query, reply),
                     EngineJob::Generate { job, events } => generations.push((job, events)),
                 }
             }
@@ -277,12 +322,7 @@ impl Engine {
                 let _ = events.send(Event::Done(Err(timeout_error(self.timeout_s))));
                 continue;
             }
-            let seeds = match &job.seeds {
-                Seeds::Explicit(s) => s.clone(),
-                Seeds::Derived(s) => (0..job.n)
-                    .map(|j| malt_model::branch_seed(*s, &[j]))
-                    .collect(),
-            };
+            let seeds = choice_seeds(&job);
             pending.push(Pending {
                 job,
                 events,
@@ -331,6 +371,17 @@ impl Engine {
         for p in pending {
             let _ = p.events.send(Event::Done(Err(failure.clone())));
         }
+    }
+
+    /// Runs a chain request (the decode batch, if any, waits) and sends its result.
+    pub(super) fn answer_chain(
+        &mut self,
+        query: ChainQuery,
+        reply: mpsc::Sender<Result<ChainResponse, BackendError>>,
+    ) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_chain(query)))
+            .unwrap_or_else(|_| Err(BackendError::Internal("the chain run panicked".into())));
+        let _ = reply.send(result);
     }
 
     fn run_chain(&mut self, query: ChainQuery) -> Result<ChainResponse, BackendError> {
@@ -493,7 +544,7 @@ fn group_compatible(
 
 /// A cache holding `tokens` under `adapter`, extending the pooled cache that shares the
 /// longest prefix with them (the same policy as `ModelSampler`).
-fn prompt_cache(
+pub(super) fn prompt_cache(
     model: &Model,
     pool: &mut Vec<Cache>,
     tokens: &[u32],
@@ -581,10 +632,7 @@ fn decode(
     for (completion, &(pi, c)) in done.into_iter().zip(&owners) {
         outs[pi].push(ChoiceOutput {
             completion_tokens: completion.tokens.len(),
-            finish: match completion.finish {
-                Finish::Eos | Finish::StopString => FinishReason::Stop,
-                Finish::Length | Finish::Cancelled => FinishReason::Length,
-            },
+            finish: finish_reason(completion.finish),
             text: completion.text,
             seed: pending[pi].seeds[c],
         });

@@ -28,8 +28,8 @@ enum Which {
     Generate(generate::Args),
     /// Tree generation through the remote backend against `malt serve`, against the embedded backend.
     Remote(remote::Args),
-    /// Load test of `malt serve` from a second process: requests/s and latency percentiles,
-    /// concurrent clients against the same requests sent one at a time.
+    /// Load test of `malt serve` from a second process: requests/s and latency percentiles of
+    /// continuous batching against the previous engine (and llama.cpp's server), same requests.
     Serve(serve::Args),
 }
 

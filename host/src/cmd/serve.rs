@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use malt_serve::{Limits, Server};
 
-use malt::backend::serve_backend::{ChainSetup, ModelServeBackend};
+use malt::backend::serve_backend::{Batching, ChainSetup, EngineSettings, ModelServeBackend};
 use malt::session::{load_model, Session};
 
 #[derive(clap::Args)]
@@ -27,12 +27,16 @@ pub struct Args {
     /// is printed as `listening on http://ADDR`.
     #[arg(long)]
     pub addr: Option<String>,
-    /// Allow a non-loopback address (the server has no authentication).
+    /// Allow a non-loopback address (`[serve] allow_remote`); set `[serve] api_key_env` too.
     #[arg(long)]
     pub allow_remote: bool,
-    /// Serve one request at a time instead of batching waiting requests (`[serve] batch`).
+    /// Serve one request at a time instead of batching them (`[serve] batch = false`).
     #[arg(long)]
     pub no_batch: bool,
+    /// Batch only requests that wait while the engine is busy, decoding each batch to its end,
+    /// instead of letting requests join a running batch (`[serve] continuous = false`).
+    #[arg(long, conflicts_with = "no_batch")]
+    pub no_continuous: bool,
     /// Override `[serve] max_queue`.
     #[arg(long)]
     pub max_queue: Option<usize>,
@@ -48,14 +52,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let parsed: SocketAddr = addr
         .parse()
         .with_context(|| format!("--addr {addr:?}: expected IP:PORT, e.g. 127.0.0.1:8080"))?;
+    let api_key = match &settings.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Some(k),
+            _ => anyhow::bail!(
+                "[serve] api_key_env names the environment variable {var}, which is not set or \
+                 empty: export {var}=<key> (clients send it as `Authorization: Bearer <key>`)"
+            ),
+        },
+        None => None,
+    };
     if !parsed.ip().is_loopback() {
         if !(args.allow_remote || settings.allow_remote) {
             anyhow::bail!(
-                "{addr} is reachable from other machines and the server has no authentication; \
-                 use 127.0.0.1 or pass --allow-remote (or set [serve] allow_remote = true)"
+                "{addr} is reachable from other machines; use 127.0.0.1 or pass --allow-remote \
+                 (or set [serve] allow_remote = true), with [serve] api_key_env so that clients \
+                 need a key"
             );
         }
-        tracing::warn!("listening on non-loopback {addr}: anyone who can reach it can use it");
+        if api_key.is_none() {
+            tracing::warn!(
+                "listening on non-loopback {addr} without [serve] api_key_env: anyone who can \
+                 reach it can use it"
+            );
+        }
     }
     let (model, base_id, adapters, chain) = match (&args.config, &args.model) {
         (Some(path), _) => {
@@ -95,12 +115,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give a CONFIG or --model"),
     };
+    let max_queue = args.max_queue.unwrap_or(settings.max_queue).max(1);
     let limits = Limits {
         max_n: settings.max_n,
         max_tokens: settings.max_tokens,
         max_body_bytes: settings.max_body_bytes,
-        max_queue: args.max_queue.unwrap_or(settings.max_queue).max(1),
+        max_queue,
         request_timeout: Duration::from_secs_f64(settings.request_timeout_s),
+        read_timeout: Duration::from_secs_f64(settings.read_timeout_s),
+        keep_alive: Duration::from_secs_f64(settings.keep_alive_s),
+        max_connections: Limits::connections_for(max_queue),
+        api_key,
+    };
+    let batching = if !settings.batch || args.no_batch {
+        Batching::Off
+    } else if !settings.continuous || args.no_continuous {
+        Batching::Waiting
+    } else {
+        Batching::Continuous
     };
     let names: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
     let backend = ModelServeBackend::start(
@@ -108,17 +140,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &base_id,
         adapters,
         chain,
-        settings.batch && !args.no_batch,
-        settings.request_timeout_s,
+        EngineSettings {
+            batching,
+            max_batch: settings.max_batch,
+            timeout_s: settings.request_timeout_s,
+        },
     )?;
+    let limits_have_key = limits.api_key.is_some();
     let server = Server::start(&addr, std::sync::Arc::new(backend), limits)?;
     tracing::info!(
-        "serving {base_id} (also as \"base\"){}",
+        "serving {base_id} (also as \"base\"){}; batching: {batching:?}{}",
         if names.is_empty() {
             String::new()
         } else {
             format!(" and adapters {}", names.join(", "))
-        }
+        },
+        if limits_have_key { "; API key required" } else { "" }
     );
     // The one line a parent process waits for (tests, `malt bench serve`).
     let mut out = std::io::stdout();

@@ -50,6 +50,11 @@ struct RawServe {
     max_queue: Option<usize>,
     request_timeout_s: Option<f64>,
     batch: Option<bool>,
+    api_key_env: Option<String>,
+    continuous: Option<bool>,
+    max_batch: Option<usize>,
+    read_timeout_s: Option<f64>,
+    keep_alive_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +231,7 @@ struct RawEndpoint {
     timeout_s: Option<f64>,
     connect_timeout_s: Option<f64>,
     malt_seeds: Option<bool>,
+    engine: Option<EngineKind>,
 }
 
 impl RawTrain {

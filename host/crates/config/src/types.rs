@@ -44,8 +44,11 @@ pub struct Config {
 pub struct Serve {
     /// `IP:PORT` to listen on; loopback unless `allow_remote`.
     pub addr: String,
-    /// Allow a non-loopback `addr` (the server has no authentication).
+    /// Allow a non-loopback `addr`.
     pub allow_remote: bool,
+    /// Name of the environment variable holding the bearer token clients must send
+    /// (`Authorization: Bearer <key>`); `None` = no authentication.
+    pub api_key_env: Option<String>,
     /// Largest `n` of a chat completion (and `k` of a chain request).
     pub max_n: usize,
     /// Largest `max_tokens`; also the default when a request gives none.
@@ -54,8 +57,18 @@ pub struct Serve {
     /// Generation and chain requests in flight at once; one more gets 429.
     pub max_queue: usize,
     pub request_timeout_s: f64,
-    /// Decode concurrent requests with the same adapter and sampling settings as one batch.
+    /// Decode concurrent requests with the same adapter as one batch.
     pub batch: bool,
+    /// Requests join a decode batch that is already running (continuous batching) instead of
+    /// waiting for it to finish. Needs `batch`.
+    pub continuous: bool,
+    /// Choices decoded together at most (requests wait beyond it).
+    pub max_batch: usize,
+    /// A client must send a whole request (head and body) within this many seconds of its
+    /// first byte; a slower one gets 408 and the connection is closed.
+    pub read_timeout_s: f64,
+    /// An idle keep-alive connection is closed after this many seconds.
+    pub keep_alive_s: f64,
 }
 
 impl Default for Serve {
@@ -63,12 +76,17 @@ impl Default for Serve {
         Serve {
             addr: "127.0.0.1:8080".into(),
             allow_remote: false,
+            api_key_env: None,
             max_n: 16,
             max_tokens: 2048,
             max_body_bytes: 1 << 20,
             max_queue: 32,
             request_timeout_s: 300.0,
             batch: true,
+            continuous: true,
+            max_batch: 64,
+            read_timeout_s: 30.0,
+            keep_alive_s: 30.0,
         }
     }
 }
@@ -392,6 +410,27 @@ pub struct Endpoint {
     pub timeout_s: f64,
     pub connect_timeout_s: f64,
     /// Send the `malt_seeds` extension (one seed per choice; `malt serve` reproduces the
-    /// embedded sampler with it, other servers ignore unknown fields).
-    pub malt_seeds: bool,
+    /// embedded sampler with it). `None`: only when the engine is `malt serve`.
+    pub malt_seeds: Option<bool>,
+    /// The inference engine behind the endpoint: decides which request fields are sent and
+    /// how a node's choices are requested; `auto` asks the server (`GET /v1/models`).
+    pub engine: EngineKind,
+}
+
+/// `[[generation.endpoints]] engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineKind {
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "malt")]
+    Malt,
+    #[serde(rename = "vllm")]
+    Vllm,
+    #[serde(rename = "sglang")]
+    Sglang,
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
+    /// Any other OpenAI-compatible API (hosted or unknown).
+    #[serde(rename = "openai")]
+    Openai,
 }

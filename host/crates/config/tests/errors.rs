@@ -228,8 +228,8 @@ fn remote_generation_resolves_with_defaults() {
     let e = &g.endpoints[0];
     assert_eq!(e.api_key_env.as_deref(), Some("VLLM_API_KEY"));
     assert_eq!(
-        (e.max_concurrency, e.timeout_s, e.malt_seeds),
-        (8, 120.0, true)
+        (e.max_concurrency, e.timeout_s, e.malt_seeds, e.engine),
+        (8, 120.0, None, malt_config::EngineKind::Auto)
     );
     // Where trees are sampled is not part of the config's identity.
     let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
@@ -262,4 +262,52 @@ fn remote_generation_is_validated() {
     assert!(e.contains("no agent named `critic`"), "{e}");
     assert!(e.contains("expected an http:// or https:// URL"), "{e}");
     assert!(e.contains("max_concurrency must be at least 1"), "{e}");
+}
+
+#[test]
+fn endpoint_engines_parse_and_unknown_ones_are_located() {
+    let with = |engine: &str| {
+        format!(
+            "{GOOD}\n[generation]\nbackend = \"remote\"\n[[generation.endpoints]]\n\
+             url = \"http://h:1\"\nengine = \"{engine}\"\n"
+        )
+    };
+    for (name, kind) in [
+        ("llama.cpp", malt_config::EngineKind::LlamaCpp),
+        ("vllm", malt_config::EngineKind::Vllm),
+        ("sglang", malt_config::EngineKind::Sglang),
+        ("malt", malt_config::EngineKind::Malt),
+        ("openai", malt_config::EngineKind::Openai),
+        ("auto", malt_config::EngineKind::Auto),
+    ] {
+        let c = Config::parse(&with(name), Path::new("configs/x.toml")).unwrap();
+        assert_eq!(c.generation.endpoints[0].engine, kind);
+    }
+    let e = err(&with("tgi"));
+    assert!(e.starts_with("configs/x.toml:25:"), "{e}");
+    assert!(e.contains("tgi") && e.contains("llama.cpp"), "{e}");
+}
+
+#[test]
+fn serve_keys_resolve_and_are_validated() {
+    let c = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    let s = &c.serve;
+    assert_eq!(
+        (s.api_key_env.as_deref(), s.continuous, s.max_batch),
+        (None, true, 64)
+    );
+    let c = Config::parse(
+        &format!("{GOOD}\n[serve]\napi_key_env = \"MALT_KEY\"\ncontinuous = false\n"),
+        Path::new("configs/x.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.serve.api_key_env.as_deref(), Some("MALT_KEY"));
+    assert!(!c.serve.continuous);
+    let e = err(&format!(
+        "{GOOD}\n[serve]\napi_key_env = \"\"\nread_timeout_s = 0\nmax_batch = 0\n"
+    ));
+    assert!(e.contains("configs/x.toml:24:"), "{e}");
+    assert!(e.contains("not an environment variable name"), "{e}");
+    assert!(e.contains("serve.read_timeout_s = 0 must be a positive"), "{e}");
+    assert!(e.contains("serve.max_batch must be at least 1"), "{e}");
 }

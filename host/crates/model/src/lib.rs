@@ -19,6 +19,7 @@ pub mod attention;
 pub mod baseline;
 pub mod chat;
 pub mod config;
+pub mod decode_batch;
 pub mod decoder;
 pub mod device;
 mod dropout;
@@ -41,6 +42,7 @@ pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig};
+pub use decode_batch::{DecodeBatch, Finished, Joiner};
 pub use decoder::{Decoder, Mode};
 pub use device::parse_device;
 pub use error::{ModelError, Result};

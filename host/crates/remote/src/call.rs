@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::endpoint::Endpoint;
+use crate::engine::Engine;
 use crate::protocol::{error_message, excerpt, parse_choices};
 use crate::retry::{classify_status, parse_retry_after, Outcome, StatusClass};
 
@@ -19,11 +20,12 @@ impl Client {
             .timeout_connect(Some(endpoint.connect_timeout))
             // Status codes are classified here, with the body's message.
             .http_status_as_error(false)
-            // A fresh connection per request. A request generates n completions (seconds), so
-            // a handshake is noise; and `malt serve` 0.1 (tiny_http 0.12) was seen leaving a
-            // request unread on a reused keep-alive connection until another client connected,
-            // stalling a batch for the whole timeout.
-            .max_idle_connections(0)
+            // Connections are kept alive and reused, one per worker. Idle ones are dropped after
+            // 4 s, before uvicorn's default 5 s keep-alive (vLLM, SGLang) closes them under a
+            // request; a connection closed anyway (a restart) fails its request, which is retried.
+            .max_idle_connections(endpoint.max_concurrency.max(1))
+            .max_idle_connections_per_host(endpoint.max_concurrency.max(1))
+            .max_idle_age(std::time::Duration::from_secs(4))
             .user_agent(concat!("malt/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -88,6 +90,69 @@ impl Client {
                 }
             )),
         }
+    }
+}
+
+/// What `GET /v1/models` said about the engine.
+pub(crate) enum Probe {
+    /// An engine malt knows, from the model cards' `owned_by`.
+    Known(Engine),
+    /// The server answered but names no engine malt knows (the reason, for the log).
+    Unknown(String),
+}
+
+impl Client {
+    /// Asks the endpoint's model list which engine serves it. Connection failures and 5xx are
+    /// retryable (`Outcome::Retry`); a refused key is fatal.
+    pub fn probe(&self) -> Result<Probe, Outcome> {
+        let url = self.endpoint.models_url();
+        let mut req = self.agent.get(&url);
+        if let Some(key) = self.endpoint.api_key() {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let mut resp = match req.call() {
+            Ok(r) => r,
+            Err(e) => return Err(transport_error(e)),
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        match classify_status(status) {
+            StatusClass::Success => {}
+            StatusClass::Retry => {
+                return Err(Outcome::Retry {
+                    error: format!("GET {url}: HTTP {status}: {}", error_message(&body)),
+                    retry_after: None,
+                })
+            }
+            _ if status == 401 || status == 403 => {
+                return Err(Outcome::Fatal(format!(
+                    "GET {url}: HTTP {status}: {} (check the API key: `api_key_env` of this \
+                     endpoint)",
+                    error_message(&body)
+                )))
+            }
+            _ => return Ok(Probe::Unknown(format!("GET {url} answered HTTP {status}"))),
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&body) else {
+            return Ok(Probe::Unknown(format!("GET {url} did not answer JSON")));
+        };
+        Ok(match Engine::from_models(&v) {
+            Some(e) => Probe::Known(e),
+            None => Probe::Unknown(format!(
+                "the model cards of GET {url} name no engine malt knows (owned_by: {})",
+                v.get("data")
+                    .and_then(Value::as_array)
+                    .and_then(|d| d.first())
+                    .and_then(|c| c.get("owned_by"))
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "none".into())
+            )),
+        })
     }
 }
 

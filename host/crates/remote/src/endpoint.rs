@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::engine::EngineChoice;
+
 /// A server endpoint. The API key is held here only; `Debug` and `Display` never show it.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -17,8 +19,10 @@ pub struct Endpoint {
     /// Deadline of one request, generation included.
     pub timeout: Duration,
     pub connect_timeout: Duration,
-    /// Send the `malt_seeds` extension field.
-    pub malt_seeds: bool,
+    /// Send the `malt_seeds` extension field; `None`: only to `malt serve`.
+    pub malt_seeds: Option<bool>,
+    /// The engine behind the endpoint (what it honours decides the request shape).
+    pub engine: EngineChoice,
 }
 
 impl Endpoint {
@@ -39,7 +43,8 @@ impl Endpoint {
             max_concurrency: 8,
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
-            malt_seeds: true,
+            malt_seeds: None,
+            engine: EngineChoice::Auto,
         }
     }
 
@@ -50,6 +55,15 @@ impl Endpoint {
 
     pub fn completions_url(&self) -> &str {
         &self.completions_url
+    }
+
+    /// The model list beside the chat-completions URL (`.../v1/models`).
+    pub fn models_url(&self) -> String {
+        let base = self
+            .completions_url
+            .strip_suffix("/chat/completions")
+            .unwrap_or(&self.completions_url);
+        format!("{base}/models")
     }
 
     pub(crate) fn api_key(&self) -> Option<&str> {
@@ -84,6 +98,7 @@ impl fmt::Debug for Endpoint {
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("malt_seeds", &self.malt_seeds)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -105,6 +120,10 @@ mod tests {
         assert_eq!(
             Endpoint::new("https://h/x/v1/chat/completions").completions_url(),
             "https://h/x/v1/chat/completions"
+        );
+        assert_eq!(
+            Endpoint::new("https://h/x/v1/chat/completions").models_url(),
+            "https://h/x/v1/models"
         );
         let e = Endpoint::new("http://me:secret@h:1/v1").with_api_key(Some("sk-123".into()));
         assert_eq!(e.to_string(), "http://h:1/v1/chat/completions");

@@ -1,12 +1,13 @@
 //! malt-remote: sample the trees' completions from OpenAI-compatible chat-completions servers
 //! (`malt serve`, vLLM, llama.cpp, hosted APIs) instead of the embedded model.
 //!
-//! [`RemoteSampler`] implements [`malt_tree::Sampler`]. Each request of a batch asks one server
-//! for a node's `n` siblings in one call (`n` = number of seeds, so the server prefills the
-//! shared prompt once and keeps its prefix cache), with `seed` = the first sibling's seed and,
-//! when the endpoint accepts it, the `malt_seeds` extension listing every sibling's seed: with
-//! it `malt serve` returns exactly the completions the embedded sampler would. The agent picks
-//! the served model name, which is how vLLM selects a LoRA adapter.
+//! [`RemoteSampler`] implements [`malt_tree::Sampler`]. Before the first request it identifies
+//! each endpoint's engine ([`engine`]: `malt serve`, vLLM, SGLang, llama.cpp or a generic
+//! OpenAI-compatible API) and reports what that engine does not honour. `malt serve` is asked
+//! for a node's `n` siblings in one call with the `malt_seeds` extension listing every sibling's
+//! seed, and returns exactly the completions the embedded sampler would; engines without
+//! per-choice seeds are asked one choice per request with the choice's own seed. The agent picks
+//! the served model name, which is how vLLM and SGLang select a LoRA adapter.
 //!
 //! Failures: connection errors, timeouts, 408, 429 (honouring `Retry-After`) and 5xx are
 //! retried with exponential backoff and deterministic jitter, on any live endpoint; other 4xx
@@ -18,10 +19,12 @@
 
 mod call;
 pub mod endpoint;
+pub mod engine;
 pub mod protocol;
 pub mod retry;
 mod sampler;
 
 pub use endpoint::Endpoint;
+pub use engine::{Engine, EngineChoice};
 pub use retry::RetryPolicy;
-pub use sampler::{RemoteSampler, RemoteSettings, RemoteStats};
+pub use sampler::{EngineReport, RemoteSampler, RemoteSettings, RemoteStats};

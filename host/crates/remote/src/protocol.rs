@@ -1,49 +1,7 @@
-//! The OpenAI chat-completions wire format: the request body for one node's siblings and the
-//! choices of a response.
+//! The OpenAI chat-completions wire format: the choices of a response and error messages (request
+//! bodies are engine-specific: [`crate::engine::Engine::request_body`]).
 
-use malt_tree::{Message, SamplingParams};
-use serde_json::{json, Value};
-
-/// The JSON body asking for `seeds.len()` completions of `messages`.
-///
-/// `seed` is the first choice's seed (servers that take one seed per request derive the others
-/// from it); `malt_seeds` carries every choice's seed when the endpoint accepts the extension.
-/// Optional OpenAI fields are sent only when they differ from the default, so strict servers
-/// that reject unknown ones (`top_k` is a vLLM extension) accept the common case.
-pub fn request_body(
-    model: &str,
-    messages: &[Message],
-    params: &SamplingParams,
-    seeds: &[u64],
-    malt_seeds: bool,
-) -> Value {
-    let mut body = json!({
-        "model": model,
-        "messages": messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect::<Vec<_>>(),
-        "n": seeds.len(),
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_new_tokens,
-        "stream": false,
-    });
-    let obj = body.as_object_mut().expect("a JSON object literal");
-    if let Some(&first) = seeds.first() {
-        obj.insert("seed".into(), json!(first));
-    }
-    if params.top_k > 0 {
-        obj.insert("top_k".into(), json!(params.top_k));
-    }
-    if !params.stop.is_empty() {
-        obj.insert("stop".into(), json!(params.stop));
-    }
-    if malt_seeds {
-        obj.insert("malt_seeds".into(), json!(seeds));
-    }
-    body
-}
+use serde_json::Value;
 
 /// The completions of a response, by choice index (`None`: the server did not return it).
 /// Choices with an index outside `0..n` are ignored; a choice without `index` takes the first
@@ -101,33 +59,6 @@ pub fn excerpt(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params() -> SamplingParams {
-        SamplingParams {
-            temperature: 0.7,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens: 16,
-            stop: vec![],
-        }
-    }
-
-    #[test]
-    fn body_carries_n_seeds_and_only_needed_extensions() {
-        let msgs = [Message::new("user", "hi")];
-        let b = request_body("base", &msgs, &params(), &[5, 6, 7], true);
-        assert_eq!(b["n"], 3);
-        assert_eq!(b["seed"], 5);
-        assert_eq!(b["malt_seeds"], json!([5, 6, 7]));
-        assert!(b.get("top_k").is_none() && b.get("stop").is_none());
-        let mut p = params();
-        p.top_k = 4;
-        p.stop = vec!["\n".into()];
-        let b = request_body("base", &msgs, &p, &[5], false);
-        assert!(b.get("malt_seeds").is_none());
-        assert_eq!(b["top_k"], 4);
-        assert_eq!(b["stop"], json!(["\n"]));
-    }
 
     #[test]
     fn choices_land_by_index_and_missing_ones_stay_empty() {

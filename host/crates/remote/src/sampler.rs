@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use malt_tree::{SampleRequest, Sampler, SamplerError};
 
-use crate::call::Client;
+use crate::call::{Client, Probe};
 use crate::endpoint::Endpoint;
-use crate::protocol::request_body;
+use crate::engine::{Engine, EngineChoice};
 use crate::retry::{Outcome, RetryPolicy};
 
 /// Everything the remote backend needs, resolved (API keys read from the environment).
@@ -46,8 +46,38 @@ pub struct RemoteStats {
     pub completions: u64,
 }
 
+/// One endpoint's engine as resolved before the first request, for the log at the start of a
+/// run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineReport {
+    /// The endpoint (URL without credentials).
+    pub endpoint: String,
+    pub engine: Engine,
+    /// How it was chosen: `engine = ...` in the config, or what the server said.
+    pub source: String,
+    /// What the engine does not honour, one sentence each.
+    pub caveats: Vec<String>,
+}
+
+impl EngineReport {
+    /// Logs the engine (info) and each caveat (warn): the start-of-run notice.
+    pub fn log(&self) {
+        tracing::info!(
+            "generation endpoint {}: {} ({})",
+            self.endpoint,
+            self.engine,
+            self.source
+        );
+        for c in &self.caveats {
+            tracing::warn!("generation endpoint {} ({}): {c}", self.endpoint, self.engine);
+        }
+    }
+}
+
 pub struct RemoteSampler {
     clients: Vec<Client>,
+    /// Per endpoint, once resolved (`None`: `engine = "auto"` not yet asked).
+    engines: Vec<Option<Engine>>,
     model: String,
     models: BTreeMap<String, String>,
     retry: RetryPolicy,
@@ -86,6 +116,14 @@ impl RemoteSampler {
         }
         Ok(RemoteSampler {
             health: vec![Health::default(); settings.endpoints.len()],
+            engines: settings
+                .endpoints
+                .iter()
+                .map(|e| match e.engine {
+                    EngineChoice::Fixed(engine) => Some(engine),
+                    EngineChoice::Auto => None,
+                })
+                .collect(),
             clients: settings.endpoints.into_iter().map(Client::new).collect(),
             model: settings.model,
             models: settings.models,
@@ -97,9 +135,79 @@ impl RemoteSampler {
     fn model_for(&self, agent: &str) -> &str {
         self.models.get(agent).unwrap_or(&self.model)
     }
+
+    /// Identifies every endpoint's engine (asking `GET /v1/models` of those with `engine =
+    /// "auto"`, retried like a request while the server is unreachable) and reports what each
+    /// does not honour. `uses_top_k`: some agent samples with top-k. Called before the first
+    /// batch; [`Sampler::sample`] calls it (and logs the reports) if nobody did.
+    pub fn resolve_engines(&mut self, uses_top_k: bool) -> Result<Vec<EngineReport>, SamplerError> {
+        let mut reports = Vec::with_capacity(self.clients.len());
+        for (i, client) in self.clients.iter().enumerate() {
+            let (engine, source) = match (self.engines[i], client.endpoint.engine) {
+                (Some(e), EngineChoice::Fixed(_)) => (e, "set by `engine` in the config".into()),
+                (Some(e), EngineChoice::Auto) => (e, "identified earlier".into()),
+                (None, _) => probe_with_retries(client, &self.retry)?,
+            };
+            self.engines[i] = Some(engine);
+            reports.push(EngineReport {
+                endpoint: client.endpoint.to_string(),
+                engine,
+                source,
+                caveats: engine.caveats(uses_top_k),
+            });
+        }
+        Ok(reports)
+    }
 }
 
-/// One request's remaining work.
+/// Asks one endpoint for its engine, retrying connection failures and 5xx within the retry
+/// budget (a server may still be starting).
+fn probe_with_retries(
+    client: &Client,
+    retry: &RetryPolicy,
+) -> Result<(Engine, String), SamplerError> {
+    let endpoint = &client.endpoint;
+    let mut waited = Duration::ZERO;
+    let mut failures = 0u32;
+    loop {
+        match client.probe() {
+            Ok(Probe::Known(e)) => {
+                return Ok((e, format!("identified by GET {}", endpoint.models_url())))
+            }
+            Ok(Probe::Unknown(why)) => {
+                return Ok((
+                    Engine::Openai,
+                    format!("{why}; treated as a generic OpenAI-compatible API"),
+                ))
+            }
+            Err(Outcome::Retry { error, retry_after }) => {
+                failures += 1;
+                let wait = retry.backoff(failures, 0).max(retry_after.unwrap_or_default());
+                if failures > retry.retries || waited + wait > retry.max_wait {
+                    return Err(SamplerError(format!(
+                        "cannot identify the engine of endpoint {endpoint} after {failures} \
+                         attempts ({error}); start the server, or set `engine` (\"malt\", \
+                         \"vllm\", \"sglang\", \"llama.cpp\" or \"openai\") on its \
+                         [[generation.endpoints]] table"
+                    )));
+                }
+                tracing::warn!(
+                    "{endpoint}: identifying the engine failed: {error}; retrying in {:.1} s",
+                    wait.as_secs_f64()
+                );
+                waited += wait;
+                std::thread::sleep(wait);
+            }
+            Err(Outcome::Fatal(msg) | Outcome::Refused(msg)) => {
+                return Err(SamplerError(format!("endpoint {endpoint}: {msg}")))
+            }
+            Err(Outcome::Choices(_)) => unreachable!("a probe has no choices"),
+        }
+    }
+}
+
+/// One request's remaining work (all its choices, or some when split).
+#[derive(Clone)]
 struct Job {
     request: usize,
     /// Choice slots not yet returned.
@@ -110,6 +218,8 @@ struct Job {
     /// The endpoint that failed it last; others may retry it before `not_before`.
     avoid: Option<usize>,
     tried: BTreeSet<usize>,
+    /// Ask one choice per request (the endpoint refused a request for several).
+    single: bool,
 }
 
 struct State {
@@ -173,6 +283,17 @@ impl Sampler for RemoteSampler {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        if self.engines.iter().any(Option::is_none) {
+            let uses_top_k = requests.iter().any(|r| r.params.top_k > 0);
+            for r in self.resolve_engines(uses_top_k)? {
+                r.log();
+            }
+        }
+        let engines: Vec<Engine> = self
+            .engines
+            .iter()
+            .map(|e| e.unwrap_or(Engine::Openai))
+            .collect();
         let bodies: Vec<(&str, &SampleRequest<'_>)> = requests
             .iter()
             .map(|r| (self.model_for(r.agent), r))
@@ -195,6 +316,7 @@ impl Sampler for RemoteSampler {
                     not_before: now,
                     avoid: None,
                     tried: BTreeSet::new(),
+                    single: false,
                 })
                 .collect(),
             texts: requests.iter().map(|r| vec![None; r.seeds.len()]).collect(),
@@ -209,6 +331,7 @@ impl Sampler for RemoteSampler {
         let wake = Condvar::new();
         let ctx = Ctx {
             clients: &self.clients,
+            engines: &engines,
             bodies: &bodies,
             retry: self.retry,
             state: &state,
@@ -245,9 +368,11 @@ impl Sampler for RemoteSampler {
     }
 }
 
+
 /// What the worker threads share.
 struct Ctx<'a, 'r> {
     clients: &'a [Client],
+    engines: &'a [Engine],
     bodies: &'a [(&'a str, &'a SampleRequest<'r>)],
     retry: RetryPolicy,
     state: &'a Mutex<State>,
@@ -280,7 +405,18 @@ impl Ctx<'_, '_> {
                     continue;
                 }
             };
-            let job = st.queue.remove(i);
+            let engine = self.engines[e];
+            let mut job = st.queue.remove(i);
+            if (job.single || engine.one_choice_per_request()) && job.missing.len() > 1 {
+                // One choice now; the rest stay queued for other workers.
+                let rest = Job {
+                    missing: job.missing.split_off(1),
+                    tried: BTreeSet::new(),
+                    ..job.clone()
+                };
+                st.queue.insert(i, rest);
+                st.outstanding += 1;
+            }
             st.in_flight[e] += 1;
             st.stats.attempts += 1;
             drop(st);
@@ -288,13 +424,8 @@ impl Ctx<'_, '_> {
             let (model, req) = self.bodies[job.request];
             let seeds: Vec<u64> = job.missing.iter().map(|&j| req.seeds[j]).collect();
             let client = &self.clients[e];
-            let body = request_body(
-                model,
-                req.messages,
-                req.params,
-                &seeds,
-                client.endpoint.malt_seeds,
-            );
+            let malt_seeds = client.endpoint.malt_seeds.unwrap_or(engine == Engine::Malt);
+            let body = engine.request_body(model, req.messages, req.params, &seeds, malt_seeds);
             let outcome = client.post(&body, seeds.len());
 
             st = self.lock();
@@ -344,6 +475,18 @@ impl Ctx<'_, '_> {
                     "the server returned none of the requested choices".to_owned(),
                     None,
                 )
+            }
+            Outcome::Refused(msg) if job.missing.len() > 1 => {
+                // Some servers refuse `n` > 1 (llama.cpp beyond its slots): ask one by one.
+                tracing::warn!(
+                    "{endpoint} refused a request for {} choices ({msg}); asking for one \
+                     choice per request",
+                    job.missing.len()
+                );
+                job.single = true;
+                job.avoid = None;
+                st.queue.insert(0, job);
+                return;
             }
             Outcome::Refused(msg) => {
                 st.stats.refused += 1;

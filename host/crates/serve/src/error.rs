@@ -40,6 +40,44 @@ impl ApiError {
         self
     }
 
+    /// The same error under another status (431 for an oversized head, ...).
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        if status == 413 {
+            self.code = Some("request_too_large");
+        }
+        self
+    }
+
+    /// 401: no or a wrong bearer token.
+    pub fn unauthorised(had_header: bool) -> Self {
+        Self::new(
+            401,
+            "invalid_request_error",
+            if had_header {
+                "incorrect API key: send `Authorization: Bearer <key>` with the key held by \
+                 the server's [serve] api_key_env variable"
+            } else {
+                "this server needs an API key: send `Authorization: Bearer <key>` (the key \
+                 held by the server's [serve] api_key_env variable)"
+            },
+        )
+        .with_code("invalid_api_key")
+    }
+
+    /// 408: the request did not arrive within the read timeout.
+    pub fn read_timeout(secs: f64) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            format!(
+                "the request was not received within {secs} s of its first byte \
+                 ([serve] read_timeout_s); the connection is closed"
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     /// 400: the request is wrong; the message says what to change.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(400, "invalid_request_error", message)

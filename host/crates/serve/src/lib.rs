@@ -1,5 +1,7 @@
 //! malt-serve: the HTTP side of `malt serve`, an OpenAI-compatible server on a small synchronous
-//! stack (`tiny_http`, a fixed pool of handler threads, no async runtime).
+//! stack (`std::net`, `httparse`, one thread per connection, no async runtime). Connections are
+//! kept alive between requests; a request must arrive within `read_timeout` of its first byte;
+//! with `api_key` set every endpoint but `/health` needs `Authorization: Bearer <key>`.
 //!
 //! This crate knows the protocol only: request and response types, validation against
 //! [`Limits`], routing, Server-Sent Events, admission control and OpenAI-shaped error bodies
@@ -13,6 +15,7 @@
 
 mod backend;
 mod error;
+mod http;
 mod limits;
 mod protocol;
 mod server;

@@ -1,19 +1,21 @@
-//! The HTTP server: a fixed pool of handler threads over one `tiny_http` listener, routing,
-//! admission control (in-flight requests capped by `max_queue`, then 429) and panic isolation.
+//! The HTTP server: one thread per connection over a `std` listener (keep-alive, pipelining,
+//! a deadline for each request to arrive), bearer-token authentication, routing, admission
+//! control (in-flight requests capped by `max_queue`, then 429) and panic isolation.
 
-use std::io::{Cursor, Read};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tiny_http::{Header, Method, Request, Response};
 
 use crate::backend::ServeBackend;
 use crate::error::ApiError;
+use crate::http::{self, Conn, ReadError, Request};
 use crate::limits::Limits;
 use crate::protocol::*;
 use crate::sse::{DeltaTracker, SseWriter};
@@ -23,16 +25,20 @@ use crate::validate::{map_backend_error, validate_chain, validate_chat, ChatRequ
 pub enum ServeError {
     #[error("cannot listen on {addr}: {msg}")]
     Bind { addr: String, msg: String },
-    #[error("cannot start handler threads: {0}")]
+    #[error("cannot start the server threads: {0}")]
     Thread(#[from] std::io::Error),
 }
 
-/// A running server; dropping it stops the handler threads (requests in progress finish).
+/// Open connections, so that stopping the server can wake the threads waiting on them.
+type Registry = Mutex<HashMap<u64, TcpStream>>;
+
+/// A running server; dropping it stops accepting, wakes idle connections and lets the requests
+/// in progress finish.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
+    conns: Arc<Registry>,
 }
 
 struct Ctx {
@@ -41,6 +47,7 @@ struct Ctx {
     in_flight: Arc<AtomicUsize>,
     next_id: AtomicU64,
     started: u64,
+    stop: Arc<AtomicBool>,
 }
 
 fn unix_now() -> u64 {
@@ -51,44 +58,36 @@ fn unix_now() -> u64 {
 }
 
 impl Server {
-    /// Binds `addr` (`127.0.0.1:0` picks a free port) and starts the handler threads.
+    /// Binds `addr` (`127.0.0.1:0` picks a free port) and starts accepting connections.
     pub fn start(
         addr: &str,
         backend: Arc<dyn ServeBackend>,
         limits: Limits,
     ) -> Result<Server, ServeError> {
-        let http = tiny_http::Server::http(addr).map_err(|e| ServeError::Bind {
+        let listener = TcpListener::bind(addr).map_err(|e| ServeError::Bind {
             addr: addr.to_owned(),
             msg: e.to_string(),
         })?;
-        let bound = http.server_addr().to_ip().ok_or_else(|| ServeError::Bind {
-            addr: addr.to_owned(),
-            msg: "not an IP address".into(),
-        })?;
-        let http = Arc::new(http);
+        let bound = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = limits.handler_threads();
+        let conns: Arc<Registry> = Arc::new(Mutex::new(HashMap::new()));
         let ctx = Arc::new(Ctx {
             backend,
             limits,
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             started: unix_now(),
+            stop: stop.clone(),
         });
-        let mut workers = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let (http, stop, ctx) = (http.clone(), stop.clone(), ctx.clone());
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("serve-{i}"))
-                    .spawn(move || worker(&http, &stop, &ctx))?,
-            );
-        }
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let acceptor = std::thread::Builder::new()
+            .name("serve-accept".into())
+            .spawn(move || accept(listener, &stop2, &conns2, &ctx))?;
         Ok(Server {
-            http,
             addr: bound,
             stop,
-            workers,
+            acceptor: Some(acceptor),
+            conns,
         })
     }
 
@@ -98,8 +97,8 @@ impl Server {
 
     /// Blocks until the server is stopped (never, for `malt serve`).
     pub fn join(mut self) {
-        for w in std::mem::take(&mut self.workers) {
-            let _ = w.join();
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
         }
     }
 }
@@ -107,25 +106,98 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for _ in 0..self.workers.len() {
-            self.http.unblock();
+        // Wake the acceptor with a connection of our own.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
         }
-        for w in std::mem::take(&mut self.workers) {
-            let _ = w.join();
+        // Idle keep-alive connections see end-of-stream; requests in progress still answer.
+        for s in lock(&self.conns).values() {
+            let _ = s.shutdown(std::net::Shutdown::Read);
         }
     }
 }
 
-fn worker(http: &tiny_http::Server, stop: &AtomicBool, ctx: &Ctx) {
-    loop {
-        match http.recv() {
-            Ok(req) => handle(req, ctx),
-            // An accept error is the client's problem; an unblock is our stop signal.
+fn lock(r: &Registry) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn accept(listener: TcpListener, stop: &AtomicBool, conns: &Arc<Registry>, ctx: &Arc<Ctx>) {
+    let mut next = 0u64;
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match stream {
+            Ok(s) => s,
             Err(e) => {
-                if stop.load(Ordering::SeqCst) {
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if lock(conns).len() >= ctx.limits.max_connections {
+            let e = ApiError::unavailable(format!(
+                "the server already holds {} connections ([serve] max_queue + 32); retry later",
+                ctx.limits.max_connections
+            ));
+            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+            let _ = http::write_response(
+                &stream,
+                e.status,
+                "application/json",
+                &body,
+                &[("Retry-After", "1".into())],
+                false,
+            );
+            continue;
+        }
+        next += 1;
+        let id = next;
+        if let Ok(clone) = stream.try_clone() {
+            lock(conns).insert(id, clone);
+        }
+        let (conns, ctx) = (conns.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("serve-conn".into())
+            .spawn(move || {
+                connection(Conn::new(stream), &ctx);
+                lock(&conns).remove(&id);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Serves the requests of one connection until it closes, errs or is not kept alive.
+fn connection(mut conn: Conn, ctx: &Ctx) {
+    let l = &ctx.limits;
+    loop {
+        match conn.read_request(l.keep_alive, l.read_timeout, l.max_body_bytes) {
+            Ok(req) => {
+                let keep = req.keep_alive && !ctx.stop.load(Ordering::SeqCst);
+                if !handle(req, conn.stream(), ctx, keep) || !keep {
                     return;
                 }
-                tracing::debug!("accept: {e}");
+            }
+            Err(ReadError::Closed) => return,
+            Err(ReadError::Io(e)) => {
+                tracing::debug!("reading a request: {e}");
+                return;
+            }
+            Err(ReadError::Timeout) => {
+                let e = ApiError::read_timeout(l.read_timeout.as_secs_f64());
+                tracing::info!("{e}");
+                send_error(conn.stream(), &e, false);
+                return;
+            }
+            Err(ReadError::Bad { status, message }) => {
+                let e = ApiError::invalid(message).with_status(status);
+                tracing::info!("{e}");
+                send_error(conn.stream(), &e, false);
+                return;
             }
         }
     }
@@ -148,57 +220,64 @@ fn json_reply<T: Serialize>(status: u16, value: &T) -> Reply {
     }
 }
 
-fn handle(mut req: Request, ctx: &Ctx) {
+/// Answers one request; `false` when the connection must close (a write failed).
+fn handle(req: Request, out: &TcpStream, ctx: &Ctx, keep: bool) -> bool {
     let t0 = Instant::now();
-    let method = req.method().clone();
-    let path = req.url().split('?').next().unwrap_or("").to_owned();
-    let reply = catch_unwind(AssertUnwindSafe(|| dispatch(&mut req, &method, &path, ctx)))
-        .unwrap_or_else(|panic| {
-            let msg = panic_message(&panic);
-            tracing::error!("{method} {path}: handler panicked: {msg}");
-            Reply::Error(ApiError::internal(format!(
-                "the request handler failed: {msg}"
-            )))
-        });
-    let status = match reply {
-        Reply::Json { status, body } => {
-            respond(req, status, body, &[]);
-            status
-        }
+    let (method, path) = (req.method.clone(), req.path.clone());
+    let reply = catch_unwind(AssertUnwindSafe(|| dispatch(&req, ctx))).unwrap_or_else(|panic| {
+        let msg = panic_message(&panic);
+        tracing::error!("{method} {path}: handler panicked: {msg}");
+        Reply::Error(ApiError::internal(format!(
+            "the request handler failed: {msg}"
+        )))
+    });
+    let (status, ok) = match reply {
+        Reply::Json { status, body } => (
+            status,
+            http::write_response(out, status, "application/json", &body, &[], keep).is_ok(),
+        ),
         Reply::Error(e) => {
-            let status = e.status;
-            let mut headers = vec![];
-            if let Some(s) = e.retry_after {
-                headers.push(("Retry-After", s.to_string()));
-            }
-            if let Some(a) = e.allow {
-                headers.push(("Allow", a.to_string()));
-            }
-            let body = serde_json::to_vec(&e.body()).unwrap_or_default();
-            if status >= 500 {
+            if e.status >= 500 {
                 tracing::warn!("{method} {path}: {e}");
             } else {
                 tracing::info!("{method} {path}: {e}");
             }
-            respond(req, status, body, &headers);
-            status
+            (e.status, send_error(out, &e, keep))
         }
         Reply::Stream(chat, admission) => {
-            let streamed = catch_unwind(AssertUnwindSafe(|| stream(req, *chat, ctx)));
+            let streamed = catch_unwind(AssertUnwindSafe(|| stream(out, *chat, ctx, keep)));
             drop(admission);
-            if let Err(panic) = streamed {
+            let ok = streamed.unwrap_or_else(|panic| {
                 tracing::error!(
                     "{method} {path}: stream panicked: {}",
                     panic_message(&panic)
                 );
-            }
-            200
+                false
+            });
+            (200, ok)
         }
     };
     tracing::debug!(
         "{method} {path} -> {status} in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
+    ok
+}
+
+/// Writes an OpenAI-shaped error; `false` if the connection broke.
+fn send_error(out: &TcpStream, e: &ApiError, keep: bool) -> bool {
+    let mut headers = vec![];
+    if let Some(s) = e.retry_after {
+        headers.push(("Retry-After", s.to_string()));
+    }
+    if let Some(a) = e.allow {
+        headers.push(("Allow", a.to_string()));
+    }
+    if e.status == 401 {
+        headers.push(("WWW-Authenticate", "Bearer".to_string()));
+    }
+    let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+    http::write_response(out, e.status, "application/json", &body, &headers, keep).is_ok()
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -206,37 +285,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".into())
-}
-
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-fn respond(req: Request, status: u16, body: Vec<u8>, extra: &[(&str, String)]) {
-    let mut resp = Response::new(
-        status.into(),
-        vec![],
-        Cursor::new(body.clone()),
-        Some(body.len()),
-        None,
-    );
-    if let Some(h) = header("Content-Type", "application/json") {
-        resp.add_header(h);
-    }
-    // tiny_http stalled requests that arrived on reused keep-alive connections once about
-    // eight clients held one open (seen from malt's remote backend); a fresh connection per
-    // request costs nothing measurable next to a generation.
-    if let Some(h) = header("Connection", "close") {
-        resp.add_header(h);
-    }
-    for (k, v) in extra {
-        if let Some(h) = header(k, v) {
-            resp.add_header(h);
-        }
-    }
-    if let Err(e) = req.respond(resp) {
-        tracing::debug!("writing a response: {e}");
-    }
 }
 
 /// Holds one of the `max_queue` slots while a generation or chain request runs.
@@ -257,27 +305,39 @@ fn admit(ctx: &Ctx) -> Result<Admission, ApiError> {
     Ok(Admission(counter.clone()))
 }
 
-fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
-    if req.body_length().is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
+/// Whether `req` carries the server's key (`Authorization: Bearer <key>`), compared in time
+/// independent of where a wrong key differs.
+fn authorised(req: &Request, key: &str) -> bool {
+    let Some(value) = req.header("authorization") else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
     }
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}")))?;
-    if body.len() > limit {
-        return Err(ApiError::too_large(limit));
+    let (a, b) = (token.trim().as_bytes(), key.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
     }
-    Ok(body)
+    diff == 0
 }
 
 const ENDPOINTS: &str =
     "GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/malt/chain";
 
-fn dispatch(req: &mut Request, method: &Method, path: &str, ctx: &Ctx) -> Reply {
+fn dispatch(req: &Request, ctx: &Ctx) -> Reply {
+    let (method, path) = (req.method.as_str(), req.path.as_str());
+    if let Some(key) = &ctx.limits.api_key {
+        // `/health` stays open for load balancers and orchestrators.
+        if path != "/health" && !authorised(req, key) {
+            return Reply::Error(ApiError::unauthorised(req.header("authorization").is_some()));
+        }
+    }
     let result = match (path, method) {
-        ("/health", Method::Get) => Ok(json_reply(
+        ("/health", "GET") => Ok(json_reply(
             200,
             &Health {
                 status: "ok".into(),
@@ -286,12 +346,12 @@ fn dispatch(req: &mut Request, method: &Method, path: &str, ctx: &Ctx) -> Reply 
                 engine: ctx.backend.stats(),
             },
         )),
-        ("/v1/models", Method::Get) => Ok(models(ctx)),
-        ("/v1/chat/completions", Method::Post) => chat(req, ctx),
-        ("/v1/malt/chain", Method::Post) => chain(req, ctx),
-        ("/health" | "/v1/models", m) => Err(ApiError::method_not_allowed(m.as_str(), path, "GET")),
+        ("/v1/models", "GET") => Ok(models(ctx)),
+        ("/v1/chat/completions", "POST") => chat(req, ctx),
+        ("/v1/malt/chain", "POST") => chain(req, ctx),
+        ("/health" | "/v1/models", m) => Err(ApiError::method_not_allowed(m, path, "GET")),
         ("/v1/chat/completions" | "/v1/malt/chain", m) => {
-            Err(ApiError::method_not_allowed(m.as_str(), path, "POST"))
+            Err(ApiError::method_not_allowed(m, path, "POST"))
         }
         _ => Err(ApiError::not_found(format!(
             "no endpoint {method} {path}; this server has {ENDPOINTS}"
@@ -325,9 +385,8 @@ fn models(ctx: &Ctx) -> Reply {
     )
 }
 
-fn chat(req: &mut Request, ctx: &Ctx) -> Result<Reply, ApiError> {
-    let body = read_body(req, ctx.limits.max_body_bytes)?;
-    let chat = validate_chat(&body, ctx.backend.as_ref(), &ctx.limits)?;
+fn chat(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
+    let chat = validate_chat(&req.body, ctx.backend.as_ref(), &ctx.limits)?;
     let admission = admit(ctx)?;
     if chat.stream {
         return Ok(Reply::Stream(Box::new(chat), admission));
@@ -364,15 +423,14 @@ fn chat(req: &mut Request, ctx: &Ctx) -> Result<Reply, ApiError> {
     Ok(json_reply(200, &reply))
 }
 
-fn chain(req: &mut Request, ctx: &Ctx) -> Result<Reply, ApiError> {
+fn chain(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
     if !ctx.backend.models().chain {
         return Err(ApiError::not_found(
             "the chain endpoint needs the server started from a config: `malt serve CONFIG`",
         )
         .with_code("chain_unavailable"));
     }
-    let body = read_body(req, ctx.limits.max_body_bytes)?;
-    let query = validate_chain(&body, &ctx.limits)?;
+    let query = validate_chain(&req.body, &ctx.limits)?;
     let _admission = admit(ctx)?;
     let out = ctx.backend.chain(query).map_err(map_backend_error)?;
     Ok(json_reply(200, &out))
@@ -415,15 +473,19 @@ fn delta(
 
 /// Streams one completion as `chat.completion.chunk` events, then `data: [DONE]`. The deltas
 /// of a choice concatenate to exactly the text the same request returns without streaming.
-fn stream(req: Request, chat: ChatRequest, ctx: &Ctx) {
+/// `false` when the connection cannot be reused (the client left, or an error mid-stream).
+fn stream(out: &TcpStream, chat: ChatRequest, ctx: &Ctx, keep: bool) -> bool {
     let id = format!("chatcmpl-{}", ctx.next_id.fetch_add(1, Ordering::Relaxed));
     let created = unix_now();
     let model = chat.model.clone();
     let n = chat.job.n;
     let stop = chat.job.sampling.stop.clone();
     let prompt_tokens = chat.job.prompt.len();
-    let Ok(mut sse) = SseWriter::start(req.into_writer()) else {
-        return;
+    let Ok(writer) = out.try_clone() else {
+        return false;
+    };
+    let Ok(mut sse) = SseWriter::start(Box::new(writer) as Box<dyn Write + Send>, keep) else {
+        return false;
     };
     let ev = |choices, usage| chunk(&id, created, &model, choices, usage);
     for i in 0..n {
@@ -434,7 +496,7 @@ fn stream(req: Request, chat: ChatRequest, ctx: &Ctx) {
             ))
             .is_err()
         {
-            return;
+            return false;
         }
     }
     let mut trackers: Vec<DeltaTracker> = (0..n).map(|_| DeltaTracker::default()).collect();
@@ -458,8 +520,9 @@ fn stream(req: Request, chat: ChatRequest, ctx: &Ctx) {
         true
     });
     if gone {
-        return;
+        return false;
     }
+    let mut failed = false;
     let sent = match result {
         Ok(outs) => {
             let mut ok = Ok(());
@@ -490,12 +553,11 @@ fn stream(req: Request, chat: ChatRequest, ctx: &Ctx) {
         Err(e) => {
             let e = map_backend_error(e);
             tracing::warn!("stream {id}: {e}");
+            failed = true;
             sse.event(&e.body().to_string())
         }
     };
-    if sent.is_ok() {
-        let _ = sse.finish();
-    }
+    sent.is_ok() && sse.finish().is_ok() && !failed
 }
 
 #[cfg(test)]

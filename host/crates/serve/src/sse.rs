@@ -1,6 +1,6 @@
 //! Server-Sent Events over a raw HTTP/1.1 connection with chunked transfer encoding, written
-//! and flushed event by event (tiny_http's own chunked encoder buffers 8 KiB, which would hold
-//! tokens back), and the text deltas of streamed choices.
+//! and flushed event by event (a buffering encoder would hold tokens back), and the text deltas
+//! of streamed choices.
 
 use std::io::{self, Write};
 
@@ -10,10 +10,13 @@ pub struct SseWriter {
 }
 
 impl SseWriter {
-    pub fn start(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    /// Writes the response head; `keep_alive`: the connection stays open after the stream.
+    pub fn start(mut out: Box<dyn Write + Send>, keep_alive: bool) -> io::Result<Self> {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+             Transfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+            if keep_alive { "keep-alive" } else { "close" }
         )?;
         out.flush()?;
         Ok(SseWriter { out })

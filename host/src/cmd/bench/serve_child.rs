@@ -10,6 +10,13 @@ use anyhow::Context;
 /// The running server; killed when dropped, however the benchmark ends.
 pub struct ServeChild(Child);
 
+impl ServeChild {
+    /// Takes ownership of a started server process.
+    pub fn new(child: Child) -> ServeChild {
+        ServeChild(child)
+    }
+}
+
 impl Drop for ServeChild {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -45,7 +45,8 @@ pub(super) fn resolve_generation(
             max_concurrency: e.max_concurrency.unwrap_or(8),
             timeout_s: e.timeout_s.unwrap_or(120.0),
             connect_timeout_s: e.connect_timeout_s.unwrap_or(5.0),
-            malt_seeds: e.malt_seeds.unwrap_or(true),
+            malt_seeds: e.malt_seeds,
+            engine: e.engine.unwrap_or(EngineKind::Auto),
         };
         c.positive(
             &at("max_concurrency"),
@@ -130,6 +131,11 @@ pub(super) fn resolve_serve(raw: RawServe, c: &mut Checker<'_, '_>) -> Serve {
         max_queue: raw.max_queue.unwrap_or(d.max_queue),
         request_timeout_s: raw.request_timeout_s.unwrap_or(d.request_timeout_s),
         batch: raw.batch.unwrap_or(d.batch),
+        api_key_env: raw.api_key_env,
+        continuous: raw.continuous.unwrap_or(d.continuous),
+        max_batch: raw.max_batch.unwrap_or(d.max_batch),
+        read_timeout_s: raw.read_timeout_s.unwrap_or(d.read_timeout_s),
+        keep_alive_s: raw.keep_alive_s.unwrap_or(d.keep_alive_s),
     };
     match serve.addr.parse::<std::net::SocketAddr>() {
         Err(_) => c.err(
@@ -142,13 +148,39 @@ pub(super) fn resolve_serve(raw: RawServe, c: &mut Checker<'_, '_>) -> Serve {
         Ok(a) if !a.ip().is_loopback() && !serve.allow_remote => c.err(
             &[K("serve"), K("addr")],
             format!(
-                "serve.addr = {:?} is reachable from other machines and the server has no \
-                 authentication; use a loopback address (127.0.0.1) or set \
-                 serve.allow_remote = true",
+                "serve.addr = {:?} is reachable from other machines; use a loopback address \
+                 (127.0.0.1) or set serve.allow_remote = true (and serve.api_key_env, so that \
+                 clients need a key)",
                 serve.addr
             ),
         ),
         Ok(_) => {}
+    }
+    if let Some(var) = &serve.api_key_env {
+        if var.is_empty() || var.contains(['=', '\0']) {
+            c.err(
+                &[K("serve"), K("api_key_env")],
+                format!("serve.api_key_env {var:?} is not an environment variable name"),
+            );
+        }
+    }
+    if serve.continuous && !serve.batch {
+        c.warn(
+            &[K("serve"), K("continuous")],
+            "serve.continuous has no effect with serve.batch = false (one request at a time)",
+        );
+    }
+    c.positive(&[K("serve"), K("max_batch")], "serve.max_batch", serve.max_batch);
+    for (key, v) in [
+        ("read_timeout_s", serve.read_timeout_s),
+        ("keep_alive_s", serve.keep_alive_s),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            c.err(
+                &[K("serve"), K(key)],
+                format!("serve.{key} = {v} must be a positive number of seconds"),
+            );
+        }
     }
     c.positive(&[K("serve"), K("max_n")], "serve.max_n", serve.max_n);
     c.positive(
