@@ -214,7 +214,10 @@ fn check_trees(run: &Path, train: usize) {
             assert!(n.get("error").is_none(), "question {id}: errored node {n}");
         }
         let outputs: BTreeSet<&str> = nodes.iter().filter_map(|n| n["output"].as_str()).collect();
-        assert!(outputs.len() >= 5, "question {id}: the choices are mostly identical");
+        assert!(
+            outputs.len() >= 5,
+            "question {id}: the choices are mostly identical"
+        );
     }
     assert_eq!(ids.len(), train);
 }
@@ -254,7 +257,10 @@ fn llama_server_generation_survives_a_restart() {
     }
     drop(server);
     let at_kill = lines_in(&trees);
-    assert!(at_kill < TRAIN, "finished before the kill: make the workload larger");
+    assert!(
+        at_kill < TRAIN,
+        "finished before the kill: make the workload larger"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let _server = llama_server(&bin, &model, port);
     let out = gen.wait_with_output().unwrap();
@@ -265,8 +271,14 @@ fn llama_server_generation_survives_a_restart() {
         t.elapsed().as_secs_f64()
     );
     assert!(err.contains("llama.cpp (identified by GET"), "{err}");
-    assert!(err.contains("per-choice seeds (malt_seeds) are not honoured"), "{err}");
-    assert!(err.contains("retrying in"), "no retry across the restart:\n{err}");
+    assert!(
+        err.contains("per-choice seeds (malt_seeds) are not honoured"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retrying in"),
+        "no retry across the restart:\n{err}"
+    );
     check_trees(&root.join("run"), TRAIN);
 }
 
@@ -289,7 +301,10 @@ fn a_server_that_ignores_n_gets_follow_up_requests() {
     let out = malt(root).arg("generate").arg(&cfg).output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "generate failed:\n{err}");
-    assert!(err.contains("treated as a generic OpenAI-compatible API"), "{err}");
+    assert!(
+        err.contains("treated as a generic OpenAI-compatible API"),
+        "{err}"
+    );
     // Every node asks for 2 choices and gets 1: one follow-up each (3 * 7 sibling groups).
     let follow_ups: usize = err
         .lines()

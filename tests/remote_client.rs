@@ -515,11 +515,16 @@ fn a_dead_endpoint_is_bypassed() {
 fn an_auto_endpoint_is_identified_and_asked_one_choice_per_request() {
     let server = Responder::start(|r, _| {
         if r.line == "GET /v1/models" {
-            return Reply::ok(json!({"object": "list", "data": [{"id": "base", "object": "model", "owned_by": "vllm"}]}));
+            return Reply::ok(
+                json!({"object": "list", "data": [{"id": "base", "object": "model", "owned_by": "vllm"}]}),
+            );
         }
         assert!(r.body.get("malt_seeds").is_none(), "{}", r.body);
         assert_eq!(r.body["n"], 1);
-        assert_eq!((r.body["top_k"].clone(), r.body["min_p"].clone()), (json!(-1), json!(0.0)));
+        assert_eq!(
+            (r.body["top_k"].clone(), r.body["min_p"].clone()),
+            (json!(-1), json!(0.0))
+        );
         let seed = r.body["seed"].as_u64().unwrap();
         Reply::ok(json!({"choices": [{"index": 0, "message": {"content": format!("s{seed}")}}]}))
     });
@@ -534,7 +539,10 @@ fn an_auto_endpoint_is_identified_and_asked_one_choice_per_request() {
         &vec!["s100".to_owned(), "s101".into(), "s102".into()]
     );
     let seen = server.requests();
-    assert_eq!(seen.iter().filter(|r| r.line == "GET /v1/models").count(), 1);
+    assert_eq!(
+        seen.iter().filter(|r| r.line == "GET /v1/models").count(),
+        1
+    );
     assert_eq!(seen.len(), 1 + 6, "one probe, then one request per choice");
     assert_eq!(s.stats.follow_ups, 0);
 }

@@ -178,14 +178,20 @@ fn sixteen_keep_alive_clients_are_served_without_stalls() {
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
                 let mut slowest = Duration::ZERO;
-                let mut timed = |client: &mut Client, method: &str, path: &str, body: Option<Value>| {
-                    let t = Instant::now();
-                    let r = client.call(method, path, body.as_ref());
-                    slowest = slowest.max(t.elapsed());
-                    r
-                };
+                let mut timed =
+                    |client: &mut Client, method: &str, path: &str, body: Option<Value>| {
+                        let t = Instant::now();
+                        let r = client.call(method, path, body.as_ref());
+                        slowest = slowest.max(t.elapsed());
+                        r
+                    };
                 for k in 0..3 {
-                    let r = timed(&mut client, "POST", "/v1/chat/completions", Some(chat_body(c * 10 + k, 2, 8)));
+                    let r = timed(
+                        &mut client,
+                        "POST",
+                        "/v1/chat/completions",
+                        Some(chat_body(c * 10 + k, 2, 8)),
+                    );
                     assert_eq!(r.status, 200, "{}", r.body);
                     assert_eq!(r.header("connection"), Some("keep-alive"));
                     assert_eq!(r.json()["choices"].as_array().unwrap().len(), 2);
@@ -199,7 +205,12 @@ fn sixteen_keep_alive_clients_are_served_without_stalls() {
                 assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
                 // Two requests written back to back before reading either (pipelining).
                 client.send("GET", "/health", None, "");
-                client.send("POST", "/v1/chat/completions", Some(&chat_body(c, 1, 4)), "");
+                client.send(
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&chat_body(c, 1, 4)),
+                    "",
+                );
                 assert_eq!(client.read().status, 200);
                 assert_eq!(client.read().status, 200);
                 slowest
@@ -230,19 +241,27 @@ fn slow_senders_time_out_without_blocking_others() {
     };
     let f = start(limits, Batching::Continuous);
     let mut slow = TcpStream::connect(f.addr()).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"mod")
         .unwrap();
     let t = Instant::now();
     let mut other = Client::connect(f.addr());
     let r = other.call("GET", "/health", None);
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() < Duration::from_millis(300), "blocked by the slow sender");
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "blocked by the slow sender"
+    );
     let mut reply = String::new();
     slow.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("read_timeout_s"), "{reply}");
-    assert!(t.elapsed() >= Duration::from_millis(350), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t.elapsed()
+    );
 
     // The kept-alive connection of `other` is closed once idle for longer than keep_alive.
     std::thread::sleep(Duration::from_millis(900));
@@ -266,13 +285,29 @@ fn bearer_tokens_are_required_when_a_key_is_set() {
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     assert_eq!(r.json()["error"]["code"], "invalid_api_key");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("api_key_env"));
-    c.send("POST", "/v1/chat/completions", Some(&chat_body(1, 1, 4)), "Authorization: Bearer sk-wrong\r\n");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("api_key_env"));
+    c.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(1, 1, 4)),
+        "Authorization: Bearer sk-wrong\r\n",
+    );
     let r = c.read();
     assert_eq!(r.status, 401);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("incorrect"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("incorrect"));
     assert!(!r.body.contains("sk-serve-test"));
-    c.send("POST", "/v1/chat/completions", Some(&chat_body(1, 1, 4)), "Authorization: bearer sk-serve-test\r\n");
+    c.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(1, 1, 4)),
+        "Authorization: bearer sk-serve-test\r\n",
+    );
     let r = c.read();
     assert_eq!(r.status, 200, "{}", r.body);
     // The key never shows in the limits' debug output.
@@ -293,7 +328,12 @@ fn requests_join_a_batch_that_is_already_decoding() {
     let mut reference = Client::connect(alone.addr());
     let want: Vec<Value> = shorts
         .iter()
-        .map(|b| reference.call("POST", "/v1/chat/completions", Some(b)).json()["choices"].clone())
+        .map(|b| {
+            reference
+                .call("POST", "/v1/chat/completions", Some(b))
+                .json()["choices"]
+                .clone()
+        })
         .collect();
 
     let addr = running.addr();
@@ -311,7 +351,10 @@ fn requests_join_a_batch_that_is_already_decoding() {
         if h["engine"]["generated_tokens"].as_u64() == Some(0) && h["in_flight"] == 1 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "the long request never started: {h}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the long request never started: {h}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let started = Instant::now();
@@ -367,7 +410,11 @@ fn bench_serve_compares_the_engines_in_one_run() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         "malt serve, waiting batches (old)",
         "malt serve, continuous (new)",

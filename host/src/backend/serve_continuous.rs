@@ -66,8 +66,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
             let running = batch.as_ref().map_or(0, |(b, _)| b.len());
             if running > 0 {
                 let (_, adapter) = batch.as_ref().expect("running");
-                if *adapter != job.adapter
-                    || running + job.n > engine.settings.max_batch.max(job.n)
+                if *adapter != job.adapter || running + job.n > engine.settings.max_batch.max(job.n)
                 {
                     break;
                 }
@@ -84,9 +83,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
                     .fetch_add(1, Ordering::Relaxed);
             }
             let (b, adapter_name) = batch.as_mut().expect("just set");
-            let adapter = adapter_name
-                .as_ref()
-                .and_then(|a| engine.adapters.get(a));
+            let adapter = adapter_name.as_ref().and_then(|a| engine.adapters.get(a));
             let id = next_request;
             next_request += 1;
             let joined = join(
@@ -119,9 +116,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
             .counters
             .largest_batch
             .fetch_max(b.len() as u64, Ordering::Relaxed);
-        let adapter = adapter_name
-            .as_ref()
-            .and_then(|a| engine.adapters.get(a));
+        let adapter = adapter_name.as_ref().and_then(|a| engine.adapters.get(a));
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             b.step(adapter, &mut |step| {
                 let Some(&(req, choice)) = rows.get(&step.branch) else {

@@ -155,7 +155,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             format!(" and adapters {}", names.join(", "))
         },
-        if limits_have_key { "; API key required" } else { "" }
+        if limits_have_key {
+            "; API key required"
+        } else {
+            ""
+        }
     );
     // The one line a parent process waits for (tests, `malt bench serve`).
     let mut out = std::io::stdout();

@@ -308,6 +308,9 @@ fn serve_keys_resolve_and_are_validated() {
     ));
     assert!(e.contains("configs/x.toml:24:"), "{e}");
     assert!(e.contains("not an environment variable name"), "{e}");
-    assert!(e.contains("serve.read_timeout_s = 0 must be a positive"), "{e}");
+    assert!(
+        e.contains("serve.read_timeout_s = 0 must be a positive"),
+        "{e}"
+    );
     assert!(e.contains("serve.max_batch must be at least 1"), "{e}");
 }

@@ -239,10 +239,14 @@ mod tests {
 
     #[test]
     fn engines_are_recognised_from_their_model_cards() {
-        let card = |owner: &str| json!({"object": "list", "data": [{"id": "m", "owned_by": owner}]});
+        let card =
+            |owner: &str| json!({"object": "list", "data": [{"id": "m", "owned_by": owner}]});
         assert_eq!(Engine::from_models(&card("vllm")), Some(Engine::Vllm));
         assert_eq!(Engine::from_models(&card("sglang")), Some(Engine::Sglang));
-        assert_eq!(Engine::from_models(&card("llamacpp")), Some(Engine::LlamaCpp));
+        assert_eq!(
+            Engine::from_models(&card("llamacpp")),
+            Some(Engine::LlamaCpp)
+        );
         assert_eq!(Engine::from_models(&card("malt")), Some(Engine::Malt));
         assert_eq!(Engine::from_models(&card("openai")), None);
         assert_eq!(Engine::from_models(&json!({"models": []})), None);
@@ -250,14 +254,22 @@ mod tests {
 
     #[test]
     fn seeds_fit_each_engine_and_stay_distinct() {
-        for seed in [0u64, 1, u32::MAX as u64, u64::MAX, 0x8000_0000_0000_0000, 12345678901234] {
+        for seed in [
+            0u64,
+            1,
+            u32::MAX as u64,
+            u64::MAX,
+            0x8000_0000_0000_0000,
+            12345678901234,
+        ] {
             assert!(Engine::Vllm.wire_seed(seed) <= i64::MAX as u64);
             assert!(Engine::Sglang.wire_seed(seed) <= i32::MAX as u64);
             assert!(Engine::LlamaCpp.wire_seed(seed) < u32::MAX as u64);
             assert_eq!(Engine::Malt.wire_seed(seed), seed);
         }
-        let distinct: std::collections::BTreeSet<u64> =
-            (0..1000u64).map(|s| Engine::LlamaCpp.wire_seed(s * 7919)).collect();
+        let distinct: std::collections::BTreeSet<u64> = (0..1000u64)
+            .map(|s| Engine::LlamaCpp.wire_seed(s * 7919))
+            .collect();
         assert_eq!(distinct.len(), 1000);
     }
 
@@ -265,7 +277,10 @@ mod tests {
     fn bodies_pin_the_defaults_each_engine_would_apply() {
         let msgs = [Message::new("user", "hi")];
         let b = Engine::LlamaCpp.request_body("m", &msgs, &params(0), &[7], false);
-        assert_eq!((b["top_k"].clone(), b["min_p"].clone()), (json!(0), json!(0.0)));
+        assert_eq!(
+            (b["top_k"].clone(), b["min_p"].clone()),
+            (json!(0), json!(0.0))
+        );
         assert_eq!(b["n"], 1);
         let b = Engine::Vllm.request_body("m", &msgs, &params(0), &[7], false);
         assert_eq!(b["top_k"], -1);
@@ -285,7 +300,12 @@ mod tests {
     #[test]
     fn every_engine_but_malt_states_its_caveats() {
         assert!(Engine::Malt.caveats(true).is_empty());
-        for e in [Engine::Vllm, Engine::Sglang, Engine::LlamaCpp, Engine::Openai] {
+        for e in [
+            Engine::Vllm,
+            Engine::Sglang,
+            Engine::LlamaCpp,
+            Engine::Openai,
+        ] {
             assert!(!e.caveats(false).is_empty(), "{e}");
         }
         assert!(Engine::Openai.caveats(true).len() > Engine::Openai.caveats(false).len());

@@ -69,7 +69,11 @@ impl EngineReport {
             self.source
         );
         for c in &self.caveats {
-            tracing::warn!("generation endpoint {} ({}): {c}", self.endpoint, self.engine);
+            tracing::warn!(
+                "generation endpoint {} ({}): {c}",
+                self.endpoint,
+                self.engine
+            );
         }
     }
 }
@@ -182,7 +186,9 @@ fn probe_with_retries(
             }
             Err(Outcome::Retry { error, retry_after }) => {
                 failures += 1;
-                let wait = retry.backoff(failures, 0).max(retry_after.unwrap_or_default());
+                let wait = retry
+                    .backoff(failures, 0)
+                    .max(retry_after.unwrap_or_default());
                 if failures > retry.retries || waited + wait > retry.max_wait {
                     return Err(SamplerError(format!(
                         "cannot identify the engine of endpoint {endpoint} after {failures} \
@@ -367,7 +373,6 @@ impl Sampler for RemoteSampler {
             .collect())
     }
 }
-
 
 /// What the worker threads share.
 struct Ctx<'a, 'r> {

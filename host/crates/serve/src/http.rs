@@ -165,8 +165,8 @@ impl Conn {
         } else {
             !connection.contains("close")
         };
-        let chunked = get("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let length = match get("content-length") {
             Some(v) => Some(v.parse::<usize>().map_err(|_| ReadError::Bad {
                 status: 400,
@@ -414,9 +414,7 @@ mod tests {
     fn expect_continue_is_answered() {
         let (mut conn, mut client) = pair();
         client
-            .write_all(
-                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
-            )
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
             .unwrap();
         let reader = std::thread::spawn(move || conn.read_request(T, T, 100).map(|r| r.body));
         let mut got = [0u8; 25];

@@ -333,7 +333,9 @@ fn dispatch(req: &Request, ctx: &Ctx) -> Reply {
     if let Some(key) = &ctx.limits.api_key {
         // `/health` stays open for load balancers and orchestrators.
         if path != "/health" && !authorised(req, key) {
-            return Reply::Error(ApiError::unauthorised(req.header("authorization").is_some()));
+            return Reply::Error(ApiError::unauthorised(
+                req.header("authorization").is_some(),
+            ));
         }
     }
     let result = match (path, method) {

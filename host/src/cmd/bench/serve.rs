@@ -214,12 +214,20 @@ fn measure(label: &str, base: &str, bodies: &[Value], args: &Args) -> anyhow::Re
 }
 
 /// `llama-server` on a free loopback port, killed when dropped.
-fn start_llama_server(bin: &PathBuf, gguf: &PathBuf, args: &Args) -> anyhow::Result<(ServeChild, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+fn start_llama_server(
+    bin: &PathBuf,
+    gguf: &PathBuf,
+    args: &Args,
+) -> anyhow::Result<(ServeChild, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let threads = malt_model::process::threads().to_string();
     let slots = args.concurrency.max(1);
     // One context shared by the slots: each needs its prompt (under 100 tokens) and reply.
-    let ctx = (slots * (args.max_tokens * args.n + 160)).max(2048).to_string();
+    let ctx = (slots * (args.max_tokens * args.n + 160))
+        .max(2048)
+        .to_string();
     let child = Command::new(bin)
         .arg("-m")
         .arg(gguf)
@@ -299,10 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<(String, Figures)> = Vec::new();
     for which in &args.servers {
         let (flag, label) = match which.as_str() {
-            "old" => (
-                Some("--no-continuous"),
-                "malt serve, waiting batches (old)",
-            ),
+            "old" => (Some("--no-continuous"), "malt serve, waiting batches (old)"),
             "new" => (None, "malt serve, continuous (new)"),
             "sequential" => (Some("--no-batch"), "malt serve, one at a time"),
             other => bail!("--servers: unknown server {other:?}; expected old, new or sequential"),

@@ -170,7 +170,11 @@ pub(super) fn resolve_serve(raw: RawServe, c: &mut Checker<'_, '_>) -> Serve {
             "serve.continuous has no effect with serve.batch = false (one request at a time)",
         );
     }
-    c.positive(&[K("serve"), K("max_batch")], "serve.max_batch", serve.max_batch);
+    c.positive(
+        &[K("serve"), K("max_batch")],
+        "serve.max_batch",
+        serve.max_batch,
+    );
     for (key, v) in [
         ("read_timeout_s", serve.read_timeout_s),
         ("keep_alive_s", serve.keep_alive_s),
