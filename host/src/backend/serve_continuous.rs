@@ -6,7 +6,8 @@
 //! another adapter waits until the batch drains (and holds back the requests behind it, so it
 //! is not starved). A request whose `n` choices would take the batch past `max_batch` waits
 //! for rows to free up. Chain requests run between two steps (the batch waits for them). Each
-//! choice decodes exactly what it decodes served alone: the same prefill, seed and sampler.
+//! choice uses the same prefill, seed and sampler as served alone; its tokens can still differ
+//! from a lone decode where the batch's row count changes the kernels' rounding.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
