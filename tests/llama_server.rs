@@ -73,7 +73,6 @@ fn free_port() -> u16 {
 /// A server process, killed when dropped.
 struct Server {
     child: Child,
-    port: u16,
 }
 
 impl Drop for Server {
@@ -90,7 +89,7 @@ fn start(mut cmd: Command, port: u16) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the server");
-    let mut server = Server { child, port };
+    let mut server = Server { child };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -75,7 +75,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
             let (job, events) = waiting.pop_front().expect("front exists");
             if running == 0 {
                 let a = job.adapter.as_ref().and_then(|a| engine.adapters.get(a));
-                batch = Some((DecodeBatch::new(&*model, a), job.adapter.clone()));
+                batch = Some((DecodeBatch::new(&model, a), job.adapter.clone()));
                 engine.counters.batches.fetch_add(1, Ordering::Relaxed);
             } else {
                 engine
