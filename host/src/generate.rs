@@ -21,7 +21,7 @@ pub fn generate_trees(
     let s = sampler.stats;
     tracing::info!(
         "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
-         prefill computed {} of {} prompt tokens, {} tokens generated",
+         prefill computed {} of {} prompt tokens (unique-prefix minimum {}), {} tokens generated",
         summary.generated,
         summary.skipped,
         summary.samples,
@@ -29,6 +29,7 @@ pub fn generate_trees(
         summary.score_failures,
         s.prefill_computed,
         s.prompt_tokens,
+        s.prefill_minimum,
         s.generated_tokens
     );
     Ok(summary)

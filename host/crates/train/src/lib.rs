@@ -49,4 +49,5 @@ pub use settings::{
 };
 pub use trainer::{
     adapter_dir, final_adapter_dir, run_schedule, train_agent, train_phase, PhaseReport, PhaseSpec,
+    PhaseTimings,
 };

@@ -99,6 +99,63 @@ pub struct PhaseReport {
     pub resumed_from: Option<u64>,
     pub train_examples: usize,
     pub eval_examples: usize,
+    /// Where this run of the phase spent its time (zero for a phase reused as finished).
+    #[serde(default)]
+    pub timings: PhaseTimings,
+}
+
+/// Wall seconds of each part of one phase, for the log and `malt bench train --workload`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// Loading and tokenizing the data, the initial adapter and the optimiser.
+    pub setup_s: f64,
+    /// DPO's reference log-probs (computed or read from the cache).
+    pub reference_s: f64,
+    /// The first optimiser step (allocations, page faults, first touches of the weights).
+    pub first_step_s: f64,
+    /// Every later step together, and how many there were.
+    pub later_steps_s: f64,
+    pub later_steps: u64,
+    /// Held-out evaluations.
+    pub eval_s: f64,
+    /// Checkpoints (adapter + optimiser state).
+    pub checkpoint_s: f64,
+    /// The final adapter, the loss plot and `complete.json`.
+    pub finish_s: f64,
+    pub total_s: f64,
+}
+
+/// Timings are measurements, not results: two reports of the same training are equal whatever
+/// their timings (resumed and uninterrupted runs compare equal).
+impl PartialEq for PhaseTimings {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl PhaseTimings {
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let later = if self.later_steps > 0 {
+            format!(
+                ", {} later steps {:.2}s each",
+                self.later_steps,
+                self.later_steps_s / self.later_steps as f64
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{:.1}s: setup {:.2}s, reference pass {:.2}s, first step {:.2}s{later}, eval {:.2}s, checkpoints {:.2}s, adapter and report {:.2}s",
+            self.total_s,
+            self.setup_s,
+            self.reference_s,
+            self.first_step_s,
+            self.eval_s,
+            self.checkpoint_s,
+            self.finish_s
+        )
+    }
 }
 
 /// sha256 over the adapter's variable names and f32 values: identifies a reference adapter.
@@ -218,6 +275,8 @@ pub fn train_phase<M: PolicyModel>(
     spec: &PhaseSpec,
     opts: &RunOptions,
 ) -> Result<PhaseReport> {
+    let started = Instant::now();
+    let mut timings = PhaseTimings::default();
     let o = &spec.optim;
     o.validate()?;
     if spec.phase == Phase::Dpo {
@@ -274,6 +333,7 @@ pub fn train_phase<M: PolicyModel>(
                     r
                 }
                 None => {
+                    let t = Instant::now();
                     tracing::info!("computing reference log-probs ({} pairs)", items.len());
                     let r = compute_ref_logprobs(model, init.as_ref(), &items, mb, pad_id)?;
                     let desc = serde_json::json!({
@@ -282,6 +342,7 @@ pub fn train_phase<M: PolicyModel>(
                         "tokenizer": tok.fingerprint(), "max_seq_len": o.max_seq_len, "pairs": items.len(),
                     });
                     save_ref_cache(&cache, &r, &desc)?;
+                    timings.reference_s = t.elapsed().as_secs_f64();
                     r
                 }
             };
@@ -457,6 +518,7 @@ pub fn train_phase<M: PolicyModel>(
     let mut perm_cache: Option<(u64, Vec<usize>)> = None;
     let mut last_eval = None;
     let mut step = start_step;
+    timings.setup_s = started.elapsed().as_secs_f64() - timings.reference_s;
     while step < total {
         let t0 = Instant::now();
         let epoch = step / spe;
@@ -568,6 +630,12 @@ pub fn train_phase<M: PolicyModel>(
             });
         }
         opt.step(&grads, lr)?;
+        if step == start_step {
+            timings.first_step_s = t0.elapsed().as_secs_f64();
+        } else {
+            timings.later_steps_s += t0.elapsed().as_secs_f64();
+            timings.later_steps += 1;
+        }
         step += 1;
         tokens_seen += step_tokens;
         last_loss = Some(step_loss);
@@ -597,13 +665,17 @@ pub fn train_phase<M: PolicyModel>(
             step.is_multiple_of(spe) || step == total
         };
         if eval_due {
+            let t = Instant::now();
             if let Some(e) = do_eval(&adapter, step)? {
                 log.append(&e)?;
                 last_eval = Some(e);
             }
+            timings.eval_s += t.elapsed().as_secs_f64();
         }
         if (o.save_every > 0 && step.is_multiple_of(o.save_every as u64)) || step == total {
+            let t = Instant::now();
             last_ckpt = Some(save_ckpt(step, tokens_seen, last_loss, &adapter, &opt)?);
+            timings.checkpoint_s += t.elapsed().as_secs_f64();
         }
         if opts.stop_after_steps.is_some_and(|k| step >= k) && step < total {
             bar.abandon();
@@ -619,14 +691,18 @@ pub fn train_phase<M: PolicyModel>(
                 resumed_from,
                 train_examples: n_train,
                 eval_examples: eval_idx.len(),
+                timings,
             });
         }
     }
     bar.finish();
     if last_eval.is_none() && !eval_idx.is_empty() {
         // Resumed at the very end, or total == 0: still report an eval.
+        let t = Instant::now();
         last_eval = do_eval(&adapter, step)?;
+        timings.eval_s += t.elapsed().as_secs_f64();
     }
+    let finishing = Instant::now();
     checkpoint::write_dir_atomic(&spec.adapter_out, |tmp| {
         model.save_adapter(&adapter, tmp, &opts.base_model)
     })?;
@@ -654,12 +730,22 @@ pub fn train_phase<M: PolicyModel>(
         resumed_from,
         train_examples: n_train,
         eval_examples: eval_idx.len(),
+        timings: PhaseTimings::default(),
     };
     let mut complete = serde_json::to_value(&report)?;
     complete["fingerprint"] = serde_json::Value::String(fingerprint.clone());
     std::fs::write(&complete_path, serde_json::to_string_pretty(&complete)?)
         .map_err(|e| TrainError::io(&complete_path, e))?;
-    Ok(report)
+    timings.finish_s = finishing.elapsed().as_secs_f64();
+    timings.total_s = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "trained {} {} ({} steps) in {}",
+        spec.agent,
+        spec.phase.name(),
+        step - start_step,
+        timings.summary()
+    );
+    Ok(PhaseReport { timings, ..report })
 }
 
 /// The report of a finished phase if `path` exists and was written for `fingerprint`. A phase

@@ -43,6 +43,17 @@ pub struct Args {
     pub skip_baseline: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The real model's tree case samples this run config's workload (its plugins' prompts for
+    /// every agent, its sampling parameters and stop rules, the generation stage's sampler);
+    /// `--workload none` measures the synthetic 3-3-3 tree instead.
+    #[arg(long, default_value = "configs/quickstart.toml")]
+    pub workload: String,
+    /// Trees of the workload to sample.
+    #[arg(long, default_value_t = 3)]
+    pub trees: usize,
+    /// How many of those trees to sample again with every sequence alone (the baseline).
+    #[arg(long, default_value_t = 1)]
+    pub independent_trees: usize,
     /// A llama.cpp build directory (holding `llama-bench` and `llama-batched-bench`): the real
     /// model's three throughput figures are then also measured with llama.cpp in this run, with
     /// as many threads as malt uses. Needs --llama-cpp-model.
@@ -145,8 +156,9 @@ struct Seq {
 }
 
 fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Result<()> {
-    // Fixed-length generations, so both sides of each comparison do the same work.
-    m.stop_ids.clear();
+    // Fixed-length generations, so both sides of each comparison do the same work (the
+    // workload tree below restores the model's own stop tokens).
+    let stop_ids = std::mem::take(&mut m.stop_ids);
     let vocab = m.config().vocab_size;
     let nt = a.new_tokens;
     let params = SamplingParams {
@@ -263,6 +275,17 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
     }
     if a.skip_tree {
         return Ok(());
+    }
+    let workload = Path::new(&a.workload);
+    if text && a.workload != "none" {
+        if workload.exists() {
+            m.stop_ids = stop_ids;
+            return super::workload::run(label, m, workload, a.trees, a.independent_trees);
+        }
+        println!(
+            "[{label}] workload {} not found (run from the repository root, or pass --workload): the synthetic tree instead",
+            workload.display()
+        );
     }
     // The agent tree: each level's prompt continues the conversation of its parent.
     let n = a.n;
