@@ -59,12 +59,17 @@ fn plan_for(session: &Session, pool: usize, trained: bool) -> anyhow::Result<Eva
         );
     }
     if eval.questions > pool {
+        let fix = match &session.config.dataset.test_source {
+            Some(p) => format!("{} has {pool} questions; lower eval.questions", p.display()),
+            None => format!(
+                "the held-out split has {pool} ([dataset] test); lower eval.questions or raise \
+                 dataset.test"
+            ),
+        };
         anyhow::bail!(
-            "{}: [eval] questions = {} but the held-out split has {} ([dataset] test); \
-             lower eval.questions or raise dataset.test",
+            "{}: [eval] questions = {}, but {fix}",
             session.config.source.display(),
             eval.questions,
-            pool
         );
     }
     Ok(EvalPlan {

@@ -49,8 +49,8 @@ fn insert(map: &mut BTreeMap<String, String>, key: impl Into<String>, value: Str
     map.insert(key.into(), value);
 }
 
-/// What the questions are: `[dataset]` without its resolved path (moving the project must not
-/// look like a new dataset), plus the dataset file's content.
+/// What the questions are: `[dataset]` without its resolved paths (moving the project must not
+/// look like a new dataset), plus the dataset files' contents.
 fn dataset_inputs(s: &Session, map: &mut BTreeMap<String, String>) -> anyhow::Result<()> {
     let ds = &s.config.dataset;
     let source = match &ds.source {
@@ -59,10 +59,14 @@ fn dataset_inputs(s: &Session, map: &mut BTreeMap<String, String>) -> anyhow::Re
             serde_json::json!({ "generate_seed": seed, "generate_count": count })
         }
     };
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "plugin": ds.plugin, "train": ds.train, "test": ds.test, "source": source,
         "run_seed": s.config.run.seed,
     });
+    // Only present with a test file, so runs without one keep their recorded inputs.
+    if let Some(test) = &ds.test_source {
+        v["test_file_sha256"] = serde_json::Value::String(file_hash(test)?);
+    }
     insert(map, "config [dataset] and run seed", json_hash(&v));
     Ok(())
 }

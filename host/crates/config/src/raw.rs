@@ -92,6 +92,7 @@ struct RawDataset {
     plugin: String,
     path: Option<PathBuf>,
     generate: Option<RawGenerate>,
+    test_path: Option<PathBuf>,
     train: Option<usize>,
     test: Option<usize>,
 }
