@@ -41,6 +41,9 @@ pub fn evaluate(session: &mut Session, model: &Model) -> anyhow::Result<Report> 
     let mut runner = crate::live_reload::QuestionBoundaries::new(runner, live.as_deref());
     let report = malt_eval::run_evaluation(&mut runner, &plan, &out, manifest, true)?;
     tracing::info!("report: {}", out.join("report.md").display());
+    if let Err(e) = crate::tracking::write_report(&out, &report, &session.config_text) {
+        tracing::warn!("{}: no TensorBoard event file: {e}", out.display());
+    }
     Ok(report)
 }
 

@@ -118,6 +118,17 @@ pub fn train_agents(
             );
         }
     }
+    // The config beside the phases' TensorBoard event files (run "." of `<run>`).
+    let tracked = std::fs::read_to_string(&config.source).and_then(|text| {
+        std::fs::create_dir_all(&config.run.dir)?;
+        crate::tracking::write_config(&config.run.dir, &text)
+    });
+    if let Err(e) = tracked {
+        tracing::warn!(
+            "{}: no TensorBoard config text: {e}",
+            config.run.dir.display()
+        );
+    }
     let tok = MaltTokenizer::new(model)?;
     let opts = RunOptions {
         resume,

@@ -364,7 +364,7 @@ pub fn train_phase<M: PolicyModel>(
     if let Some((step, dir)) = &resume_ckpt {
         opt.load(&dir.join("optimizer.safetensors"), *step)?;
     }
-    let log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
+    let mut log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
 
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(total);
