@@ -75,12 +75,20 @@ fn hub_parquet_files_load_through_the_benchmark_plugins() {
         .arg(d.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rt = common::runtime();
     let parse = |plugin: &str, file: &str| {
         let p = load_named(
             &rt,
-            &common::repo().join("plugins").join(plugin).display().to_string(),
+            &common::repo()
+                .join("plugins")
+                .join(plugin)
+                .display()
+                .to_string(),
             &BTreeMap::new(),
             &Sandbox::default(),
         )
@@ -93,7 +101,10 @@ fn hub_parquet_files_load_through_the_benchmark_plugins() {
             .collect::<Vec<_>>()
     };
     let g = parse("gsm8k", "gsm8k-test-00000-of-00001.parquet");
-    assert_eq!((g.len(), g[0].gold.as_str(), g[1].gold.as_str()), (2, "5", "42"));
+    assert_eq!(
+        (g.len(), g[0].gold.as_str(), g[1].gold.as_str()),
+        (2, "5", "42")
+    );
     let c = parse("csqa", "csqa-validation-00000-of-00001.parquet");
     assert_eq!(c[1].id, "61fe6e879ff18686d7552425a36344c8");
     assert_eq!(c[1].gold, "B");
@@ -116,8 +127,16 @@ fn a_rejected_parquet_row_names_file_and_row() {
     let script = "import sys, pyarrow as pa, pyarrow.parquet as pq\n\
                   pq.write_table(pa.table({'question': ['a?', 'b?'], 'answer': ['#### 1', None]}), sys.argv[1])";
     let file = d.path().join("test.parquet");
-    let out = Command::new(&py).args(["-c", script]).arg(&file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rt = common::runtime();
     let p = load_named(
         &rt,
@@ -129,8 +148,60 @@ fn a_rejected_parquet_row_names_file_and_row() {
     let records = malt_records::read_records(&file).unwrap();
     let texts: Vec<String> = records.iter().map(|r| r.text.clone()).collect();
     let results = p.parse_records(&texts);
-    let (r, rec) = results.iter().zip(&records).find(|(r, _)| r.is_err()).unwrap();
-    let msg = format!("{}: {}", rec.at.locate(Path::new("test.parquet")), r.as_ref().unwrap_err());
+    let (r, rec) = results
+        .iter()
+        .zip(&records)
+        .find(|(r, _)| r.is_err())
+        .unwrap();
+    let msg = format!(
+        "{}: {}",
+        rec.at.locate(Path::new("test.parquet")),
+        r.as_ref().unwrap_err()
+    );
     assert!(msg.starts_with("test.parquet: row 1: "), "{msg}");
     assert!(msg.contains("answer"), "{msg}");
+}
+
+/// `[dataset] test_path`: the whole file is the test split, the training questions come from
+/// `path`; a question in both (same text up to case and spacing) stops the run, named.
+#[test]
+fn test_path_is_the_held_out_split_and_overlap_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let q =
+        |text: &str, n: u32| format!("{{\"question\": \"{text}\", \"answer\": \"#### {n}\"}}\n");
+    let train: String = (0..6)
+        .map(|i| q(&format!("What is {i} plus {i}?"), 2 * i))
+        .collect();
+    std::fs::write(d.path().join("train.jsonl"), &train).unwrap();
+    let test: String = (0..3)
+        .map(|i| q(&format!("What is {i} times 3?"), 3 * i))
+        .collect();
+    std::fs::write(
+        d.path().join("test.json"),
+        format!("[{}]", test.trim_end().replace('\n', ",")),
+    )
+    .unwrap();
+    let config = format!(
+        "[dataset]\nplugin = \"gsm8k\"\npath = \"train.jsonl\"\ntest_path = \"test.json\"\n\
+         train = 4\n\n[plugins.gsm8k]\npath = \"{}\"\n\n[[agents]]\nname = \"generator\"\n",
+        common::repo().join("plugins/gsm8k").display()
+    );
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let mut s = malt::session::Session::open(&cfg).unwrap();
+    let split = s.questions().unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (4, 3));
+    assert_eq!(split.test[2].question, "What is 2 times 3?");
+
+    let leaked = format!("{test}{}", q("  WHAT is 5 plus   5? ", 10));
+    std::fs::write(d.path().join("test.jsonl"), leaked).unwrap();
+    std::fs::write(&cfg, config.replace("test.json\"", "test.jsonl\"")).unwrap();
+    let mut s = malt::session::Session::open(&cfg).unwrap();
+    let e = s.questions().err().unwrap().to_string();
+    assert!(
+        e.contains("1 of the 4 questions of dataset.test_path"),
+        "{e}"
+    );
+    assert!(e.contains("test.jsonl:4 = "), "{e}");
+    assert!(e.contains("train.jsonl:6 (same question text"), "{e}");
 }

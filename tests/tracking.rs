@@ -87,7 +87,11 @@ fn tensorboard_reads_malt_events() {
         .arg(run.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &v[phase.display().to_string()];
     assert_eq!(
