@@ -36,7 +36,7 @@ pub fn evaluate(session: &mut Session, model: &Model) -> anyhow::Result<Report> 
         adapters,
     )
     .with_batches(&subsets, eval.batch_questions);
-    let out = run_dir.join("eval");
+    let out = malt_layout::RoundLayout::at(&run_dir).eval();
     // Hot-reloaded plugins apply between questions, never inside one.
     let mut runner = crate::live_reload::QuestionBoundaries::new(runner, live.as_deref());
     let report = malt_eval::run_evaluation(&mut runner, &plan, &out, manifest, true)?;
@@ -55,7 +55,7 @@ fn plan_for(session: &Session, pool: usize, trained: bool) -> anyhow::Result<Eva
         tracing::warn!(
             "no trained adapters in {}: the trained chain is left out of the report \
              (run `malt train` first)",
-            run_dir.join("adapters").display()
+            malt_layout::RoundLayout::at(run_dir).adapters().display()
         );
     }
     if eval.questions > pool {
@@ -77,7 +77,7 @@ fn plan_for(session: &Session, pool: usize, trained: bool) -> anyhow::Result<Eva
 }
 
 fn manifest_of(session: &Session) -> serde_json::Value {
-    match std::fs::read(session.config.run.dir.join("manifest.json")) {
+    match std::fs::read(malt_layout::RoundLayout::at(&session.config.run.dir).manifest()) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::json!({ "config_text": session.config_text }),
     }
@@ -95,7 +95,7 @@ pub fn partial_report(session: &mut Session) -> anyhow::Result<Report> {
         .iter()
         .any(|a| malt_train::final_adapter_dir(&run_dir, &a.name).is_some());
     let plan = plan_for(session, pool, trained)?;
-    let out = run_dir.join("eval");
+    let out = malt_layout::RoundLayout::at(&run_dir).eval();
     let report = malt_eval::report_complete_seeds(&plan, &out, manifest_of(session))
         .with_context(|| format!("no evaluation seed is complete yet in {}", out.display()))?;
     tracing::info!(

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use malt_config::DataSource;
+use malt_layout::RoundLayout;
 use malt_model::Model;
 use malt_tree::Scorer;
 
@@ -152,12 +153,12 @@ fn eval_inputs(s: &Session, adapters: String) -> anyhow::Result<BTreeMap<String,
 }
 
 fn trees_hash(run: &Path) -> anyhow::Result<String> {
-    file_hash(&run.join(malt_tree::store::TREES))
+    file_hash(&RoundLayout::at(run).trees())
 }
 
 /// The per-agent SFT/DPO sets (not the statistics, nor the trainer's reference caches).
 fn datasets_hash(run: &Path) -> anyhow::Result<String> {
-    tree_hash(&run.join("datasets"), &|p: &Path| {
+    tree_hash(&RoundLayout::at(run).datasets(), &|p: &Path| {
         matches!(
             p.file_name().and_then(|n| n.to_str()),
             Some("sft.jsonl" | "dpo.jsonl")
@@ -166,18 +167,18 @@ fn datasets_hash(run: &Path) -> anyhow::Result<String> {
 }
 
 fn adapters_hash(run: &Path) -> anyhow::Result<String> {
-    tree_hash(&run.join("adapters"), &|_: &Path| true)
+    tree_hash(&RoundLayout::at(run).adapters(), &|_: &Path| true)
 }
 
 fn eval_hash(run: &Path) -> anyhow::Result<String> {
-    tree_hash(&run.join("eval"), &|_: &Path| true)
+    tree_hash(&RoundLayout::at(run).eval(), &|_: &Path| true)
 }
 
 /// Refuses to mix trees of two question sets: every stored tree must belong to the current
 /// training split (a different dataset, split size or seed selects other questions).
 fn check_trees_match_split(s: &mut Session) -> anyhow::Result<()> {
     let run = s.config.run.dir.clone();
-    let path = run.join(malt_tree::store::TREES);
+    let path = RoundLayout::at(&run).trees();
     if !path.exists() {
         return Ok(());
     }
@@ -320,8 +321,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
         // Checkpoints and adapters of other data or settings (or of unknown origin: a
         // standalone `malt train`) must not be resumed or evaluated.
-        discard(&run_dir.join("train"))?;
-        discard(&run_dir.join("adapters"))?;
+        discard(&RoundLayout::at(&run_dir).train())?;
+        discard(&RoundLayout::at(&run_dir).adapters())?;
     }
     run_stage(
         &train,
@@ -344,7 +345,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
         // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
         // be mixed into the report.
-        discard(&run_dir.join("eval"))?;
+        discard(&RoundLayout::at(&run_dir).eval())?;
     }
     run_stage(
         &eval,
@@ -360,7 +361,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     tracing::info!(
         "done in {:.1} s; report in {}",
         start.elapsed().as_secs_f64(),
-        run_dir.join("eval").display()
+        RoundLayout::at(&run_dir).eval().display()
     );
     Ok(())
 }

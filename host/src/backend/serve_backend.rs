@@ -376,7 +376,9 @@ impl Engine {
         // trained while the server runs.
         let mut adapters = Vec::new();
         for agent in &setup.chain.agents {
-            if let Some(dir) = malt_train::final_adapter_dir(&setup.run_dir, &agent.name) {
+            // With `[rounds]`, the last trained round's.
+            let round = malt_layout::RunLayout::new(&setup.run_dir).latest_trained_round();
+            if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
                 let a = self.model.load_adapter(&dir, &agent.name).map_err(|e| {
                     BackendError::Internal(format!("adapter {}: {e}", dir.display()))
                 })?;

@@ -15,10 +15,10 @@ use crate::subset::{derive_sample_seed, select_subset};
 use crate::trace::{ChainError, ChainRequest, ChainRunner, Variant};
 
 /// Where [`report_complete_seeds`] writes, inside the output directory.
-pub const PARTIAL_DIR: &str = "partial";
+pub use malt_layout::PARTIAL as PARTIAL_DIR;
 
 /// Name of the result log inside the output directory.
-pub const RESULTS_FILE: &str = "results.jsonl";
+pub use malt_layout::RESULTS as RESULTS_FILE;
 
 /// What to evaluate. Mirrors the config's `[eval]` table plus the facts only the caller knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
