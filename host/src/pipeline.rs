@@ -1,7 +1,8 @@
 //! `malt run`: generate -> credit -> train -> eval, each stage skipped when its record in
 //! `<run>/stages/` says its outputs are current, resumed when it was interrupted, recomputed
-//! when an input changed (see [`crate::stages`]). Hot reload ([`crate::live_reload`]) applies
-//! new plugins between trees and questions and a new config at stage boundaries.
+//! when an input changed (see [`crate::stages`]). One table ([`TABLE`]) says how each stage is
+//! judged (inputs, outputs, what goes stale) and run. Hot reload ([`crate::live_reload`])
+//! applies new plugins between trees and questions and a new config at stage boundaries.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,6 @@ use malt_tree::Scorer;
 use crate::live_reload::LiveReload;
 use crate::session::{self, Session};
 use crate::stages::{discard, file_hash, json_hash, tree_hash, Decision, Stage};
-
-/// The stages in order.
-pub const STAGES: [&str; 4] = ["generate", "credit", "train", "eval"];
 
 pub struct Options {
     pub config: PathBuf,
@@ -206,32 +204,127 @@ fn check_trees_match_split(s: &mut Session) -> anyhow::Result<()> {
 }
 
 /// At a stage boundary: apply a newer valid config and plugin set, if the reloader has one.
-fn apply_reload(
-    s: &mut Session,
-    live: Option<&Arc<LiveReload>>,
-    stage: &str,
-) -> anyhow::Result<()> {
-    if let Some(loaded) = live.and_then(|l| l.at_stage(stage)) {
-        s.apply(&loaded.config, loaded.plugins.clone())?;
+fn apply_reload(ctx: &mut Ctx, stage: &str) -> anyhow::Result<()> {
+    if let Some(loaded) = ctx.live.as_ref().and_then(|l| l.at_stage(stage)) {
+        ctx.s.apply(&loaded.config, loaded.plugins.clone())?;
     }
     Ok(())
 }
 
-/// Runs the stage when `decision` says so; `run` does the work, `outputs` hashes the result.
-fn run_stage(
-    stage: &Stage,
-    decision: &Decision,
-    run: impl FnOnce() -> anyhow::Result<()>,
-    outputs: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<bool> {
+/// What the stages share while the pipeline runs.
+struct Ctx {
+    s: Session,
+    live: Option<Arc<LiveReload>>,
+    model: LazyModel,
+}
+
+/// One row of the stage table: how `malt run` judges and runs a stage.
+struct StageDef {
+    name: &'static str,
+    /// What the stage is computed from now; includes the previous stage's outputs.
+    inputs: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<BTreeMap<String, String>>,
+    /// Hash of what the stage produced.
+    outputs: fn(&RoundLayout) -> anyhow::Result<String>,
+    /// Outputs that must not be reused when the stage is recomputed from other inputs (or from
+    /// none on record): checkpoints, adapters, logged attempts.
+    stale: fn(&RoundLayout) -> Vec<PathBuf>,
+    /// Checks before the stage runs (not called when it is current).
+    check: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<()>,
+    /// The work.
+    run: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<()>,
+}
+
+fn no_check(_: &mut Ctx, _: &RoundLayout) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// The stages in order.
+const TABLE: [StageDef; 4] = [
+    StageDef {
+        name: "generate",
+        inputs: |ctx, _| generate_inputs(&ctx.s),
+        outputs: |r| trees_hash(r.dir()),
+        // Trees are never discarded: a run with other questions is refused instead.
+        stale: |_| Vec::new(),
+        check: |ctx, _| check_trees_match_split(&mut ctx.s),
+        run: |ctx, _| {
+            // The remote backend samples over HTTP: the model is not loaded for it.
+            let model = &mut ctx.model;
+            crate::generate::generate_configured(&mut ctx.s, move |cfg| {
+                Ok((model.get(cfg)?, session::model_id(cfg)))
+            })
+            .map(drop)
+        },
+    },
+    StageDef {
+        name: "credit",
+        inputs: |ctx, r| Ok(credit_inputs(&ctx.s, trees_hash(r.dir())?)),
+        outputs: |r| datasets_hash(r.dir()),
+        stale: |_| Vec::new(),
+        check: no_check,
+        run: |ctx, r| {
+            let s = &mut ctx.s;
+            let report = malt_tree::recredit(
+                r.dir(),
+                &s.chain,
+                &s.credit,
+                Some(&mut s.scorer as &mut dyn Scorer),
+            )?;
+            print!("{}", report.stats.table());
+            Ok(())
+        },
+    },
+    StageDef {
+        name: "train",
+        inputs: |ctx, r| Ok(train_inputs(&ctx.s, datasets_hash(r.dir())?)),
+        outputs: |r| adapters_hash(r.dir()),
+        // Checkpoints and adapters of other data or settings (or of unknown origin: a
+        // standalone `malt train`) must not be resumed or evaluated.
+        stale: |r| vec![r.train(), r.adapters()],
+        check: no_check,
+        run: |ctx, _| {
+            let m = ctx.model.get(&ctx.s.config)?;
+            let id = session::model_id(&ctx.s.config);
+            crate::train::train_agents(&ctx.s.config, m, &id, None, true).map(drop)
+        },
+    },
+    StageDef {
+        name: "eval",
+        inputs: |ctx, r| eval_inputs(&ctx.s, adapters_hash(r.dir())?),
+        outputs: |r| eval_hash(r.dir()),
+        // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
+        // be mixed into the report.
+        stale: |r| vec![r.eval()],
+        check: no_check,
+        run: |ctx, _| {
+            let m = ctx.model.get(&ctx.s.config)?;
+            let report = crate::evaluate::evaluate(&mut ctx.s, m)?;
+            print!("{}", malt_eval::render_markdown(&report));
+            Ok(())
+        },
+    },
+];
+
+/// The stages in order, by name.
+pub const STAGES: [&str; 4] = [TABLE[0].name, TABLE[1].name, TABLE[2].name, TABLE[3].name];
+
+/// Judges one stage against its record and runs it unless it is current.
+fn run_stage(ctx: &mut Ctx, def: &StageDef, round: &RoundLayout) -> anyhow::Result<()> {
+    let stage = Stage::new(round.dir(), def.name, (def.inputs)(ctx, round)?);
+    let decision = stage.decide(|| (def.outputs)(round))?;
     tracing::info!("{}: {decision}", stage.name);
-    if *decision == Decision::Current {
-        return Ok(false);
+    if decision == Decision::Current {
+        return Ok(());
     }
+    if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
+        for path in (def.stale)(round) {
+            discard(&path)?;
+        }
+    }
+    (def.check)(ctx, round)?;
     stage.begin()?;
-    run()?;
-    stage.finish(outputs()?)?;
-    Ok(true)
+    (def.run)(ctx, round)?;
+    stage.finish((def.outputs)(round)?)
 }
 
 /// The whole pipeline.
@@ -250,118 +343,35 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         None
     };
-    let run_dir = s.config.run.dir.clone();
-    let mut model = LazyModel { model: None };
-    let until = STAGES
-        .iter()
-        .position(|x| *x == opts.until)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown stage {:?} (stages: {})",
-                opts.until,
-                STAGES.join(", ")
-            )
-        })?;
-    let banner = |name: &str| tracing::info!("== {name} ({:.0} s)", start.elapsed().as_secs_f64());
-
-    banner("generate");
-    let gen = Stage::new(&run_dir, "generate", generate_inputs(&s)?);
-    let decision = gen.decide(|| trees_hash(&run_dir))?;
-    if decision != Decision::Current {
-        check_trees_match_split(&mut s)?;
+    if !STAGES.contains(&opts.until.as_str()) {
+        anyhow::bail!(
+            "unknown stage {:?} (stages: {})",
+            opts.until,
+            STAGES.join(", ")
+        );
     }
-    run_stage(
-        &gen,
-        &decision,
-        || {
-            // The remote backend samples over HTTP: the model is not loaded for it.
-            let model = &mut model;
-            crate::generate::generate_configured(&mut s, move |cfg| {
-                Ok((model.get(cfg)?, session::model_id(cfg)))
-            })
-            .map(drop)
-        },
-        || trees_hash(&run_dir),
-    )?;
-    if until == 0 {
-        return Ok(());
+    let round = RoundLayout::at(&s.config.run.dir);
+    let mut ctx = Ctx {
+        s,
+        live,
+        model: LazyModel { model: None },
+    };
+    for (i, def) in TABLE.iter().enumerate() {
+        tracing::info!("== {} ({:.0} s)", def.name, start.elapsed().as_secs_f64());
+        // The config the run started with applies to the first stage; edits from then on at
+        // each boundary.
+        if i > 0 {
+            apply_reload(&mut ctx, def.name)?;
+        }
+        run_stage(&mut ctx, def, &round)?;
+        if def.name == opts.until {
+            return Ok(());
+        }
     }
-
-    banner("credit");
-    apply_reload(&mut s, live.as_ref(), "credit")?;
-    let credit = Stage::new(&run_dir, "credit", credit_inputs(&s, trees_hash(&run_dir)?));
-    let decision = credit.decide(|| datasets_hash(&run_dir))?;
-    run_stage(
-        &credit,
-        &decision,
-        || {
-            let report = malt_tree::recredit(
-                &run_dir,
-                &s.chain,
-                &s.credit,
-                Some(&mut s.scorer as &mut dyn Scorer),
-            )?;
-            print!("{}", report.stats.table());
-            Ok(())
-        },
-        || datasets_hash(&run_dir),
-    )?;
-    if until == 1 {
-        return Ok(());
-    }
-
-    banner("train");
-    apply_reload(&mut s, live.as_ref(), "train")?;
-    let train = Stage::new(
-        &run_dir,
-        "train",
-        train_inputs(&s, datasets_hash(&run_dir)?),
-    );
-    let decision = train.decide(|| adapters_hash(&run_dir))?;
-    if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
-        // Checkpoints and adapters of other data or settings (or of unknown origin: a
-        // standalone `malt train`) must not be resumed or evaluated.
-        discard(&RoundLayout::at(&run_dir).train())?;
-        discard(&RoundLayout::at(&run_dir).adapters())?;
-    }
-    run_stage(
-        &train,
-        &decision,
-        || {
-            let m = model.get(&s.config)?;
-            let id = session::model_id(&s.config);
-            crate::train::train_agents(&s.config, m, &id, None, true).map(drop)
-        },
-        || adapters_hash(&run_dir),
-    )?;
-    if until == 2 {
-        return Ok(());
-    }
-
-    banner("eval");
-    apply_reload(&mut s, live.as_ref(), "eval")?;
-    let eval = Stage::new(&run_dir, "eval", eval_inputs(&s, adapters_hash(&run_dir)?)?);
-    let decision = eval.decide(|| eval_hash(&run_dir))?;
-    if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
-        // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
-        // be mixed into the report.
-        discard(&RoundLayout::at(&run_dir).eval())?;
-    }
-    run_stage(
-        &eval,
-        &decision,
-        || {
-            let m = model.get(&s.config)?;
-            let report = crate::evaluate::evaluate(&mut s, m)?;
-            print!("{}", malt_eval::render_markdown(&report));
-            Ok(())
-        },
-        || eval_hash(&run_dir),
-    )?;
     tracing::info!(
         "done in {:.1} s; report in {}",
         start.elapsed().as_secs_f64(),
-        RoundLayout::at(&run_dir).eval().display()
+        round.eval().display()
     );
     Ok(())
 }
