@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::EvalPlan;
 use crate::error::EvalError;
+use crate::plan::EvalPlan;
 use crate::results::{AttemptKey, AttemptRecord};
 use crate::stats::{mean, sample_std};
 use crate::trace::{Outcome, Variant};

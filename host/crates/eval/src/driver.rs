@@ -1,78 +1,23 @@
 //! The evaluation loop: every system on the same seeded question subsets, results logged as
 //! they come, reports written at the end.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{aggregate, Report};
 use crate::error::EvalError;
+use crate::plan::EvalPlan;
 use crate::report::write_reports;
 use crate::results::{read_records, AttemptKey, AttemptRecord, ResultLog};
-use crate::subset::{derive_sample_seed, select_subset};
-use crate::trace::{ChainError, ChainRequest, ChainRunner, Variant};
+use crate::subset::derive_sample_seed;
+use crate::trace::{ChainError, ChainRequest, ChainRunner};
 
 /// Where [`report_complete_seeds`] writes, inside the output directory.
 pub use malt_layout::PARTIAL as PARTIAL_DIR;
 
 /// Name of the result log inside the output directory.
 pub use malt_layout::RESULTS as RESULTS_FILE;
-
-/// What to evaluate. Mirrors the config's `[eval]` table plus the facts only the caller knows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvalPlan {
-    /// Number of held-out examples the benchmark offers; subsets index into `0..pool_size`.
-    pub pool_size: usize,
-    /// `eval.questions`: questions per seed.
-    pub questions: usize,
-    /// `eval.seeds`: one subset (and one accuracy sample) per seed.
-    pub seeds: Vec<u64>,
-    /// `eval.majority_k`: attempts per question, the `k` of MV@k.
-    pub majority_k: u32,
-    /// The variants to run, in report order (typically [`Variant::ALL`]).
-    pub variants: Vec<Variant>,
-}
-
-impl EvalPlan {
-    pub fn validate(&self) -> Result<(), EvalError> {
-        let bad = |m: &str| Err(EvalError::InvalidPlan(m.to_string()));
-        if self.seeds.is_empty() {
-            return bad("eval.seeds is empty");
-        }
-        if self.seeds.iter().collect::<HashSet<_>>().len() != self.seeds.len() {
-            return bad("eval.seeds has duplicates (they would double-count one subset)");
-        }
-        if self.questions == 0 {
-            return bad("eval.questions must be at least 1");
-        }
-        if self.majority_k == 0 {
-            return bad("eval.majority_k must be at least 1");
-        }
-        if self.variants.is_empty() {
-            return bad("no variants to evaluate");
-        }
-        if self.variants.iter().collect::<HashSet<_>>().len() != self.variants.len() {
-            return bad("a variant is listed twice");
-        }
-        if self.questions > self.pool_size {
-            return Err(EvalError::SubsetTooLarge {
-                requested: self.questions,
-                pool: self.pool_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// `(seed, question subset)` for every seed, in plan order.
-    pub fn subsets(&self) -> Result<Vec<(u64, Vec<usize>)>, EvalError> {
-        self.seeds
-            .iter()
-            .map(|&s| Ok((s, select_subset(self.pool_size, self.questions, s)?)))
-            .collect()
-    }
-}
 
 /// Runs every missing attempt of `plan` through `runner`, appending to
 /// `<out_dir>/results.jsonl`, then writes the reports into `out_dir` and returns the figures.

@@ -9,6 +9,7 @@
 //! - [`trace`]: what a runner returns and the [`ChainRunner`] trait.
 //! - [`vote`]: answer keys and the majority vote with its tie rule.
 //! - [`subset`]: seeded question subsets (splitmix64 + partial Fisher-Yates).
+//! - [`plan`]: the [`EvalPlan`], what an evaluation runs.
 //! - [`results`]: the append-only JSONL result log and its resume logic.
 //! - [`stats`]: mean and sample standard deviation.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
@@ -19,6 +20,7 @@
 pub mod aggregate;
 pub mod driver;
 pub mod error;
+pub mod plan;
 pub mod report;
 pub mod results;
 pub mod stats;
@@ -28,8 +30,9 @@ pub mod trace;
 pub mod vote;
 
 pub use aggregate::{aggregate, Report};
-pub use driver::{report_complete_seeds, run_evaluation, EvalPlan, PARTIAL_DIR, RESULTS_FILE};
+pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
+pub use plan::EvalPlan;
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};
 pub use subset::{derive_sample_seed, select_subset, SplitMix64};
