@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use malt_eval::{AttemptRecord, Outcome, Report, Variant};
+use malt_eval::{AttemptRecord, Outcome, Report};
 use malt_model::candle_core::Device;
 use malt_model::{Model, ModelConfig};
 use serde_json::Value;
@@ -135,6 +135,15 @@ impl Fixture {
         path
     }
 
+    /// Writes `text` as a config into its own directory.
+    fn write_text(&self, name: &str, text: &str) -> PathBuf {
+        let dir = self.root.join(format!("cfg-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     fn workdir(&self, name: &str) -> PathBuf {
         let d = self.root.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -249,34 +258,54 @@ fn stage_status(run: &Path, stage: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The systems of the default `[eval] systems` for the G -> V -> R chain.
+const SYSTEMS: [&str; 7] = [
+    "single",
+    "untrained_chain",
+    "star",
+    "trained_chain",
+    "trained_generator",
+    "trained_generator_verifier",
+    "trained_generator_refiner_skip_verifier",
+];
+
 /// Structure and internal consistency of a finished run's report.
 fn check_report(run: &Path) {
-    let rep = report(run);
+    check_report_of(run, &run.join("eval"), &SYSTEMS);
+}
+
+fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
+    let rep: Report =
+        serde_json::from_str(&std::fs::read_to_string(eval.join("report.json")).unwrap()).unwrap();
     let plan = &rep.plan;
     let ids: BTreeSet<&str> = rep.systems.iter().map(|s| s.id.as_str()).collect();
-    for v in [
-        Variant::Single,
-        Variant::UntrainedChain,
-        Variant::TrainedChain,
-    ] {
+    for v in systems {
         let plain: Vec<_> = rep
             .systems
             .iter()
-            .filter(|s| s.variant == v && s.majority_k.is_none())
+            .filter(|s| s.system == *v && s.majority_k.is_none())
             .collect();
         let mv: Vec<_> = rep
             .systems
             .iter()
-            .filter(|s| s.variant == v && s.majority_k == Some(plan.majority_k))
+            .filter(|s| s.system == *v && s.majority_k == Some(plan.majority_k))
             .collect();
         assert_eq!((plain.len(), mv.len()), (1, 1), "{v:?} in {ids:?}");
     }
-    assert_eq!(rep.systems.len(), 6, "{ids:?}");
+    assert_eq!(rep.systems.len(), 2 * systems.len(), "{ids:?}");
 
-    let records = attempts(run);
+    let records: Vec<AttemptRecord> = std::fs::read_to_string(eval.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let by_key: BTreeMap<_, _> = records.iter().map(|r| (r.key(), r)).collect();
     let per_system = plan.seeds.len() * plan.questions * plan.majority_k as usize;
-    assert_eq!(records.len(), 3 * per_system, "one record per attempt");
+    assert_eq!(
+        records.len(),
+        systems.len() * per_system,
+        "one record per attempt"
+    );
     assert_eq!(rep.subsets.len(), plan.seeds.len());
 
     for s in &rep.systems {
@@ -294,7 +323,7 @@ fn check_report(run: &Path) {
                 let rec = |a: u32| {
                     by_key[&malt_eval::AttemptKey {
                         seed: sub.seed,
-                        variant: s.variant,
+                        system: s.system.clone(),
                         example_idx: q,
                         attempt: a,
                     }]
@@ -327,43 +356,138 @@ fn check_report(run: &Path) {
         );
     }
 
-    // Per-turn accuracy: one entry per agent of each chain, one for the single agent.
+    // Per-turn accuracy: one entry per agent of each chain, one for the single agents.
     for vt in &rep.per_turn {
-        let want = if vt.variant == Variant::Single { 1 } else { 3 };
-        assert_eq!(vt.turns.len(), want, "{:?}", vt.variant);
+        let want = if matches!(vt.system.as_str(), "single" | "star") {
+            1
+        } else {
+            3
+        };
+        assert_eq!(vt.turns.len(), want, "{:?}", vt.system);
         for t in &vt.turns {
             if let Some(a) = &t.accuracy {
                 assert_eq!(a.per_seed_pct.len(), plan.seeds.len());
             }
+            // The G+R ablation skips the verifier: an empty turn that answers nothing.
+            assert_eq!(
+                t.skipped,
+                vt.system.ends_with("skip_verifier") && t.agent == "verifier",
+                "{} turn {}",
+                vt.system,
+                t.turn
+            );
         }
     }
-    assert_eq!(rep.per_turn.len(), 3);
+    assert_eq!(rep.per_turn.len(), systems.len());
+    for r in records
+        .iter()
+        .filter(|r| r.system.ends_with("skip_verifier"))
+    {
+        if let Some(v) = r.turns.get(1) {
+            assert!(v.skipped && v.output.is_empty(), "{r:?}");
+        }
+    }
+
+    // Paired comparisons: every row against MALT + MV@k, counts from the logged attempts.
+    let reference = format!("trained_chain_mv{}", plan.majority_k);
+    if systems.contains(&"trained_chain") {
+        assert_eq!(rep.comparisons.len(), rep.systems.len() - 1);
+    } else {
+        assert!(rep.comparisons.is_empty());
+    }
+    for c in &rep.comparisons {
+        assert_eq!(c.reference, reference);
+        assert_eq!(c.pairs, plan.seeds.len() * plan.questions);
+        let p = malt_eval::significance::sign_test(c.reference_only as u64, c.row_only as u64);
+        assert!(
+            (c.sign_test_p - p).abs() < 1e-12,
+            "{} vs {p}",
+            c.sign_test_p
+        );
+        let row = rep.systems.iter().find(|s| s.id == c.row).unwrap();
+        let refr = rep.systems.iter().find(|s| s.id == reference).unwrap();
+        let net: i64 = refr.per_seed.iter().map(|a| a.correct as i64).sum::<i64>()
+            - row.per_seed.iter().map(|a| a.correct as i64).sum::<i64>();
+        assert_eq!(
+            net,
+            c.reference_only as i64 - c.row_only as i64,
+            "{}",
+            c.row
+        );
+    }
 
     // Flip matrix: every transition's cells add up to the pooled question count.
     let questions = plan.seeds.len() * plan.questions;
     for f in &rep.flips {
         let errored = records
             .iter()
-            .filter(|r| r.variant == f.variant && r.attempt == 0 && r.is_errored())
+            .filter(|r| r.system == f.system && r.attempt == 0 && r.is_errored())
             .count();
-        assert_eq!(f.items, questions - errored, "{:?}", f.variant);
+        assert_eq!(f.items, questions - errored, "{:?}", f.system);
         for t in &f.transitions {
             let sum = t.wrong_to_right + t.right_to_wrong + t.right_to_right + t.wrong_to_wrong;
             assert_eq!(
                 sum, f.items,
                 "{:?} {}->{}",
-                f.variant, t.from_agent, t.to_agent
+                f.system, t.from_agent, t.to_agent
             );
         }
     }
 
+    // STaR: the report states the data its adapter was trained on, as the files hold it.
+    if systems.contains(&"star") {
+        let star = rep.star.as_ref().expect("the report describes STaR's data");
+        let sft = lines(&run.join("star/datasets/generator/sft.jsonl"));
+        assert!(sft > 0, "STaR kept no sample");
+        assert_eq!(star.kept, sft);
+        assert_eq!(star.data, "sampled");
+        assert_eq!(star.questions, 8);
+        // As many samples per question as one 3-3-3 tree holds.
+        assert_eq!(star.samples, 8 * 39);
+        assert!(
+            star.source.contains("39 samples per question"),
+            "{}",
+            star.source
+        );
+        // As many optimiser steps as the MALT generator's SFT.
+        let complete: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("train/generator/sft/complete.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Some(star.steps), complete["steps"].as_u64());
+        assert!(malt_train::final_adapter_dir(&run.join("star"), "generator").is_some());
+    }
+    let manifest = &rep.manifest;
+    for key in [
+        "config_hash",
+        "config_sha256",
+        "plugins",
+        "model_sha256",
+        "malt_commit",
+    ] {
+        assert!(
+            !manifest[key].is_null(),
+            "the report's manifest lacks {key}: {manifest}"
+        );
+    }
+
     // The human-readable outputs exist and say something.
-    let md = std::fs::read_to_string(run.join("eval/report.md")).unwrap();
+    let md = std::fs::read_to_string(eval.join("report.md")).unwrap();
     for s in &rep.systems {
         assert!(md.contains(&s.label), "report.md lacks {}:\n{md}", s.label);
     }
-    for svg in ["accuracy.svg", "per_turn.svg"] {
-        let text = std::fs::read_to_string(run.join("eval").join(svg)).unwrap();
+    assert_eq!(md, malt_eval::render_markdown(&rep));
+    let ablations = rep
+        .systems
+        .iter()
+        .any(|s| s.table == malt_eval::Table::Ablation);
+    let svgs: &[&str] = if ablations {
+        &["accuracy.svg", "per_turn.svg", "ablations.svg"]
+    } else {
+        &["accuracy.svg", "per_turn.svg"]
+    };
+    for svg in svgs {
+        let text = std::fs::read_to_string(eval.join(svg)).unwrap();
         assert!(text.starts_with("<svg") || text.contains("<svg"), "{svg}");
         assert!(text.len() > 500, "{svg} is almost empty");
     }
@@ -400,6 +524,55 @@ fn pipeline_runs_resumes_skips_and_matches() {
     check_datasets(&a_run);
     check_report(&a_run);
     let t_a = t0.elapsed();
+
+    // Common random numbers: a system with no agent trained, evaluated alone by another
+    // process (so nothing of the untrained chain's computation is shared with it), gives
+    // exactly the untrained chain's attempts.
+    let crn = fx.write_text(
+        "crn",
+        &format!(
+            "{}systems = [{{ trained = [], name = \"none\" }}]\n",
+            config(&fx.model, &fx.plugin, 0.5, "even")
+        ),
+    );
+    let c = fx.workdir("crn");
+    let out = Command::new(MALT)
+        .args(["--log", "warn", "eval"])
+        .arg(&crn)
+        .current_dir(&c)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c_run = c.join("runs/pipeline");
+    check_report_of(&c_run, &c_run.join("eval"), &["none"]);
+    let untrained: BTreeMap<_, _> = attempts(&a_run)
+        .into_iter()
+        .filter(|r| r.system == "untrained_chain")
+        .map(|r| ((r.seed, r.example_idx, r.attempt), r))
+        .collect();
+    let none = attempts(&c_run);
+    assert_eq!(none.len(), untrained.len());
+    for r in &none {
+        let u = &untrained[&(r.seed, r.example_idx, r.attempt)];
+        assert_eq!((&r.turns, &r.error), (&u.turns, &u.error), "{r:?}");
+    }
+    let (ra, rc) = (report(&a_run), report(&c_run));
+    for mv in [None, Some(3)] {
+        let row = |rep: &Report, id: &str| {
+            rep.systems
+                .iter()
+                .find(|s| s.system == id && s.majority_k == mv)
+                .unwrap()
+                .per_seed
+                .clone()
+        };
+        assert_eq!(row(&rc, "none"), row(&ra, "untrained_chain"));
+    }
 
     // B: killed in the middle of generation, then in the middle of training, then resumed.
     let b = fx.workdir("b");
@@ -542,4 +715,129 @@ fn hot_reload_applies_a_plugin_option_before_evaluation() {
         }
     }
     assert_eq!(seen.len(), 2, "both parities occur: {seen:?}");
+}
+
+/// Waits for `path` to have at least `n` lines, or panics when the child ends first.
+fn kill_at_lines(child: &mut Child, path: &Path, n: usize) {
+    kill_when(child, &format!("{} lines in {}", n, path.display()), || {
+        lines(path) >= n
+    });
+}
+
+#[test]
+fn rounds_keep_every_round_and_resume_after_a_kill() {
+    let fx = fixture();
+    let text = format!(
+        "{}systems = [\"single\", \"untrained\", \"star\", \"malt\"]\n\n[rounds]\ncount = 2\ntheta = [0.5, 0.6]\n",
+        config(&fx.model, &fx.plugin, 0.5, "even")
+    );
+    let cfg = fx.write_text("rounds", &text);
+    let systems = ["single", "untrained_chain", "star", "trained_chain"];
+
+    let a = fx.workdir("a");
+    let a_run = a.join("runs/pipeline");
+    let a_log = fx.root.join("a.log");
+    let first = run_to_end(&cfg, &a, &a_log);
+    assert!(first.contains("generate (round 2)"), "{first}");
+    let a2 = a_run.join("rounds/2");
+    for (dir, eval) in [(&a_run, a_run.join("eval")), (&a2, a2.join("eval"))] {
+        check_report_of(dir, &eval, &systems);
+        assert_eq!(question_ids(dir).len(), 8);
+        for agent in ["generator", "verifier", "refiner"] {
+            assert!(
+                malt_train::final_adapter_dir(dir, agent).is_some(),
+                "{agent}"
+            );
+        }
+        assert!(dir.join("stages/eval.json").is_file());
+    }
+    // Round 2 sampled its own trees, with round 1's adapters.
+    let trees = |d: &Path| malt_tree::read_trees(&d.join("trees.jsonl")).unwrap().trees;
+    assert_ne!(trees(&a_run), trees(&a2));
+    let manifest = malt_tree::Manifest::load(&a2).unwrap();
+    assert!(
+        manifest.model.contains("adapters of round 1"),
+        "{}",
+        manifest.model
+    );
+    // Round 2's report shows both rounds; the systems without adapters are round 1's attempts.
+    let r1 = report(&a_run);
+    let r2: Report =
+        serde_json::from_str(&std::fs::read_to_string(a2.join("eval/report.json")).unwrap())
+            .unwrap();
+    let rounds: Vec<(u32, f64)> = r2.rounds.iter().map(|r| (r.round, r.theta)).collect();
+    assert_eq!(rounds, [(1, 0.5), (2, 0.6)]);
+    assert_eq!(r1.rounds.len(), 1);
+    for id in [
+        "single",
+        "single_mv3",
+        "untrained_chain",
+        "untrained_chain_mv3",
+    ] {
+        let row = |r: &Report| {
+            r.systems
+                .iter()
+                .find(|s| s.id == id)
+                .unwrap()
+                .per_seed
+                .clone()
+        };
+        assert_eq!(row(&r1), row(&r2), "{id}");
+        assert_eq!(
+            r2.rounds[0]
+                .rows
+                .iter()
+                .find(|x| x.id == id)
+                .unwrap()
+                .mean_pct,
+            r1.systems.iter().find(|s| s.id == id).unwrap().mean_pct
+        );
+    }
+    let md = std::fs::read_to_string(a2.join("eval/report.md")).unwrap();
+    assert!(md.contains("## Accuracy by round"), "{md}");
+    assert!(a2.join("eval/rounds.svg").is_file());
+
+    // B: killed while round 2 samples its trees, again while it trains, then resumed.
+    let b = fx.workdir("b");
+    let b_run = b.join("runs/pipeline");
+    let b2 = b_run.join("rounds/2");
+    let b_log = fx.root.join("b.log");
+    let mut child = spawn(&cfg, &b, &b_log);
+    kill_at_lines(&mut child, &b2.join("trees.jsonl"), 2);
+    assert!(
+        lines(&b2.join("trees.jsonl")) < 8,
+        "round 2 was not interrupted"
+    );
+    assert_eq!(stage_status(&b2, "generate")["status"], "running");
+    assert_eq!(stage_status(&b_run, "eval")["status"], "done");
+    let mut child = spawn(&cfg, &b, &b_log);
+    kill_when(&mut child, "a round 2 training checkpoint", || {
+        !checkpoints(&b2).is_empty()
+    });
+    assert_eq!(stage_status(&b2, "train")["status"], "running");
+    let resumed = run_to_end(&cfg, &b, &b_log);
+    assert!(
+        resumed.contains("train: interrupted earlier, resuming"),
+        "{resumed}"
+    );
+    for stage in ["generate", "credit", "train", "star", "eval"] {
+        assert_eq!(stage_status(&b_run, stage)["status"], "done", "{stage}");
+        assert_eq!(stage_status(&b2, stage)["status"], "done", "{stage}");
+    }
+    assert_eq!(question_ids(&b2).len(), 8);
+    // Every round's outputs equal the uninterrupted run's.
+    for (x, y) in [(&a_run, &b_run), (&a2, &b2)] {
+        assert_eq!(trees(x), trees(y));
+        for f in ["eval/report.json", "eval/results.jsonl", "eval/report.md"] {
+            assert_eq!(
+                std::fs::read(x.join(f)).unwrap(),
+                std::fs::read(y.join(f)).unwrap(),
+                "{} differs after the kills",
+                y.join(f).display()
+            );
+        }
+    }
+    // Once finished, every stage of every round is current.
+    let again = run_to_end(&cfg, &b, &b_log);
+    assert_eq!(again.matches("current, skipped").count(), 10, "{again}");
 }

@@ -8,4 +8,5 @@ pub mod live_reload;
 pub mod pipeline;
 pub mod session;
 pub mod stages;
+pub mod star;
 pub mod train;

@@ -1,8 +1,13 @@
-//! `malt run`: generate -> credit -> train -> eval, each stage skipped when its record in
-//! `<run>/stages/` says its outputs are current, resumed when it was interrupted, recomputed
-//! when an input changed (see [`crate::stages`]). One table ([`TABLE`]) says how each stage is
-//! judged (inputs, outputs, what goes stale) and run. Hot reload ([`crate::live_reload`])
+//! `malt run`: generate -> credit -> train -> star -> eval, for each round of `[rounds]`; each
+//! stage skipped when its record in `<round>/stages/` says its outputs are current, resumed when
+//! it was interrupted, recomputed when an input changed (see [`crate::stages`]). One table
+//! ([`TABLE`]) says how each stage is judged and run. Hot reload ([`crate::live_reload`])
 //! applies new plugins between trees and questions and a new config at stage boundaries.
+//!
+//! Round k (>= 2) samples its trees with round k-1's adapters and trains fresh adapters from the
+//! base model on them (as STaR restarts from the base model each iteration); its STaR samples
+//! come from round k-1's STaR model. Every round keeps its own trees, datasets, adapters and
+//! report (`malt_layout`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use malt_config::DataSource;
-use malt_layout::RoundLayout;
+use malt_layout::{RoundLayout, RunLayout};
 use malt_model::Model;
 use malt_tree::Scorer;
 
@@ -21,8 +26,8 @@ use crate::stages::{discard, file_hash, json_hash, tree_hash, Decision, Stage};
 
 pub struct Options {
     pub config: PathBuf,
-    /// Stop after this stage (one of [`STAGES`]).
-    pub until: String,
+    /// Stop after this stage: `STAGE` (one of [`STAGES`], round 1) or `STAGE@K` (round K).
+    pub until: Option<String>,
     /// Watch the config and plugins and apply valid edits while running.
     pub hot_reload: bool,
 }
@@ -97,7 +102,7 @@ fn generate_inputs(s: &Session) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
-fn credit_inputs(s: &Session, trees: String) -> BTreeMap<String, String> {
+fn credit_inputs(s: &Session, round: &RoundLayout, trees: String) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     insert(&mut m, "trees.jsonl", trees);
     insert(&mut m, "config [credit]", json_hash(&s.config.credit));
@@ -108,6 +113,9 @@ fn credit_inputs(s: &Session, trees: String) -> BTreeMap<String, String> {
         .map(|a| (a.name.as_str(), a.theta))
         .collect();
     insert(&mut m, "agents theta", json_hash(&thetas));
+    if let Some(theta) = s.config.rounds.theta_of(round.round()) {
+        insert(&mut m, "round theta", json_hash(&theta));
+    }
     plugin_inputs(s, &mut m);
     m
 }
@@ -131,7 +139,60 @@ fn train_inputs(s: &Session, datasets: String) -> BTreeMap<String, String> {
     m
 }
 
-fn eval_inputs(s: &Session, adapters: String) -> anyhow::Result<BTreeMap<String, String>> {
+fn star_inputs(s: &Session, round: &RoundLayout) -> anyhow::Result<BTreeMap<String, String>> {
+    let cfg = &s.config;
+    let mut m = BTreeMap::new();
+    insert(&mut m, "config [star]", json_hash(&cfg.star));
+    let chain = crate::star::star_chain(cfg, &s.chain)?;
+    insert(
+        &mut m,
+        "STaR chain and sampling",
+        crate::stages::sha256(chain.generation_fingerprint().as_bytes()),
+    );
+    if let Some(first) = cfg.agents.first() {
+        insert(
+            &mut m,
+            "config train of the first agent",
+            json_hash(&first.train),
+        );
+    }
+    insert(
+        &mut m,
+        "model",
+        crate::stages::sha256(session::model_id(cfg).as_bytes()),
+    );
+    insert(
+        &mut m,
+        "round seed",
+        json_hash(&round_seed(cfg.run.seed, round.round())),
+    );
+    insert(
+        &mut m,
+        "optimiser steps",
+        json_hash(&crate::star::star_steps(cfg, round)?),
+    );
+    match cfg.star.data {
+        malt_config::StarData::Trees => insert(&mut m, "trees.jsonl", trees_hash(round.dir())?),
+        malt_config::StarData::Sample if round.round() > 1 => {
+            let prev = RunLayout::new(&cfg.run.dir).round(round.round() - 1).star();
+            insert(
+                &mut m,
+                "previous round's STaR adapter",
+                tree_hash(&prev.adapters(), &|_: &Path| true)?,
+            );
+        }
+        malt_config::StarData::Sample => {}
+    }
+    dataset_inputs(s, &mut m)?;
+    plugin_inputs(s, &mut m);
+    Ok(m)
+}
+
+fn eval_inputs(
+    s: &Session,
+    round: &RoundLayout,
+    adapters: String,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     insert(&mut m, "adapters", adapters);
     insert(&mut m, "config [eval]", json_hash(&s.config.eval));
@@ -145,6 +206,29 @@ fn eval_inputs(s: &Session, adapters: String) -> anyhow::Result<BTreeMap<String,
         "model",
         crate::stages::sha256(session::model_id(&s.config).as_bytes()),
     );
+    if uses_star(s) {
+        insert(
+            &mut m,
+            "STaR adapter",
+            tree_hash(&round.star().adapters(), &|_: &Path| true)?,
+        );
+    }
+    if s.config.rounds.count > 1 {
+        // The by-round table reads the earlier rounds' reports.
+        let run = RunLayout::new(&s.config.run.dir);
+        let mut earlier = String::new();
+        for k in 1..round.round() {
+            earlier.push_str(&file_hash(
+                &run.round(k).eval().join(malt_eval::report::REPORT_JSON),
+            )?);
+        }
+        insert(
+            &mut m,
+            "earlier rounds' reports",
+            crate::stages::sha256(earlier.as_bytes()),
+        );
+        insert(&mut m, "config [rounds]", json_hash(&s.config.rounds));
+    }
     dataset_inputs(s, &mut m)?;
     plugin_inputs(s, &mut m);
     Ok(m)
@@ -170,6 +254,73 @@ fn adapters_hash(run: &Path) -> anyhow::Result<String> {
 
 fn eval_hash(run: &Path) -> anyhow::Result<String> {
     tree_hash(&RoundLayout::at(run).eval(), &|_: &Path| true)
+}
+
+/// What STaR produced: its samples, its SFT set and its adapter.
+fn star_hash(round: &RoundLayout) -> anyhow::Result<String> {
+    tree_hash(round.star().dir(), &|p: &Path| {
+        p.starts_with(malt_layout::ADAPTERS)
+            || p == Path::new(malt_layout::TREES)
+            || p.file_name().and_then(|n| n.to_str()) == Some("sft.jsonl")
+    })
+}
+
+/// Whether the config evaluates STaR (and so trains it).
+fn uses_star(s: &Session) -> bool {
+    s.config
+        .eval
+        .systems
+        .iter()
+        .any(|x| x.kind == malt_config::SystemKind::Star)
+}
+
+/// The seed round `k`'s trees derive from: the run seed for round 1, a hash of it and `k` after
+/// (each round samples its trees afresh, with the previous round's adapters).
+pub fn round_seed(run_seed: u64, k: u32) -> u64 {
+    if k <= 1 {
+        run_seed
+    } else {
+        malt_tree::node_seed(run_seed, "malt/round", &[k])
+    }
+}
+
+/// The chain and credit settings of round `k`: `[rounds] theta` replaces `[credit] theta` and
+/// every agent's theta.
+fn round_credit(
+    s: &Session,
+    round: &RoundLayout,
+) -> (malt_tree::ChainSpec, malt_tree::CreditSettings) {
+    let mut chain = s.chain.clone();
+    let mut credit = s.credit;
+    if let Some(theta) = s.config.rounds.theta_of(round.round()) {
+        credit.theta = theta;
+        for a in &mut chain.agents {
+            a.theta = Some(theta);
+        }
+    }
+    (chain, credit)
+}
+
+/// The previous round's MALT adapters and their identity, for sampling round `round`'s trees.
+fn previous_adapters(
+    s: &Session,
+    model: &Model,
+    round: &RoundLayout,
+) -> anyhow::Result<(Vec<(String, malt_model::LoraAdapter)>, String)> {
+    let prev = RunLayout::new(&s.config.run.dir).round(round.round() - 1);
+    let mut adapters = Vec::new();
+    for a in &s.config.agents {
+        if let Some(dir) = malt_train::final_adapter_dir(prev.dir(), &a.name) {
+            adapters.push((a.name.clone(), model.load_adapter(&dir, &a.name)?));
+        }
+    }
+    let id = format!(
+        "{} + adapters of round {} sha256:{}",
+        session::model_id(&s.config),
+        prev.round(),
+        adapters_hash(prev.dir())?
+    );
+    Ok((adapters, id))
 }
 
 /// Refuses to mix trees of two question sets: every stored tree must belong to the current
@@ -218,15 +369,17 @@ struct Ctx {
     model: LazyModel,
 }
 
-/// One row of the stage table: how `malt run` judges and runs a stage.
+/// One row of the stage table: how `malt run` judges and runs a stage of a round.
 struct StageDef {
     name: &'static str,
+    /// Whether the config asks for this stage at all (STaR only with a STaR system).
+    wanted: fn(&Session) -> bool,
     /// What the stage is computed from now; includes the previous stage's outputs.
     inputs: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<BTreeMap<String, String>>,
     /// Hash of what the stage produced.
     outputs: fn(&RoundLayout) -> anyhow::Result<String>,
     /// Outputs that must not be reused when the stage is recomputed from other inputs (or from
-    /// none on record): checkpoints, adapters, logged attempts.
+    /// none on record): checkpoints, adapters, logged attempts, later rounds' trees.
     stale: fn(&RoundLayout) -> Vec<PathBuf>,
     /// Checks before the stage runs (not called when it is current).
     check: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<()>,
@@ -234,41 +387,91 @@ struct StageDef {
     run: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<()>,
 }
 
+fn always(_: &Session) -> bool {
+    true
+}
+
 fn no_check(_: &mut Ctx, _: &RoundLayout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stages in order.
-const TABLE: [StageDef; 4] = [
+fn generate_stage(ctx: &mut Ctx, round: &RoundLayout) -> anyhow::Result<()> {
+    if round.round() == 1 {
+        // The remote backend samples over HTTP: the model is not loaded for it.
+        let model = &mut ctx.model;
+        return crate::generate::generate_configured(&mut ctx.s, move |cfg| {
+            Ok((model.get(cfg)?, session::model_id(cfg)))
+        })
+        .map(drop);
+    }
+    let model = ctx.model.get(&ctx.s.config)?;
+    let (adapters, model_id) = previous_adapters(&ctx.s, model, round)?;
+    let (chain, credit) = round_credit(&ctx.s, round);
+    tracing::info!(
+        "round {}: sampling the trees with round {}'s adapters ({})",
+        round.round(),
+        round.round() - 1,
+        adapters
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let target = crate::generate::TreeTarget {
+        dir: round.dir(),
+        chain: &chain,
+        credit,
+        seed: round_seed(ctx.s.config.run.seed, round.round()),
+        model_id,
+    };
+    crate::generate::generate_embedded(&mut ctx.s, model, adapters, &target).map(drop)
+}
+
+/// The stages of a round, in order.
+const TABLE: [StageDef; 5] = [
     StageDef {
         name: "generate",
-        inputs: |ctx, _| generate_inputs(&ctx.s),
-        outputs: |r| trees_hash(r.dir()),
-        // Trees are never discarded: a run with other questions is refused instead.
-        stale: |_| Vec::new(),
-        check: |ctx, _| check_trees_match_split(&mut ctx.s),
-        run: |ctx, _| {
-            // The remote backend samples over HTTP: the model is not loaded for it.
-            let model = &mut ctx.model;
-            crate::generate::generate_configured(&mut ctx.s, move |cfg| {
-                Ok((model.get(cfg)?, session::model_id(cfg)))
-            })
-            .map(drop)
+        wanted: always,
+        inputs: |ctx, r| {
+            let mut m = generate_inputs(&ctx.s)?;
+            if r.round() > 1 {
+                let prev = RunLayout::new(&ctx.s.config.run.dir).round(r.round() - 1);
+                insert(
+                    &mut m,
+                    "previous round's adapters",
+                    adapters_hash(prev.dir())?,
+                );
+                insert(&mut m, "round", r.round().to_string());
+            }
+            Ok(m)
         },
+        outputs: |r| trees_hash(r.dir()),
+        // Round 1's trees are never discarded (a run with other questions is refused instead);
+        // a later round's derive from the previous round's adapters.
+        stale: |r| {
+            if r.round() > 1 {
+                vec![r.trees(), r.manifest()]
+            } else {
+                Vec::new()
+            }
+        },
+        check: |ctx, _| check_trees_match_split(&mut ctx.s),
+        run: generate_stage,
     },
     StageDef {
         name: "credit",
-        inputs: |ctx, r| Ok(credit_inputs(&ctx.s, trees_hash(r.dir())?)),
+        wanted: always,
+        inputs: |ctx, r| Ok(credit_inputs(&ctx.s, r, trees_hash(r.dir())?)),
         outputs: |r| datasets_hash(r.dir()),
         stale: |_| Vec::new(),
         check: no_check,
         run: |ctx, r| {
-            let s = &mut ctx.s;
+            let (chain, credit) = round_credit(&ctx.s, r);
             let report = malt_tree::recredit(
                 r.dir(),
-                &s.chain,
-                &s.credit,
-                Some(&mut s.scorer as &mut dyn Scorer),
+                &chain,
+                &credit,
+                Some(&mut ctx.s.scorer as &mut dyn Scorer),
             )?;
             print!("{}", report.stats.table());
             Ok(())
@@ -276,37 +479,59 @@ const TABLE: [StageDef; 4] = [
     },
     StageDef {
         name: "train",
+        wanted: always,
         inputs: |ctx, r| Ok(train_inputs(&ctx.s, datasets_hash(r.dir())?)),
         outputs: |r| adapters_hash(r.dir()),
         // Checkpoints and adapters of other data or settings (or of unknown origin: a
         // standalone `malt train`) must not be resumed or evaluated.
         stale: |r| vec![r.train(), r.adapters()],
         check: no_check,
-        run: |ctx, _| {
+        run: |ctx, r| {
             let m = ctx.model.get(&ctx.s.config)?;
             let id = session::model_id(&ctx.s.config);
-            crate::train::train_agents(&ctx.s.config, m, &id, None, true).map(drop)
+            crate::train::train_agents(&ctx.s.config, r.dir(), m, &id, None, true).map(drop)
+        },
+    },
+    StageDef {
+        name: "star",
+        wanted: uses_star,
+        inputs: |ctx, r| star_inputs(&ctx.s, r),
+        outputs: star_hash,
+        // Samples of another model or settings, their SFT set and adapter.
+        stale: |r| vec![r.star().dir().to_path_buf()],
+        check: no_check,
+        run: |ctx, r| {
+            let seed = round_seed(ctx.s.config.run.seed, r.round());
+            let m = ctx.model.get(&ctx.s.config)?;
+            crate::star::run_star(&mut ctx.s, m, r, seed)
         },
     },
     StageDef {
         name: "eval",
-        inputs: |ctx, r| eval_inputs(&ctx.s, adapters_hash(r.dir())?),
+        wanted: always,
+        inputs: |ctx, r| eval_inputs(&ctx.s, r, adapters_hash(r.dir())?),
         outputs: |r| eval_hash(r.dir()),
         // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
         // be mixed into the report.
         stale: |r| vec![r.eval()],
         check: no_check,
-        run: |ctx, _| {
+        run: |ctx, r| {
             let m = ctx.model.get(&ctx.s.config)?;
-            let report = crate::evaluate::evaluate(&mut ctx.s, m)?;
+            let report = crate::evaluate::evaluate(&mut ctx.s, m, r)?;
             print!("{}", malt_eval::render_markdown(&report));
             Ok(())
         },
     },
 ];
 
-/// The stages in order, by name.
-pub const STAGES: [&str; 4] = [TABLE[0].name, TABLE[1].name, TABLE[2].name, TABLE[3].name];
+/// The stages of a round in order, by name.
+pub const STAGES: [&str; 5] = [
+    TABLE[0].name,
+    TABLE[1].name,
+    TABLE[2].name,
+    TABLE[3].name,
+    TABLE[4].name,
+];
 
 /// Judges one stage against its record and runs it unless it is current.
 fn run_stage(ctx: &mut Ctx, def: &StageDef, round: &RoundLayout) -> anyhow::Result<()> {
@@ -327,9 +552,30 @@ fn run_stage(ctx: &mut Ctx, def: &StageDef, round: &RoundLayout) -> anyhow::Resu
     stage.finish((def.outputs)(round)?)
 }
 
-/// The whole pipeline.
+/// `--until STAGE[@ROUND]`: the stage and round to stop after (round 1 when not given).
+pub fn parse_until(until: &str) -> anyhow::Result<(String, u32)> {
+    let (stage, round) = match until.split_once('@') {
+        Some((s, r)) => (
+            s,
+            r.parse::<u32>().ok().filter(|&r| r >= 1).ok_or_else(|| {
+                anyhow::anyhow!("--until {until:?}: expected STAGE or STAGE@ROUND with ROUND >= 1")
+            })?,
+        ),
+        None => (until, 1),
+    };
+    if !STAGES.contains(&stage) {
+        anyhow::bail!(
+            "unknown stage {stage:?} (stages: {}; STAGE@K for round K)",
+            STAGES.join(", ")
+        );
+    }
+    Ok((stage.to_owned(), round))
+}
+
+/// The whole pipeline: every stage of round 1, then of round 2, ... (`[rounds] count`).
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let start = Instant::now();
+    let until = opts.until.as_deref().map(parse_until).transpose()?;
     // One absolute path for the session and the reloader, so both resolve relative paths alike.
     let config_path = std::path::absolute(&opts.config)
         .with_context(|| format!("bad config path {}", opts.config.display()))?;
@@ -343,35 +589,44 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         None
     };
-    if !STAGES.contains(&opts.until.as_str()) {
-        anyhow::bail!(
-            "unknown stage {:?} (stages: {})",
-            opts.until,
-            STAGES.join(", ")
-        );
-    }
-    let round = RoundLayout::at(&s.config.run.dir);
     let mut ctx = Ctx {
         s,
         live,
         model: LazyModel { model: None },
     };
-    for (i, def) in TABLE.iter().enumerate() {
-        tracing::info!("== {} ({:.0} s)", def.name, start.elapsed().as_secs_f64());
-        // The config the run started with applies to the first stage; edits from then on at
-        // each boundary.
-        if i > 0 {
-            apply_reload(&mut ctx, def.name)?;
+    let mut k = 1;
+    let mut first = true;
+    // The round count is read again after every reload: an edit may add rounds.
+    while k <= ctx.s.config.rounds.count {
+        let round = RunLayout::new(&ctx.s.config.run.dir).round(k);
+        for def in &TABLE {
+            if first {
+                // The config the run started with applies to the first stage; edits from then
+                // on at each boundary.
+                first = false;
+            } else {
+                apply_reload(&mut ctx, def.name)?;
+            }
+            if (def.wanted)(&ctx.s) {
+                let label = if ctx.s.config.rounds.count > 1 {
+                    format!("{} (round {k})", def.name)
+                } else {
+                    def.name.to_owned()
+                };
+                tracing::info!("== {label} ({:.0} s)", start.elapsed().as_secs_f64());
+                run_stage(&mut ctx, def, &round)?;
+            }
+            if until.as_ref() == Some(&(def.name.to_owned(), k)) {
+                return Ok(());
+            }
         }
-        run_stage(&mut ctx, def, &round)?;
-        if def.name == opts.until {
-            return Ok(());
-        }
+        k += 1;
     }
+    let last = RunLayout::new(&ctx.s.config.run.dir).round(ctx.s.config.rounds.count);
     tracing::info!(
         "done in {:.1} s; report in {}",
         start.elapsed().as_secs_f64(),
-        round.eval().display()
+        last.eval().display()
     );
     Ok(())
 }

@@ -99,10 +99,12 @@ fn method_with_data(run_dir: &Path, agent: &str, method: Method) -> anyhow::Resu
     Ok(m)
 }
 
-/// Trains every agent (or only `only_agent`) of `config` on its run directory's datasets.
-/// Each agent gets its own LoRA settings, so each runs with its own policy.
+/// Trains every agent (or only `only_agent`) of `config` on the datasets of `run_dir` (the run
+/// directory, or one round's). Each agent gets its own LoRA settings, so each runs with its own
+/// policy.
 pub fn train_agents(
     config: &Config,
+    run_dir: &Path,
     model: &Model,
     model_id: &str,
     only_agent: Option<&str>,
@@ -131,7 +133,7 @@ pub fn train_agents(
             continue;
         }
         let mut plan = agent_plan(agent, config.run.seed);
-        plan.method = method_with_data(&config.run.dir, &agent.name, plan.method)?;
+        plan.method = method_with_data(run_dir, &agent.name, plan.method)?;
         if plan.method == Method::None {
             continue;
         }
@@ -141,7 +143,7 @@ pub fn train_agents(
         reports.extend(malt_train::run_schedule(
             &policy,
             &tok,
-            &config.run.dir,
+            run_dir,
             &[plan],
             None,
             &opts,

@@ -11,7 +11,10 @@ use crate::types::*;
 use crate::Diagnostic;
 
 mod scale_out;
+mod study;
 use scale_out::{resolve_generation, resolve_serve};
+pub use study::default_systems;
+use study::{resolve_rounds, resolve_star, resolve_systems, RawRounds, RawStar};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +36,10 @@ pub(crate) struct RawConfig {
     train: RawTrain,
     #[serde(default)]
     eval: RawEval,
+    #[serde(default)]
+    star: RawStar,
+    #[serde(default)]
+    rounds: RawRounds,
     #[serde(default)]
     generation: RawGeneration,
     #[serde(default)]
@@ -197,6 +204,8 @@ struct RawEval {
     seeds: Option<Vec<u64>>,
     majority_k: Option<u32>,
     batch_questions: Option<usize>,
+    /// Strings and tables: parsed in `study` for messages that point at the entry.
+    systems: Option<Vec<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -721,6 +730,7 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         seeds: raw.eval.seeds.unwrap_or_else(|| vec![0, 1, 2, 3]),
         majority_k: raw.eval.majority_k.unwrap_or(3),
         batch_questions: raw.eval.batch_questions.unwrap_or(8),
+        systems: resolve_systems(raw.eval.systems, &agents, &mut c),
     };
     c.positive(
         &[K("eval"), K("questions")],
@@ -746,6 +756,8 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
 
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
+    let star = resolve_star(raw.star, &mut c);
+    let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
 
     let config = Config {
         source: path.to_path_buf(),
@@ -759,6 +771,8 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         agents,
         credit,
         eval,
+        star,
+        rounds,
         generation,
         serve,
     };

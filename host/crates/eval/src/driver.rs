@@ -5,7 +5,7 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::aggregate::{aggregate, Report};
+use crate::aggregate::{aggregate, Report, ReportContext};
 use crate::error::EvalError;
 use crate::plan::EvalPlan;
 use crate::report::write_reports;
@@ -22,16 +22,17 @@ pub use malt_layout::RESULTS as RESULTS_FILE;
 /// Runs every missing attempt of `plan` through `runner`, appending to
 /// `<out_dir>/results.jsonl`, then writes the reports into `out_dir` and returns the figures.
 ///
-/// Order: seed, question, variant, attempt, so an interrupted run has complete questions
+/// Order: seed, question, system, attempt, so an interrupted run has complete questions
 /// rather than a complete first system. Attempts already in the log are skipped (resume).
 /// `ChainError::Item` is logged as an errored attempt; `ChainError::Fatal` stops the run with
-/// `EvalError::Runner`, leaving the log resumable. `manifest` is embedded verbatim in
-/// `report.json`. `progress` draws a bar over questions on stderr (hidden when not a terminal).
+/// `EvalError::Runner`, leaving the log resumable. `ctx` (provenance, STaR data, earlier
+/// rounds) goes into the report verbatim. `progress` draws a bar over questions on stderr
+/// (hidden when not a terminal).
 pub fn run_evaluation(
     runner: &mut dyn ChainRunner,
     plan: &EvalPlan,
     out_dir: &Path,
-    manifest: serde_json::Value,
+    ctx: &ReportContext,
     progress: bool,
 ) -> Result<Report, EvalError> {
     plan.validate()?;
@@ -58,11 +59,11 @@ pub fn run_evaluation(
     for (seed, subset) in &subsets {
         bar.set_message(format!("seed {seed}"));
         for &example_idx in subset {
-            for &variant in &plan.variants {
+            for system in &plan.systems {
                 for attempt in 0..plan.majority_k {
                     let key = AttemptKey {
                         seed: *seed,
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                     };
@@ -70,7 +71,7 @@ pub fn run_evaluation(
                         continue;
                     }
                     let request = ChainRequest {
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                         eval_seed: *seed,
@@ -95,7 +96,7 @@ pub fn run_evaluation(
     }
     bar.finish_and_clear();
 
-    let report = aggregate(plan, log.records(), manifest)?;
+    let report = aggregate(plan, log.records(), ctx)?;
     write_reports(out_dir, &report)?;
     for s in &report.systems {
         tracing::info!(system = %s.id, mean_pct = s.mean_pct, std_pct = ?s.std_pct,
@@ -112,7 +113,7 @@ pub fn run_evaluation(
 pub fn report_complete_seeds(
     plan: &EvalPlan,
     out_dir: &Path,
-    manifest: serde_json::Value,
+    ctx: &ReportContext,
 ) -> Result<Report, EvalError> {
     plan.validate()?;
     let path = out_dir.join(RESULTS_FILE);
@@ -127,10 +128,10 @@ pub fn report_complete_seeds(
         let missing: Vec<AttemptKey> = subset
             .iter()
             .flat_map(|&example_idx| {
-                plan.variants.iter().flat_map(move |&variant| {
+                plan.systems.iter().flat_map(move |system| {
                     (0..plan.majority_k).map(move |attempt| AttemptKey {
                         seed,
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                     })
@@ -154,7 +155,7 @@ pub fn report_complete_seeds(
         seeds: complete,
         ..plan.clone()
     };
-    let report = aggregate(&partial, &records, manifest)?;
+    let report = aggregate(&partial, &records, ctx)?;
     write_reports(&out_dir.join(PARTIAL_DIR), &report)?;
     Ok(report)
 }

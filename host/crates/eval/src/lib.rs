@@ -12,6 +12,7 @@
 //! - [`plan`]: the [`EvalPlan`], what an evaluation runs.
 //! - [`results`]: the append-only JSONL result log and its resume logic.
 //! - [`stats`]: mean and sample standard deviation.
+//! - [`significance`]: the paired sign test between two systems.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
@@ -23,18 +24,21 @@ pub mod error;
 pub mod plan;
 pub mod report;
 pub mod results;
+pub mod significance;
 pub mod stats;
 pub mod subset;
 pub mod svg;
 pub mod trace;
 pub mod vote;
 
-pub use aggregate::{aggregate, Report};
+pub use aggregate::{
+    aggregate, Comparison, Report, ReportContext, RoundContext, RoundRow, RoundSummary, StarSummary,
+};
 pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
-pub use plan::EvalPlan;
+pub use plan::{EvalPlan, System, Table};
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};
 pub use subset::{derive_sample_seed, select_subset, SplitMix64};
-pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn, Variant};
+pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 pub use vote::{majority_vote, vote_key};
