@@ -173,6 +173,16 @@ fn generate_with(
                 .map(|d| format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60))
                 .unwrap_or_else(|| "?".into());
             bar.set_message(format!("{:.1} samples/s  ETA {eta}", p.samples_per_sec()));
+            // About ten lines per run for logs (the bar is hidden when stderr is not a terminal).
+            let step = (p.questions_total / 10).max(1);
+            if p.questions_done > p.questions_skipped && p.questions_done % step == 0 {
+                tracing::info!(
+                    "{}/{} trees, {:.1} samples/s, ETA {eta}",
+                    p.questions_done,
+                    p.questions_total,
+                    p.samples_per_sec()
+                );
+            }
         },
     )?;
     bar.finish();

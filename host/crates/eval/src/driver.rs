@@ -93,6 +93,13 @@ pub fn run_evaluation(
             }
             bar.inc(1);
         }
+        // A line per seed for logs (the bar is hidden when stderr is not a terminal).
+        tracing::info!(
+            seed,
+            questions = subset.len(),
+            logged = log.records().len(),
+            "evaluation seed complete"
+        );
     }
     bar.finish_and_clear();
 
