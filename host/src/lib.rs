@@ -9,4 +9,5 @@ pub mod pipeline;
 pub mod session;
 pub mod stages;
 pub mod tracking;
+pub mod star;
 pub mod train;

@@ -263,6 +263,61 @@ pub fn model_id(cfg: &Config) -> String {
     }
 }
 
+/// The git commit the `malt` binary was built from (`-dirty` with uncommitted changes).
+pub const MALT_COMMIT: &str = env!("MALT_GIT_COMMIT");
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of the model the config names, as stored: the GGUF file, or for a Hugging Face
+/// directory the sha256 of its listing `<sha256> <name>` of every `.json`, `.safetensors` and
+/// `.model` file, sorted by name. `None` when the file is not there (yet).
+pub fn model_sha256(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let path = match &cfg.model.source {
+        malt_config::ModelSource::Named(n)
+            if n.eq_ignore_ascii_case(malt_model::fetch::DEFAULT_MODEL) =>
+        {
+            malt_model::fetch::smollm2_path()
+        }
+        malt_config::ModelSource::Named(_) => return Ok(None),
+        malt_config::ModelSource::Path(p) => p.clone(),
+    };
+    if path.is_file() {
+        return sha256_file(&path).map(Some);
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {}", path.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("json" | "safetensors" | "model")
+                )
+        })
+        .collect();
+    files.sort();
+    let mut listing = String::new();
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        listing.push_str(&format!("{} {name}\n", sha256_file(f)?));
+    }
+    Ok(Some(malt_tree::store::sha256_hex(listing.as_bytes())))
+}
+
 /// Loads the config's base model on its device. Returns the model and its identity for the
 /// run manifest (the name or path the config gives: a resumed run must use the same one).
 pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {

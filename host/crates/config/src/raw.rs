@@ -21,7 +21,10 @@ mod dataset;
 mod evaluation;
 mod scale_out;
 mod setup;
+mod study;
 use scale_out::{resolve_generation, resolve_serve};
+pub use study::default_systems;
+use study::{resolve_rounds, resolve_star, resolve_systems, RawRounds, RawStar};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +46,10 @@ pub(crate) struct RawConfig {
     train: RawTrain,
     #[serde(default)]
     eval: RawEval,
+    #[serde(default)]
+    star: RawStar,
+    #[serde(default)]
+    rounds: RawRounds,
     #[serde(default)]
     generation: RawGeneration,
     #[serde(default)]
@@ -208,6 +215,8 @@ struct RawEval {
     seeds: Option<Vec<u64>>,
     majority_k: Option<u32>,
     batch_questions: Option<usize>,
+    /// Strings and tables: parsed in `study` for messages that point at the entry.
+    systems: Option<Vec<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,9 +309,11 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let sandbox = setup::resolve_sandbox(raw.sandbox, &mut c);
     let credit = chain::resolve_credit(raw.credit, &mut c);
     let agents = chain::resolve_agents(raw.agents, &raw.train, &dataset, &plugins, &credit, &mut c);
-    let eval = evaluation::resolve_eval(raw.eval, &mut c);
+    let eval = evaluation::resolve_eval(raw.eval, &agents, &mut c);
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
+    let star = resolve_star(raw.star, &mut c);
+    let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
 
     let config = Config {
         source: path.to_path_buf(),
@@ -316,6 +327,8 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         agents,
         credit,
         eval,
+        star,
+        rounds,
         generation,
         serve,
     };

@@ -30,6 +30,10 @@ pub struct Config {
     pub agents: Vec<Agent>,
     pub credit: Credit,
     pub eval: Eval,
+    /// The STaR baseline (used when `eval.systems` has `star`).
+    pub star: Star,
+    /// Iterated rounds of generate -> credit -> train -> eval.
+    pub rounds: Rounds,
     /// Where tree completions are sampled. Not hashed: the backend does not change what the
     /// trees are (remote servers reproduce the embedded sampler seed for seed).
     #[serde(skip)]
@@ -339,6 +343,8 @@ pub struct Eval {
     pub majority_k: u32,
     /// Questions whose attempts decode as one batch.
     pub batch_questions: usize,
+    /// The evaluated systems, in report order.
+    pub systems: Vec<EvalSystem>,
 }
 
 /// `[generation]`: the backend that samples the trees' completions.
@@ -401,4 +407,108 @@ pub struct Endpoint {
     /// Send the `malt_seeds` extension (one seed per choice; `malt serve` reproduces the
     /// embedded sampler with it, other servers ignore unknown fields).
     pub malt_seeds: bool,
+}
+
+/// One evaluated system of `[eval] systems`: a plain row (first attempt) and an MV@k row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalSystem {
+    /// Identifier in the result log and `report.json`.
+    pub id: String,
+    /// Row label of the report.
+    pub label: String,
+    pub kind: SystemKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemKind {
+    /// The chain's first agent alone, on the base model.
+    Single,
+    /// The whole chain on the base model.
+    Untrained,
+    /// The first agent alone with the STaR adapter (`[star]`).
+    Star,
+    /// The whole chain with every agent's trained adapter (MALT).
+    Malt,
+    /// The chain with the adapters of `trained` only; the other agents run on the base model,
+    /// except those in `skip`, which are not run (their output is empty).
+    Trained {
+        trained: Vec<String>,
+        skip: Vec<String>,
+    },
+}
+
+impl SystemKind {
+    /// Whether the system runs any trained adapter (otherwise its results do not change from
+    /// one round to the next).
+    pub fn uses_adapters(&self) -> bool {
+        match self {
+            SystemKind::Single | SystemKind::Untrained => false,
+            SystemKind::Star | SystemKind::Malt => true,
+            SystemKind::Trained { trained, .. } => !trained.is_empty(),
+        }
+    }
+}
+
+/// `[star]`: the STaR baseline (Zelikman et al. 2022) as the MALT paper ran it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Star {
+    pub data: StarData,
+    /// Samples per question for `data = "sample"`; 0 = as many as one MALT tree holds.
+    pub samples: u32,
+    pub steps: StarSteps,
+}
+
+impl Default for Star {
+    fn default() -> Self {
+        Star {
+            data: StarData::Sample,
+            samples: 0,
+            steps: StarSteps::Generator,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StarData {
+    /// Its own samples from the single model (per round: the previous round's STaR model).
+    Sample,
+    /// The generator outputs of the stored trees.
+    Trees,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StarSteps {
+    /// As many optimiser steps as the MALT generator's SFT took.
+    Generator,
+    /// As many as all MALT agents' phases together.
+    Malt,
+    Fixed(u32),
+}
+
+/// `[rounds]`: iterated MALT (and STaR) rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rounds {
+    pub count: u32,
+    /// Theta of each round (empty: the configured thetas every round).
+    pub theta: Vec<f64>,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Rounds {
+            count: 1,
+            theta: Vec::new(),
+        }
+    }
+}
+
+impl Rounds {
+    /// The theta that replaces `[credit] theta` and every agent's theta in round `round`
+    /// (1-based); `None` when the config keeps its own thetas.
+    pub fn theta_of(&self, round: u32) -> Option<f64> {
+        self.theta.get(round.checked_sub(1)? as usize).copied()
+    }
 }
