@@ -37,6 +37,7 @@ pub mod optim;
 pub mod policy;
 pub mod reference;
 pub mod settings;
+pub mod tfevents;
 pub mod trainer;
 
 pub use batch::{Sequence, TokenBatch};

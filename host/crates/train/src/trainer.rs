@@ -53,7 +53,7 @@ impl PhaseSpec {
             agent: plan.name.clone(),
             phase,
             dataset: dataset_path(run_dir, &plan.name, phase),
-            out_dir: run_dir.join("train").join(&plan.name).join(phase.name()),
+            out_dir: malt_layout::RoundLayout::at(run_dir).train_phase(&plan.name, phase.name()),
             adapter_out: adapter_dir(run_dir, &plan.name, phase),
             init_adapter: init,
             optim: match phase {
@@ -66,14 +66,11 @@ impl PhaseSpec {
 }
 
 pub fn dataset_path(run_dir: &Path, agent: &str, phase: Phase) -> PathBuf {
-    run_dir
-        .join("datasets")
-        .join(agent)
-        .join(format!("{}.jsonl", phase.name()))
+    malt_layout::RoundLayout::at(run_dir).dataset(agent, phase.name())
 }
 
 pub fn adapter_dir(run_dir: &Path, agent: &str, phase: Phase) -> PathBuf {
-    run_dir.join("adapters").join(agent).join(phase.name())
+    malt_layout::RoundLayout::at(run_dir).adapter(agent, phase.name())
 }
 
 /// The adapter inference should use for an agent: its last finished phase (dpo, else sft).
@@ -425,7 +422,7 @@ pub fn train_phase<M: PolicyModel>(
     if let Some((step, dir)) = &resume_ckpt {
         opt.load(&dir.join("optimizer.safetensors"), *step)?;
     }
-    let log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
+    let mut log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
 
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(total);

@@ -280,7 +280,7 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
     if text && a.workload != "none" {
         if workload.exists() {
             m.stop_ids = stop_ids;
-            return super::workload::run(label, m, workload, a.trees, a.independent_trees);
+            return super::workload::run(label, m, &a.model, workload, a.trees, a.independent_trees);
         }
         println!(
             "[{label}] workload {} not found (run from the repository root, or pass --workload): the synthetic tree instead",

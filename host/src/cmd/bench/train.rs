@@ -107,7 +107,7 @@ fn workload(config: &Path) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = std::time::Instant::now();
-    let reports = malt::train::train_agents(&cfg, &model, &id, None, false)?;
+    let reports = malt::train::train_agents(&cfg, tmp.path(), &model, &id, None, false)?;
     let wall = t.elapsed().as_secs_f64();
     for r in &reports {
         println!(

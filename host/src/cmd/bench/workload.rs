@@ -50,6 +50,7 @@ impl Sampler for Recorder<'_, '_> {
 pub fn run(
     label: &str,
     model: &Model,
+    model_arg: &str,
     config: &Path,
     trees: usize,
     independent: usize,
@@ -57,11 +58,10 @@ pub fn run(
     let mut session = Session::open(config)
         .with_context(|| format!("loading the workload config {}", config.display()))?;
     let named = malt::session::model_id(&session.config);
-    if named != model.source {
+    if named != model_arg {
         println!(
-            "[{label}] note: {} names model {named}, measuring {}",
-            config.display(),
-            model.source
+            "[{label}] note: {} names model {named}, measuring {model_arg}",
+            config.display()
         );
     }
     let split = session.questions()?;
