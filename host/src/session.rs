@@ -324,17 +324,22 @@ pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
     let id = model_id(cfg);
     let device = malt_model::parse_device(&cfg.model.device)
         .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
-    if cfg.model.dtype != "f32" {
-        // The decoder computes in f32 only for now; say so rather than silently use 2x memory.
-        tracing::warn!(
-            "{}: [model] dtype = {:?} is not implemented yet; the weights are loaded in f32",
-            cfg.source.display(),
-            cfg.model.dtype
-        );
-    }
+    // "auto": the checkpoint's own dtype on a GPU, f32 on a CPU (see `malt_model::default_dtype`).
+    let dtype = match cfg.model.dtype.as_str() {
+        "auto" => None,
+        d => Some(
+            malt_model::parse_dtype(d)
+                .with_context(|| format!("{}: [model] dtype", cfg.source.display()))?,
+        ),
+    };
     let t = std::time::Instant::now();
-    let model = malt_model::Model::load(&id, &device)
+    let model = malt_model::Model::load_as(&id, &device, dtype)
         .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
+    tracing::info!(
+        "weights held in {:?}, computing in {:?}",
+        model.decoder.dtype(),
+        model.decoder.activation_dtype()
+    );
     tracing::info!("loaded model {id} in {:.1} s", t.elapsed().as_secs_f64());
     Ok((model, id))
 }

@@ -302,7 +302,10 @@ impl Model {
                         m[ri * total + j] = f32::NEG_INFINITY;
                     }
                 }
-                Some(Tensor::from_vec(m, (b, 1, 1, 1, total), self.device())?)
+                Some(
+                    Tensor::from_vec(m, (b, 1, 1, 1, total), self.device())?
+                        .to_dtype(self.decoder.activation_dtype())?,
+                )
             };
             let ctx = Ctx {
                 cos,

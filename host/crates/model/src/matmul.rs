@@ -82,6 +82,56 @@ pub(crate) fn sgemm(
     }
 }
 
+/// `dst (m, n) = [dst +] lhs (m, k) @ rhs (k, n)` where `lhs`'s rows lie `lhs_stride` apart (a
+/// column block of a wider matrix) and `rhs` and `dst` are contiguous row-major.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_stride: usize,
+    rhs: &[f32],
+) {
+    assert!(dst.len() >= m * n && rhs.len() >= k * n && lhs_stride >= k);
+    assert!(m == 0 || lhs.len() >= (m - 1) * lhs_stride + k);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts cover every index the strides reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            lhs_stride as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// `y (n, out) = [y +] x (n, k) @ w^T`, `w` stored (out, k): `w` is read in place (see the module
 /// docs), and the result lands in `y` through a blocked transpose.
 pub(crate) fn matmul_wt(

@@ -51,7 +51,7 @@ pub(super) fn resolve_model(raw: RawModel, base: &Path, c: &mut Checker<'_, '_>)
             ModelSource::Named(src)
         },
         device: raw.device.unwrap_or_else(|| "cpu".into()),
-        dtype: raw.dtype.unwrap_or_else(|| "f32".into()),
+        dtype: raw.dtype.unwrap_or_else(|| "auto".into()),
     };
     check_model(&model, c);
     model
@@ -69,11 +69,11 @@ fn check_model(model: &Model, c: &mut Checker<'_, '_>) {
             ),
         );
     }
-    if !matches!(model.dtype.as_str(), "f32" | "f16" | "bf16") {
+    if !matches!(model.dtype.as_str(), "auto" | "f32" | "f16" | "bf16") {
         c.err(
             &[K("model"), K("dtype")],
             format!(
-                "model.dtype {:?}: expected \"f32\", \"f16\" or \"bf16\"",
+                "model.dtype {:?}: expected \"auto\", \"f32\", \"f16\" or \"bf16\"",
                 model.dtype
             ),
         );
