@@ -138,13 +138,18 @@ fn workload(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies a datasets directory, without its DPO reference caches.
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let e = e?;
         let dest = to.join(e.file_name());
+        let name = e.file_name().to_string_lossy().into_owned();
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &dest)?;
+        } else if name.contains(".ref-") {
+            // DPO reference log-prob caches: left behind, so the reference pass is measured.
+            continue;
         } else {
             std::fs::copy(e.path(), &dest)
                 .with_context(|| format!("copying {}", e.path().display()))?;
