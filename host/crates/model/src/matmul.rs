@@ -13,6 +13,14 @@ use rayon::prelude::*;
 /// (or runs on one thread), and the transpose would be most of the gain.
 pub const WT_MIN_ROWS: usize = 16;
 
+/// gemm's threads: rayon's pool when it has more than one thread.
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        t if t > 1 => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
+    }
+}
+
 /// `dst (m, n) = alpha_dst * dst + scale * op(lhs) @ op(rhs)`, all row-major. `lhs` holds (m, k)
 /// or, when `lhs_t`, (k, m); `rhs` holds (k, n) or, when `rhs_t`, (n, k). `accumulate` keeps
 /// `dst`'s contents (alpha 1) instead of overwriting them.
@@ -49,12 +57,7 @@ pub(crate) fn sgemm(
     } else {
         (n as isize, 1)
     };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism();
     // SAFETY: the asserted lengths cover every index the strides reach: lhs (m, k), rhs (k, n),
     // dst (m, n), each with the strides of its stored layout.
     unsafe {
@@ -100,12 +103,7 @@ pub(crate) fn sgemm_strided(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism();
     // SAFETY: the asserts cover every index the strides reach.
     unsafe {
         gemm::gemm(
