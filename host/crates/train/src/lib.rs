@@ -38,6 +38,7 @@ pub mod policy;
 pub mod reference;
 pub mod settings;
 pub mod tfevents;
+mod timings;
 pub mod trainer;
 
 pub use batch::{Sequence, TokenBatch};
