@@ -4,385 +4,25 @@
 //!
 //! - A: one uninterrupted run; B: killed (SIGKILL) during generation and again during training,
 //!   then resumed to completion. Every tree is stored once and B's report equals A's.
-//! - report.json: every system, per-turn accuracy, flips, per-seed values, and figures that
-//!   agree with each other and with the logged attempts.
+//! - report.json: every default system (single, untrained, STaR, MALT, the three ablations),
+//!   per-turn accuracy, flips, per-seed values, paired comparisons, and figures that agree
+//!   with each other and with the logged attempts; STaR's data count as its files hold it.
+//! - Common random numbers: a no-agents-trained system evaluated alone by another process
+//!   gives the untrained chain's attempts exactly.
 //! - A second `malt run` skips every stage; an edited theta re-runs credit, train and eval
 //!   but keeps the trees.
 //! - Hot reload: a plugin option edited while a run is going applies before evaluation.
 
 mod common;
+#[path = "pipeline_support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use malt_eval::{AttemptRecord, Outcome, Report, Variant};
-use malt_model::candle_core::Device;
-use malt_model::{Model, ModelConfig};
-use serde_json::Value;
-
-const MALT: &str = env!("CARGO_BIN_EXE_malt");
-
-fn tiny_model(dir: &Path) {
-    let cfg = ModelConfig {
-        max_position_embeddings: 512,
-        eos_token_ids: vec![1],
-        ..ModelConfig::llama(256, 32, 64, 2, 4, 2)
-    };
-    let mut m = Model::random(cfg, &Device::Cpu).expect("random model");
-    // Training appends an end-of-turn token: give the synthetic vocabulary one.
-    m.tokenizer.eos_token = Some("t1".into());
-    m.export_merged(dir, None).expect("export tiny model");
-}
-
-/// The config; `[run] name` is fixed so that every variant writes `runs/pipeline` under the
-/// working directory, and the config text (hence the manifest) is the same for A and B.
-fn config(model: &Path, plugin: &Path, theta: f64, target: &str) -> String {
-    format!(
-        r#"[run]
-name = "pipeline"
-seed = 3
-
-[model]
-source = "{model}"
-
-[dataset]
-plugin = "parity"
-generate = {{ seed = 1, count = 40 }}
-train = 8
-test = 8
-
-[plugins.parity]
-path = "{plugin}"
-options = {{ target = "{target}" }}
-
-[[agents]]
-name = "generator"
-branches = 3
-max_new_tokens = 24
-temperature = 1.0
-
-[[agents]]
-name = "verifier"
-branches = 3
-max_new_tokens = 24
-temperature = 1.0
-
-[[agents]]
-name = "refiner"
-branches = 3
-max_new_tokens = 24
-temperature = 1.0
-
-[credit]
-theta = {theta}
-
-[train.lora]
-rank = 4
-alpha = 8
-dropout = 0.0
-
-[train.sft]
-max_steps = 12
-save_every = 1
-grad_accum = 1
-max_seq_len = 96
-
-[train.dpo]
-max_steps = 12
-save_every = 1
-grad_accum = 1
-max_seq_len = 96
-
-[eval]
-questions = 4
-seeds = [0, 1]
-majority_k = 3
-"#,
-        model = model.display(),
-        plugin = plugin.display(),
-    )
-}
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    plugin: PathBuf,
-}
-
-fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = root.join("model");
-    tiny_model(&model);
-    Fixture {
-        _tmp: tmp,
-        root,
-        model,
-        plugin: common::fixture("parity"),
-    }
-}
-
-impl Fixture {
-    /// Writes a config into its own directory (the hot reload watches the config's directory).
-    fn write_config(&self, name: &str, theta: f64, target: &str) -> PathBuf {
-        let dir = self.root.join(format!("cfg-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pipeline.toml");
-        std::fs::write(&path, config(&self.model, &self.plugin, theta, target)).unwrap();
-        path
-    }
-
-    fn workdir(&self, name: &str) -> PathBuf {
-        let d = self.root.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
-fn spawn(config: &Path, cwd: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(MALT)
-        .args(["--log", "info", "run"])
-        .arg(config)
-        .current_dir(cwd)
-        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn malt")
-}
-
-/// Runs `malt run` to completion; returns its log (stderr).
-fn run_to_end(config: &Path, cwd: &Path, log: &Path) -> String {
-    let start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
-    let status = spawn(config, cwd, log).wait().unwrap();
-    let text = std::fs::read_to_string(log).unwrap();
-    let new = text[start..].to_string();
-    assert!(status.success(), "malt run failed:\n{new}");
-    new
-}
-
-/// Polls until `ready` holds, then SIGKILLs the child. Panics if the child ends first.
-fn kill_when(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if ready() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("malt run ended ({status}) before {what}");
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-fn checkpoints(run: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(agents) = std::fs::read_dir(run.join("train")) else {
-        return out;
-    };
-    for agent in agents.flatten() {
-        for phase in std::fs::read_dir(agent.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let ck = phase.path().join("checkpoints");
-            for step in std::fs::read_dir(&ck).into_iter().flatten().flatten() {
-                if step.file_name().to_string_lossy().starts_with("step-") {
-                    out.push(step.path());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn question_ids(run: &Path) -> Vec<String> {
-    let trees = malt_tree::read_trees(&run.join("trees.jsonl")).unwrap();
-    assert!(trees.dropped_tail.is_none(), "{:?}", trees.dropped_tail);
-    trees.trees.into_iter().map(|t| t.question_id).collect()
-}
-
-fn report(run: &Path) -> Report {
-    let text = std::fs::read_to_string(run.join("eval/report.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn attempts(run: &Path) -> Vec<AttemptRecord> {
-    std::fs::read_to_string(run.join("eval/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn final_answer(r: &AttemptRecord) -> Option<(&str, bool)> {
-    match r.final_outcome()? {
-        Outcome::Answer {
-            answer,
-            key,
-            correct,
-        } => Some((key.as_deref().unwrap_or(answer.trim()), *correct)),
-        _ => None,
-    }
-}
-
-fn stage_status(run: &Path, stage: &str) -> Value {
-    let text = std::fs::read_to_string(run.join("stages").join(format!("{stage}.json"))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Structure and internal consistency of a finished run's report.
-fn check_report(run: &Path) {
-    let rep = report(run);
-    let plan = &rep.plan;
-    let ids: BTreeSet<&str> = rep.systems.iter().map(|s| s.id.as_str()).collect();
-    for v in [
-        Variant::Single,
-        Variant::UntrainedChain,
-        Variant::TrainedChain,
-    ] {
-        let plain: Vec<_> = rep
-            .systems
-            .iter()
-            .filter(|s| s.variant == v && s.majority_k.is_none())
-            .collect();
-        let mv: Vec<_> = rep
-            .systems
-            .iter()
-            .filter(|s| s.variant == v && s.majority_k == Some(plan.majority_k))
-            .collect();
-        assert_eq!((plain.len(), mv.len()), (1, 1), "{v:?} in {ids:?}");
-    }
-    assert_eq!(rep.systems.len(), 6, "{ids:?}");
-
-    let records = attempts(run);
-    let by_key: BTreeMap<_, _> = records.iter().map(|r| (r.key(), r)).collect();
-    let per_system = plan.seeds.len() * plan.questions * plan.majority_k as usize;
-    assert_eq!(records.len(), 3 * per_system, "one record per attempt");
-    assert_eq!(rep.subsets.len(), plan.seeds.len());
-
-    for s in &rep.systems {
-        assert_eq!(s.per_seed.len(), plan.seeds.len(), "{}", s.id);
-        let mut pcts = Vec::new();
-        for (ps, sub) in s.per_seed.iter().zip(&rep.subsets) {
-            assert_eq!(ps.seed, sub.seed);
-            assert_eq!(ps.total, plan.questions, "{}", s.id);
-            assert!(ps.correct <= ps.total);
-            let acc = 100.0 * ps.correct as f64 / ps.total as f64;
-            assert!((ps.accuracy_pct - acc).abs() < 1e-9, "{}: {ps:?}", s.id);
-            // Recompute from the logged attempts: attempt 0, or a majority vote over k.
-            let mut correct = 0;
-            for &q in &sub.example_idx {
-                let rec = |a: u32| {
-                    by_key[&malt_eval::AttemptKey {
-                        seed: sub.seed,
-                        variant: s.variant,
-                        example_idx: q,
-                        attempt: a,
-                    }]
-                };
-                let ok = match s.majority_k {
-                    None => final_answer(rec(0)).is_some_and(|(_, c)| c),
-                    Some(k) => {
-                        let answers: Vec<Option<(&str, bool)>> =
-                            (0..k).map(|a| final_answer(rec(a))).collect();
-                        let votes: Vec<Option<&str>> =
-                            answers.iter().map(|a| a.map(|(x, _)| x)).collect();
-                        malt_eval::majority_vote(&votes)
-                            .is_some_and(|w| answers[w].is_some_and(|(_, c)| c))
-                    }
-                };
-                correct += ok as usize;
-            }
-            assert_eq!(ps.correct, correct, "{} seed {}", s.id, sub.seed);
-            pcts.push(acc);
-        }
-        let mean = pcts.iter().sum::<f64>() / pcts.len() as f64;
-        assert!((s.mean_pct - mean).abs() < 1e-9, "{}", s.id);
-        let var = pcts.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (pcts.len() - 1) as f64;
-        let std = s.std_pct.expect("two seeds give a std");
-        assert!(
-            (std - var.sqrt()).abs() < 1e-9,
-            "{}: {std} vs {}",
-            s.id,
-            var.sqrt()
-        );
-    }
-
-    // Per-turn accuracy: one entry per agent of each chain, one for the single agent.
-    for vt in &rep.per_turn {
-        let want = if vt.variant == Variant::Single { 1 } else { 3 };
-        assert_eq!(vt.turns.len(), want, "{:?}", vt.variant);
-        for t in &vt.turns {
-            if let Some(a) = &t.accuracy {
-                assert_eq!(a.per_seed_pct.len(), plan.seeds.len());
-            }
-        }
-    }
-    assert_eq!(rep.per_turn.len(), 3);
-
-    // Flip matrix: every transition's cells add up to the pooled question count.
-    let questions = plan.seeds.len() * plan.questions;
-    for f in &rep.flips {
-        let errored = records
-            .iter()
-            .filter(|r| r.variant == f.variant && r.attempt == 0 && r.is_errored())
-            .count();
-        assert_eq!(f.items, questions - errored, "{:?}", f.variant);
-        for t in &f.transitions {
-            let sum = t.wrong_to_right + t.right_to_wrong + t.right_to_right + t.wrong_to_wrong;
-            assert_eq!(
-                sum, f.items,
-                "{:?} {}->{}",
-                f.variant, t.from_agent, t.to_agent
-            );
-        }
-    }
-
-    // The human-readable outputs exist and say something.
-    let md = std::fs::read_to_string(run.join("eval/report.md")).unwrap();
-    for s in &rep.systems {
-        assert!(md.contains(&s.label), "report.md lacks {}:\n{md}", s.label);
-    }
-    for svg in ["accuracy.svg", "per_turn.svg"] {
-        let text = std::fs::read_to_string(run.join("eval").join(svg)).unwrap();
-        assert!(text.starts_with("<svg") || text.contains("<svg"), "{svg}");
-        assert!(text.len() > 500, "{svg} is almost empty");
-    }
-}
-
-/// Every agent has SFT data, and the agents after the generator have DPO pairs.
-fn check_datasets(run: &Path) {
-    for agent in ["generator", "verifier", "refiner"] {
-        let d = run.join("datasets").join(agent);
-        assert!(lines(&d.join("sft.jsonl")) > 0, "{agent}: no SFT examples");
-        if agent != "generator" {
-            assert!(lines(&d.join("dpo.jsonl")) > 0, "{agent}: no DPO pairs");
-        }
-        assert!(
-            malt_train::final_adapter_dir(run, agent).is_some(),
-            "{agent}: no trained adapter"
-        );
-    }
-}
+use malt_eval::{Outcome, Report};
+use support::*;
 
 #[test]
 fn pipeline_runs_resumes_skips_and_matches() {
@@ -400,6 +40,55 @@ fn pipeline_runs_resumes_skips_and_matches() {
     check_datasets(&a_run);
     check_report(&a_run);
     let t_a = t0.elapsed();
+
+    // Common random numbers: a system with no agent trained, evaluated alone by another
+    // process (so nothing of the untrained chain's computation is shared with it), gives
+    // exactly the untrained chain's attempts.
+    let crn = fx.write_text(
+        "crn",
+        &format!(
+            "{}systems = [{{ trained = [], name = \"none\" }}]\n",
+            config(&fx.model, &fx.plugin, 0.5, "even")
+        ),
+    );
+    let c = fx.workdir("crn");
+    let out = Command::new(MALT)
+        .args(["--log", "warn", "eval"])
+        .arg(&crn)
+        .current_dir(&c)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c_run = c.join("runs/pipeline");
+    check_report_of(&c_run, &c_run.join("eval"), &["none"]);
+    let untrained: BTreeMap<_, _> = attempts(&a_run)
+        .into_iter()
+        .filter(|r| r.system == "untrained_chain")
+        .map(|r| ((r.seed, r.example_idx, r.attempt), r))
+        .collect();
+    let none = attempts(&c_run);
+    assert_eq!(none.len(), untrained.len());
+    for r in &none {
+        let u = &untrained[&(r.seed, r.example_idx, r.attempt)];
+        assert_eq!((&r.turns, &r.error), (&u.turns, &u.error), "{r:?}");
+    }
+    let (ra, rc) = (report(&a_run), report(&c_run));
+    for mv in [None, Some(3)] {
+        let row = |rep: &Report, id: &str| {
+            rep.systems
+                .iter()
+                .find(|s| s.system == id && s.majority_k == mv)
+                .unwrap()
+                .per_seed
+                .clone()
+        };
+        assert_eq!(row(&rc, "none"), row(&ra, "untrained_chain"));
+    }
 
     // B: killed in the middle of generation, then in the middle of training, then resumed.
     let b = fx.workdir("b");

@@ -56,7 +56,7 @@ fn nonzero_b(a: &LoraAdapter) {
 }
 
 fn load(model_dir: &Path, run_dir: &Path) -> (Model, LoraAdapter) {
-    let model = Model::load_hf_dir(model_dir, &Device::Cpu).expect("load model");
+    let model = Model::load_hf_dir(model_dir, &Device::Cpu, None).expect("load model");
     let adapter = model
         .load_adapter(&run_dir.join("adapters/generator/sft"), "generator")
         .expect("load adapter");

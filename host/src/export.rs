@@ -124,20 +124,15 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
         .or_else(|| hf_id(&manifest.model).map(str::to_owned))
         .unwrap_or_else(|| manifest.model.clone());
 
+    // With `[rounds]`, the last trained round's adapters and the datasets they were trained on.
+    let round = malt_layout::RunLayout::new(&run).latest_trained_round();
     // Find everything before writing anything: a run with nothing to export fails cleanly.
     let mut found: Vec<Found> = Vec::new();
     for agent in &manifest.chain.agents {
-        let adapter = malt_train::final_adapter_dir(&run, &agent.name);
+        let adapter = malt_train::final_adapter_dir(round.dir(), &agent.name);
         let datasets: Vec<(String, PathBuf)> = ["sft", "dpo"]
             .into_iter()
-            .map(|p| {
-                (
-                    p.to_owned(),
-                    run.join("datasets")
-                        .join(&agent.name)
-                        .join(format!("{p}.jsonl")),
-                )
-            })
+            .map(|p| (p.to_owned(), round.dataset(&agent.name, p)))
             .filter(|(_, p)| p.is_file())
             .collect();
         found.push(Found {
@@ -224,7 +219,7 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
             }
             None => tracing::warn!(
                 "agent `{name}`: no trained adapter in {} (not trained, or method = \"none\")",
-                run.join("adapters").join(&name).display()
+                round.adapters().join(&name).display()
             ),
         }
         for (phase, src) in sets {

@@ -2,12 +2,26 @@
 //! the remote backend (`[generation] backend`), and append each finished tree to the run
 //! directory (resumable: finished questions are skipped).
 
+use std::path::Path;
+
 use indicatif::{ProgressBar, ProgressStyle};
-use malt_model::Model;
-use malt_tree::{GenerateSummary, Manifest, RunWriter, Sampler};
+use malt_model::{LoraAdapter, Model};
+use malt_tree::{ChainSpec, CreditSettings, GenerateSummary, Manifest, RunWriter, Sampler};
 
 use crate::backend::ModelSampler;
 use crate::session::Session;
+
+/// Where a set of trees goes and what it is sampled with.
+pub struct TreeTarget<'a> {
+    /// The run (or round, or STaR) directory.
+    pub dir: &'a Path,
+    pub chain: &'a ChainSpec,
+    pub credit: CreditSettings,
+    /// Node seeds derive from it.
+    pub seed: u64,
+    /// The model's identity in the manifest (a resumed run must match it).
+    pub model_id: String,
+}
 
 /// Generates the trees of every training question of `session` not yet in its run directory,
 /// through the embedded `model`.
@@ -16,12 +30,35 @@ pub fn generate_trees(
     model: &Model,
     model_id: &str,
 ) -> anyhow::Result<GenerateSummary> {
+    let dir = session.config.run.dir.clone();
+    let chain = session.chain.clone();
+    let target = TreeTarget {
+        dir: &dir,
+        chain: &chain,
+        credit: session.credit,
+        seed: session.config.run.seed,
+        model_id: model_id.to_owned(),
+    };
+    generate_embedded(session, model, Vec::new(), &target)
+}
+
+/// Generates into `target` through the embedded `model`, each agent named in `adapters` on its
+/// adapter (a later round samples with the previous round's adapters).
+pub fn generate_embedded(
+    session: &mut Session,
+    model: &Model,
+    adapters: Vec<(String, LoraAdapter)>,
+    target: &TreeTarget<'_>,
+) -> anyhow::Result<GenerateSummary> {
     let mut sampler = ModelSampler::new(model);
-    let summary = generate_with(session, &mut sampler, model_id)?;
+    for (agent, a) in adapters {
+        sampler = sampler.with_adapter(&agent, a);
+    }
+    let summary = generate_with(session, &mut sampler, target)?;
     let s = sampler.stats;
     tracing::info!(
         "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
-         prefill computed {} of {} prompt tokens, {} tokens generated",
+         prefill computed {} of {} prompt tokens (unique-prefix minimum {}), {} tokens generated",
         summary.generated,
         summary.skipped,
         summary.samples,
@@ -29,6 +66,7 @@ pub fn generate_trees(
         summary.score_failures,
         s.prefill_computed,
         s.prompt_tokens,
+        s.prefill_minimum,
         s.generated_tokens
     );
     Ok(summary)
@@ -40,7 +78,16 @@ pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary>
     let mut sampler = crate::backend::remote::remote_sampler(&session.config)?;
     crate::backend::remote::announce_engines(&session.config, &mut sampler)?;
     let model_id = crate::backend::remote::remote_model_id(&session.config);
-    let summary = generate_with(session, &mut sampler, &model_id)?;
+    let dir = session.config.run.dir.clone();
+    let chain = session.chain.clone();
+    let target = TreeTarget {
+        dir: &dir,
+        chain: &chain,
+        credit: session.credit,
+        seed: session.config.run.seed,
+        model_id,
+    };
+    let summary = generate_with(session, &mut sampler, &target)?;
     let s = sampler.stats;
     tracing::info!(
         "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
@@ -77,20 +124,20 @@ pub fn generate_configured<'m>(
 fn generate_with(
     session: &mut Session,
     sampler: &mut dyn Sampler,
-    model_id: &str,
+    target: &TreeTarget<'_>,
 ) -> anyhow::Result<GenerateSummary> {
     let split = session.questions()?;
-    let dir = session.config.run.dir.clone();
+    let dir = target.dir;
     let manifest = Manifest::new(
         &session.config_text,
         session.plugin_hashes(),
-        model_id,
-        session.config.run.seed,
-        session.chain.clone(),
-        session.credit,
+        &target.model_id,
+        target.seed,
+        target.chain.clone(),
+        target.credit,
     );
-    let mut run = RunWriter::open(&dir, manifest)?;
-    let per_tree: u64 = session
+    let mut run = RunWriter::open(dir, manifest)?;
+    let per_tree: u64 = target
         .chain
         .agents
         .iter()
@@ -113,7 +160,7 @@ fn generate_with(
     let live = session.live.clone();
     let summary = malt_tree::generate_run(
         &mut run,
-        &session.chain,
+        target.chain,
         &split.train,
         sampler,
         &mut session.scorer,
@@ -128,6 +175,16 @@ fn generate_with(
                 .map(|d| format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60))
                 .unwrap_or_else(|| "?".into());
             bar.set_message(format!("{:.1} samples/s  ETA {eta}", p.samples_per_sec()));
+            // About ten lines per run for logs (the bar is hidden when stderr is not a terminal).
+            let step = (p.questions_total / 10).max(1);
+            if p.questions_done > p.questions_skipped && p.questions_done % step == 0 {
+                tracing::info!(
+                    "{}/{} trees, {:.1} samples/s, ETA {eta}",
+                    p.questions_done,
+                    p.questions_total,
+                    p.samples_per_sec()
+                );
+            }
         },
     )?;
     bar.finish();

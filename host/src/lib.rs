@@ -8,4 +8,6 @@ pub mod live_reload;
 pub mod pipeline;
 pub mod session;
 pub mod stages;
+pub mod star;
+pub mod tracking;
 pub mod train;

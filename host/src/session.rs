@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use malt_config::{Config, DataSource};
 use malt_plugins::{PluginSet, Runtime};
+use malt_records::Position;
 use malt_tree::{
     AgentSpec, ChainSpec, CreditSettings, Example, PairMode, Pooling, SamplingParams, Scorer,
 };
@@ -83,18 +84,49 @@ impl Session {
     /// Every question is read (or generated), then shuffled with a seeded Fisher-Yates
     /// (splitmix64 of `run.seed`) so that a file sorted by topic or difficulty still gives
     /// representative splits; the first `dataset.train` train and the next `dataset.test` test.
-    /// The two sets never overlap.
+    /// With `dataset.test_path` the test split is that whole file, in file order (evaluation
+    /// draws its seeded subsets from it), and a question in both is refused
+    /// (see [`malt_tree::overlap`]).
     pub fn questions(&mut self) -> anyhow::Result<Split> {
-        let ds = &self.config.dataset;
+        let ds = self.config.dataset.clone();
         let plugin = ds.plugin.clone();
-        let mut all = match &ds.source {
-            DataSource::File(path) => malt_tree::load_examples(path, &plugin, &mut self.scorer)?,
+        let mut all: Vec<(Example, Option<Position>)> = match &ds.source {
+            DataSource::File(path) => malt_tree::load_located(path, &plugin, &mut self.scorer)?
+                .into_iter()
+                .map(|(e, at)| (e, Some(at)))
+                .collect(),
             DataSource::Generate { seed, count } => self
                 .scorer
                 .generate_examples(&plugin, *seed, *count)
                 .map_err(|e| anyhow::anyhow!("plugin `{plugin}`: generate: {e}"))?
-                .map_err(|e| anyhow::anyhow!("plugin `{plugin}` cannot generate examples: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("plugin `{plugin}` cannot generate examples: {e}"))?
+                .into_iter()
+                .map(|e| (e, None))
+                .collect(),
         };
+        if let Some(test_path) = &ds.test_source {
+            let test = malt_tree::load_located(test_path, &plugin, &mut self.scorer)?;
+            let overlap = malt_tree::find_overlap(&all, &test);
+            if !overlap.is_empty() {
+                anyhow::bail!(overlap_message(&self.config, test_path, &test, &overlap));
+            }
+            if all.len() < ds.train {
+                anyhow::bail!(
+                    "{}: [dataset] asks for train = {} questions but {} has {}; lower \
+                     dataset.train or provide more data",
+                    self.config.source.display(),
+                    ds.train,
+                    source_name(&ds.source),
+                    all.len()
+                );
+            }
+            shuffle(&mut all, self.config.run.seed);
+            all.truncate(ds.train);
+            return Ok(Split {
+                train: all.into_iter().map(|(e, _)| e).collect(),
+                test: test.into_iter().map(|(e, _)| e).collect(),
+            });
+        }
         let need = ds.train + ds.test;
         if all.len() < need {
             anyhow::bail!(
@@ -106,10 +138,55 @@ impl Session {
                 all.len()
             );
         }
+        let mut all: Vec<Example> = all.into_iter().map(|(e, _)| e).collect();
         shuffle(&mut all, self.config.run.seed);
         let test = all.split_off(ds.train).into_iter().take(ds.test).collect();
         Ok(Split { train: all, test })
     }
+}
+
+/// The training source, for messages.
+fn source_name(source: &DataSource) -> String {
+    match source {
+        DataSource::File(p) => p.display().to_string(),
+        DataSource::Generate { .. } => "the generated set (dataset.generate)".into(),
+    }
+}
+
+/// Why a run with overlapping splits is refused, with the first few shared questions.
+fn overlap_message(
+    config: &Config,
+    test_path: &Path,
+    test: &[(Example, Position)],
+    overlap: &[malt_tree::Overlap],
+) -> String {
+    const SHOWN: usize = 5;
+    let train_name = source_name(&config.dataset.source);
+    let mut msg = format!(
+        "{}: {} of the {} questions of dataset.test_path ({}) are also training questions \
+         ({train_name}): malt refuses to evaluate on questions it trains on. Same question = same \
+         id, or the same text after lower-casing and collapsing whitespace. Remove them from one \
+         file; the first {}:",
+        config.source.display(),
+        overlap.len(),
+        test.len(),
+        test_path.display(),
+        overlap.len().min(SHOWN)
+    );
+    for o in overlap.iter().take(SHOWN) {
+        let (j, at) = o.test;
+        let train_at = match (&config.dataset.source, o.train.1) {
+            (DataSource::File(p), Some(at)) => at.locate(p),
+            _ => format!("generated question {}", o.train.0),
+        };
+        msg += &format!(
+            "\n  {} = {train_at} (same {}; id {:?})",
+            at.locate(test_path),
+            o.by,
+            test[j].0.id
+        );
+    }
+    msg
 }
 
 /// Training and held-out questions.
@@ -186,23 +263,83 @@ pub fn model_id(cfg: &Config) -> String {
     }
 }
 
+/// The git commit the `malt` binary was built from (`-dirty` with uncommitted changes).
+pub const MALT_COMMIT: &str = env!("MALT_GIT_COMMIT");
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of the model the config names, as stored: the GGUF file, or for a Hugging Face
+/// directory the sha256 of its listing `<sha256> <name>` of every `.json`, `.safetensors` and
+/// `.model` file, sorted by name. `None` when the file is not there (yet).
+pub fn model_sha256(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let path = match &cfg.model.source {
+        malt_config::ModelSource::Named(n)
+            if n.eq_ignore_ascii_case(malt_model::fetch::DEFAULT_MODEL) =>
+        {
+            malt_model::fetch::smollm2_path()
+        }
+        malt_config::ModelSource::Named(_) => return Ok(None),
+        malt_config::ModelSource::Path(p) => p.clone(),
+    };
+    if path.is_file() {
+        return sha256_file(&path).map(Some);
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {}", path.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("json" | "safetensors" | "model")
+                )
+        })
+        .collect();
+    files.sort();
+    let mut listing = String::new();
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        listing.push_str(&format!("{} {name}\n", sha256_file(f)?));
+    }
+    Ok(Some(malt_tree::store::sha256_hex(listing.as_bytes())))
+}
+
 /// Loads the config's base model on its device. Returns the model and its identity for the
 /// run manifest (the name or path the config gives: a resumed run must use the same one).
 pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
     let id = model_id(cfg);
     let device = malt_model::parse_device(&cfg.model.device)
         .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
-    if cfg.model.dtype != "f32" {
-        // The decoder computes in f32 only for now; say so rather than silently use 2x memory.
-        tracing::warn!(
-            "{}: [model] dtype = {:?} is not implemented yet; the weights are loaded in f32",
-            cfg.source.display(),
-            cfg.model.dtype
-        );
-    }
+    // "auto": the checkpoint's own dtype on a GPU, f32 on a CPU (see `malt_model::default_dtype`).
+    let dtype = match cfg.model.dtype.as_str() {
+        "auto" => None,
+        d => Some(
+            malt_model::parse_dtype(d)
+                .with_context(|| format!("{}: [model] dtype", cfg.source.display()))?,
+        ),
+    };
     let t = std::time::Instant::now();
-    let model = malt_model::Model::load(&id, &device)
+    let model = malt_model::Model::load_as(&id, &device, dtype)
         .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
+    tracing::info!(
+        "weights held in {:?}, computing in {:?}",
+        model.decoder.dtype(),
+        model.decoder.activation_dtype()
+    );
     tracing::info!("loaded model {id} in {:.1} s", t.elapsed().as_secs_f64());
     Ok((model, id))
 }

@@ -137,7 +137,7 @@ impl Stage {
     pub fn new(run_dir: &Path, name: &'static str, inputs: BTreeMap<String, String>) -> Stage {
         Stage {
             name,
-            path: run_dir.join("stages").join(format!("{name}.json")),
+            path: malt_layout::RoundLayout::at(run_dir).stage_record(name),
             inputs,
         }
     }

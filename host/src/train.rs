@@ -69,21 +69,21 @@ fn records(path: &Path) -> anyhow::Result<usize> {
 /// that phase is skipped with a warning instead of failing the whole run, and an agent left
 /// with nothing keeps the base model in the trained chain.
 fn method_with_data(run_dir: &Path, agent: &str, method: Method) -> anyhow::Result<Method> {
-    let dir = run_dir.join("datasets").join(agent);
-    let sft = records(&dir.join("sft.jsonl"))?;
-    let dpo = records(&dir.join("dpo.jsonl"))?;
+    let layout = malt_layout::RoundLayout::at(run_dir);
+    let sft = records(&layout.dataset(agent, "sft"))?;
+    let dpo = records(&layout.dataset(agent, "dpo"))?;
     let wants_sft = matches!(method, Method::Sft | Method::SftThenDpo);
     let wants_dpo = matches!(method, Method::Dpo | Method::SftThenDpo);
     if wants_sft && sft == 0 {
         tracing::warn!(
             "agent {agent}: no positive examples in {}: SFT skipped",
-            dir.join("sft.jsonl").display()
+            layout.dataset(agent, "sft").display()
         );
     }
     if wants_dpo && dpo == 0 {
         tracing::warn!(
             "agent {agent}: no preference pairs in {}: DPO skipped",
-            dir.join("dpo.jsonl").display()
+            layout.dataset(agent, "dpo").display()
         );
     }
     let (sft, dpo) = (wants_sft && sft > 0, wants_dpo && dpo > 0);
@@ -99,10 +99,12 @@ fn method_with_data(run_dir: &Path, agent: &str, method: Method) -> anyhow::Resu
     Ok(m)
 }
 
-/// Trains every agent (or only `only_agent`) of `config` on its run directory's datasets.
-/// Each agent gets its own LoRA settings, so each runs with its own policy.
+/// Trains every agent (or only `only_agent`) of `config` on the datasets of `run_dir` (the run
+/// directory, or one round's). Each agent gets its own LoRA settings, so each runs with its own
+/// policy.
 pub fn train_agents(
     config: &Config,
+    run_dir: &Path,
     model: &Model,
     model_id: &str,
     only_agent: Option<&str>,
@@ -118,6 +120,17 @@ pub fn train_agents(
             );
         }
     }
+    // The config beside the phases' TensorBoard event files (run "." of `<run>`).
+    let tracked = std::fs::read_to_string(&config.source).and_then(|text| {
+        std::fs::create_dir_all(&config.run.dir)?;
+        crate::tracking::write_config(&config.run.dir, &text)
+    });
+    if let Err(e) = tracked {
+        tracing::warn!(
+            "{}: no TensorBoard config text: {e}",
+            config.run.dir.display()
+        );
+    }
     let tok = MaltTokenizer::new(model)?;
     let opts = RunOptions {
         resume,
@@ -131,7 +144,7 @@ pub fn train_agents(
             continue;
         }
         let mut plan = agent_plan(agent, config.run.seed);
-        plan.method = method_with_data(&config.run.dir, &agent.name, plan.method)?;
+        plan.method = method_with_data(run_dir, &agent.name, plan.method)?;
         if plan.method == Method::None {
             continue;
         }
@@ -141,7 +154,7 @@ pub fn train_agents(
         reports.extend(malt_train::run_schedule(
             &policy,
             &tok,
-            &config.run.dir,
+            run_dir,
             &[plan],
             None,
             &opts,

@@ -1,5 +1,7 @@
 //! [`malt_eval::ChainRunner`] over the model and the plugins: one sequential pass of a system
-//! (the single base agent, the untrained chain, or the trained chain) per attempt.
+//! per attempt. A system is a plan per chain position: run the agent on the base model, on its
+//! MALT adapter or on the STaR adapter, or skip it ([`TurnPlan`]); the single agent and STaR
+//! are one-turn plans.
 //!
 //! Attempts are computed in batches and cached; the evaluation driver then asks for them one
 //! after the other. A batch is a fixed group of consecutive questions of one seed's subset
@@ -7,13 +9,15 @@
 //! is one decode batch, which keeps the matrix products wide. Batches are fixed by the plan, not
 //! by what a resumed run still needs, so results do not depend on where a run was interrupted.
 //!
-//! The single agent is the chain's first agent on the base model with the same prompt and seed
-//! as the untrained chain's first turn, so its attempts are exactly those first turns: they are
-//! sampled once and shared.
+//! Common random numbers: a turn's sampling seed depends on the evaluation seed, the question,
+//! the attempt and the chain position, never on the system. Two systems whose plans agree on
+//! their first t turns therefore produce the same first t turns, and those turns are computed
+//! once and shared (the single agent is the untrained chain's first turn; "only the generator
+//! trained" shares MALT's first turn). Systems whose plans are equal give equal results.
 
 use std::collections::BTreeMap;
 
-use malt_eval::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn, Variant};
+use malt_eval::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 use malt_model::{LoraAdapter, Model};
 use malt_tree::{
     AgentSpec, ChainSpec, Example, ExtractRequest, GradeRequest, RenderRequest, SampleRequest,
@@ -24,16 +28,76 @@ use super::{ModelSampler, PluginScorer};
 
 type Traces = Vec<Result<ChainTrace, String>>;
 
+/// Which weights an agent turn runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Weights {
+    Base,
+    /// The agent's MALT adapter.
+    Malt,
+    /// The STaR adapter (the first agent only).
+    Star,
+}
+
+impl Weights {
+    fn key(self) -> &'static str {
+        match self {
+            Weights::Base => "base",
+            Weights::Malt => "malt",
+            Weights::Star => "star",
+        }
+    }
+}
+
+/// What a system does at one chain position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TurnPlan {
+    Run(Weights),
+    /// Not run: an empty output that answers nothing (the paper's G+R skips the verifier).
+    Skip,
+}
+
+/// One system: its id (as in the evaluation plan) and a plan per chain position, from the
+/// first; a plan shorter than the chain stops early (the single agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemSetup {
+    pub id: String,
+    pub turns: Vec<TurnPlan>,
+}
+
+/// The trained adapters a runner can use.
+#[derive(Default)]
+pub struct Adapters {
+    /// Per agent name, its MALT adapter.
+    pub malt: Vec<(String, LoraAdapter)>,
+    /// The STaR adapter of the first agent.
+    pub star: Option<LoraAdapter>,
+}
+
+impl Adapters {
+    /// Only MALT adapters (serving, one-round runs without STaR).
+    pub fn malt(malt: Vec<(String, LoraAdapter)>) -> Self {
+        Adapters { malt, star: None }
+    }
+}
+
+/// The sampler key of an agent turn on some weights: the sampler keeps one adapter per key.
+fn sampler_key(weights: Weights, agent: &str) -> String {
+    format!("{}:{agent}", weights.key())
+}
+
 pub struct ModelChainRunner<'m, 's> {
     chain: ChainSpec,
     pool: Vec<Example>,
     k: u32,
     scorer: &'s mut PluginScorer,
-    base: ModelSampler<'m>,
-    trained: ModelSampler<'m>,
+    sampler: ModelSampler<'m>,
+    systems: BTreeMap<String, Vec<TurnPlan>>,
     /// Per evaluation seed, the question batches in subset order.
     batches: BTreeMap<u64, Vec<Vec<usize>>>,
-    cache: BTreeMap<(Variant, usize, u64), Traces>,
+    /// The batch whose traces are cached: (eval seed, its questions).
+    batch: Option<(u64, Vec<usize>)>,
+    /// The batch's traces after each computed plan prefix, one per lane (question x attempt).
+    prefixes: BTreeMap<Vec<TurnPlan>, Traces>,
 }
 
 /// One pass to compute: question `example_idx`, attempt `attempt`.
@@ -44,30 +108,64 @@ struct Lane {
 }
 
 impl<'m, 's> ModelChainRunner<'m, 's> {
-    /// `pool` is the held-out split; `adapters` the trained adapter of each agent that has one
-    /// (an agent without one runs on the base model in the trained chain too). Without
-    /// [`Self::with_batches`], each question is its own batch.
+    /// `pool` is the held-out split; `adapters` the trained adapters; `systems` what each
+    /// system id runs. A `Malt` turn of an agent without an adapter runs on the base model (an
+    /// agent left untrained keeps the base model in the trained chain), and so does a `Star`
+    /// turn without the STaR adapter. Without [`Self::with_batches`], each question is its own
+    /// batch.
     pub fn new(
         model: &'m Model,
         chain: ChainSpec,
         pool: Vec<Example>,
         majority_k: u32,
         scorer: &'s mut PluginScorer,
-        adapters: Vec<(String, LoraAdapter)>,
+        adapters: Adapters,
+        systems: Vec<SystemSetup>,
     ) -> Self {
-        let mut trained = ModelSampler::new(model);
-        for (agent, a) in adapters {
-            trained = trained.with_adapter(&agent, a);
+        let mut sampler = ModelSampler::new(model);
+        let mut with_malt = Vec::new();
+        for (agent, a) in adapters.malt {
+            sampler = sampler.with_adapter(&sampler_key(Weights::Malt, &agent), a);
+            with_malt.push(agent);
         }
+        let first = chain.agents.first().map(|a| a.name.clone());
+        let has_star = adapters.star.is_some();
+        if let (Some(a), Some(first)) = (adapters.star, &first) {
+            sampler = sampler.with_adapter(&sampler_key(Weights::Star, first), a);
+        }
+        // Normalise: a turn whose adapter is missing is a base turn, so it is shared with the
+        // base systems' turns instead of computed again.
+        let systems = systems
+            .into_iter()
+            .map(|s| {
+                let turns = s
+                    .turns
+                    .iter()
+                    .zip(&chain.agents)
+                    .enumerate()
+                    .map(|(pos, (&t, agent))| match t {
+                        TurnPlan::Run(Weights::Malt) if !with_malt.contains(&agent.name) => {
+                            TurnPlan::Run(Weights::Base)
+                        }
+                        TurnPlan::Run(Weights::Star) if pos > 0 || !has_star => {
+                            TurnPlan::Run(Weights::Base)
+                        }
+                        other => other,
+                    })
+                    .collect();
+                (s.id, turns)
+            })
+            .collect();
         ModelChainRunner {
             chain,
             pool,
             k: majority_k.max(1),
             scorer,
-            base: ModelSampler::new(model),
-            trained,
+            sampler,
+            systems,
             batches: BTreeMap::new(),
-            cache: BTreeMap::new(),
+            batch: None,
+            prefixes: BTreeMap::new(),
         }
     }
 
@@ -100,19 +198,9 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
             .unwrap_or_else(|| vec![example_idx])
     }
 
-    /// Computes and caches every attempt of `variant`'s sampler family (base or trained) for
-    /// the batch holding `example_idx`.
-    fn fill(
-        &mut self,
-        variant: Variant,
-        example_idx: usize,
-        eval_seed: u64,
-    ) -> Result<(), ChainError> {
-        let questions = self.batch_of(eval_seed, example_idx);
-        // Only one batch is needed at a time (the driver's loop order).
-        self.cache
-            .retain(|(_, q, s), _| *s == eval_seed && questions.contains(q));
-        let lanes: Vec<Lane> = questions
+    /// The lanes of a batch: every attempt of every question, question-major.
+    fn lanes(&self, questions: &[usize]) -> Vec<Lane> {
+        questions
             .iter()
             .flat_map(|&q| {
                 (0..self.k).map(move |attempt| Lane {
@@ -120,84 +208,77 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                     attempt,
                 })
             })
-            .collect();
-        let k = self.k as usize;
-        let store = |cache: &mut BTreeMap<_, _>, v: Variant, traces: Traces| {
-            for (q, chunk) in questions.iter().zip(traces.chunks(k)) {
-                cache.insert((v, *q, eval_seed), chunk.to_vec());
-            }
-        };
-        if variant == Variant::TrainedChain {
-            let (traces, _) = self.run_lanes(true, eval_seed, &lanes)?;
-            store(&mut self.cache, Variant::TrainedChain, traces);
-        } else {
-            let (chain, first) = self.run_lanes(false, eval_seed, &lanes)?;
-            store(&mut self.cache, Variant::UntrainedChain, chain);
-            store(&mut self.cache, Variant::Single, first);
-        }
-        Ok(())
+            .collect()
     }
 
-    /// Runs every lane through the chain, turn by turn, each turn one sampler call. Returns the
-    /// full traces and the traces cut after the first turn (the single agent's).
-    fn run_lanes(
+    /// The traces of the current batch after `plan`, computing the missing prefixes.
+    fn traces(&mut self, plan: &[TurnPlan]) -> Result<&Traces, ChainError> {
+        let Some((eval_seed, questions)) = self.batch.clone() else {
+            return Err(ChainError::Fatal("no batch selected".into()));
+        };
+        let lanes = self.lanes(&questions);
+        for len in 0..=plan.len() {
+            if self.prefixes.contains_key(&plan[..len]) {
+                continue;
+            }
+            let traces = if len == 0 {
+                vec![Ok(ChainTrace::default()); lanes.len()]
+            } else {
+                let mut traces = self.prefixes[&plan[..len - 1]].clone();
+                self.turn(plan[len - 1], len - 1, eval_seed, &lanes, &mut traces)?;
+                traces
+            };
+            self.prefixes.insert(plan[..len].to_vec(), traces);
+        }
+        Ok(&self.prefixes[plan])
+    }
+
+    /// One agent turn at chain position `pos` for the live lanes: render, sample as one batch,
+    /// extract and grade; or the empty turn of a skipped agent.
+    fn turn(
         &mut self,
-        trained: bool,
+        plan: TurnPlan,
+        pos: usize,
         eval_seed: u64,
         lanes: &[Lane],
-    ) -> Result<(Traces, Traces), ChainError> {
-        let examples: Vec<Example> = lanes
+        traces: &mut Traces,
+    ) -> Result<(), ChainError> {
+        let agents = self.chain.agents.clone();
+        let Some(agent) = agents.get(pos) else {
+            return Err(ChainError::Fatal(format!(
+                "a system plans turn {} of a chain of {}",
+                pos + 1,
+                agents.len()
+            )));
+        };
+        let live: Vec<usize> = (0..lanes.len()).filter(|&i| traces[i].is_ok()).collect();
+        let weights = match plan {
+            TurnPlan::Skip => {
+                for &i in &live {
+                    if let Ok(t) = &mut traces[i] {
+                        t.turns.push(Turn {
+                            agent: agent.name.clone(),
+                            output: String::new(),
+                            outcome: Outcome::NoAnswer,
+                            skipped: true,
+                        });
+                    }
+                }
+                return Ok(());
+            }
+            TurnPlan::Run(w) => w,
+        };
+        if live.is_empty() {
+            return Ok(());
+        }
+        let examples: Vec<Example> = live
             .iter()
-            .map(|l| {
-                self.pool.get(l.example_idx).cloned().ok_or_else(|| {
-                    ChainError::Fatal(format!("no held-out question {}", l.example_idx))
+            .map(|&i| {
+                self.pool.get(lanes[i].example_idx).cloned().ok_or_else(|| {
+                    ChainError::Fatal(format!("no held-out question {}", lanes[i].example_idx))
                 })
             })
             .collect::<Result<_, _>>()?;
-        let seeds: Vec<u64> = lanes
-            .iter()
-            .map(|l| malt_eval::derive_sample_seed(eval_seed, l.example_idx, l.attempt))
-            .collect();
-        let agents = self.chain.agents.clone();
-        let chain_length = agents.len() as u32;
-        let mut traces: Traces = vec![Ok(ChainTrace::default()); lanes.len()];
-        let mut first = Vec::new();
-        for (pos, agent) in agents.iter().enumerate() {
-            let live: Vec<usize> = (0..lanes.len()).filter(|&i| traces[i].is_ok()).collect();
-            if !live.is_empty() {
-                self.turn(
-                    trained,
-                    agent,
-                    pos,
-                    chain_length,
-                    &agents,
-                    &examples,
-                    &seeds,
-                    &live,
-                    &mut traces,
-                )?;
-            }
-            if pos == 0 {
-                first = traces.clone();
-            }
-        }
-        Ok((traces, first))
-    }
-
-    /// One agent turn for the `live` lanes: render, sample as one batch, extract and grade.
-    #[allow(clippy::too_many_arguments)]
-    fn turn(
-        &mut self,
-        trained: bool,
-        agent: &AgentSpec,
-        pos: usize,
-        chain_length: u32,
-        agents: &[AgentSpec],
-        examples: &[Example],
-        seeds: &[u64],
-        live: &[usize],
-        traces: &mut Traces,
-    ) -> Result<(), ChainError> {
         let histories: Vec<Vec<malt_tree::Turn>> = live
             .iter()
             .map(|&i| {
@@ -207,7 +288,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                     .unwrap_or(&[]);
                 turns
                     .iter()
-                    .zip(agents)
+                    .zip(&agents)
                     .map(|(t, spec)| malt_tree::Turn {
                         agent: t.agent.clone(),
                         role: spec.role.clone(),
@@ -216,71 +297,73 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                     .collect()
             })
             .collect();
-        let requests: Vec<RenderRequest> = live
+        let requests: Vec<RenderRequest> = examples
             .iter()
             .zip(histories)
-            .map(|(&i, history)| RenderRequest {
+            .map(|(example, history)| RenderRequest {
                 agent: &agent.name,
                 role: &agent.role,
                 position: pos as u32,
-                chain_length,
-                example: &examples[i],
+                chain_length: agents.len() as u32,
+                example,
                 history,
             })
             .collect();
         let prompts = match self.scorer.render(&agent.plugin, &requests) {
             Ok(p) => p,
             Err(e) => {
-                fail(traces, live, &format!("{}: render: {e}", agent.name));
+                fail(traces, &live, &format!("{}: render: {e}", agent.name));
                 return Ok(());
             }
         };
         let turn_seeds: Vec<[u64; 1]> = live
             .iter()
-            .map(|&i| [seeds[i] ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)])
+            .map(|&i| {
+                let l = lanes[i];
+                let seed = malt_eval::derive_sample_seed(eval_seed, l.example_idx, l.attempt);
+                [seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)]
+            })
             .collect();
+        let key = sampler_key(weights, &agent.name);
         let mut sample_reqs = Vec::new();
         let mut sampled = Vec::new();
         for (j, &i) in live.iter().enumerate() {
             match &prompts[j] {
                 Ok(messages) => {
                     sample_reqs.push(SampleRequest {
-                        agent: &agent.name,
+                        agent: &key,
                         messages,
                         params: &agent.sampling,
                         seeds: &turn_seeds[j],
                     });
-                    sampled.push(i);
+                    sampled.push((i, j));
                 }
                 Err(e) => traces[i] = Err(format!("{}: render: {e}", agent.name)),
             }
         }
-        let sampler = if trained {
-            &mut self.trained
-        } else {
-            &mut self.base
-        };
-        let outputs = sampler
+        let outputs = self
+            .sampler
             .sample(&sample_reqs)
             .map_err(|e| ChainError::Fatal(e.to_string()))?;
         let mut texts = Vec::new();
         let mut answered = Vec::new();
-        for (out, &i) in outputs.into_iter().zip(&sampled) {
+        for (out, &(i, j)) in outputs.into_iter().zip(&sampled) {
             match out.map(|mut v| v.pop().unwrap_or_default()) {
                 Ok(text) => {
                     texts.push(text);
-                    answered.push(i);
+                    answered.push((i, j));
                 }
                 Err(e) => traces[i] = Err(format!("{}: generation: {e}", agent.name)),
             }
         }
         let outcomes = if agent.produces_answer() {
-            let answered_examples: Vec<&Example> = answered.iter().map(|&i| &examples[i]).collect();
+            let answered_examples: Vec<&Example> =
+                answered.iter().map(|&(_, j)| &examples[j]).collect();
             self.grade(agent, &answered_examples, &texts)
         } else {
             texts.iter().map(|_| Ok(Outcome::NoAnswer)).collect()
         };
-        for ((text, outcome), &i) in texts.into_iter().zip(outcomes).zip(&answered) {
+        for ((text, outcome), &(i, _)) in texts.into_iter().zip(outcomes).zip(&answered) {
             match outcome {
                 Ok(outcome) => {
                     if let Ok(t) = &mut traces[i] {
@@ -288,6 +371,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                             agent: agent.name.clone(),
                             output: text,
                             outcome,
+                            skipped: false,
                         });
                     }
                 }
@@ -376,20 +460,32 @@ fn fail(traces: &mut Traces, lanes: &[usize], msg: &str) {
 
 impl ChainRunner for ModelChainRunner<'_, '_> {
     fn run_chain(&mut self, req: &ChainRequest) -> Result<ChainTrace, ChainError> {
-        let key = (req.variant, req.example_idx, req.eval_seed);
-        if !self.cache.contains_key(&key) {
-            self.fill(req.variant, req.example_idx, req.eval_seed)?;
+        let plan = self
+            .systems
+            .get(&req.system)
+            .cloned()
+            .ok_or_else(|| ChainError::Fatal(format!("no system `{}` to run", req.system)))?;
+        let questions = self.batch_of(req.eval_seed, req.example_idx);
+        let batch = Some((req.eval_seed, questions));
+        if self.batch != batch {
+            // Only one batch is needed at a time (the driver's loop order).
+            self.batch = batch;
+            self.prefixes.clear();
         }
-        let trace = self
-            .cache
-            .get(&key)
-            .and_then(|v| v.get(req.attempt as usize))
+        let k = self.k;
+        let lane = self
+            .batch
+            .as_ref()
+            .and_then(|(_, qs)| qs.iter().position(|&q| q == req.example_idx))
+            .map(|q| q * k as usize + req.attempt as usize)
+            .filter(|_| req.attempt < k)
             .ok_or_else(|| {
                 ChainError::Fatal(format!(
-                    "attempt {} is beyond majority_k = {}",
-                    req.attempt, self.k
+                    "attempt {} is beyond majority_k = {k}",
+                    req.attempt
                 ))
             })?;
-        trace.clone().map_err(ChainError::Item)
+        let trace = self.traces(&plan)?[lane].clone();
+        trace.map_err(ChainError::Item)
     }
 }

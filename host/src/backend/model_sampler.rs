@@ -6,7 +6,7 @@
 //! not recomputed for every node of a level. All branches of one agent's requests decode as one
 //! batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use malt_model::{Branch, Cache, LoraAdapter, Model};
 use malt_tree::{SampleRequest, Sampler, SamplerError, SamplingParams};
@@ -20,6 +20,9 @@ const PREFIX_POOL: usize = 32;
 pub struct SamplerStats {
     pub prompt_tokens: u64,
     pub prefill_computed: u64,
+    /// Prompt tokens whose (adapter, token prefix) had no keys/values yet anywhere (an earlier
+    /// prompt or an earlier completion): what a perfect prefix cache would compute.
+    pub prefill_minimum: u64,
     pub generated_tokens: u64,
     pub sequences: u64,
 }
@@ -29,6 +32,8 @@ pub struct ModelSampler<'m> {
     /// Per agent; an agent without an entry samples from the base model.
     adapters: BTreeMap<String, LoraAdapter>,
     pool: Vec<Cache>,
+    /// (adapter uid, hash of a token prefix) computed so far, for `prefill_minimum`.
+    known: HashSet<(u64, u64)>,
     pub stats: SamplerStats,
 }
 
@@ -38,6 +43,7 @@ impl<'m> ModelSampler<'m> {
             model,
             adapters: BTreeMap::new(),
             pool: Vec::new(),
+            known: HashSet::new(),
             stats: SamplerStats::default(),
         }
     }
@@ -56,6 +62,7 @@ impl<'m> ModelSampler<'m> {
         adapter: Option<&LoraAdapter>,
     ) -> malt_model::Result<Cache> {
         let uid = adapter.map(|a| a.uid());
+        self.stats.prefill_minimum += self.mark(uid, tokens) as u64;
         let best = self
             .pool
             .iter()
@@ -74,6 +81,23 @@ impl<'m> ModelSampler<'m> {
         }
         self.pool.push(cache.clone());
         Ok(cache)
+    }
+}
+
+impl ModelSampler<'_> {
+    /// Marks every prefix of `tokens` as computed under `adapter`; returns how many were new.
+    fn mark(&mut self, adapter: Option<u64>, tokens: &[u32]) -> usize {
+        let a = adapter.unwrap_or(0);
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut new = 0;
+        for &t in tokens {
+            // FNV-1a over the token's bytes, chained through the prefix.
+            for b in t.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            new += usize::from(self.known.insert((a, h)));
+        }
+        new
     }
 }
 
@@ -130,6 +154,7 @@ impl ModelSampler<'_> {
         let params = model_params(requests[idx[0]].params);
         let mut branches = Vec::new();
         let mut owners = Vec::new();
+        let tp = std::time::Instant::now();
         for &i in idx {
             let r = &requests[i];
             let messages: Vec<malt_model::Message> = r
@@ -159,11 +184,19 @@ impl ModelSampler<'_> {
         if branches.is_empty() {
             return Ok(());
         }
+        if std::env::var_os("MALT_PROFILE_DECODE").is_some() {
+            eprintln!(
+                "prefill profile ({agent}, {} prompts): {:.3}s",
+                idx.len(),
+                tp.elapsed().as_secs_f64()
+            );
+        }
         let done = self
             .model
             .generate(branches, &params, adapter)
             .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
         for (c, &i) in done.into_iter().zip(&owners) {
+            self.mark(adapter.map(|a| a.uid()), c.cache.tokens());
             self.stats.generated_tokens += c.tokens.len() as u64;
             self.stats.sequences += 1;
             if let Ok(v) = &mut out[i] {
@@ -172,4 +205,26 @@ impl ModelSampler<'_> {
         }
         Ok(())
     }
+}
+
+/// One completion of `messages` with nothing shared: the prompt prefilled alone and one branch
+/// decoded alone, as a sampler without batching or a prefix cache would. Returns the text and
+/// the number of tokens generated. The benchmark's baseline for [`ModelSampler`].
+pub fn sample_alone(
+    model: &Model,
+    messages: &[malt_tree::Message],
+    params: &SamplingParams,
+    seed: u64,
+) -> malt_model::Result<(String, usize)> {
+    let messages: Vec<malt_model::Message> = messages
+        .iter()
+        .map(|m| malt_model::Message::new(&m.role, &m.content))
+        .collect();
+    let tokens = model.encode_chat(&messages, true)?;
+    let cache = model.prefill(&tokens, None)?;
+    let mut out = model.generate(vec![Branch { cache, seed }], &model_params(params), None)?;
+    Ok(out
+        .pop()
+        .map(|c| (c.text, c.tokens.len()))
+        .unwrap_or_default())
 }

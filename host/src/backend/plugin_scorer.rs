@@ -1,8 +1,9 @@
 //! [`malt_tree::Scorer`] over the loaded WASM plugins of a config.
 //!
-//! The tree engine keeps its own plain-data mirrors of the WIT records so that it builds without
-//! wasmtime; this module converts field by field. A plugin's per-item failures (one poisonous
-//! output that traps) stay per item: malt-plugins already retries a trapped batch item by item.
+//! The tree engine and malt-plugins share malt-records' examples, messages and turns; only the
+//! borrowed requests of the tree engine become malt-plugins' owned ones here. A plugin's per-item
+//! failures (one poisonous output that traps) stay per item: malt-plugins already retries a
+//! trapped batch item by item.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,44 +64,6 @@ impl PluginScorer {
     }
 }
 
-fn example_to_plugin(e: &mt::Example) -> mp::Example {
-    mp::Example {
-        id: e.id.clone(),
-        question: e.question.clone(),
-        gold: e.gold.clone(),
-        choices: e.choices.iter().map(choice_to_plugin).collect(),
-        metadata: e.metadata.clone(),
-    }
-}
-
-fn example_from_plugin(e: mp::Example) -> mt::Example {
-    mt::Example {
-        id: e.id,
-        question: e.question,
-        gold: e.gold,
-        choices: e
-            .choices
-            .into_iter()
-            .map(|c| mt::Choice {
-                label: c.label,
-                text: c.text,
-            })
-            .collect(),
-        metadata: if e.metadata.trim().is_empty() {
-            "{}".to_owned()
-        } else {
-            e.metadata
-        },
-    }
-}
-
-fn choice_to_plugin(c: &mt::Choice) -> mp::Choice {
-    mp::Choice {
-        label: c.label.clone(),
-        text: c.text.clone(),
-    }
-}
-
 impl Scorer for PluginScorer {
     fn parse_records(
         &mut self,
@@ -112,7 +75,7 @@ impl Scorer for PluginScorer {
         // A rejected record is the dataset's fault, not the plugin's: not counted as an error.
         Ok(p.parse_records(&owned)
             .into_iter()
-            .map(|r| r.map(example_from_plugin).map_err(|e| e.to_string()))
+            .map(|r| r.map_err(|e| e.to_string()))
             .collect())
     }
 
@@ -124,7 +87,7 @@ impl Scorer for PluginScorer {
     ) -> Result<Result<Vec<mt::Example>, String>, PluginError> {
         let p = self.plugin(plugin)?;
         match p.generate(seed, count) {
-            Ok(v) => Ok(Ok(v.into_iter().map(example_from_plugin).collect())),
+            Ok(v) => Ok(Ok(v)),
             Err(e) if e.is_rejection() => Ok(Err(e.to_string())),
             Err(e) => Err(PluginError(e.to_string())),
         }
@@ -146,29 +109,12 @@ impl Scorer for PluginScorer {
                 role: r.role.to_owned(),
                 position: r.position,
                 chain_length: r.chain_length,
-                example: example_to_plugin(r.example),
-                history: r
-                    .history
-                    .iter()
-                    .map(|t| mp::Turn {
-                        agent: t.agent.clone(),
-                        role: t.role.clone(),
-                        output: t.output.clone(),
-                    })
-                    .collect(),
+                example: r.example.clone(),
+                history: r.history.clone(),
             })
             .collect();
         let out = p.render(&reqs);
-        Ok(out
-            .into_iter()
-            .map(|r| {
-                self.item(plugin, r).map(|msgs| {
-                    msgs.into_iter()
-                        .map(|m| mt::Message::new(m.role, m.content))
-                        .collect()
-                })
-            })
-            .collect())
+        Ok(out.into_iter().map(|r| self.item(plugin, r)).collect())
     }
 
     fn extract(
@@ -181,7 +127,7 @@ impl Scorer for PluginScorer {
             .iter()
             .map(|r| mp::ExtractRequest {
                 output: r.output.to_owned(),
-                choices: r.choices.iter().map(choice_to_plugin).collect(),
+                choices: r.choices.to_vec(),
             })
             .collect();
         let out = p.extract(&reqs);
@@ -204,12 +150,7 @@ impl Scorer for PluginScorer {
         let out = p.grade(&reqs);
         Ok(out
             .into_iter()
-            .map(|r| {
-                self.item(plugin, r).map(|g| mt::Grade {
-                    reward: g.reward,
-                    reason: g.reason,
-                })
-            })
+            .map(|r| self.item(plugin, r).map(Into::into))
             .collect())
     }
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome, Variant};
+use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome};
 use malt_model::{Branch, Cache, Finish, LoraAdapter, Model};
 use malt_serve::{
     BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChatMessage, ChoiceOutput,
@@ -32,6 +32,7 @@ use malt_serve::{
 };
 use malt_tree::{ChainSpec, Example, Scorer};
 
+use super::chain_runner::{Adapters, SystemSetup, TurnPlan, Weights};
 use super::{ModelChainRunner, PluginScorer};
 
 /// Prompt caches kept for prefix reuse (as in `ModelSampler`).
@@ -427,7 +428,9 @@ impl Engine {
         // trained while the server runs.
         let mut adapters = Vec::new();
         for agent in &setup.chain.agents {
-            if let Some(dir) = malt_train::final_adapter_dir(&setup.run_dir, &agent.name) {
+            // With `[rounds]`, the last trained round's.
+            let round = malt_layout::RunLayout::new(&setup.run_dir).latest_trained_round();
+            if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
                 let a = self.model.load_adapter(&dir, &agent.name).map_err(|e| {
                     BackendError::Internal(format!("adapter {}: {e}", dir.display()))
                 })?;
@@ -435,10 +438,14 @@ impl Engine {
             }
         }
         let trained: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
-        let variant = if trained.is_empty() {
-            Variant::UntrainedChain
+        let weights = if trained.is_empty() {
+            Weights::Base
         } else {
-            Variant::TrainedChain
+            Weights::Malt
+        };
+        let system = SystemSetup {
+            id: "chain".into(),
+            turns: vec![TurnPlan::Run(weights); setup.chain.len()],
         };
         let gold = (!example.gold.is_empty()).then(|| example.gold.clone());
         let question = example.question.clone();
@@ -448,14 +455,15 @@ impl Engine {
             vec![example],
             k,
             &mut setup.scorer,
-            adapters,
+            Adapters::malt(adapters),
+            vec![system],
         );
         let mut attempts = Vec::new();
         let mut votes: Vec<Option<String>> = Vec::new();
         let mut correct = Vec::new();
         for attempt in 0..k {
             let req = ChainRequest {
-                variant,
+                system: "chain".into(),
                 example_idx: 0,
                 attempt,
                 eval_seed: query.seed,
@@ -475,8 +483,7 @@ impl Engine {
                             .iter()
                             .map(|t| ChainTurn {
                                 agent: t.agent.clone(),
-                                adapter: variant == Variant::TrainedChain
-                                    && trained.contains(&t.agent),
+                                adapter: weights == Weights::Malt && trained.contains(&t.agent),
                                 output: t.output.clone(),
                                 answer: answer_of(&t.outcome),
                             })
@@ -499,9 +506,9 @@ impl Engine {
         let winner = malt_eval::majority_vote(&votes);
         Ok(ChainResponse {
             object: "malt.chain".into(),
-            system: match variant {
-                Variant::TrainedChain => "trained-chain",
-                _ => "untrained-chain",
+            system: match weights {
+                Weights::Base => "untrained-chain",
+                _ => "trained-chain",
             }
             .into(),
             question,

@@ -9,6 +9,7 @@ mod remote;
 mod serve;
 mod serve_child;
 mod train;
+mod workload;
 
 #[derive(clap::Args)]
 pub struct Args {

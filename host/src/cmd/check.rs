@@ -18,17 +18,11 @@ pub struct Args {
     no_battery: bool,
 }
 
-/// Up to `n` non-empty lines of a dataset file, when it exists.
+/// Up to `n` records of a dataset file (JSONL, JSON array or parquet), when it exists and reads.
 pub fn sample_records(source: &DataSource, n: usize) -> Vec<String> {
     match source {
-        DataSource::File(p) => std::fs::read_to_string(p)
-            .map(|t| {
-                t.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .take(n)
-                    .map(String::from)
-                    .collect()
-            })
+        DataSource::File(p) => malt_records::read_records(p)
+            .map(|rs| rs.into_iter().take(n).map(|r| r.text).collect())
             .unwrap_or_default(),
         DataSource::Generate { .. } => Vec::new(),
     }

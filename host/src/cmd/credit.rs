@@ -58,7 +58,7 @@ fn credit_once(
         report.score_time.as_secs_f64(),
         report.credit_time.as_secs_f64(),
         report.write_time.as_secs_f64(),
-        run_dir.join("datasets").display()
+        malt_layout::RoundLayout::at(run_dir).datasets().display()
     );
     Ok(report.stats)
 }

@@ -1,5 +1,6 @@
-//! `malt eval CONFIG`: evaluate the single agent, the untrained chain and the trained chain
-//! (each with and without majority voting) on held-out questions; writes the run's report.
+//! `malt eval CONFIG`: evaluate every system of `[eval] systems` (single agent, untrained
+//! chain, STaR, MALT, ablations; each with and without majority voting) on held-out questions;
+//! writes the round's report.
 
 use std::path::PathBuf;
 
@@ -12,17 +13,21 @@ pub struct Args {
     /// while `malt run` or `malt eval` is still running it.
     #[arg(long)]
     partial: bool,
+    /// The round of `[rounds]` to evaluate (default: the last one with trained adapters).
+    #[arg(long)]
+    round: Option<u32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut session = malt::session::Session::open(&args.config)?;
+    let round = malt::evaluate::round_of(&session.config, args.round)?;
     if args.partial {
-        let report = malt::evaluate::partial_report(&mut session)?;
+        let report = malt::evaluate::partial_report(&mut session, &round)?;
         print!("{}", malt_eval::render_markdown(&report));
         return Ok(());
     }
     let (model, _) = malt::session::load_model(&session.config)?;
-    let report = malt::evaluate::evaluate(&mut session, &model)?;
+    let report = malt::evaluate::evaluate(&mut session, &model, &round)?;
     print!("{}", malt_eval::render_markdown(&report));
     Ok(())
 }

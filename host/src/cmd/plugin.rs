@@ -24,7 +24,7 @@ enum Which {
     Test {
         /// A guest crate directory, a .wasm component or a plugin name under plugins/.
         path: String,
-        /// A dataset file (JSONL) to parse and score.
+        /// A dataset file (JSONL, JSON array or parquet) to parse and score.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Plugin options, `key=value` (repeatable).
@@ -85,23 +85,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let runtime = Runtime::shared()?;
             let plugin = malt_plugins::load_named(&runtime, &path, &options, &Sandbox::default())
                 .with_context(|| format!("loading plugin {path}"))?;
-            let records: Vec<String> = match &data {
-                Some(d) => std::fs::read_to_string(d)
-                    .with_context(|| format!("reading {}", d.display()))?
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(String::from)
-                    .collect(),
+            let read = match &data {
+                Some(d) => malt_records::read_records(d)?,
                 None => Vec::new(),
             };
+            let records: Vec<String> = read.iter().map(|r| r.text.clone()).collect();
             let report = conformance::run(&plugin, &records[..records.len().min(20)]);
             println!("{report}");
             if let Some(d) = &data {
                 let parsed = plugin.parse_records(&records);
                 let examples: Vec<_> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
-                for (i, r) in parsed.iter().enumerate() {
+                for (r, record) in parsed.iter().zip(&read) {
                     if let Err(e) = r {
-                        println!("{}:{}: {e}", d.display(), i + 1);
+                        println!("{}: {e}", record.at.locate(d));
                     }
                 }
                 let reqs: Vec<GradeRequest> = examples

@@ -1,4 +1,5 @@
-//! `malt run CONFIG`: the whole pipeline, generate -> credit -> train -> eval. Each stage is
+//! `malt run CONFIG`: the whole pipeline, generate -> credit -> train -> star -> eval for each
+//! round of `[rounds]`. Each stage is
 //! skipped when its record in `<run>/stages/` shows its outputs are current, resumed after a
 //! crash or Ctrl-C, and recomputed when an input changed (see `malt::pipeline`). Edits of the
 //! config or a plugin while it runs are hot-reloaded at safe points.
@@ -9,9 +10,10 @@ use std::path::PathBuf;
 pub struct Args {
     /// Run config (TOML).
     config: PathBuf,
-    /// Stop after this stage.
-    #[arg(long, value_parser = malt::pipeline::STAGES, default_value = "eval")]
-    until: String,
+    /// Stop after this stage: generate, credit, train, star or eval (of round 1), or STAGE@K
+    /// (of round K of `[rounds]`).
+    #[arg(long, value_name = "STAGE[@ROUND]")]
+    until: Option<String>,
     /// Do not watch the config and plugins for edits while running.
     #[arg(long)]
     no_reload: bool,

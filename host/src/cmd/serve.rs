@@ -82,9 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let session = Session::open(path)?;
             let (model, id) = load_model(&session.config)?;
             let run_dir = session.config.run.dir.clone();
+            // With `[rounds]`, the last trained round's adapters.
+            let round = malt_layout::RunLayout::new(&run_dir).latest_trained_round();
             let mut adapters = Vec::new();
             for agent in &session.config.agents {
-                if let Some(dir) = malt_train::final_adapter_dir(&run_dir, &agent.name) {
+                if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
                     let a = model
                         .load_adapter(&dir, &agent.name)
                         .with_context(|| format!("loading adapter {}", dir.display()))?;
@@ -95,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if adapters.is_empty() {
                 tracing::info!(
                     "no trained adapters in {} yet: serving the base model only",
-                    run_dir.join("adapters").display()
+                    round.adapters().display()
                 );
             }
             let chain = ChainSetup {

@@ -18,7 +18,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = malt_config::Config::load(&args.config)?;
     let (model, id) = malt::session::load_model(&cfg)?;
-    let reports = malt::train::train_agents(&cfg, &model, &id, args.agent.as_deref(), args.resume)?;
+    let reports = malt::train::train_agents(
+        &cfg,
+        &cfg.run.dir,
+        &model,
+        &id,
+        args.agent.as_deref(),
+        args.resume,
+    )?;
     for r in &reports {
         println!("{}", serde_json::to_string(r)?);
     }

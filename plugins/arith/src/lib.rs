@@ -1,12 +1,16 @@
 //! Procedural arithmetic word problems for malt. See README.md.
 use malt_bundled::{render_with, roles, to_example};
-use malt_graders::{arith, gsm8k, templates};
+use malt_graders::{arith, arith_check, gsm8k, templates};
 use malt_plugin_sdk::*;
 
 struct Arith {
     difficulty: u32,
     /// Worked examples shown to the generator before its problem.
     shots: u32,
+    /// The verifier checks every equation and gives a verdict; the refiner keeps or fixes.
+    check: bool,
+    /// Worked verifier and refiner examples (check format), half with an error.
+    feedback_shots: u32,
 }
 
 /// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
@@ -22,6 +26,8 @@ impl Benchmark for Arith {
         Arith {
             difficulty: arith::DEFAULT_DIFFICULTY,
             shots: 0,
+            check: false,
+            feedback_shots: 0,
         }
     }
 
@@ -44,6 +50,20 @@ impl Benchmark for Arith {
                      the generator as earlier chat turns (few-shot prompting)"
                         .into(),
                 ),
+                (
+                    "feedback".into(),
+                    "free (default): the verifier critiques freely; check: it recomputes every \
+                     equation of the solution and ends with a verdict, and the refiner keeps a \
+                     solution judged correct and fixes the wrong step otherwise"
+                        .into(),
+                ),
+                (
+                    "feedback_shots".into(),
+                    "integer 0..=8 (default 0): worked verifier and refiner examples in the check \
+                     format (every other one with an error in its last step); needs \
+                     feedback = check"
+                        .into(),
+                ),
             ],
             can_generate: true,
         }
@@ -52,6 +72,8 @@ impl Benchmark for Arith {
     fn configure(&mut self, options: &[(String, String)]) -> Result<(), String> {
         let mut difficulty = arith::DEFAULT_DIFFICULTY;
         let mut shots = 0;
+        let mut check = false;
+        let mut feedback_shots = 0;
         for (key, value) in options {
             match key.as_str() {
                 "difficulty" => {
@@ -66,11 +88,37 @@ impl Benchmark for Arith {
                         _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
                     }
                 }
-                _ => return Err(unknown_option(key, &["difficulty", "shots"])),
+                "feedback" => {
+                    check = match value.trim() {
+                        "free" => false,
+                        "check" => true,
+                        _ => return Err(bad_value(key, value, "free or check")),
+                    }
+                }
+                "feedback_shots" => {
+                    feedback_shots = match value.trim().parse::<u32>() {
+                        Ok(n) if n <= MAX_SHOTS => n,
+                        _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
+                    }
+                }
+                _ => {
+                    return Err(unknown_option(
+                        key,
+                        &["difficulty", "shots", "feedback", "feedback_shots"],
+                    ))
+                }
             }
+        }
+        if feedback_shots > 0 && !check {
+            return Err(
+                "feedback_shots shows examples in the check format: set feedback = check too"
+                    .into(),
+            );
         }
         self.difficulty = difficulty;
         self.shots = shots;
+        self.check = check;
+        self.feedback_shots = feedback_shots;
         Ok(())
     }
 
@@ -91,6 +139,9 @@ impl Benchmark for Arith {
     }
 
     fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
+        if self.check && matches!(request.role.as_str(), "verifier" | "refiner") {
+            return self.render_check(request);
+        }
         let mut messages = render_with(templates::Task::Numeric, request)?;
         if self.shots == 0 || request.role != "generator" {
             return Ok(messages);
@@ -122,6 +173,59 @@ impl Benchmark for Arith {
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {
         let g = gsm8k::grade(answer, gold, gsm8k::Mode::Numeric);
         grade(g.reward, g.reason)
+    }
+}
+
+impl Arith {
+    /// The verifier and refiner of `feedback = check`, with their worked examples.
+    fn render_check(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
+        let history: Vec<templates::Turn> = request
+            .history
+            .iter()
+            .map(|t| templates::Turn {
+                role: &t.role,
+                output: &t.output,
+            })
+            .collect();
+        let (solution, critique) = templates::latest(&history);
+        let solution = solution.ok_or_else(|| {
+            format!(
+                "the {} needs an earlier generator or refiner output in the chain",
+                request.role
+            )
+        })?;
+        let verifier = request.role == "verifier";
+        let system = if verifier {
+            templates::VERIFIER_SYSTEM
+        } else {
+            templates::REFINER_SYSTEM
+        };
+        let mut messages = vec![message("system", system)];
+        for demo in arith_check::feedback_demos(self.difficulty, self.feedback_shots) {
+            let (prompt, answer) = if verifier {
+                (
+                    arith_check::verifier_prompt(&demo.question, &demo.proposed),
+                    demo.critique,
+                )
+            } else {
+                (
+                    arith_check::refiner_prompt(&demo.question, &demo.proposed, &demo.critique),
+                    demo.refined,
+                )
+            };
+            messages.push(message("user", prompt));
+            messages.push(message("assistant", answer));
+        }
+        let question = &request.example.question;
+        messages.push(message(
+            "user",
+            if verifier {
+                arith_check::verifier_prompt(question, solution)
+            } else {
+                arith_check::refiner_prompt(question, solution, critique.unwrap_or(""))
+            },
+        ));
+        Ok(messages)
     }
 }
 

@@ -99,6 +99,28 @@ pub struct Solved {
     pub answer: u64,
     pub steps: u32,
     pub solution: String,
+    /// The solution step by step (for worked verifier examples).
+    pub trace: Vec<Step>,
+    pub name: &'static str,
+    pub item: &'static str,
+    /// The starting count.
+    pub start: u64,
+}
+
+/// One step of a worked solution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The problem's sentence for the step.
+    pub sentence: String,
+    /// The equation(s) of the solution, e.g. `7 + 5 = 12.`
+    pub equation: String,
+    /// The operation in words with its equation, e.g. `So 5 are added: 7 + 5 = 12.`
+    pub explained: String,
+    /// `+ - x /` of the count, and its operand (`k * b` for packs).
+    pub op: char,
+    pub operand: u64,
+    pub before: u64,
+    pub after: u64,
 }
 
 /// [`problem`] with its worked solution; draws the same random numbers.
@@ -115,8 +137,10 @@ pub fn solved_problem(rng: &mut Rng, difficulty: u32) -> Solved {
     let name = *rng.pick(NAMES);
     let item = *rng.pick(ITEMS);
     let mut x = rng.range(2, max);
+    let start = x;
     let mut text = format!("{name} has {x} {item}.");
     let mut solution = format!("{name} starts with {x} {item}.");
+    let mut trace = Vec::new();
     for _ in 0..steps {
         let ops = match d {
             0 | 1 => 2,
@@ -136,46 +160,81 @@ pub fn solved_problem(rng: &mut Rng, difficulty: u32) -> Solved {
             op = 0;
         }
         let before = x;
-        let (sentence, step) = match op {
+        let (sentence, step, explained, sign, operand) = match op {
             0 => {
                 let b = rng.range(2, max);
                 x += b;
                 let s = fill(rng.pick::<&str>(ADD), name, item, b, 0);
-                (s, format!("{before} + {b} = {x}."))
+                let eq = format!("{before} + {b} = {x}.");
+                (s, eq.clone(), format!("So {b} are added: {eq}"), '+', b)
             }
             1 => {
                 let b = if x >= 3 { rng.range(2, x.min(max)) } else { 1 };
                 x -= b;
                 let s = fill(rng.pick::<&str>(SUB), name, item, b, 0);
-                (s, format!("{before} - {b} = {x}."))
+                let eq = format!("{before} - {b} = {x}.");
+                (
+                    s,
+                    eq.clone(),
+                    format!("So {b} are taken away: {eq}"),
+                    '-',
+                    b,
+                )
             }
             2 => {
                 let k = rng.range(2, 5);
                 let b = rng.range(2, (max / 4).max(3));
                 x += k * b;
                 let s = fill(rng.pick::<&str>(PACKS), name, item, b, k);
+                let kb = k * b;
                 (
                     s,
-                    format!("{k} x {b} = {}, and {before} + {} = {x}.", k * b, k * b),
+                    format!("{k} x {b} = {kb}, and {before} + {kb} = {x}."),
+                    format!("So {k} x {b} = {kb} are added: {before} + {kb} = {x}."),
+                    '+',
+                    kb,
                 )
             }
             3 => {
                 let k = rng.range(2, 4);
                 x *= k;
                 let s = fill(rng.pick::<&str>(MUL), name, item, 0, k);
-                (s, format!("{before} x {k} = {x}."))
+                let eq = format!("{before} x {k} = {x}.");
+                (
+                    s,
+                    eq.clone(),
+                    format!("So the count is multiplied by {k}: {eq}"),
+                    'x',
+                    k,
+                )
             }
             _ => {
                 let k = *rng.pick(&divisors);
                 x /= k;
                 let s = fill(rng.pick::<&str>(DIV), name, item, 0, k);
-                (s, format!("{before} / {k} = {x}."))
+                let eq = format!("{before} / {k} = {x}.");
+                (
+                    s,
+                    eq.clone(),
+                    format!("So the count is divided by {k}: {eq}"),
+                    '/',
+                    k,
+                )
             }
         };
         text.push(' ');
         text.push_str(&sentence);
         solution.push(' ');
         solution.push_str(&step);
+        trace.push(Step {
+            sentence,
+            equation: step,
+            explained,
+            op: sign,
+            operand,
+            before,
+            after: x,
+        });
     }
     text.push_str(&format!(" How many {item} does {name} have now?"));
     solution.push_str(&format!(" {name} has {x} {item} now.\nFinal Answer: {x}"));
@@ -184,6 +243,10 @@ pub fn solved_problem(rng: &mut Rng, difficulty: u32) -> Solved {
         answer: x,
         steps,
         solution,
+        trace,
+        name,
+        item,
+        start,
     }
 }
 

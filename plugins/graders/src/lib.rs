@@ -5,6 +5,7 @@
 //! Every public function is total: no panic on any input (empty, huge, non-ASCII).
 
 pub mod arith;
+pub mod arith_check;
 pub mod csqa;
 pub mod gsm8k;
 pub mod math;

@@ -5,7 +5,8 @@
 //! The inputs of an agent are derived from the history by role, so chains of any depth work
 //! without code change: the "latest solution" is the last `generator` or `refiner` output; the
 //! "latest critique" is the last `verifier` output that comes after that solution (else "No
-//! feedback was given.", e.g. in a G-R chain or a second refiner in a row).
+//! feedback was given.", e.g. in a G-R chain or a second refiner in a row; so is an empty one,
+//! the turn of a verifier that an evaluated system skips).
 
 /// The prompt roles with templates.
 pub const ROLES: [&str; 3] = ["generator", "verifier", "refiner"];
@@ -151,7 +152,11 @@ pub fn render(
                     format!(
                         "{problem}\n\nPrevious solution:\n{}\n\nFeedback on the previous solution:\n{}\n\nUsing the feedback, write a corrected, complete solution step by step. {}",
                         solution.trim(),
-                        critique.map(str::trim).unwrap_or(NO_FEEDBACK),
+                        // A skipped verifier's turn is empty (the paper's G+R ablation).
+                        critique
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .unwrap_or(NO_FEEDBACK),
                         final_line(task, choices)
                     ),
                 ),
@@ -203,6 +208,15 @@ mod tests {
         .unwrap();
         assert_eq!(r[0].content, REFINER_SYSTEM);
         assert!(r[1].content.contains(NO_FEEDBACK));
+        let skipped = render(
+            Task::Numeric,
+            "refiner",
+            "1+1?",
+            &[],
+            &[t("generator", "2"), t("verifier", " \n")],
+        )
+        .unwrap();
+        assert_eq!(skipped, r, "an empty critique is no feedback");
         assert!(render(Task::Numeric, "verifier", "q", &[], &[]).is_err());
         let e = render(Task::Numeric, "judge", "q", &[], &[]).unwrap_err();
         assert!(e.contains("`judge`") && e.contains("generator, verifier, refiner"));

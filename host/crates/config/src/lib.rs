@@ -20,6 +20,7 @@ mod types;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use raw::default_systems;
 pub use types::*;
 
 /// Where a problem is: the file as the user named it, and a 1-based line and column when known.

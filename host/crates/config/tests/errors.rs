@@ -314,3 +314,44 @@ fn serve_keys_resolve_and_are_validated() {
     );
     assert!(e.contains("serve.max_batch must be at least 1"), "{e}");
 }
+
+#[test]
+fn test_path_is_the_whole_held_out_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "generate = { seed = 1, count = 200 }",
+        "path = \"train.parquet\"\ntest_path = \"test.parquet\"\ntrain = 150",
+    );
+    let c = Config::parse(&text, &dir.path().join("x.toml")).unwrap();
+    assert_eq!(c.dataset.test_source, Some(dir.path().join("test.parquet")));
+    assert_eq!((c.dataset.train, c.dataset.test), (150, 0));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("test file") && w.message.contains("does not exist")));
+    // Without a test file the hash is what it was before test_path existed.
+    let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    let json = serde_json::to_string(&plain.dataset).unwrap();
+    assert!(!json.contains("test_source"), "{json}");
+}
+
+#[test]
+fn test_path_refuses_a_test_count_and_the_training_file() {
+    let e = err(&GOOD.replace(
+        "generate = { seed = 1, count = 200 }",
+        "path = \"a.jsonl\"\ntest_path = \"a.jsonl\"\ntest = 50",
+    ));
+    assert!(
+        e.contains("configs/x.toml:9:8: dataset.test counts held-out questions"),
+        "{e}"
+    );
+    assert!(e.contains("remove `test`"), "{e}");
+    assert!(e.contains("dataset.test_path is the training file"), "{e}");
+    // A generated training set with a test file only needs `train` questions generated.
+    let c = Config::parse(
+        &GOOD.replace("count = 200", "count = 100 }\ntest_path = \"t.jsonl\"\n#"),
+        Path::new("configs/x.toml"),
+    )
+    .unwrap();
+    assert!(c.dataset.test_source.is_some());
+}

@@ -13,21 +13,24 @@
 //!   final one; turns that never answer (`no_answer` in every trace, e.g. a verifier) are
 //!   reported as n/a;
 //! - flip matrix: attempt 0, pooled over seeds, errored attempts excluded, between consecutive
-//!   answering turns; unparseable counts as wrong.
+//!   answering turns; unparseable counts as wrong. A turn a system skips answers nothing;
+//! - comparisons: every row against the reference system's MV@k row, paired by (seed, question)
+//!   (see [`crate::significance`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::EvalPlan;
 use crate::error::EvalError;
+use crate::plan::{EvalPlan, System, Table};
 use crate::results::{AttemptKey, AttemptRecord};
+use crate::significance::sign_test;
 use crate::stats::{mean, sample_std};
-use crate::trace::{Outcome, Variant};
+use crate::trace::Outcome;
 use crate::vote::majority_vote;
 
-/// Version of the `report.json` layout.
-pub const REPORT_FORMAT: u32 = 1;
+/// Version of the `report.json` layout (2: configurable systems, comparisons, STaR, rounds).
+pub const REPORT_FORMAT: u32 = 2;
 
 /// Everything `report.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,13 +39,115 @@ pub struct Report {
     pub plan: EvalPlan,
     /// The question subset of each seed (absolute pool indices).
     pub subsets: Vec<SeedSubset>,
-    /// Table 1 rows: per variant, the plain system then its MV@k system.
+    /// The rows: per system, the plain row then its MV@k row.
     pub systems: Vec<SystemResult>,
-    pub per_turn: Vec<VariantTurns>,
-    pub flips: Vec<VariantFlips>,
-    pub counts: Vec<VariantCounts>,
+    pub per_turn: Vec<SystemTurns>,
+    pub flips: Vec<SystemFlips>,
+    pub counts: Vec<SystemCounts>,
+    /// Every other row against the reference system's MV@k row (empty without a reference).
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    /// What the STaR system was trained on (from the caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub star: Option<StarSummary>,
+    /// Accuracy by round of `[rounds]`: the earlier rounds' and this one's (empty for a run of
+    /// one round).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundSummary>,
     /// Caller-provided provenance (config hash, adapters, plugin versions...), verbatim.
     pub manifest: serde_json::Value,
+}
+
+/// What the caller adds to a report: provenance and facts the evaluation cannot know.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportContext {
+    pub manifest: serde_json::Value,
+    pub star: Option<StarSummary>,
+    /// This evaluation's round and the summaries of the rounds before it (`None`: a run of one
+    /// round).
+    pub round: Option<RoundContext>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundContext {
+    pub round: u32,
+    pub theta: f64,
+    pub earlier: Vec<RoundSummary>,
+}
+
+/// The STaR baseline's training data and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StarSummary {
+    /// `sampled` (its own samples) or `trees` (the generator outputs of the stored trees).
+    pub data: String,
+    /// Where the samples came from, in words (model, temperature, samples per question).
+    pub source: String,
+    /// Training questions.
+    pub questions: usize,
+    /// Samples drawn over all questions.
+    pub samples: usize,
+    /// Correct samples kept: the SFT examples.
+    pub kept: usize,
+    /// Optimiser steps of its SFT (as many as the MALT generator's by default).
+    pub steps: u64,
+}
+
+/// The rows of one round's report, for the accuracy-by-round table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    pub round: u32,
+    pub theta: f64,
+    pub rows: Vec<RoundRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRow {
+    /// Row id (`trained_chain_mv3`, ...).
+    pub id: String,
+    pub label: String,
+    pub mean_pct: f64,
+    pub std_pct: Option<f64>,
+}
+
+impl RoundSummary {
+    /// The summary of a finished report of round `round`.
+    pub fn of(report: &Report, round: u32, theta: f64) -> Self {
+        RoundSummary {
+            round,
+            theta,
+            rows: report
+                .systems
+                .iter()
+                .map(|s| RoundRow {
+                    id: s.id.clone(),
+                    label: s.label.clone(),
+                    mean_pct: s.mean_pct,
+                    std_pct: s.std_pct,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One row compared with the reference row, paired by (seed, question).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The compared row's id and label.
+    pub row: String,
+    pub label: String,
+    /// The reference row (the MALT system's MV@k row).
+    pub reference: String,
+    /// (seed, question) pairs: every question of every seed.
+    pub pairs: usize,
+    /// Pairs only the reference gets right / only the compared row gets right.
+    pub reference_only: usize,
+    pub row_only: usize,
+    /// Reference minus row accuracy per seed (percentage points), mean and sample std.
+    pub diff_per_seed_pct: Vec<f64>,
+    pub diff_mean_pct: f64,
+    pub diff_std_pct: Option<f64>,
+    /// Two-sided exact sign test on the discordant pairs (McNemar's exact test).
+    pub sign_test_p: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +162,9 @@ pub struct SystemResult {
     /// `single`, `single_mv3`, `trained_chain`, ...
     pub id: String,
     pub label: String,
-    pub variant: Variant,
+    /// The system's id (the row id without its `_mvK`).
+    pub system: String,
+    pub table: Table,
     /// `Some(k)` for the MV@k row, `None` for the plain (attempt 0) row.
     pub majority_k: Option<u32>,
     pub per_seed: Vec<SeedAccuracy>,
@@ -86,8 +193,9 @@ pub struct Spread {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariantTurns {
-    pub variant: Variant,
+pub struct SystemTurns {
+    pub system: String,
+    pub label: String,
     pub turns: Vec<TurnAccuracy>,
 }
 
@@ -98,6 +206,9 @@ pub struct TurnAccuracy {
     pub agent: String,
     /// Whether this turn answers at all; when false both accuracies are `null` (n/a).
     pub answering: bool,
+    /// The system skips this agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// Attempt 0.
     pub accuracy: Option<Spread>,
     /// MV@k over the turn's answers of the k attempts.
@@ -105,8 +216,9 @@ pub struct TurnAccuracy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariantFlips {
-    pub variant: Variant,
+pub struct SystemFlips {
+    pub system: String,
+    pub label: String,
     /// Non-errored attempt-0 items pooled over seeds (the sum of every transition's cells).
     pub items: usize,
     pub transitions: Vec<Flip>,
@@ -124,10 +236,11 @@ pub struct Flip {
     pub wrong_to_wrong: usize,
 }
 
-/// Attempt-level counts over all seeds, questions and attempts of a variant.
+/// Attempt-level counts over all seeds, questions and attempts of a system.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariantCounts {
-    pub variant: Variant,
+pub struct SystemCounts {
+    pub system: String,
+    pub label: String,
     pub attempts: usize,
     pub errored_attempts: usize,
     /// Non-errored attempts whose final answer could not be extracted.
@@ -207,19 +320,19 @@ fn spread(per_seed_pct: Vec<f64>) -> Spread {
     }
 }
 
-/// Identifier of a system row.
-pub fn system_id(variant: Variant, majority_k: Option<u32>) -> String {
+/// Identifier of a row: the system's id, `_mvK` appended for its MV@k row.
+pub fn row_id(system: &str, majority_k: Option<u32>) -> String {
     match majority_k {
-        None => variant.key().to_string(),
-        Some(k) => format!("{}_mv{k}", variant.key()),
+        None => system.to_string(),
+        Some(k) => format!("{system}_mv{k}"),
     }
 }
 
-/// Label of a system row, e.g. "Untrained chain + MV@3".
-pub fn system_label(variant: Variant, majority_k: Option<u32>) -> String {
+/// Label of a row, e.g. "Untrained chain + MV@3".
+pub fn row_label(label: &str, majority_k: Option<u32>) -> String {
     match majority_k {
-        None => variant.label().to_string(),
-        Some(k) => format!("{} + MV@{k}", variant.label()),
+        None => label.to_string(),
+        Some(k) => format!("{label} + MV@{k}"),
     }
 }
 
@@ -228,16 +341,16 @@ pub fn system_label(variant: Variant, majority_k: Option<u32>) -> String {
 pub fn aggregate(
     plan: &EvalPlan,
     records: &BTreeMap<AttemptKey, AttemptRecord>,
-    manifest: serde_json::Value,
+    ctx: &ReportContext,
 ) -> Result<Report, EvalError> {
     plan.validate()?;
     let subsets = plan.subsets()?;
     let k = plan.majority_k;
 
-    // grid[variant][seed][question] = the k attempts.
+    // grid[system][seed][question] = the k attempts.
     let mut missing: Vec<AttemptKey> = Vec::new();
     let mut grid: Vec<Vec<Vec<Item<'_>>>> = Vec::new();
-    for &variant in &plan.variants {
+    for system in &plan.systems {
         let mut per_seed = Vec::new();
         for (seed, subset) in &subsets {
             let mut items = Vec::new();
@@ -246,7 +359,7 @@ pub fn aggregate(
                 for attempt in 0..k {
                     let key = AttemptKey {
                         seed: *seed,
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                     };
@@ -269,21 +382,33 @@ pub fn aggregate(
     }
 
     let mut systems = Vec::new();
+    // Per row, per seed, per question: correct? (for the paired comparisons)
+    let mut correctness: Vec<Vec<Vec<bool>>> = Vec::new();
     let mut per_turn = Vec::new();
     let mut flips = Vec::new();
     let mut counts = Vec::new();
-    for (vi, &variant) in plan.variants.iter().enumerate() {
-        let seeds_items = &grid[vi];
+    for (system, seeds_items) in plan.systems.iter().zip(&grid) {
         for mv in [None, Some(k)] {
-            systems.push(system_row(variant, mv, &plan.seeds, seeds_items));
+            let (row, correct) = system_row(system, mv, &plan.seeds, seeds_items);
+            systems.push(row);
+            correctness.push(correct);
         }
         let layout = turn_layout(seeds_items);
-        per_turn.push(turn_accuracies(variant, &layout, seeds_items));
-        flips.push(flip_matrix(variant, &layout, seeds_items));
-        counts.push(variant_counts(variant, seeds_items));
+        per_turn.push(turn_accuracies(system, &layout, seeds_items));
+        flips.push(flip_matrix(system, &layout, seeds_items));
+        counts.push(system_counts(system, seeds_items));
     }
+    let comparisons = plan
+        .reference()
+        .and_then(|r| {
+            let id = row_id(&r.id, Some(k));
+            systems.iter().position(|s| s.id == id)
+        })
+        .map(|ri| compare_rows(&systems, &correctness, ri))
+        .unwrap_or_default();
 
-    Ok(Report {
+    let mut rounds = Vec::new();
+    let mut report = Report {
         format: REPORT_FORMAT,
         plan: plan.clone(),
         subsets: subsets
@@ -294,80 +419,139 @@ pub fn aggregate(
         per_turn,
         flips,
         counts,
-        manifest,
-    })
+        comparisons,
+        star: ctx.star.clone(),
+        rounds: Vec::new(),
+        manifest: ctx.manifest.clone(),
+    };
+    if let Some(rc) = &ctx.round {
+        rounds.extend(rc.earlier.iter().filter(|s| s.round < rc.round).cloned());
+        rounds.push(RoundSummary::of(&report, rc.round, rc.theta));
+    }
+    report.rounds = rounds;
+    Ok(report)
+}
+
+/// Every row but the reference against the reference row `ri`.
+fn compare_rows(rows: &[SystemResult], correct: &[Vec<Vec<bool>>], ri: usize) -> Vec<Comparison> {
+    let reference = &rows[ri];
+    rows.iter()
+        .enumerate()
+        .filter(|&(i, _)| i != ri)
+        .map(|(i, row)| {
+            let (mut pairs, mut b, mut c) = (0, 0, 0);
+            for (ref_seed, row_seed) in correct[ri].iter().zip(&correct[i]) {
+                for (&x, &y) in ref_seed.iter().zip(row_seed) {
+                    pairs += 1;
+                    b += usize::from(x && !y);
+                    c += usize::from(y && !x);
+                }
+            }
+            let diffs: Vec<f64> = reference
+                .per_seed
+                .iter()
+                .zip(&row.per_seed)
+                .map(|(r, o)| r.accuracy_pct - o.accuracy_pct)
+                .collect();
+            Comparison {
+                row: row.id.clone(),
+                label: row.label.clone(),
+                reference: reference.id.clone(),
+                pairs,
+                reference_only: b,
+                row_only: c,
+                diff_mean_pct: mean(&diffs).unwrap_or(0.0),
+                diff_std_pct: sample_std(&diffs),
+                diff_per_seed_pct: diffs,
+                sign_test_p: sign_test(b as u64, c as u64),
+            }
+        })
+        .collect()
 }
 
 fn system_row(
-    variant: Variant,
+    system: &System,
     mv: Option<u32>,
     seeds: &[u64],
     seeds_items: &[Vec<Item<'_>>],
-) -> SystemResult {
+) -> (SystemResult, Vec<Vec<bool>>) {
     let mut per_seed = Vec::new();
+    let mut correctness = Vec::new();
     let (mut errored, mut unparseable) = (0, 0);
     for (&seed, items) in seeds.iter().zip(seeds_items) {
-        let mut correct = 0;
+        let mut flags = Vec::with_capacity(items.len());
         for item in items {
             let s = match mv {
                 None => score_plain(item, Scored::Final),
                 Some(_) => score_voted(item, Scored::Final),
             };
-            correct += usize::from(s.correct);
+            flags.push(s.correct);
             errored += usize::from(s.errored);
             unparseable += usize::from(s.unparseable);
         }
+        let correct = flags.iter().filter(|&&c| c).count();
         per_seed.push(SeedAccuracy {
             seed,
             correct,
             total: items.len(),
             accuracy_pct: pct(correct, items.len()),
         });
+        correctness.push(flags);
     }
     let s = spread(per_seed.iter().map(|a| a.accuracy_pct).collect());
-    SystemResult {
-        id: system_id(variant, mv),
-        label: system_label(variant, mv),
-        variant,
+    let row = SystemResult {
+        id: row_id(&system.id, mv),
+        label: row_label(&system.label, mv),
+        system: system.id.clone(),
+        table: system.table,
         majority_k: mv,
         per_seed,
         mean_pct: s.mean_pct,
         std_pct: s.std_pct,
         errored,
         unparseable,
-    }
+    };
+    (row, correctness)
 }
 
-/// (agent name, answering) per turn index, over every non-errored trace of the variant.
-fn turn_layout(seeds_items: &[Vec<Item<'_>>]) -> Vec<(String, bool)> {
-    let mut layout: Vec<(Option<String>, bool)> = Vec::new();
+/// Per turn index, over every non-errored trace of the system: (agent name, answering,
+/// skipped).
+fn turn_layout(seeds_items: &[Vec<Item<'_>>]) -> Vec<(String, bool, bool)> {
+    let mut layout: Vec<(Option<String>, bool, bool)> = Vec::new();
     for rec in seeds_items.iter().flatten().flatten() {
         for (t, turn) in rec.turns.iter().enumerate() {
             if layout.len() <= t {
-                layout.push((None, false));
+                layout.push((None, false, true));
             }
             let slot = &mut layout[t];
-            // First agent name in log-key order names the turn; chains are fixed per variant.
+            // First agent name in log-key order names the turn; chains are fixed per system.
             slot.0.get_or_insert_with(|| turn.agent.clone());
             slot.1 |= turn.outcome.is_answering();
+            slot.2 &= turn.skipped;
         }
     }
     layout
         .into_iter()
         .enumerate()
-        .map(|(t, (name, ans))| (name.unwrap_or_else(|| format!("turn {}", t + 1)), ans))
+        .map(|(t, (name, ans, skipped))| {
+            (
+                name.unwrap_or_else(|| format!("turn {}", t + 1)),
+                ans,
+                skipped,
+            )
+        })
         .collect()
 }
 
 fn turn_accuracies(
-    variant: Variant,
-    layout: &[(String, bool)],
+    system: &System,
+    layout: &[(String, bool, bool)],
     seeds_items: &[Vec<Item<'_>>],
-) -> VariantTurns {
+) -> SystemTurns {
     let turns = layout
         .iter()
         .enumerate()
-        .map(|(t, (agent, answering))| {
+        .map(|(t, (agent, answering, skipped))| {
             let acc = |voted: bool| {
                 let per_seed = seeds_items
                     .iter()
@@ -391,23 +575,28 @@ fn turn_accuracies(
                 turn: t,
                 agent: agent.clone(),
                 answering: *answering,
+                skipped: *skipped,
                 accuracy: answering.then(|| acc(false)),
                 mv_accuracy: answering.then(|| acc(true)),
             }
         })
         .collect();
-    VariantTurns { variant, turns }
+    SystemTurns {
+        system: system.id.clone(),
+        label: system.label.clone(),
+        turns,
+    }
 }
 
 fn flip_matrix(
-    variant: Variant,
-    layout: &[(String, bool)],
+    system: &System,
+    layout: &[(String, bool, bool)],
     seeds_items: &[Vec<Item<'_>>],
-) -> VariantFlips {
+) -> SystemFlips {
     let answering: Vec<usize> = layout
         .iter()
         .enumerate()
-        .filter(|(_, (_, a))| *a)
+        .filter(|(_, (_, a, _))| *a)
         .map(|(t, _)| t)
         .collect();
     let firsts: Vec<&AttemptRecord> = seeds_items
@@ -443,16 +632,18 @@ fn flip_matrix(
             f
         })
         .collect();
-    VariantFlips {
-        variant,
+    SystemFlips {
+        system: system.id.clone(),
+        label: system.label.clone(),
         items: firsts.len(),
         transitions,
     }
 }
 
-fn variant_counts(variant: Variant, seeds_items: &[Vec<Item<'_>>]) -> VariantCounts {
-    let mut c = VariantCounts {
-        variant,
+fn system_counts(system: &System, seeds_items: &[Vec<Item<'_>>]) -> SystemCounts {
+    let mut c = SystemCounts {
+        system: system.id.clone(),
+        label: system.label.clone(),
         attempts: 0,
         errored_attempts: 0,
         unparseable_attempts: 0,

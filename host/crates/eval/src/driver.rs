@@ -1,92 +1,38 @@
 //! The evaluation loop: every system on the same seeded question subsets, results logged as
 //! they come, reports written at the end.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{aggregate, Report};
+use crate::aggregate::{aggregate, Report, ReportContext};
 use crate::error::EvalError;
+use crate::plan::EvalPlan;
 use crate::report::write_reports;
 use crate::results::{read_records, AttemptKey, AttemptRecord, ResultLog};
-use crate::subset::{derive_sample_seed, select_subset};
-use crate::trace::{ChainError, ChainRequest, ChainRunner, Variant};
+use crate::subset::derive_sample_seed;
+use crate::trace::{ChainError, ChainRequest, ChainRunner};
 
 /// Where [`report_complete_seeds`] writes, inside the output directory.
-pub const PARTIAL_DIR: &str = "partial";
+pub use malt_layout::PARTIAL as PARTIAL_DIR;
 
 /// Name of the result log inside the output directory.
-pub const RESULTS_FILE: &str = "results.jsonl";
-
-/// What to evaluate. Mirrors the config's `[eval]` table plus the facts only the caller knows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvalPlan {
-    /// Number of held-out examples the benchmark offers; subsets index into `0..pool_size`.
-    pub pool_size: usize,
-    /// `eval.questions`: questions per seed.
-    pub questions: usize,
-    /// `eval.seeds`: one subset (and one accuracy sample) per seed.
-    pub seeds: Vec<u64>,
-    /// `eval.majority_k`: attempts per question, the `k` of MV@k.
-    pub majority_k: u32,
-    /// The variants to run, in report order (typically [`Variant::ALL`]).
-    pub variants: Vec<Variant>,
-}
-
-impl EvalPlan {
-    pub fn validate(&self) -> Result<(), EvalError> {
-        let bad = |m: &str| Err(EvalError::InvalidPlan(m.to_string()));
-        if self.seeds.is_empty() {
-            return bad("eval.seeds is empty");
-        }
-        if self.seeds.iter().collect::<HashSet<_>>().len() != self.seeds.len() {
-            return bad("eval.seeds has duplicates (they would double-count one subset)");
-        }
-        if self.questions == 0 {
-            return bad("eval.questions must be at least 1");
-        }
-        if self.majority_k == 0 {
-            return bad("eval.majority_k must be at least 1");
-        }
-        if self.variants.is_empty() {
-            return bad("no variants to evaluate");
-        }
-        if self.variants.iter().collect::<HashSet<_>>().len() != self.variants.len() {
-            return bad("a variant is listed twice");
-        }
-        if self.questions > self.pool_size {
-            return Err(EvalError::SubsetTooLarge {
-                requested: self.questions,
-                pool: self.pool_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// `(seed, question subset)` for every seed, in plan order.
-    pub fn subsets(&self) -> Result<Vec<(u64, Vec<usize>)>, EvalError> {
-        self.seeds
-            .iter()
-            .map(|&s| Ok((s, select_subset(self.pool_size, self.questions, s)?)))
-            .collect()
-    }
-}
+pub use malt_layout::RESULTS as RESULTS_FILE;
 
 /// Runs every missing attempt of `plan` through `runner`, appending to
 /// `<out_dir>/results.jsonl`, then writes the reports into `out_dir` and returns the figures.
 ///
-/// Order: seed, question, variant, attempt, so an interrupted run has complete questions
+/// Order: seed, question, system, attempt, so an interrupted run has complete questions
 /// rather than a complete first system. Attempts already in the log are skipped (resume).
 /// `ChainError::Item` is logged as an errored attempt; `ChainError::Fatal` stops the run with
-/// `EvalError::Runner`, leaving the log resumable. `manifest` is embedded verbatim in
-/// `report.json`. `progress` draws a bar over questions on stderr (hidden when not a terminal).
+/// `EvalError::Runner`, leaving the log resumable. `ctx` (provenance, STaR data, earlier
+/// rounds) goes into the report verbatim. `progress` draws a bar over questions on stderr
+/// (hidden when not a terminal).
 pub fn run_evaluation(
     runner: &mut dyn ChainRunner,
     plan: &EvalPlan,
     out_dir: &Path,
-    manifest: serde_json::Value,
+    ctx: &ReportContext,
     progress: bool,
 ) -> Result<Report, EvalError> {
     plan.validate()?;
@@ -113,11 +59,11 @@ pub fn run_evaluation(
     for (seed, subset) in &subsets {
         bar.set_message(format!("seed {seed}"));
         for &example_idx in subset {
-            for &variant in &plan.variants {
+            for system in &plan.systems {
                 for attempt in 0..plan.majority_k {
                     let key = AttemptKey {
                         seed: *seed,
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                     };
@@ -125,7 +71,7 @@ pub fn run_evaluation(
                         continue;
                     }
                     let request = ChainRequest {
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                         eval_seed: *seed,
@@ -147,10 +93,17 @@ pub fn run_evaluation(
             }
             bar.inc(1);
         }
+        // A line per seed for logs (the bar is hidden when stderr is not a terminal).
+        tracing::info!(
+            seed,
+            questions = subset.len(),
+            logged = log.records().len(),
+            "evaluation seed complete"
+        );
     }
     bar.finish_and_clear();
 
-    let report = aggregate(plan, log.records(), manifest)?;
+    let report = aggregate(plan, log.records(), ctx)?;
     write_reports(out_dir, &report)?;
     for s in &report.systems {
         tracing::info!(system = %s.id, mean_pct = s.mean_pct, std_pct = ?s.std_pct,
@@ -167,7 +120,7 @@ pub fn run_evaluation(
 pub fn report_complete_seeds(
     plan: &EvalPlan,
     out_dir: &Path,
-    manifest: serde_json::Value,
+    ctx: &ReportContext,
 ) -> Result<Report, EvalError> {
     plan.validate()?;
     let path = out_dir.join(RESULTS_FILE);
@@ -182,10 +135,10 @@ pub fn report_complete_seeds(
         let missing: Vec<AttemptKey> = subset
             .iter()
             .flat_map(|&example_idx| {
-                plan.variants.iter().flat_map(move |&variant| {
+                plan.systems.iter().flat_map(move |system| {
                     (0..plan.majority_k).map(move |attempt| AttemptKey {
                         seed,
-                        variant,
+                        system: system.id.clone(),
                         example_idx,
                         attempt,
                     })
@@ -209,7 +162,7 @@ pub fn report_complete_seeds(
         seeds: complete,
         ..plan.clone()
     };
-    let report = aggregate(&partial, &records, manifest)?;
+    let report = aggregate(&partial, &records, ctx)?;
     write_reports(&out_dir.join(PARTIAL_DIR), &report)?;
     Ok(report)
 }

@@ -9,8 +9,10 @@
 //! - [`trace`]: what a runner returns and the [`ChainRunner`] trait.
 //! - [`vote`]: answer keys and the majority vote with its tie rule.
 //! - [`subset`]: seeded question subsets (splitmix64 + partial Fisher-Yates).
+//! - [`plan`]: the [`EvalPlan`], what an evaluation runs.
 //! - [`results`]: the append-only JSONL result log and its resume logic.
 //! - [`stats`]: mean and sample standard deviation.
+//! - [`significance`]: the paired sign test between two systems.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
@@ -19,19 +21,24 @@
 pub mod aggregate;
 pub mod driver;
 pub mod error;
+pub mod plan;
 pub mod report;
 pub mod results;
+pub mod significance;
 pub mod stats;
 pub mod subset;
 pub mod svg;
 pub mod trace;
 pub mod vote;
 
-pub use aggregate::{aggregate, Report};
-pub use driver::{report_complete_seeds, run_evaluation, EvalPlan, PARTIAL_DIR, RESULTS_FILE};
+pub use aggregate::{
+    aggregate, Comparison, Report, ReportContext, RoundContext, RoundRow, RoundSummary, StarSummary,
+};
+pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
+pub use plan::{EvalPlan, System, Table};
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};
 pub use subset::{derive_sample_seed, select_subset, SplitMix64};
-pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn, Variant};
+pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 pub use vote::{majority_vote, vote_key};

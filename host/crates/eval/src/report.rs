@@ -3,14 +3,17 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::aggregate::{system_label, Report, Spread};
+use crate::aggregate::{Report, Spread, SystemResult};
 use crate::error::EvalError;
+use crate::plan::Table;
 use crate::svg::{bar_chart, line_chart, Bar, LineChart, Series};
 
 pub const REPORT_MD: &str = "report.md";
 pub const REPORT_JSON: &str = "report.json";
 pub const ACCURACY_SVG: &str = "accuracy.svg";
 pub const PER_TURN_SVG: &str = "per_turn.svg";
+pub const ABLATIONS_SVG: &str = "ablations.svg";
+pub const ROUNDS_SVG: &str = "rounds.svg";
 
 fn fmt_spread(mean: f64, std: Option<f64>) -> String {
     match std {
@@ -22,6 +25,38 @@ fn fmt_spread(mean: f64, std: Option<f64>) -> String {
 fn fmt_opt_spread(s: Option<&Spread>) -> String {
     s.map(|s| fmt_spread(s.mean_pct, s.std_pct))
         .unwrap_or_else(|| "n/a".to_string())
+}
+
+/// Formats a p-value: four significant figures, scientific below 0.001.
+fn fmt_p(p: f64) -> String {
+    if p < 0.001 {
+        format!("{p:.2e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+/// The accuracy table of the rows of one report table.
+fn accuracy_table(md: &mut String, r: &Report, table: Table) {
+    let mut header = String::from("| System | Accuracy |");
+    let mut rule = String::from("|---|---:|");
+    for s in &r.plan.seeds {
+        let _ = write!(header, " seed {s} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for s in r.systems.iter().filter(|s| s.table == table) {
+        let _ = write!(
+            md,
+            "| {} | {} |",
+            s.label,
+            fmt_spread(s.mean_pct, s.std_pct)
+        );
+        for a in &s.per_seed {
+            let _ = write!(md, " {:.2} |", a.accuracy_pct);
+        }
+        md.push('\n');
+    }
 }
 
 /// Renders `report.md`. Deterministic for a given report (no timestamps), so it can be
@@ -37,33 +72,97 @@ pub fn render_markdown(r: &Report) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(md, "# Evaluation report\n");
+    if let Some(last) = r.rounds.last() {
+        let _ = writeln!(md, "Round {} (theta {}).\n", last.round, last.theta);
+    }
     let _ = writeln!(
         md,
         "{} questions per seed drawn from {} held-out examples; seeds {seeds}; MV@{k} votes over \
          the same {k} attempts whose first is the plain result. Accuracy in %, mean ± sample std \
-         (n-1) over seeds; errored attempts count as wrong.\n",
+         (n-1) over seeds; errored attempts count as wrong. Every system samples with the same \
+         seeds (common random numbers): two systems that run the same weights on a turn give the \
+         same output there.\n",
         p.questions, p.pool_size
     );
 
-    let _ = writeln!(md, "## Accuracy\n");
-    let mut header = String::from("| System | Accuracy |");
-    let mut rule = String::from("|---|---:|");
-    for s in &p.seeds {
-        let _ = write!(header, " seed {s} |");
-        rule.push_str("---:|");
-    }
-    let _ = writeln!(md, "{header}\n{rule}");
-    for s in &r.systems {
-        let _ = write!(
+    let _ = writeln!(md, "## Table 1\n");
+    accuracy_table(&mut md, r, Table::Main);
+    if r.systems.iter().any(|s| s.table == Table::Ablation) {
+        let _ = writeln!(md, "\n## Ablations\n");
+        let _ = writeln!(
             md,
-            "| {} | {} |",
-            s.label,
-            fmt_spread(s.mean_pct, s.std_pct)
+            "The chain with only some agents' trained adapters; the others run on the base \
+             model, and a skipped agent is not run at all (the agents after it see an empty \
+             output in its place).\n"
         );
-        for a in &s.per_seed {
-            let _ = write!(md, " {:.2} |", a.accuracy_pct);
+        accuracy_table(&mut md, r, Table::Ablation);
+    }
+
+    if let Some(first) = r.comparisons.first() {
+        let reference = r
+            .systems
+            .iter()
+            .find(|s| s.id == first.reference)
+            .map(|s| s.label.as_str())
+            .unwrap_or(first.reference.as_str());
+        let _ = writeln!(md, "\n## Paired comparisons with {reference}\n");
+        let _ = writeln!(
+            md,
+            "Pairs: every question of every seed, answered by both systems. Δ: {reference} \
+             minus the row, in percentage points, mean ± sample std over seeds of the per-seed \
+             differences. p: two-sided exact sign test (McNemar's exact test) on the pairs where \
+             exactly one of the two is right.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| System | Pairs | Only {reference} right | Only the row right | Δ | p |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        for c in &r.comparisons {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.label,
+                c.pairs,
+                c.reference_only,
+                c.row_only,
+                fmt_spread(c.diff_mean_pct, c.diff_std_pct),
+                fmt_p(c.sign_test_p)
+            );
         }
-        md.push('\n');
+    }
+
+    if let Some(star) = &r.star {
+        let _ = writeln!(md, "\n## STaR\n");
+        let _ = writeln!(
+            md,
+            "Supervised fine-tuning of the single agent on its own correct samples: {} of {} \
+             samples kept over {} training questions ({}: {}), {} optimiser steps.",
+            star.kept, star.samples, star.questions, star.data, star.source, star.steps
+        );
+    }
+
+    if r.rounds.len() > 1 {
+        let _ = writeln!(md, "\n## Accuracy by round\n");
+        let mut header = String::from("| System |");
+        let mut rule = String::from("|---|");
+        for round in &r.rounds {
+            let _ = write!(header, " round {} (θ {}) |", round.round, round.theta);
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(md, "{header}\n{rule}");
+        for s in &r.systems {
+            let _ = write!(md, "| {} |", s.label);
+            for round in &r.rounds {
+                match round.rows.iter().find(|x| x.id == s.id) {
+                    Some(x) => {
+                        let _ = write!(md, " {} |", fmt_spread(x.mean_pct, x.std_pct));
+                    }
+                    None => md.push_str(" n/a |"),
+                }
+            }
+            md.push('\n');
+        }
     }
 
     let _ = writeln!(md, "\n## Items\n");
@@ -89,12 +188,17 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(md, "|---|---:|---|---:|---:|");
     for v in &r.per_turn {
         for t in &v.turns {
+            let agent = if t.skipped {
+                format!("{} (skipped)", t.agent)
+            } else {
+                t.agent.clone()
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} |",
-                v.variant.label(),
+                v.label,
                 t.turn + 1,
-                t.agent,
+                agent,
                 fmt_opt_spread(t.accuracy.as_ref()),
                 fmt_opt_spread(t.mv_accuracy.as_ref()),
             );
@@ -121,7 +225,7 @@ pub fn render_markdown(r: &Report) -> String {
             let _ = writeln!(
                 md,
                 "| {} | {} → {} | {} | {} | {} | {} | {} |",
-                v.variant.label(),
+                v.label,
                 f.from_agent,
                 f.to_agent,
                 v.items,
@@ -143,10 +247,7 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
-            c.variant.label(),
-            c.attempts,
-            c.errored_attempts,
-            c.unparseable_attempts
+            c.label, c.attempts, c.errored_attempts, c.unparseable_attempts
         );
     }
     let errors: Vec<&String> = r.counts.iter().flat_map(|c| &c.first_errors).collect();
@@ -158,37 +259,108 @@ pub fn render_markdown(r: &Report) -> String {
         }
     }
 
+    let _ = writeln!(md, "\n![Accuracy per system]({ACCURACY_SVG})\n");
+    if r.systems.iter().any(|s| s.table == Table::Ablation) {
+        let _ = writeln!(md, "![Ablations]({ABLATIONS_SVG})\n");
+    }
+    let _ = writeln!(md, "![Accuracy per agent turn]({PER_TURN_SVG})\n");
+    if r.rounds.len() > 1 {
+        let _ = writeln!(md, "![Accuracy by round]({ROUNDS_SVG})\n");
+    }
     let _ = writeln!(
         md,
-        "\n![Accuracy per system]({ACCURACY_SVG})\n\n![Accuracy per agent turn]({PER_TURN_SVG})\n\n\
-         Every figure, the question subsets and the run manifest are in `{REPORT_JSON}`."
+        "Every figure, the question subsets and the run manifest are in `{REPORT_JSON}`."
     );
     md
 }
 
-/// The accuracy bar chart (mean with one-std error bars).
-pub fn accuracy_svg(r: &Report) -> String {
-    let bars: Vec<Bar> = r
-        .systems
+fn bars(r: &Report, keep: impl Fn(&SystemResult) -> bool) -> Vec<Bar> {
+    r.systems
         .iter()
+        .filter(|s| keep(s))
         .map(|s| Bar {
-            label: system_label(s.variant, s.majority_k),
+            label: s.label.clone(),
             value: s.mean_pct,
             error: s.std_pct,
         })
-        .collect();
-    let seeds = r.plan.seeds.len();
-    let title = format!(
-        "Accuracy per system ({seeds} seed{} × {} questions)",
-        if seeds == 1 { "" } else { "s" },
-        r.plan.questions
-    );
-    bar_chart(&title, "accuracy (%), mean ± std", &bars)
+        .collect()
 }
 
-/// Accuracy after each turn, one solid (attempt 0) and one dashed (MV@k) line per variant;
+fn seeds_title(r: &Report) -> String {
+    let seeds = r.plan.seeds.len();
+    format!(
+        "{seeds} seed{} × {} questions",
+        if seeds == 1 { "" } else { "s" },
+        r.plan.questions
+    )
+}
+
+/// The accuracy bar chart of Table 1 (mean with one-std error bars).
+pub fn accuracy_svg(r: &Report) -> String {
+    let title = format!("Accuracy per system ({})", seeds_title(r));
+    bar_chart(
+        &title,
+        "accuracy (%), mean ± std",
+        &bars(r, |s| s.table == Table::Main),
+    )
+}
+
+/// The ablation rows beside the reference system's rows.
+pub fn ablations_svg(r: &Report) -> String {
+    let reference: Option<&str> = r.plan.reference().map(|s| s.id.as_str());
+    let title = format!("Ablations ({})", seeds_title(r));
+    bar_chart(
+        &title,
+        "accuracy (%), mean ± std",
+        &bars(r, |s| {
+            s.table == Table::Ablation || Some(s.system.as_str()) == reference
+        }),
+    )
+}
+
+/// Accuracy by round, one line per row (dashed: MV@k).
+pub fn rounds_svg(r: &Report) -> String {
+    let series = r
+        .systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Series {
+            name: s.label.clone(),
+            points: r
+                .rounds
+                .iter()
+                .filter_map(|round| {
+                    let x = round.rows.iter().find(|x| x.id == s.id)?;
+                    Some((round.round as f64, x.mean_pct))
+                })
+                .collect(),
+            dashed: s.majority_k.is_some(),
+            colour: Some(i / 2),
+        })
+        .collect();
+    line_chart(&LineChart {
+        title: "Accuracy by round".into(),
+        x_label: "round".into(),
+        y_label: "accuracy (%), mean over seeds".into(),
+        series,
+        x_ticks: Some(
+            r.rounds
+                .iter()
+                .map(|round| {
+                    (
+                        round.round as f64,
+                        format!("{} (θ {})", round.round, round.theta),
+                    )
+                })
+                .collect(),
+        ),
+        y_range: Some((0.0, 100.0)),
+    })
+}
+
+/// Accuracy after each turn, one solid (attempt 0) and one dashed (MV@k) line per system;
 /// non-answering turns have no point, so the line joins the answering turns across them. A
-/// one-turn variant (the single agent) is drawn as a level line across every turn: the
+/// one-turn system (the single agent, STaR) is drawn as a level line across every turn: the
 /// reference the chains are read against (a lone point hid under the chains' first turn).
 pub fn per_turn_svg(r: &Report) -> String {
     let k = r.plan.majority_k;
@@ -216,9 +388,9 @@ pub fn per_turn_svg(r: &Report) -> String {
                 points.push((last_turn, points[0].1));
             }
             let name = if voted {
-                format!("{} + MV@{k}", v.variant.label())
+                format!("{} + MV@{k}", v.label)
             } else {
-                v.variant.label().to_string()
+                v.label.clone()
             };
             series.push(Series {
                 name: if level {
@@ -249,7 +421,8 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), EvalError> {
     std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
 }
 
-/// Writes `report.md`, `report.json`, `accuracy.svg` and `per_turn.svg` into `dir`.
+/// Writes `report.md`, `report.json`, `accuracy.svg`, `per_turn.svg` and, when the report has
+/// them, `ablations.svg` and `rounds.svg` into `dir`.
 pub fn write_reports(dir: &Path, r: &Report) -> Result<(), EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let mut json = serde_json::to_vec_pretty(r)?;
@@ -258,5 +431,11 @@ pub fn write_reports(dir: &Path, r: &Report) -> Result<(), EvalError> {
     write_atomic(&dir.join(REPORT_MD), render_markdown(r).as_bytes())?;
     write_atomic(&dir.join(ACCURACY_SVG), accuracy_svg(r).as_bytes())?;
     write_atomic(&dir.join(PER_TURN_SVG), per_turn_svg(r).as_bytes())?;
+    if r.systems.iter().any(|s| s.table == Table::Ablation) {
+        write_atomic(&dir.join(ABLATIONS_SVG), ablations_svg(r).as_bytes())?;
+    }
+    if r.rounds.len() > 1 {
+        write_atomic(&dir.join(ROUNDS_SVG), rounds_svg(r).as_bytes())?;
+    }
     Ok(())
 }

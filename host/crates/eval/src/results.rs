@@ -1,12 +1,14 @@
-//! The result log: one JSON line per (seed, variant, question, attempt), appended as soon as the
+//! The result log: one JSON line per (seed, system, question, attempt), appended as soon as the
 //! attempt finishes, so a crashed or interrupted evaluation resumes where it stopped.
 //!
 //! Line format (`results.jsonl`):
-//! `{"seed":1,"variant":"trained_chain","example_idx":17,"attempt":0,"sample_seed":123,
+//! `{"seed":1,"system":"trained_chain","example_idx":17,"attempt":0,"sample_seed":123,
 //!   "turns":[{"agent":"generator","output":"...","outcome":{"kind":"answer","answer":"42","correct":true}}, ...],
 //!   "error":null}`
 //! `outcome.kind` is `answer` (with `answer`, optional `key`, `correct`), `unparseable` or
-//! `no_answer`. An errored attempt has `"turns":[]` and `"error":"message"`.
+//! `no_answer`; a turn the system skips has `"skipped":true`. An errored attempt has
+//! `"turns":[]` and `"error":"message"`. Logs written before systems were configurable name the
+//! system `"variant"`; they read the same.
 //!
 //! Robustness rules on reopen: a last line that does not parse is a torn write from a crash; it
 //! is dropped with a warning and cut from the file so the next append starts on a clean line.
@@ -22,13 +24,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
-use crate::trace::{ChainTrace, Outcome, Turn, Variant};
+use crate::trace::{ChainTrace, Outcome, Turn};
 
 /// Identity of one attempt; the resume key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttemptKey {
     pub seed: u64,
-    pub variant: Variant,
+    /// A [`crate::plan::System`] id.
+    pub system: String,
     pub example_idx: usize,
     pub attempt: u32,
 }
@@ -38,10 +41,7 @@ impl std::fmt::Display for AttemptKey {
         write!(
             f,
             "seed {} / {} / example {} / attempt {}",
-            self.seed,
-            self.variant.key(),
-            self.example_idx,
-            self.attempt
+            self.seed, self.system, self.example_idx, self.attempt
         )
     }
 }
@@ -50,7 +50,8 @@ impl std::fmt::Display for AttemptKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub seed: u64,
-    pub variant: Variant,
+    #[serde(alias = "variant")]
+    pub system: String,
     pub example_idx: usize,
     pub attempt: u32,
     pub sample_seed: u64,
@@ -70,7 +71,7 @@ impl AttemptRecord {
         };
         AttemptRecord {
             seed: key.seed,
-            variant: key.variant,
+            system: key.system,
             example_idx: key.example_idx,
             attempt: key.attempt,
             sample_seed,
@@ -82,7 +83,7 @@ impl AttemptRecord {
     pub fn key(&self) -> AttemptKey {
         AttemptKey {
             seed: self.seed,
-            variant: self.variant,
+            system: self.system.clone(),
             example_idx: self.example_idx,
             attempt: self.attempt,
         }
@@ -218,12 +219,12 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, EvalError> {
         }
         match serde_json::from_slice::<AttemptRecord>(line) {
             Ok(rec) => {
-                let key = rec.key();
-                match records.entry(key) {
+                match records.entry(rec.key()) {
                     Entry::Vacant(slot) => {
                         slot.insert(rec);
                     }
-                    Entry::Occupied(_) => {
+                    Entry::Occupied(slot) => {
+                        let key = slot.key();
                         tracing::warn!(path = %path.display(), line = line_no, %key,
                             "duplicate result line ignored (first one kept)");
                     }
@@ -266,7 +267,7 @@ mod tests {
     fn rec(attempt: u32, correct: bool) -> AttemptRecord {
         AttemptRecord {
             seed: 1,
-            variant: Variant::Single,
+            system: "single".into(),
             example_idx: 3,
             attempt,
             sample_seed: 9,
@@ -278,9 +279,22 @@ mod tests {
                     key: None,
                     correct,
                 },
+                skipped: false,
             }],
             error: None,
         }
+    }
+
+    #[test]
+    fn logs_that_name_the_system_variant_still_read() {
+        let line = r#"{"seed":1,"variant":"single","example_idx":3,"attempt":0,"sample_seed":9,"turns":[{"agent":"generator","output":"x\n\"quoted\"","outcome":{"kind":"answer","answer":"4","correct":true}}],"error":null}"#;
+        let r: AttemptRecord = serde_json::from_str(line).expect("old line");
+        assert_eq!(r, rec(0, true));
+        let new = serde_json::to_string(&r).expect("json");
+        assert!(
+            new.contains(r#""system":"single""#) && !new.contains("skipped"),
+            "{new}"
+        );
     }
 
     #[test]

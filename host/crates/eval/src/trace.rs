@@ -2,51 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A model configuration that is actually executed. The reported *systems* are each variant on
-/// its first attempt and the same variant with a majority vote over its `k` attempts: MV
-/// systems reuse the attempts of the plain system (attempt 0 *is* the non-MV result), so one set
-/// of samples serves both rows and the two are compared on identical generations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Variant {
-    /// The base model answering alone (one generator-style turn).
-    Single,
-    /// The agent chain with every agent on the untouched base model.
-    UntrainedChain,
-    /// The agent chain with each agent's trained adapter (MALT).
-    TrainedChain,
-}
-
-impl Variant {
-    pub const ALL: [Variant; 3] = [
-        Variant::Single,
-        Variant::UntrainedChain,
-        Variant::TrainedChain,
-    ];
-
-    /// Stable identifier, used in the result log and `report.json`.
-    pub fn key(self) -> &'static str {
-        match self {
-            Variant::Single => "single",
-            Variant::UntrainedChain => "untrained_chain",
-            Variant::TrainedChain => "trained_chain",
-        }
-    }
-
-    /// Human label for reports (row names of the paper's Table 1).
-    pub fn label(self) -> &'static str {
-        match self {
-            Variant::Single => "Single agent",
-            Variant::UntrainedChain => "Untrained chain",
-            Variant::TrainedChain => "MALT (trained chain)",
-        }
-    }
-}
-
-/// One call of the runner: run `variant` once on dataset example `example_idx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One call of the runner: run system `system` (an id of [`crate::plan::System`]) once on
+/// dataset example `example_idx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainRequest {
-    pub variant: Variant,
+    pub system: String,
     /// Absolute index into the evaluation pool (the held-out split), not into the subset.
     pub example_idx: usize,
     /// 0-based attempt; attempt 0 is the non-MV result.
@@ -54,8 +14,9 @@ pub struct ChainRequest {
     /// The evaluation seed (one of `eval.seeds`), which also chose the question subset.
     pub eval_seed: u64,
     /// Seed for the sampler, `derive_sample_seed(eval_seed, example_idx, attempt)`. It does not
-    /// depend on the variant on purpose (common random numbers): systems differ only by their
-    /// weights and prompts, not by their random draws.
+    /// depend on the system on purpose (common random numbers): systems differ only by their
+    /// weights and prompts, not by their random draws, so two systems that run the same weights
+    /// on a turn give the same output there.
     pub sample_seed: u64,
 }
 
@@ -110,6 +71,11 @@ pub struct Turn {
     /// The raw output text, kept so that wrong answers can be inspected after the run.
     pub output: String,
     pub outcome: Outcome,
+    /// The system skips this agent (the paper's G+R ablation skips the verifier): it was not
+    /// run, its output is empty and it answers nothing; the agents after it see the empty
+    /// output as its turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// One sequential pass through the agents; the final answer is that of the last answering turn.

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use malt_eval::{
     majority_vote, report_complete_seeds, run_evaluation, select_subset, AttemptRecord, ChainError,
-    ChainRequest, ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, SplitMix64, Turn, Variant,
-    RESULTS_FILE,
+    ChainRequest, ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, ReportContext, SplitMix64,
+    System, Turn, RESULTS_FILE,
 };
 use serde_json::Value;
 
@@ -40,11 +40,12 @@ impl ChainRunner for FakeRunner {
             return Err(ChainError::Fatal("simulated crash".into()));
         }
         self.calls += 1;
-        self.requests.push(*req);
-        let vid = match req.variant {
-            Variant::Single => 1u64,
-            Variant::UntrainedChain => 2,
-            Variant::TrainedChain => 3,
+        self.requests.push(req.clone());
+        let vid = match req.system.as_str() {
+            "single" => 1u64,
+            "untrained_chain" => 2,
+            "trained_chain" => 3,
+            other => panic!("the fake runs no system `{other}`"),
         };
         let mut rng = SplitMix64::new(req.sample_seed ^ vid.wrapping_mul(0x1234_5678_9ABC_DEF1));
         let mut u = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
@@ -61,16 +62,17 @@ impl ChainRunner for FakeRunner {
             agent: "generator".into(),
             output: format!("Reasoning...\nFinal Answer: {}", req.example_idx),
             outcome: answer(req.example_idx, gen_ok, pick),
+            skipped: false,
         };
-        if req.variant == Variant::Single {
+        if req.system == "single" {
             let mut gen = gen;
             if unparse < 0.06 {
                 gen.outcome = Outcome::Unparseable;
             }
             return Ok(ChainTrace { turns: vec![gen] });
         }
-        let (keep, fix) = match req.variant {
-            Variant::TrainedChain => (0.95, 0.45),
+        let (keep, fix) = match req.system.as_str() {
+            "trained_chain" => (0.95, 0.45),
             _ => (0.85, 0.25),
         };
         let ref_ok = if gen_ok { r < keep } else { r < fix };
@@ -86,11 +88,13 @@ impl ChainRunner for FakeRunner {
                     agent: "verifier".into(),
                     output: "The solution is <probably> right & complete.".into(),
                     outcome: Outcome::NoAnswer,
+                    skipped: false,
                 },
                 Turn {
                     agent: "refiner".into(),
                     output: "Final Answer: x".into(),
                     outcome: refine,
+                    skipped: false,
                 },
             ],
         })
@@ -103,12 +107,19 @@ fn plan(pool: usize, questions: usize, seeds: &[u64]) -> EvalPlan {
         questions,
         seeds: seeds.to_vec(),
         majority_k: 3,
-        variants: Variant::ALL.to_vec(),
+        systems: vec![
+            System::single(),
+            System::untrained_chain(),
+            System::trained_chain(),
+        ],
     }
 }
 
-fn manifest() -> Value {
-    serde_json::json!({"config_sha256": "abc", "adapters": ["generator", "verifier", "refiner"]})
+fn manifest() -> ReportContext {
+    ReportContext {
+        manifest: serde_json::json!({"config_sha256": "abc", "adapters": ["generator", "verifier", "refiner"]}),
+        ..ReportContext::default()
+    }
 }
 
 fn read_records(dir: &Path) -> Vec<AttemptRecord> {
@@ -132,7 +143,7 @@ fn full_run_figures_are_consistent_with_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = plan(200, 40, &[1, 2, 3, 4]);
     let mut runner = FakeRunner::default();
-    let report = run_evaluation(&mut runner, &plan, dir.path(), manifest(), false).expect("run");
+    let report = run_evaluation(&mut runner, &plan, dir.path(), &manifest(), false).expect("run");
 
     // Every planned attempt is logged exactly once.
     let records = read_records(dir.path());
@@ -146,10 +157,10 @@ fn full_run_figures_are_consistent_with_the_log() {
             .expect("subset")
             .into_iter()
             .collect();
-        for v in Variant::ALL {
+        for v in &plan.systems {
             let seen: BTreeSet<usize> = records
                 .iter()
-                .filter(|r| r.seed == seed && r.variant == v)
+                .filter(|r| r.seed == seed && r.system == v.id)
                 .map(|r| r.example_idx)
                 .collect();
             assert_eq!(seen, subset);
@@ -157,9 +168,17 @@ fn full_run_figures_are_consistent_with_the_log() {
     }
 
     let json = read_json(&dir.path().join("report.json"));
-    assert_eq!(json["manifest"], manifest());
-    assert_eq!(json["format"], 1);
-    for key in ["plan", "subsets", "systems", "per_turn", "flips", "counts"] {
+    assert_eq!(json["manifest"], manifest().manifest);
+    assert_eq!(json["format"], 2);
+    for key in [
+        "plan",
+        "subsets",
+        "systems",
+        "per_turn",
+        "flips",
+        "counts",
+        "comparisons",
+    ] {
         assert!(json.get(key).is_some(), "report.json lacks {key}");
     }
     let systems = json["systems"].as_array().expect("systems");
@@ -181,7 +200,7 @@ fn full_run_figures_are_consistent_with_the_log() {
 
     // Recompute every per-seed accuracy from the JSONL alone.
     for s in systems {
-        let variant: Variant = serde_json::from_value(s["variant"].clone()).expect("variant");
+        let system = s["system"].as_str().expect("system").to_string();
         let mv = !s["majority_k"].is_null();
         let mut per_seed = Vec::new();
         for ps in s["per_seed"].as_array().expect("per_seed") {
@@ -194,7 +213,7 @@ fn full_run_figures_are_consistent_with_the_log() {
                         *by_key
                             .get(&malt_eval::AttemptKey {
                                 seed,
-                                variant,
+                                system: system.clone(),
                                 example_idx: idx,
                                 attempt: a,
                             })
@@ -241,7 +260,7 @@ fn full_run_figures_are_consistent_with_the_log() {
         let mv_seeds: Vec<f64> = pair[1].per_seed.iter().map(|a| a.accuracy_pct).collect();
         assert_eq!(acc.per_seed_pct, plain_seeds);
         assert_eq!(mv.per_seed_pct, mv_seeds);
-        if vt.variant != Variant::Single {
+        if vt.system != "single" {
             assert_eq!(vt.turns.len(), 3);
             assert_eq!(vt.turns[1].agent, "verifier");
             assert!(!vt.turns[1].answering && vt.turns[1].accuracy.is_none());
@@ -252,7 +271,7 @@ fn full_run_figures_are_consistent_with_the_log() {
 
     // Flips: cells sum to the non-errored items, and net flips equal the accuracy change.
     for (fl, vt) in report.flips.iter().zip(&report.per_turn) {
-        if vt.variant == Variant::Single {
+        if vt.system == "single" {
             assert!(fl.transitions.is_empty());
             continue;
         }
@@ -268,7 +287,7 @@ fn full_run_figures_are_consistent_with_the_log() {
         );
         let firsts: Vec<_> = records
             .iter()
-            .filter(|r| r.variant == vt.variant && r.attempt == 0)
+            .filter(|r| r.system == vt.system && r.attempt == 0)
             .collect();
         let correct_at = |turn: usize| {
             firsts
@@ -295,7 +314,7 @@ fn full_run_figures_are_consistent_with_the_log() {
         if s.majority_k.is_none() {
             let errored_first = records
                 .iter()
-                .filter(|r| r.variant == s.variant && r.attempt == 0 && r.is_errored())
+                .filter(|r| r.system == s.system && r.attempt == 0 && r.is_errored())
                 .count();
             assert_eq!(s.errored, errored_first);
         }
@@ -317,7 +336,7 @@ fn report_md_snapshot() {
         &mut FakeRunner::default(),
         &plan(50, 10, &[11, 12]),
         dir.path(),
-        manifest(),
+        &manifest(),
         false,
     )
     .expect("run");
@@ -332,7 +351,7 @@ fn resume_after_crash_and_torn_line_gives_identical_reports() {
         &mut FakeRunner::default(),
         &plan,
         full.path(),
-        manifest(),
+        &manifest(),
         false,
     )
     .expect("uninterrupted run");
@@ -342,8 +361,8 @@ fn resume_after_crash_and_torn_line_gives_identical_reports() {
         fail_at: Some(100),
         ..FakeRunner::default()
     };
-    let err =
-        run_evaluation(&mut crashing, &plan, resumed.path(), manifest(), false).expect_err("crash");
+    let err = run_evaluation(&mut crashing, &plan, resumed.path(), &manifest(), false)
+        .expect_err("crash");
     assert!(matches!(err, EvalError::Runner(_)));
     assert_eq!(read_records(resumed.path()).len(), 100);
     assert!(!resumed.path().join("report.json").exists());
@@ -360,7 +379,7 @@ fn resume_after_crash_and_torn_line_gives_identical_reports() {
     }
 
     let mut second = FakeRunner::default();
-    run_evaluation(&mut second, &plan, resumed.path(), manifest(), false).expect("resume");
+    run_evaluation(&mut second, &plan, resumed.path(), &manifest(), false).expect("resume");
     let expected = 3 * 12 * 3 * 3;
     assert_eq!(second.calls, expected - 100, "only missing attempts rerun");
 
@@ -379,7 +398,7 @@ fn resume_after_crash_and_torn_line_gives_identical_reports() {
 
     // A third run over a complete log calls nothing and rewrites the same report.
     let mut idle = FakeRunner::default();
-    run_evaluation(&mut idle, &plan, resumed.path(), manifest(), false).expect("rerun");
+    run_evaluation(&mut idle, &plan, resumed.path(), &manifest(), false).expect("rerun");
     assert_eq!(idle.calls, 0);
     assert_eq!(read_records(resumed.path()).len(), expected);
 }
@@ -395,8 +414,8 @@ fn partial_report_covers_complete_seeds_and_leaves_the_log_alone() {
         fail_at: Some(50),
         ..FakeRunner::default()
     };
-    run_evaluation(&mut early, &plan, dir.path(), manifest(), false).expect_err("crash");
-    match report_complete_seeds(&plan, dir.path(), manifest()) {
+    run_evaluation(&mut early, &plan, dir.path(), &manifest(), false).expect_err("crash");
+    match report_complete_seeds(&plan, dir.path(), &manifest()) {
         Err(EvalError::Incomplete { missing, .. }) => assert_eq!(missing, per_seed - 50),
         other => panic!("expected Incomplete, got {other:?}"),
     }
@@ -406,7 +425,7 @@ fn partial_report_covers_complete_seeds_and_leaves_the_log_alone() {
         fail_at: Some(per_seed + 30 - 50),
         ..FakeRunner::default()
     };
-    run_evaluation(&mut later, &plan, dir.path(), manifest(), false).expect_err("crash");
+    run_evaluation(&mut later, &plan, dir.path(), &manifest(), false).expect_err("crash");
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -417,7 +436,7 @@ fn partial_report_covers_complete_seeds_and_leaves_the_log_alone() {
             .expect("write");
     }
     let log_before = std::fs::read(dir.path().join(RESULTS_FILE)).expect("log");
-    let report = report_complete_seeds(&plan, dir.path(), manifest()).expect("partial");
+    let report = report_complete_seeds(&plan, dir.path(), &manifest()).expect("partial");
     assert_eq!(
         std::fs::read(dir.path().join(RESULTS_FILE)).expect("log"),
         log_before,
@@ -431,7 +450,7 @@ fn partial_report_covers_complete_seeds_and_leaves_the_log_alone() {
         &mut FakeRunner::default(),
         &plan_seeds(&plan, &[5]),
         alone.path(),
-        manifest(),
+        &manifest(),
         false,
     )
     .expect("seed 5 alone");
@@ -461,10 +480,17 @@ fn requests_carry_plan_seeds() {
     let mut runner = FakeRunner::default();
     let plan = EvalPlan {
         majority_k: 2,
-        variants: vec![Variant::Single],
+        systems: vec![System::single()],
         ..plan(30, 5, &[9])
     };
-    let report = run_evaluation(&mut runner, &plan, dir.path(), Value::Null, false).expect("run");
+    let report = run_evaluation(
+        &mut runner,
+        &plan,
+        dir.path(),
+        &ReportContext::default(),
+        false,
+    )
+    .expect("run");
     assert_eq!(runner.requests.len(), 10);
     for r in &runner.requests {
         assert_eq!(r.eval_seed, 9);
@@ -493,7 +519,7 @@ fn invalid_plans_are_rejected() {
         },
     ];
     for p in &cases {
-        assert!(run_evaluation(&mut r, p, dir.path(), Value::Null, false).is_err());
+        assert!(run_evaluation(&mut r, p, dir.path(), &ReportContext::default(), false).is_err());
     }
     assert_eq!(r.calls, 0);
 }
@@ -510,7 +536,7 @@ fn demo_output() {
         &mut FakeRunner::default(),
         &plan(500, 100, &[1, 2, 3, 4]),
         Path::new(&dir),
-        manifest(),
+        &manifest(),
         true,
     )
     .expect("demo run");
@@ -534,4 +560,79 @@ fn demo_output() {
         y_range: None,
     });
     std::fs::write(Path::new(&dir).join("loss.svg"), svg).expect("write loss.svg");
+}
+
+/// Right or wrong by a fixed table: the reference system answers questions 0-7 right; the
+/// compared one 0, 1, 8 and 9 (seed 1) or 0, 1 and 8 (seed 2).
+struct TableRunner;
+
+impl ChainRunner for TableRunner {
+    fn run_chain(&mut self, req: &ChainRequest) -> Result<ChainTrace, ChainError> {
+        let i = req.example_idx;
+        let correct = match req.system.as_str() {
+            "trained_chain" => i < 8,
+            "single" if req.eval_seed == 1 => matches!(i, 0 | 1 | 8 | 9),
+            _ => matches!(i, 0 | 1 | 8),
+        };
+        Ok(ChainTrace {
+            turns: vec![Turn {
+                agent: "generator".into(),
+                output: String::new(),
+                outcome: Outcome::Answer {
+                    answer: if correct { "right" } else { "wrong" }.into(),
+                    key: None,
+                    correct,
+                },
+                skipped: false,
+            }],
+        })
+    }
+}
+
+#[test]
+fn paired_comparisons_match_hand_computed_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = EvalPlan {
+        pool_size: 10,
+        questions: 10,
+        seeds: vec![1, 2],
+        majority_k: 1,
+        systems: vec![System::single(), System::trained_chain()],
+    };
+    let report = run_evaluation(
+        &mut TableRunner,
+        &plan,
+        dir.path(),
+        &ReportContext::default(),
+        false,
+    )
+    .expect("run");
+    let c = report
+        .comparisons
+        .iter()
+        .find(|c| c.row == "single_mv1")
+        .expect("single + MV@1 compared");
+    assert_eq!(c.reference, "trained_chain_mv1");
+    // Seed 1: reference-only {2..7} = 6, row-only {8, 9} = 2; seed 2: 6 and {8} = 1.
+    assert_eq!((c.pairs, c.reference_only, c.row_only), (20, 12, 3));
+    // n = 15, min = 3: 2 * (1 + 15 + 105 + 455) / 2^15 = 1152 / 32768.
+    assert!((c.sign_test_p - 1152.0 / 32768.0).abs() < 1e-15);
+    // Accuracy differences 80 - 40 and 80 - 30: mean 45, sample std sqrt(50).
+    assert_eq!(c.diff_per_seed_pct, vec![40.0, 50.0]);
+    assert!((c.diff_mean_pct - 45.0).abs() < 1e-12);
+    assert!((c.diff_std_pct.expect("two seeds") - 50f64.sqrt()).abs() < 1e-12);
+    // The plain reference row against its own MV@1 row: identical, no evidence.
+    let own = report
+        .comparisons
+        .iter()
+        .find(|c| c.row == "trained_chain")
+        .expect("plain row compared");
+    assert_eq!((own.reference_only, own.row_only), (0, 0));
+    assert_eq!(own.sign_test_p, 1.0);
+    assert_eq!(report.comparisons.len(), 3, "every row but the reference");
+    let md = std::fs::read_to_string(dir.path().join("report.md")).expect("md");
+    assert!(
+        md.contains("| Single agent + MV@1 | 20 | 12 | 3 | 45.00 ± 7.07 | 0.0352 |"),
+        "{md}"
+    );
 }

@@ -6,14 +6,30 @@
 //! gets 2 MiB pages, and separately allocated tensors of 0.4-3.5 MB mostly cannot hold one; one
 //! arena asked for before its first write can. Off Linux, or with THP off, this is a plain copy.
 
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use candle_core::{DType, Result, Storage, Tensor, WithDType};
 
-/// Moves `tensors` (CPU, f32) into one huge-page arena, in order; each becomes a view of it with
-/// the same shape and values, and the arena (1-D) is returned. Tensors on another device or dtype
-/// are left alone. Each original is released as soon as it is copied, so the peak is the arena
-/// plus one tensor.
+/// Moves `tensors` (CPU, all of one float dtype: f32, bf16 or f16) into one huge-page arena, in
+/// order; each becomes a view of it with the same shape and values, and the arena (1-D) is
+/// returned. Tensors on another device or of another dtype than the first packable one are left
+/// alone. Each original is released as soon as it is copied, so the peak is the arena plus one
+/// tensor.
 pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
-    let packable = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let Some(dtype) = tensors
+        .iter()
+        .find(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16))
+        .map(|t| t.dtype())
+    else {
+        return Ok(None);
+    };
+    match dtype {
+        DType::BF16 => pack_as::<half::bf16>(tensors),
+        DType::F16 => pack_as::<half::f16>(tensors),
+        _ => pack_as::<f32>(tensors),
+    }
+}
+
+fn pack_as<T: WithDType>(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
+    let packable = |t: &Tensor| t.device().is_cpu() && t.dtype() == T::DTYPE;
     let total: usize = tensors
         .iter()
         .filter(|t| packable(t))
@@ -22,8 +38,8 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
     if total == 0 {
         return Ok(None);
     }
-    let mut data: Vec<f32> = Vec::with_capacity(total);
-    advise_huge_pages(data.as_mut_ptr().cast(), total * std::mem::size_of::<f32>());
+    let mut data: Vec<T> = Vec::with_capacity(total);
+    advise_huge_pages(data.as_mut_ptr().cast(), total * std::mem::size_of::<T>());
     let mut spans = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.iter_mut().enumerate() {
         if !packable(t) {
@@ -32,7 +48,7 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
         spans.push((i, data.len(), t.shape().clone()));
         append(&mut data, t)?;
         // Release the original now; a view of the arena takes its place below.
-        **t = Tensor::zeros((), DType::F32, t.device())?;
+        **t = Tensor::zeros((), T::DTYPE, t.device())?;
     }
     let arena = Tensor::from_vec(data, total, &candle_core::Device::Cpu)?;
     for (i, start, shape) in spans {
@@ -42,17 +58,15 @@ pub(crate) fn pack(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
 }
 
 /// Appends `t`'s values to `data`, straight from its storage when it is contiguous.
-fn append(data: &mut Vec<f32>, t: &Tensor) -> Result<()> {
+fn append<T: WithDType>(data: &mut Vec<T>, t: &Tensor) -> Result<()> {
     {
         let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            data.extend_from_slice(&v[a..b]);
+        if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            data.extend_from_slice(&T::cpu_storage_as_slice(cpu)?[a..b]);
             return Ok(());
         }
     }
-    data.extend(t.flatten_all()?.to_vec1::<f32>()?);
+    data.extend(t.flatten_all()?.to_vec1::<T>()?);
     Ok(())
 }
 
@@ -83,9 +97,11 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 /// One (total rows, cols) view of `arena` covering `ws` when they lie back to back in it, in
 /// order, with the same column count; None otherwise.
 pub(crate) fn adjacent_rows(arena: &Tensor, ws: [&Tensor; 3]) -> Result<Option<Tensor>> {
-    // The address of a CPU f32 tensor's whole storage: views of one arena share it.
+    // The address of a CPU tensor's whole storage: views of one arena share it.
     let storage = |t: &Tensor| match &*t.storage_and_layout().0 {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(v.as_ptr()),
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(v.as_ptr() as usize),
+        Storage::Cpu(candle_core::CpuStorage::BF16(v)) => Some(v.as_ptr() as usize),
+        Storage::Cpu(candle_core::CpuStorage::F16(v)) => Some(v.as_ptr() as usize),
         _ => None,
     };
     let first = ws[0].layout().start_offset();

@@ -69,6 +69,9 @@ pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
             v: vd[kv_at..kv_at + l * hd].as_ptr(),
             hd,
             first_pos: offset + i0,
+            keys: offset + i0 + nq,
+            causal: true,
+            mask: std::ptr::null(),
             scale,
             // Query i0 + t of this head: row (row * s + i0 + t), columns h * hd.., of the output.
             out: dst.at((row * s + i0) * nh * hd + h * hd),
@@ -92,6 +95,74 @@ pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
     Ok(Some(Tensor::from_vec(out, (b, s, nh * hd), q.device())?))
 }
 
+/// One decode step's attention: q (b, kv_heads, n_rep, hd), one query per head; k/v
+/// (b, kv_heads, cap, hd) buffers whose first `l` positions are valid; `mask` (b, l) added to
+/// the scores (padding of shorter prompts), if any. The query heads of one kv group share each
+/// key and value load. Returns (b, kv_heads, n_rep, hd), or None where the fused kernel does not
+/// apply (the caller then takes the portable path).
+#[allow(clippy::too_many_arguments)] // the shape travels as plain numbers, like the slices
+pub fn decode_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    dims: (usize, usize, usize, usize),
+    cap: usize,
+    l: usize,
+    scale: f32,
+) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    let (b, nkv, n_rep, hd) = dims;
+    if !has_avx512()
+        || hd % 16 != 0
+        || q.len() != b * nkv * n_rep * hd
+        || k.len() < b * nkv * cap * hd
+        || v.len() < b * nkv * cap * hd
+        || l > cap
+        || mask.is_some_and(|m| m.len() != b * l)
+    {
+        return None;
+    }
+    let groups = n_rep.div_ceil(QUERIES);
+    let mut out: Vec<f32> = Vec::with_capacity(b * nkv * n_rep * hd);
+    let dst = Shared(out.as_mut_ptr());
+    (0..b * nkv * groups).into_par_iter().for_each(|job| {
+        let (bh, g) = (job / groups, job % groups);
+        let row = bh / nkv;
+        let kv_at = bh * cap * hd;
+        let r0 = g * QUERIES;
+        let nq = QUERIES.min(n_rep - r0);
+        let qi = (bh * n_rep + r0) * hd;
+        let block = Block {
+            q: q[qi..qi + nq * hd].as_ptr(),
+            k: k[kv_at..kv_at + l * hd].as_ptr(),
+            v: v[kv_at..kv_at + l * hd].as_ptr(),
+            hd,
+            first_pos: 0,
+            keys: l,
+            causal: false,
+            mask: mask.map_or(std::ptr::null(), |m| m[row * l..].as_ptr()),
+            scale,
+            out: dst.at(qi),
+            out_stride: hd,
+        };
+        let mut scores = vec![0f32; QUERIES * l];
+        // SAFETY: `has_avx512()` was checked; the block reads `l` keys/values of its own group
+        // and writes only its own queries' `hd` values of `out`, whose capacity covers them.
+        unsafe {
+            match nq {
+                1 => avx512::block::<1>(&block, &mut scores),
+                2 => avx512::block::<2>(&block, &mut scores),
+                3 => avx512::block::<3>(&block, &mut scores),
+                _ => avx512::block::<QUERIES>(&block, &mut scores),
+            }
+        }
+    });
+    // SAFETY: the jobs cover every (row, kv head, query head) and write all `hd` values of each.
+    unsafe { out.set_len(b * nkv * n_rep * hd) };
+    Some(out)
+}
+
 /// The output buffer, written by the jobs in disjoint parts.
 struct Shared(*mut f32);
 
@@ -104,15 +175,20 @@ impl Shared {
     }
 }
 
-/// One job: up to `QUERIES` consecutive queries of one head. Query `t` (at position
-/// `first_pos + t`) sees keys `0..=first_pos + t`; its row is `q + t * hd`, its output
-/// `out + t * out_stride`.
+/// One job: up to `QUERIES` queries reading the same keys. Causal (a prompt's consecutive
+/// queries of one head): query `t`, at position `first_pos + t`, sees keys `0..=first_pos + t`.
+/// Otherwise (one decode step's query heads of one kv group): every query sees all `keys`, with
+/// `mask[j]` (when not null) added to key `j`'s score. Query `t`'s row is `q + t * hd`, its
+/// output `out + t * out_stride`.
 struct Block {
     q: *const f32,
     k: *const f32,
     v: *const f32,
     hd: usize,
     first_pos: usize,
+    keys: usize,
+    causal: bool,
+    mask: *const f32,
     scale: f32,
     out: *mut f32,
     out_stride: usize,
@@ -129,7 +205,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block<const N: usize>(b: &Block, scores: &mut [f32]) {
         let hd = b.hd;
-        let keys = b.first_pos + N;
+        let keys = b.keys;
         let chunks = hd / 16;
         // Scores: each key's vectors are loaded once for the N queries.
         for j in 0..keys {
@@ -143,15 +219,20 @@ mod avx512 {
                     acc[t] = _mm512_fmadd_ps(qv, kv, acc[t]);
                 }
             }
+            let m = if b.mask.is_null() {
+                0.0
+            } else {
+                *b.mask.add(j)
+            };
             #[allow(clippy::needless_range_loop)]
             for t in 0..N {
-                scores[t * keys + j] = _mm512_reduce_add_ps(acc[t]) * b.scale;
+                scores[t * keys + j] = _mm512_reduce_add_ps(acc[t]) * b.scale + m;
             }
         }
         // Softmax over what each query sees; the keys after it get probability 0.
         for t in 0..N {
             let row = &mut scores[t * keys..(t + 1) * keys];
-            let visible = b.first_pos + t + 1;
+            let visible = if b.causal { b.first_pos + t + 1 } else { keys };
             softmax(&mut row[..visible]);
             row[visible..].iter_mut().for_each(|p| *p = 0.0);
         }
@@ -274,5 +355,63 @@ mod tests {
         let odd = Tensor::zeros((1, 1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
         let kv = Tensor::zeros((1, 1, 2, 24), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(prefill_attention(&odd, &kv, &kv, 1.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn fused_decode_attention_matches_plain_loops() {
+        if !has_avx512() {
+            eprintln!("skipped: no AVX-512 on this CPU (the decoder takes the portable path)");
+            return;
+        }
+        // GQA groups of 1..=6 heads (more than one block per group past 4), buffers with spare
+        // capacity, a padding mask.
+        for (b, nkv, n_rep, hd, cap, l, masked) in [
+            (1, 3, 3, 64, 40, 33, false),
+            (3, 2, 4, 32, 20, 20, true),
+            (2, 1, 6, 16, 50, 17, true),
+            (2, 2, 1, 16, 9, 1, false),
+        ] {
+            let r =
+                |n: usize, s: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32) * s).sin()).collect() };
+            let q = r(b * nkv * n_rep * hd, 0.37);
+            let k = r(b * nkv * cap * hd, 0.11);
+            let v = r(b * nkv * cap * hd, 0.23);
+            // Row i's first i positions are padding.
+            let mask: Vec<f32> = (0..b * l)
+                .map(|x| {
+                    if x % l < (x / l).min(l - 1) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = masked.then_some(mask.as_slice());
+            let scale = 0.125;
+            let got = decode_attention(&q, &k, &v, mask, (b, nkv, n_rep, hd), cap, l, scale)
+                .expect("the fused kernel applies");
+            for row in 0..b {
+                for g in 0..nkv {
+                    for h in 0..n_rep {
+                        let qi = ((row * nkv + g) * n_rep + h) * hd;
+                        let kb = (row * nkv + g) * cap * hd;
+                        let s: Vec<f32> = (0..l)
+                            .map(|j| {
+                                let d: f32 = (0..hd).map(|c| q[qi + c] * k[kb + j * hd + c]).sum();
+                                d * scale + mask.map_or(0.0, |m| m[row * l + j])
+                            })
+                            .collect();
+                        let max = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                        let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+                        let sum: f32 = e.iter().sum();
+                        for c in 0..hd {
+                            let want: f32 = (0..l).map(|j| e[j] / sum * v[kb + j * hd + c]).sum();
+                            let d = (got[qi + c] - want).abs();
+                            assert!(d < 1e-5, "b{b} nkv{nkv} n_rep{n_rep} l{l}: {d}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

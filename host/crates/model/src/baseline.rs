@@ -18,6 +18,8 @@ pub struct PlainCandle {
     llama: Llama,
     cfg: Config,
     device: candle_core::Device,
+    /// The decoder's weight dtype: candle-transformers runs everything in it.
+    dtype: DType,
 }
 
 impl PlainCandle {
@@ -71,13 +73,19 @@ impl PlainCandle {
             tie_word_embeddings: c.tie_word_embeddings,
         };
         let device = d.device().clone();
-        let vb = candle_nn::VarBuilder::from_tensors(t, DType::F32, &device);
+        let dtype = d.dtype();
+        let vb = candle_nn::VarBuilder::from_tensors(t, dtype, &device);
         let llama = Llama::load(vb, &cfg)?;
-        Ok(PlainCandle { llama, cfg, device })
+        Ok(PlainCandle {
+            llama,
+            cfg,
+            device,
+            dtype,
+        })
     }
 
     fn cache(&self) -> Result<Cache> {
-        Ok(Cache::new(true, DType::F32, &self.cfg, &self.device)?)
+        Ok(Cache::new(true, self.dtype, &self.cfg, &self.device)?)
     }
 
     /// Seconds to prefill `tokens` into a fresh cache.

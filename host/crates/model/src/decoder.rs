@@ -58,6 +58,8 @@ impl Layer {
 #[derive(Debug)]
 pub struct Decoder {
     pub cfg: ModelConfig,
+    /// The dtype the matrices (projections, embeddings, head) are held in.
+    dtype: DType,
     pub embed: Tensor,
     pub layers: Vec<Layer>,
     pub norm: Tensor,
@@ -85,6 +87,18 @@ pub(crate) struct Ctx<'a> {
     pub past_len: Option<usize>,
     pub adapter: Option<&'a LoraAdapter>,
     pub mode: Mode,
+}
+
+/// The dtype activations run in for weights held in `weights`: f32 on the CPU, whatever the
+/// weights (bf16/f16 matrices are widened in registers by `crate::half_matmul`, and f32 keeps
+/// norms, softmax and residual sums exact); the weights' own dtype on a GPU, where the matmuls
+/// run in it with f32 accumulation and candle's norm and softmax kernels keep f32 statistics.
+pub fn activation_dtype(device: &Device, weights: DType) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        weights
+    }
 }
 
 /// `x` (..., in) as rows (n, in), with its original dims.
@@ -157,14 +171,18 @@ fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
 
 impl Decoder {
     /// Builds the decoder from tensors named as in HF checkpoints (`model.layers.0.self_attn.q_proj.weight`),
-    /// converting to f32 and checking every shape; `file` names the source in errors.
+    /// checking every shape; `file` names the source in errors. The matrices are held in
+    /// `dtype`, the norms and biases in the activations' dtype ([`activation_dtype`]); each
+    /// tensor is converted as it is taken, so no second copy of the whole model exists.
     pub fn from_tensors(
         cfg: ModelConfig,
         mut t: HashMap<String, Tensor>,
         file: &Path,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let act = activation_dtype(device, dtype);
+        let mut take = |name: &str, shape: &[usize], to: DType| -> Result<Tensor> {
             let x = t.remove(name).ok_or_else(|| ModelError::MissingTensor {
                 tensor: name.to_string(),
                 file: file.into(),
@@ -177,24 +195,24 @@ impl Decoder {
                     found: x.dims().to_vec(),
                 });
             }
-            Ok(x.to_dtype(DType::F32)?.to_device(device)?)
+            Ok(x.to_device(device)?.to_dtype(to)?)
         };
         let c = &cfg;
         let h = c.hidden_size;
-        let embed = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = take("model.embed_tokens.weight", &[c.vocab_size, h], dtype)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let mut lin = |p: Proj| -> Result<Linear> {
                 let (out, inp) = p.dims(c);
                 let base = format!("model.layers.{i}.{}.{}", p.module(), p.hf_name());
-                let w = take(&format!("{base}.weight"), &[out, inp])?;
+                let w = take(&format!("{base}.weight"), &[out, inp], dtype)?;
                 let has_bias = match p {
                     Proj::Q | Proj::K | Proj::V => c.qkv_bias,
                     Proj::O => c.o_bias,
                     _ => false,
                 };
                 let b = if has_bias {
-                    Some(take(&format!("{base}.bias"), &[out])?)
+                    Some(take(&format!("{base}.bias"), &[out], act)?)
                 } else {
                     None
                 };
@@ -209,20 +227,27 @@ impl Decoder {
                 lin(Proj::Up)?,
                 lin(Proj::Down)?,
             ];
-            let input_norm = take(&format!("model.layers.{i}.input_layernorm.weight"), &[h])?;
+            let input_norm = take(
+                &format!("model.layers.{i}.input_layernorm.weight"),
+                &[h],
+                act,
+            )?;
             let post_norm = take(
                 &format!("model.layers.{i}.post_attention_layernorm.weight"),
                 &[h],
+                act,
             )?;
             let (q_norm, k_norm) = if c.qk_norm {
                 (
                     Some(take(
                         &format!("model.layers.{i}.self_attn.q_norm.weight"),
                         &[c.head_dim],
+                        act,
                     )?),
                     Some(take(
                         &format!("model.layers.{i}.self_attn.k_norm.weight"),
                         &[c.head_dim],
+                        act,
                     )?),
                 )
             } else {
@@ -237,23 +262,59 @@ impl Decoder {
                 qkv: None,
             });
         }
-        let norm = take("model.norm.weight", &[h])?;
+        let norm = take("model.norm.weight", &[h], act)?;
         let lm_head = if c.tie_word_embeddings {
             embed.clone()
         } else {
-            take("lm_head.weight", &[c.vocab_size, h])?
+            take("lm_head.weight", &[c.vocab_size, h], dtype)?
         };
-        Self::assemble(cfg, embed, layers, norm, lm_head, device)
+        Self::assemble(cfg, embed, layers, norm, lm_head, device, dtype)
     }
 
+    /// The decoder over the given tensors, each converted to the dtype it is held in (the
+    /// matrices `dtype`, norms and biases the activations'); on the CPU the matrices are then
+    /// packed into one huge-page arena.
     pub(crate) fn assemble(
         cfg: ModelConfig,
         mut embed: Tensor,
         mut layers: Vec<Layer>,
-        norm: Tensor,
+        mut norm: Tensor,
         mut lm_head: Tensor,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(ModelError::Invalid(format!(
+                "weights can be held in f32, bf16 or f16, not {dtype:?}"
+            )));
+        }
+        let act = activation_dtype(device, dtype);
+        let to = |t: &mut Tensor, d: DType| -> Result<()> {
+            if t.dtype() != d {
+                *t = t.to_dtype(d)?;
+            }
+            Ok(())
+        };
+        to(&mut embed, dtype)?;
+        to(&mut norm, act)?;
+        if cfg.tie_word_embeddings {
+            lm_head = embed.clone();
+        } else {
+            to(&mut lm_head, dtype)?;
+        }
+        for l in layers.iter_mut() {
+            to(&mut l.input_norm, act)?;
+            to(&mut l.post_norm, act)?;
+            for n in [&mut l.q_norm, &mut l.k_norm].into_iter().flatten() {
+                to(n, act)?;
+            }
+            for p in l.proj.iter_mut() {
+                to(&mut p.w, dtype)?;
+                if let Some(b) = &mut p.b {
+                    to(b, act)?;
+                }
+            }
+        }
         if device.is_cpu() {
             // In the order a forward pass reads them.
             let tied = cfg.tie_word_embeddings;
@@ -265,7 +326,7 @@ impl Decoder {
             );
             if tied {
                 // Let go of the second handle on the embeddings, so packing can free them.
-                lm_head = Tensor::zeros((), DType::F32, device)?;
+                lm_head = Tensor::zeros((), dtype, device)?;
             } else {
                 weights.push(&mut lm_head);
             }
@@ -288,6 +349,7 @@ impl Decoder {
             .reshape((n_pos, 1))?;
         let freqs = t.matmul(&inv)?;
         Ok(Decoder {
+            dtype,
             cos: freqs.cos()?.contiguous()?,
             sin: freqs.sin()?.contiguous()?,
             cfg,
@@ -302,6 +364,16 @@ impl Decoder {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dtype the weight matrices are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The dtype of hidden states, keys/values and logits ([`activation_dtype`]).
+    pub fn activation_dtype(&self) -> DType {
+        activation_dtype(&self.device, self.dtype)
     }
 
     /// Tokens pushed through prefill since load (or the last reset): the measure of prefix sharing.
@@ -328,9 +400,10 @@ impl Decoder {
                 self.max_positions()
             )));
         }
+        let act = self.activation_dtype();
         Ok((
-            self.cos.narrow(0, offset, s)?,
-            self.sin.narrow(0, offset, s)?,
+            self.cos.narrow(0, offset, s)?.to_dtype(act)?,
+            self.sin.narrow(0, offset, s)?.to_dtype(act)?,
         ))
     }
 
@@ -348,9 +421,16 @@ impl Decoder {
         let idx = Tensor::from_vec(idx, positions.len(), &self.device)?;
         let half = self.cos.dim(1)?;
         let b = positions.len();
+        let act = self.activation_dtype();
         Ok((
-            self.cos.index_select(&idx, 0)?.reshape((b, 1, half))?,
-            self.sin.index_select(&idx, 0)?.reshape((b, 1, half))?,
+            self.cos
+                .index_select(&idx, 0)?
+                .reshape((b, 1, half))?
+                .to_dtype(act)?,
+            self.sin
+                .index_select(&idx, 0)?
+                .reshape((b, 1, half))?
+                .to_dtype(act)?,
         ))
     }
 
@@ -491,8 +571,16 @@ impl Decoder {
                 Mode::Infer => (pair.a.as_tensor().detach(), pair.b.as_tensor().detach()),
                 Mode::Train { .. } => (pair.a.as_tensor().clone(), pair.b.as_tensor().clone()),
             };
-            let delta = xd.matmul(&a_t.t()?)?.matmul(&b_t.t()?)?;
-            y = (y + (delta * scale)?)?;
+            // LoRA parameters are f32 whatever the base; activations of another dtype (a GPU
+            // running bf16) meet them in f32 and the update is rounded once, at the end.
+            let act = y.dtype();
+            let xd = if act == a_t.dtype() {
+                xd
+            } else {
+                xd.to_dtype(a_t.dtype())?
+            };
+            let delta = (xd.matmul(&a_t.t()?)?.matmul(&b_t.t()?)? * scale)?;
+            y = (y + delta.to_dtype(act)?)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
@@ -610,6 +698,7 @@ impl Decoder {
         Ok(self
             .embed
             .index_select(&flat, 0)?
+            .to_dtype(self.activation_dtype())?
             .reshape((b, s, self.cfg.hidden_size))?)
     }
 
@@ -634,7 +723,10 @@ impl Decoder {
         let m: Vec<f32> = (0..s)
             .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
-        Ok(Some(Tensor::from_vec(m, (1, 1, 1, s, s), &self.device)?))
+        Ok(Some(
+            Tensor::from_vec(m, (1, 1, 1, s, s), &self.device)?
+                .to_dtype(self.activation_dtype())?,
+        ))
     }
 
     /// Full causal forward from position 0 without cache; returns the final hidden states (b, s, h).
@@ -695,7 +787,10 @@ impl Decoder {
                     })
                 })
                 .collect();
-            Some(Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?)
+            Some(
+                Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?
+                    .to_dtype(self.activation_dtype())?,
+            )
         } else {
             None
         };
@@ -711,7 +806,10 @@ impl Decoder {
         let x = self.embed(&ids)?;
         let (h, kvs) = crate::process::on_pool(|| self.run(x, &ctx))?;
         let last = h.narrow(1, s - 1, 1)?;
-        let logits = self.logits(&last, Mode::Infer)?.flatten_all()?;
+        let logits = self
+            .logits(&last, Mode::Infer)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?;
         self.count_prefill(s);
         Ok((logits, kvs))
     }

@@ -8,13 +8,15 @@
 //! stores only its inputs, computes its forward in one pass (matmuls straight into the output
 //! buffer through `gemm`) and returns exact analytic gradients.
 //!
-//! Only the CPU f32 forward exists; the decoder keeps the composed candle path for other devices.
+//! Only the CPU forward exists (f32 activations; frozen weights in f32, bf16 or f16); the decoder
+//! keeps the composed candle path for other devices.
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
 
+use crate::half_matmul::{self, with_weight, WeightRef};
 use crate::matmul::{matmul_wt, sgemm};
 
 /// Elements per rayon task in the elementwise loops: large enough to amortise scheduling.
@@ -41,6 +43,30 @@ fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 
 fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+/// `y (n, out) = [y +] x (n, k) @ w^T` for a frozen weight in any of its formats.
+fn weight_product(
+    n: usize,
+    out: usize,
+    k: usize,
+    y: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    w: WeightRef,
+) {
+    match w {
+        WeightRef::F32(w) => matmul_wt(n, out, k, y, accumulate, x, w),
+        WeightRef::Half(w) => half_matmul::matmul_wt(n, k, x, w, y, accumulate),
+    }
+}
+
+/// `dx (n, k) = g (n, out) @ w` for a frozen weight (out, k) in any of its formats.
+fn input_gradient(n: usize, out: usize, k: usize, g: &[f32], w: WeightRef, dx: &mut [f32]) {
+    match w {
+        WeightRef::F32(w) => sgemm(n, k, out, dx, false, g, false, w, false, 1.0),
+        WeightRef::Half(w) => half_matmul::matmul_nn(n, out, g, w, dx, false),
+    }
 }
 
 /// `x @ w^T + bias + scale * ((x * mask) @ a^T) @ b^T`: a linear layer with a frozen weight `w`
@@ -102,8 +128,8 @@ impl CustomOp3 for LoraLinear {
             })?,
             None => false,
         };
-        with_data(&self.w, self.name(), |w| {
-            matmul_wt(n, out, inp, &mut y, has_bias, x, w);
+        with_weight(&self.w, |w| {
+            weight_product(n, out, inp, &mut y, has_bias, x, w);
             Ok(())
         })?;
         let xd = self.dropped(x)?;
@@ -131,7 +157,7 @@ impl CustomOp3 for LoraLinear {
             with_data(a, self.name(), |a| {
                 with_data(b, self.name(), |b| {
                     with_data(g, self.name(), |g| {
-                        with_data(&self.w, self.name(), |w| {
+                        with_weight(&self.w, |w| {
                             // gb = g @ b: the gradient at the LoRA bottleneck, (n, r).
                             let mut gb = vec![0f32; n * r];
                             sgemm(n, r, out, &mut gb, false, g, false, b, false, 1.0);
@@ -139,7 +165,7 @@ impl CustomOp3 for LoraLinear {
                             // The first layer's input is no variable's descendant: no dx.
                             let dx = if needs_dx {
                                 let mut dx = vec![0f32; n * inp];
-                                sgemm(n, inp, out, &mut dx, false, g, false, w, false, 1.0);
+                                input_gradient(n, out, inp, g, w, &mut dx);
                                 match &self.mask {
                                     None => {
                                         sgemm(n, inp, r, &mut dx, true, &gb, false, a, false, s)
@@ -216,8 +242,8 @@ impl CustomOp1 for FrozenLinear {
         }
         let x = slice(s, l, self.name())?;
         let mut y = vec![0f32; n * out];
-        with_data(&self.w, self.name(), |w| {
-            matmul_wt(n, out, k, &mut y, false, x, w);
+        with_weight(&self.w, |w| {
+            weight_product(n, out, k, &mut y, false, x, w);
             Ok(())
         })?;
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
@@ -228,8 +254,8 @@ impl CustomOp1 for FrozenLinear {
         let (_, k) = self.w.dims2()?;
         let mut dx = vec![0f32; n * k];
         with_data(g, self.name(), |g| {
-            with_data(&self.w, self.name(), |w| {
-                sgemm(n, k, out, &mut dx, false, g, false, w, false, 1.0);
+            with_weight(&self.w, |w| {
+                input_gradient(n, out, k, g, w, &mut dx);
                 Ok(())
             })
         })?;

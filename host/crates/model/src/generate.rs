@@ -11,7 +11,7 @@ use crate::sampling::{rng_for, sample, SamplingParams};
 use candle_core::Tensor;
 
 /// Positions by which a decode batch's key/value buffers grow.
-const DECODE_CHUNK: usize = 64;
+const DECODE_CHUNK: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -180,6 +180,7 @@ impl Model {
         // Batched state: per layer a buffer (b, kv_heads, cap, hd) whose first lmax + t
         // positions are valid; each step writes its keys/values in place. The capacity grows
         // by DECODE_CHUNK positions, so a large max_new_tokens reserves nothing up front.
+        let t_setup0 = std::time::Instant::now();
         let mut cap = lmax + params.max_new_tokens.min(DECODE_CHUNK) + 1;
         let mut state: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
@@ -197,6 +198,8 @@ impl Model {
         let mut t = 0usize; // tokens fed per row so far
         let prof = std::env::var_os("MALT_PROFILE_DECODE").is_some();
         let (mut t_sample, mut t_fwd, mut t_logits) = (0f64, 0f64, 0f64);
+        let t_setup = t_setup0.elapsed().as_secs_f64();
+        let mut t_compact = 0f64;
         loop {
             let ts = std::time::Instant::now();
             // Sample, then retire finished rows.
@@ -248,17 +251,29 @@ impl Model {
             if keep.is_empty() {
                 break;
             }
+            let tc = std::time::Instant::now();
             if keep.len() < rows.len() {
-                let idx = Tensor::from_vec(
-                    keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    keep.len(),
-                    self.device(),
-                )?;
+                // Compacted in place: each survivor beyond the new batch size moves into a
+                // retired row's slot, so a retirement moves at most one row per layer and
+                // allocates nothing (gathering every survivor into new buffers cost a tenth of
+                // a 27-row decode in copies and page faults). Row order does not matter: each
+                // row carries its own sampler state.
+                let m = keep.len();
+                let holes = (0..m).filter(|i| keep.binary_search(i).is_err());
+                let movers = keep.iter().copied().filter(|&i| i >= m);
+                let moves: Vec<(usize, usize)> = movers.zip(holes).collect();
                 for kv in state.iter_mut() {
-                    *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+                    for &(from, to) in &moves {
+                        for x in [&kv.0, &kv.1] {
+                            x.slice_set(&x.narrow(0, from, 1)?.copy()?, 0, to)?;
+                        }
+                    }
+                    *kv = (kv.0.narrow(0, 0, m)?, kv.1.narrow(0, 0, m)?);
                 }
-                let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-                rows = keep.iter().filter_map(|&i| old[i].take()).collect();
+                for &(from, to) in &moves {
+                    rows.swap(from, to);
+                }
+                rows.truncate(m);
             }
             if lmax + t + 1 > cap {
                 let grow = DECODE_CHUNK.min(params.max_new_tokens) + 1;
@@ -270,6 +285,7 @@ impl Model {
                 }
                 cap += grow;
             }
+            t_compact += tc.elapsed().as_secs_f64();
             // Feed each row's last token.
             let b = rows.len();
             let last: Vec<u32> = rows.iter().map(|r| *r.gen.last().unwrap_or(&0)).collect();
@@ -286,7 +302,10 @@ impl Model {
                         m[ri * total + j] = f32::NEG_INFINITY;
                     }
                 }
-                Some(Tensor::from_vec(m, (b, 1, 1, 1, total), self.device())?)
+                Some(
+                    Tensor::from_vec(m, (b, 1, 1, 1, total), self.device())?
+                        .to_dtype(self.decoder.activation_dtype())?,
+                )
             };
             let ctx = Ctx {
                 cos,
@@ -313,7 +332,7 @@ impl Model {
             t_logits += tl.elapsed().as_secs_f64();
         }
         if prof {
-            eprintln!("decode profile (b={n}): sample+stop {t_sample:.3}s, layers {t_fwd:.3}s, lm_head+copy {t_logits:.3}s");
+            eprintln!("decode profile (b={n}, lmax={lmax}, steps={t}): setup {t_setup:.3}s, sample+stop {t_sample:.3}s, compact+grow {t_compact:.3}s, layers {t_fwd:.3}s, lm_head+copy {t_logits:.3}s");
         }
         results
             .into_iter()

@@ -13,6 +13,14 @@ use rayon::prelude::*;
 /// (or runs on one thread), and the transpose would be most of the gain.
 pub const WT_MIN_ROWS: usize = 16;
 
+/// gemm's threads: rayon's pool when it has more than one thread.
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        t if t > 1 => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
+    }
+}
+
 /// `dst (m, n) = alpha_dst * dst + scale * op(lhs) @ op(rhs)`, all row-major. `lhs` holds (m, k)
 /// or, when `lhs_t`, (k, m); `rhs` holds (k, n) or, when `rhs_t`, (n, k). `accumulate` keeps
 /// `dst`'s contents (alpha 1) instead of overwriting them.
@@ -49,12 +57,7 @@ pub(crate) fn sgemm(
     } else {
         (n as isize, 1)
     };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism();
     // SAFETY: the asserted lengths cover every index the strides reach: lhs (m, k), rhs (k, n),
     // dst (m, n), each with the strides of its stored layout.
     unsafe {
@@ -74,6 +77,51 @@ pub(crate) fn sgemm(
             rhs_rs,
             if accumulate { 1.0 } else { 0.0 },
             scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// `dst (m, n) = [dst +] lhs (m, k) @ rhs (k, n)` where `lhs`'s rows lie `lhs_stride` apart (a
+/// column block of a wider matrix) and `rhs` and `dst` are contiguous row-major.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_stride: usize,
+    rhs: &[f32],
+) {
+    assert!(dst.len() >= m * n && rhs.len() >= k * n && lhs_stride >= k);
+    assert!(m == 0 || lhs.len() >= (m - 1) * lhs_stride + k);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let par = parallelism();
+    // SAFETY: the asserts cover every index the strides reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            lhs_stride as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
             false,
             false,
             false,

@@ -8,9 +8,33 @@ use crate::error::{ModelError, Result};
 use crate::fetch;
 use crate::lora::{LoraAdapter, LoraConfig, Proj};
 use crate::tokenizer::Tokenizer;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// The dtype weights are held in when none is asked for: f32 on the CPU (the exact path, and
+/// the one the CPU peers are compared in), the checkpoint's own on a GPU (bf16 for most HF
+/// checkpoints, as PyTorch and vLLM run them). `stored` is the checkpoint's dtype; quantised
+/// GGUF files count as f32.
+pub fn default_dtype(device: &Device, stored: DType) -> DType {
+    match (device.is_cpu(), stored) {
+        (true, _) => DType::F32,
+        (false, DType::BF16 | DType::F16 | DType::F32) => stored,
+        (false, _) => DType::F32,
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16` (a config's `[model] dtype`).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        other => Err(ModelError::Invalid(format!(
+            "dtype {other:?}: expected \"f32\", \"bf16\" or \"f16\""
+        ))),
+    }
+}
 
 #[derive(Debug)]
 pub struct Model {
@@ -24,18 +48,26 @@ pub struct Model {
 }
 
 impl Model {
-    /// `smollm2-135m-instruct` (fetched on first use), a HF directory, or a `.gguf` file.
+    /// `smollm2-135m-instruct` (fetched on first use), a HF directory, or a `.gguf` file, with
+    /// its weights held in [`default_dtype`].
     pub fn load(source: &str, device: &Device) -> Result<Self> {
+        Self::load_as(source, device, None)
+    }
+
+    /// [`Model::load`] with the weight matrices held in `dtype` (f32, bf16 or f16); None picks
+    /// [`default_dtype`]. Each tensor is converted as it is read, so a bf16 checkpoint loaded as
+    /// bf16 never exists in f32.
+    pub fn load_as(source: &str, device: &Device, dtype: Option<DType>) -> Result<Self> {
         if source.eq_ignore_ascii_case(fetch::DEFAULT_MODEL) {
             let path = fetch::ensure_smollm2()?;
-            return Self::load_gguf(&path, device);
+            return Self::load_gguf(&path, device, dtype);
         }
         let path = PathBuf::from(source);
         if path.is_dir() {
-            Self::load_hf_dir(&path, device)
+            Self::load_hf_dir(&path, device, dtype)
         } else if path.is_file() {
             if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
-                Self::load_gguf(&path, device)
+                Self::load_gguf(&path, device, dtype)
             } else {
                 Err(ModelError::Invalid(format!(
                     "{source}: expected a HF model directory or a .gguf file"
@@ -46,19 +78,23 @@ impl Model {
         }
     }
 
-    pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+    pub fn load_hf_dir(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let cfg = ModelConfig::from_hf_file(&cfg_path)?;
-        let (tensors, file) = crate::weights::load_hf_tensors(dir, device)?;
-        let decoder = Decoder::from_tensors(cfg, tensors, &file, device)?;
+        let stored = crate::weights::hf_stored_dtype(dir)?;
+        let dtype = dtype.unwrap_or_else(|| default_dtype(device, stored));
+        let (tensors, file) = crate::weights::load_hf_tensors(dir, device, dtype)?;
+        let decoder = Decoder::from_tensors(cfg, tensors, &file, device, dtype)?;
         let tokenizer = Tokenizer::from_hf_dir(dir)?;
         Self::assemble(decoder, tokenizer, dir.display().to_string())
     }
 
-    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
-        let ck = crate::weights::load_gguf(path, device)?;
+    pub fn load_gguf(path: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
+        let ck = crate::weights::load_gguf(path, device, |stored| {
+            dtype.unwrap_or_else(|| default_dtype(device, stored))
+        })?;
         let tokenizer = Tokenizer::from_gguf(&ck.content)?;
-        let decoder = Decoder::from_tensors(ck.config, ck.tensors, path, device)?;
+        let decoder = Decoder::from_tensors(ck.config, ck.tensors, path, device, ck.dtype)?;
         Self::assemble(decoder, tokenizer, path.display().to_string())
     }
 
@@ -142,8 +178,12 @@ impl Model {
             for proj in Proj::ALL {
                 let lin = l.proj(proj);
                 let base = format!("{p}.{}.{}", proj.module(), proj.hf_name());
+                // Merged in f32 and stored in the base's dtype: what a user of a bf16 base
+                // expects to load back.
                 let w = match adapter.map(|a| a.delta(i, proj)).transpose()?.flatten() {
-                    Some(delta) => (&lin.w + delta)?,
+                    Some(delta) => {
+                        (lin.w.to_dtype(DType::F32)? + delta)?.to_dtype(lin.w.dtype())?
+                    }
                     None => lin.w.clone(),
                 };
                 out.insert(format!("{base}.weight"), w);
@@ -178,6 +218,11 @@ impl Model {
     /// word-level tokenizer (`t0`, `t1`, ...) and ChatML; it never emits a stop token. For
     /// benchmarks of a shape without its checkpoint, and for tests.
     pub fn random(cfg: ModelConfig, device: &Device) -> Result<Self> {
+        Self::random_as(cfg, device, DType::F32)
+    }
+
+    /// [`Model::random`] with the weight matrices held in `dtype`.
+    pub fn random_as(cfg: ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
         use crate::decoder::{Layer, Linear};
         let h = cfg.hidden_size;
         let rnd =
@@ -236,7 +281,7 @@ impl Model {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut tk = tokenizers::Tokenizer::new(wl);
         tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-        let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device)?;
+        let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device, dtype)?;
         Ok(Model {
             decoder,
             tokenizer: Tokenizer::new(tk),

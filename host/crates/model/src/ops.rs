@@ -96,6 +96,23 @@ pub fn decode_attention(
         return Ok(None);
     };
     let (qd, kd, vd) = (&qv[qa..qb], &kv[ka..kb], &vv[va..vb]);
+    if let Some(out) = crate::attention::decode_attention(
+        qd,
+        kd,
+        vd,
+        maskv.as_deref(),
+        (b, nkv, n_rep, hd),
+        cap,
+        l,
+        scale,
+    ) {
+        drop((qs, ks, vs));
+        return Ok(Some(Tensor::from_vec(
+            out,
+            (b, nkv, n_rep, hd),
+            q.device(),
+        )?));
+    }
     let mut out = vec![0f32; b * nkv * n_rep * hd];
     out.par_chunks_mut(n_rep * hd)
         .enumerate()

@@ -200,7 +200,20 @@ fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Opti
     use rayon::prelude::*;
     let (n, k) = x.dims2()?;
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if n > SMALL_MATMUL_MAX_ROWS || !f32_cpu(x) || !ws.iter().all(|w| f32_cpu(w)) {
+    if n > SMALL_MATMUL_MAX_ROWS || !f32_cpu(x) {
+        return Ok(None);
+    }
+    let half_cpu = |t: &Tensor| {
+        t.device().is_cpu()
+            && matches!(
+                t.dtype(),
+                candle_core::DType::BF16 | candle_core::DType::F16
+            )
+    };
+    if ws.iter().all(|w| half_cpu(w) && w.dtype() == ws[0].dtype()) && !ws.is_empty() {
+        return small_half(x, ws);
+    }
+    if !ws.iter().all(|w| f32_cpu(w)) {
         return Ok(None);
     }
     let mut outs = Vec::with_capacity(ws.len());
@@ -268,6 +281,44 @@ fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Opti
         // SAFETY: the jobs above wrote every element of the (n, out) output.
         unsafe { y.set_len(n * out) };
     }
+    ys.into_iter()
+        .zip(outs)
+        .map(|(y, out)| Tensor::from_vec(y, (n, out), x.device()))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// [`small_matmuls`] with bf16 / f16 weights: `crate::half_matmul`'s kernels, all weights in one
+/// dispatch.
+fn small_half(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    use crate::half_matmul::Half;
+    let (n, k) = x.dims2()?;
+    let xd = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut outs = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (out, k2) = w.dims2()?;
+        if k2 != k || !w.is_contiguous() {
+            return Ok(None);
+        }
+        outs.push(out);
+    }
+    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let mut halves = Vec::with_capacity(ws.len());
+    for (st, l) in &guards {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            return Ok(None);
+        };
+        halves.push(match &**st {
+            candle_core::Storage::Cpu(CpuStorage::BF16(v)) => Half::Bf16(&v[a..b]),
+            candle_core::Storage::Cpu(CpuStorage::F16(v)) => Half::F16(&v[a..b]),
+            _ => return Ok(None),
+        });
+    }
+    let mut ys: Vec<Vec<f32>> = outs.iter().map(|&o| vec![0f32; n * o]).collect();
+    let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+    crate::half_matmul::matmul_wt_multi(n, k, &xd, &halves, &mut refs, false);
+    drop(halves);
+    drop(guards);
     ys.into_iter()
         .zip(outs)
         .map(|(y, out)| Tensor::from_vec(y, (n, out), x.device()))

@@ -133,6 +133,7 @@ impl<'m> TreeSampler<'m> {
         let uid = adapter.map(|a| a.uid()).unwrap_or(0);
         let empty = Cache::empty();
         let mut branches = vec![];
+        let tp = std::time::Instant::now();
         for node in nodes {
             self.stats.prefill_minimum += self.mark(uid, node.prompt);
             let before = self.model.decoder.prefill_tokens_computed();
@@ -148,6 +149,13 @@ impl<'m> TreeSampler<'m> {
                     seed: branch_seed(params.seed, &p),
                 });
             }
+        }
+        if std::env::var_os("MALT_PROFILE_DECODE").is_some() {
+            eprintln!(
+                "prefill profile ({} nodes): {:.3}s",
+                nodes.len(),
+                tp.elapsed().as_secs_f64()
+            );
         }
         let mut out = self.model.generate(branches, params, adapter)?.into_iter();
         let mut result = Vec::with_capacity(nodes.len());

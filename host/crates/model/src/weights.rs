@@ -10,12 +10,12 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-/// Loads every tensor of a HF directory: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json`. Returns the tensors and the file named in errors.
-pub fn load_hf_tensors(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, PathBuf)> {
+/// The safetensors files of a HF directory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`; and the file to name in errors.
+fn hf_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     let index = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
-    let files: Vec<PathBuf> = if index.exists() {
+    if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
             file: index.clone(),
@@ -29,26 +29,138 @@ pub fn load_hf_tensors(dir: &Path, device: &Device) -> Result<(HashMap<String, T
                 msg: "missing `weight_map`".into(),
             })?;
         let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
-        names.into_iter().map(|n| dir.join(n)).collect()
+        Ok((names.into_iter().map(|n| dir.join(n)).collect(), index))
     } else if single.exists() {
-        vec![single.clone()]
+        Ok((vec![single.clone()], single))
     } else {
-        return Err(ModelError::MissingFile { path: single });
-    };
-    let mut all = HashMap::new();
-    for f in &files {
-        if !f.exists() {
-            return Err(ModelError::MissingFile { path: f.clone() });
-        }
-        let t = candle_core::safetensors::load(f, device)
-            .map_err(|e| ModelError::Invalid(format!("reading {}: {e}", f.display())))?;
-        all.extend(t);
+        Err(ModelError::MissingFile { path: single })
     }
-    let named = if files.len() == 1 {
-        files[0].clone()
-    } else {
-        index
-    };
+}
+
+/// A safetensors file's header: the tensors' dtypes, shapes and byte ranges, and where the data
+/// starts. Only the header is read.
+fn read_header(path: &Path, f: &mut std::fs::File) -> Result<(safetensors::tensor::Metadata, u64)> {
+    use std::io::Read;
+    let bad = |msg: String| ModelError::Invalid(format!("reading {}: {msg}", path.display()));
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| ModelError::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    // safetensors' own limit on the header.
+    if n > 100_000_000 {
+        return Err(bad(format!("header of {n} bytes: not a safetensors file")));
+    }
+    let mut buf = vec![0u8; 8 + n as usize];
+    buf[..8].copy_from_slice(&len);
+    f.read_exact(&mut buf[8..])
+        .map_err(|e| ModelError::io(path, e))?;
+    let text = std::str::from_utf8(&buf[8..]).map_err(|e| bad(format!("header: {e}")))?;
+    // `Metadata`'s own deserialisation checks that the tensors tile the data without gaps.
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_str(text).map_err(|e| bad(format!("header: {e}")))?;
+    let end = meta
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1)
+        .max()
+        .unwrap_or(0) as u64;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if 8 + n + end != len {
+        return Err(bad(format!(
+            "the header describes {} bytes of data but the file holds {} (truncated or padded file)",
+            end,
+            len.saturating_sub(8 + n)
+        )));
+    }
+    Ok((meta, 8 + n))
+}
+
+fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::F32 => DType::F32,
+        S::BF16 => DType::BF16,
+        S::F16 => DType::F16,
+        S::F64 => DType::F64,
+        S::U8 => DType::U8,
+        S::U32 => DType::U32,
+        S::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+/// The dtype a HF checkpoint stores its weights in (that of its embeddings, else of its first
+/// floating-point tensor).
+pub fn hf_stored_dtype(dir: &Path) -> Result<DType> {
+    let (files, _) = hf_files(dir)?;
+    let mut found = None;
+    for path in &files {
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let (meta, _) = read_header(path, &mut f)?;
+        let tensors = meta.tensors();
+        if let Some(info) = tensors.get("model.embed_tokens.weight") {
+            return Ok(candle_dtype(info.dtype).unwrap_or(DType::F32));
+        }
+        if found.is_none() {
+            found = tensors
+                .values()
+                .filter_map(|i| candle_dtype(i.dtype))
+                .find(|d| d.is_float());
+        }
+    }
+    Ok(found.unwrap_or(DType::F32))
+}
+
+/// Loads every tensor of a HF directory, floating-point ones converted to `dtype`. Tensors are
+/// read one at a time (never the whole file into memory), so the peak is the converted tensors
+/// plus one tensor as stored. Returns the tensors and the file named in errors.
+pub fn load_hf_tensors(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(HashMap<String, Tensor>, PathBuf)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (files, named) = hf_files(dir)?;
+    let mut all = HashMap::new();
+    for path in &files {
+        if !path.exists() {
+            return Err(ModelError::MissingFile { path: path.clone() });
+        }
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let size = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        let (meta, data_start) = read_header(path, &mut f)?;
+        let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            meta.tensors().into_iter().collect();
+        // In file order, so the reads stream.
+        infos.sort_by_key(|(_, i)| i.data_offsets.0);
+        let mut bytes = Vec::new();
+        for (name, info) in infos {
+            let bad = |msg: String| {
+                ModelError::Invalid(format!("reading {} tensor {name}: {msg}", path.display()))
+            };
+            let stored = candle_dtype(info.dtype)
+                .ok_or_else(|| bad(format!("unsupported dtype {:?}", info.dtype)))?;
+            let (a, b) = info.data_offsets;
+            if data_start + b as u64 > size {
+                return Err(bad(format!(
+                    "data ends at byte {} of a {size}-byte file (truncated?)",
+                    data_start + b as u64
+                )));
+            }
+            bytes.resize(b - a, 0);
+            f.seek(SeekFrom::Start(data_start + a as u64))
+                .and_then(|_| f.read_exact(&mut bytes))
+                .map_err(|e| ModelError::io(path, e))?;
+            let t = Tensor::from_raw_buffer(&bytes, stored, &info.shape, &Device::Cpu)
+                .map_err(|e| bad(e.to_string()))?;
+            let t = if stored.is_float() && stored != dtype {
+                t.to_dtype(dtype)?
+            } else {
+                t
+            };
+            all.insert(name, t.to_device(device)?);
+        }
+    }
     Ok((all, named))
 }
 
@@ -126,9 +238,18 @@ pub struct GgufCheckpoint {
     pub config: ModelConfig,
     pub tensors: HashMap<String, Tensor>,
     pub content: gguf_file::Content,
+    /// The dtype the matrices were converted to.
+    pub dtype: DType,
 }
 
-pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
+/// Reads a GGUF file, dequantising each tensor and converting it to the dtype `dtype_for` picks
+/// from the file's own (that of its embeddings: f32, bf16 or f16, quantised types count as f32),
+/// one tensor at a time.
+pub fn load_gguf(
+    path: &Path,
+    device: &Device,
+    dtype_for: impl FnOnce(DType) -> DType,
+) -> Result<GgufCheckpoint> {
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let ct = gguf_file::Content::read(&mut f)
         .map_err(|e| ModelError::Invalid(format!("reading GGUF {}: {e}", path.display())))?;
@@ -156,6 +277,12 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
                 file: path.into(),
             })?;
     let vocab = embd_info.shape.dims()[0];
+    let stored = match embd_info.ggml_dtype {
+        candle_core::quantized::GgmlDType::BF16 => DType::BF16,
+        candle_core::quantized::GgmlDType::F16 => DType::F16,
+        _ => DType::F32,
+    };
+    let dtype = dtype_for(stored);
     let tied = !ct.tensor_infos.contains_key("output.weight");
     let has_bias = ct.tensor_infos.contains_key("blk.0.attn_q.bias");
     let id = |k: &str| ct.metadata.get(k).and_then(|v| v.to_u32().ok());
@@ -191,7 +318,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
         let q = ct.tensor(&mut f, &name, device).map_err(|e| {
             ModelError::Invalid(format!("GGUF {} tensor {name}: {e}", path.display()))
         })?;
-        let mut t = q.dequantize(device)?.to_dtype(DType::F32)?;
+        let mut t = q.dequantize(device)?;
         if permuted && t.rank() == 2 {
             if name.ends_with("attn_q.weight") {
                 t = unpermute_qk(&t, n_head)?;
@@ -199,11 +326,17 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
                 t = unpermute_qk(&t, n_kv)?;
             }
         }
+        // Norms stay f32 (the decoder keeps them in the activations' dtype); matrices take the
+        // chosen dtype now, so the file never exists whole in f32.
+        if t.rank() == 2 && t.dtype() != dtype {
+            t = t.to_dtype(dtype)?;
+        }
         tensors.insert(hf, t);
     }
     Ok(GgufCheckpoint {
         config,
         tensors,
         content: ct,
+        dtype,
     })
 }

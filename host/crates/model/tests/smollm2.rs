@@ -22,7 +22,7 @@ fn model() -> Option<Model> {
             return None;
         }
     };
-    Some(Model::load_gguf(&path, &Device::Cpu).expect("loading SmolLM2"))
+    Some(Model::load_gguf(&path, &Device::Cpu, None).expect("loading SmolLM2"))
 }
 
 #[test]

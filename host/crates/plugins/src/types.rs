@@ -1,38 +1,11 @@
-//! Host-side mirrors of the WIT records, independent of the API version a plugin targets.
+//! Host-side records of the plugin API, independent of the API version a plugin targets. The
+//! plain records (examples, messages, turns) are malt-records' own; the ones here are either
+//! requests only the plugin host builds or component types that `grade` lowers and lifts
+//! without a copy (with `From` impls to malt-records' [`malt_records::Grade`]).
 
+pub use malt_records::{Choice, Example, Message, Turn};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{ComponentType, Lift, Lower};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Choice {
-    pub label: String,
-    pub text: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Example {
-    pub id: String,
-    pub question: String,
-    pub gold: String,
-    #[serde(default)]
-    pub choices: Vec<Choice>,
-    /// JSON object text.
-    #[serde(default)]
-    pub metadata: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Turn {
-    pub agent: String,
-    pub role: String,
-    pub output: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenderRequest {
@@ -65,6 +38,24 @@ pub struct Grade {
     /// In [0, 1] (checked by the host).
     pub reward: f64,
     pub reason: String,
+}
+
+impl From<Grade> for malt_records::Grade {
+    fn from(g: Grade) -> Self {
+        malt_records::Grade {
+            reward: g.reward,
+            reason: g.reason,
+        }
+    }
+}
+
+impl From<malt_records::Grade> for Grade {
+    fn from(g: malt_records::Grade) -> Self {
+        Grade {
+            reward: g.reward,
+            reason: g.reason,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

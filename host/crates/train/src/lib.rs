@@ -37,6 +37,8 @@ pub mod optim;
 pub mod policy;
 pub mod reference;
 pub mod settings;
+pub mod tfevents;
+mod timings;
 pub mod trainer;
 
 pub use batch::{Sequence, TokenBatch};
@@ -49,4 +51,5 @@ pub use settings::{
 };
 pub use trainer::{
     adapter_dir, final_adapter_dir, run_schedule, train_agent, train_phase, PhaseReport, PhaseSpec,
+    PhaseTimings,
 };

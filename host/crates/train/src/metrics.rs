@@ -1,4 +1,6 @@
-//! `metrics.jsonl` (one JSON object per optimiser step and per eval) and the loss-curve SVG.
+//! `metrics.jsonl` (one JSON object per optimiser step and per eval), its TensorBoard mirror
+//! (an event file beside it: every numeric field as the scalar `train/<field>` or
+//! `eval/<field>`) and the loss-curve SVG.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,9 @@ pub struct EvalMetrics {
 
 pub struct MetricsLog {
     path: PathBuf,
+    /// The TensorBoard mirror; dropped (with a warning) if it cannot be written, since the
+    /// JSONL log is what resuming and the reports read.
+    events: Option<crate::tfevents::EventFile>,
 }
 
 impl MetricsLog {
@@ -72,19 +77,53 @@ impl MetricsLog {
                 .collect::<String>(),
             _ => String::new(),
         };
-        std::fs::write(path, kept).map_err(|e| TrainError::io(path, e))?;
-        Ok(MetricsLog {
+        std::fs::write(path, &kept).map_err(|e| TrainError::io(path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut log = MetricsLog {
             path: path.to_path_buf(),
-        })
+            events: match crate::tfevents::EventFile::create(dir) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("{}: no TensorBoard event file: {e}", dir.display());
+                    None
+                }
+            },
+        };
+        // A resumed phase's event file is rewritten from the records kept above.
+        for line in kept.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                log.mirror(&v);
+            }
+        }
+        Ok(log)
     }
 
-    pub fn append<T: Serialize>(&self, rec: &T) -> Result<()> {
+    pub fn append<T: Serialize>(&mut self, rec: &T) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|e| TrainError::io(&self.path, e))?;
-        let line = serde_json::to_string(rec)?;
-        writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))
+        let value = serde_json::to_value(rec)?;
+        writeln!(f, "{value}").map_err(|e| TrainError::io(&self.path, e))?;
+        self.mirror(&value);
+        Ok(())
+    }
+
+    fn mirror(&mut self, record: &serde_json::Value) {
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let Some((step, values)) = crate::tfevents::scalars_of(record) else {
+            return;
+        };
+        let written = values
+            .iter()
+            .try_for_each(|(tag, v)| events.scalar(tag, step, *v))
+            .and_then(|()| events.flush());
+        if let Err(e) = written {
+            tracing::warn!("{}: TensorBoard events stop: {e}", events.path().display());
+            self.events = None;
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use crate::timings::PhaseTimings;
+
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -53,7 +55,7 @@ impl PhaseSpec {
             agent: plan.name.clone(),
             phase,
             dataset: dataset_path(run_dir, &plan.name, phase),
-            out_dir: run_dir.join("train").join(&plan.name).join(phase.name()),
+            out_dir: malt_layout::RoundLayout::at(run_dir).train_phase(&plan.name, phase.name()),
             adapter_out: adapter_dir(run_dir, &plan.name, phase),
             init_adapter: init,
             optim: match phase {
@@ -66,14 +68,11 @@ impl PhaseSpec {
 }
 
 pub fn dataset_path(run_dir: &Path, agent: &str, phase: Phase) -> PathBuf {
-    run_dir
-        .join("datasets")
-        .join(agent)
-        .join(format!("{}.jsonl", phase.name()))
+    malt_layout::RoundLayout::at(run_dir).dataset(agent, phase.name())
 }
 
 pub fn adapter_dir(run_dir: &Path, agent: &str, phase: Phase) -> PathBuf {
-    run_dir.join("adapters").join(agent).join(phase.name())
+    malt_layout::RoundLayout::at(run_dir).adapter(agent, phase.name())
 }
 
 /// The adapter inference should use for an agent: its last finished phase (dpo, else sft).
@@ -99,6 +98,9 @@ pub struct PhaseReport {
     pub resumed_from: Option<u64>,
     pub train_examples: usize,
     pub eval_examples: usize,
+    /// Where this run of the phase spent its time (zero for a phase reused as finished).
+    #[serde(default)]
+    pub timings: PhaseTimings,
 }
 
 /// sha256 over the adapter's variable names and f32 values: identifies a reference adapter.
@@ -218,6 +220,8 @@ pub fn train_phase<M: PolicyModel>(
     spec: &PhaseSpec,
     opts: &RunOptions,
 ) -> Result<PhaseReport> {
+    let started = Instant::now();
+    let mut timings = PhaseTimings::default();
     let o = &spec.optim;
     o.validate()?;
     if spec.phase == Phase::Dpo {
@@ -274,6 +278,7 @@ pub fn train_phase<M: PolicyModel>(
                     r
                 }
                 None => {
+                    let t = Instant::now();
                     tracing::info!("computing reference log-probs ({} pairs)", items.len());
                     let r = compute_ref_logprobs(model, init.as_ref(), &items, mb, pad_id)?;
                     let desc = serde_json::json!({
@@ -282,6 +287,7 @@ pub fn train_phase<M: PolicyModel>(
                         "tokenizer": tok.fingerprint(), "max_seq_len": o.max_seq_len, "pairs": items.len(),
                     });
                     save_ref_cache(&cache, &r, &desc)?;
+                    timings.reference_s = t.elapsed().as_secs_f64();
                     r
                 }
             };
@@ -364,7 +370,7 @@ pub fn train_phase<M: PolicyModel>(
     if let Some((step, dir)) = &resume_ckpt {
         opt.load(&dir.join("optimizer.safetensors"), *step)?;
     }
-    let log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
+    let mut log = MetricsLog::open(&spec.out_dir.join("metrics.jsonl"), resumed_from)?;
 
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(total);
@@ -457,6 +463,7 @@ pub fn train_phase<M: PolicyModel>(
     let mut perm_cache: Option<(u64, Vec<usize>)> = None;
     let mut last_eval = None;
     let mut step = start_step;
+    timings.setup_s = started.elapsed().as_secs_f64() - timings.reference_s;
     while step < total {
         let t0 = Instant::now();
         let epoch = step / spe;
@@ -568,6 +575,12 @@ pub fn train_phase<M: PolicyModel>(
             });
         }
         opt.step(&grads, lr)?;
+        if step == start_step {
+            timings.first_step_s = t0.elapsed().as_secs_f64();
+        } else {
+            timings.later_steps_s += t0.elapsed().as_secs_f64();
+            timings.later_steps += 1;
+        }
         step += 1;
         tokens_seen += step_tokens;
         last_loss = Some(step_loss);
@@ -597,13 +610,17 @@ pub fn train_phase<M: PolicyModel>(
             step.is_multiple_of(spe) || step == total
         };
         if eval_due {
+            let t = Instant::now();
             if let Some(e) = do_eval(&adapter, step)? {
                 log.append(&e)?;
                 last_eval = Some(e);
             }
+            timings.eval_s += t.elapsed().as_secs_f64();
         }
         if (o.save_every > 0 && step.is_multiple_of(o.save_every as u64)) || step == total {
+            let t = Instant::now();
             last_ckpt = Some(save_ckpt(step, tokens_seen, last_loss, &adapter, &opt)?);
+            timings.checkpoint_s += t.elapsed().as_secs_f64();
         }
         if opts.stop_after_steps.is_some_and(|k| step >= k) && step < total {
             bar.abandon();
@@ -619,14 +636,18 @@ pub fn train_phase<M: PolicyModel>(
                 resumed_from,
                 train_examples: n_train,
                 eval_examples: eval_idx.len(),
+                timings,
             });
         }
     }
     bar.finish();
     if last_eval.is_none() && !eval_idx.is_empty() {
         // Resumed at the very end, or total == 0: still report an eval.
+        let t = Instant::now();
         last_eval = do_eval(&adapter, step)?;
+        timings.eval_s += t.elapsed().as_secs_f64();
     }
+    let finishing = Instant::now();
     checkpoint::write_dir_atomic(&spec.adapter_out, |tmp| {
         model.save_adapter(&adapter, tmp, &opts.base_model)
     })?;
@@ -654,12 +675,22 @@ pub fn train_phase<M: PolicyModel>(
         resumed_from,
         train_examples: n_train,
         eval_examples: eval_idx.len(),
+        timings: PhaseTimings::default(),
     };
     let mut complete = serde_json::to_value(&report)?;
     complete["fingerprint"] = serde_json::Value::String(fingerprint.clone());
     std::fs::write(&complete_path, serde_json::to_string_pretty(&complete)?)
         .map_err(|e| TrainError::io(&complete_path, e))?;
-    Ok(report)
+    timings.finish_s = finishing.elapsed().as_secs_f64();
+    timings.total_s = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "trained {} {} ({} steps) in {}",
+        spec.agent,
+        spec.phase.name(),
+        step - start_step,
+        timings.summary()
+    );
+    Ok(PhaseReport { timings, ..report })
 }
 
 /// The report of a finished phase if `path` exists and was written for `fingerprint`. A phase

@@ -174,11 +174,12 @@ impl DatasetBuilder {
     /// fsyncs dominate).
     pub fn write(&self, run_dir: &Path) -> Result<()> {
         let mut files: Vec<(std::path::PathBuf, &[u8])> = Vec::new();
+        let layout = malt_layout::RoundLayout::at(run_dir);
         for (name, set) in self.agents.iter().zip(&self.sets) {
-            let dir = run_dir.join("datasets").join(name);
+            let dir = layout.agent_datasets(name);
             std::fs::create_dir_all(&dir).map_err(|e| TreeError::io(&dir, e))?;
-            files.push((dir.join("sft.jsonl"), &set.sft));
-            files.push((dir.join("dpo.jsonl"), &set.dpo));
+            files.push((layout.dataset(name, "sft"), &set.sft));
+            files.push((layout.dataset(name, "dpo"), &set.dpo));
         }
         par_map(&files, |(path, bytes)| write_atomic(path, bytes))
             .into_iter()

@@ -17,6 +17,18 @@ pub enum TreeError {
         msg: String,
     },
 
+    /// A record of a dataset file is bad (the plugin's message, or a duplicate id).
+    #[error("{}: {msg}", at.locate(path))]
+    Record {
+        path: PathBuf,
+        at: malt_records::Position,
+        msg: String,
+    },
+
+    /// A dataset file cannot be read (I/O, JSON or parquet errors, located).
+    #[error(transparent)]
+    Dataset(#[from] malt_records::DatasetError),
+
     /// A whole file is bad (empty dataset, unreadable manifest, ...).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },

@@ -1,79 +1,75 @@
-//! Loading a dataset of questions: each non-blank line is one JSON object, parsed into an
-//! `Example` by the benchmark plugin's `parse-records`. This module only adds what the
-//! plugin cannot know: the file name and line number of every error, JSON syntax checks,
-//! the empty-file check and duplicate ids.
+//! Loading a dataset of questions: malt-records reads the file (JSONL, a JSON array or parquet)
+//! into raw records, each parsed into an `Example` by the benchmark plugin's `parse-records`.
+//! This module adds what the plugin cannot know: the file and line (or row) of every error, and
+//! duplicate ids.
 
 use std::collections::HashMap;
 use std::path::Path;
+
+use malt_records::{read_records, Position, Record};
 
 use crate::error::{Result, TreeError};
 use crate::scorer::Scorer;
 use crate::types::Example;
 
-/// Reads `path` and parses it through `plugin`. Errors name `path:line:`.
+/// Reads `path` and parses it through `plugin`. Errors name `path:line:` or `path: row N:`.
 pub fn load_examples(path: &Path, plugin: &str, scorer: &mut dyn Scorer) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TreeError::io(path, e))?;
-    parse_examples(path, &text, plugin, scorer)
+    let records = read_records(path)?;
+    parse_examples(path, &records, plugin, scorer)
 }
 
-/// As [`load_examples`], from text already read (`path` is only used in messages).
+/// As [`load_examples`], each example with the position of its record (for messages about it).
+pub fn load_located(
+    path: &Path,
+    plugin: &str,
+    scorer: &mut dyn Scorer,
+) -> Result<Vec<(Example, Position)>> {
+    let records = read_records(path)?;
+    let examples = parse_examples(path, &records, plugin, scorer)?;
+    Ok(examples
+        .into_iter()
+        .zip(records.iter().map(|r| r.at))
+        .collect())
+}
+
+/// As [`load_examples`], from records already read (`path` is only used in messages).
 pub fn parse_examples(
     path: &Path,
-    text: &str,
+    records: &[Record],
     plugin: &str,
     scorer: &mut dyn Scorer,
 ) -> Result<Vec<Example>> {
-    let line_err = |line: usize, msg: String| TreeError::Line {
-        path: path.to_owned(),
-        line,
-        msg,
-    };
-    let mut lines = Vec::new();
-    let mut numbers = Vec::new();
-    for (k, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(serde_json::Value::Object(_)) => {}
-            Ok(_) => return Err(line_err(k + 1, "expected a JSON object".into())),
-            Err(e) => return Err(line_err(k + 1, format!("invalid JSON: {e}"))),
-        }
-        lines.push(line);
-        numbers.push(k + 1);
-    }
-    if lines.is_empty() {
-        return Err(TreeError::File {
-            path: path.to_owned(),
-            msg: "dataset is empty (no JSON lines)".into(),
-        });
-    }
+    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
     let parsed = scorer
-        .parse_records(plugin, &lines)
+        .parse_records(plugin, &texts)
         .map_err(|e| TreeError::Plugin {
             plugin: plugin.to_owned(),
             msg: format!("parse-records on {}: {e}", path.display()),
         })?;
-    if parsed.len() != lines.len() {
+    if parsed.len() != records.len() {
         return Err(TreeError::Plugin {
             plugin: plugin.to_owned(),
             msg: format!(
-                "parse-records returned {} results for {} lines of {}",
+                "parse-records returned {} results for {} records of {}",
                 parsed.len(),
-                lines.len(),
+                records.len(),
                 path.display()
             ),
         });
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let record_err = |r: &Record, msg: String| TreeError::Record {
+        path: path.to_owned(),
+        at: r.at,
+        msg,
+    };
+    let mut seen: HashMap<String, &Record> = HashMap::new();
     let mut out = Vec::with_capacity(parsed.len());
-    for (r, &line) in parsed.into_iter().zip(&numbers) {
-        let ex = r.map_err(|msg| line_err(line, msg))?;
-        if let Some(first) = seen.insert(ex.id.clone(), line) {
-            return Err(line_err(
-                line,
-                format!("duplicate id {:?} (first on line {first})", ex.id),
+    for (result, record) in parsed.into_iter().zip(records) {
+        let ex = result.map_err(|msg| record_err(record, msg))?;
+        if let Some(first) = seen.insert(ex.id.clone(), record) {
+            return Err(record_err(
+                record,
+                format!("duplicate id {:?} (first on {})", ex.id, first.at),
             ));
         }
         out.push(ex);

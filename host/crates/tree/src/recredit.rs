@@ -13,10 +13,10 @@ use crate::error::{Result, TreeError};
 use crate::score::{score_tree, ErrorCounts};
 use crate::scorer::Scorer;
 use crate::stats::Stats;
-use crate::store::{par_map, read_trees, threads, write_atomic, TREES};
+use crate::store::{par_map, read_trees, threads, write_atomic};
 use crate::tree::Tree;
 
-pub const STATS: &str = "stats.json";
+pub use malt_layout::STATS;
 
 #[derive(Debug, Clone)]
 pub struct RecreditReport {
@@ -39,7 +39,8 @@ pub fn recredit(
     scorer: Option<&mut dyn Scorer>,
 ) -> Result<RecreditReport> {
     let thetas = settings.thetas(chain)?;
-    let trees_path = run_dir.join(TREES);
+    let layout = malt_layout::RoundLayout::at(run_dir);
+    let trees_path = layout.trees();
     if !trees_path.exists() {
         return Err(TreeError::File {
             path: trees_path,
@@ -110,7 +111,7 @@ pub fn recredit(
     let t3 = Instant::now();
     sets.write(run_dir)?;
     let json = serde_json::to_vec_pretty(&stats).map_err(|e| TreeError::Config(e.to_string()))?;
-    write_atomic(&run_dir.join(STATS), &json)?;
+    write_atomic(&layout.stats(), &json)?;
     let write_time = t3.elapsed();
 
     Ok(RecreditReport {

@@ -20,9 +20,7 @@ use crate::credit::CreditSettings;
 use crate::error::{Result, TreeError};
 use crate::tree::Tree;
 
-pub const MANIFEST: &str = "manifest.json";
-pub const TREES: &str = "trees.jsonl";
-pub const LOCK: &str = "run.lock";
+pub use malt_layout::{LOCK, MANIFEST, TREES};
 pub const MANIFEST_FORMAT: u32 = 1;
 
 /// What a run was generated from. Written once when the run is created.

@@ -43,31 +43,75 @@ pub struct Args {
     pub skip_baseline: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The real model's tree case samples this run config's workload (its plugins' prompts for
+    /// every agent, its sampling parameters and stop rules, the generation stage's sampler);
+    /// `--workload none` measures the synthetic 3-3-3 tree instead.
+    #[arg(long, default_value = "configs/quickstart.toml")]
+    pub workload: String,
+    /// Trees of the workload to sample.
+    #[arg(long, default_value_t = 3)]
+    pub trees: usize,
+    /// How many of those trees to sample again with every sequence alone (the baseline).
+    #[arg(long, default_value_t = 1)]
+    pub independent_trees: usize,
+    /// Dtypes to hold the weights in, comma-separated (`f32`, `bf16`, `f16`); each is measured
+    /// in turn, and every one after the first is also printed as a ratio to the first.
+    #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string()])]
+    pub dtype: Vec<String>,
     /// A llama.cpp build directory (holding `llama-bench` and `llama-batched-bench`): the real
     /// model's three throughput figures are then also measured with llama.cpp in this run, with
     /// as many threads as malt uses. Needs --llama-cpp-model.
     #[arg(long, requires = "llama_cpp_model")]
     pub llama_cpp: Option<PathBuf>,
-    /// The GGUF llama.cpp runs; for a like-for-like comparison the same weights in f32, e.g.
-    /// `llama-quantize --allow-requantize SmolLM2-135M-Instruct.Q4_1.gguf smollm2-f32.gguf F32`
-    /// (malt dequantises that file to f32 too).
-    #[arg(long, requires = "llama_cpp")]
-    pub llama_cpp_model: Option<PathBuf>,
+    /// The GGUF llama.cpp runs; for a like-for-like comparison the same weights in the dtype
+    /// measured, e.g. `llama-quantize --allow-requantize SmolLM2-135M-Instruct.Q4_1.gguf
+    /// smollm2-f32.gguf F32` (or `... smollm2-bf16.gguf BF16`). With several `--dtype`s, give one
+    /// GGUF per dtype, in the same order.
+    #[arg(long, requires = "llama_cpp", value_delimiter = ',')]
+    pub llama_cpp_model: Vec<PathBuf>,
+}
+
+/// One model's three throughput figures (tokens/s).
+#[derive(Clone, Copy)]
+struct Rates {
+    prefill: f64,
+    decode_1: f64,
+    decode_9: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    let dtypes = args
+        .dtype
+        .iter()
+        .map(|d| malt_model::parse_dtype(d))
+        .collect::<malt_model::Result<Vec<_>>>()?;
+    anyhow::ensure!(!dtypes.is_empty(), "--dtype: name at least one dtype");
+    if args.llama_cpp.is_some() && args.llama_cpp_model.len() != dtypes.len() {
+        anyhow::bail!(
+            "--llama-cpp-model: give one GGUF per --dtype ({} dtypes, {} GGUFs)",
+            dtypes.len(),
+            args.llama_cpp_model.len()
+        );
+    }
     if !args.skip_real {
         let cached = args.model != fetch::DEFAULT_MODEL || fetch::smollm2_cached().is_some();
         if cached || args.fetch {
-            let t = Instant::now();
-            let mut m = Model::load(&args.model, &device).context("loading the model")?;
-            println!(
-                "[real] {} loaded in {:.1}s",
-                m.source,
-                t.elapsed().as_secs_f64()
-            );
-            bench_model("real", &mut m, &args, true)?;
+            let mut first: Option<(String, Rates)> = None;
+            for (i, &dtype) in dtypes.iter().enumerate() {
+                let t = Instant::now();
+                let mut m = Model::load_as(&args.model, &device, Some(dtype))
+                    .context("loading the model")?;
+                let label = format!("real {}", args.dtype[i]);
+                println!(
+                    "[{label}] {} loaded in {:.1}s",
+                    m.source,
+                    t.elapsed().as_secs_f64()
+                );
+                let gguf = args.llama_cpp_model.get(i).map(PathBuf::as_path);
+                let rates = bench_model(&label, &mut m, &args, true, gguf)?;
+                compare(&mut first, &label, rates);
+            }
         } else {
             println!(
                 "[real] SKIPPED: {} is not cached at {} (pass --fetch to download it)",
@@ -77,12 +121,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if !args.skip_tiny {
-        let cfg = tiny_shape();
-        let mut m = Model::random(cfg, &device)?;
-        println!("[tiny] random weights, 31M shape (h384, 8 layers, 6/2 heads, vocab 49152)");
-        bench_model("tiny", &mut m, &args, false)?;
+        let mut first: Option<(String, Rates)> = None;
+        for (i, &dtype) in dtypes.iter().enumerate() {
+            let cfg = tiny_shape();
+            let mut m = Model::random_as(cfg, &device, dtype)?;
+            let label = format!("tiny {}", args.dtype[i]);
+            println!(
+                "[{label}] random weights, 31M shape (h384, 8 layers, 6/2 heads, vocab 49152)"
+            );
+            let rates = bench_model(&label, &mut m, &args, false, None)?;
+            compare(&mut first, &label, rates);
+        }
     }
     Ok(())
+}
+
+/// Prints `rates` as a ratio to the first dtype's (remembered in `first`).
+fn compare(first: &mut Option<(String, Rates)>, label: &str, rates: Rates) {
+    match first {
+        None => *first = Some((label.to_string(), rates)),
+        Some((base, b)) => println!(
+            "[{label}] / [{base}], same run: prefill {:.2}x, decode batch 1 {:.2}x, batch 9 {:.2}x",
+            rates.prefill / b.prefill,
+            rates.decode_1 / b.decode_1,
+            rates.decode_9 / b.decode_9
+        ),
+    }
 }
 
 fn tiny_shape() -> ModelConfig {
@@ -144,9 +208,16 @@ struct Seq {
     tokens: Vec<u32>,
 }
 
-fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Result<()> {
-    // Fixed-length generations, so both sides of each comparison do the same work.
-    m.stop_ids.clear();
+fn bench_model(
+    label: &str,
+    m: &mut Model,
+    a: &Args,
+    text: bool,
+    llama_gguf: Option<&Path>,
+) -> anyhow::Result<Rates> {
+    // Fixed-length generations, so both sides of each comparison do the same work (the
+    // workload tree below restores the model's own stop tokens).
+    let stop_ids = std::mem::take(&mut m.stop_ids);
     let vocab = m.config().vocab_size;
     let nt = a.new_tokens;
     let params = SamplingParams {
@@ -248,7 +319,12 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         ratio((9 * nt) as f64 / s, base)
     );
 
-    if let (true, Some(dir), Some(gguf)) = (text, &a.llama_cpp, &a.llama_cpp_model) {
+    let rates = Rates {
+        prefill: ours.0,
+        decode_1: ours.1,
+        decode_9: ours.2,
+    };
+    if let (true, Some(dir), Some(gguf)) = (text, &a.llama_cpp, llama_gguf) {
         let peer = llama_cpp(dir, gguf, nt)?;
         println!(
             "[{label}] llama.cpp, same run ({} threads): prefill 128 {:.1} tok/s, decode batch 1 {:.1}, batch 9 {:.1} total; malt / llama.cpp = {:.2}x, {:.2}x, {:.2}x",
@@ -262,7 +338,19 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
         );
     }
     if a.skip_tree {
-        return Ok(());
+        return Ok(rates);
+    }
+    let workload = Path::new(&a.workload);
+    if text && a.workload != "none" {
+        if workload.exists() {
+            m.stop_ids = stop_ids;
+            super::workload::run(label, m, &a.model, workload, a.trees, a.independent_trees)?;
+            return Ok(rates);
+        }
+        println!(
+            "[{label}] workload {} not found (run from the repository root, or pass --workload): the synthetic tree instead",
+            workload.display()
+        );
     }
     // The agent tree: each level's prompt continues the conversation of its parent.
     let n = a.n;
@@ -377,7 +465,7 @@ fn bench_model(label: &str, m: &mut Model, a: &Args, text: bool) -> anyhow::Resu
             ""
         }
     );
-    Ok(())
+    Ok(rates)
 }
 
 /// llama.cpp's figures for the shapes `bench_model` measures.

@@ -32,6 +32,15 @@ pub struct Args {
     /// Timed steps per phase.
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// A run config whose generation stage has run (e.g. `configs/quickstart.toml` after
+    /// `malt generate configs/quickstart.toml`): its training is run on a copy of its datasets
+    /// and every phase's parts (setup, reference pass, first step, later steps, evaluation,
+    /// checkpoints, adapter) are timed, after the synthetic steps. `none` skips it.
+    #[arg(long, default_value = "configs/quickstart.toml")]
+    workload: String,
+    /// Only the workload's phases, not the synthetic steps.
+    #[arg(long)]
+    workload_only: bool,
     /// Internal: measure one `PHASE:IMPLEMENTATION` in this process and print it as JSON.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -57,6 +66,100 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("BENCHROW {}", serde_json::to_string(&row)?);
         return Ok(());
     }
+    if !args.workload_only {
+        synthetic(&args)?;
+    }
+    if args.workload != "none" {
+        workload(Path::new(&args.workload))?;
+    }
+    Ok(())
+}
+
+/// The workload config's own training, on a copy of its run directory's datasets.
+fn workload(config: &Path) -> anyhow::Result<()> {
+    if !config.exists() {
+        println!(
+            "workload {} not found (run from the repository root, or pass --workload CONFIG|none)",
+            config.display()
+        );
+        return Ok(());
+    }
+    let session = malt::session::Session::open(config)?;
+    let mut cfg = session.config.clone();
+    let datasets = cfg.run.dir.join("datasets");
+    if !datasets.is_dir() {
+        println!(
+            "workload {}: no datasets in {} yet; run `malt generate {0}` (or `malt run {0}`) first",
+            config.display(),
+            cfg.run.dir.display()
+        );
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir().context("creating a scratch run directory")?;
+    copy_dir(&datasets, &tmp.path().join("datasets"))?;
+    cfg.run.dir = tmp.path().to_path_buf();
+    let t = std::time::Instant::now();
+    let (model, id) = malt::session::load_model(&cfg)?;
+    println!(
+        "workload {}: training as configured on a copy of {} (model loaded in {:.1}s)",
+        config.display(),
+        datasets.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let reports = malt::train::train_agents(&cfg, tmp.path(), &model, &id, None, false)?;
+    let wall = t.elapsed().as_secs_f64();
+    for r in &reports {
+        println!(
+            "workload {} {}: {} train / {} eval examples, {} steps in {}",
+            r.agent,
+            r.phase.name(),
+            r.train_examples,
+            r.eval_examples,
+            r.steps,
+            r.timings.summary()
+        );
+    }
+    let steps: u64 = reports.iter().map(|r| r.steps).sum();
+    let part = |f: fn(&malt_train::PhaseTimings) -> f64| -> f64 {
+        reports.iter().map(|r| f(&r.timings)).sum()
+    };
+    println!(
+        "workload training: {wall:.1}s for {} phases and {steps} steps: steps {:.1}s (first steps {:.1}s), reference passes {:.1}s, evals {:.1}s, checkpoints {:.1}s, setup {:.1}s, adapters {:.1}s",
+        reports.len(),
+        part(|t| t.first_step_s + t.later_steps_s),
+        part(|t| t.first_step_s),
+        part(|t| t.reference_s),
+        part(|t| t.eval_s),
+        part(|t| t.checkpoint_s),
+        part(|t| t.setup_s),
+        part(|t| t.finish_s),
+    );
+    Ok(())
+}
+
+/// Copies a datasets directory, without its DPO reference caches.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else if name.contains(".ref-") {
+            // DPO reference log-prob caches: left behind, so the reference pass is measured.
+            continue;
+        } else {
+            std::fs::copy(e.path(), &dest)
+                .with_context(|| format!("copying {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// One SFT and one DPO step of synthetic sequences per batch size, malt against plain candle.
+fn synthetic(args: &Args) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the malt executable")?;
     println!(
         "model {}, batch sizes {:?} x ({} prompt + {} completion) tokens (DPO: pairs), \
@@ -71,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     println!("b={mb:<2} {phase:<4} {imp:<13} skipped: {why}");
                     continue;
                 }
-                let row = child(&exe, &args, mb, phase, imp)?;
+                let row = child(&exe, args, mb, phase, imp)?;
                 println!(
                     "b={mb:<2} {:<4} {:<13} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
                      peak RSS {:>6.0} MiB (+{:.0} over the loaded model)  first loss {:.5}",

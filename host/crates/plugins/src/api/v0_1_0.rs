@@ -73,7 +73,7 @@ impl Bindings {
             .api()
             .call_parse_records(store, lines)?
             .into_iter()
-            .map(|r| r.map(example_in))
+            .map(|r| r.map(Into::into))
             .collect())
     }
 
@@ -86,7 +86,7 @@ impl Bindings {
         Ok(self
             .api()
             .call_generate(store, seed, count)?
-            .map(|v| v.into_iter().map(example_in).collect()))
+            .map(|v| v.into_iter().map(Into::into).collect()))
     }
 
     pub fn render<T>(
@@ -101,32 +101,15 @@ impl Bindings {
                 role: r.role.clone(),
                 position: r.position,
                 chain_length: r.chain_length,
-                example: example_out(&r.example),
-                history: r
-                    .history
-                    .iter()
-                    .map(|x| t::Turn {
-                        agent: x.agent.clone(),
-                        role: x.role.clone(),
-                        output: x.output.clone(),
-                    })
-                    .collect(),
+                example: (&r.example).into(),
+                history: r.history.iter().map(Into::into).collect(),
             })
             .collect();
         Ok(self
             .api()
             .call_render(store, &reqs)?
             .into_iter()
-            .map(|r| {
-                r.map(|ms| {
-                    ms.into_iter()
-                        .map(|m| h::Message {
-                            role: m.role,
-                            content: m.content,
-                        })
-                        .collect()
-                })
-            })
+            .map(|r| r.map(|ms| ms.into_iter().map(Into::into).collect()))
             .collect())
     }
 
@@ -139,7 +122,7 @@ impl Bindings {
             .iter()
             .map(|r| t::ExtractRequest {
                 output: r.output.clone(),
-                choices: choices_out(&r.choices),
+                choices: r.choices.iter().map(Into::into).collect(),
             })
             .collect();
         self.api().call_extract(store, &reqs)
@@ -165,38 +148,67 @@ pub fn add_to_linker<T>(_linker: &mut Linker<T>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn choices_out(c: &[h::Choice]) -> Vec<t::Choice> {
-    c.iter()
-        .map(|c| t::Choice {
+// The WIT bindings are generated per API version and must stay separate from the host's
+// records: these are the only places their fields are copied.
+
+impl From<&h::Choice> for t::Choice {
+    fn from(c: &h::Choice) -> Self {
+        t::Choice {
             label: c.label.clone(),
             text: c.text.clone(),
-        })
-        .collect()
-}
-
-fn example_out(e: &h::Example) -> t::Example {
-    t::Example {
-        id: e.id.clone(),
-        question: e.question.clone(),
-        gold: e.gold.clone(),
-        choices: choices_out(&e.choices),
-        metadata: e.metadata.clone(),
+        }
     }
 }
 
-fn example_in(e: t::Example) -> h::Example {
-    h::Example {
-        id: e.id,
-        question: e.question,
-        gold: e.gold,
-        choices: e
-            .choices
-            .into_iter()
-            .map(|c| h::Choice {
-                label: c.label,
-                text: c.text,
-            })
-            .collect(),
-        metadata: e.metadata,
+impl From<t::Choice> for h::Choice {
+    fn from(c: t::Choice) -> Self {
+        h::Choice {
+            label: c.label,
+            text: c.text,
+        }
+    }
+}
+
+impl From<&h::Example> for t::Example {
+    fn from(e: &h::Example) -> Self {
+        t::Example {
+            id: e.id.clone(),
+            question: e.question.clone(),
+            gold: e.gold.clone(),
+            choices: e.choices.iter().map(Into::into).collect(),
+            metadata: e.metadata.clone(),
+        }
+    }
+}
+
+impl From<t::Example> for h::Example {
+    fn from(e: t::Example) -> Self {
+        h::Example {
+            id: e.id,
+            question: e.question,
+            gold: e.gold,
+            choices: e.choices.into_iter().map(Into::into).collect(),
+            metadata: e.metadata,
+        }
+        .normalised()
+    }
+}
+
+impl From<&h::Turn> for t::Turn {
+    fn from(x: &h::Turn) -> Self {
+        t::Turn {
+            agent: x.agent.clone(),
+            role: x.role.clone(),
+            output: x.output.clone(),
+        }
+    }
+}
+
+impl From<t::Message> for h::Message {
+    fn from(m: t::Message) -> Self {
+        h::Message {
+            role: m.role,
+            content: m.content,
+        }
     }
 }

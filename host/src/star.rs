@@ -1,0 +1,286 @@
+//! The STaR baseline (Zelikman et al., 2022) as the MALT paper ran it: rejection-sampled SFT of
+//! the single agent (the chain's first agent) on its own correct outputs, with as many samples
+//! per training question as one MALT tree holds (3 + 9 + 27 = 39 for n = 3) and as many
+//! optimiser steps as the MALT generator's SFT.
+//!
+//! STaR is a one-agent run of its own in `<round>/star/`, laid out like a round: its samples of a
+//! question are one tree of a one-agent chain whose branching factor is the sample count, so
+//! the tree store makes them durable and resumable, credit with theta 0.5 keeps the correct
+//! ones (reward > 0.5) as the SFT set, and the trainer trains the adapter.
+//!
+//! - `[star] data = "sample"`: its own samples from the single model (round k: round k-1's STaR
+//!   model), at the first agent's temperature;
+//! - `data = "trees"`: no extra sampling: the first agent's outputs of the round's MALT trees.
+
+use std::path::Path;
+
+use anyhow::Context;
+use malt_config::{Config, StarData, StarSteps};
+use malt_eval::StarSummary;
+use malt_layout::{RoundLayout, RunLayout};
+use malt_model::Model;
+use malt_train::{MaltPolicy, MaltTokenizer, Method, RunOptions};
+use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, Tree};
+
+use crate::session::Session;
+
+/// Samples one MALT tree holds: the sum of its level sizes.
+pub fn tree_samples(chain: &ChainSpec) -> u64 {
+    chain.level_sizes().iter().map(|&n| n as u64).sum()
+}
+
+/// Samples per question STaR draws.
+pub fn samples_per_question(cfg: &Config, chain: &ChainSpec) -> u32 {
+    match cfg.star.data {
+        StarData::Trees => chain.agents.first().map_or(1, |a| a.branches),
+        StarData::Sample if cfg.star.samples > 0 => cfg.star.samples,
+        StarData::Sample => tree_samples(chain).min(u32::MAX as u64) as u32,
+    }
+}
+
+/// The one-agent chain STaR samples and credits with: the first agent, its branching factor
+/// the samples per question, theta 0.5 (a sample is kept when its reward exceeds 0.5: when it
+/// is correct, for a binary grader).
+pub fn star_chain(cfg: &Config, chain: &ChainSpec) -> anyhow::Result<ChainSpec> {
+    let first = chain
+        .agents
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the chain has no agent"))?;
+    let agent = AgentSpec {
+        branches: samples_per_question(cfg, chain),
+        theta: Some(0.5),
+        ..first.clone()
+    };
+    ChainSpec::new(vec![agent]).context("the STaR chain")
+}
+
+const STAR_CREDIT: CreditSettings = CreditSettings {
+    theta: 0.5,
+    pooling: Pooling::Global,
+    pairs: PairMode::All,
+};
+
+/// Seed of round `round`'s STaR samples: apart from the MALT trees' seeds.
+pub fn star_seed(round_seed: u64) -> u64 {
+    malt_tree::node_seed(round_seed, "malt/star", &[])
+}
+
+/// The optimiser steps STaR trains for in `round` (`None`: the first agent's own schedule).
+pub fn star_steps(cfg: &Config, round: &RoundLayout) -> anyhow::Result<Option<u64>> {
+    let steps_of = |path: &Path| -> anyhow::Result<Option<u64>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                Ok(v.get("total_steps").and_then(|s| s.as_u64()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    let first = cfg
+        .agents
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the chain has no agent"))?;
+    Ok(match cfg.star.steps {
+        StarSteps::Fixed(n) => Some(n as u64),
+        StarSteps::Generator => {
+            steps_of(&round.train_phase(&first.name, "sft").join("complete.json"))?
+        }
+        StarSteps::Malt => {
+            let mut total = 0;
+            let mut any = false;
+            for a in &cfg.agents {
+                for phase in ["sft", "dpo"] {
+                    if let Some(n) =
+                        steps_of(&round.train_phase(&a.name, phase).join("complete.json"))?
+                    {
+                        total += n;
+                        any = true;
+                    }
+                }
+            }
+            any.then_some(total)
+        }
+    })
+}
+
+/// The first agent's outputs of the round's trees as STaR's one-agent trees.
+fn project_trees(round: &RoundLayout, star: &RoundLayout) -> anyhow::Result<()> {
+    let loaded = malt_tree::read_trees(&round.trees())?;
+    let mut out = Vec::new();
+    for tree in loaded.trees {
+        let nodes: Vec<_> = tree.nodes.into_iter().filter(|n| n.level == 0).collect();
+        // Keep only the prompts level 0 uses, renumbered.
+        let mut prompts = Vec::new();
+        let mut map = std::collections::BTreeMap::new();
+        let nodes = nodes
+            .into_iter()
+            .map(|mut n| {
+                if let Some(p) = n.prompt {
+                    let next = map.len() as u32;
+                    let new = *map.entry(p).or_insert_with(|| {
+                        prompts.push(tree.prompts[p as usize].clone());
+                        next
+                    });
+                    n.prompt = Some(new);
+                }
+                n
+            })
+            .collect();
+        let t = Tree {
+            question_id: tree.question_id,
+            example: tree.example,
+            prompts,
+            nodes,
+        };
+        out.extend(malt_tree::store::encode_record(&t)?);
+    }
+    std::fs::create_dir_all(star.dir())
+        .with_context(|| format!("cannot create {}", star.dir().display()))?;
+    malt_tree::store::write_atomic(&star.trees(), &out)?;
+    Ok(())
+}
+
+/// Everything STaR needs in `round`: its samples (drawn or taken from the trees), its SFT set
+/// and its adapter. Resumable: finished questions, the SFT set and finished training phases
+/// are kept.
+pub fn run_star(
+    session: &mut Session,
+    model: &Model,
+    round: &RoundLayout,
+    round_seed: u64,
+) -> anyhow::Result<()> {
+    let cfg = session.config.clone();
+    let star = round.star();
+    let chain = star_chain(&cfg, &session.chain)?;
+    let first = chain.agents[0].name.clone();
+    match cfg.star.data {
+        StarData::Trees => project_trees(round, &star)?,
+        StarData::Sample => {
+            let mut adapters = Vec::new();
+            let mut model_id = crate::session::model_id(&cfg);
+            if round.round() > 1 {
+                let prev = RunLayout::new(&cfg.run.dir).round(round.round() - 1).star();
+                if let Some(dir) = malt_train::final_adapter_dir(prev.dir(), &first) {
+                    model_id = format!(
+                        "{model_id} + STaR adapter of round {} sha256:{}",
+                        round.round() - 1,
+                        crate::stages::tree_hash(&dir, &|_| true)?
+                    );
+                    adapters.push((first.clone(), model.load_adapter(&dir, &first)?));
+                }
+            }
+            tracing::info!(
+                "STaR: {} samples per training question into {}",
+                chain.agents[0].branches,
+                star.dir().display()
+            );
+            let target = crate::generate::TreeTarget {
+                dir: star.dir(),
+                chain: &chain,
+                credit: STAR_CREDIT,
+                seed: star_seed(round_seed),
+                model_id,
+            };
+            crate::generate::generate_embedded(session, model, adapters, &target)?;
+        }
+    }
+    let report = malt_tree::recredit(
+        star.dir(),
+        &chain,
+        &STAR_CREDIT,
+        Some(&mut session.scorer as &mut dyn malt_tree::Scorer),
+    )?;
+    let kept = report.stats.agents.first().map_or(0, |a| a.sft);
+    tracing::info!("STaR: {kept} correct samples kept");
+
+    let agent = cfg
+        .agents
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the chain has no agent"))?;
+    let mut plan = crate::train::agent_plan(agent, cfg.run.seed);
+    plan.method = Method::Sft;
+    if let Some(steps) = star_steps(&cfg, round)? {
+        plan.sft.max_steps = steps.min(u32::MAX as u64) as u32;
+    }
+    if kept == 0 {
+        tracing::warn!(
+            "STaR: no correct sample in {}: not trained (the STaR row is left out)",
+            star.dataset(&first, "sft").display()
+        );
+        return Ok(());
+    }
+    let l = &agent.train.lora;
+    let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
+    let policy = MaltPolicy::new(model, lora);
+    let tok = MaltTokenizer::new(model)?;
+    let opts = RunOptions {
+        resume: true,
+        progress: true,
+        stop_after_steps: None,
+        base_model: crate::session::model_id(&cfg),
+    };
+    malt_train::train_agent(&policy, &tok, star.dir(), &plan, &opts)?;
+    Ok(())
+}
+
+fn lines(path: &Path) -> anyhow::Result<usize> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t.lines().filter(|l| !l.trim().is_empty()).count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// What STaR was trained on in `round`, for the report: read back from its files.
+pub fn summary(session: &Session, round: &RoundLayout) -> anyhow::Result<StarSummary> {
+    let cfg = &session.config;
+    let star = round.star();
+    let chain = star_chain(cfg, &session.chain)?;
+    let agent = &chain.agents[0];
+    let trees = malt_tree::read_trees(&star.trees())?.trees;
+    let samples = trees
+        .iter()
+        .map(|t| t.nodes.iter().filter(|n| !n.is_errored()).count())
+        .sum();
+    let kept = lines(&star.dataset(&agent.name, "sft"))?;
+    let complete = star.train_phase(&agent.name, "sft").join("complete.json");
+    let steps = std::fs::read_to_string(&complete)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("steps").and_then(|s| s.as_u64()))
+        .unwrap_or(0);
+    let model = if round.round() == 1 {
+        "the base model".to_owned()
+    } else {
+        format!("round {}'s STaR model", round.round() - 1)
+    };
+    let (data, source) = match cfg.star.data {
+        StarData::Sample => (
+            "sampled",
+            format!(
+                "{} samples per question from {model} at temperature {}, as many as one MALT \
+                 tree holds ({})",
+                agent.branches,
+                agent.sampling.temperature,
+                tree_samples(&session.chain)
+            ),
+        ),
+        StarData::Trees => (
+            "trees",
+            format!(
+                "the {} {} outputs per question of the stored MALT trees",
+                agent.branches, agent.name
+            ),
+        ),
+    };
+    Ok(StarSummary {
+        data: data.to_owned(),
+        source,
+        questions: trees.len(),
+        samples,
+        kept,
+        steps,
+    })
+}
