@@ -39,7 +39,7 @@ fn start(limits: Limits, batching: Batching) -> Fixture {
         .expect("random model")
         .export_merged(&path, None)
         .expect("export");
-    let model = Model::load_hf_dir(&path, &Device::Cpu).expect("load");
+    let model = Model::load_hf_dir(&path, &Device::Cpu, None).expect("load");
     let backend = ModelServeBackend::start(
         model,
         "tiny",
