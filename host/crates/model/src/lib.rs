@@ -31,6 +31,7 @@ pub mod half_matmul;
 pub mod kv;
 pub mod lora;
 mod matmul;
+mod mode_ops;
 pub mod model;
 pub mod ops;
 pub mod process;
