@@ -205,26 +205,7 @@ impl<'m> DecodeBatch<'m> {
         let mut done = Vec::new();
         for (ri, row) in self.rows.iter_mut().enumerate() {
             let tok = sample(&row.logits, &row.params, &mut row.rng);
-            let mut finish = None;
-            if model.stop_ids.contains(&tok) {
-                finish = Some(Finish::Eos);
-            } else {
-                row.gen.push(tok);
-                row.text = model.tokenizer.decode(&row.gen, true)?;
-                if let Some(cut) = row
-                    .params
-                    .stop
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .filter_map(|s| row.text.find(s.as_str()))
-                    .min()
-                {
-                    row.text.truncate(cut);
-                    finish = Some(Finish::StopString);
-                } else if row.gen.len() >= row.params.max_new_tokens {
-                    finish = Some(Finish::Length);
-                }
-            }
+            let mut finish = model.accept_token(&row.params, tok, &mut row.gen, &mut row.text)?;
             let step = Step {
                 branch: row.id,
                 text: &row.text,

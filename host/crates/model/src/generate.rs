@@ -68,6 +68,35 @@ struct Row {
 }
 
 impl Model {
+    /// Appends a sampled token to a row's output and says whether the row is done: the stop
+    /// token (not appended), a stop string (the text is cut before it) or the length limit.
+    /// Every decode loop ([`Model::generate_observed`], [`crate::DecodeBatch`]) stops through
+    /// this, so a sequence ends at the same token whichever loop decodes it.
+    pub(crate) fn accept_token(
+        &self,
+        params: &SamplingParams,
+        tok: u32,
+        gen: &mut Vec<u32>,
+        text: &mut String,
+    ) -> Result<Option<Finish>> {
+        if self.stop_ids.contains(&tok) {
+            return Ok(Some(Finish::Eos));
+        }
+        gen.push(tok);
+        *text = self.tokenizer.decode(gen, true)?;
+        if let Some(cut) = params
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            text.truncate(cut);
+            return Ok(Some(Finish::StopString));
+        }
+        Ok((gen.len() >= params.max_new_tokens).then_some(Finish::Length))
+    }
+
     /// Prefills `tokens` from scratch under `adapter`.
     pub fn prefill(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Cache> {
         self.extend(&Cache::empty(), tokens, adapter)
@@ -206,25 +235,7 @@ impl Model {
             let mut keep: Vec<usize> = vec![];
             for (ri, row) in rows.iter_mut().enumerate() {
                 let tok = sample(&logits[ri], params, &mut row.rng);
-                let mut finish = None;
-                if self.stop_ids.contains(&tok) {
-                    finish = Some(Finish::Eos);
-                } else {
-                    row.gen.push(tok);
-                    row.text = self.tokenizer.decode(&row.gen, true)?;
-                    if let Some(cut) = params
-                        .stop
-                        .iter()
-                        .filter(|s| !s.is_empty())
-                        .filter_map(|s| row.text.find(s.as_str()))
-                        .min()
-                    {
-                        row.text.truncate(cut);
-                        finish = Some(Finish::StopString);
-                    } else if row.gen.len() >= params.max_new_tokens {
-                        finish = Some(Finish::Length);
-                    }
-                }
+                let mut finish = self.accept_token(params, tok, &mut row.gen, &mut row.text)?;
                 let step = Step {
                     branch: row.orig,
                     text: &row.text,
