@@ -28,7 +28,7 @@ use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome};
 use malt_model::{Branch, Cache, Finish, LoraAdapter, Model};
 use malt_serve::{
     BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChatMessage, ChoiceOutput,
-    FinishReason, GenerationJob, Seeds, ServeBackend, ServedModels, StepSink,
+    FinishReason, GenerationJob, SamplingSettings, Seeds, ServeBackend, ServedModels, StepSink,
 };
 use malt_tree::{ChainSpec, Example, Scorer};
 
@@ -274,6 +274,19 @@ pub(super) fn choice_seeds(job: &GenerationJob) -> Vec<u64> {
 }
 
 /// The model's finish reason as the API names it.
+/// A request's sampling settings for the model's sampler. The seed is left 0: every choice
+/// decodes with its own seed (`choice_seeds`).
+pub(super) fn sampling_params(s: &SamplingSettings) -> malt_model::SamplingParams {
+    malt_model::SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        max_new_tokens: s.max_tokens,
+        stop: s.stop.clone(),
+        seed: 0,
+    }
+}
+
 pub(super) fn finish_reason(f: Finish) -> FinishReason {
     match f {
         Finish::Eos | Finish::StopString => FinishReason::Stop,
@@ -336,16 +349,7 @@ impl Engine {
             return;
         };
         let adapter_name = first.job.adapter.clone();
-        let s = &first.job.sampling;
-        let params = malt_model::SamplingParams {
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            max_new_tokens: s.max_tokens,
-            stop: s.stop.clone(),
-            // Each branch carries its own seed.
-            seed: 0,
-        };
+        let params = sampling_params(&first.job.sampling);
         let c = &self.counters;
         c.requests
             .fetch_add(pending.len() as u64, Ordering::Relaxed);

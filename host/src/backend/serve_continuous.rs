@@ -19,7 +19,8 @@ use malt_model::{Cache, DecodeBatch, Joiner, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
 use super::serve_backend::{
-    choice_seeds, finish_reason, prompt_cache, timeout_error, Counters, Engine, EngineJob, Event,
+    choice_seeds, finish_reason, prompt_cache, sampling_params, timeout_error, Counters, Engine,
+    EngineJob, Event,
 };
 
 /// A request in the batch.
@@ -204,16 +205,7 @@ fn join(
         }
     };
     let seeds = choice_seeds(&job);
-    let s = &job.sampling;
-    let params = malt_model::SamplingParams {
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        max_new_tokens: s.max_tokens,
-        stop: s.stop.clone(),
-        // Each row carries its own seed.
-        seed: 0,
-    };
+    let params = sampling_params(&job.sampling);
     let mut joiners = Vec::with_capacity(seeds.len());
     for (choice, &seed) in seeds.iter().enumerate() {
         rows.insert(*next_row, (id, choice));
