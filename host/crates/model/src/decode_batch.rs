@@ -205,16 +205,14 @@ impl<'m> DecodeBatch<'m> {
         let mut done = Vec::new();
         for (ri, row) in self.rows.iter_mut().enumerate() {
             let tok = sample(&row.logits, &row.params, &mut row.rng);
-            let mut finish = model.accept_token(&row.params, tok, &mut row.gen, &mut row.text)?;
-            let step = Step {
-                branch: row.id,
-                text: &row.text,
-                tokens: row.gen.len(),
-                finish,
-            };
-            if !observe(&step) && finish.is_none() {
-                finish = Some(Finish::Cancelled);
-            }
+            let finish = model.accept_token(
+                &row.params,
+                tok,
+                row.id,
+                &mut row.gen,
+                &mut row.text,
+                observe,
+            )?;
             match finish {
                 None => keep.push(ri),
                 Some(f) => done.push(Finished {

@@ -68,33 +68,48 @@ struct Row {
 }
 
 impl Model {
-    /// Appends a sampled token to a row's output and says whether the row is done: the stop
-    /// token (not appended), a stop string (the text is cut before it) or the length limit.
-    /// Every decode loop ([`Model::generate_observed`], [`crate::DecodeBatch`]) stops through
-    /// this, so a sequence ends at the same token whichever loop decodes it.
+    /// Appends a sampled token to row `branch`'s output, shows the step to `observe` and says
+    /// whether the row is done: the stop token (not appended), a stop string (the text is cut
+    /// before it), the length limit, or `observe` returning false. Every decode loop
+    /// ([`Model::generate_observed`], [`crate::DecodeBatch`]) steps through this, so a sequence
+    /// ends at the same token whichever loop decodes it.
     pub(crate) fn accept_token(
         &self,
         params: &SamplingParams,
         tok: u32,
+        branch: usize,
         gen: &mut Vec<u32>,
         text: &mut String,
+        observe: &mut dyn FnMut(&Step<'_>) -> bool,
     ) -> Result<Option<Finish>> {
-        if self.stop_ids.contains(&tok) {
-            return Ok(Some(Finish::Eos));
+        let finish = if self.stop_ids.contains(&tok) {
+            Some(Finish::Eos)
+        } else {
+            gen.push(tok);
+            *text = self.tokenizer.decode(gen, true)?;
+            let cut = params
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| text.find(s.as_str()))
+                .min();
+            if let Some(cut) = cut {
+                text.truncate(cut);
+                Some(Finish::StopString)
+            } else {
+                (gen.len() >= params.max_new_tokens).then_some(Finish::Length)
+            }
+        };
+        let step = Step {
+            branch,
+            text,
+            tokens: gen.len(),
+            finish,
+        };
+        if !observe(&step) && finish.is_none() {
+            return Ok(Some(Finish::Cancelled));
         }
-        gen.push(tok);
-        *text = self.tokenizer.decode(gen, true)?;
-        if let Some(cut) = params
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            text.truncate(cut);
-            return Ok(Some(Finish::StopString));
-        }
-        Ok((gen.len() >= params.max_new_tokens).then_some(Finish::Length))
+        Ok(finish)
     }
 
     /// Prefills `tokens` from scratch under `adapter`.
@@ -235,16 +250,8 @@ impl Model {
             let mut keep: Vec<usize> = vec![];
             for (ri, row) in rows.iter_mut().enumerate() {
                 let tok = sample(&logits[ri], params, &mut row.rng);
-                let mut finish = self.accept_token(params, tok, &mut row.gen, &mut row.text)?;
-                let step = Step {
-                    branch: row.orig,
-                    text: &row.text,
-                    tokens: row.gen.len(),
-                    finish,
-                };
-                if !observe(&step) && finish.is_none() {
-                    finish = Some(Finish::Cancelled);
-                }
+                let finish =
+                    self.accept_token(params, tok, row.orig, &mut row.gen, &mut row.text, observe)?;
                 match finish {
                     None => keep.push(ri),
                     Some(f) => {
