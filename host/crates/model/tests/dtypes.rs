@@ -19,16 +19,6 @@ use std::path::Path;
 
 const VARIANTS: [Variant; 4] = [LLAMA, LLAMA_TIED, QWEN2, QWEN3];
 
-fn ids(v: &[u32]) -> Tensor {
-    Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).unwrap()
-}
-
-fn seq(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7 + salt * 13 + 5) % VOCAB as u32)
-        .collect()
-}
-
 /// Rewrites the checkpoint in `dir` with every floating-point tensor stored as `dtype`.
 fn restore_as(dir: &Path, dtype: DType) {
     let file = dir.join("model.safetensors");
@@ -42,17 +32,6 @@ fn restore_as(dir: &Path, dtype: DType) {
 
 fn load(dir: &Path, dtype: DType) -> Model {
     Model::load_as(dir.to_str().unwrap(), &Device::Cpu, Some(dtype)).unwrap()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// max |a - b| / max |b|.

@@ -9,16 +9,6 @@ use malt_model::{
 
 const VARIANTS: [Variant; 4] = [LLAMA, LLAMA_TIED, QWEN2, QWEN3];
 
-fn ids(v: &[u32]) -> Tensor {
-    Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).unwrap()
-}
-
-fn seq(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7 + salt * 13 + 5) % VOCAB as u32)
-        .collect()
-}
-
 fn greedy() -> SamplingParams {
     SamplingParams {
         temperature: 0.0,

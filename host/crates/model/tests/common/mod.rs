@@ -221,10 +221,20 @@ pub fn load_tiny(v: Variant, seed: u64) -> (tempfile::TempDir, Model) {
     (d, m)
 }
 
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+/// A batch of one sequence of token ids.
+pub fn ids(v: &[u32]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).unwrap()
+}
+
+/// `n` deterministic token ids, varied by `salt`.
+pub fn seq(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 7 + salt * 13 + 5) % VOCAB as u32)
+        .collect()
+}
+
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -232,6 +242,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
 }
 
 /// Makes B non-zero so that every LoRA variable influences the output.
