@@ -16,6 +16,9 @@ fn malt(args: &[&str], cwd: &Path) -> (bool, String, String) {
         .args(args)
         .current_dir(cwd)
         .env("MALT_CACHE", repo().join("target/malt-cache"))
+        // Whether a shipped config fits depends on the machine (arith-smollm2's training is
+        // predicted at 13 GiB); tests/memory_plan.rs tests the verdicts themselves.
+        .env("MALT_MEMORY_CHECK", "off")
         .output()
         .unwrap();
     (

@@ -5,6 +5,7 @@ pub mod evaluate;
 pub mod export;
 pub mod generate;
 pub mod live_reload;
+pub mod memory_plan;
 pub mod pipeline;
 pub mod session;
 pub mod stages;

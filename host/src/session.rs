@@ -332,6 +332,7 @@ pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
                 .with_context(|| format!("{}: [model] dtype", cfg.source.display()))?,
         ),
     };
+    refuse_what_cannot_fit(cfg, &id, &device)?;
     let t = std::time::Instant::now();
     let model = malt_model::Model::load_as(&id, &device, dtype)
         .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?;
@@ -342,6 +343,56 @@ pub fn load_model(cfg: &Config) -> anyhow::Result<(malt_model::Model, String)> {
     );
     tracing::info!("loaded model {id} in {:.1} s", t.elapsed().as_secs_f64());
     Ok((model, id))
+}
+
+/// The memory plan of `cfg`'s stages, from the model's config and headers (no weights read).
+/// None when the embedded default is not fetched yet.
+pub fn memory_plan(cfg: &Config) -> anyhow::Result<Option<crate::memory_plan::MemoryPlan>> {
+    let id = model_id(cfg);
+    let Some((shape, stored)) = malt_model::Model::inspect(&id)
+        .with_context(|| format!("{}: [model] source = {id:?}", cfg.source.display()))?
+    else {
+        return Ok(None);
+    };
+    crate::memory_plan::plan(cfg, &shape, stored).map(Some)
+}
+
+/// Refuses to load a model whose predicted peak (see [`crate::memory_plan`]) exceeds the free
+/// memory `device` has at all (and warns when it exceeds what is free now), unless
+/// `MALT_MEMORY_CHECK=off`.
+fn refuse_what_cannot_fit(
+    cfg: &Config,
+    id: &str,
+    device: &malt_model::candle_core::Device,
+) -> anyhow::Result<()> {
+    if std::env::var(crate::memory_plan::SKIP_ENV).is_ok_and(|v| v == "off") {
+        return Ok(());
+    }
+    let (Some(plan), Some(memory)) = (memory_plan(cfg)?, malt_model::device_memory(device)) else {
+        return Ok(());
+    };
+    if let Some(peak) = plan.peak() {
+        tracing::info!(
+            "predicted peak memory {} ({}); {} free of {} on {}",
+            crate::memory_plan::gib(peak.bytes),
+            peak.stage,
+            crate::memory_plan::gib(memory.free),
+            crate::memory_plan::gib(memory.total),
+            plan.device
+        );
+    }
+    match plan.verdict(memory) {
+        crate::memory_plan::Verdict::Fits => Ok(()),
+        crate::memory_plan::Verdict::Tight(why) => {
+            tracing::warn!("{why}");
+            Ok(())
+        }
+        crate::memory_plan::Verdict::Refused(why) => Err(anyhow::anyhow!(
+            "{}: model {id}: {why}\n{}",
+            cfg.source.display(),
+            plan.render()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 mod credit;
+mod dtype;
 mod generate;
 mod plugins;
 mod remote;
@@ -25,6 +26,8 @@ enum Which {
     Credit(credit::Args),
     /// Training tokens/s and peak memory, SFT and DPO, against plain candle autograd.
     Train(train::Args),
+    /// LoRA training on bf16 (or f16) base weights against f32: tokens/s and the loss curves.
+    Dtype(dtype::Args),
     /// Decode/prefill tokens/s and tree sampling against independent sampling.
     Generate(generate::Args),
     /// Tree generation through the remote backend against `malt serve`, against the embedded backend.
@@ -40,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Generate(a) => generate::run(a),
         Which::Credit(a) => credit::run(a),
         Which::Train(a) => train::run(a),
+        Which::Dtype(a) => dtype::run(a),
         Which::Remote(a) => remote::run(a),
         Which::Serve(a) => serve::run(a),
     }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use malt::memory_plan::{gib, Verdict};
 use malt_config::{Config, DataSource};
 use malt_plugins::{conformance, PluginSet, Runtime};
 
@@ -16,6 +17,8 @@ pub struct Args {
     /// Only validate the configs and load the plugins; skip the conformance battery.
     #[arg(long)]
     no_battery: bool,
+    #[command(flatten)]
+    model: super::ModelFlags,
 }
 
 /// Up to `n` records of a dataset file (JSONL, JSON array or parquet), when it exists and reads.
@@ -29,6 +32,7 @@ pub fn sample_records(source: &DataSource, n: usize) -> Vec<String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.model.install()?;
     let runtime = Runtime::shared()?;
     let mut failed = Vec::new();
     for path in &args.configs {
@@ -56,6 +60,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .join(" -> "),
             &config.config_hash()[..16]
         );
+        if !memory_fits(&config) {
+            failed.push(format!("{} (memory)", path.display()));
+        }
         let set = match PluginSet::load(&runtime, &config)
             .with_context(|| format!("{}: loading plugins", path.display()))
         {
@@ -87,5 +94,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("check failed: {}", failed.join(", "))
+    }
+}
+
+/// Prints the device, dtype and predicted peak memory of each stage, and whether the largest
+/// fits in the device's memory. False only when the device exists here and has less memory in
+/// all than the run's predicted peak (a GPU config checked on a machine without one is
+/// reported, not failed; one that exceeds only what is free now is a warning).
+fn memory_fits(config: &Config) -> bool {
+    let plan = match malt::session::memory_plan(config) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            println!(
+                "memory: not predicted: the embedded default model is fetched on first use \
+                 (`malt run` fetches it, then `malt check` predicts)"
+            );
+            return true;
+        }
+        Err(e) => {
+            println!("memory: not predicted: {e:#}");
+            return true;
+        }
+    };
+    print!("{}", plan.render());
+    let Some(peak) = plan.peak() else {
+        return true;
+    };
+    if std::env::var(malt::memory_plan::SKIP_ENV).is_ok_and(|v| v == "off") {
+        println!(
+            "memory: not checked against this machine ({}=off)",
+            malt::memory_plan::SKIP_ENV
+        );
+        return true;
+    }
+    let device = match malt_model::parse_device(&config.model.device) {
+        Ok(d) => d,
+        Err(e) => {
+            println!(
+                "memory: the run needs {} free on {}; this machine cannot provide it: {e}",
+                gib(peak.bytes),
+                config.model.device
+            );
+            return true;
+        }
+    };
+    match malt_model::device_memory(&device) {
+        None => {
+            println!("memory: free memory of {} unknown", config.model.device);
+            true
+        }
+        Some(memory) => match plan.verdict(memory) {
+            Verdict::Fits => {
+                println!(
+                    "memory: fits ({} predicted, {} free of {})",
+                    gib(peak.bytes),
+                    gib(memory.free),
+                    gib(memory.total)
+                );
+                true
+            }
+            Verdict::Tight(why) => {
+                println!("memory: fits this machine, but not what is free now: {why}");
+                true
+            }
+            Verdict::Refused(why) => {
+                println!("memory: does not fit: {why}");
+                false
+            }
+        },
     }
 }

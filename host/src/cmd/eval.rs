@@ -16,9 +16,12 @@ pub struct Args {
     /// The round of `[rounds]` to evaluate (default: the last one with trained adapters).
     #[arg(long)]
     round: Option<u32>,
+    #[command(flatten)]
+    model: super::ModelFlags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.model.install()?;
     let mut session = malt::session::Session::open(&args.config)?;
     let round = malt::evaluate::round_of(&session.config, args.round)?;
     if args.partial {

@@ -42,13 +42,21 @@ pub struct Args {
     /// Stop when this string appears (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// cpu, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// cpu, cuda:N or metal (default: cpu; with a config, its `[model] device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// With a config: the weights' dtype instead of its `[model] dtype` (auto, f32, bf16, f16).
+    #[arg(long, requires = "config")]
+    pub dtype: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
+        super::ModelFlags {
+            device: args.device.clone(),
+            dtype: args.dtype.clone(),
+        }
+        .install()?;
         let mut session = malt::session::Session::open(config)?;
         // Loaded only by the embedded backend; the remote one samples over HTTP.
         let mut model = None;
@@ -67,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let Some(prompt) = args.prompt.as_deref() else {
         bail!("--prompt is required with --model");
     };
-    let device = parse_device(&args.device)?;
+    let device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let t0 = Instant::now();
     let model =
         Model::load(model_src, &device).with_context(|| format!("loading model {model_src}"))?;

@@ -12,6 +12,31 @@ pub mod score;
 pub mod serve;
 pub mod train;
 
+/// `--device` / `--dtype`: replace the config's `[model] device` / `dtype` for this command
+/// (and every reload of the config it makes), e.g. the quickstart on a GPU:
+/// `malt run configs/quickstart.toml --device cuda:0 --dtype bf16`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModelFlags {
+    /// Device for the model instead of the config's: cpu, cuda, cuda:N or metal.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Dtype of the weights instead of the config's: auto, f32, bf16 or f16.
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+}
+
+impl ModelFlags {
+    /// Makes the flags apply to every config this process loads.
+    pub fn install(&self) -> anyhow::Result<()> {
+        malt_config::ModelOverrides {
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+        }
+        .install()
+        .map_err(anyhow::Error::msg)
+    }
+}
+
 /// Logs go to stderr so that commands printing JSON on stdout stay machine-readable.
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)

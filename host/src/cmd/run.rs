@@ -17,9 +17,12 @@ pub struct Args {
     /// Do not watch the config and plugins for edits while running.
     #[arg(long)]
     no_reload: bool,
+    #[command(flatten)]
+    model: super::ModelFlags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.model.install()?;
     malt::pipeline::run(&malt::pipeline::Options {
         config: args.config,
         until: args.until,

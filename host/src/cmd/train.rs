@@ -13,9 +13,12 @@ pub struct Args {
     /// Continue from the last checkpoint of an interrupted run (phases already complete are skipped).
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    model: super::ModelFlags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.model.install()?;
     let cfg = malt_config::Config::load(&args.config)?;
     let (model, id) = malt::session::load_model(&cfg)?;
     let reports = malt::train::train_agents(

@@ -14,12 +14,14 @@
 //! ```
 
 mod locate;
+mod overrides;
 mod raw;
 mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use overrides::{valid_device, valid_dtype, ModelOverrides};
 pub use raw::default_systems;
 pub use types::*;
 

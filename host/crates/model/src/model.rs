@@ -17,7 +17,12 @@ use std::path::{Path, PathBuf};
 /// checkpoints, as PyTorch and vLLM run them). `stored` is the checkpoint's dtype; quantised
 /// GGUF files count as f32.
 pub fn default_dtype(device: &Device, stored: DType) -> DType {
-    match (device.is_cpu(), stored) {
+    default_dtype_for(device.is_cpu(), stored)
+}
+
+/// [`default_dtype`] by whether the device is the CPU, for planning before any device exists.
+pub fn default_dtype_for(cpu: bool, stored: DType) -> DType {
+    match (cpu, stored) {
         (true, _) => DType::F32,
         (false, DType::BF16 | DType::F16 | DType::F32) => stored,
         (false, _) => DType::F32,
@@ -33,6 +38,23 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         other => Err(ModelError::Invalid(format!(
             "dtype {other:?}: expected \"f32\", \"bf16\" or \"f16\""
         ))),
+    }
+}
+
+/// `torch_dtype` (or `dtype`) of a HF config.json; f32 when it names none.
+fn config_torch_dtype(path: &Path) -> Result<DType> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: path.into(),
+        msg: e.to_string(),
+    })?;
+    match v
+        .get("torch_dtype")
+        .or_else(|| v.get("dtype"))
+        .and_then(|d| d.as_str())
+    {
+        Some(d) => parse_dtype(d),
+        None => Ok(DType::F32),
     }
 }
 
@@ -73,6 +95,33 @@ impl Model {
                     "{source}: expected a HF model directory or a .gguf file"
                 )))
             }
+        } else {
+            Err(ModelError::MissingFile { path })
+        }
+    }
+
+    /// The shape and stored dtype of `source` (as [`Model::load_as`] takes it) from its config
+    /// and headers alone, without reading any weights: what memory planning needs. The
+    /// embedded default is read from its cached copy; None when it is not fetched yet.
+    pub fn inspect(source: &str) -> Result<Option<(ModelConfig, DType)>> {
+        if source.eq_ignore_ascii_case(fetch::DEFAULT_MODEL) {
+            return fetch::smollm2_cached()
+                .map(|p| crate::weights::read_gguf_config(&p))
+                .transpose();
+        }
+        let path = PathBuf::from(source);
+        if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            let cfg = ModelConfig::from_hf_file(&cfg_path)?;
+            // Weights not downloaded yet: the dtype the config says they are stored in.
+            let stored = match crate::weights::hf_stored_dtype(&path) {
+                Ok(d) => d,
+                Err(ModelError::MissingFile { .. }) => config_torch_dtype(&cfg_path)?,
+                Err(e) => return Err(e),
+            };
+            Ok(Some((cfg, stored)))
+        } else if path.extension().and_then(|e| e.to_str()) == Some("gguf") && path.is_file() {
+            crate::weights::read_gguf_config(&path).map(Some)
         } else {
             Err(ModelError::MissingFile { path })
         }

@@ -242,17 +242,17 @@ pub struct GgufCheckpoint {
     pub dtype: DType,
 }
 
-/// Reads a GGUF file, dequantising each tensor and converting it to the dtype `dtype_for` picks
-/// from the file's own (that of its embeddings: f32, bf16 or f16, quantised types count as f32),
-/// one tensor at a time.
-pub fn load_gguf(
-    path: &Path,
-    device: &Device,
-    dtype_for: impl FnOnce(DType) -> DType,
-) -> Result<GgufCheckpoint> {
+/// [`gguf_config`] of a GGUF file, reading its header only.
+pub fn read_gguf_config(path: &Path) -> Result<(ModelConfig, DType)> {
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let ct = gguf_file::Content::read(&mut f)
         .map_err(|e| ModelError::Invalid(format!("reading GGUF {}: {e}", path.display())))?;
+    gguf_config(&ct, path)
+}
+
+/// The model's shape and the dtype its embeddings are stored in (quantised types count as
+/// f32), from a GGUF file's metadata alone.
+fn gguf_config(ct: &gguf_file::Content, path: &Path) -> Result<(ModelConfig, DType)> {
     let arch_name = ct
         .metadata
         .get("general.architecture")
@@ -264,11 +264,11 @@ pub fn load_gguf(
         file: path.into(),
     })?;
     let a = arch_name.as_str();
-    let hidden = md_u(&ct, &format!("{a}.embedding_length"), path)?;
-    let n_head = md_u(&ct, &format!("{a}.attention.head_count"), path)?;
-    let n_kv = md_u(&ct, &format!("{a}.attention.head_count_kv"), path).unwrap_or(n_head);
+    let hidden = md_u(ct, &format!("{a}.embedding_length"), path)?;
+    let n_head = md_u(ct, &format!("{a}.attention.head_count"), path)?;
+    let n_kv = md_u(ct, &format!("{a}.attention.head_count_kv"), path).unwrap_or(n_head);
     let head_dim =
-        md_u(&ct, &format!("{a}.attention.key_length"), path).unwrap_or(hidden / n_head.max(1));
+        md_u(ct, &format!("{a}.attention.key_length"), path).unwrap_or(hidden / n_head.max(1));
     let embd_info =
         ct.tensor_infos
             .get("token_embd.weight")
@@ -282,7 +282,6 @@ pub fn load_gguf(
         candle_core::quantized::GgmlDType::F16 => DType::F16,
         _ => DType::F32,
     };
-    let dtype = dtype_for(stored);
     let tied = !ct.tensor_infos.contains_key("output.weight");
     let has_bias = ct.tensor_infos.contains_key("blk.0.attn_q.bias");
     let id = |k: &str| ct.metadata.get(k).and_then(|v| v.to_u32().ok());
@@ -290,15 +289,15 @@ pub fn load_gguf(
         arch,
         vocab_size: vocab,
         hidden_size: hidden,
-        intermediate_size: md_u(&ct, &format!("{a}.feed_forward_length"), path)?,
-        num_hidden_layers: md_u(&ct, &format!("{a}.block_count"), path)?,
+        intermediate_size: md_u(ct, &format!("{a}.feed_forward_length"), path)?,
+        num_hidden_layers: md_u(ct, &format!("{a}.block_count"), path)?,
         num_attention_heads: n_head,
         num_key_value_heads: n_kv,
         head_dim,
-        rms_norm_eps: md_f(&ct, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-        rope_theta: md_f(&ct, &format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
+        rms_norm_eps: md_f(ct, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rope_theta: md_f(ct, &format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling: None,
-        max_position_embeddings: md_u(&ct, &format!("{a}.context_length"), path).unwrap_or(4096),
+        max_position_embeddings: md_u(ct, &format!("{a}.context_length"), path).unwrap_or(4096),
         tie_word_embeddings: tied,
         qkv_bias: has_bias,
         o_bias: ct.tensor_infos.contains_key("blk.0.attn_output.bias"),
@@ -306,6 +305,27 @@ pub fn load_gguf(
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
     };
+    Ok((config, stored))
+}
+
+/// Reads a GGUF file, dequantising each tensor and converting it to the dtype `dtype_for` picks
+/// from the file's own (that of its embeddings: f32, bf16 or f16, quantised types count as f32),
+/// one tensor at a time.
+pub fn load_gguf(
+    path: &Path,
+    device: &Device,
+    dtype_for: impl FnOnce(DType) -> DType,
+) -> Result<GgufCheckpoint> {
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let ct = gguf_file::Content::read(&mut f)
+        .map_err(|e| ModelError::Invalid(format!("reading GGUF {}: {e}", path.display())))?;
+    let (config, stored) = gguf_config(&ct, path)?;
+    let dtype = dtype_for(stored);
+    let (arch, n_head, n_kv) = (
+        config.arch,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+    );
     // llama.cpp permutes q/k only for the llama architecture (qwen2/3 use NEOX-style RoPE).
     let permuted = arch == Arch::Llama;
     let mut tensors = HashMap::new();

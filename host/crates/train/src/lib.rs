@@ -27,6 +27,7 @@
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
+pub mod curve;
 pub mod data;
 pub mod error;
 pub mod heldout;

@@ -54,13 +54,31 @@ pub(super) fn resolve_model(raw: RawModel, base: &Path, c: &mut Checker<'_, '_>)
         dtype: raw.dtype.unwrap_or_else(|| "auto".into()),
     };
     check_model(&model, c);
+    apply_overrides(model, &crate::ModelOverrides::current(), c)
+}
+
+/// The command line's `--device` / `--dtype` in place of the file's, with a warning that says
+/// so (values were checked when the overrides were installed).
+fn apply_overrides(mut model: Model, o: &crate::ModelOverrides, c: &mut Checker<'_, '_>) -> Model {
+    if let Some(d) = o.device.as_ref().filter(|d| **d != model.device) {
+        c.warn(
+            &[K("model"), K("device")],
+            format!("model.device {:?} overridden by --device {d}", model.device),
+        );
+        model.device = d.clone();
+    }
+    if let Some(d) = o.dtype.as_ref().filter(|d| **d != model.dtype) {
+        c.warn(
+            &[K("model"), K("dtype")],
+            format!("model.dtype {:?} overridden by --dtype {d}", model.dtype),
+        );
+        model.dtype = d.clone();
+    }
     model
 }
 
 fn check_model(model: &Model, c: &mut Checker<'_, '_>) {
-    if !matches!(model.device.as_str(), "cpu" | "cuda" | "metal")
-        && !model.device.starts_with("cuda:")
-    {
+    if !crate::valid_device(&model.device) {
         c.err(
             &[K("model"), K("device")],
             format!(
@@ -69,7 +87,7 @@ fn check_model(model: &Model, c: &mut Checker<'_, '_>) {
             ),
         );
     }
-    if !matches!(model.dtype.as_str(), "auto" | "f32" | "f16" | "bf16") {
+    if !crate::valid_dtype(&model.dtype) {
         c.err(
             &[K("model"), K("dtype")],
             format!(
