@@ -28,6 +28,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod device_check;
 pub mod error;
 pub mod heldout;
 pub mod loss;
