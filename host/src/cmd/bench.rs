@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 mod credit;
 mod dtype;
+mod device;
 mod generate;
 mod plugins;
 mod remote;
@@ -30,6 +31,9 @@ enum Which {
     Dtype(dtype::Args),
     /// Decode/prefill tokens/s and tree sampling against independent sampling.
     Generate(generate::Args),
+    /// The device check: device against CPU on a tiny checkpoint, then prefill, decode, tree and
+    /// LoRA SFT speed of a real shape in bf16 against the roofline, as one JSON report.
+    Device(device::Args),
     /// Tree generation through the remote backend against `malt serve`, against the embedded backend.
     Remote(remote::Args),
     /// Load test of `malt serve` from a second process: requests/s and latency percentiles of
@@ -41,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which {
         Which::Plugins(a) => plugins::run(a),
         Which::Generate(a) => generate::run(a),
+        Which::Device(a) => device::run(a),
         Which::Credit(a) => credit::run(a),
         Which::Train(a) => train::run(a),
         Which::Dtype(a) => dtype::run(a),

@@ -36,6 +36,7 @@ mod mode_ops;
 pub mod model;
 pub mod ops;
 pub mod process;
+pub mod random;
 pub mod sampling;
 mod simd;
 pub mod small_matmul;

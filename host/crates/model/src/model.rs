@@ -320,20 +320,11 @@ impl Model {
             rnd(&[cfg.vocab_size, h])?
         };
         let norm = ones(h)?;
-        let vocab: std::collections::HashMap<String, u32> = (0..cfg.vocab_size as u32)
-            .map(|i| (format!("t{i}"), i))
-            .collect();
-        let wl = tokenizers::models::wordlevel::WordLevel::builder()
-            .vocab(vocab.into_iter().collect())
-            .unk_token("t0".into())
-            .build()
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let mut tk = tokenizers::Tokenizer::new(wl);
-        tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+        let tokenizer = crate::random::word_tokenizer(cfg.vocab_size)?;
         let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device, dtype)?;
         Ok(Model {
             decoder,
-            tokenizer: Tokenizer::new(tk),
+            tokenizer,
             chat: ChatTemplate::chatml(),
             stop_ids: vec![],
             source: "random".into(),

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod curve;
 pub mod data;
+pub mod device_check;
 pub mod error;
 pub mod heldout;
 pub mod loss;
