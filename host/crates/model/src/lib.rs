@@ -27,6 +27,7 @@ pub mod error;
 pub mod fetch;
 pub mod fused;
 pub mod generate;
+mod grad_checkpoint;
 pub mod half_matmul;
 pub mod kv;
 pub mod lora;
