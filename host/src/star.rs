@@ -213,7 +213,8 @@ pub fn run_star(
     }
     let l = &agent.train.lora;
     let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
-    let policy = MaltPolicy::new(model, lora);
+    let policy = MaltPolicy::new(model, lora)
+        .with_gradient_checkpointing(agent.train.gradient_checkpointing);
     let tok = MaltTokenizer::new(model)?;
     let opts = RunOptions {
         resume: true,

@@ -150,7 +150,8 @@ pub fn train_agents(
         }
         let l = &agent.train.lora;
         let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
-        let policy = MaltPolicy::new(model, lora);
+        let policy = MaltPolicy::new(model, lora)
+            .with_gradient_checkpointing(agent.train.gradient_checkpointing);
         reports.extend(malt_train::run_schedule(
             &policy,
             &tok,

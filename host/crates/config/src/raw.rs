@@ -148,6 +148,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawTrain {
     method: Option<Method>,
+    gradient_checkpointing: Option<bool>,
     lora: Option<RawLora>,
     sft: Option<RawSft>,
     dpo: Option<RawDpo>,

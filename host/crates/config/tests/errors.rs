@@ -84,6 +84,21 @@ fn per_agent_train_overrides() {
 }
 
 #[test]
+fn gradient_checkpointing_is_off_by_default_per_agent_and_not_hashed() {
+    let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    assert!(plain.agents.iter().all(|a| !a.train.gradient_checkpointing));
+    let text = format!("{GOOD}\n[train]\ngradient_checkpointing = true\n").replace(
+        "name = \"refiner\"",
+        "name = \"refiner\"\n[agents.train]\ngradient_checkpointing = false",
+    );
+    let c = Config::parse(&text, Path::new("configs/x.toml")).unwrap();
+    assert!(c.agent("verifier").unwrap().train.gradient_checkpointing);
+    assert!(!c.agent("refiner").unwrap().train.gradient_checkpointing);
+    // It changes how training runs, not what it learns.
+    assert_eq!(plain.config_hash(), c.config_hash());
+}
+
+#[test]
 fn unknown_field() {
     insta::assert_snapshot!(err(
         &GOOD.replace("name = \"verifier\"", "name = \"verifier\"\nbranchs = 3")

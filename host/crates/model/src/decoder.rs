@@ -524,6 +524,19 @@ impl Decoder {
     /// Runs all layers on embedded input `x` (b, s, h). Returns the final-normed hidden states and,
     /// per layer, the full keys/values (past ++ new), each (b, kv_heads, L, head_dim).
     pub(crate) fn run(&self, x: Tensor, ctx: &Ctx) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (x, kvs) = self.run_layers(x, ctx, 0..self.layers.len())?;
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, ctx.mode)?;
+        Ok((x, kvs))
+    }
+
+    /// Runs the layers `range` on their input `x` (b, s, h): the residual stream after the last
+    /// of them (not normed) and the keys/values of each (`ctx.past` is indexed by layer).
+    pub(crate) fn run_layers(
+        &self,
+        x: Tensor,
+        ctx: &Ctx,
+        range: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let c = &self.cfg;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -531,8 +544,14 @@ impl Decoder {
         let mode = ctx.mode;
         let ad = ctx.adapter;
         let mut x = x;
-        let mut kvs = Vec::with_capacity(self.layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
+        let mut kvs = Vec::with_capacity(range.len());
+        for (i, layer) in self
+            .layers
+            .iter()
+            .enumerate()
+            .take(range.end)
+            .skip(range.start)
+        {
             let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps, mode)?;
             let [q, k, v] = self.linears(&h, i, [Proj::Q, Proj::K, Proj::V], ad, mode)?;
             let mut q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
@@ -620,7 +639,6 @@ impl Decoder {
             x = (x + m)?;
             kvs.push((k, v));
         }
-        let x = rms_norm(&x, &self.norm, c.rms_norm_eps, mode)?;
         Ok((x, kvs))
     }
 
@@ -682,6 +700,45 @@ impl Decoder {
             mode,
         };
         Ok(self.run(self.embed(ids)?, &ctx)?.0)
+    }
+
+    /// [`Self::forward_hidden`] in `Mode::Train { dropout_seed }` with gradient checkpointing:
+    /// the graph keeps only each layer's input, and the backward recomputes each layer's forward
+    /// (`crate::grad_checkpoint`). Same values and gradients, a fraction of the activation memory.
+    pub fn forward_hidden_checkpointed(
+        &self,
+        ids: &Tensor,
+        adapter: Option<&LoraAdapter>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        let mode = Mode::Train { dropout_seed };
+        let Some(adapter) = adapter else {
+            // Nothing trainable: no graph is recorded, so there is nothing to checkpoint.
+            return self.forward_hidden(ids, None, mode);
+        };
+        let (_, s) = ids.dims2()?;
+        let (cos, sin) = self.rope_range(0, s)?;
+        let mask = self.causal_mask(s)?;
+        let x = self.embed(ids)?;
+        let x = crate::grad_checkpoint::run_checkpointed(self, adapter, x, cos, sin, mask, mode)?;
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
+    }
+
+    /// A second handle on the same weights (every tensor shares its storage): what a
+    /// checkpointed layer's backward holds to run the layer again after this borrow has ended.
+    pub(crate) fn share(&self) -> Decoder {
+        Decoder {
+            cfg: self.cfg.clone(),
+            dtype: self.dtype,
+            embed: self.embed.clone(),
+            layers: self.layers.clone(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            device: self.device.clone(),
+            prefill_computed: AtomicUsize::new(0),
+        }
     }
 
     /// Full causal forward: logits (b, s, vocab).

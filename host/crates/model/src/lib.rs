@@ -28,6 +28,7 @@ pub mod fetch;
 pub mod footprint;
 pub mod fused;
 pub mod generate;
+mod grad_checkpoint;
 pub mod half_matmul;
 pub mod kv;
 pub mod lora;

@@ -163,6 +163,17 @@ impl LoraAdapter {
         self.config.alpha / self.config.r as f64
     }
 
+    /// A second handle on the same variables (same uid: it is the same adapter), for a
+    /// checkpointed layer's backward, which must own what it recomputes with.
+    pub(crate) fn share(&self) -> LoraAdapter {
+        LoraAdapter {
+            uid: self.uid,
+            name: self.name.clone(),
+            config: self.config.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+
     pub fn get(&self, layer: usize, p: Proj) -> Option<&LoraPair> {
         self.layers.get(layer).and_then(|l| l[p.index()].as_ref())
     }

@@ -8,6 +8,9 @@
 //!   computes both operand gradients), `repeat_kv` materialised, logits at every position,
 //!   composed `log_softmax` + `gather` cross-entropy.
 //!
+//! - malt-checkpointed: malt with gradient checkpointing (each layer's forward recomputed in
+//!   the backward, only layer inputs kept): the same loss, less memory, more time.
+//!
 //! A step = forward + loss + backward + AdamW update; all rows of a phase use the same weights,
 //! adapter init and synthetic batch, and report the first step's loss (they must agree).
 //!
@@ -50,6 +53,8 @@ pub struct BenchSettings {
     pub seed: u64,
     /// Also measure the plain-candle baseline.
     pub baseline: bool,
+    /// Also measure malt with gradient checkpointing (`malt-checkpointed`).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for BenchSettings {
@@ -66,6 +71,7 @@ impl Default for BenchSettings {
             },
             seed: 0,
             baseline: true,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -74,7 +80,7 @@ impl Default for BenchSettings {
 pub struct BenchRow {
     /// `sft` or `dpo`.
     pub phase: String,
-    /// `malt` or `plain-candle`.
+    /// `malt`, `malt-checkpointed` or `plain-candle`.
     pub implementation: String,
     pub steps: usize,
     pub tokens_per_step: usize,
@@ -249,18 +255,21 @@ fn check(s: &BenchSettings) -> Result<()> {
     Ok(())
 }
 
-/// Runs every phase (`sft`, `dpo`) for `malt` (and `plain-candle` when `s.baseline`) in this
-/// process. See the module docs for the memory method.
+/// Runs every phase (`sft`, `dpo`) for `malt` (and `malt-checkpointed` when
+/// `s.gradient_checkpointing`, `plain-candle` when `s.baseline`) in this process. See the
+/// module docs for the memory method.
 pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
     check(s)?;
-    let impls: &[&str] = if s.baseline {
-        &["malt", "plain-candle"]
-    } else {
-        &["malt"]
-    };
+    let mut impls = vec!["malt"];
+    if s.gradient_checkpointing {
+        impls.push("malt-checkpointed");
+    }
+    if s.baseline {
+        impls.push("plain-candle");
+    }
     let mut rows = vec![];
     for phase in ["sft", "dpo"] {
-        for imp in impls {
+        for imp in &impls {
             rows.push(bench_phase(model, s, phase, imp)?);
         }
     }
@@ -268,7 +277,8 @@ pub fn bench_train(model: &Model, s: &BenchSettings) -> Result<Vec<BenchRow>> {
 }
 
 /// One (phase, implementation) measurement: `phase` is `sft` or `dpo`, `implementation` is
-/// `malt` or `plain-candle`. Run it in a fresh child process for an exact peak.
+/// `malt`, `malt-checkpointed` or `plain-candle`. Run it in a fresh child process for an exact
+/// peak.
 pub fn bench_phase(
     model: &Model,
     s: &BenchSettings,
@@ -276,13 +286,15 @@ pub fn bench_phase(
     implementation: &str,
 ) -> Result<BenchRow> {
     check(s)?;
-    if !matches!(phase, "sft" | "dpo") || !matches!(implementation, "malt" | "plain-candle") {
+    let known = ["malt", "malt-checkpointed", "plain-candle"];
+    if !matches!(phase, "sft" | "dpo") || !known.contains(&implementation) {
         return Err(TrainError::Settings(format!(
             "bench: unknown phase `{phase}` or implementation `{implementation}` \
-             (sft|dpo, malt|plain-candle)"
+             (sft|dpo, malt|malt-checkpointed|plain-candle)"
         )));
     }
-    let policy = MaltPolicy::new(model, s.lora.clone());
+    let policy = MaltPolicy::new(model, s.lora.clone())
+        .with_gradient_checkpointing(implementation == "malt-checkpointed");
     let d = &model.decoder;
     let vocab = model.config().vocab_size;
     let dpo = DpoSettings::default();
@@ -308,7 +320,7 @@ pub fn bench_phase(
     for k in 0..total {
         let t0 = Instant::now();
         let c0 = cpu_secs();
-        let lp = if implementation == "malt" {
+        let lp = if implementation != "plain-candle" {
             let mode = Mode::Train {
                 dropout_seed: k as u64,
             };

@@ -5,12 +5,12 @@ use candle_core::DType;
 
 use crate::batch::{Sequence, TokenBatch};
 use crate::data::{DpoItem, SftItem};
+use crate::dpo::{dpo_chunk_loss, DpoStats};
 use crate::error::Result;
 use crate::loss;
 use crate::policy::{Mode, PolicyModel};
 use crate::reference::RefLogprobs;
 use crate::settings::DpoSettings;
-use crate::trainer::{dpo_chunk_loss, DpoStats};
 
 /// Mean token NLL of `items` under `adapter` (no graph): the SFT eval loss.
 pub fn evaluate_sft<M: PolicyModel>(
@@ -57,11 +57,7 @@ pub fn evaluate_dpo<M: PolicyModel>(
     let mut tot = DpoStats::default();
     for chunk in items.chunks(micro_batch.max(1)) {
         let (_, st) = dpo_chunk_loss(model, adapter, chunk, refs, s, pad_id, Mode::Eval)?;
-        tot.loss_sum += st.loss_sum;
-        tot.chosen_sum += st.chosen_sum;
-        tot.rejected_sum += st.rejected_sum;
-        tot.correct += st.correct;
-        tot.pairs += st.pairs;
+        tot.add(&st);
     }
     let n = tot.pairs.max(1) as f64;
     Ok(DpoEval {

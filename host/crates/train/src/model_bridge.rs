@@ -4,6 +4,9 @@
 //! and compute the LM head only at completion positions; reference log-probs and eval use the
 //! fused inference path (`Mode::Infer`, no graph).
 //!
+//! With `gradient_checkpointing`, training forwards go through
+//! `Decoder::forward_hidden_checkpointed` (each layer recomputed in the backward).
+//!
 //! LoRA dropout masks come from the per-micro-batch seed this crate passes
 //! (`Mode::Train { dropout_seed }`), so a resumed run repeats an uninterrupted one bit for bit,
 //! dropout or not.
@@ -24,11 +27,28 @@ pub struct MaltPolicy<'m> {
     pub model: &'m Model,
     /// Rank, alpha, dropout and targets of fresh adapters (loaded ones keep their own).
     pub lora: LoraConfig,
+    /// Training forwards keep only each layer's input and the backward recomputes the layer
+    /// (`[train] gradient_checkpointing`): the same gradients in a fraction of the activation
+    /// memory, for about one more forward pass of time. A property of how the policy runs, not
+    /// of what it learns, so it is not part of a phase's fingerprint.
+    pub gradient_checkpointing: bool,
 }
 
 impl<'m> MaltPolicy<'m> {
     pub fn new(model: &'m Model, lora: LoraConfig) -> Self {
-        MaltPolicy { model, lora }
+        MaltPolicy {
+            model,
+            lora,
+            gradient_checkpointing: false,
+        }
+    }
+
+    /// The same policy with gradient checkpointing on or off.
+    pub fn with_gradient_checkpointing(self, on: bool) -> Self {
+        MaltPolicy {
+            gradient_checkpointing: on,
+            ..self
+        }
     }
 }
 
@@ -75,9 +95,13 @@ impl PolicyModel for MaltPolicy<'_> {
         };
         let d = &self.model.decoder;
         let ids = batch.ids_tensor(dev)?;
-        let h = d
-            .forward_hidden(&ids, adapter, m)
-            .map_err(TrainError::model)?;
+        let h = match m {
+            malt_model::Mode::Train { dropout_seed } if self.gradient_checkpointing => {
+                d.forward_hidden_checkpointed(&ids, adapter, dropout_seed)
+            }
+            _ => d.forward_hidden(&ids, adapter, m),
+        }
+        .map_err(TrainError::model)?;
         let hs = h.dim(2)?;
         let h = h.reshape((batch.batch * batch.seq_len, hs))?;
         let sel = h.index_select(&batch.positions_tensor(dev)?, 0)?;

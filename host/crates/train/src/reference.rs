@@ -9,9 +9,9 @@ use candle_core::{Device, Tensor};
 use crate::batch::{Sequence, TokenBatch};
 use crate::data::DpoItem;
 use crate::error::{Result, TrainError};
+use crate::fingerprint::sha_hex;
 use crate::loss;
 use crate::policy::{Mode, PolicyModel};
-use crate::trainer::sha_hex;
 
 /// Reference log-probs for every pair of a DPO dataset: sums over completion tokens and the
 /// token counts (IPO uses the per-token mean).

@@ -5,7 +5,8 @@
 //! fresh child process (this binary re-executed with `--child`) so every peak-memory figure is
 //! that measurement's own. A row whose peak, extrapolated from the same implementation at a
 //! smaller batch, would not fit in the available memory is skipped and says so (plain candle
-//! needs several GiB per sequence).
+//! needs several GiB per sequence). With `--gradient-checkpointing`, malt with gradient
+//! checkpointing runs beside malt and the bench prints their time and peak-memory ratios.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +23,9 @@ pub struct Args {
     /// Batch sizes to measure, comma-separated: sequences per SFT step, pairs per DPO step.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
     batch_sizes: Vec<usize>,
+    /// Phases to measure, comma-separated: `sft`, `dpo`.
+    #[arg(long, value_delimiter = ',', default_values_t = ["sft".to_string(), "dpo".to_string()])]
+    phases: Vec<String>,
     /// Internal: the batch size of a `--child` measurement.
     #[arg(long, hide = true, default_value_t = 1)]
     micro_batch: usize,
@@ -41,6 +45,13 @@ pub struct Args {
     /// Only the workload's phases, not the synthetic steps.
     #[arg(long)]
     workload_only: bool,
+    /// Also measure malt with gradient checkpointing (each layer recomputed in the backward)
+    /// and print its step time and peak memory against malt's.
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    /// Leave out the plain-candle baseline (it needs several GiB per sequence).
+    #[arg(long)]
+    no_baseline: bool,
     /// Internal: measure one `PHASE:IMPLEMENTATION` in this process and print it as JSON.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -166,17 +177,31 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
          LoRA r=8 on all 7 projections, {} steps",
         args.model, args.batch_sizes, args.prompt_len, args.completion_len, args.steps
     );
+    if let Some(bad) = args
+        .phases
+        .iter()
+        .find(|p| !matches!(p.as_str(), "sft" | "dpo"))
+    {
+        anyhow::bail!("--phases: unknown phase `{bad}` (sft, dpo)");
+    }
+    let mut implementations = vec!["malt"];
+    if args.gradient_checkpointing {
+        implementations.push("malt-checkpointed");
+    }
+    if !args.no_baseline {
+        implementations.push("plain-candle");
+    }
     let mut rows: Vec<(usize, BenchRow)> = Vec::new();
     for &mb in &args.batch_sizes {
-        for phase in ["sft", "dpo"] {
-            for imp in ["malt", "plain-candle"] {
+        for phase in args.phases.iter().map(String::as_str) {
+            for &imp in &implementations {
                 if let Some(why) = too_big(&rows, mb, phase, imp) {
-                    println!("b={mb:<2} {phase:<4} {imp:<13} skipped: {why}");
+                    println!("b={mb:<2} {phase:<4} {imp:<17} skipped: {why}");
                     continue;
                 }
                 let row = child(&exe, args, mb, phase, imp)?;
                 println!(
-                    "b={mb:<2} {:<4} {:<13} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
+                    "b={mb:<2} {:<4} {:<17} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
                      peak RSS {:>6.0} MiB (+{:.0} over the loaded model)  first loss {:.5}",
                     row.phase,
                     row.implementation,
@@ -192,12 +217,24 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
         }
     }
     for &mb in &args.batch_sizes {
-        for phase in ["sft", "dpo"] {
+        for phase in args.phases.iter().map(String::as_str) {
             let get = |imp: &str| {
                 rows.iter()
                     .find(|(b, r)| *b == mb && r.phase == phase && r.implementation == imp)
                     .map(|(_, r)| r)
             };
+            if let (Some(m), Some(c)) = (get("malt"), get("malt-checkpointed")) {
+                println!(
+                    "b={mb} {phase}: checkpointed / malt = {:.2}x step time ({:.2}x by CPU time), \
+                     {:.2}x peak memory ({:.2}x growth over the loaded model), first loss {:+.1e}",
+                    c.secs_per_step / m.secs_per_step,
+                    c.cpu_secs_per_step.unwrap_or(f64::NAN)
+                        / m.cpu_secs_per_step.unwrap_or(f64::NAN),
+                    c.peak_rss_mib.unwrap_or(f64::NAN) / m.peak_rss_mib.unwrap_or(f64::NAN),
+                    c.peak_delta_mib.unwrap_or(f64::NAN) / m.peak_delta_mib.unwrap_or(f64::NAN),
+                    c.first_loss - m.first_loss
+                );
+            }
             if let (Some(m), Some(p)) = (get("malt"), get("plain-candle")) {
                 println!(
                     "b={mb} {phase}: malt / plain candle = {:.2}x tokens/s ({:.2}x by CPU time), \

@@ -74,6 +74,7 @@ fn resolve_agent(a: RawAgent, train: &RawTrain, dataset: &Dataset, credit: &Cred
     });
     let mut plan = TrainPlan {
         method: default_method(&role),
+        gradient_checkpointing: false,
         lora: Lora::default(),
         sft: Sft::default(),
         dpo: Dpo::default(),
@@ -171,6 +172,9 @@ impl RawTrain {
     fn apply(&self, plan: &mut TrainPlan) {
         if let Some(m) = self.method {
             plan.method = m;
+        }
+        if let Some(on) = self.gradient_checkpointing {
+            plan.gradient_checkpointing = on;
         }
         if let Some(l) = &self.lora {
             if let Some(v) = l.rank {
