@@ -33,15 +33,17 @@ pub(crate) fn dropout_mask(
 ) -> Result<CudaStorage> {
     let func = dev.get_or_load_custom_func("malt_dropout_mask_f32", "malt_dropout", DROPOUT_PTX)?;
     // SAFETY: the kernel writes every one of the n elements before anything reads them.
-    let out = unsafe { dev.alloc::<f32>(n)? };
+    let mut out = unsafe { dev.alloc::<f32>(n)? };
     let n64 = n as u64;
-    let mut launch = func.builder();
-    launch.arg(&out);
-    launch.arg(&n64);
-    launch.arg(&base);
-    launch.arg(&keep);
-    launch.arg(&scale);
-    // SAFETY: the argument list matches the kernel's signature (float*, u64, u64, float, float).
-    unsafe { launch.launch(elementwise(n)) }.w()?;
+    {
+        let mut launch = func.builder();
+        launch.arg(&mut out);
+        launch.arg(&n64);
+        launch.arg(&base);
+        launch.arg(&keep);
+        launch.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature (float*, u64, u64, float, float).
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+    }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
