@@ -275,7 +275,10 @@ impl<'m> DecodeBatch<'m> {
                     m[ri * total + a..ri * total + z].fill(f32::NEG_INFINITY);
                 }
             }
-            Some(Tensor::from_vec(m, (b, 1, 1, 1, total), model.device())?)
+            Some(
+                Tensor::from_vec(m, (b, 1, 1, 1, total), model.device())?
+                    .to_dtype(model.decoder.activation_dtype())?,
+            )
         };
         let ctx = Ctx {
             cos,
@@ -291,9 +294,10 @@ impl<'m> DecodeBatch<'m> {
         self.state = kvs;
         self.len += 1;
         let lg = crate::process::on_pool(|| model.decoder.logits(&h, Mode::Infer))?.squeeze(1)?;
-        let lg = lg.to_dtype(candle_core::DType::F32)?;
-        for (i, r) in self.rows.iter_mut().enumerate() {
-            r.logits = lg.get(i)?.to_vec1::<f32>()?;
+        // The host needs each row's last logits to sample: one copy of (rows, vocab).
+        let lg = lg.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        for (r, logits) in self.rows.iter_mut().zip(lg) {
+            r.logits = logits;
             r.seq_len += 1;
         }
         Ok(())

@@ -9,7 +9,7 @@ use crate::dropout::{dropout_mask, seeded_dropout};
 use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::lora::{LoraAdapter, Proj};
-use crate::mode_ops::{flatten_rows, fused_train, infer_small, rms_norm, rope, softmax};
+use crate::mode_ops::{flatten_rows, fused_train, infer_small, rms_norm, rope, softmax, swiglu};
 use crate::ops::frozen_matmul;
 use crate::small_matmul::small_matmuls;
 use candle_core::{DType, Device, Tensor};
@@ -385,7 +385,7 @@ impl Decoder {
                         Mode::Train {
                             dropout_seed: Some(seed),
                         } if a.config.dropout > 0.0 => {
-                            Some(dropout_mask(x2.shape(), a.config.dropout, seed, layer, p)?)
+                            Some(dropout_mask(&x2, a.config.dropout, seed, layer, p)?)
                         }
                         _ => None,
                     };
@@ -486,17 +486,6 @@ impl Decoder {
         }
         if let Some(pair) = adapter.and_then(|a| a.get(layer, p)) {
             let scale = adapter.map(|a| a.scale()).unwrap_or(1.0);
-            let xd = match (mode, adapter) {
-                (
-                    Mode::Train {
-                        dropout_seed: Some(seed),
-                    },
-                    Some(a),
-                ) if a.config.dropout > 0.0 => {
-                    seeded_dropout(x2, a.config.dropout, seed, layer, p)?
-                }
-                _ => x2.clone(),
-            };
             // The adapter's tensors are `Var`s: used as they are, every op after them would be
             // recorded for backprop and an inference cache would keep the whole graph of its
             // prompt alive (an evaluation of a trained chain peaked near 20 GB that way).
@@ -505,12 +494,24 @@ impl Decoder {
                 Mode::Train { .. } => (pair.a.as_tensor().clone(), pair.b.as_tensor().clone()),
             };
             // LoRA parameters are f32 whatever the base; activations of another dtype (a GPU
-            // running bf16) meet them in f32 and the update is rounded once, at the end.
+            // running bf16) meet them in f32 (the dropout mask's dtype too) and the update is
+            // rounded once, at the end.
             let act = y.dtype();
-            let xd = if act == a_t.dtype() {
-                xd
+            let x_lora = if act == a_t.dtype() {
+                x2.clone()
             } else {
-                xd.to_dtype(a_t.dtype())?
+                x2.to_dtype(a_t.dtype())?
+            };
+            let xd = match (mode, adapter) {
+                (
+                    Mode::Train {
+                        dropout_seed: Some(seed),
+                    },
+                    Some(a),
+                ) if a.config.dropout > 0.0 => {
+                    seeded_dropout(&x_lora, a.config.dropout, seed, layer, p)?
+                }
+                _ => x_lora,
             };
             let delta = (xd.matmul(&a_t.t()?)?.matmul(&b_t.t()?)? * scale)?;
             y = (y + delta.to_dtype(act)?)?;
@@ -628,13 +629,7 @@ impl Decoder {
             x = (x + o)?;
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps, mode)?;
             let [g, u] = self.linears(&h, i, [Proj::Gate, Proj::Up], ad, mode)?;
-            // The fused op on CPU f32 in both modes: it is one parallel pass, where candle's
-            // silu and mul are two single-threaded ones (candle's own pool is off, see process.rs).
-            let m = if g.device().is_cpu() && g.dtype() == DType::F32 {
-                fused::swiglu(&g, &u)?
-            } else {
-                (candle_nn::ops::silu(&g)? * u)?
-            };
+            let m = swiglu(&g, &u, mode)?;
             let m = self.linear(&m, i, Proj::Down, ad, mode)?;
             x = (x + m)?;
             kvs.push((k, v));

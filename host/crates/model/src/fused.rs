@@ -8,8 +8,12 @@
 //! stores only its inputs, computes its forward in one pass (matmuls straight into the output
 //! buffer through `gemm`) and returns exact analytic gradients.
 //!
-//! Only the CPU forward exists (f32 activations; frozen weights in f32, bf16 or f16); the decoder
-//! keeps the composed candle path for other devices.
+//! Devices: every op here has a CPU forward only (f32 activations; frozen weights in f32, bf16 or
+//! f16) except [`FrozenLinear`], which also runs on CUDA (cuBLAS through candle's own matmul).
+//! The structs are private and every public function refuses other inputs ([`cpu_f32`]); the
+//! decoder calls them only behind `mode_ops::fused_train` or the same device test, and takes
+//! composed candle ops (logged once, `crate::composed`) everywhere else. So a CPU-only op is
+//! unreachable off the CPU by construction, never a silent wrong result.
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
@@ -39,6 +43,19 @@ fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
         Storage::Cpu(s) => f(slice(s, l, op)?),
         _ => bail!("{op}: only on cpu"),
     }
+}
+
+/// The guard at the entry of every CPU-only op: activations must be f32 on the CPU.
+fn cpu_f32(x: &Tensor, op: &str) -> Result<()> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        bail!(
+            "{op} is a CPU f32 op, called with {:?} on {}: the caller must dispatch other \
+             devices and dtypes to candle ops",
+            x.dtype(),
+            crate::composed::device_kind(x.device())
+        );
+    }
+    Ok(())
 }
 
 fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
@@ -201,7 +218,8 @@ impl CustomOp3 for LoraLinear {
     }
 }
 
-/// `x (n, in) @ w^T + bias + scale * ((x * mask) @ a^T) @ b^T` as one autograd node (CPU f32).
+/// `x (n, in) @ w^T + bias + scale * ((x * mask) @ a^T) @ b^T` as one autograd node. CPU f32
+/// only; off the CPU the decoder runs [`frozen_linear`] plus the LoRA branch as candle ops.
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -211,6 +229,7 @@ pub fn lora_linear(
     scale: f64,
     mask: Option<Tensor>,
 ) -> Result<Tensor> {
+    cpu_f32(x, "lora-linear")?;
     x.contiguous()?.apply_op3(
         &a.contiguous()?,
         &b.contiguous()?,
@@ -223,8 +242,11 @@ pub fn lora_linear(
     )
 }
 
-/// `x @ w^T` for a frozen `w`: the output written by gemm straight into its buffer, and a
-/// backward that returns only the input gradient `g @ w`.
+/// `x @ w^T` for a frozen `w`, and a backward that returns only the input gradient `g @ w`
+/// (candle's matmul backward would also form a weight-sized gradient for `w`, and allocate it).
+/// CPU: the output written by gemm straight into its buffer (f32 activations, any weight
+/// format). CUDA: cuBLAS through candle's storage matmul (activations and weight of one dtype),
+/// the backward as a candle matmul on the device.
 struct FrozenLinear {
     w: Tensor,
 }
@@ -249,7 +271,31 @@ impl CustomOp1 for FrozenLinear {
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (n, k) = l.shape().dims2()?;
+        let (out, k2) = self.w.dims2()?;
+        if k != k2 {
+            bail!("frozen-linear: input has {k} features, weight {k2}");
+        }
+        let wt = self.w.t()?;
+        let (ws, wl) = wt.storage_and_layout();
+        let Storage::Cuda(ws) = &*ws else {
+            bail!("frozen-linear: input on cuda, weight on another device");
+        };
+        let y = s.matmul(ws, (1, n, out, k), l, wl)?;
+        Ok((y, Shape::from((n, out))))
+    }
+
     fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        if !g.device().is_cpu() {
+            return Ok(Some(g.matmul(&self.w)?));
+        }
         let (n, out) = g.dims2()?;
         let (_, k) = self.w.dims2()?;
         let mut dx = vec![0f32; n * k];
@@ -263,9 +309,24 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
-/// `x (n, in) @ w^T` with only an input gradient (CPU f32).
+/// `x (n, in) @ w^T` with only an input gradient: CPU f32 activations (any weight format), or
+/// CUDA activations of the weight's dtype (with the `cuda` feature).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !frozen_linear_runs_on(x, w) {
+        cpu_f32(x, "frozen-linear")?;
+    }
     x.contiguous()?.apply_op1(FrozenLinear { w: w.detach() })
+}
+
+/// Whether [`frozen_linear`] has a kernel for these operands.
+pub fn frozen_linear_runs_on(x: &Tensor, w: &Tensor) -> bool {
+    match x.device() {
+        candle_core::Device::Cpu => x.dtype() == candle_core::DType::F32 && w.device().is_cpu(),
+        candle_core::Device::Cuda(_) => {
+            cfg!(feature = "cuda") && w.device().same_device(x.device()) && w.dtype() == x.dtype()
+        }
+        candle_core::Device::Metal(_) => false,
+    }
 }
 
 /// RMSNorm over the last dimension with a frozen weight.
@@ -337,8 +398,10 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
-/// RMSNorm of `x` over its last dimension, frozen weight `w` (CPU f32).
+/// RMSNorm of `x` over its last dimension, frozen weight `w`. CPU f32 only (elsewhere:
+/// `rms_norm_slow`).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    cpu_f32(x, "rms-norm")?;
     x.contiguous()?.apply_op1(RmsNorm {
         w: w.detach(),
         eps: eps as f32,
@@ -406,8 +469,10 @@ impl CustomOp1 for Rope {
     }
 }
 
-/// RoPE on x (b, h, s, d) with cos/sin (s, d/2) (CPU f32).
+/// RoPE on x (b, h, s, d) with cos/sin (s, d/2). CPU f32 only (elsewhere: rotate-half as
+/// candle ops).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    cpu_f32(x, "rope")?;
     x.contiguous()?.apply_op1(Rope {
         cos: cos.contiguous()?,
         sin: sin.contiguous()?,
@@ -486,8 +551,10 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
-/// Causal softmax of `scale * scores` (.., rows, l), rows being query positions `row % s`.
+/// Causal softmax of `scale * scores` (.., rows, l), rows being query positions `row % s`. CPU
+/// f32 only (elsewhere: an additive mask and candle's softmax).
 pub fn causal_softmax(scores: &Tensor, scale: f64, s: usize) -> Result<Tensor> {
+    cpu_f32(scores, "causal-softmax")?;
     scores.contiguous()?.apply_op1(CausalSoftmax {
         scale: scale as f32,
         s,
@@ -562,8 +629,9 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
-/// `silu(gate) * up` as one node (CPU f32).
+/// `silu(gate) * up` as one node. CPU f32 only (elsewhere: candle's silu and mul).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    cpu_f32(gate, "swiglu")?;
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 

@@ -343,10 +343,8 @@ impl Model {
             t += 1;
             let lg =
                 crate::process::on_pool(|| self.decoder.logits(&h, Mode::Infer))?.squeeze(1)?;
-            let lg = lg.to_dtype(candle_core::DType::F32)?;
-            logits = (0..b)
-                .map(|i| lg.get(i)?.to_vec1::<f32>())
-                .collect::<candle_core::Result<Vec<_>>>()?;
+            // The host needs each row's last logits to sample: one copy of (rows, vocab).
+            logits = lg.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
             t_logits += tl.elapsed().as_secs_f64();
         }
         if prof {

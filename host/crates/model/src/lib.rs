@@ -18,7 +18,10 @@ mod arena;
 pub mod attention;
 pub mod baseline;
 pub mod chat;
+pub mod composed;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod decode_batch;
 pub mod decoder;
 pub mod device;

@@ -1,7 +1,9 @@
 //! The decoder's per-mode choice of op: `Mode::Infer` takes candle's fused kernels (no backward)
 //! and the small-batch matmul; `Mode::Train` takes `crate::fused`'s differentiable CPU ops on f32,
-//! else candle's composed ops, so every gradient reaches the LoRA variables.
+//! else candle's composed ops, so every gradient reaches the LoRA variables. Those composed
+//! training graphs are slower than a fused kernel and say so once ([`crate::composed`]).
 
+use crate::composed::warn_once;
 use crate::decoder::Mode;
 use crate::error::Result;
 use crate::fused;
@@ -25,6 +27,9 @@ pub(crate) fn infer_small(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Option<T
     })
 }
 
+/// Whether training takes `crate::fused`'s ops for activations like `x`: only CPU f32 ones, the
+/// only input those ops accept. Every call of a fused op sits behind this test (or the same
+/// test written out), which is what keeps them unreachable off the CPU.
 pub(crate) fn fused_train(x: &Tensor, mode: Mode) -> bool {
     matches!(mode, Mode::Train { .. }) && x.device().is_cpu() && x.dtype() == DType::F32
 }
@@ -33,7 +38,10 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<T
     Ok(match mode {
         Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
         Mode::Train { .. } if fused_train(x, mode) => fused::rms_norm(x, w, eps)?,
-        Mode::Train { .. } => candle_nn::ops::rms_norm_slow(x, w, eps as f32)?,
+        Mode::Train { .. } => {
+            warn_once("rms-norm (training)", x.device());
+            candle_nn::ops::rms_norm_slow(x, w, eps as f32)?
+        }
     })
 }
 
@@ -52,6 +60,7 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result
             Ok(fused::rope(x, cos, sin)?)
         }
         Mode::Train { .. } => {
+            warn_once("rope (training)", x.device());
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
             let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
             let (cos, sin) = if cos.rank() == 2 {
@@ -67,9 +76,90 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result
     }
 }
 
+/// Softmax over the last dimension of attention scores that already carry their mask.
 pub(crate) fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Infer => candle_nn::ops::softmax_last_dim(&x.contiguous()?)?,
-        Mode::Train { .. } => candle_nn::ops::softmax(x, D::Minus1)?,
+        Mode::Train { .. } => {
+            warn_once("causal-softmax (training attention)", x.device());
+            candle_nn::ops::softmax(x, D::Minus1)?
+        }
     })
+}
+
+/// `silu(gate) * up`: the fused op on CPU f32 in both modes (one parallel pass, where candle's
+/// silu and mul are two single-threaded ones: candle's own pool is off, see process.rs); else
+/// candle's ops, whose training graph keeps both intermediates.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor, mode: Mode) -> Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 {
+        return Ok(fused::swiglu(gate, up)?);
+    }
+    if matches!(mode, Mode::Train { .. }) {
+        warn_once("swiglu (training)", gate.device());
+    }
+    Ok((candle_nn::ops::silu(gate)? * up)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::frozen_matmul;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_ops_refuse_inputs_they_have_no_kernel_for() {
+        let bf = |shape: &[usize]| randn(shape, DType::BF16);
+        let (x, w, w2) = (bf(&[2, 4]), bf(&[4]), bf(&[3, 4]));
+        assert!(fused::rms_norm(&x, &w, 1e-5).is_err());
+        assert!(fused::swiglu(&x, &x).is_err());
+        assert!(fused::causal_softmax(&x, 1.0, 2).is_err());
+        assert!(fused::frozen_linear(&x, &w2).is_err());
+        let (a, b) = (bf(&[2, 4]), bf(&[3, 2]));
+        assert!(fused::lora_linear(&x, &w2, None, &a, &b, 1.0, None).is_err());
+        let (cos, sin) = (bf(&[2, 2]), bf(&[2, 2]));
+        assert!(fused::rope(&bf(&[1, 1, 2, 4]), &cos, &sin).is_err());
+    }
+
+    /// Activations the fused ops do not take (f64 here; bf16 or a GPU in use) run the composed
+    /// training ops: the same values as the fused path, and a gradient for the input.
+    #[test]
+    fn training_without_fused_kernels_matches_the_fused_path() -> Result<()> {
+        let mode = Mode::Train { dropout_seed: None };
+        let (b, h, s, d) = (1, 2, 3, 8);
+        let x32 = randn(&[b, h, s, d], DType::F32);
+        let (w, wl) = (randn(&[d], DType::F32), randn(&[5, d], DType::F32));
+        let (cos, sin) = (
+            randn(&[s, d / 2], DType::F32),
+            randn(&[s, d / 2], DType::F32),
+        );
+        let forward = |x: &Tensor| -> Result<Tensor> {
+            let dt = x.dtype();
+            let cast = |t: &Tensor| t.to_dtype(dt);
+            let y = rms_norm(x, &cast(&w)?, 1e-5, mode)?;
+            let y = rope(&y, &cast(&cos)?, &cast(&sin)?, mode)?;
+            let y = swiglu(&y, &softmax(&y, mode)?, mode)?;
+            Ok(frozen_matmul(&y.reshape((b * h * s, d))?, &cast(&wl)?)?)
+        };
+        let fused = forward(&x32)?;
+        let x64 = Var::from_tensor(&x32.to_dtype(DType::F64)?)?;
+        let composed = forward(x64.as_tensor())?;
+        let diff = (fused - composed.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "fused and composed differ by {diff}");
+        let grads = composed.sum_all()?.backward()?;
+        let g = grads
+            .get(x64.as_tensor())
+            .expect("the input gets a gradient");
+        assert!(g.abs()?.sum_all()?.to_scalar::<f64>()? > 0.0);
+        Ok(())
+    }
 }

@@ -7,14 +7,18 @@ use candle_core::{CpuStorage, Result, Tensor};
 /// inference path uses it too, for inputs of more rows than the small-batch matmul takes: on CPU
 /// its product reads `w` in place (`crate::matmul::matmul_wt`) where candle's matmul packs it.
 ///
-/// Plain `matmul` always computes the weight gradient as well, one wasted weight-sized matmul per
-/// frozen projection in a LoRA step (about 25 % of a step, see notes/candle.md). Off CPU (no
-/// custom kernel), falls back to a plain matmul against the detached weight: correct, just not
-/// the saving.
+/// Plain `matmul` always computes the weight gradient as well, one wasted weight-sized matmul
+/// (and a weight-sized buffer) per frozen projection in a LoRA step (about 25 % of a step, see
+/// notes/candle.md). `crate::fused::frozen_linear` avoids it on CPU f32 and on CUDA; elsewhere
+/// this falls back to a plain matmul against the detached weight: correct, just not the saving,
+/// and logged once when a gradient will flow through it.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if crate::fused::frozen_linear_runs_on(x, w) {
         crate::fused::frozen_linear(x, w)
     } else {
+        if x.track_op() {
+            crate::composed::warn_once("frozen-linear (training)", x.device());
+        }
         x.matmul(&w.detach().t()?)
     }
 }

@@ -65,13 +65,16 @@ impl CustomOp1 for TokenLogprob {
     }
 }
 
-/// `log softmax(logits)[i, targets[i]]`, shape `(n,)`, fused on CPU f32.
+/// `log softmax(logits)[i, targets[i]]`, shape `(n,)`, fused on CPU f32. `TokenLogprob` has a
+/// CPU forward only and is reached only here, behind the device test; other devices and dtypes
+/// take [`token_logprobs_composed`] (logged once: it keeps vocab-sized intermediates).
 pub fn token_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     if logits.device().is_cpu() && logits.dtype() == DType::F32 {
         Ok(logits.contiguous()?.apply_op1(TokenLogprob {
             targets: targets.to_vec(),
         })?)
     } else {
+        malt_model::composed::warn_once("token-logprob (log-softmax-gather)", logits.device());
         token_logprobs_composed(logits, targets)
     }
 }
