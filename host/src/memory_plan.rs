@@ -219,11 +219,15 @@ pub fn plan(config: &Config, model: &ModelConfig, stored: DType) -> anyhow::Resu
             // DPO's policy pass holds the chosen and the rejected completion together.
             let rows = optim.micro_batch.max(1) as usize * if dpo { 2 } else { 1 };
             let seq = optim.max_seq_len as usize;
-            let ckpt = false;
+            let ckpt = plan.gradient_checkpointing;
             let path = footprint::TrainPath::of(cpu, act);
             let acts = footprint::train_activation_bytes(model, rows, seq, act, path, ckpt);
             stages.push(StagePeak {
-                stage: format!("train {} {phase}", a.name),
+                stage: format!(
+                    "train {} {phase}{}",
+                    a.name,
+                    if ckpt { " (checkpointed)" } else { "" }
+                ),
                 bytes: w + lora + acts,
                 parts: vec![
                     ("weights".into(), w),

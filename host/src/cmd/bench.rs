@@ -3,8 +3,8 @@
 use clap::Subcommand;
 
 mod credit;
-mod dtype;
 mod device;
+mod dtype;
 mod generate;
 mod plugins;
 mod remote;

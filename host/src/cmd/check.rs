@@ -17,6 +17,10 @@ pub struct Args {
     /// Only validate the configs and load the plugins; skip the conformance battery.
     #[arg(long)]
     no_battery: bool,
+    /// Judge the memory prediction against a device of this many GiB instead of the local one
+    /// (e.g. `--memory 80` for an 80 GB GPU, from a machine without it).
+    #[arg(long, value_name = "GIB")]
+    memory: Option<f64>,
     #[command(flatten)]
     model: super::ModelFlags,
 }
@@ -60,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .join(" -> "),
             &config.config_hash()[..16]
         );
-        if !memory_fits(&config) {
+        if !memory_fits(&config, args.memory) {
             failed.push(format!("{} (memory)", path.display()));
         }
         let set = match PluginSet::load(&runtime, &config)
@@ -101,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// fits in the device's memory. False only when the device exists here and has less memory in
 /// all than the run's predicted peak (a GPU config checked on a machine without one is
 /// reported, not failed; one that exceeds only what is free now is a warning).
-fn memory_fits(config: &Config) -> bool {
+fn memory_fits(config: &Config, assumed_gib: Option<f64>) -> bool {
     let plan = match malt::session::memory_plan(config) {
         Ok(Some(plan)) => plan,
         Ok(None) => {
@@ -120,6 +124,18 @@ fn memory_fits(config: &Config) -> bool {
     let Some(peak) = plan.peak() else {
         return true;
     };
+    if let Some(gib_size) = assumed_gib {
+        let bytes = (gib_size * (1u64 << 30) as f64) as u64;
+        let memory = malt_model::DeviceMemory {
+            free: bytes,
+            total: bytes,
+        };
+        return report_verdict(
+            &plan,
+            memory,
+            &format!("a {gib_size} GiB device (--memory)"),
+        );
+    }
     if std::env::var(malt::memory_plan::SKIP_ENV).is_ok_and(|v| v == "off") {
         println!(
             "memory: not checked against this machine ({}=off)",
@@ -143,24 +159,34 @@ fn memory_fits(config: &Config) -> bool {
             println!("memory: free memory of {} unknown", config.model.device);
             true
         }
-        Some(memory) => match plan.verdict(memory) {
-            Verdict::Fits => {
-                println!(
-                    "memory: fits ({} predicted, {} free of {})",
-                    gib(peak.bytes),
-                    gib(memory.free),
-                    gib(memory.total)
-                );
-                true
-            }
-            Verdict::Tight(why) => {
-                println!("memory: fits this machine, but not what is free now: {why}");
-                true
-            }
-            Verdict::Refused(why) => {
-                println!("memory: does not fit: {why}");
-                false
-            }
-        },
+        Some(memory) => report_verdict(&plan, memory, &config.model.device),
+    }
+}
+
+/// Prints the plan's verdict for `memory`; false when it does not fit at all.
+fn report_verdict(
+    plan: &malt::memory_plan::MemoryPlan,
+    memory: malt_model::DeviceMemory,
+    on: &str,
+) -> bool {
+    let peak = plan.peak().map_or(0, |p| p.bytes);
+    match plan.verdict(memory) {
+        Verdict::Fits => {
+            println!(
+                "memory: fits on {on} ({} predicted, {} free of {})",
+                gib(peak),
+                gib(memory.free),
+                gib(memory.total)
+            );
+            true
+        }
+        Verdict::Tight(why) => {
+            println!("memory: fits on {on}, but not in what is free now: {why}");
+            true
+        }
+        Verdict::Refused(why) => {
+            println!("memory: does not fit on {on}: {why}");
+            false
+        }
     }
 }

@@ -181,18 +181,18 @@ mod tests {
 
     #[test]
     fn counts_follow_the_projection_shapes() {
-        // Per layer: q 8x8, k 4x8, v 4x8, o 8x8, gate/up 16x8 each, down 8x16 = 512.
+        // Per layer: q 8x8, k 4x8, v 4x8, o 8x8, gate/up 16x8 each, down 8x16 = 576.
         let m = ModelCounts::of(&cfg());
-        assert_eq!(m.projection_parameters, 2 * 512);
+        assert_eq!(m.projection_parameters, 2 * 576);
         assert_eq!(m.head_parameters, 800);
-        assert_eq!(m.parameters, 1024 + 800 + 800 + 8 * 5);
+        assert_eq!(m.parameters, 1152 + 800 + 800 + 8 * 5);
     }
 
     #[test]
     fn prefill_is_two_flops_per_parameter_and_token_plus_causal_attention() {
         let c = cfg();
         // attention(3) = 4 * 2 layers * 2 heads * 4 dims * 6 pairs.
-        let expected = 2.0 * 1024.0 * 3.0 + 4.0 * 16.0 * 6.0 + 2.0 * 800.0;
+        let expected = 2.0 * 1152.0 * 3.0 + 4.0 * 16.0 * 6.0 + 2.0 * 800.0;
         assert_eq!(prefill_flops(&c, 3), expected);
     }
 
@@ -201,7 +201,7 @@ mod tests {
         let c = cfg();
         let (b1, f1) = decode_run(&c, 2, 2, 1, 10, 4);
         let (b9, f9) = decode_run(&c, 2, 2, 9, 10, 4);
-        let weights = 4.0 * 1824.0 * 2.0;
+        let weights = 4.0 * 1952.0 * 2.0;
         assert!(b1 > weights && b9 > b1);
         assert!(b9 - weights < 2.0 * (b1 - weights) * 9.0);
         assert!((f9 / f1 - 9.0).abs() < 1.0);
