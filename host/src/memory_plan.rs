@@ -114,7 +114,7 @@ impl MemoryPlan {
                 .map(|(what, b)| format!("{what} {}", gib(*b)))
                 .collect();
             out.push_str(&format!(
-                "  {:<24} {:>10}  = {}\n",
+                "  {:<36} {:>10}  = {}\n",
                 s.stage,
                 gib(s.bytes),
                 parts.join(" + ")
