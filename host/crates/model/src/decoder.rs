@@ -697,9 +697,8 @@ impl Decoder {
         Ok(self.run(self.embed(ids)?, &ctx)?.0)
     }
 
-    /// [`Self::forward_hidden`] in `Mode::Train { dropout_seed }` with gradient checkpointing:
-    /// the graph keeps only each layer's input, and the backward recomputes each layer's forward
-    /// (`crate::grad_checkpoint`). Same values and gradients, a fraction of the activation memory.
+    /// [`Self::forward_hidden`] in training mode keeping only each layer's input; the backward
+    /// recomputes each layer (`crate::grad_checkpoint`): same gradients, a fraction of the memory.
     pub fn forward_hidden_checkpointed(
         &self,
         ids: &Tensor,
