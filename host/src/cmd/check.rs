@@ -102,8 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Prints the device, dtype and predicted peak memory of each stage, and whether the largest
-/// fits in the device's memory. False only when the device exists here and has less memory in
-/// all than the run's predicted peak (a GPU config checked on a machine without one is
+/// fits in the device's memory (or in `assumed_gib`, `--memory`). False only when that memory in
+/// all is less than the run's predicted peak (a GPU config checked on a machine without one is
 /// reported, not failed; one that exceeds only what is free now is a warning).
 fn memory_fits(config: &Config, assumed_gib: Option<f64>) -> bool {
     let plan = match malt::session::memory_plan(config) {
