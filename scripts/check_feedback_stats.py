@@ -39,13 +39,20 @@ def flip(c, before, after):
     c["generator -> refiner " + ("R" if before else "W") + ">" + ("R" if after else "W")] += 1
 
 
+def node_right(node, gold):
+    """The plugin's own grade where the node has a reward (answering turns), else exact text."""
+    if node.get("reward") is not None:
+        return node["reward"] > 0.5
+    return node.get("answer") is not None and node["answer"] == gold
+
+
 def trees(path):
     c = collections.Counter()
     for line in open(path, encoding="utf-8"):
         tree = json.loads(line)["tree"]
         gold = tree["example"]["gold"].strip()
         nodes = tree["nodes"]
-        right = [n.get("answer") is not None and n["answer"] == gold for n in nodes]
+        right = [node_right(n, gold) for n in nodes]
         for i, node in enumerate(nodes):
             if node["agent"] != "verifier":
                 continue
