@@ -53,14 +53,16 @@ def trees(path):
         gold = tree["example"]["gold"].strip()
         nodes = tree["nodes"]
         right = [node_right(n, gold) for n in nodes]
+        children = collections.defaultdict(list)
+        for j, n in enumerate(nodes):
+            if n["parent"] is not None:
+                children[n["parent"]].append(j)
         for i, node in enumerate(nodes):
             if node["agent"] != "verifier":
                 continue
             gen = node["parent"]
             worked = verifier_counts(c, node["output"], right[gen], gold)
-            for j, child in enumerate(nodes):
-                if child["parent"] != i:
-                    continue
+            for j in children[i]:
                 flip(c, right[gen], right[j])
                 if not right[gen] and worked == gold:
                     c["refiner right after a right worked-out answer (generator wrong)"] += right[j]
@@ -106,7 +108,7 @@ def main():
         sys.exit(__doc__)
     run = Path(sys.argv[1])
     if (run / "trees.jsonl").is_file():
-        show(f"{run}/trees.jsonl (sampled with the base model)", trees(run / "trees.jsonl"))
+        show(f"{run}/trees.jsonl (training trees)", trees(run / "trees.jsonl"))
     results = run / "eval" / "results.jsonl"
     if results.is_file():
         for system, c in evaluation(results).items():
