@@ -62,16 +62,39 @@ export PATH=${path_extra:+$path_extra:}$PATH
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 
+# GGML_NATIVE tunes for this CPU, but not its AMX tiles: on Sapphire Rapids and later, -march=native
+# turns on ggml-cpu's AMX kernels, and this llama.cpp's crash on the first quantized matmul
+# (SIGSEGV: a general protection fault on ldtilecfg in a worker thread, measured on a 2-core
+# Xeon VM; ggml-org/llama.cpp#20824). They serve quantized weights only (Q4_0, Q4_1, Q8_0, K
+# quants), so f32 and bf16 comparisons lose nothing. GCC and Clang let an explicit -mno-*
+# override -march=native whatever the order.
+cflags=
+if [ "$(uname -m)" = x86_64 ] &&
+    echo 'int main(void) { return 0; }' |
+        "${CC:-cc}" -x c -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 - -o /dev/null 2>/dev/null; then
+    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+configure=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$cflags"
+    "-DCMAKE_CXX_FLAGS=$cflags" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF)
+
+# A build made with other settings (an older version of this script, a target/ carried over from
+# another CPU) is rebuilt, not reused: the stamp holds the settings and this CPU's model name.
 build=$dir/build
+stamp="$VERSION ${configure[*]} $(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null || true)"
 missing=()
-for t in "${tools[@]}"; do
-    [ -x "$build/bin/$t" ] || missing+=("$t")
-done
+if [ "$(cat "$build/malt-build-stamp" 2>/dev/null)" != "$stamp" ]; then
+    [ -d "$build/bin" ] && step "the build in $build was made with other settings or on another CPU: rebuilding"
+    rm -rf "$build/malt-build-stamp" "$build/bin"
+    missing=("${tools[@]}")
+else
+    for t in "${tools[@]}"; do
+        [ -x "$build/bin/$t" ] || missing+=("$t")
+    done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-    step "configuring llama.cpp (GGML_NATIVE: tuned for this CPU)"
-    cmake -S "$src/vendor/llama.cpp" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >/dev/null
+    step "configuring llama.cpp (GGML_NATIVE without AMX: tuned for this CPU)"
+    cmake -S "$src/vendor/llama.cpp" -B "$build" "${generator[@]}" "${configure[@]}" >/dev/null
     step "building ${missing[*]} with $jobs jobs"
     start=$(date +%s)
     cmake --build "$build" -j "$jobs" --target "${missing[@]}" >"$dir/build.log" 2>&1 || {
@@ -79,13 +102,17 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     }
     step "built in $(( $(date +%s) - start )) s (log: $dir/build.log)"
+    echo "$stamp" >"$build/malt-build-stamp"
 fi
 
-if [ "$python" = 1 ] && ! "$dir/venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
+if [ "$python" = 1 ] && { [ "$(cat "$dir/venv/malt-build-stamp" 2>/dev/null)" != "$stamp" ] ||
+    ! "$dir/venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; }; then
     step "building llama-cpp-python[server] $VERSION into $dir/venv"
     python3 -m venv "$dir/venv"
-    CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
-        "$dir/venv/bin/pip" install --quiet "llama-cpp-python[server]==$VERSION"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$cflags' -DCMAKE_CXX_FLAGS='$cflags'" \
+        CMAKE_BUILD_PARALLEL_LEVEL=$jobs "$dir/venv/bin/pip" install --quiet --force-reinstall \
+        --no-cache-dir "llama-cpp-python[server]==$VERSION"
+    echo "$stamp" >"$dir/venv/malt-build-stamp"
 fi
 
 echo "export MALT_LLAMA_SERVER=$build/bin/llama-server"
