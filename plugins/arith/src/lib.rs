@@ -1,6 +1,6 @@
 //! Procedural arithmetic word problems for malt. See README.md.
 use malt_bundled::{render_with, roles, to_example};
-use malt_graders::{arith, arith_check, gsm8k, templates};
+use malt_graders::{arith, arith_check, arith_start, gsm8k, templates};
 use malt_plugin_sdk::*;
 
 struct Arith {
@@ -11,6 +11,8 @@ struct Arith {
     check: bool,
     /// Worked verifier and refiner examples (check format), half with an error.
     feedback_shots: u32,
+    /// The question asks for the starting count instead of the end (`ask = "start"`).
+    ask_start: bool,
 }
 
 /// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
@@ -28,6 +30,7 @@ impl Benchmark for Arith {
             shots: 0,
             check: false,
             feedback_shots: 0,
+            ask_start: false,
         }
     }
 
@@ -64,6 +67,13 @@ impl Benchmark for Arith {
                      feedback = check"
                         .into(),
                 ),
+                (
+                    "ask".into(),
+                    "end (default): how many there are after the story; start: how many there \
+                     were before it, given the end (solved by undoing each step; checked by \
+                     following the story forward from the proposed start)"
+                        .into(),
+                ),
             ],
             can_generate: true,
         }
@@ -74,6 +84,7 @@ impl Benchmark for Arith {
         let mut shots = 0;
         let mut check = false;
         let mut feedback_shots = 0;
+        let mut ask_start = false;
         for (key, value) in options {
             match key.as_str() {
                 "difficulty" => {
@@ -101,10 +112,17 @@ impl Benchmark for Arith {
                         _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
                     }
                 }
+                "ask" => {
+                    ask_start = match value.trim() {
+                        "end" => false,
+                        "start" => true,
+                        _ => return Err(bad_value(key, value, "end or start")),
+                    }
+                }
                 _ => {
                     return Err(unknown_option(
                         key,
-                        &["difficulty", "shots", "feedback", "feedback_shots"],
+                        &["difficulty", "shots", "feedback", "feedback_shots", "ask"],
                     ))
                 }
             }
@@ -119,6 +137,7 @@ impl Benchmark for Arith {
         self.shots = shots;
         self.check = check;
         self.feedback_shots = feedback_shots;
+        self.ask_start = ask_start;
         Ok(())
     }
 
@@ -132,10 +151,12 @@ impl Benchmark for Arith {
                 "count {count} is too large (at most {MAX_COUNT} per call)"
             ));
         }
-        Ok(arith::generate(seed, count, self.difficulty)
-            .into_iter()
-            .map(to_example)
-            .collect())
+        let records = if self.ask_start {
+            arith_start::generate(seed, count, self.difficulty)
+        } else {
+            arith::generate(seed, count, self.difficulty)
+        };
+        Ok(records.into_iter().map(to_example).collect())
     }
 
     fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
@@ -149,17 +170,25 @@ impl Benchmark for Arith {
         // The demonstrations go between the system message and the problem, each as the
         // generator prompt of its question followed by its worked solution.
         let question = messages.split_off(1);
-        for demo in arith::demonstrations(self.difficulty, self.shots) {
+        let demos: Vec<(String, String)> = if self.ask_start {
+            arith_start::demonstrations(self.difficulty, self.shots)
+        } else {
+            arith::demonstrations(self.difficulty, self.shots)
+                .into_iter()
+                .map(|d| (d.question, d.solution))
+                .collect()
+        };
+        for (demo_question, demo_solution) in demos {
             let prompt = templates::render(
                 templates::Task::Numeric,
                 "generator",
-                &demo.question,
+                &demo_question,
                 &[],
                 &[],
             )?;
             if let Some(user) = prompt.into_iter().find(|m| m.role == "user") {
                 messages.push(message(user.role, user.content));
-                messages.push(message("assistant", demo.solution));
+                messages.push(message("assistant", demo_solution));
             }
         }
         messages.extend(question);
@@ -175,6 +204,27 @@ impl Benchmark for Arith {
         grade(g.reward, g.reason)
     }
 }
+
+/// The verifier's and refiner's turns of `feedback = check` for one kind of question.
+struct CheckFormat {
+    demos: fn(u32, u32) -> Vec<arith_check::FeedbackDemo>,
+    verifier_prompt: fn(&str, &str) -> String,
+    refiner_prompt: fn(&str, &str, &str) -> String,
+}
+
+/// Questions about the end: the verifier works the problem out again.
+const WORK_AGAIN: CheckFormat = CheckFormat {
+    demos: arith_check::feedback_demos,
+    verifier_prompt: arith_check::verifier_prompt,
+    refiner_prompt: arith_check::refiner_prompt,
+};
+
+/// Questions about the start: the verifier follows the story forward from the proposed start.
+const FOLLOW_FORWARD: CheckFormat = CheckFormat {
+    demos: arith_start::feedback_demos,
+    verifier_prompt: arith_start::verifier_prompt,
+    refiner_prompt: arith_start::refiner_prompt,
+};
 
 impl Arith {
     /// The verifier and refiner of `feedback = check`, with their worked examples.
@@ -200,16 +250,26 @@ impl Arith {
         } else {
             templates::REFINER_SYSTEM
         };
+        let format = if self.ask_start {
+            &FOLLOW_FORWARD
+        } else {
+            &WORK_AGAIN
+        };
+        let (demos, verifier_prompt, refiner_prompt) = (
+            (format.demos)(self.difficulty, self.feedback_shots),
+            format.verifier_prompt,
+            format.refiner_prompt,
+        );
         let mut messages = vec![message("system", system)];
-        for demo in arith_check::feedback_demos(self.difficulty, self.feedback_shots) {
+        for demo in demos {
             let (prompt, answer) = if verifier {
                 (
-                    arith_check::verifier_prompt(&demo.question, &demo.proposed),
+                    verifier_prompt(&demo.question, &demo.proposed),
                     demo.critique,
                 )
             } else {
                 (
-                    arith_check::refiner_prompt(&demo.question, &demo.proposed, &demo.critique),
+                    refiner_prompt(&demo.question, &demo.proposed, &demo.critique),
                     demo.refined,
                 )
             };
@@ -220,9 +280,9 @@ impl Arith {
         messages.push(message(
             "user",
             if verifier {
-                arith_check::verifier_prompt(question, solution)
+                verifier_prompt(question, solution)
             } else {
-                arith_check::refiner_prompt(question, solution, critique.unwrap_or(""))
+                refiner_prompt(question, solution, critique.unwrap_or(""))
             },
         ));
         Ok(messages)

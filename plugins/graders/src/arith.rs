@@ -264,14 +264,19 @@ pub fn demonstrations(difficulty: u32, count: u32) -> Vec<Solved> {
         .collect()
 }
 
+/// The random numbers of item `i` of `seed`'s dataset: they depend on nothing else.
+pub fn item_rng(seed: u64, i: u32) -> Rng {
+    let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    rng.next_u64();
+    rng
+}
+
 /// `count` examples from `seed`; ids `arith-<seed>-<i>`. Item `i` depends only on
 /// `(seed, i)`, so a longer run extends a shorter one.
 pub fn generate(seed: u64, count: u32, difficulty: u32) -> Vec<Record> {
     (0..count)
         .map(|i| {
-            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
-            rng.next_u64();
-            let (question, answer, steps) = problem(&mut rng, difficulty);
+            let (question, answer, steps) = problem(&mut item_rng(seed, i), difficulty);
             Record {
                 id: format!("arith-{seed}-{i}"),
                 question,

@@ -6,6 +6,7 @@
 
 pub mod arith;
 pub mod arith_check;
+pub mod arith_start;
 pub mod csqa;
 pub mod gsm8k;
 pub mod math;
