@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What the verifier and refiner do in a run with the arith plugin's step-checking feedback
-(`feedback = "check"`): is the verifier's verdict right, is the answer it works out right, and
-does the refiner turn the generator's answer from wrong to right or back. Reads the run
+(`feedback = "check"`, with `ask = "end"` or `"start"`): is the verifier's verdict right (over
+all verdicts, and over those whose check names an operation with its own equation, the
+demonstrated format), is the answer it works out right, does the refiner fix an answer the
+verdict caught, and does it turn the generator's answer from wrong to right or back. Reads the run
 directory's trees.jsonl (training trees, gold answers known) and eval/results.jsonl (the gold
 answer of a question is taken from any correct answer to it, so questions nobody answered are
 left out of the "worked-out answer" count). Standard library only.
@@ -17,14 +19,22 @@ from pathlib import Path
 
 VERDICT = re.compile(r"Verdict:\s*(correct|wrong)")
 WORKED = re.compile(r"The answer is\s*(-?\d+)")
+# A check in the demonstrated format names a sentence's operation with its own equation ("So 6
+# are added: 22 + 6 = 28."); a verifier that copies the solution's reasoning does not.
+CHECKED = re.compile(r"are (added|taken away): -?\d+ [+-] \d+ = -?\d+")
 
 
 def verifier_counts(c, output, generator_right, gold):
-    """Counts one verifier output's verdict and worked-out answer against the truth."""
+    """Counts one verifier output's verdict and worked-out answer against the truth; returns
+    the worked-out answer and whether the verdict caught a wrong generator answer."""
     verdicts = VERDICT.findall(output)
+    caught = bool(verdicts) and verdicts[-1] == "wrong" and not generator_right
     if verdicts:
         c["verdicts"] += 1
         c["verdicts right"] += (verdicts[-1] == "correct") == generator_right
+        if CHECKED.search(output):
+            c["verdicts in the check format"] += 1
+            c["verdicts in the check format, right"] += (verdicts[-1] == "correct") == generator_right
     worked = WORKED.findall(output)
     if worked and gold is not None:
         c["worked-out answers"] += 1
@@ -32,7 +42,7 @@ def verifier_counts(c, output, generator_right, gold):
         if not generator_right:
             c["worked-out answers after a wrong generator"] += 1
             c["worked-out answers after a wrong generator, right"] += worked[-1] == gold
-    return worked[-1] if worked else None
+    return (worked[-1] if worked else None), caught
 
 
 def flip(c, before, after):
@@ -61,9 +71,12 @@ def trees(path):
             if node["agent"] != "verifier":
                 continue
             gen = node["parent"]
-            worked = verifier_counts(c, node["output"], right[gen], gold)
+            worked, caught = verifier_counts(c, node["output"], right[gen], gold)
             for j in children[i]:
                 flip(c, right[gen], right[j])
+                if caught:
+                    c["refiner after a wrong answer caught"] += 1
+                    c["refiner after a wrong answer caught, right"] += right[j]
                 if not right[gen] and worked == gold:
                     c["refiner right after a right worked-out answer (generator wrong)"] += right[j]
                     c["refiner after a right worked-out answer (generator wrong)"] += 1
