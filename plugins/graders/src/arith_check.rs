@@ -107,26 +107,50 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
 
 /// The verifier's instruction for `solution` of `question`.
 pub fn verifier_prompt(question: &str, solution: &str) -> String {
-    format!(
-        "Problem: {}\n\nProposed solution:\n{}\n\nCheck the proposed solution: write its final \
-         answer, work the problem out again step by step, saying for each sentence whether it \
-         adds or takes away and how many, then compare your result with the proposed answer \
-         and end with \"Verdict: correct\" or \"Verdict: wrong\" (and the right answer).",
-        question.trim(),
-        solution.trim()
+    verifier_prompt_with(
+        question,
+        solution,
+        "Check the proposed solution: write its final answer, work the problem out again step by \
+         step, saying for each sentence whether it adds or takes away and how many, then compare \
+         your result with the proposed answer and end with \"Verdict: correct\" or \"Verdict: \
+         wrong\" (and the right answer).",
     )
 }
 
 /// The refiner's instruction for `solution` of `question` and the verifier's `critique` (an
 /// empty critique, a skipped verifier's, is no feedback).
 pub fn refiner_prompt(question: &str, solution: &str, critique: &str) -> String {
+    refiner_prompt_with(
+        question,
+        solution,
+        critique,
+        "If the verdict is correct, keep the previous answer. If it is wrong, take the answer the \
+         feedback gives.",
+    )
+}
+
+/// A verifier prompt: the problem, the proposed solution, then `instruction`.
+pub(crate) fn verifier_prompt_with(question: &str, solution: &str, instruction: &str) -> String {
+    format!(
+        "Problem: {}\n\nProposed solution:\n{}\n\n{instruction}",
+        question.trim(),
+        solution.trim()
+    )
+}
+
+/// A refiner prompt: the problem, the previous solution, the feedback (or a line saying there
+/// is none), then `instruction` and the answer format.
+pub(crate) fn refiner_prompt_with(
+    question: &str,
+    solution: &str,
+    critique: &str,
+    instruction: &str,
+) -> String {
     let critique = critique.trim();
     format!(
         "Problem: {}\n\nPrevious solution:\n{}\n\nFeedback on the previous solution:\n{}\n\n\
-         If the verdict is correct, keep the previous answer. If it is wrong, take the answer \
-         the feedback gives. End your response with a line of the form \
-         \"Final Answer: X\", where X is the final numerical answer (a number only, without \
-         units).",
+         {instruction} End your response with a line of the form \"Final Answer: X\", where X is \
+         the final numerical answer (a number only, without units).",
         question.trim(),
         solution.trim(),
         if critique.is_empty() {

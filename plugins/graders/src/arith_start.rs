@@ -16,7 +16,7 @@
 //! tells the same story as the forward problem, only the question differs.
 
 use crate::arith::{solved_problem, Solved, Step};
-use crate::arith_check::FeedbackDemo;
+use crate::arith_check::{self, FeedbackDemo};
 use crate::Record;
 
 /// The question: the story with its start hidden and its end told.
@@ -201,33 +201,26 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
 
 /// The verifier's instruction for `solution` of `question`.
 pub fn verifier_prompt(question: &str, solution: &str) -> String {
-    format!(
-        "Problem: {}\n\nProposed solution:\n{}\n\nCheck the proposed solution: write its final \
-         answer, start the story from that number and follow it forward sentence by sentence, \
-         saying for each whether it adds or takes away and how many, then compare your end \
-         with the end the story gives and end with \"Verdict: correct\" or \"Verdict: wrong\".",
-        question.trim(),
-        solution.trim()
+    arith_check::verifier_prompt_with(
+        question,
+        solution,
+        "Check the proposed solution: write its final answer, start the story from that number \
+         and follow it forward sentence by sentence, saying for each whether it adds or takes \
+         away and how many, then compare your end with the end the story gives and end with \
+         \"Verdict: correct\" or \"Verdict: wrong\".",
     )
 }
 
 /// The refiner's instruction for `solution` of `question` and the verifier's `critique` (an
 /// empty critique, a skipped verifier's, is no feedback).
 pub fn refiner_prompt(question: &str, solution: &str, critique: &str) -> String {
-    let critique = critique.trim();
-    format!(
-        "Problem: {}\n\nPrevious solution:\n{}\n\nFeedback on the previous solution:\n{}\n\n\
-         If the verdict is correct, keep the previous answer. If it is wrong, work back from \
-         the end again, undoing each step (what was added is taken away, what was taken away is \
-         added). End your response with a line of the form \"Final Answer: X\", where X is the \
-         final numerical answer (a number only, without units).",
-        question.trim(),
-        solution.trim(),
-        if critique.is_empty() {
-            crate::templates::NO_FEEDBACK
-        } else {
-            critique
-        }
+    arith_check::refiner_prompt_with(
+        question,
+        solution,
+        critique,
+        "If the verdict is correct, keep the previous answer. If it is wrong, work back from the \
+         end again, undoing each step (what was added is taken away, what was taken away is \
+         added).",
     )
 }
 

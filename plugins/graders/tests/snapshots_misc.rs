@@ -73,3 +73,40 @@ fn prompts() {
     );
     insta::assert_yaml_snapshot!("prompts", cases);
 }
+
+/// The check feedback of both question kinds: one wrong demonstration each (question, proposed
+/// solution, the verifier's check, the refiner's answer) and the prompts built from it.
+#[test]
+fn check_feedback() {
+    use malt_graders::{arith_check, arith_start};
+    let mut out = String::new();
+    for (kind, demo, verifier, refiner) in [
+        (
+            "ask = end",
+            arith_check::feedback_demos(0, 2).pop().unwrap(),
+            arith_check::verifier_prompt as fn(&str, &str) -> String,
+            arith_check::refiner_prompt as fn(&str, &str, &str) -> String,
+        ),
+        (
+            "ask = start",
+            arith_start::feedback_demos(0, 2).pop().unwrap(),
+            arith_start::verifier_prompt,
+            arith_start::refiner_prompt,
+        ),
+    ] {
+        out.push_str(&format!(
+            "=== {kind}: verifier prompt\n{}\n--- verifier answer\n{}\n=== refiner prompt\n{}\n\
+             --- refiner answer\n{}\n=== refiner prompt, verifier skipped\n{}\n",
+            verifier(&demo.question, &demo.proposed),
+            demo.critique,
+            refiner(&demo.question, &demo.proposed, &demo.critique),
+            demo.refined,
+            refiner(&demo.question, &demo.proposed, ""),
+        ));
+    }
+    out.push_str(&format!(
+        "=== ask = start: generated\n{:#?}\n",
+        arith_start::generate(2024, 2, 1)
+    ));
+    insta::assert_snapshot!("check_feedback", out);
+}
