@@ -13,6 +13,8 @@ struct Arith {
     feedback_shots: u32,
     /// The question asks for the starting count instead of the end (`ask = "start"`).
     ask_start: bool,
+    /// The verifier's check of a start ends with the right start (`fix = "true"`).
+    fix: bool,
 }
 
 /// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
@@ -31,6 +33,7 @@ impl Benchmark for Arith {
             check: false,
             feedback_shots: 0,
             ask_start: false,
+            fix: false,
         }
     }
 
@@ -74,6 +77,13 @@ impl Benchmark for Arith {
                      following the story forward from the proposed start)"
                         .into(),
                 ),
+                (
+                    "fix".into(),
+                    "false (default) or true: with ask = start and feedback = check, the \
+                     verifier's check of a wrong start ends with the right one (off by as much \
+                     as the end it reached), and the refiner takes it"
+                        .into(),
+                ),
             ],
             can_generate: true,
         }
@@ -85,6 +95,7 @@ impl Benchmark for Arith {
         let mut check = false;
         let mut feedback_shots = 0;
         let mut ask_start = false;
+        let mut fix = false;
         for (key, value) in options {
             match key.as_str() {
                 "difficulty" => {
@@ -119,10 +130,24 @@ impl Benchmark for Arith {
                         _ => return Err(bad_value(key, value, "end or start")),
                     }
                 }
+                "fix" => {
+                    fix = match value.trim() {
+                        "false" => false,
+                        "true" => true,
+                        _ => return Err(bad_value(key, value, "true or false")),
+                    }
+                }
                 _ => {
                     return Err(unknown_option(
                         key,
-                        &["difficulty", "shots", "feedback", "feedback_shots", "ask"],
+                        &[
+                            "difficulty",
+                            "shots",
+                            "feedback",
+                            "feedback_shots",
+                            "ask",
+                            "fix",
+                        ],
                     ))
                 }
             }
@@ -137,7 +162,13 @@ impl Benchmark for Arith {
         self.shots = shots;
         self.check = check;
         self.feedback_shots = feedback_shots;
+        if fix && !(check && ask_start) {
+            return Err(
+                "fix changes the check of a start: set feedback = check and ask = start too".into(),
+            );
+        }
         self.ask_start = ask_start;
+        self.fix = fix;
         Ok(())
     }
 
@@ -226,6 +257,14 @@ const FOLLOW_FORWARD: CheckFormat = CheckFormat {
     refiner_prompt: arith_start::refiner_prompt,
 };
 
+/// Questions about the start, `fix = true`: the forward check ends with the right start, which
+/// the refiner takes.
+const FOLLOW_FORWARD_AND_FIX: CheckFormat = CheckFormat {
+    demos: arith_start::feedback_demos_fixed,
+    verifier_prompt: arith_start::verifier_prompt_fixed,
+    refiner_prompt: arith_check::refiner_prompt,
+};
+
 impl Arith {
     /// The verifier and refiner of `feedback = check`, with their worked examples.
     fn render_check(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
@@ -250,10 +289,10 @@ impl Arith {
         } else {
             templates::REFINER_SYSTEM
         };
-        let format = if self.ask_start {
-            &FOLLOW_FORWARD
-        } else {
-            &WORK_AGAIN
+        let format = match (self.ask_start, self.fix) {
+            (true, true) => &FOLLOW_FORWARD_AND_FIX,
+            (true, false) => &FOLLOW_FORWARD,
+            (false, _) => &WORK_AGAIN,
         };
         let (demos, verifier_prompt, refiner_prompt) = (
             (format.demos)(self.difficulty, self.feedback_shots),

@@ -116,8 +116,25 @@ pub fn wrong_solution(p: &Solved, flip: bool, delta: u64) -> (String, u64) {
 /// compared with the story's end, and the verdict. It gives no answer of its own: finding the
 /// start is the refiner's job.
 pub fn check(p: &Solved, proposed: Option<u64>) -> String {
+    check_with(p, proposed, false)
+}
+
+/// [`check`] that ends a wrong verdict with the right start (`fix = true` of the arith
+/// plugin): when the story only adds and takes away, the start is off by exactly as much as the
+/// end the check reached ("28 is 12 more than 16, so the start was 12 fewer: 22 - 12 = 10."),
+/// so the check's own numbers give the fix; otherwise the right start is stated.
+pub fn check_fixed(p: &Solved, proposed: Option<u64>) -> String {
+    check_with(p, proposed, true)
+}
+
+fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
+    let stated = if fix {
+        format!(" The answer is {}.", p.start)
+    } else {
+        String::new()
+    };
     let Some(a) = proposed else {
-        return "The proposed solution gives no answer. Verdict: wrong.".to_owned();
+        return format!("The proposed solution gives no answer. Verdict: wrong.{stated}");
     };
     let mut lines = vec![
         format!("The proposed answer is {a}."),
@@ -152,23 +169,48 @@ pub fn check(p: &Solved, proposed: Option<u64>) -> String {
         match y {
             Some(y) => x = y,
             None => {
-                lines.push("Verdict: wrong.".to_owned());
+                lines.push(format!("Verdict: wrong.{stated}"));
                 return lines.join("\n");
             }
         }
     }
     let end = end(p);
-    lines.push(if x == end as i128 {
-        format!("The story ends with {end}. {x} is {end}. Verdict: correct.")
-    } else {
-        format!("The story ends with {end}. {x} is not {end}. Verdict: wrong.")
-    });
+    if x == end as i128 {
+        lines.push(format!(
+            "The story ends with {end}. {x} is {end}. Verdict: correct."
+        ));
+        return lines.join("\n");
+    }
+    lines.push(format!(
+        "The story ends with {end}. {x} is not {end}. Verdict: wrong."
+    ));
+    let adds_and_takes = p.trace.iter().all(|s| matches!(s.op, '+' | '-'));
+    if fix && adds_and_takes {
+        let (d, start) = (x - end as i128, p.start);
+        lines.push(if d > 0 {
+            format!("{x} is {d} more than {end}, so the start was {d} fewer: {a} - {d} = {start}. The answer is {start}.")
+        } else {
+            let d = -d;
+            format!("{x} is {d} fewer than {end}, so the start was {d} more: {a} + {d} = {start}. The answer is {start}.")
+        });
+    } else if fix {
+        lines.push(stated.trim_start().to_owned());
+    }
     lines.join("\n")
 }
 
 /// `count` worked verifier and refiner demonstrations at `difficulty`: even ones correct, odd
 /// ones wrong (alternately the wrong operation and a result off by a few).
 pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
+    feedback_demos_with(difficulty, count, false)
+}
+
+/// [`feedback_demos`] with [`check_fixed`]'s checks; the refiner takes the feedback's answer.
+pub fn feedback_demos_fixed(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
+    feedback_demos_with(difficulty, count, true)
+}
+
+fn feedback_demos_with(difficulty: u32, count: u32, fix: bool) -> Vec<FeedbackDemo> {
     crate::arith::demonstrations(difficulty, count)
         .into_iter()
         .enumerate()
@@ -182,6 +224,11 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
                 format!(
                     "The feedback finds no mistake. The answer is {answer}.\nFinal Answer: {answer}"
                 )
+            } else if fix {
+                format!(
+                    "The feedback finds a mistake. The answer is {}.\nFinal Answer: {}",
+                    p.start, p.start
+                )
             } else {
                 format!(
                     "The feedback finds a mistake, so I work back from the end again, undoing \
@@ -190,7 +237,7 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
                 )
             };
             FeedbackDemo {
-                critique: check(&p, Some(answer)),
+                critique: check_with(&p, Some(answer), fix),
                 question: question(&p),
                 proposed,
                 refined,
@@ -208,6 +255,19 @@ pub fn verifier_prompt(question: &str, solution: &str) -> String {
          and follow it forward sentence by sentence, saying for each whether it adds or takes \
          away and how many, then compare your end with the end the story gives and end with \
          \"Verdict: correct\" or \"Verdict: wrong\".",
+    )
+}
+
+/// The verifier's instruction with `fix = true`: the check ends with the right start.
+pub fn verifier_prompt_fixed(question: &str, solution: &str) -> String {
+    arith_check::verifier_prompt_with(
+        question,
+        solution,
+        "Check the proposed solution: write its final answer, start the story from that number \
+         and follow it forward sentence by sentence, saying for each whether it adds or takes \
+         away and how many, then compare your end with the end the story gives and end with \
+         \"Verdict: correct\" or \"Verdict: wrong\" (and then the right start: as many fewer \
+         as your end is too high, as many more as it is too low).",
     )
 }
 
@@ -299,6 +359,38 @@ mod tests {
             }
         }
         assert!(check(&solved_problem(&mut Rng::new(1), 0), None).ends_with("Verdict: wrong."));
+    }
+
+    #[test]
+    fn a_fixed_check_of_a_wrong_start_gives_the_right_one() {
+        for d in 0..=5 {
+            for p in problems(d) {
+                assert!(check_fixed(&p, Some(p.start)).ends_with("Verdict: correct."));
+                for (flip, delta) in [(true, 1), (false, 1), (false, 2)] {
+                    let (_, wrong) = wrong_solution(&p, flip, delta);
+                    let c = check_fixed(&p, Some(wrong));
+                    assert!(c.contains("Verdict: wrong."), "{c}");
+                    assert!(c.ends_with(&format!("The answer is {}.", p.start)), "{c}");
+                    if p.trace.iter().all(|s| matches!(s.op, '+' | '-')) {
+                        // The fix is the check's own arithmetic.
+                        let fix = c.lines().last().unwrap();
+                        let eq = fix.split(": ").nth(1).unwrap();
+                        let t: Vec<&str> = eq.split_whitespace().collect();
+                        let (a, b): (i128, i128) = (t[0].parse().unwrap(), t[2].parse().unwrap());
+                        let v = if t[1] == "-" { a - b } else { a + b };
+                        assert_eq!(v, p.start as i128, "{c}");
+                    }
+                }
+            }
+        }
+        let p = solved_problem(&mut Rng::new(1), 0);
+        assert_eq!(
+            check_fixed(&p, None),
+            format!(
+                "The proposed solution gives no answer. Verdict: wrong. The answer is {}.",
+                p.start
+            )
+        );
     }
 
     #[test]

@@ -74,8 +74,9 @@ fn prompts() {
     insta::assert_yaml_snapshot!("prompts", cases);
 }
 
-/// The check feedback of both question kinds: one wrong demonstration each (question, proposed
-/// solution, the verifier's check, the refiner's answer) and the prompts built from it.
+/// The check feedback of both question kinds (and of start questions with `fix`): one wrong
+/// demonstration each (question, proposed solution, the verifier's check, the refiner's answer)
+/// and the prompts built from it.
 #[test]
 fn check_feedback() {
     use malt_graders::{arith_check, arith_start};
@@ -92,6 +93,12 @@ fn check_feedback() {
             arith_start::feedback_demos(0, 2).pop().unwrap(),
             arith_start::verifier_prompt,
             arith_start::refiner_prompt,
+        ),
+        (
+            "ask = start, fix = true",
+            arith_start::feedback_demos_fixed(0, 2).pop().unwrap(),
+            arith_start::verifier_prompt_fixed,
+            arith_check::refiner_prompt,
         ),
     ] {
         out.push_str(&format!(
