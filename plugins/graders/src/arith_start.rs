@@ -246,16 +246,15 @@ fn feedback_demos_with(difficulty: u32, count: u32, fix: bool) -> Vec<FeedbackDe
         .collect()
 }
 
+/// What every verifier prompt of start questions asks for.
+const FORWARD_CHECK: &str = "Check the proposed solution: write its final answer, start the story \
+     from that number and follow it forward sentence by sentence, saying for each whether it \
+     adds or takes away and how many, then compare your end with the end the story gives and \
+     end with \"Verdict: correct\" or \"Verdict: wrong\"";
+
 /// The verifier's instruction for `solution` of `question`.
 pub fn verifier_prompt(question: &str, solution: &str) -> String {
-    arith_check::verifier_prompt_with(
-        question,
-        solution,
-        "Check the proposed solution: write its final answer, start the story from that number \
-         and follow it forward sentence by sentence, saying for each whether it adds or takes \
-         away and how many, then compare your end with the end the story gives and end with \
-         \"Verdict: correct\" or \"Verdict: wrong\".",
-    )
+    arith_check::verifier_prompt_with(question, solution, &format!("{FORWARD_CHECK}."))
 }
 
 /// The verifier's instruction with `fix = true`: the check ends with the right start.
@@ -263,11 +262,10 @@ pub fn verifier_prompt_fixed(question: &str, solution: &str) -> String {
     arith_check::verifier_prompt_with(
         question,
         solution,
-        "Check the proposed solution: write its final answer, start the story from that number \
-         and follow it forward sentence by sentence, saying for each whether it adds or takes \
-         away and how many, then compare your end with the end the story gives and end with \
-         \"Verdict: correct\" or \"Verdict: wrong\" (and then the right start: as many fewer \
-         as your end is too high, as many more as it is too low).",
+        &format!(
+            "{FORWARD_CHECK} (and then the right start: as many fewer as your end is too high, as \
+             many more as it is too low)."
+        ),
     )
 }
 
