@@ -158,15 +158,17 @@ impl Benchmark for Arith {
                     .into(),
             );
         }
-        self.difficulty = difficulty;
-        self.shots = shots;
-        self.check = check;
-        self.feedback_shots = feedback_shots;
+        // Every option is validated before any applies: a refused configuration leaves the
+        // previous one whole.
         if fix && !(check && ask_start) {
             return Err(
                 "fix changes the check of a start: set feedback = check and ask = start too".into(),
             );
         }
+        self.difficulty = difficulty;
+        self.shots = shots;
+        self.check = check;
+        self.feedback_shots = feedback_shots;
         self.ask_start = ask_start;
         self.fix = fix;
         Ok(())
@@ -294,13 +296,9 @@ impl Arith {
             (true, false) => &FOLLOW_FORWARD,
             (false, _) => &WORK_AGAIN,
         };
-        let (demos, verifier_prompt, refiner_prompt) = (
-            (format.demos)(self.difficulty, self.feedback_shots),
-            format.verifier_prompt,
-            format.refiner_prompt,
-        );
+        let (verifier_prompt, refiner_prompt) = (format.verifier_prompt, format.refiner_prompt);
         let mut messages = vec![message("system", system)];
-        for demo in demos {
+        for demo in (format.demos)(self.difficulty, self.feedback_shots) {
             let (prompt, answer) = if verifier {
                 (
                     verifier_prompt(&demo.question, &demo.proposed),

@@ -88,12 +88,9 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
                 wrong_solution(&d, i % 4 == 1, 1 + (i as u64 / 4) % 3)
             };
             let refined = if answer == d.answer {
-                format!("The feedback finds no mistake. The answer is {answer}.\nFinal Answer: {answer}")
+                refined_kept(answer)
             } else {
-                format!(
-                    "The feedback finds a mistake. The answer is {}.\nFinal Answer: {}",
-                    d.answer, d.answer
-                )
+                refined_taken(d.answer)
             };
             FeedbackDemo {
                 critique: check(&d, Some(answer)),
@@ -103,6 +100,16 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
             }
         })
         .collect()
+}
+
+/// The demonstrated refiner's answer when the feedback finds no mistake.
+pub(crate) fn refined_kept(answer: u64) -> String {
+    format!("The feedback finds no mistake. The answer is {answer}.\nFinal Answer: {answer}")
+}
+
+/// The demonstrated refiner's answer when it takes the feedback's `answer`.
+pub(crate) fn refined_taken(answer: u64) -> String {
+    format!("The feedback finds a mistake. The answer is {answer}.\nFinal Answer: {answer}")
 }
 
 /// The verifier's instruction for `solution` of `question`.

@@ -28,17 +28,9 @@ pub fn question(p: &Solved) -> String {
     }
     text.push_str(&format!(
         " Now {} has {} {}. How many {} did {} have at the start?",
-        p.name,
-        end(p),
-        p.item,
-        p.item,
-        p.name
+        p.name, p.answer, p.item, p.item, p.name
     ));
     text
-}
-
-fn end(p: &Solved) -> u64 {
-    p.trace.last().map_or(p.start, |s| s.after)
 }
 
 /// The operation that undoes `op`.
@@ -73,7 +65,7 @@ pub fn solution(p: &Solved) -> String {
 }
 
 fn written(p: &Solved, steps: impl Iterator<Item = String>, answer: u64) -> String {
-    let mut text = format!("{} ends with {} {}.", p.name, end(p), p.item);
+    let mut text = format!("{} ends with {} {}.", p.name, p.answer, p.item);
     for s in steps {
         text.push(' ');
         text.push_str(&s);
@@ -174,7 +166,7 @@ fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
             }
         }
     }
-    let end = end(p);
+    let end = p.answer;
     if x == end as i128 {
         lines.push(format!(
             "The story ends with {end}. {x} is {end}. Verdict: correct."
@@ -186,13 +178,17 @@ fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
     ));
     let adds_and_takes = p.trace.iter().all(|s| matches!(s.op, '+' | '-'));
     if fix && adds_and_takes {
-        let (d, start) = (x - end as i128, p.start);
-        lines.push(if d > 0 {
-            format!("{x} is {d} more than {end}, so the start was {d} fewer: {a} - {d} = {start}. The answer is {start}.")
+        let d = x - end as i128;
+        let (ended, started, op) = if d > 0 {
+            ("more", "fewer", '-')
         } else {
-            let d = -d;
-            format!("{x} is {d} fewer than {end}, so the start was {d} more: {a} + {d} = {start}. The answer is {start}.")
-        });
+            ("fewer", "more", '+')
+        };
+        let (d, start) = (d.abs(), p.start);
+        lines.push(format!(
+            "{x} is {d} {ended} than {end}, so the start was {d} {started}: {a} {op} {d} = \
+             {start}. The answer is {start}."
+        ));
     } else if fix {
         lines.push(stated.trim_start().to_owned());
     }
@@ -221,14 +217,9 @@ fn feedback_demos_with(difficulty: u32, count: u32, fix: bool) -> Vec<FeedbackDe
                 wrong_solution(&p, i % 4 == 1, 1 + (i as u64 / 4) % 3)
             };
             let refined = if answer == p.start {
-                format!(
-                    "The feedback finds no mistake. The answer is {answer}.\nFinal Answer: {answer}"
-                )
+                arith_check::refined_kept(answer)
             } else if fix {
-                format!(
-                    "The feedback finds a mistake. The answer is {}.\nFinal Answer: {}",
-                    p.start, p.start
-                )
+                arith_check::refined_taken(p.start)
             } else {
                 format!(
                     "The feedback finds a mistake, so I work back from the end again, undoing \
