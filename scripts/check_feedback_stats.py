@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 VERDICT = re.compile(r"Verdict:\s*(correct|wrong)")
-WORKED = re.compile(r"The answer is\s*(-?\d+)")
+# "The answer is 7." or, with two choices, "The answer is the other choice, 7." / "so the
+# answer is the first choice, 7."
+WORKED = re.compile(r"[Tt]he answer is(?: the (?:other|first) choice,)?\s*(-?\d+)")
 # A check in the demonstrated format names a sentence's operation with its own equation ("So 6
 # are added: 22 + 6 = 28."); a verifier that copies the solution's reasoning does not.
 CHECKED = re.compile(r"are (added|taken away): -?\d+ [+-] \d+ = -?\d+")

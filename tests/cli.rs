@@ -60,6 +60,30 @@ fn check_fails_on_a_bad_config_with_its_position() {
 }
 
 #[test]
+fn check_names_the_plugin_and_the_fix_of_a_refused_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |options: &str| {
+        format!(
+            "[dataset]\nplugin = \"arith\"\ngenerate = {{ count = 10 }}\ntrain = 5\ntest = 5\n\
+             [plugins.arith]\noptions = {{ {options} }}\n[[agents]]\nname = \"generator\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("end.toml"), body("choices = \"2\"")).unwrap();
+    let (ok, out, err) = malt(&["check", "end.toml"], dir.path());
+    assert!(!ok, "{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("arith"), "{said}");
+    assert!(said.contains("set ask = start too"), "{said}");
+    std::fs::write(
+        dir.path().join("start.toml"),
+        body("ask = \"start\", choices = \"2\", feedback = \"check\""),
+    )
+    .unwrap();
+    let (ok, out, err) = malt(&["check", "start.toml"], dir.path());
+    assert!(ok, "{out}\n{err}");
+}
+
+#[test]
 fn score_prints_one_line_per_completion() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("raw.jsonl"), "{\"question\":\"2+3?\",\"answer\":\"#### 5\"}\n{\"question\":\"1+1?\",\"answer\":\"#### 2\"}\n").unwrap();

@@ -15,6 +15,11 @@ struct Arith {
     ask_start: bool,
     /// The verifier's check of a start ends with the right start (`fix = "true"`).
     fix: bool,
+    /// Start questions list two choices, the start and the usual mistake's (`choices = "2"`).
+    choices: bool,
+    /// The verifier and refiner see only the proposed final answer, not the solution's
+    /// reasoning (`proposal = "answer"`).
+    answer_only: bool,
 }
 
 /// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
@@ -34,6 +39,8 @@ impl Benchmark for Arith {
             feedback_shots: 0,
             ask_start: false,
             fix: false,
+            choices: false,
+            answer_only: false,
         }
     }
 
@@ -84,6 +91,21 @@ impl Benchmark for Arith {
                      as the end it reached), and the refiner takes it"
                         .into(),
                 ),
+                (
+                    "choices".into(),
+                    "0 (default) or 2: with ask = start, the question lists two choices, the \
+                     start and the start the usual mistake gives; with feedback = check the \
+                     verifier follows the story forward from the proposed choice (or the first \
+                     choice) and ends with the choice that is right, and the refiner takes it"
+                        .into(),
+                ),
+                (
+                    "proposal".into(),
+                    "solution (default) or answer: what the verifier and refiner of feedback = \
+                     check see of the solution before them, all of it or only its final answer \
+                     (\"Final Answer: 7\"), so they cannot copy its reasoning"
+                        .into(),
+                ),
             ],
             can_generate: true,
         }
@@ -96,6 +118,8 @@ impl Benchmark for Arith {
         let mut feedback_shots = 0;
         let mut ask_start = false;
         let mut fix = false;
+        let mut choices = false;
+        let mut answer_only = false;
         for (key, value) in options {
             match key.as_str() {
                 "difficulty" => {
@@ -137,6 +161,20 @@ impl Benchmark for Arith {
                         _ => return Err(bad_value(key, value, "true or false")),
                     }
                 }
+                "choices" => {
+                    choices = match value.trim() {
+                        "0" => false,
+                        "2" => true,
+                        _ => return Err(bad_value(key, value, "0 or 2")),
+                    }
+                }
+                "proposal" => {
+                    answer_only = match value.trim() {
+                        "solution" => false,
+                        "answer" => true,
+                        _ => return Err(bad_value(key, value, "solution or answer")),
+                    }
+                }
                 _ => {
                     return Err(unknown_option(
                         key,
@@ -147,6 +185,8 @@ impl Benchmark for Arith {
                             "feedback_shots",
                             "ask",
                             "fix",
+                            "choices",
+                            "proposal",
                         ],
                     ))
                 }
@@ -165,12 +205,31 @@ impl Benchmark for Arith {
                 "fix changes the check of a start: set feedback = check and ask = start too".into(),
             );
         }
+        if choices && !ask_start {
+            return Err(
+                "choices lists the start and the usual mistake's start: set ask = start too".into(),
+            );
+        }
+        if choices && fix {
+            return Err(
+                "with choices a wrong check already ends with the other choice: drop fix".into(),
+            );
+        }
+        if answer_only && !check {
+            return Err(
+                "proposal changes what the check format's verifier and refiner see: set feedback \
+                 = check too"
+                    .into(),
+            );
+        }
         self.difficulty = difficulty;
         self.shots = shots;
         self.check = check;
         self.feedback_shots = feedback_shots;
         self.ask_start = ask_start;
         self.fix = fix;
+        self.choices = choices;
+        self.answer_only = answer_only;
         Ok(())
     }
 
@@ -185,7 +244,7 @@ impl Benchmark for Arith {
             ));
         }
         let records = if self.ask_start {
-            arith_start::generate(seed, count, self.difficulty)
+            arith_start::generate(seed, count, self.difficulty, self.choices)
         } else {
             arith::generate(seed, count, self.difficulty)
         };
@@ -204,7 +263,7 @@ impl Benchmark for Arith {
         // generator prompt of its question followed by its worked solution.
         let question = messages.split_off(1);
         let demos: Vec<(String, String)> = if self.ask_start {
-            arith_start::demonstrations(self.difficulty, self.shots)
+            arith_start::demonstrations(self.difficulty, self.shots, self.choices)
         } else {
             arith::demonstrations(self.difficulty, self.shots)
                 .into_iter()
@@ -267,6 +326,14 @@ const FOLLOW_FORWARD_AND_FIX: CheckFormat = CheckFormat {
     refiner_prompt: arith_check::refiner_prompt,
 };
 
+/// Questions about the start with two choices: a wrong verdict ends with the other choice,
+/// which the refiner takes.
+const FOLLOW_FORWARD_TO_THE_OTHER_CHOICE: CheckFormat = CheckFormat {
+    demos: arith_start::feedback_demos_choices,
+    verifier_prompt: arith_start::verifier_prompt_choices,
+    refiner_prompt: arith_check::refiner_prompt,
+};
+
 impl Arith {
     /// The verifier and refiner of `feedback = check`, with their worked examples.
     fn render_check(&self, request: &RenderRequest) -> Result<Vec<Message>, String> {
@@ -291,22 +358,30 @@ impl Arith {
         } else {
             templates::REFINER_SYSTEM
         };
-        let format = match (self.ask_start, self.fix) {
-            (true, true) => &FOLLOW_FORWARD_AND_FIX,
-            (true, false) => &FOLLOW_FORWARD,
-            (false, _) => &WORK_AGAIN,
+        let format = match (self.ask_start, self.fix, self.choices) {
+            (true, _, true) => &FOLLOW_FORWARD_TO_THE_OTHER_CHOICE,
+            (true, true, false) => &FOLLOW_FORWARD_AND_FIX,
+            (true, false, false) => &FOLLOW_FORWARD,
+            (false, _, _) => &WORK_AGAIN,
         };
         let (verifier_prompt, refiner_prompt) = (format.verifier_prompt, format.refiner_prompt);
+        let shown = |solution: &str| -> String {
+            if self.answer_only {
+                arith_check::final_answer_only(solution)
+            } else {
+                solution.to_owned()
+            }
+        };
         let mut messages = vec![message("system", system)];
         for demo in (format.demos)(self.difficulty, self.feedback_shots) {
             let (prompt, answer) = if verifier {
                 (
-                    verifier_prompt(&demo.question, &demo.proposed),
+                    verifier_prompt(&demo.question, &shown(&demo.proposed)),
                     demo.critique,
                 )
             } else {
                 (
-                    refiner_prompt(&demo.question, &demo.proposed, &demo.critique),
+                    refiner_prompt(&demo.question, &shown(&demo.proposed), &demo.critique),
                     demo.refined,
                 )
             };
@@ -317,9 +392,9 @@ impl Arith {
         messages.push(message(
             "user",
             if verifier {
-                verifier_prompt(question, solution)
+                verifier_prompt(question, &shown(solution))
             } else {
-                refiner_prompt(question, solution, critique.unwrap_or(""))
+                refiner_prompt(question, &shown(solution), critique.unwrap_or(""))
             },
         ));
         Ok(messages)

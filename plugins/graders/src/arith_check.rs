@@ -112,6 +112,15 @@ pub(crate) fn refined_taken(answer: u64) -> String {
     format!("The feedback finds a mistake. The answer is {answer}.\nFinal Answer: {answer}")
 }
 
+/// What the arith plugin's `proposal = "answer"` shows the verifier and refiner of a solution:
+/// its final answer line alone, so they cannot copy its reasoning.
+pub fn final_answer_only(solution: &str) -> String {
+    match crate::gsm8k::extract(solution, crate::gsm8k::Mode::Numeric) {
+        Some(answer) => format!("Final Answer: {answer}"),
+        None => "(no final answer)".to_owned(),
+    }
+}
+
 /// The verifier's instruction for `solution` of `question`.
 pub fn verifier_prompt(question: &str, solution: &str) -> String {
     verifier_prompt_with(
@@ -239,6 +248,19 @@ mod tests {
             }
         }
         assert!(feedback_demos(0, 0).is_empty());
+    }
+
+    #[test]
+    fn answer_only_keeps_the_final_answer_alone() {
+        assert_eq!(
+            final_answer_only("14 - 8 = 7. Tara had 7 cards.\nFinal Answer: 7"),
+            "Final Answer: 7"
+        );
+        assert_eq!(
+            final_answer_only("So it was 12 - 5 = 7."),
+            "Final Answer: 7"
+        );
+        assert_eq!(final_answer_only("I do not know."), "(no final answer)");
     }
 
     #[test]

@@ -33,6 +33,31 @@ pub fn question(p: &Solved) -> String {
     text
 }
 
+/// The two choices of `choices = "2"`: the start and the start the usual mistake gives (the
+/// sentence's own operation instead of its inverse, else one off), `right_first` deciding the
+/// order.
+pub fn choices(p: &Solved, right_first: bool) -> [u64; 2] {
+    let (_, mistake) = wrong_solution(p, true, 1);
+    if right_first {
+        [p.start, mistake]
+    } else {
+        [mistake, p.start]
+    }
+}
+
+/// [`question`] followed by its two choices ("Choices: 10 or 22.").
+pub fn question_with_choices(p: &Solved, choices: [u64; 2]) -> String {
+    format!("{} Choices: {} or {}.", question(p), choices[0], choices[1])
+}
+
+/// The question of `p`, with its choices when there are any.
+fn asked(p: &Solved, choices: Option<[u64; 2]>) -> String {
+    match choices {
+        Some(c) => question_with_choices(p, c),
+        None => question(p),
+    }
+}
+
 /// The operation that undoes `op`.
 fn inverse(op: char) -> char {
     match op {
@@ -119,20 +144,54 @@ pub fn check_fixed(p: &Solved, proposed: Option<u64>) -> String {
     check_with(p, proposed, true)
 }
 
-fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
-    let stated = if fix {
-        format!(" The answer is {}.", p.start)
-    } else {
-        String::new()
-    };
-    let Some(a) = proposed else {
-        return format!("The proposed solution gives no answer. Verdict: wrong.{stated}");
-    };
-    let mut lines = vec![
-        format!("The proposed answer is {a}."),
-        format!("Start with {a} {}.", p.item),
-    ];
-    let mut x = a as i128;
+/// [`check`] of a question with two `choices` (`choices = "2"`). A proposed choice is followed
+/// forward; a wrong verdict ends with the other choice ("The answer is the other choice, 10."),
+/// which needs no arithmetic. A proposed answer that is no choice (a slip, the base model's usual
+/// mistake) is judged wrong and the first choice is followed forward instead, ending with the
+/// choice that is right. Either way one forward check decides the answer.
+pub fn check_choices(p: &Solved, proposed: Option<u64>, choices: [u64; 2]) -> String {
+    let [first, second] = choices;
+    match proposed {
+        Some(a) if choices.contains(&a) => {
+            let check = check(p, Some(a));
+            if a == p.start {
+                return check;
+            }
+            let other = if a == first { second } else { first };
+            format!("{check} The answer is the other choice, {other}.")
+        }
+        _ => {
+            let mut lines = vec![match proposed {
+                Some(a) => format!(
+                    "The proposed answer is {a}, which is not one of the choices. Verdict: wrong."
+                ),
+                None => "The proposed solution gives no answer. Verdict: wrong.".to_owned(),
+            }];
+            lines.push(format!("I check the first choice, {first}."));
+            let (followed, reached) = follow(p, first);
+            lines.extend(followed);
+            let end = p.answer;
+            lines.push(match reached {
+                Some(x) if x == end as i128 => format!(
+                    "The story ends with {end}. {x} is {end}, so the answer is the first \
+                     choice, {first}."
+                ),
+                Some(x) => format!(
+                    "The story ends with {end}. {x} is not {end}, so the answer is the other \
+                     choice, {second}."
+                ),
+                None => format!("So the answer is the other choice, {second}."),
+            });
+            lines.join("\n")
+        }
+    }
+}
+
+/// The story followed forward from `start`, a line per sentence with its operation and
+/// equation, and the end reached (`None` once a division is not whole).
+fn follow(p: &Solved, start: u64) -> (Vec<String>, Option<i128>) {
+    let mut lines = vec![format!("Start with {start} {}.", p.item)];
+    let mut x = start as i128;
     for s in &p.trace {
         let b = s.operand as i128;
         let (said, y) = match s.op {
@@ -160,12 +219,28 @@ fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
         lines.push(format!("{} {said}", s.sentence));
         match y {
             Some(y) => x = y,
-            None => {
-                lines.push(format!("Verdict: wrong.{stated}"));
-                return lines.join("\n");
-            }
+            None => return (lines, None),
         }
     }
+    (lines, Some(x))
+}
+
+fn check_with(p: &Solved, proposed: Option<u64>, fix: bool) -> String {
+    let stated = if fix {
+        format!(" The answer is {}.", p.start)
+    } else {
+        String::new()
+    };
+    let Some(a) = proposed else {
+        return format!("The proposed solution gives no answer. Verdict: wrong.{stated}");
+    };
+    let (followed, end_reached) = follow(p, a);
+    let mut lines = vec![format!("The proposed answer is {a}.")];
+    lines.extend(followed);
+    let Some(x) = end_reached else {
+        lines.push(format!("Verdict: wrong.{stated}"));
+        return lines.join("\n");
+    };
     let end = p.answer;
     if x == end as i128 {
         lines.push(format!(
@@ -204,6 +279,43 @@ pub fn feedback_demos(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
 /// [`feedback_demos`] with [`check_fixed`]'s checks; the refiner takes the feedback's answer.
 pub fn feedback_demos_fixed(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
     feedback_demos_with(difficulty, count, true)
+}
+
+/// [`feedback_demos`] of questions with two choices, [`check_choices`]'s checks and a refiner
+/// that takes the feedback's answer. They cycle through the three cases: the right choice
+/// proposed, a slip that is no choice (the base model's usual mistake here), the other choice.
+pub fn feedback_demos_choices(difficulty: u32, count: u32) -> Vec<FeedbackDemo> {
+    crate::arith::demonstrations(difficulty, count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let c = choices(&p, i % 2 == 0);
+            let (proposed, answer) = match i % 3 {
+                0 => (solution(&p), p.start),
+                1 => slip(&p, c),
+                _ => wrong_solution(&p, true, 1),
+            };
+            FeedbackDemo {
+                critique: check_choices(&p, Some(answer), c),
+                question: question_with_choices(&p, c),
+                proposed,
+                refined: if answer == p.start {
+                    arith_check::refined_kept(answer)
+                } else {
+                    arith_check::refined_taken(p.start)
+                },
+            }
+        })
+        .collect()
+}
+
+/// A solution whose last equation is off by one or two, giving no choice.
+fn slip(p: &Solved, choices: [u64; 2]) -> (String, u64) {
+    [1, 2, 3]
+        .into_iter()
+        .map(|delta| wrong_solution(p, false, delta))
+        .find(|(_, a)| !choices.contains(a))
+        .unwrap_or_else(|| wrong_solution(p, false, 4))
 }
 
 fn feedback_demos_with(difficulty: u32, count: u32, fix: bool) -> Vec<FeedbackDemo> {
@@ -260,6 +372,22 @@ pub fn verifier_prompt_fixed(question: &str, solution: &str) -> String {
     )
 }
 
+/// The verifier's instruction for a question with two choices: one forward check, of the
+/// proposed choice or else of the first, ending with the choice that is right.
+pub fn verifier_prompt_choices(question: &str, solution: &str) -> String {
+    arith_check::verifier_prompt_with(
+        question,
+        solution,
+        "Check the proposed solution against the choices: write its final answer; if it is one \
+         of the choices, start the story from it and follow it forward sentence by sentence, \
+         saying for each whether it adds or takes away and how many, compare your end with the \
+         end the story gives and end with \"Verdict: correct\" or \"Verdict: wrong\" and the \
+         other choice; if it is not one of the choices, say \"Verdict: wrong\", follow the \
+         story forward from the first choice the same way and end with the choice that is \
+         right.",
+    )
+}
+
 /// The refiner's instruction for `solution` of `question` and the verifier's `critique` (an
 /// empty critique, a skipped verifier's, is no feedback).
 pub fn refiner_prompt(question: &str, solution: &str, critique: &str) -> String {
@@ -275,27 +403,36 @@ pub fn refiner_prompt(question: &str, solution: &str, critique: &str) -> String 
 
 /// `count` worked generator examples (question and solution) at `difficulty` for few-shot
 /// prompts, always the same ones (the stories of [`crate::arith::demonstrations`]).
-pub fn demonstrations(difficulty: u32, count: u32) -> Vec<(String, String)> {
+/// With `with_choices` each question lists two choices, the right one first in every other.
+pub fn demonstrations(difficulty: u32, count: u32, with_choices: bool) -> Vec<(String, String)> {
     crate::arith::demonstrations(difficulty, count)
         .iter()
-        .map(|p| (question(p), solution(p)))
+        .enumerate()
+        .map(|(i, p)| {
+            let c = with_choices.then(|| choices(p, i % 2 == 0));
+            (asked(p, c), solution(p))
+        })
         .collect()
 }
 
 /// `count` examples from `seed`, ids `arith-start-<seed>-<i>`: the stories of
-/// [`crate::arith::generate`] asking for the start.
-pub fn generate(seed: u64, count: u32, difficulty: u32) -> Vec<Record> {
+/// [`crate::arith::generate`] asking for the start. With `with_choices` each question lists
+/// two choices ([`choices`]), their order drawn after the story (the same story either way).
+pub fn generate(seed: u64, count: u32, difficulty: u32, with_choices: bool) -> Vec<Record> {
     (0..count)
         .map(|i| {
-            let p = solved_problem(&mut crate::arith::item_rng(seed, i), difficulty);
+            let mut rng = crate::arith::item_rng(seed, i);
+            let p = solved_problem(&mut rng, difficulty);
+            let c = with_choices.then(|| choices(&p, rng.next_u64().is_multiple_of(2)));
             Record {
                 id: format!("arith-start-{seed}-{i}"),
-                question: question(&p),
+                question: asked(&p, c),
                 gold: p.start.to_string(),
                 choices: Vec::new(),
                 metadata: format!(
-                    "{{\"difficulty\":{difficulty},\"steps\":{},\"ask\":\"start\"}}",
-                    p.steps
+                    "{{\"difficulty\":{difficulty},\"steps\":{},\"ask\":\"start\"{}}}",
+                    p.steps,
+                    if with_choices { ",\"choices\":2" } else { "" }
                 ),
             }
         })
@@ -419,14 +556,97 @@ mod tests {
     #[test]
     fn generation_tells_the_forward_problems_stories() {
         let forward = crate::arith::generate(7, 20, 1);
-        let start = generate(7, 20, 1);
-        assert_eq!(start, generate(7, 20, 1));
+        let start = generate(7, 20, 1, false);
+        assert_eq!(start, generate(7, 20, 1, false));
         for (f, s) in forward.iter().zip(&start) {
             // The same sentences between the first and the last.
             let story = |q: &str| q.split(". ").nth(1).unwrap_or("").to_owned();
             assert_eq!(story(&f.question), story(&s.question));
             assert_eq!(s.id, f.id.replace("arith-", "arith-start-"));
         }
-        assert_eq!(generate(7, 3, 1)[2], generate(7, 10, 1)[2]);
+        assert_eq!(generate(7, 3, 1, false)[2], generate(7, 10, 1, false)[2]);
+    }
+
+    #[test]
+    fn choices_are_the_start_and_the_usual_mistake_in_both_orders() {
+        let plain = generate(7, 200, 0, false);
+        let with = generate(7, 200, 0, true);
+        let mut right_first = 0;
+        for (a, b) in plain.iter().zip(&with) {
+            // The same story and answer; only the choices are added.
+            assert!(b.question.starts_with(&a.question), "{}", b.question);
+            assert_eq!(a.gold, b.gold);
+            let tail = b.question.rsplit("Choices: ").next().unwrap();
+            let c: Vec<&str> = tail.trim_end_matches('.').split(" or ").collect();
+            assert_eq!(c.len(), 2, "{}", b.question);
+            assert_ne!(c[0], c[1], "{}", b.question);
+            assert!(c.contains(&b.gold.as_str()), "{}", b.question);
+            right_first += usize::from(c[0] == b.gold);
+        }
+        // Drawn, so both orders are common.
+        assert!((70..=130).contains(&right_first), "{right_first} of 200");
+    }
+
+    #[test]
+    fn a_check_with_choices_names_the_other_choice_after_a_wrong_verdict() {
+        for d in 0..=5 {
+            for p in problems(d) {
+                for right_first in [true, false] {
+                    let c = choices(&p, right_first);
+                    let mistake = if right_first { c[1] } else { c[0] };
+                    assert!(check_choices(&p, Some(p.start), c).ends_with("Verdict: correct."));
+                    let wrong = check_choices(&p, Some(mistake), c);
+                    assert!(wrong.contains("Verdict: wrong."), "{wrong}");
+                    assert!(
+                        wrong.ends_with(&format!("The answer is the other choice, {}.", p.start)),
+                        "{wrong}"
+                    );
+                    // No choice, or no answer: the first choice is checked, and the
+                    // check ends with the right one.
+                    for none in [Some(p.start + mistake + 1), None] {
+                        let check = check_choices(&p, none, c);
+                        let first = if c[0] == p.start { "first" } else { "other" };
+                        assert!(check.lines().next().unwrap().ends_with("Verdict: wrong."));
+                        assert!(
+                            check.contains(&format!("I check the first choice, {}.", c[0])),
+                            "{check}"
+                        );
+                        assert!(
+                            check.ends_with(&format!(
+                                "the answer is the {first} choice, {}.",
+                                p.start
+                            )),
+                            "{check}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn demonstrations_with_choices_show_each_case_and_take_the_right_one() {
+        let demos = feedback_demos_choices(0, 6);
+        for (i, demo) in demos.iter().enumerate() {
+            let tail = demo.question.rsplit("Choices: ").next().unwrap();
+            let c: Vec<&str> = tail.trim_end_matches('.').split(" or ").collect();
+            let proposed = crate::gsm8k::extract_numeric(&demo.proposed).unwrap();
+            let refined = crate::gsm8k::extract_numeric(&demo.refined).unwrap();
+            assert!(c.contains(&refined.as_str()), "{demo:?}");
+            // Right, then a slip that is no choice, then the other choice.
+            match i % 3 {
+                0 => assert_eq!(proposed, refined, "{demo:?}"),
+                1 => assert!(!c.contains(&proposed.as_str()), "{demo:?}"),
+                _ => assert!(c.contains(&proposed.as_str()) && proposed != refined),
+            }
+            assert!(
+                demo.critique.ends_with("Verdict: correct.")
+                    || demo.critique.ends_with(&format!("choice, {refined}.")),
+                "{demo:?}"
+            );
+        }
+        let demos = demonstrations(0, 2, true);
+        assert!(demos.iter().all(|(q, _)| q.contains("Choices: ")));
+        assert_eq!(demonstrations(0, 2, false)[0].1, demos[0].1);
     }
 }

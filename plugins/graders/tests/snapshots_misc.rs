@@ -100,6 +100,12 @@ fn check_feedback() {
             arith_start::verifier_prompt_fixed,
             arith_check::refiner_prompt,
         ),
+        (
+            "ask = start, choices = 2",
+            arith_start::feedback_demos_choices(0, 2).pop().unwrap(),
+            arith_start::verifier_prompt_choices,
+            arith_check::refiner_prompt,
+        ),
     ] {
         out.push_str(&format!(
             "=== {kind}: verifier prompt\n{}\n--- verifier answer\n{}\n=== refiner prompt\n{}\n\
@@ -111,9 +117,22 @@ fn check_feedback() {
             refiner(&demo.question, &demo.proposed, ""),
         ));
     }
+    // proposal = "answer": the arith plugin shows the verifier and refiner the final answer only.
+    let demo = arith_start::feedback_demos_choices(0, 2).pop().unwrap();
+    let shown = arith_check::final_answer_only(&demo.proposed);
+    out.push_str(&format!(
+        "=== ask = start, choices = 2, proposal = answer: verifier prompt\n{}\n=== refiner \
+         prompt\n{}\n",
+        arith_start::verifier_prompt_choices(&demo.question, &shown),
+        arith_check::refiner_prompt(&demo.question, &shown, &demo.critique),
+    ));
     out.push_str(&format!(
         "=== ask = start: generated\n{:#?}\n",
-        arith_start::generate(2024, 2, 1)
+        arith_start::generate(2024, 2, 1, false)
+    ));
+    out.push_str(&format!(
+        "=== ask = start, choices = 2: generated\n{:#?}\n",
+        arith_start::generate(2024, 2, 1, true)
     ));
     insta::assert_snapshot!("check_feedback", out);
 }
