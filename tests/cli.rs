@@ -74,9 +74,16 @@ fn check_names_the_plugin_and_the_fix_of_a_refused_option() {
     let said = format!("{out}{err}");
     assert!(said.contains("arith"), "{said}");
     assert!(said.contains("set ask = start too"), "{said}");
+    std::fs::write(dir.path().join("free.toml"), body("proposal = \"answer\"")).unwrap();
+    let (ok, out, err) = malt(&["check", "free.toml"], dir.path());
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("set feedback = check too"),
+        "{out}{err}"
+    );
     std::fs::write(
         dir.path().join("start.toml"),
-        body("ask = \"start\", choices = \"2\", feedback = \"check\""),
+        body("ask = \"start\", choices = \"2\", feedback = \"check\", proposal = \"answer\""),
     )
     .unwrap();
     let (ok, out, err) = malt(&["check", "start.toml"], dir.path());
