@@ -22,6 +22,15 @@ struct Arith {
     answer_only: bool,
 }
 
+/// An option with two values: `off` (false) or `on` (true).
+fn switch(key: &str, value: &str, off: &str, on: &str) -> Result<bool, String> {
+    match value.trim() {
+        v if v == off => Ok(false),
+        v if v == on => Ok(true),
+        _ => Err(bad_value(key, value, &format!("{off} or {on}"))),
+    }
+}
+
 /// Upper bound of the `shots` option: more demonstrations only lengthen every prompt.
 const MAX_SHOTS: u32 = 8;
 
@@ -134,47 +143,17 @@ impl Benchmark for Arith {
                         _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
                     }
                 }
-                "feedback" => {
-                    check = match value.trim() {
-                        "free" => false,
-                        "check" => true,
-                        _ => return Err(bad_value(key, value, "free or check")),
-                    }
-                }
+                "feedback" => check = switch(key, value, "free", "check")?,
                 "feedback_shots" => {
                     feedback_shots = match value.trim().parse::<u32>() {
                         Ok(n) if n <= MAX_SHOTS => n,
                         _ => return Err(bad_value(key, value, "an integer from 0 to 8")),
                     }
                 }
-                "ask" => {
-                    ask_start = match value.trim() {
-                        "end" => false,
-                        "start" => true,
-                        _ => return Err(bad_value(key, value, "end or start")),
-                    }
-                }
-                "fix" => {
-                    fix = match value.trim() {
-                        "false" => false,
-                        "true" => true,
-                        _ => return Err(bad_value(key, value, "true or false")),
-                    }
-                }
-                "choices" => {
-                    choices = match value.trim() {
-                        "0" => false,
-                        "2" => true,
-                        _ => return Err(bad_value(key, value, "0 or 2")),
-                    }
-                }
-                "proposal" => {
-                    answer_only = match value.trim() {
-                        "solution" => false,
-                        "answer" => true,
-                        _ => return Err(bad_value(key, value, "solution or answer")),
-                    }
-                }
+                "ask" => ask_start = switch(key, value, "end", "start")?,
+                "fix" => fix = switch(key, value, "false", "true")?,
+                "choices" => choices = switch(key, value, "0", "2")?,
+                "proposal" => answer_only = switch(key, value, "solution", "answer")?,
                 _ => {
                     return Err(unknown_option(
                         key,
