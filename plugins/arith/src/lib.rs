@@ -305,8 +305,8 @@ const FOLLOW_FORWARD_AND_FIX: CheckFormat = CheckFormat {
     refiner_prompt: arith_check::refiner_prompt,
 };
 
-/// Questions about the start with two choices: a wrong verdict ends with the other choice,
-/// which the refiner takes.
+/// Questions about the start with two choices: one forward check (of the proposed choice, else
+/// of the first) ends with the choice that is right, which the refiner takes.
 const FOLLOW_FORWARD_TO_THE_OTHER_CHOICE: CheckFormat = CheckFormat {
     demos: arith_start::feedback_demos_choices,
     verifier_prompt: arith_start::verifier_prompt_choices,

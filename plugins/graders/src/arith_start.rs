@@ -309,7 +309,8 @@ pub fn feedback_demos_choices(difficulty: u32, count: u32) -> Vec<FeedbackDemo> 
         .collect()
 }
 
-/// A solution whose last equation is off by one or two, giving no choice.
+/// A solution whose last equation is off by a few, giving no choice (of three distinct slips
+/// at most two are choices; the fallback only keeps this total).
 fn slip(p: &Solved, choices: [u64; 2]) -> (String, u64) {
     [1, 2, 3]
         .into_iter()
