@@ -12,6 +12,8 @@
 //! `MALT_REQUIRE_LLAMA_SERVER=1` (CI sets it) or `MALT_REQUIRE_LLAMA_CPP_PYTHON=1` a missing
 //! server fails instead.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -200,7 +202,9 @@ fn lines_in(path: &Path) -> usize {
 }
 
 /// Every stored tree: each question once, every node sampled (none errored, all 14 present).
-fn check_trees(run: &Path, train: usize) {
+/// With `tokenizer`, every node also stores the ids llama.cpp sampled (which spell its output
+/// under malt's tokenizer of the same GGUF) and why it stopped.
+fn check_trees(run: &Path, train: usize, tokenizer: Option<&malt_model::Tokenizer>) {
     let text = std::fs::read_to_string(run.join("trees.jsonl")).unwrap();
     let mut ids = BTreeSet::new();
     for line in text.lines() {
@@ -211,6 +215,26 @@ fn check_trees(run: &Path, train: usize) {
         assert_eq!(nodes.len(), 2 + 4 + 8, "question {id}");
         for n in nodes {
             assert!(n.get("error").is_none(), "question {id}: errored node {n}");
+            let Some(tok) = tokenizer else { continue };
+            let ids: Vec<u32> = serde_json::from_value(n["token_ids"].clone())
+                .unwrap_or_else(|_| panic!("question {id}: no token ids in {n}"));
+            let spelled = tok.decode(&ids, true).unwrap();
+            let output = n["output"].as_str().unwrap();
+            assert!(
+                spelled.starts_with(output),
+                "question {id}: ids {ids:?} spell {spelled:?}, not the output {output:?}"
+            );
+            let finish = n["finish"].as_str().unwrap_or_default();
+            assert!(
+                ["end_of_turn", "length"].contains(&finish),
+                "question {id}: finish {finish:?} in {n}"
+            );
+            // llama.cpp returns the end-of-turn token with the others, as malt stores it.
+            assert_eq!(
+                finish == "end_of_turn",
+                ids.last() == Some(&2),
+                "question {id}: {n}"
+            );
         }
         let outputs: BTreeSet<&str> = nodes.iter().filter_map(|n| n["output"].as_str()).collect();
         assert!(
@@ -278,7 +302,107 @@ fn llama_server_generation_survives_a_restart() {
         err.contains("retrying in"),
         "no retry across the restart:\n{err}"
     );
-    check_trees(&root.join("run"), TRAIN);
+    let (tokenizer, _) = malt_model::Model::load_tokenizer(model.to_str().unwrap()).unwrap();
+    check_trees(&root.join("run"), TRAIN, Some(&tokenizer));
+    // Every completion's ids came from llama.cpp (none re-encoded).
+    assert!(
+        err.contains(
+            " 0 re-encoded locally because the engine returned none, 0 re-encoded because"
+        ),
+        "{err}"
+    );
+}
+
+/// The reference corpus of `tests/fixtures/reference/smollm2_tokenizer.json` (raw texts and chat
+/// renderings, written by `scripts/reference_golden.py`), each with its expected ids:
+/// llama.cpp's reading of the GGUF where transformers' differs (`ids_llamacpp`), else
+/// transformers'.
+fn reference_corpus() -> Vec<(String, String, Vec<u32>)> {
+    let path = common::repo().join("tests/fixtures/reference/smollm2_tokenizer.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ids = |v: &Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+    let mut out = Vec::new();
+    for kind in ["raw", "chat"] {
+        for e in fx[kind].as_array().unwrap() {
+            out.push((
+                format!("{kind}[{}]", e["name"].as_str().unwrap()),
+                e["text"].as_str().unwrap().to_owned(),
+                ids(e.get("ids_llamacpp").unwrap_or(&e["ids"])),
+            ));
+        }
+    }
+    out
+}
+
+/// malt's ids for a text equal llama.cpp's `/tokenize` on the same GGUF (special tokens
+/// parsed, none added), and both equal the reference fixture's, for every entry of the
+/// reference corpus (raw texts, chat prompts rendered by the model's template) and for chat
+/// prompts rendered by malt's template.
+#[test]
+fn malt_tokenizes_like_llama_server() {
+    let Some(bin) = required(
+        "MALT_LLAMA_SERVER",
+        "MALT_REQUIRE_LLAMA_SERVER",
+        "llama.cpp's llama-server",
+    ) else {
+        return;
+    };
+    let Some(model) = gguf() else { return };
+    let port = free_port();
+    let _server = llama_server(&bin, &model, port);
+    let (tok, chat) = malt_model::Model::load_tokenizer(model.to_str().unwrap()).unwrap();
+    let mut corpus: Vec<(String, String, Option<Vec<u32>>)> = reference_corpus()
+        .into_iter()
+        .map(|(name, text, ids)| (name, text, Some(ids)))
+        .collect();
+    use malt_model::Message;
+    for (i, msgs) in [
+        vec![Message::user(
+            "What is the capital of France? Answer in one word.",
+        )],
+        vec![
+            Message::system("You solve arithmetic."),
+            Message::user("Tom has 3 apples and eats 1. How many are left?"),
+            Message::assistant("3 - 1 = 2. Final Answer: 2"),
+            Message::user("Check it."),
+        ],
+    ]
+    .iter()
+    .enumerate()
+    {
+        corpus.push((
+            format!("malt chat {i}"),
+            chat.render(msgs, true).unwrap(),
+            None,
+        ));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut fails = Vec::new();
+    for (name, text, fixture) in &corpus {
+        let body =
+            serde_json::json!({"content": text, "add_special": false, "parse_special": true});
+        let mut resp = agent
+            .post(format!("http://127.0.0.1:{port}/tokenize"))
+            .send_json(&body)
+            .unwrap();
+        let v: Value = resp.body_mut().read_json().unwrap();
+        let theirs: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+        let ours = tok.encode(text, false).unwrap();
+        if ours != theirs {
+            fails.push(format!("{name}: malt {ours:?}, llama.cpp {theirs:?}"));
+        }
+        if fixture.as_ref().is_some_and(|f| f != &theirs) {
+            fails.push(format!("{name}: llama.cpp {theirs:?}, fixture {fixture:?}"));
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    eprintln!(
+        "{} texts tokenized alike by malt, llama.cpp and the fixture",
+        corpus.len()
+    );
 }
 
 #[test]
@@ -313,5 +437,5 @@ fn a_server_that_ignores_n_gets_follow_up_requests() {
         })
         .unwrap_or_else(|| panic!("no follow-up count in:\n{err}"));
     assert_eq!(follow_ups, TRAIN * 7, "{err}");
-    check_trees(&root.join("run"), TRAIN);
+    check_trees(&root.join("run"), TRAIN, None);
 }

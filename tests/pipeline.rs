@@ -166,6 +166,30 @@ fn pipeline_runs_resumes_skips_and_matches() {
     );
     assert_eq!(question_ids(&a_run), a_ids);
     check_report(&a_run);
+
+    // A new tokenization (the model's chat template edited; a tokenizer fix changes the ids
+    // the same way): the trees sampled on the old ids are sampled anew, never reported as
+    // current.
+    let tc = fx.model.join("tokenizer_config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v["chat_template"] = format!("{{{{ 'Chat: ' }}}}{}", malt_model::chat::CHATML).into();
+    std::fs::write(&tc, v.to_string()).unwrap();
+    let out = Command::new(MALT)
+        .args(["--log", "info", "run"])
+        .arg(&theta)
+        .args(["--until", "generate", "--no-reload"])
+        .current_dir(&a)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("generate: inputs changed (model), recomputing"),
+        "{log}"
+    );
+    assert_eq!(lines(&a_run.join("trees.jsonl")), 8);
     eprintln!(
         "pipeline test: run A {:.1} s, total {:.1} s, no-op rerun {:.2} s",
         t_a.as_secs_f64(),
@@ -231,4 +255,158 @@ fn hot_reload_applies_a_plugin_option_before_evaluation() {
         }
     }
     assert_eq!(seen.len(), 2, "both parities occur: {seen:?}");
+}
+
+/// A tiny model whose BPE merges ("a"+"b" -> "ab", ...) make a random model's samples often
+/// non-canonical: the text of sampled ids [a, b] re-encodes as [ab].
+fn merging_model() -> malt_model::Model {
+    use malt_model::tokenizers::models::bpe::BPE;
+    use malt_model::tokenizers::{decoders::fuse::Fuse, AddedToken};
+    let words = [
+        "<unk>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "a",
+        "b",
+        "ab",
+        "ba",
+        "aa",
+        "bb",
+    ];
+    let vocab: malt_model::tokenizers::models::bpe::Vocab = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let merges = [("a", "b"), ("b", "a"), ("a", "a"), ("b", "b")]
+        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .to_vec();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token("<unk>".into())
+        .build()
+        .unwrap();
+    let mut tk = malt_model::tokenizers::Tokenizer::new(bpe);
+    tk.with_decoder(Some(Fuse::new()));
+    tk.add_special_tokens(["<|im_start|>", "<|im_end|>"].map(|t| AddedToken::from(t, true)))
+        .unwrap();
+    let cfg = malt_model::ModelConfig {
+        max_position_embeddings: 512,
+        eos_token_ids: vec![2],
+        ..malt_model::ModelConfig::llama(words.len(), 32, 64, 2, 4, 2)
+    };
+    let mut m = malt_model::Model::random(cfg, &malt_model::candle_core::Device::Cpu).unwrap();
+    m.tokenizer = malt_model::Tokenizer::new(tk);
+    m.tokenizer.eos_token = Some("<|im_end|>".into());
+    m.stop_ids = vec![2];
+    m
+}
+
+/// Token fidelity: the ids a tree stores for a node are exactly what SFT trains on after the
+/// prompt's ids (with EOS appended only where sampling did not end on a stop token), even where
+/// re-encoding the node's text would give other ids.
+#[test]
+fn sft_trains_on_exactly_the_ids_the_trees_stored() {
+    use malt_tree::{AgentSpec, ChainSpec, CreditSettings, Manifest, PairMode, Pooling, RunWriter};
+    let model = merging_model();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentSpec::new("generator", "generator", "fake", 6);
+    agent.sampling.temperature = 1.0;
+    agent.sampling.max_new_tokens = 12;
+    let chain = ChainSpec::new(vec![agent]).unwrap();
+    let credit = CreditSettings {
+        theta: 0.5,
+        pooling: Pooling::Global,
+        pairs: PairMode::All,
+    };
+    let manifest = Manifest::new(
+        "test",
+        Default::default(),
+        "merging",
+        7,
+        chain.clone(),
+        credit,
+    );
+    let mut run = RunWriter::open(dir.path(), manifest).unwrap();
+    let mut sampler = malt::backend::ModelSampler::new(&model);
+    // Every output is graded 0 + 0.6: positive, so each node is an SFT example.
+    let mut scorer = malt_tree::fake::FakeScorer {
+        reward_offset: 0.6,
+        ..Default::default()
+    };
+    let examples = malt_tree::fake::fake_examples(4);
+    malt_tree::generate_run(
+        &mut run,
+        &chain,
+        &examples,
+        &mut sampler,
+        &mut scorer,
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(run);
+    malt_tree::recredit(dir.path(), &chain, &credit, None).unwrap();
+
+    let trees = malt_tree::read_trees(&dir.path().join("trees.jsonl"))
+        .unwrap()
+        .trees;
+    let node_ids: BTreeMap<(String, usize), (Vec<u32>, String)> = trees
+        .iter()
+        .flat_map(|t| {
+            t.nodes.iter().enumerate().map(|(i, n)| {
+                let ids = n
+                    .token_ids
+                    .clone()
+                    .expect("the embedded sampler stores ids");
+                assert!(
+                    n.finish.is_some(),
+                    "node {i} of {} has no finish reason",
+                    t.question_id
+                );
+                ((t.question_id.clone(), i), (ids, n.output.clone()))
+            })
+        })
+        .collect();
+    let sft_path = dir.path().join("datasets/generator/sft.jsonl");
+    let file = malt_train::data::load_sft(&sft_path).unwrap();
+    let tok = malt_train::MaltTokenizer::new(&model).unwrap();
+    let items = malt_train::data::tokenize_sft(&tok, &file.records, 4096).unwrap();
+    let text = std::fs::read_to_string(&sft_path).unwrap();
+    assert_eq!(items.len(), node_ids.len(), "every node is a positive");
+    let (mut non_canonical, mut ended) = (0, 0);
+    for (line, item) in text.lines().zip(&items) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["meta"]["question_id"].as_str().unwrap().to_owned(),
+            v["meta"]["node"].as_u64().unwrap() as usize,
+        );
+        let (stored, output) = &node_ids[&key];
+        let trained = &item.seq.ids[item.seq.prompt_len..];
+        let mut want = stored.clone();
+        if stored.last() == Some(&2) {
+            ended += 1;
+        } else {
+            want.push(2);
+        }
+        assert_eq!(
+            trained,
+            want.as_slice(),
+            "{key:?}: trained ids are not the stored ones"
+        );
+        if model.tokenizer.encode(output, false).unwrap()
+            != stored[..stored.len() - usize::from(stored.last() == Some(&2))]
+        {
+            non_canonical += 1;
+        }
+    }
+    // The test has teeth only if re-encoding the texts would have trained on other ids.
+    assert!(
+        non_canonical > 0,
+        "no sampled output re-encodes differently"
+    );
+    eprintln!(
+        "{} SFT examples, {non_canonical} of them not the canonical encoding of their text, \
+         {ended} ended on the stop token",
+        items.len()
+    );
 }

@@ -276,14 +276,14 @@ fn completions_land_by_seed_with_the_agents_model_and_the_key() {
     let b = Batch::new(3, 3);
     let out = s.sample(&b.requests("verifier")).unwrap();
     for (i, r) in out.iter().enumerate() {
-        let texts = r.as_ref().unwrap();
+        let texts = &texts_of(r);
         let want: Vec<String> = (0..3)
             .map(|j| format!("verifier-lora|{}", 100 * i + j))
             .collect();
         assert_eq!(texts, &want);
     }
     let out = s.sample(&b.requests("generator")).unwrap();
-    assert_eq!(out[0].as_ref().unwrap()[0], "base|0");
+    assert_eq!(texts_of(&out[0])[0], "base|0");
     let seen = server.requests();
     assert_eq!(seen.len(), 6, "one request per prompt, n choices each");
     for r in &seen {
@@ -311,7 +311,7 @@ fn server_errors_and_rate_limits_are_retried() {
     let b = Batch::new(1, 2);
     let out = s.sample(&b.requests("generator")).unwrap();
     assert_eq!(
-        out[0].as_ref().unwrap(),
+        &texts_of(&out[0]),
         &vec!["base|0".to_owned(), "base|1".to_owned()]
     );
     assert_eq!(s.stats.retries, 3);
@@ -431,7 +431,7 @@ fn fewer_choices_than_n_get_follow_up_requests() {
     let b = Batch::new(2, 3);
     let out = s.sample(&b.requests("g")).unwrap();
     assert_eq!(
-        out[1].as_ref().unwrap(),
+        &texts_of(&out[1]),
         &vec!["s100".to_owned(), "s101".into(), "s102".into()]
     );
     assert_eq!(s.stats.follow_ups, 4);
@@ -535,7 +535,7 @@ fn an_auto_endpoint_is_identified_and_asked_one_choice_per_request() {
     let b = Batch::new(2, 3);
     let out = s.sample(&b.requests("g")).unwrap();
     assert_eq!(
-        out[1].as_ref().unwrap(),
+        &texts_of(&out[1]),
         &vec!["s100".to_owned(), "s101".into(), "s102".into()]
     );
     let seen = server.requests();
@@ -566,7 +566,7 @@ fn a_refused_multi_choice_request_is_asked_one_choice_at_a_time() {
     let mut s = sampler(vec![e], fast_retry(1));
     let out = s.sample(&Batch::new(2, 3).requests("g")).unwrap();
     assert_eq!(
-        out[0].as_ref().unwrap(),
+        &texts_of(&out[0]),
         &vec!["s0".to_owned(), "s1".into(), "s2".into()]
     );
     assert_eq!(s.stats.refused, 0);
@@ -594,4 +594,13 @@ fn unknown_and_unauthorised_model_lists() {
     let e = s.resolve_engines(false).unwrap_err().to_string();
     assert!(e.contains("HTTP 401") && e.contains("api_key_env"), "{e}");
     assert_eq!(locked.requests().len(), 1);
+}
+
+/// The texts of one request's completions.
+fn texts_of(r: &malt_tree::RequestResult) -> Vec<String> {
+    r.as_ref()
+        .expect("the request succeeded")
+        .iter()
+        .map(|c| c.text.clone())
+        .collect()
 }

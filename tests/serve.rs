@@ -265,7 +265,14 @@ fn seeds_reproduce_and_malt_seeds_match_the_embedded_sampler() {
         body["top_k"] = json!(5);
         let (s, v) = chat(&f.url, body);
         assert_eq!(s, 200, "{v}");
-        assert_eq!(texts(&v), expected, "model {served}");
+        let want: Vec<String> = expected.iter().map(|c| c.text.clone()).collect();
+        assert_eq!(texts(&v), want, "model {served}");
+        // The sampled ids come back too (the remote backend trains on them), the same ones.
+        for (c, e) in v["choices"].as_array().unwrap().iter().zip(&expected) {
+            let ids: Vec<u32> = serde_json::from_value(c["token_ids"].clone()).expect("token_ids");
+            assert_eq!(Some(ids), e.token_ids, "model {served}");
+            assert!(c["malt_finish"].is_string(), "{c}");
+        }
     }
 }
 

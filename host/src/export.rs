@@ -40,6 +40,9 @@ pub struct ExportOptions {
     /// Base model id written into the exported adapter configs and the README (default: the
     /// HF id of the run's model when known, else the run's model as recorded).
     pub base_model: Option<String>,
+    /// With `merge`: the dtype the base is loaded in and the merged weights are stored in
+    /// (`None`: the model layer's default, f32 on the CPU). Merging itself is done in f32.
+    pub dtype: Option<malt_model::candle_core::DType>,
 }
 
 /// What went where, also written as `export.json`.
@@ -164,7 +167,7 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<ExportManifest> {
     let model = if opts.merge {
         let device = malt_model::parse_device("cpu")?;
         Some(
-            malt_model::Model::load(&manifest.model, &device)
+            malt_model::Model::load_as(&manifest.model, &device, opts.dtype)
                 .with_context(|| format!("--merge: loading the run's model {}", manifest.model))?,
         )
     } else {

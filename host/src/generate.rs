@@ -87,8 +87,26 @@ pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary>
         seed: session.config.run.seed,
         model_id,
     };
-    let summary = generate_with(session, &mut sampler, &target)?;
-    let s = sampler.stats;
+    // The local model's tokenizer gives every completion token ids: the engine's when they
+    // spell its text, else the text encoded (training needs ids; see backend::token_ids).
+    let source = crate::session::model_id(&session.config);
+    let (summary, s) = match malt_model::Model::load_tokenizer(&source) {
+        Ok((tokenizer, _)) => {
+            let mut with_ids = crate::backend::WithTokenIds::new(sampler, &tokenizer);
+            let summary = generate_with(session, &mut with_ids, &target)?;
+            with_ids.stats.log();
+            (summary, with_ids.inner.stats)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: [model] source = {source:?}: cannot load its tokenizer ({e}); completions \
+                 keep only the ids the engine returns, and training re-encodes the others",
+                session.config.source.display()
+            );
+            let summary = generate_with(session, &mut sampler, &target)?;
+            (summary, sampler.stats)
+        }
+    };
     tracing::info!(
         "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
          {} HTTP attempts, {} retried, {} follow-ups for missing choices, {} refused",

@@ -42,6 +42,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     Bench(cmd::bench::Args),
+    /// The token ids of a text (or of a chat turn with --chat) under a model's tokenizer.
+    Tokenize(cmd::tokenize::Args),
 }
 
 /// jemalloc keeps freed memory for reuse and hands it back to the OS after a few idle seconds.
@@ -71,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -100,7 +100,7 @@ fn generate_inputs(s: &Session) -> anyhow::Result<BTreeMap<String, String>> {
     insert(
         &mut m,
         "model",
-        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+        crate::stages::sha256(s.model_identity().as_bytes()),
     );
     dataset_inputs(s, &mut m)?;
     Ok(m)
@@ -137,7 +137,7 @@ fn train_inputs(s: &Session, datasets: String) -> BTreeMap<String, String> {
     insert(
         &mut m,
         "model",
-        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+        crate::stages::sha256(s.model_identity().as_bytes()),
     );
     insert(&mut m, "run seed", json_hash(&s.config.run.seed));
     m
@@ -163,7 +163,7 @@ fn star_inputs(s: &Session, round: &RoundLayout) -> anyhow::Result<BTreeMap<Stri
     insert(
         &mut m,
         "model",
-        crate::stages::sha256(session::model_id(cfg).as_bytes()),
+        crate::stages::sha256(s.model_identity().as_bytes()),
     );
     insert(
         &mut m,
@@ -208,7 +208,7 @@ fn eval_inputs(
     insert(
         &mut m,
         "model",
-        crate::stages::sha256(session::model_id(&s.config).as_bytes()),
+        crate::stages::sha256(s.model_identity().as_bytes()),
     );
     if uses_star(s) {
         insert(

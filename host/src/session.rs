@@ -25,6 +25,8 @@ pub struct Session {
     pub credit: CreditSettings,
     /// Hot reload of `malt run` (None elsewhere): marks item boundaries, supplies new plugins.
     pub live: Option<Arc<crate::live_reload::LiveReload>>,
+    /// Tokenizer fingerprints by model source, computed once each (see [`Session::model_identity`]).
+    fingerprints: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Session {
@@ -49,7 +51,37 @@ impl Session {
             chain,
             credit,
             live: None,
+            fingerprints: Default::default(),
         })
+    }
+
+    /// The model's identity as stage inputs see it: the source the config names and its
+    /// tokenizer's fingerprint ([`malt_model::tokenizer::fingerprint`]: the ids of a probe text
+    /// and chat, and the chat template), so a change of tokenization (a tokenizer fix, a new
+    /// template) recomputes every stage sampled or trained on the old ids. Reads the tokenizer
+    /// only (no weights), once per source.
+    pub fn model_identity(&self) -> String {
+        let source = model_id(&self.config);
+        let mut cache = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
+        let fp =
+            cache
+                .entry(source.clone())
+                .or_insert_with(|| {
+                    match malt_model::Model::load_tokenizer(&source)
+                        .and_then(|(tok, chat)| malt_model::tokenizer::fingerprint(&tok, &chat))
+                    {
+                        Ok(fp) => fp,
+                        Err(e) => {
+                            tracing::warn!(
+                        "{}: [model] source = {source:?}: cannot read its tokenizer ({e}); stage \
+                         inputs name the model by its source only",
+                        self.config.source.display()
+                    );
+                            "unavailable".to_owned()
+                        }
+                    }
+                });
+        format!("{source}\ntokenizer {fp}")
     }
 
     /// Switches to a reloaded config and its plugins (at a stage boundary of `malt run`).

@@ -348,7 +348,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
         let mut texts = Vec::new();
         let mut answered = Vec::new();
         for (out, &(i, j)) in outputs.into_iter().zip(&sampled) {
-            match out.map(|mut v| v.pop().unwrap_or_default()) {
+            match out.map(|mut v| v.pop().map(|c| c.text).unwrap_or_default()) {
                 Ok(text) => {
                     texts.push(text);
                     answered.push((i, j));

@@ -7,7 +7,9 @@ pub mod plugin_scorer;
 pub mod remote;
 pub mod serve_backend;
 mod serve_continuous;
+pub mod token_ids;
 
 pub use chain_runner::ModelChainRunner;
 pub use model_sampler::ModelSampler;
 pub use plugin_scorer::PluginScorer;
+pub use token_ids::WithTokenIds;

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use malt_model::{Branch, Cache, LoraAdapter, Model};
-use malt_tree::{SampleRequest, Sampler, SamplerError, SamplingParams};
+use malt_tree::{
+    Completion, FinishReason, RequestResult, SampleRequest, Sampler, SamplerError, SamplingParams,
+};
 
 /// How many prompt caches to keep for prefix reuse. A 135M model holds ~46 KB of keys/values
 /// per token, so 32 prompts of 500 tokens cost well under 1 GB.
@@ -105,6 +107,25 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The tree's record of a model completion: its text, every sampled id (the end-of-turn token
+/// included) and why it stopped.
+pub fn completion(c: malt_model::Completion) -> Completion {
+    let token_ids = c.sampled_ids();
+    let finish = match c.finish {
+        malt_model::Finish::Eos(_) => Some(FinishReason::EndOfTurn),
+        malt_model::Finish::StopString => Some(FinishReason::StopString),
+        malt_model::Finish::Length => Some(FinishReason::Length),
+        // Only a streaming observer cancels; the sampler's never does.
+        malt_model::Finish::Cancelled => None,
+    };
+    Completion {
+        text: c.text,
+        token_ids: Some(token_ids),
+        finish,
+        logprobs: None,
+    }
+}
+
 fn model_params(p: &SamplingParams) -> malt_model::SamplingParams {
     malt_model::SamplingParams {
         temperature: p.temperature,
@@ -121,8 +142,8 @@ impl Sampler for ModelSampler<'_> {
     fn sample(
         &mut self,
         requests: &[SampleRequest<'_>],
-    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
-        let mut out: Vec<Result<Vec<String>, String>> = vec![Ok(Vec::new()); requests.len()];
+    ) -> Result<Vec<RequestResult>, SamplerError> {
+        let mut out: Vec<RequestResult> = vec![Ok(Vec::new()); requests.len()];
         // Requests of one agent share their sampling parameters and adapter: one decode batch.
         let mut by_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in requests.iter().enumerate() {
@@ -149,7 +170,7 @@ impl ModelSampler<'_> {
         agent: &str,
         idx: &[usize],
         adapter: Option<&LoraAdapter>,
-        out: &mut [Result<Vec<String>, String>],
+        out: &mut [RequestResult],
     ) -> Result<(), SamplerError> {
         let params = model_params(requests[idx[0]].params);
         let mut branches = Vec::new();
@@ -200,7 +221,7 @@ impl ModelSampler<'_> {
             self.stats.generated_tokens += c.tokens.len() as u64;
             self.stats.sequences += 1;
             if let Ok(v) = &mut out[i] {
-                v.push(c.text);
+                v.push(completion(c));
             }
         }
         Ok(())

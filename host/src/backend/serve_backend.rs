@@ -289,7 +289,8 @@ pub(super) fn sampling_params(s: &SamplingSettings) -> malt_model::SamplingParam
 
 pub(super) fn finish_reason(f: Finish) -> FinishReason {
     match f {
-        Finish::Eos | Finish::StopString => FinishReason::Stop,
+        Finish::Eos(_) => FinishReason::EndOfTurn,
+        Finish::StopString => FinishReason::StopString,
         Finish::Length | Finish::Cancelled => FinishReason::Length,
     }
 }
@@ -644,6 +645,7 @@ fn decode(
         outs[pi].push(ChoiceOutput {
             completion_tokens: completion.tokens.len(),
             finish: finish_reason(completion.finish),
+            token_ids: completion.sampled_ids(),
             text: completion.text,
             seed: pending[pi].seeds[c],
         });

@@ -257,6 +257,7 @@ fn settle(
     l.outs[choice] = Some(ChoiceOutput {
         completion_tokens: f.tokens.len(),
         finish: finish_reason(f.finish),
+        token_ids: f.sampled_ids(),
         text: f.text,
         seed: l.seeds[choice],
     });

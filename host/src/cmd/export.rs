@@ -17,6 +17,9 @@ pub struct Args {
     /// of the run's model when known, else the model as the run recorded it).
     #[arg(long)]
     pub base_model: Option<String>,
+    /// With --merge: the dtype the merged weights are stored in (f32, bf16, f16; default f32).
+    #[arg(long, requires = "merge")]
+    pub dtype: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -25,6 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out: args.out.clone(),
         merge: args.merge,
         base_model: args.base_model,
+        dtype: super::dtype_arg(args.dtype.as_deref())?,
     })?;
     for (name, a) in &m.agents {
         println!(

@@ -45,8 +45,9 @@ pub struct Args {
     /// cpu, cuda:N or metal (default: cpu; with a config, its `[model] device`).
     #[arg(long)]
     pub device: Option<String>,
-    /// With a config: the weights' dtype instead of its `[model] dtype` (auto, f32, bf16, f16).
-    #[arg(long, requires = "config")]
+    /// The weights' dtype (auto, f32, bf16, f16); with a config, instead of its `[model] dtype`.
+    /// auto: f32 on the CPU, the checkpoint's own on a GPU.
+    #[arg(long)]
     pub dtype: Option<String>,
 }
 
@@ -77,12 +78,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let t0 = Instant::now();
-    let model =
-        Model::load(model_src, &device).with_context(|| format!("loading model {model_src}"))?;
+    let dtype = super::dtype_arg(args.dtype.as_deref())?;
+    let model = Model::load_as(model_src, &device, dtype)
+        .with_context(|| format!("loading model {model_src}"))?;
     tracing::info!(
-        "loaded {} in {:.2}s",
+        "loaded {} in {:.2}s, weights in {:?}",
         model.source,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        model.decoder.dtype()
     );
     let adapter = match &args.adapter {
         Some(dir) => Some(

@@ -10,6 +10,7 @@ pub mod plugin;
 pub mod run;
 pub mod score;
 pub mod serve;
+pub mod tokenize;
 pub mod train;
 
 /// `--device` / `--dtype`: replace the config's `[model] device` / `dtype` for this command
@@ -34,6 +35,17 @@ impl ModelFlags {
         }
         .install()
         .map_err(anyhow::Error::msg)
+    }
+}
+
+/// `--dtype` of a command that loads a model without a config: `None` (or "auto") lets the
+/// model layer pick (f32 on the CPU, the checkpoint's own on a GPU).
+pub fn dtype_arg(dtype: Option<&str>) -> anyhow::Result<Option<malt_model::candle_core::DType>> {
+    match dtype {
+        None | Some("auto") => Ok(None),
+        Some(d) => Ok(Some(
+            malt_model::parse_dtype(d).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+        )),
     }
 }
 

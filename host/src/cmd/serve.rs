@@ -40,6 +40,8 @@ pub struct Args {
     /// Override `[serve] max_queue`.
     #[arg(long)]
     pub max_queue: Option<usize>,
+    #[command(flatten)]
+    pub model_flags: super::ModelFlags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -79,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let (model, base_id, adapters, chain) = match (&args.config, &args.model) {
         (Some(path), _) => {
+            args.model_flags.install()?;
             let session = Session::open(path)?;
             let (model, id) = load_model(&session.config)?;
             let run_dir = session.config.run.dir.clone();
@@ -110,8 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (model, id, adapters, Some(chain))
         }
         (None, Some(source)) => {
-            let device = malt_model::parse_device("cpu")?;
-            let model = malt_model::Model::load(source, &device)
+            let device =
+                malt_model::parse_device(args.model_flags.device.as_deref().unwrap_or("cpu"))?;
+            let dtype = super::dtype_arg(args.model_flags.dtype.as_deref())?;
+            let model = malt_model::Model::load_as(source, &device, dtype)
                 .with_context(|| format!("loading model {source}"))?;
             (model, source.clone(), Vec::new(), None)
         }

@@ -179,8 +179,16 @@ impl ModelConfig {
                 msg: "mlp_bias = true is not supported".into(),
             });
         }
-        let rope_scaling = match v.get("rope_scaling") {
-            Some(rs) if rs.is_object() => {
+        // transformers >= 5 writes the RoPE settings as one `rope_parameters` object (`rope_theta`,
+        // `rope_type` and the scaling keys); earlier configs have top-level `rope_theta` and
+        // `rope_scaling`, which win when both are present.
+        let rope_parameters = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_scaling = match v
+            .get("rope_scaling")
+            .filter(|rs| rs.is_object())
+            .or(rope_parameters)
+        {
+            Some(rs) => {
                 let kind = rs
                     .get("rope_type")
                     .or_else(|| rs.get("type"))
@@ -230,6 +238,7 @@ impl ModelConfig {
                 .unwrap_or(1e-6),
             rope_theta: v
                 .get("rope_theta")
+                .or_else(|| rope_parameters.and_then(|p| p.get("rope_theta")))
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0),
             rope_scaling,

@@ -42,6 +42,17 @@ pub struct Finished {
     pub finish: Finish,
 }
 
+impl Finished {
+    /// Every token the model sampled: `tokens` plus the end-of-turn token that ended it, if any.
+    pub fn sampled_ids(&self) -> Vec<u32> {
+        let mut ids = self.tokens.clone();
+        if let Finish::Eos(t) = self.finish {
+            ids.push(t);
+        }
+        ids
+    }
+}
+
 struct Row {
     id: usize,
     params: SamplingParams,

@@ -15,8 +15,8 @@ const DECODE_CHUNK: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
-    /// An end-of-turn / eos token (not included in `tokens`).
-    Eos,
+    /// An end-of-turn / eos token, this one (not included in `tokens` nor in the text).
+    Eos(u32),
     /// A stop string appeared; `text` is cut before it.
     StopString,
     /// `max_new_tokens` reached.
@@ -46,6 +46,18 @@ pub struct Completion {
     pub finish: Finish,
     /// Prompt + generated tokens whose keys/values were computed: the parent of the next agent.
     pub cache: Cache,
+}
+
+impl Completion {
+    /// Every token the model sampled, in order: `tokens` plus the end-of-turn token that ended
+    /// the completion, if one did.
+    pub fn sampled_ids(&self) -> Vec<u32> {
+        let mut ids = self.tokens.clone();
+        if let Finish::Eos(t) = self.finish {
+            ids.push(t);
+        }
+        ids
+    }
 }
 
 /// One sequence to decode: its cache (with `last_logits`) and its RNG seed.
@@ -83,7 +95,7 @@ impl Model {
         observe: &mut dyn FnMut(&Step<'_>) -> bool,
     ) -> Result<Option<Finish>> {
         let finish = if self.stop_ids.contains(&tok) {
-            Some(Finish::Eos)
+            Some(Finish::Eos(tok))
         } else {
             gen.push(tok);
             *text = self.tokenizer.decode(gen, true)?;

@@ -31,6 +31,7 @@ pub mod fetch;
 pub mod footprint;
 pub mod fused;
 pub mod generate;
+pub mod gguf_tokenizer;
 mod grad_checkpoint;
 pub mod half_matmul;
 pub mod kv;
@@ -63,3 +64,4 @@ pub use tokenizer::Tokenizer;
 pub use tree::{NodeRequest, TreeSampler, TreeStats};
 
 pub use candle_core;
+pub use tokenizers;

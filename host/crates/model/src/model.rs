@@ -58,6 +58,32 @@ fn config_torch_dtype(path: &Path) -> Result<DType> {
     }
 }
 
+/// The tokenizer of a GGUF file, from its header; errors name the file.
+fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| ModelError::Invalid(format!("reading GGUF {}: {e}", path.display())))?;
+    Tokenizer::from_gguf(&ct).map_err(|e| match e {
+        ModelError::Tokenizer(msg) => ModelError::Tokenizer(format!("{}: {msg}", path.display())),
+        e => e,
+    })
+}
+
+/// The tokenizer's own chat template, or ChatML (with a warning) when it ships none.
+fn chat_template(tokenizer: &Tokenizer, source: &str) -> Result<ChatTemplate> {
+    Ok(match &tokenizer.chat_template {
+        Some(t) => ChatTemplate::new(
+            t,
+            tokenizer.bos_token.as_deref().unwrap_or(""),
+            tokenizer.eos_token.as_deref().unwrap_or(""),
+        )?,
+        None => {
+            tracing::warn!("{source}: no chat template, using ChatML");
+            ChatTemplate::chatml()
+        }
+    })
+}
+
 #[derive(Debug)]
 pub struct Model {
     pub decoder: Decoder,
@@ -139,26 +165,46 @@ impl Model {
     }
 
     pub fn load_gguf(path: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
+        // The tokenizer first, from the header alone: a refused tokenizer must not wait for
+        // gigabytes of weights.
+        let tokenizer = gguf_tokenizer(path)?;
         let ck = crate::weights::load_gguf(path, device, |stored| {
             dtype.unwrap_or_else(|| default_dtype(device, stored))
         })?;
-        let tokenizer = Tokenizer::from_gguf(&ck.content)?;
         let decoder = Decoder::from_tensors(ck.config, ck.tensors, path, device, ck.dtype)?;
         Self::assemble(decoder, tokenizer, path.display().to_string())
     }
 
-    fn assemble(decoder: Decoder, tokenizer: Tokenizer, source: String) -> Result<Self> {
-        let chat = match &tokenizer.chat_template {
-            Some(t) => ChatTemplate::new(
-                t,
-                tokenizer.bos_token.as_deref().unwrap_or(""),
-                tokenizer.eos_token.as_deref().unwrap_or(""),
-            )?,
-            None => {
-                tracing::warn!("{source}: no chat template, using ChatML");
-                ChatTemplate::chatml()
-            }
+    /// The tokenizer and chat template of `source` (as [`Model::load`] takes it), without
+    /// reading any weights: what a stage needs to know the model's text side.
+    pub fn load_tokenizer(source: &str) -> Result<(Tokenizer, ChatTemplate)> {
+        let path = if source.eq_ignore_ascii_case(fetch::DEFAULT_MODEL) {
+            fetch::ensure_smollm2()?
+        } else {
+            PathBuf::from(source)
         };
+        let tokenizer = if path.is_dir() {
+            Tokenizer::from_hf_dir(&path)?
+        } else if path.is_file() && path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+            gguf_tokenizer(&path)?
+        } else if path.is_file() {
+            return Err(ModelError::Invalid(format!(
+                "{source}: expected a HF model directory or a .gguf file"
+            )));
+        } else {
+            return Err(ModelError::MissingFile { path });
+        };
+        let chat = chat_template(&tokenizer, source)?;
+        Ok((tokenizer, chat))
+    }
+
+    /// [`crate::tokenizer::fingerprint`] of this model's tokenizer and chat template.
+    pub fn tokenizer_fingerprint(&self) -> Result<String> {
+        crate::tokenizer::fingerprint(&self.tokenizer, &self.chat)
+    }
+
+    fn assemble(decoder: Decoder, tokenizer: Tokenizer, source: String) -> Result<Self> {
+        let chat = chat_template(&tokenizer, &source)?;
         let stop_ids = tokenizer.stop_ids(&decoder.cfg.eos_token_ids);
         Ok(Model {
             decoder,

@@ -90,11 +90,10 @@ impl Tokenizer {
         Ok(t)
     }
 
-    /// From GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
+    /// From GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`), for the
+    /// (`tokenizer.ggml.model`, `tokenizer.ggml.pre`) pairs in [`crate::gguf_tokenizer::CHECKED`].
     pub fn from_gguf(ct: &candle_core::quantized::gguf_file::Content) -> Result<Self> {
-        use candle_core::quantized::tokenizer::TokenizerFromGguf;
-        let inner = tokenizers::Tokenizer::from_gguf(ct)
-            .map_err(|e| ModelError::Tokenizer(format!("from GGUF metadata: {e}")))?;
+        let inner = crate::gguf_tokenizer::from_gguf(ct)?;
         let mut t = Tokenizer::new(inner);
         let id_tok = |key: &str| -> Option<String> {
             let id = ct.metadata.get(key)?.to_u32().ok()?;
@@ -180,4 +179,42 @@ impl Tokenizer {
             .map_err(|e| ModelError::Invalid(e.to_string()))?;
         std::fs::write(&cpath, text).map_err(|e| ModelError::io(&cpath, e))
     }
+}
+
+/// Text whose ids tell tokenizers apart where they usually differ: the first word of a segment
+/// (a prefix space), digits and the space before them, punctuation, whitespace runs, line ends,
+/// accents, CJK, emoji and LaTeX.
+pub const PROBE_TEXT: &str = "Tom has 3 apples.\nThe capital of France is Paris; 12345 + 0.5 = \
+                              ½ × 2² \t  café 東京 🙂 \\frac{1}{2}\r\n\n  What's   it? ";
+
+/// A chat whose rendering and ids probe the template's special tokens and turn separators.
+fn probe_chat() -> [crate::chat::Message; 4] {
+    use crate::chat::Message;
+    [
+        Message::system("You answer in one line."),
+        Message::user("What is 2 + 3?"),
+        Message::assistant("2 + 3 = 5."),
+        Message::user("Tom has 3 apples and eats 1. How many are left?"),
+    ]
+}
+
+/// Identifies a model's text side: a sha256 over the ids of [`PROBE_TEXT`] (with and without
+/// the tokenizer's special tokens), the rendered probe chat and its ids, and the chat template's
+/// source. Two tokenizers with the same fingerprint give the same ids on the probes; a fix of
+/// the tokenizer or a new template changes it, so stages sampled or trained on the old ids are
+/// recomputed.
+pub fn fingerprint(tok: &Tokenizer, chat: &crate::chat::ChatTemplate) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let rendered = chat.render(&probe_chat(), true)?;
+    let v = serde_json::json!({
+        "probe": tok.encode(PROBE_TEXT, false)?,
+        "probe_special": tok.encode(PROBE_TEXT, true)?,
+        "chat_text": rendered,
+        "chat_ids": tok.encode(&rendered, false)?,
+        "template_sha256": hex::encode(Sha256::digest(chat.source.as_bytes())),
+        "bos": chat.bos_token,
+        "eos": chat.eos_token,
+        "vocab": tok.vocab_size(),
+    });
+    Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
 }

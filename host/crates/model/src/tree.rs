@@ -114,7 +114,7 @@ impl<'m> TreeSampler<'m> {
         for c in &out {
             self.mark(uid, c.cache.tokens());
             self.stats.generated +=
-                c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
+                c.tokens.len() + usize::from(matches!(c.finish, crate::generate::Finish::Eos(_)));
         }
         self.stats.nodes += 1;
         self.stats.sequences += n;
@@ -163,8 +163,8 @@ impl<'m> TreeSampler<'m> {
             let kids: Vec<Completion> = out.by_ref().take(node.n).collect();
             for c in &kids {
                 self.mark(uid, c.cache.tokens());
-                self.stats.generated +=
-                    c.tokens.len() + usize::from(c.finish == crate::generate::Finish::Eos);
+                self.stats.generated += c.tokens.len()
+                    + usize::from(matches!(c.finish, crate::generate::Finish::Eos(_)));
             }
             self.stats.nodes += 1;
             self.stats.sequences += node.n;

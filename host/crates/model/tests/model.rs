@@ -469,6 +469,8 @@ fn gguf_with_permuted_qk_loads_like_hf() {
         ("llama.rope.freq_base", V::F32(10000.0)),
         ("llama.context_length", V::U32(256)),
         ("tokenizer.ggml.model", V::String("gpt2".into())),
+        // A pair malt builds GGUF tokenizers for (others are refused by name).
+        ("tokenizer.ggml.pre", V::String("smollm".into())),
         ("tokenizer.ggml.tokens", V::Array(tokens)),
         ("tokenizer.ggml.merges", V::Array(vec![])),
         ("tokenizer.ggml.eos_token_id", V::U32(2)),

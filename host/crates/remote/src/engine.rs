@@ -130,6 +130,11 @@ impl Engine {
                 }
             }
             Engine::Vllm | Engine::Sglang => {
+                if self == Engine::Vllm {
+                    // The sampled ids in `choices[i].token_ids` (vLLM 0.10.2 and later; older
+                    // versions ignore the field and malt re-encodes the text).
+                    body.insert("return_token_ids".into(), json!(true));
+                }
                 // -1 disables top-k in every version of both (0 only in recent ones).
                 let k = if params.top_k > 0 {
                     params.top_k as i64
@@ -145,6 +150,10 @@ impl Engine {
                 body.insert("top_k".into(), json!(params.top_k));
                 body.insert("min_p".into(), json!(0.0));
                 body.insert("repeat_penalty".into(), json!(1.0));
+                // The sampled ids and the stop type ("eos", "word", "limit") come back in the
+                // debugging field `__verbose`.
+                body.insert("return_tokens".into(), json!(true));
+                body.insert("verbose".into(), json!(true));
             }
         }
         if !params.stop.is_empty() {

@@ -54,7 +54,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Completions by choice index (`None`: not returned).
-    Choices(Vec<Option<String>>),
+    Choices(Vec<Option<malt_tree::Completion>>),
     /// Worth trying again (connection, timeout, 408, 429, 5xx, unreadable body).
     Retry {
         error: String,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use malt_tree::{SampleRequest, Sampler, SamplerError};
+use malt_tree::{Completion, RequestResult, SampleRequest, Sampler, SamplerError};
 
 use crate::call::{Client, Probe};
 use crate::endpoint::Endpoint;
@@ -231,7 +231,7 @@ struct Job {
 struct State {
     queue: Vec<Job>,
     /// Per request, per choice.
-    texts: Vec<Vec<Option<String>>>,
+    texts: Vec<Vec<Option<Completion>>>,
     refused: Vec<Option<String>>,
     /// Requests queued or in flight.
     outstanding: usize,
@@ -285,7 +285,7 @@ impl Sampler for RemoteSampler {
     fn sample(
         &mut self,
         requests: &[SampleRequest<'_>],
-    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
+    ) -> Result<Vec<RequestResult>, SamplerError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -451,8 +451,8 @@ impl Ctx<'_, '_> {
                 let mut still = Vec::new();
                 for (&slot, c) in job.missing.iter().zip(choices) {
                     match c {
-                        Some(text) => {
-                            st.texts[job.request][slot] = Some(text);
+                        Some(completion) => {
+                            st.texts[job.request][slot] = Some(completion);
                             st.stats.completions += 1;
                         }
                         None => still.push(slot),

@@ -71,16 +71,32 @@ pub struct GenerationJob {
     pub deadline: Instant,
 }
 
+/// Why a choice stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    Stop,
+    /// The model sampled an end-of-turn token.
+    EndOfTurn,
+    /// A stop string appeared.
+    StopString,
+    /// `max_tokens` reached (or the client went away).
     Length,
 }
 
 impl FinishReason {
+    /// OpenAI's `finish_reason`: "stop" for a stop token or a stop string, else "length".
     pub fn as_str(self) -> &'static str {
         match self {
-            FinishReason::Stop => "stop",
+            FinishReason::EndOfTurn | FinishReason::StopString => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+
+    /// The extension `malt_finish`, which tells a stop token from a stop string (the names of
+    /// malt's tree records: "end_of_turn", "stop_string", "length").
+    pub fn detail(self) -> &'static str {
+        match self {
+            FinishReason::EndOfTurn => "end_of_turn",
+            FinishReason::StopString => "stop_string",
             FinishReason::Length => "length",
         }
     }
@@ -91,6 +107,9 @@ pub struct ChoiceOutput {
     pub text: String,
     pub completion_tokens: usize,
     pub finish: FinishReason,
+    /// Every sampled token id, in order, the end-of-turn token included (as vLLM's
+    /// `return_token_ids` gives them).
+    pub token_ids: Vec<u32>,
     /// The seed this choice was sampled with.
     pub seed: u64,
 }

@@ -49,6 +49,13 @@ pub struct CompletionChoice {
     /// `"stop"` (end of turn or a stop string) or `"length"` (`max_tokens` reached).
     pub finish_reason: String,
     pub logprobs: Option<serde_json::Value>,
+    /// Extension: the sampled token ids, the end-of-turn token included (vLLM's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+    /// Extension: "end_of_turn", "stop_string" or "length", where `finish_reason` says only
+    /// "stop" or "length".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub malt_finish: Option<String>,
 }
 
 /// One Server-Sent Event of a streamed completion.

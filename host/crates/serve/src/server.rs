@@ -414,6 +414,8 @@ fn chat(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
                 message: ChatMessage::new("assistant", &o.text),
                 finish_reason: o.finish.as_str().into(),
                 logprobs: None,
+                malt_finish: Some(o.finish.detail().into()),
+                token_ids: Some(o.token_ids),
             })
             .collect(),
         usage: Usage {

@@ -2,7 +2,11 @@
 //! tokenisation, the deterministic eval split and per-epoch shuffles.
 //!
 //! Tokenisation: `prompt` is rendered with the chat template and the generation prompt; the
-//! completion text is appended with EOS. When `prompt + completion` exceeds `max_seq_len`, tokens
+//! completion follows as the ids the model sampled when the record carries them
+//! (`completion_ids`, `chosen_ids`, `rejected_ids`: malt writes them from the trees), else as
+//! the completion text encoded on its own; EOS is appended unless the ids already end with a
+//! stop token (a sampled end of turn). Stored ids must spell the completion text (their
+//! decoding starts with it), which catches ids made by another tokenizer. When `prompt + completion` exceeds `max_seq_len`, tokens
 //! are dropped from the LEFT of the prompt (the completion is what the loss is on, and the end
 //! of the prompt is what it depends on most). If the completion alone does not fit, it is cut on
 //! the right to `max_seq_len - 1` tokens (losing EOS) and one prompt token is kept, so there is
@@ -32,6 +36,8 @@ pub struct SftRecord {
     pub id: String,
     pub prompt: Vec<ChatMessage>,
     pub completion: String,
+    /// The sampled ids of `completion`, when the record carries them.
+    pub completion_ids: Option<Vec<u32>>,
 }
 
 /// One DPO record: `{"prompt":[..], "chosen":[..], "rejected":[..], "meta":{..}}`.
@@ -41,6 +47,8 @@ pub struct DpoRecord {
     pub prompt: Vec<ChatMessage>,
     pub chosen: String,
     pub rejected: String,
+    pub chosen_ids: Option<Vec<u32>>,
+    pub rejected_ids: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +60,12 @@ struct RawRecord {
     chosen: Option<Vec<ChatMessage>>,
     #[serde(default)]
     rejected: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    completion_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    chosen_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    rejected_ids: Option<Vec<u32>>,
     #[serde(default)]
     meta: Option<serde_json::Value>,
 }
@@ -132,6 +146,7 @@ pub fn load_sft(path: &Path) -> Result<DatasetFile<SftRecord>> {
         Ok(SftRecord {
             id: record_id(&r.meta, line),
             completion: assistant_text(r.completion, "completion")?,
+            completion_ids: r.completion_ids,
             prompt: r.prompt,
         })
     })
@@ -143,6 +158,8 @@ pub fn load_dpo(path: &Path) -> Result<DatasetFile<DpoRecord>> {
             id: record_id(&r.meta, line),
             chosen: assistant_text(r.chosen, "chosen")?,
             rejected: assistant_text(r.rejected, "rejected")?,
+            chosen_ids: r.chosen_ids,
+            rejected_ids: r.rejected_ids,
             prompt: r.prompt,
         })
     })
@@ -164,15 +181,52 @@ pub fn join_truncate(prompt: &[u32], completion: &[u32], max_seq_len: usize) -> 
     }
 }
 
+/// A completion as the loss sees it: the sampled `ids` when given (checked against the text),
+/// else the text encoded; then EOS unless the ids end with a stop token already. `what` names
+/// the record and field for errors.
+pub fn completion_target(
+    tok: &dyn ChatTokenizer,
+    text: &str,
+    ids: Option<&[u32]>,
+    what: &str,
+) -> Result<Vec<u32>> {
+    let mut c = match ids {
+        Some(ids) => {
+            let spelled = tok.decode(ids)?;
+            if !spelled.starts_with(text) {
+                return Err(TrainError::Tokenizer(format!(
+                    "{what}: the stored token ids decode to {:?}, which does not start with the                      completion text {:?}: they were sampled with another tokenizer. Regenerate                      the trees with this model (`malt run` recomputes them), or remove the                      `*_ids` fields to train on the text re-encoded",
+                    excerpt(&spelled),
+                    excerpt(text)
+                )));
+            }
+            ids.to_vec()
+        }
+        None => tok.completion_ids(text)?,
+    };
+    if !c.last().is_some_and(|&t| tok.is_stop(t)) {
+        c.push(tok.eos_id());
+    }
+    Ok(c)
+}
+
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 pub fn tokenize_pair(
     tok: &dyn ChatTokenizer,
     prompt: &[ChatMessage],
     completion: &str,
+    completion_ids: Option<&[u32]>,
     max_seq_len: usize,
+    what: &str,
 ) -> Result<Sequence> {
     let p = tok.prompt_ids(prompt)?;
-    let mut c = tok.completion_ids(completion)?;
-    c.push(tok.eos_id());
+    let c = completion_target(tok, completion, completion_ids, what)?;
     Ok(join_truncate(&p, &c, max_seq_len))
 }
 
@@ -201,7 +255,14 @@ pub fn tokenize_sft(
         .map(|r| {
             Ok(SftItem {
                 id: r.id.clone(),
-                seq: tokenize_pair(tok, &r.prompt, &r.completion, max_seq_len)?,
+                seq: tokenize_pair(
+                    tok,
+                    &r.prompt,
+                    &r.completion,
+                    r.completion_ids.as_deref(),
+                    max_seq_len,
+                    &format!("record {} completion", r.id),
+                )?,
             })
         })
         .collect()
@@ -218,8 +279,22 @@ pub fn tokenize_dpo(
             Ok(DpoItem {
                 id: r.id.clone(),
                 index: i,
-                chosen: tokenize_pair(tok, &r.prompt, &r.chosen, max_seq_len)?,
-                rejected: tokenize_pair(tok, &r.prompt, &r.rejected, max_seq_len)?,
+                chosen: tokenize_pair(
+                    tok,
+                    &r.prompt,
+                    &r.chosen,
+                    r.chosen_ids.as_deref(),
+                    max_seq_len,
+                    &format!("record {} chosen", r.id),
+                )?,
+                rejected: tokenize_pair(
+                    tok,
+                    &r.prompt,
+                    &r.rejected,
+                    r.rejected_ids.as_deref(),
+                    max_seq_len,
+                    &format!("record {} rejected", r.id),
+                )?,
             })
         })
         .collect()

@@ -135,6 +135,13 @@ impl<'m> MaltTokenizer<'m> {
         // cached reference log-probs depend on besides the dataset and the adapter.
         let mut h = Sha256::new();
         h.update(model.source.as_bytes());
+        // The ids the tokenizer gives (its fix changed them with the same vocabulary size).
+        h.update(
+            model
+                .tokenizer_fingerprint()
+                .map_err(|e| TrainError::Tokenizer(e.to_string()))?
+                .as_bytes(),
+        );
         h.update(model.config().to_hf_json().to_string().as_bytes());
         h.update(model.chat.source.as_bytes());
         h.update(model.tokenizer.vocab_size().to_le_bytes());
@@ -163,6 +170,17 @@ impl ChatTokenizer for MaltTokenizer<'_> {
             .tokenizer
             .encode(text, false)
             .map_err(|e| TrainError::Tokenizer(e.to_string()))
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.model
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| TrainError::Tokenizer(e.to_string()))
+    }
+
+    fn is_stop(&self, id: u32) -> bool {
+        id == self.eos || self.model.stop_ids.contains(&id)
     }
 
     fn eos_id(&self) -> u32 {

@@ -49,6 +49,10 @@ pub trait ChatTokenizer {
     fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>>;
     /// The assistant completion text, without special tokens (EOS is appended by the caller).
     fn completion_ids(&self, text: &str) -> Result<Vec<u32>>;
+    /// The text of `ids`, special tokens left out: stored completion ids must spell their text.
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    /// Whether `id` ends a turn: sampled ids that end with one need no EOS appended.
+    fn is_stop(&self, id: u32) -> bool;
     fn eos_id(&self) -> u32;
     /// Identifies tokenizer + template; part of the reference log-prob cache key.
     fn fingerprint(&self) -> String;

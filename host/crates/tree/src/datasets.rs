@@ -1,9 +1,11 @@
 //! Per-agent training sets in the conversational formats TRL reads.
 //!
 //! SFT: `{"prompt": [messages], "completion": [{"role": "assistant", "content": output}],
-//! "meta": {...}}` for every positive node. DPO: `{"prompt": [...], "chosen": [...],
-//! "rejected": [...], "meta": {...}}` for sibling pairs only (same parent, hence the same
-//! prompt). TRL ignores the extra `meta` column. Files: `<run>/datasets/<agent>/{sft,dpo}.jsonl`,
+//! "completion_ids": [..], "meta": {...}}` for every positive node. DPO: `{"prompt": [...],
+//! "chosen": [...], "rejected": [...], "chosen_ids": [..], "rejected_ids": [..], "meta": {...}}`
+//! for sibling pairs only (same parent, hence the same prompt). The `*_ids` fields are the
+//! sampled token ids, present when the tree stores them; malt's trainer trains on them, TRL
+//! ignores them as it ignores `meta`. Files: `<run>/datasets/<agent>/{sft,dpo}.jsonl`,
 //! each replaced atomically.
 
 use std::path::Path;
@@ -14,7 +16,7 @@ use crate::chain::ChainSpec;
 use crate::credit::{for_each_pair, Credit, CreditInput, Label, PairMode};
 use crate::error::{Result, TreeError};
 use crate::store::{par_map, write_atomic};
-use crate::tree::Tree;
+use crate::tree::{Node, Tree};
 
 #[derive(Serialize)]
 struct SftMeta<'a> {
@@ -47,6 +49,18 @@ fn assistant(out: &mut Vec<u8>, content: &str) -> Result<()> {
     out.extend_from_slice(b"[{\"role\":\"assistant\",\"content\":");
     json(out, &content)?;
     out.extend_from_slice(b"}]");
+    Ok(())
+}
+
+/// `,"<key>":[ids]` when the node stores its sampled token ids: the trainer trains on exactly
+/// those (after the prompt's ids) instead of re-encoding the text.
+fn ids(out: &mut Vec<u8>, key: &str, node: &Node) -> Result<()> {
+    if let Some(ids) = &node.token_ids {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        json(out, ids)?;
+    }
     Ok(())
 }
 
@@ -107,6 +121,7 @@ impl DatasetBuilder {
             out.sft.extend_from_slice(prompt);
             out.sft.extend_from_slice(b",\"completion\":");
             assistant(&mut out.sft, &node.output)?;
+            ids(&mut out.sft, "completion_ids", node)?;
             out.sft.extend_from_slice(b",\"meta\":");
             json(
                 &mut out.sft,
@@ -132,6 +147,8 @@ impl DatasetBuilder {
             assistant(&mut out.dpo, &cn.output)?;
             out.dpo.extend_from_slice(b",\"rejected\":");
             assistant(&mut out.dpo, &rn.output)?;
+            ids(&mut out.dpo, "chosen_ids", cn)?;
+            ids(&mut out.dpo, "rejected_ids", rn)?;
             out.dpo.extend_from_slice(b",\"meta\":");
             json(
                 &mut out.dpo,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::sampler::{SampleRequest, Sampler, SamplerError};
+use crate::sampler::{Completion, RequestResult, SampleRequest, Sampler, SamplerError};
 use crate::scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
 use crate::types::{Example, Grade, Message};
 
@@ -48,7 +48,7 @@ impl Sampler for FakeSampler {
     fn sample(
         &mut self,
         requests: &[SampleRequest<'_>],
-    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
+    ) -> Result<Vec<RequestResult>, SamplerError> {
         Ok(requests
             .iter()
             .map(|r| {
@@ -69,7 +69,7 @@ impl Sampler for FakeSampler {
                             h % self.answers.max(1)
                         );
                         t.shrink_to_fit();
-                        t
+                        Completion::text(t)
                     })
                     .collect())
             })

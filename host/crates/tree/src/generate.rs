@@ -106,6 +106,9 @@ pub fn generate_tree(
                     prompt: None,
                     seed,
                     output: String::new(),
+                    token_ids: None,
+                    finish: None,
+                    logprobs: None,
                     answer: None,
                     reward: None,
                     error: Some("ancestor errored".to_owned()),
@@ -206,15 +209,19 @@ pub fn generate_tree(
         for (&(pi, _), out) in to_sample.iter().zip(outputs) {
             let kids = offs[l] + pi * n..offs[l] + (pi + 1) * n;
             match out {
-                Ok(texts) if texts.len() == n => {
-                    for (i, text) in kids.zip(texts) {
-                        tree.nodes[i].output = text;
-                        tree.nodes[i].error = None;
+                Ok(completions) if completions.len() == n => {
+                    for (i, c) in kids.zip(completions) {
+                        let node = &mut tree.nodes[i];
+                        node.output = c.text;
+                        node.token_ids = c.token_ids;
+                        node.finish = c.finish;
+                        node.logprobs = c.logprobs;
+                        node.error = None;
                     }
                 }
-                Ok(texts) => {
+                Ok(completions) => {
                     count(errors, "sampler", n);
-                    let msg = format!("sample: {} completions for {n} seeds", texts.len());
+                    let msg = format!("sample: {} completions for {n} seeds", completions.len());
                     for i in kids {
                         tree.nodes[i].error = Some(msg.clone());
                     }

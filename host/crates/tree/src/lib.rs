@@ -31,7 +31,7 @@ pub use generate::{generate_run, generate_tree, node_seed, GenerateSummary, Prog
 pub use overlap::{find_overlap, normalise_question, Overlap};
 pub use questions::{load_examples, load_located};
 pub use recredit::{recredit, RecreditReport};
-pub use sampler::{SampleRequest, Sampler, SamplerError};
+pub use sampler::{Completion, FinishReason, RequestResult, SampleRequest, Sampler, SamplerError};
 pub use scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
 pub use stats::Stats;
 pub use store::{read_trees, Manifest, RunWriter};

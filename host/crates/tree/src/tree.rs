@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainSpec;
+use crate::sampler::FinishReason;
 use crate::types::{Example, Message};
 
 /// One node: one sampled output of one agent.
@@ -29,6 +30,18 @@ pub struct Node {
     /// Raw model output ("" when errored).
     #[serde(default)]
     pub output: String,
+    /// The sampled token ids of `output`, exactly as sampled (see
+    /// [`crate::sampler::Completion::token_ids`]): what SFT and DPO train on. Absent in trees
+    /// sampled before malt stored them, and when a remote engine returned no ids and no
+    /// tokenizer was at hand to re-encode the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+    /// Why sampling stopped; absent where unknown (older trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<FinishReason>,
+    /// Reserved: per-token log-probs of the sampling distribution, one per token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<f32>>,
     /// Extracted final answer (`None` when extraction found nothing or was not run).
     #[serde(default)]
     pub answer: Option<String>,

@@ -52,6 +52,9 @@ pub struct Args {
     /// Leave out the plain-candle baseline (it needs several GiB per sequence).
     #[arg(long)]
     no_baseline: bool,
+    /// The dtype the base weights are held in (auto, f32, bf16, f16; auto is f32 on the CPU).
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     /// Internal: measure one `PHASE:IMPLEMENTATION` in this process and print it as JSON.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -72,7 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (phase, imp) = which
             .split_once(':')
             .context("--child takes PHASE:IMPLEMENTATION")?;
-        let model = Model::load(&args.model, &parse_device("cpu")?)?;
+        let dtype = crate::cmd::dtype_arg(Some(&args.dtype))?;
+        let model = Model::load_as(&args.model, &parse_device("cpu")?, dtype)?;
         let row = malt_train::bench_phase(&model, &settings(&args, args.micro_batch), phase, imp)?;
         println!("BENCHROW {}", serde_json::to_string(&row)?);
         return Ok(());
@@ -261,7 +265,14 @@ fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::
         cmd.env("CANDLE_NUM_THREADS", cores.to_string());
     }
     let out = cmd
-        .args(["bench", "train", "--model", &args.model])
+        .args([
+            "bench",
+            "train",
+            "--model",
+            &args.model,
+            "--dtype",
+            &args.dtype,
+        ])
         .args(["--micro-batch", &mb.to_string()])
         .args(["--prompt-len", &args.prompt_len.to_string()])
         .args(["--completion-len", &args.completion_len.to_string()])

@@ -32,7 +32,7 @@ impl Sampler for Recorder<'_, '_> {
     fn sample(
         &mut self,
         requests: &[SampleRequest<'_>],
-    ) -> Result<Vec<Result<Vec<String>, String>>, SamplerError> {
+    ) -> Result<Vec<malt_tree::RequestResult>, SamplerError> {
         if self.record {
             self.requests.extend(requests.iter().map(|r| Recorded {
                 agent: r.agent.to_owned(),

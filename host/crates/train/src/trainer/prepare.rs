@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::data::{self, DpoItem, SftItem};
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::fingerprint::adapter_hash;
 use crate::policy::{ChatTokenizer, PolicyModel};
 use crate::reference::{
@@ -71,15 +71,25 @@ pub(super) fn load_data<M: PolicyModel>(
     match spec.phase {
         Phase::Sft => {
             let file = data::load_sft(&spec.dataset)?;
-            let items = data::tokenize_sft(tok, &file.records, max_seq_len)?;
+            let items = data::tokenize_sft(tok, &file.records, max_seq_len)
+                .map_err(|e| in_file(e, &spec.dataset))?;
             Ok((PhaseData::Sft(items), file.sha256))
         }
         Phase::Dpo => {
             let file = data::load_dpo(&spec.dataset)?;
-            let items = data::tokenize_dpo(tok, &file.records, max_seq_len)?;
+            let items = data::tokenize_dpo(tok, &file.records, max_seq_len)
+                .map_err(|e| in_file(e, &spec.dataset))?;
             let refs = reference_logprobs(model, tok, spec, init, &items, &file.sha256, timings)?;
             Ok((PhaseData::Dpo(items, refs), file.sha256))
         }
+    }
+}
+
+/// A tokenizer error of a dataset's record, with the dataset's path in front.
+fn in_file(e: TrainError, path: &std::path::Path) -> TrainError {
+    match e {
+        TrainError::Tokenizer(msg) => TrainError::Tokenizer(format!("{}: {msg}", path.display())),
+        e => e,
     }
 }
 

@@ -174,6 +174,19 @@ impl ChatTokenizer for CharTok {
     fn completion_ids(&self, text: &str) -> Result<Vec<u32>> {
         enc(text)
     }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(ids
+            .iter()
+            .filter_map(|&t| match t {
+                2..=9 => char::from_u32('a' as u32 + t - 2),
+                POISON => Some('!'),
+                _ => None,
+            })
+            .collect())
+    }
+    fn is_stop(&self, id: u32) -> bool {
+        id == EOS
+    }
     fn eos_id(&self) -> u32 {
         EOS
     }
