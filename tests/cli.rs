@@ -161,3 +161,88 @@ fn plugin_new_scaffolds_a_crate_that_passes_the_battery() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("11 of 11 checks passed"), "{out}");
 }
+
+/// `malt generate --model M --dtype T` holds the weights in T (it silently loaded f32 before);
+/// `malt tokenize` prints a model's ids without its weights; a GGUF whose tokenizer pair malt
+/// has not checked against llama.cpp is refused with the file and the pair named.
+#[test]
+fn generate_honours_dtype_tokenize_prints_ids_and_unchecked_gguf_tokenizers_are_refused() {
+    use malt_model::candle_core::{quantized::gguf_file, Device};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    let cfg = malt_model::ModelConfig {
+        max_position_embeddings: 128,
+        ..malt_model::ModelConfig::llama(64, 16, 32, 1, 2, 1)
+    };
+    let model = malt_model::Model::random(cfg, &Device::Cpu).unwrap();
+    model.export_merged(&dir, None).unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    for (dtype, held) in [("bf16", "BF16"), ("f32", "F32")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_malt"))
+            .args([
+                "--log", "info", "generate", "--model", dir_arg, "--dtype", dtype,
+            ])
+            .args(["--raw", "--prompt", "t3 t4", "--max-new-tokens", "2"])
+            .env("MALT_CACHE", repo().join("target/malt-cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(&format!("weights in {held}")), "{err}");
+    }
+
+    let (ok, out, err) = malt(
+        &["tokenize", "--model", dir_arg, "--ids", "t3 t4 t63"],
+        tmp.path(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[3,4,63]");
+    let (ok, out, err) = malt(&["tokenize", "--model", dir_arg, "t5"], tmp.path());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("      5 -> \"t5\"  (t5)") && out.contains("1 tokens"),
+        "{out}"
+    );
+
+    // A GGUF naming the qwen2 pre-tokenizer: refused before any weight is read.
+    let gguf = tmp.path().join("qwen.gguf");
+    let tokens: Vec<gguf_file::Value> = ["a", "b"]
+        .iter()
+        .map(|t| gguf_file::Value::String((*t).into()))
+        .collect();
+    let md = [
+        (
+            "tokenizer.ggml.model",
+            gguf_file::Value::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre",
+            gguf_file::Value::String("qwen2".into()),
+        ),
+        ("tokenizer.ggml.tokens", gguf_file::Value::Array(tokens)),
+        ("tokenizer.ggml.merges", gguf_file::Value::Array(vec![])),
+    ];
+    let md: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(&gguf).unwrap();
+    gguf_file::write(&mut f, &md, &[]).unwrap();
+    drop(f);
+    for args in [
+        vec!["tokenize", "--model", gguf.to_str().unwrap(), "hi"],
+        vec![
+            "generate",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+    ] {
+        let (ok, _, err) = malt(&args, tmp.path());
+        assert!(!ok, "{args:?} accepted an unchecked tokenizer");
+        assert!(
+            err.contains("qwen.gguf")
+                && err.contains("tokenizer.ggml.pre = \"qwen2\"")
+                && err.contains("Hugging Face directory"),
+            "{args:?}: {err}"
+        );
+    }
+}

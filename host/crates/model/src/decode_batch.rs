@@ -45,11 +45,7 @@ pub struct Finished {
 impl Finished {
     /// Every token the model sampled: `tokens` plus the end-of-turn token that ended it, if any.
     pub fn sampled_ids(&self) -> Vec<u32> {
-        let mut ids = self.tokens.clone();
-        if let Finish::Eos(t) = self.finish {
-            ids.push(t);
-        }
-        ids
+        crate::generate::sampled_ids(&self.tokens, self.finish)
     }
 }
 

@@ -48,15 +48,20 @@ pub struct Completion {
     pub cache: Cache,
 }
 
+/// Every token a sequence sampled, in order: its `tokens` plus the end-of-turn token that ended
+/// it, if one did.
+pub(crate) fn sampled_ids(tokens: &[u32], finish: Finish) -> Vec<u32> {
+    let mut ids = tokens.to_vec();
+    if let Finish::Eos(t) = finish {
+        ids.push(t);
+    }
+    ids
+}
+
 impl Completion {
-    /// Every token the model sampled, in order: `tokens` plus the end-of-turn token that ended
-    /// the completion, if one did.
+    /// Every token the model sampled ([`sampled_ids`]).
     pub fn sampled_ids(&self) -> Vec<u32> {
-        let mut ids = self.tokens.clone();
-        if let Finish::Eos(t) = self.finish {
-            ids.push(t);
-        }
-        ids
+        sampled_ids(&self.tokens, self.finish)
     }
 }
 

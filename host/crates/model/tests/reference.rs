@@ -21,12 +21,15 @@
 //!   (ids exactly, numbers within the tolerances) and runs every check against it, and checks
 //!   malt's exported tokenizer with transformers' `AutoTokenizer`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, IndexOp, Tensor};
-use malt_model::{fetch, sampling, Completion, Message, Mode, Model, SamplingParams};
+use common::{smollm2, smollm2_path};
+use malt_model::{sampling, Completion, Message, Mode, Model, SamplingParams};
 use serde_json::Value;
 
 /// f32 logits: absolute tolerance.
@@ -119,30 +122,6 @@ fn greedy_params() -> SamplingParams {
         temperature: 0.0,
         max_new_tokens: 32,
         ..Default::default()
-    }
-}
-
-/// The embedded default, or `None` after a loud skip message.
-fn smollm2() -> Option<Model> {
-    let path = smollm2_path()?;
-    Some(Model::load_gguf(&path, &Device::Cpu, None).expect("loading SmolLM2"))
-}
-
-fn smollm2_path() -> Option<PathBuf> {
-    match fetch::smollm2_cached() {
-        Some(p) => Some(p),
-        None if std::env::var_os("MALT_REQUIRE_SMOLLM2").is_some() => {
-            Some(fetch::ensure_smollm2().expect("fetching SmolLM2"))
-        }
-        None => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: SmolLM2-135M-Instruct is not cached at {} \
-                 (run `malt generate --model smollm2-135m-instruct ...` once, or set \
-                 MALT_REQUIRE_SMOLLM2=1 to fetch it) !!!!!!!!\n",
-                fetch::smollm2_path().display()
-            );
-            None
-        }
     }
 }
 

@@ -1,28 +1,14 @@
 //! The real embedded default model. Skipped (loudly) when it is not cached, unless
 //! MALT_REQUIRE_SMOLLM2 is set, in which case it is fetched and must pass.
 
-use candle_core::Device;
-use malt_model::{fetch, Message, Model, SamplingParams};
+mod common;
+
+use malt_model::{Message, Model, SamplingParams};
 
 const EXPECTED_PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
 fn model() -> Option<Model> {
-    let path = match fetch::smollm2_cached() {
-        Some(p) => p,
-        None if std::env::var_os("MALT_REQUIRE_SMOLLM2").is_some() => {
-            fetch::ensure_smollm2().expect("fetching SmolLM2")
-        }
-        None => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: SmolLM2-135M-Instruct is not cached at {} \
-                 (run `malt generate --model smollm2-135m-instruct ...` once, or set \
-                 MALT_REQUIRE_SMOLLM2=1 to fetch it) !!!!!!!!\n",
-                fetch::smollm2_path().display()
-            );
-            return None;
-        }
-    };
-    Some(Model::load_gguf(&path, &Device::Cpu, None).expect("loading SmolLM2"))
+    common::smollm2()
 }
 
 #[test]

@@ -258,3 +258,30 @@ pub fn randomize_b(a: &malt_model::LoraAdapter, seed: u64) {
         }
     }
 }
+
+/// The embedded default's GGUF, or `None` after a loud skip message; fetched when
+/// MALT_REQUIRE_SMOLLM2 is set (CI sets it).
+pub fn smollm2_path() -> Option<std::path::PathBuf> {
+    use malt_model::fetch;
+    match fetch::smollm2_cached() {
+        Some(p) => Some(p),
+        None if std::env::var_os("MALT_REQUIRE_SMOLLM2").is_some() => {
+            Some(fetch::ensure_smollm2().expect("fetching SmolLM2"))
+        }
+        None => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: SmolLM2-135M-Instruct is not cached at {} \
+                 (run `malt generate --model smollm2-135m-instruct ...` once, or set \
+                 MALT_REQUIRE_SMOLLM2=1 to fetch it) !!!!!!!!\n",
+                fetch::smollm2_path().display()
+            );
+            None
+        }
+    }
+}
+
+/// The embedded default loaded on the CPU (f32), or `None` after a loud skip message.
+pub fn smollm2() -> Option<Model> {
+    let path = smollm2_path()?;
+    Some(Model::load_gguf(&path, &Device::Cpu, None).expect("loading SmolLM2"))
+}
