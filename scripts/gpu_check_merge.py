@@ -3,15 +3,22 @@
 ratios of tokens/s and peak memory, roofline fractions of both (computed from malt's FLOP and
 byte counts for the same shape and workload), and the verdict on every goal of issue 15:
 decode batch 1 >= 60 % of the bandwidth roofline, prefill and the SFT step >= 40 % MFU, and
-malt's tokens/s at least PyTorch + PEFT's at no more memory. Standard library only.
+malt's tokens/s at least PyTorch + PEFT's at no more memory. With --reference-log, also the
+`reference` entry: the reference-agreement tests of issue 26 (malt-model's and malt-train's
+`tests/reference.rs` binaries) as scripts/gpu-check ran them, pass/fail and every figure they
+printed (`check [DEVICE] WHAT: MEASURE = VALUE (tolerance TOL): ok|FAIL` lines). Without
+--malt and --torch the report holds that entry alone. Standard library only.
 
     python3 scripts/gpu_check_merge.py --malt malt-device.json --torch torch.json \
-        --out gpu-check.json [--mode gpu|cpu-smoke] [--malt-exit N] [--torch-exit N]
+        --out gpu-check.json [--mode gpu|cpu-smoke] [--malt-exit N] [--torch-exit N] \
+        [--reference-log reference.log --reference-device cuda:0 \
+         --reference-exit reference-model=RC:SECONDS --reference-exit reference-train=RC:SECONDS]
 """
 
 import argparse
 import json
 import math
+import re
 
 DECODE_B1_ROOFLINE = 0.60
 PREFILL_MFU = 0.40
@@ -214,24 +221,181 @@ def summary(m):
     return "\n".join(lines)
 
 
+# WHAT may hold ": ", MEASURE holds no colon.
+CHECK = re.compile(r"check \[(?P<device>[^\]]+)\] (?P<what>.+): (?P<measure>[^:]+?) = "
+                   r"(?P<value>\S+) \(tolerance (?P<tolerance>\S+)\): (?P<verdict>ok|FAIL)$")
+NOT_RUN = re.compile(r"not-run \[(?P<device>[^\]]+)\] (?P<what>.+?): (?P<reason>.*)$")
+RESULT = re.compile(r"test result: (?P<verdict>\w+)\. (?P<passed>\d+) passed; (?P<failed>\d+) failed")
+
+
+def parse_exit(spec):
+    """`NAME=RC:SECONDS` (from gpu-check) as a dict; RC 124/137 is a timeout."""
+    name, _, rest = spec.partition("=")
+    rc, _, secs = rest.partition(":")
+    rc = int(rc) if rc.lstrip("-").isdigit() else None
+    return {"binary": name, "exit": rc, "seconds": int(secs) if secs.isdigit() else None,
+            "timed_out": rc in (124, 137), "missing": rc == 127}
+
+
+def reference_report(log_path, exits, device):
+    """The `reference` entry: pass/fail of the reference-agreement test binaries and the
+    figures their checks printed."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        return {"pass": False, "device": device, "error": f"{type(e).__name__}: {e}",
+                "binaries": exits}
+    checks, not_run, skipped, results, failed_tests, panics = [], [], [], [], [], []
+    in_failures = False
+    for i, line in enumerate(lines):
+        # With --nocapture a check's line can follow libtest's `test NAME ... ` on one line.
+        k = line.find("check [")
+        c = CHECK.search(line[k:]) if k >= 0 else None
+        if c:
+            d = c.groupdict()
+            value, tol = num_of(d["value"]), num_of(d["tolerance"])
+            checks.append({"device": d["device"], "what": d["what"], "measure": d["measure"],
+                           "value": value, "tolerance": tol, "ok": d["verdict"] == "ok"})
+        k = line.find("not-run [")
+        n = NOT_RUN.search(line[k:]) if k >= 0 else None
+        if n:
+            not_run.append(n.groupdict())
+        if "SKIPPED" in line:
+            skipped.append(line.strip(" !"))
+        r = RESULT.search(line)
+        if r:
+            results.append({"verdict": r["verdict"], "passed": int(r["passed"]),
+                            "failed": int(r["failed"])})
+        if "panicked at" in line:
+            msg = [line]
+            for nxt in lines[i + 1:i + 8]:
+                if not nxt.strip() or nxt.startswith(("test ", "FAILED", "ok")) or "check [" in nxt:
+                    break
+                msg.append(nxt)
+            panics.append("\n".join(msg))
+        if line.strip() == "failures:":
+            in_failures = True
+            continue
+        if in_failures:
+            if line.startswith("    ") and line.strip() and " " not in line.strip():
+                failed_tests.append(line.strip())
+            elif line.strip() and not line.startswith("----"):
+                in_failures = False
+    failed_checks = [c for c in checks if not c["ok"]]
+    ran = [e for e in exits if not e["missing"]]
+    ok = (len(exits) == 2 and all(e["exit"] == 0 for e in exits) and not failed_checks
+          and len(results) == len(exits) and all(r["verdict"] == "ok" for r in results)
+          and bool(checks))
+    worst = max((c for c in checks if c["value"] is not None and c["tolerance"]),
+                key=lambda c: c["value"] / c["tolerance"], default=None)
+    return {
+        "pass": ok,
+        "device": device,
+        "note": ("tiny random Llama and Qwen2 (logits, adapter logits, greedy decoding, SFT "
+                 "and DPO losses and LoRA gradients, the trainer's step) on this device "
+                 "against transformers + PEFT + TRL fixtures; SmolLM2 checks run on the CPU "
+                 "only where its GGUF is cached"),
+        "binaries": exits,
+        "binaries_ran": len(ran),
+        "tests": results,
+        "failed_tests": sorted(set(failed_tests)),
+        "checks_total": len(checks),
+        "checks_failed": len(failed_checks),
+        "worst_relative_to_tolerance": worst,
+        "not_run_on_device": not_run,
+        "skipped": sorted(set(skipped)),
+        "panics": panics[:20],
+        "checks": checks,
+    }
+
+
+def num_of(text):
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def reference_summary(r):
+    if r is None:
+        return []
+    mark = "PASS" if r["pass"] else "FAIL"
+    lines = [f"  {mark} reference agreement (issue 26) on {r['device']}: "
+             f"{r.get('checks_total', 0)} checks, {r.get('checks_failed', 0)} failed; "
+             f"tests {r.get('tests')}"]
+    if r.get("error"):
+        lines.append(f"       {r['error']}")
+    for e in r.get("binaries") or []:
+        how = ("missing" if e["missing"] else "timed out" if e["timed_out"]
+               else f"exit {e['exit']}")
+        lines.append(f"       {e['binary']}: {how} after {e['seconds']} s")
+    w = r.get("worst_relative_to_tolerance")
+    if w:
+        lines.append(f"       closest to its tolerance: {w['what']}: {w['measure']} = "
+                     f"{w['value']:.3e} (tolerance {w['tolerance']:.1e})")
+    for c in [c for c in r.get("checks", []) if not c["ok"]][:10]:
+        lines.append(f"       FAILED: {c['what']}: {c['measure']} = {c['value']} "
+                     f"(tolerance {c['tolerance']})")
+    for t in r.get("failed_tests", []):
+        lines.append(f"       failed test: {t}")
+    for p in r.get("panics", [])[:3]:
+        lines.append("       panic: " + " | ".join(p.splitlines()[:3])[:300])
+    for n in r.get("not_run_on_device", []):
+        lines.append(f"       not run on {n['device']}: {n['what']}: {n['reason'][:200]}")
+    for s in r.get("skipped", []):
+        lines.append(f"       {s[:200]}")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--malt", required=True)
-    ap.add_argument("--torch", required=True)
+    ap.add_argument("--malt")
+    ap.add_argument("--torch")
     ap.add_argument("--out", required=True)
     ap.add_argument("--mode", default="gpu", choices=["gpu", "cpu-smoke"])
     ap.add_argument("--malt-exit", type=int)
     ap.add_argument("--torch-exit", type=int)
+    ap.add_argument("--reference-log")
+    ap.add_argument("--reference-device")
+    ap.add_argument("--reference-exit", action="append", default=[],
+                    help="NAME=RC:SECONDS of each reference test binary")
     a = ap.parse_args()
+    if (a.malt is None) != (a.torch is None):
+        ap.error("--malt and --torch go together")
+    ref = None
+    if a.reference_log:
+        ref = reference_report(a.reference_log, [parse_exit(e) for e in a.reference_exit],
+                               a.reference_device)
+    if a.malt is None:
+        if ref is None:
+            ap.error("nothing to report: give --malt and --torch, or --reference-log")
+        m = {"mode": a.mode, "reference": ref}
+        with open(a.out, "w") as f:
+            json.dump(m, f, indent=2)
+        print("\n".join([f"gpu-check ({a.mode}): reference agreement"]
+                        + reference_summary(ref)))
+        return
     malt, malt_err = load(a.malt)
     torch_r, torch_err = load(a.torch)
     m = merge(malt, torch_r, a.mode)
+    if ref is not None:
+        m["reference"] = ref
+        m["goals"].insert(0, goal(f"reference agreement (issue 26) on {ref['device']}: tiny "
+                                  f"models match the transformers/PEFT/TRL fixtures",
+                                  ref["pass"], None, None))
+        verdicts = [g["pass"] for g in m["goals"]]
+        m["goals_passed"] = sum(v is True for v in verdicts)
+        m["goals_failed"] = sum(v is False for v in verdicts)
+        m["goals_unknown"] = sum(v is None for v in verdicts)
     m["malt_exit"], m["torch_exit"] = a.malt_exit, a.torch_exit
     m["malt_report_error"], m["torch_report_error"] = malt_err, torch_err
     m["malt_report"], m["torch_report"] = malt, torch_r
     with open(a.out, "w") as f:
         json.dump(m, f, indent=2)
     print(summary(m))
+    print("\n".join(reference_summary(m.get("reference"))))
     if malt_err:
         print(f"malt report unreadable: {malt_err}")
     if torch_err:

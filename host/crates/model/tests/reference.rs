@@ -20,16 +20,25 @@
 //!   the script into a temporary folder, checks that its output equals the committed fixtures
 //!   (ids exactly, numbers within the tolerances) and runs every check against it, and checks
 //!   malt's exported tokenizer with transformers' `AutoTokenizer`.
+//! - MALT_REFERENCE_DEVICE (default `cpu`; `cuda:0` on a GPU machine, from `scripts/gpu-check`)
+//!   is the device of the tiny-model checks, MALT_REFERENCE_FIXTURES the fixture folder (see
+//!   `reference_env/mod.rs`). The SmolLM2 checks run on the CPU whatever the device: its GGUF
+//!   (98 MB) does not travel to a GPU machine, where they are skipped with a message.
+//! - Each check prints a `check [DEVICE] ...` line with what it compared and its largest
+//!   difference (`scripts/gpu-check` collects them).
 
 mod common;
+mod reference_env;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use candle_core::DType;
 use candle_core::{Device, IndexOp, Tensor};
-use common::{smollm2, smollm2_path};
-use malt_model::{sampling, Completion, Message, Mode, Model, SamplingParams};
+use common::smollm2_path;
+use malt_model::{fetch, sampling, Completion, Message, Mode, Model, SamplingParams};
+use reference_env::{figure, on_device};
 use serde_json::Value;
 
 /// f32 logits: absolute tolerance.
@@ -39,9 +48,36 @@ const MARGIN_RULE: f32 = 1e-3;
 /// Sampled tokens per distribution for the chi-square test.
 const DRAWS: usize = 20_000;
 
+/// The fixture folder: the committed one, or MALT_REFERENCE_FIXTURES (a copy of it).
 fn committed() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/fixtures/reference");
-    p.canonicalize().unwrap_or(p)
+    reference_env::fixtures()
+}
+
+/// SmolLM2 on the CPU (its checks do not take MALT_REFERENCE_DEVICE), or None after a loud
+/// skip. On another reference device (a GPU machine, which the 98 MB GGUF does not travel to)
+/// a missing GGUF is skipped without trying to fetch it, unless MALT_REQUIRE_SMOLLM2 is set.
+fn smollm2() -> Option<Model> {
+    let spec = reference_env::device_spec();
+    if spec != "cpu" {
+        if fetch::smollm2_cached().is_none() && std::env::var_os("MALT_REQUIRE_SMOLLM2").is_none() {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED with MALT_REFERENCE_DEVICE={spec}: SmolLM2-135M-Instruct's \
+                 GGUF is not on this machine (it is not carried to a GPU machine); the SmolLM2 \
+                 checks run on the CPU where it is cached (CI sets MALT_REQUIRE_SMOLLM2), the \
+                 tiny-model checks run on {spec} !!!!!!!!\n"
+            );
+            return None;
+        }
+        eprintln!(
+            "SmolLM2 checks run on the CPU (MALT_REFERENCE_DEVICE={spec} is for the tiny models)"
+        );
+    }
+    common::smollm2()
+}
+
+/// `ids` as a batch of one on the model's device.
+fn batch_of(m: &Model, ids: &[u32]) -> Tensor {
+    Tensor::from_vec(ids.to_vec(), (1, ids.len()), m.device()).unwrap()
 }
 
 fn script() -> PathBuf {
@@ -176,6 +212,13 @@ fn check_chat_text(m: &Model, dir: &Path) -> Vec<String> {
             ));
         }
     }
+    figure(
+        &Device::Cpu,
+        "SmolLM2 chat renderings (smollm2_tokenizer.json chat)",
+        &format!("texts differing of {}", entries(&fx["chat"]).len()),
+        fails.len() as f64,
+        0.0,
+    );
     fails
 }
 
@@ -210,6 +253,16 @@ fn check_ids(m: &Model, dir: &Path) -> Vec<String> {
             ));
         }
     }
+    figure(
+        &Device::Cpu,
+        "SmolLM2 token ids (smollm2_tokenizer.json raw and chat)",
+        &format!(
+            "id sequences differing of {} texts (plain and with special tokens)",
+            corpus(&fx).len()
+        ),
+        fails.len() as f64,
+        0.0,
+    );
     fails
 }
 
@@ -234,13 +287,19 @@ fn check_issue26_prompt(m: &Model, dir: &Path) -> Vec<String> {
             first_diff(&got, &want)
         ));
     }
+    figure(
+        &Device::Cpu,
+        "SmolLM2 issue-26 chat prompt through encode_chat",
+        "problems (42 ids, equal to the reference's)",
+        fails.len() as f64,
+        0.0,
+    );
     fails
 }
 
 fn logits_of(m: &Model, ids: &[u32], mode: Mode) -> Vec<Vec<f32>> {
-    let x = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
     m.decoder
-        .forward(&x, None, mode)
+        .forward(&batch_of(m, ids), None, mode)
         .unwrap()
         .i(0)
         .unwrap()
@@ -293,7 +352,13 @@ fn check_logits(m: &Model, dir: &Path) -> Vec<String> {
                     ));
                 }
             }
-            eprintln!("SmolLM2 logits {name} ({mode_name}): max |malt - reference| {worst:.2e}");
+            figure(
+                m.device(),
+                &format!("SmolLM2 logits {name} ({mode_name}), top-k at every position"),
+                "max |malt - reference|",
+                worst as f64,
+                LOGIT_TOL as f64,
+            );
             if worst > LOGIT_TOL {
                 fails.push(format!(
                     "smollm2_logits.json {name} ({mode_name}): logit of token {} at position {} \
@@ -307,7 +372,8 @@ fn check_logits(m: &Model, dir: &Path) -> Vec<String> {
 }
 
 /// malt's continuation against the reference's, up to the first step whose reference margin
-/// is below [`MARGIN_RULE`]; the text too when the whole continuation is compared.
+/// is below [`MARGIN_RULE`]; the text too when the whole continuation is compared. Prints the
+/// check's line.
 fn compare_greedy(
     what: &str,
     m: &Model,
@@ -320,6 +386,30 @@ fn compare_greedy(
         .iter()
         .position(|&x| x < MARGIN_RULE)
         .unwrap_or(want.len());
+    let fail = greedy_difference(what, m, got, want, margins, want_text, k);
+    figure(
+        m.device(),
+        what,
+        &format!(
+            "continuations differing up to step {} of {} (margin rule {MARGIN_RULE:e})",
+            k.min(want.len()),
+            want.len()
+        ),
+        f64::from(u8::from(fail.is_some())),
+        0.0,
+    );
+    fail
+}
+
+fn greedy_difference(
+    what: &str,
+    m: &Model,
+    got: &Completion,
+    want: &[u32],
+    margins: &[f32],
+    want_text: Option<&str>,
+    k: usize,
+) -> Option<String> {
     for i in 0..k.min(want.len()) {
         if i < got.tokens.len() {
             if got.tokens[i] != want[i] {
@@ -413,6 +503,13 @@ fn check_chat_answer(m: &Model, dir: &Path) -> Vec<String> {
             first_diff(&got.tokens, &want[..n])
         ));
     }
+    figure(
+        m.device(),
+        "SmolLM2 issue-26 chat answer (template, tokenizer, greedy decoding)",
+        "differences (answer text, answer ids)",
+        fails.len() as f64,
+        0.0,
+    );
     fails
 }
 
@@ -484,9 +581,15 @@ fn check_sampling(m: &Model, dir: &Path) -> Vec<String> {
         let stat: f64 = bins.iter().map(|(o, e)| (o - e).powi(2) / e).sum();
         let df = bins.len().saturating_sub(1);
         let crit = chi_square_critical_0_001(df);
+        figure(
+            m.device(),
+            &format!("SmolLM2 sampling {name} (T = {t}, {DRAWS} draws vs reference softmax)"),
+            &format!("chi-square on {df} df, against its 0.1 % critical value"),
+            stat,
+            crit,
+        );
         eprintln!(
-            "SmolLM2 sampling {name} (T = {t}): chi-square {stat:.2} on {df} df, 0.1 % critical \
-             value {crit:.2}; top bins (observed, expected) {:?}",
+            "SmolLM2 sampling {name}: top bins (observed, expected) {:?}",
             &bins[..bins.len().min(4)]
         );
         if df == 0 || stat > crit {
@@ -525,6 +628,16 @@ fn check_exported_tokenizer(m: &Model, dir: &Path, python: Option<&Path>) -> Vec
     if cfg["chat_template"].as_str() != Some(fx["meta"]["chat_template"].as_str().unwrap()) {
         fails.push("exported tokenizer_config.json: chat_template differs from the GGUF's".into());
     }
+    figure(
+        &Device::Cpu,
+        "SmolLM2 exported tokenizer.json (save_hf) read by the tokenizers library",
+        &format!(
+            "id sequences differing of {} texts, plus the chat template",
+            corpus(&fx).len()
+        ),
+        fails.len() as f64,
+        0.0,
+    );
     if let Some(py) = python {
         let st = Command::new(py)
             .arg(script())
@@ -547,10 +660,15 @@ fn check_exported_tokenizer(m: &Model, dir: &Path, python: Option<&Path>) -> Vec
 // ---------------------------------------------------------------------------------------------
 // Tiny random models (always run: their fixtures are committed)
 
+/// A tiny model in f32 on the reference device, with its folder and reference.json.
 fn tiny(dir: &Path, arch: &str) -> (PathBuf, Model, Value) {
     let d = dir.join(format!("tiny_{arch}"));
-    let m = Model::load(d.to_str().unwrap(), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", d.display()));
+    let m = Model::load_as(
+        d.to_str().unwrap(),
+        &reference_env::device(),
+        Some(DType::F32),
+    )
+    .unwrap_or_else(|e| panic!("loading {}: {e}", d.display()));
     let r = read_json(&d, "reference.json");
     (d, m, r)
 }
@@ -604,11 +722,20 @@ fn check_tiny(dir: &Path, arch: &str) -> Vec<String> {
             fails.push(format!("{f} chats[{name}]: {}", first_diff(&got, &want)));
         }
     }
+    figure(
+        m.device(),
+        &format!("tiny {arch} token ids and chat renderings ({f} texts, chats)"),
+        &format!(
+            "entries differing of {}",
+            entries(&r["texts"]).len() + entries(&r["chats"]).len()
+        ),
+        fails.len() as f64,
+        0.0,
+    );
     let adapter = m.load_adapter(&d.join("adapter_init"), "init").unwrap();
     for s in entries(&r["sequences"]) {
         let name = string(&s["name"]);
-        let ids = u32s(&s["ids"]);
-        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let x = batch_of(&m, &u32s(&s["ids"]));
         for (key, ad) in [("logits", None), ("adapter_logits", Some(&adapter))] {
             for (mode_name, mode) in [
                 ("inference", Mode::Infer),
@@ -623,8 +750,12 @@ fn check_tiny(dir: &Path, arch: &str) -> Vec<String> {
                     .to_vec2::<f32>()
                     .unwrap();
                 let (worst, p, tok) = max_diff(&got, &t[&format!("{key}.{name}")]);
-                eprintln!(
-                    "tiny {arch} {key}.{name} ({mode_name}): max |malt - reference| {worst:.2e}"
+                figure(
+                    m.device(),
+                    &format!("tiny {arch} {key}.{name} ({mode_name}), every position"),
+                    "max |malt - reference|",
+                    worst as f64,
+                    LOGIT_TOL as f64,
                 );
                 if worst > LOGIT_TOL {
                     fails.push(format!(
@@ -679,18 +810,22 @@ fn check_tiny_malt_adapter(dir: &Path, arch: &str) -> Vec<String> {
     let mut fails = vec![];
     for s in entries(&r["sequences"]) {
         let name = string(&s["name"]);
-        let ids = u32s(&s["ids"]);
-        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
         let got = m
             .decoder
-            .forward(&x, Some(&adapter), Mode::Infer)
+            .forward(&batch_of(&m, &u32s(&s["ids"])), Some(&adapter), Mode::Infer)
             .unwrap()
             .i(0)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
         let (worst, p, tok) = max_diff(&got, &t[name]);
-        eprintln!("tiny {arch} malt's adapter in PEFT, {name}: max |malt - PEFT| {worst:.2e}");
+        figure(
+            m.device(),
+            &format!("tiny {arch} malt's SFT adapter in PEFT, {name}, every position"),
+            "max |malt - PEFT|",
+            worst as f64,
+            LOGIT_TOL as f64,
+        );
         if worst > LOGIT_TOL {
             fails.push(format!(
                 "tiny_{arch}/malt_adapter_logits.safetensors {name}: PEFT's logit of token {tok} \
@@ -772,19 +907,46 @@ fn smollm2_exported_tokenizer_gives_reference_ids() {
 
 #[test]
 fn tiny_llama_matches_reference() {
-    finish("tiny Llama", check_tiny(&committed(), "llama"));
+    let fails = on_device("tiny Llama", || check_tiny(&committed(), "llama"));
+    finish("tiny Llama", fails);
 }
 
 #[test]
 fn tiny_qwen2_matches_reference() {
-    finish("tiny Qwen2", check_tiny(&committed(), "qwen2"));
+    let fails = on_device("tiny Qwen2", || check_tiny(&committed(), "qwen2"));
+    finish("tiny Qwen2", fails);
 }
 
 #[test]
 fn malt_trained_adapters_give_pefts_logits() {
-    let mut fails = check_tiny_malt_adapter(&committed(), "llama");
-    fails.extend(check_tiny_malt_adapter(&committed(), "qwen2"));
+    let mut fails = vec![];
+    for arch in ["llama", "qwen2"] {
+        fails.extend(on_device(
+            &format!("tiny {arch} malt's adapter in PEFT"),
+            || check_tiny_malt_adapter(&committed(), arch),
+        ));
+    }
     finish("malt's adapter in PEFT", fails);
+}
+
+/// What `on_device` reports as "not run on this device" rather than as a failure.
+#[test]
+fn device_gaps_are_told_from_wrong_numbers() {
+    for gap in [
+        "called `Result::unwrap()` on an `Err` value: Cuda(\"no cuda implementation for fused\")",
+        "upsample-nearest1d is not supported on cuda",
+        "UnsupportedDTypeForOp(BF16, \"cmp\")",
+        "token-logprob: only f32 on cpu",
+    ] {
+        assert!(reference_env::lacks_operation(gap), "{gap}");
+    }
+    for failure in [
+        "tiny Llama: 1 failure(s):\n  logit of token 3 at position 2 differs by 2.00e-3 > 1e-3",
+        "called `Result::unwrap()` on an `Err` value: Cuda(DriverError(CUDA_ERROR_OUT_OF_MEMORY))",
+        "loading tiny_llama: no such file",
+    ] {
+        assert!(!reference_env::lacks_operation(failure), "{failure}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

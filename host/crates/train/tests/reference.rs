@@ -29,6 +29,15 @@
 //!
 //! With MALT_REFERENCE_PYTHON (a Python with torch, transformers, peft, trl) one test runs the
 //! script's `tiny` group into a temporary folder and repeats every check against it.
+//!
+//! MALT_REFERENCE_DEVICE (default `cpu`; `cuda:0` from `scripts/gpu-check` on a GPU machine)
+//! is the device every check here runs on, MALT_REFERENCE_FIXTURES the fixture folder, and
+//! each check prints a `check [DEVICE] ...` line with its largest difference: see
+//! `malt-model`'s `tests/reference_env/mod.rs`, which this file includes. The tolerances above
+//! are f32's on every device (no TF32, checked there).
+
+#[path = "../../model/tests/reference_env/mod.rs"]
+mod reference_env;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,15 +50,16 @@ use malt_train::{
     loss, reference, trainer, ChatTokenizer, DpoSettings, MaltPolicy, MaltTokenizer, Mode,
     OptimSettings, Phase, PhaseSpec, PolicyModel, RunOptions, ScheduleKind, Sequence, TokenBatch,
 };
+use reference_env::{figure, on_device, to_cpu};
 use serde_json::Value;
 
 const LOSS_TOL: f64 = 1e-5;
 const GRAD_TOL: f32 = 1e-4;
 const ARCHS: [&str; 2] = ["llama", "qwen2"];
 
+/// The fixture folder: the committed one, or MALT_REFERENCE_FIXTURES (a copy of it).
 fn committed() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/fixtures/reference");
-    p.canonicalize().unwrap_or(p)
+    reference_env::fixtures()
 }
 
 fn finish(what: &str, failures: Vec<String>) {
@@ -77,10 +87,15 @@ struct Tiny {
     t: HashMap<String, Tensor>,
 }
 
+/// A tiny model in f32 on the reference device, with its fixtures (tensors on the CPU).
 fn tiny(fixtures: &Path, arch: &'static str) -> Tiny {
     let dir = fixtures.join(format!("tiny_{arch}"));
-    let model = Model::load(dir.to_str().unwrap(), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
+    let model = Model::load_as(
+        dir.to_str().unwrap(),
+        &reference_env::device(),
+        Some(DType::F32),
+    )
+    .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
     let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
     let r = serde_json::from_str(&text).unwrap();
     let t =
@@ -161,6 +176,13 @@ fn check_tokenisation(t: &Tiny, what: &str, got: &[&Sequence], want: &[Sequence]
             ));
         }
     }
+    figure(
+        t.model.device(),
+        &format!("tiny {} {what}: malt's data path on the records", t.arch),
+        &format!("sequences differing of {}", want.len()),
+        fails.len() as f64,
+        0.0,
+    );
     fails
 }
 
@@ -174,6 +196,7 @@ fn compare_grads(t: &Tiny, prefix: &str, vars: &[(String, Var)], grads: &[Tensor
         "every projection of both layers has lora_A and lora_B"
     );
     for ((name, _), g) in vars.iter().zip(grads) {
+        let g = &to_cpu(g);
         let key = format!("{prefix}.{name}");
         let Some(want) = t.t.get(&key) else {
             fails.push(format!(
@@ -194,9 +217,16 @@ fn compare_grads(t: &Tiny, prefix: &str, vars: &[(String, Var)], grads: &[Tensor
             ));
         }
     }
-    eprintln!(
-        "tiny {} {prefix}: gradients within {worst:.2e} of each tensor's largest entry",
-        t.arch
+    figure(
+        t.model.device(),
+        &format!(
+            "tiny {} {prefix} LoRA gradients ({} tensors)",
+            t.arch,
+            vars.len()
+        ),
+        "max over tensors of max |malt - reference| / max |reference|",
+        worst as f64,
+        GRAD_TOL as f64,
     );
     fails
 }
@@ -225,7 +255,13 @@ fn first_bad(g: &Tensor, w: &Tensor, tol: f32) -> (usize, f32, f32) {
 
 fn close(what: &str, got: f64, want: f64, fails: &mut Vec<String>) {
     let tol = LOSS_TOL * want.abs().max(1.0);
-    eprintln!("{what}: malt {got:.7}, reference {want:.7}");
+    figure(
+        &reference_env::device(),
+        &format!("{what} (malt {got:.7}, reference {want:.7})"),
+        "|malt - reference| / max(|reference|, 1)",
+        (got - want).abs() / want.abs().max(1.0),
+        LOSS_TOL,
+    );
     if (got - want).abs() > tol || got.is_nan() {
         fails.push(format!(
             "{what}: malt {got}, reference {want} (|diff| {:.2e} > {tol:.1e})",
@@ -320,7 +356,7 @@ fn check_sft(fixtures: &Path, arch: &'static str) -> Vec<String> {
     let other = into_grads(sums, &vars);
     let apart = vars.iter().zip(&other).any(|((name, _), g)| {
         let w = &t.t[&format!("sft.{name}")];
-        max_abs(&(g - w).unwrap()) > 100.0 * GRAD_TOL * max_abs(w)
+        max_abs(&(to_cpu(g) - w).unwrap()) > 100.0 * GRAD_TOL * max_abs(w)
     });
     if !apart {
         fails.push(format!(
@@ -436,12 +472,12 @@ fn check_dpo(fixtures: &Path, arch: &'static str, key: &str) -> Vec<String> {
             &mut fails,
         );
     }
-    let dev = Device::Cpu;
+    let dev = t.model.device();
     let terms = loss::dpo_terms(
         &sums.narrow(0, 0, b).unwrap(),
         &sums.narrow(0, b, b).unwrap(),
-        &Tensor::from_vec(refs.chosen.clone(), b, &dev).unwrap(),
-        &Tensor::from_vec(refs.rejected.clone(), b, &dev).unwrap(),
+        &Tensor::from_vec(refs.chosen.clone(), b, dev).unwrap(),
+        &Tensor::from_vec(refs.rejected.clone(), b, dev).unwrap(),
         &settings,
     )
     .unwrap();
@@ -538,7 +574,13 @@ fn trainer_step(
         step["grad_norm"].as_f64().unwrap(),
         e["grad_norm"].as_f64().unwrap(),
     );
-    eprintln!("{what}: gradient norm malt {g:.7}, reference {w:.7}");
+    figure(
+        t.model.device(),
+        &format!("{what}: pre-clip gradient norm (malt {g:.7}, reference {w:.7})"),
+        "|malt - reference| / reference",
+        (g - w).abs() / w,
+        GRAD_TOL as f64,
+    );
     if (g - w).abs() > GRAD_TOL as f64 * w {
         fails.push(format!(
             "{what}: pre-clip gradient norm {g}, reference {w} (|diff| {:.2e})",
@@ -554,7 +596,9 @@ fn trainer_step(
 fn sft_loss_and_lora_gradients_match_peft() {
     let mut fails = vec![];
     for arch in ARCHS {
-        fails.extend(check_sft(&committed(), arch));
+        fails.extend(on_device(&format!("tiny {arch} sft"), || {
+            check_sft(&committed(), arch)
+        }));
     }
     finish("SFT against PEFT", fails);
 }
@@ -563,7 +607,9 @@ fn sft_loss_and_lora_gradients_match_peft() {
 fn dpo_loss_and_lora_gradients_match_trl_with_base_reference() {
     let mut fails = vec![];
     for arch in ARCHS {
-        fails.extend(check_dpo(&committed(), arch, "dpo_ref_base"));
+        fails.extend(on_device(&format!("tiny {arch} dpo_ref_base"), || {
+            check_dpo(&committed(), arch, "dpo_ref_base")
+        }));
     }
     finish("DPO (reference = base) against TRL's formula", fails);
 }
@@ -572,7 +618,9 @@ fn dpo_loss_and_lora_gradients_match_trl_with_base_reference() {
 fn dpo_loss_and_lora_gradients_match_trl_with_adapter_reference() {
     let mut fails = vec![];
     for arch in ARCHS {
-        fails.extend(check_dpo(&committed(), arch, "dpo_ref_init"));
+        fails.extend(on_device(&format!("tiny {arch} dpo_ref_init"), || {
+            check_dpo(&committed(), arch, "dpo_ref_init")
+        }));
     }
     finish(
         "DPO (reference = initial adapter) against TRL's formula",
@@ -589,8 +637,14 @@ fn trainer_step_matches_reference_and_writes_the_exported_adapter() {
     for arch in ARCHS {
         for phase in [Phase::Sft, Phase::Dpo] {
             let tmp = tempfile::tempdir().unwrap();
-            let (f, adapter) = trainer_step(&committed(), arch, phase, tmp.path());
-            fails.extend(f);
+            let mut adapter = None;
+            let what = format!("tiny {arch} train_phase {}", phase.name());
+            fails.extend(on_device(&what, || {
+                let (f, a) = trainer_step(&committed(), arch, phase, tmp.path());
+                adapter = Some(a);
+                f
+            }));
+            let Some(adapter) = adapter else { continue };
             if write && phase == Phase::Sft {
                 let dest = committed().join(format!("tiny_{arch}/malt_sft_adapter"));
                 let _ = std::fs::remove_dir_all(&dest);
@@ -644,11 +698,27 @@ fn live_training_reference_agreement() {
 #[test]
 fn log_sigmoid_gradient_is_sigmoid_of_minus_x_also_at_zero() {
     let xs = [-3.0f32, -1e-6, 0.0, 1e-6, 2.0];
-    let v = Var::from_tensor(&Tensor::new(&xs, &Device::Cpu).unwrap()).unwrap();
+    let v = Var::from_tensor(&Tensor::new(&xs, &reference_env::device()).unwrap()).unwrap();
     let y = loss::log_sigmoid(v.as_tensor()).unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
     let g = g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
     let y = y.to_vec1::<f32>().unwrap();
+    let worst = xs
+        .iter()
+        .zip(&g)
+        .zip(&y)
+        .map(|((&x, &gy), &yy)| {
+            let want = -(1.0 + (-x).exp()).ln();
+            (gy - 1.0 / (1.0 + x.exp())).abs().max((yy - want).abs())
+        })
+        .fold(0f32, f32::max);
+    figure(
+        &reference_env::device(),
+        "log_sigmoid and its gradient at -3, -1e-6, 0, 1e-6, 2",
+        "max |malt - formula|",
+        worst as f64,
+        1e-6,
+    );
     for ((&x, &gy), &yy) in xs.iter().zip(&g).zip(&y) {
         let s = 1.0 / (1.0 + x.exp()); // sigmoid(-x)
         assert!(
