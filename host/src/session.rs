@@ -63,24 +63,9 @@ impl Session {
     pub fn model_identity(&self) -> String {
         let source = model_id(&self.config);
         let mut cache = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
-        let fp =
-            cache
-                .entry(source.clone())
-                .or_insert_with(|| {
-                    match malt_model::Model::load_tokenizer(&source)
-                        .and_then(|(tok, chat)| malt_model::tokenizer::fingerprint(&tok, &chat))
-                    {
-                        Ok(fp) => fp,
-                        Err(e) => {
-                            tracing::warn!(
-                        "{}: [model] source = {source:?}: cannot read its tokenizer ({e}); stage \
-                         inputs name the model by its source only",
-                        self.config.source.display()
-                    );
-                            "unavailable".to_owned()
-                        }
-                    }
-                });
+        let fp = cache
+            .entry(source.clone())
+            .or_insert_with(|| tokenizer_fingerprint(&source, &self.config.source));
         format!("{source}\ntokenizer {fp}")
     }
 
@@ -293,6 +278,21 @@ pub fn model_id(cfg: &Config) -> String {
         malt_config::ModelSource::Named(name) => name.clone(),
         malt_config::ModelSource::Path(p) => p.display().to_string(),
     }
+}
+
+/// [`malt_model::tokenizer::fingerprint`] of `source`'s tokenizer, or "unavailable" (with a
+/// warning naming `config`) when it cannot be read.
+fn tokenizer_fingerprint(source: &str, config: &Path) -> String {
+    let fp = malt_model::Model::load_tokenizer(source)
+        .and_then(|(tok, chat)| malt_model::tokenizer::fingerprint(&tok, &chat));
+    fp.unwrap_or_else(|e| {
+        tracing::warn!(
+            "{}: [model] source = {source:?}: cannot read its tokenizer ({e}); stage inputs \
+             name the model by its source only",
+            config.display()
+        );
+        "unavailable".to_owned()
+    })
 }
 
 /// The git commit the `malt` binary was built from (`-dirty` with uncommitted changes).

@@ -39,13 +39,6 @@ pub enum FinishReason {
     Stop,
 }
 
-impl FinishReason {
-    /// The output ended on its own (a stop token or a stop string), not at the length limit.
-    pub fn is_complete(self) -> bool {
-        !matches!(self, FinishReason::Length)
-    }
-}
-
 /// One sampled completion.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {

@@ -420,7 +420,11 @@ pub(crate) fn check_sampling(m: &Model, dir: &Path) -> Vec<String> {
 /// library, as transformers and vLLM read it: the reference ids of every corpus entry.
 /// With `python`, also transformers' `AutoTokenizer.from_pretrained` on it (the script's
 /// `--exported-tokenizer` check).
-pub(crate) fn check_exported_tokenizer(m: &Model, dir: &Path, python: Option<&Path>) -> Vec<String> {
+pub(crate) fn check_exported_tokenizer(
+    m: &Model,
+    dir: &Path,
+    python: Option<&Path>,
+) -> Vec<String> {
     let fx = read_json(dir, "smollm2_tokenizer.json");
     let out = tempfile::tempdir().unwrap();
     m.tokenizer.save_hf(out.path()).unwrap();
