@@ -189,6 +189,9 @@ fn pipeline_runs_resumes_skips_and_matches() {
         log.contains("generate: inputs changed (model), recomputing"),
         "{log}"
     );
+    // Sampled anew, not resumed: the old trees are discarded first.
+    assert!(log.contains("discarding stale"), "{log}");
+    assert!(log.contains("generated 8 trees (0 skipped"), "{log}");
     assert_eq!(lines(&a_run.join("trees.jsonl")), 8);
     eprintln!(
         "pipeline test: run A {:.1} s, total {:.1} s, no-op rerun {:.2} s",

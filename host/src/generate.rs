@@ -21,6 +21,9 @@ pub struct TreeTarget<'a> {
     pub seed: u64,
     /// The model's identity in the manifest (a resumed run must match it).
     pub model_id: String,
+    /// The fingerprint of the tokenizer the trees are sampled with (a resumed run must match
+    /// it: trees of another tokenization are refused, never mixed).
+    pub tokenizer: Option<String>,
 }
 
 /// Generates the trees of every training question of `session` not yet in its run directory,
@@ -38,6 +41,7 @@ pub fn generate_trees(
         credit: session.credit,
         seed: session.config.run.seed,
         model_id: model_id.to_owned(),
+        tokenizer: session.tokenizer_fingerprint(),
     };
     generate_embedded(session, model, Vec::new(), &target)
 }
@@ -86,6 +90,7 @@ pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary>
         credit: session.credit,
         seed: session.config.run.seed,
         model_id,
+        tokenizer: session.tokenizer_fingerprint(),
     };
     // The local model's tokenizer gives every completion token ids: the engine's when they
     // spell its text, else the text encoded (training needs ids; see backend::token_ids).
@@ -153,7 +158,8 @@ fn generate_with(
         target.seed,
         target.chain.clone(),
         target.credit,
-    );
+    )
+    .with_tokenizer(target.tokenizer.clone());
     let mut run = RunWriter::open(dir, manifest)?;
     let per_tree: u64 = target
         .chain

@@ -49,6 +49,9 @@ impl LazyModel {
     }
 }
 
+/// The input naming the model: its source and tokenizer fingerprint.
+const MODEL_INPUT: &str = "model";
+
 fn insert(map: &mut BTreeMap<String, String>, key: impl Into<String>, value: String) {
     map.insert(key.into(), value);
 }
@@ -99,7 +102,7 @@ fn generate_inputs(s: &Session) -> anyhow::Result<BTreeMap<String, String>> {
     );
     insert(
         &mut m,
-        "model",
+        MODEL_INPUT,
         crate::stages::sha256(s.model_identity().as_bytes()),
     );
     dataset_inputs(s, &mut m)?;
@@ -136,7 +139,7 @@ fn train_inputs(s: &Session, datasets: String) -> BTreeMap<String, String> {
     }
     insert(
         &mut m,
-        "model",
+        MODEL_INPUT,
         crate::stages::sha256(s.model_identity().as_bytes()),
     );
     insert(&mut m, "run seed", json_hash(&s.config.run.seed));
@@ -162,7 +165,7 @@ fn star_inputs(s: &Session, round: &RoundLayout) -> anyhow::Result<BTreeMap<Stri
     }
     insert(
         &mut m,
-        "model",
+        MODEL_INPUT,
         crate::stages::sha256(s.model_identity().as_bytes()),
     );
     insert(
@@ -207,7 +210,7 @@ fn eval_inputs(
     );
     insert(
         &mut m,
-        "model",
+        MODEL_INPUT,
         crate::stages::sha256(s.model_identity().as_bytes()),
     );
     if uses_star(s) {
@@ -383,8 +386,9 @@ struct StageDef {
     /// Hash of what the stage produced.
     outputs: fn(&RoundLayout) -> anyhow::Result<String>,
     /// Outputs that must not be reused when the stage is recomputed from other inputs (or from
-    /// none on record): checkpoints, adapters, logged attempts, later rounds' trees.
-    stale: fn(&RoundLayout) -> Vec<PathBuf>,
+    /// none on record), given why it is recomputed: checkpoints, adapters, logged attempts,
+    /// later rounds' trees, trees of another model.
+    stale: fn(&RoundLayout, &Decision) -> Vec<PathBuf>,
     /// Checks before the stage runs (not called when it is current).
     check: fn(&mut Ctx, &RoundLayout) -> anyhow::Result<()>,
     /// The work.
@@ -427,6 +431,7 @@ fn generate_stage(ctx: &mut Ctx, round: &RoundLayout) -> anyhow::Result<()> {
         credit,
         seed: round_seed(ctx.s.config.run.seed, round.round()),
         model_id,
+        tokenizer: ctx.s.tokenizer_fingerprint(),
     };
     crate::generate::generate_embedded(&mut ctx.s, model, adapters, &target).map(drop)
 }
@@ -450,10 +455,13 @@ const TABLE: [StageDef; 5] = [
             Ok(m)
         },
         outputs: |r| trees_hash(r.dir()),
-        // Round 1's trees are never discarded (a run with other questions is refused instead);
-        // a later round's derive from the previous round's adapters.
-        stale: |r| {
-            if r.round() > 1 {
+        // A later round's trees derive from the previous round's adapters. Round 1's are
+        // discarded only when they were sampled with another model or tokenization (a run with
+        // other questions or another chain is refused instead, keeping what it cost).
+        stale: |r, decision| {
+            let other_model = matches!(decision, Decision::InputsChanged(what)
+                if what.iter().any(|w| w == MODEL_INPUT));
+            if r.round() > 1 || other_model {
                 vec![r.trees(), r.manifest()]
             } else {
                 Vec::new()
@@ -467,7 +475,7 @@ const TABLE: [StageDef; 5] = [
         wanted: always,
         inputs: |ctx, r| Ok(credit_inputs(&ctx.s, r, trees_hash(r.dir())?)),
         outputs: |r| datasets_hash(r.dir()),
-        stale: |_| Vec::new(),
+        stale: |_, _| Vec::new(),
         check: no_check,
         run: |ctx, r| {
             let (chain, credit) = round_credit(&ctx.s, r);
@@ -488,7 +496,7 @@ const TABLE: [StageDef; 5] = [
         outputs: |r| adapters_hash(r.dir()),
         // Checkpoints and adapters of other data or settings (or of unknown origin: a
         // standalone `malt train`) must not be resumed or evaluated.
-        stale: |r| vec![r.train(), r.adapters()],
+        stale: |r, _| vec![r.train(), r.adapters()],
         check: no_check,
         run: |ctx, r| {
             let m = ctx.model.get(&ctx.s.config)?;
@@ -502,7 +510,7 @@ const TABLE: [StageDef; 5] = [
         inputs: |ctx, r| star_inputs(&ctx.s, r),
         outputs: star_hash,
         // Samples of another model or settings, their SFT set and adapter.
-        stale: |r| vec![r.star().dir().to_path_buf()],
+        stale: |r, _| vec![r.star().dir().to_path_buf()],
         check: no_check,
         run: |ctx, r| {
             let seed = round_seed(ctx.s.config.run.seed, r.round());
@@ -517,7 +525,7 @@ const TABLE: [StageDef; 5] = [
         outputs: |r| eval_hash(r.dir()),
         // Logged attempts of other adapters, plugins or settings (or of unknown origin) would
         // be mixed into the report.
-        stale: |r| vec![r.eval()],
+        stale: |r, _| vec![r.eval()],
         check: no_check,
         run: |ctx, r| {
             let m = ctx.model.get(&ctx.s.config)?;
@@ -546,7 +554,7 @@ fn run_stage(ctx: &mut Ctx, def: &StageDef, round: &RoundLayout) -> anyhow::Resu
         return Ok(());
     }
     if matches!(decision, Decision::InputsChanged(_) | Decision::New) {
-        for path in (def.stale)(round) {
+        for path in (def.stale)(round, &decision) {
             discard(&path)?;
         }
     }

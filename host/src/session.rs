@@ -26,7 +26,7 @@ pub struct Session {
     /// Hot reload of `malt run` (None elsewhere): marks item boundaries, supplies new plugins.
     pub live: Option<Arc<crate::live_reload::LiveReload>>,
     /// Tokenizer fingerprints by model source, computed once each (see [`Session::model_identity`]).
-    fingerprints: std::sync::Mutex<BTreeMap<String, String>>,
+    fingerprints: std::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Session {
@@ -61,12 +61,23 @@ impl Session {
     /// template) recomputes every stage sampled or trained on the old ids. Reads the tokenizer
     /// only (no weights), once per source.
     pub fn model_identity(&self) -> String {
+        let fp = self.tokenizer_fingerprint();
+        format!(
+            "{}\ntokenizer {}",
+            model_id(&self.config),
+            fp.as_deref().unwrap_or("unavailable")
+        )
+    }
+
+    /// [`malt_model::tokenizer::fingerprint`] of the config's model, read once per model source;
+    /// `None` (with a warning) when its tokenizer cannot be read.
+    pub fn tokenizer_fingerprint(&self) -> Option<String> {
         let source = model_id(&self.config);
         let mut cache = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
-        let fp = cache
+        cache
             .entry(source.clone())
-            .or_insert_with(|| tokenizer_fingerprint(&source, &self.config.source));
-        format!("{source}\ntokenizer {fp}")
+            .or_insert_with(|| tokenizer_fingerprint(&source, &self.config.source))
+            .clone()
     }
 
     /// Switches to a reloaded config and its plugins (at a stage boundary of `malt run`).
@@ -280,19 +291,22 @@ pub fn model_id(cfg: &Config) -> String {
     }
 }
 
-/// [`malt_model::tokenizer::fingerprint`] of `source`'s tokenizer, or "unavailable" (with a
-/// warning naming `config`) when it cannot be read.
-fn tokenizer_fingerprint(source: &str, config: &Path) -> String {
+/// [`malt_model::tokenizer::fingerprint`] of `source`'s tokenizer, or `None` (with a warning
+/// naming `config`) when it cannot be read.
+fn tokenizer_fingerprint(source: &str, config: &Path) -> Option<String> {
     let fp = malt_model::Model::load_tokenizer(source)
         .and_then(|(tok, chat)| malt_model::tokenizer::fingerprint(&tok, &chat));
-    fp.unwrap_or_else(|e| {
-        tracing::warn!(
-            "{}: [model] source = {source:?}: cannot read its tokenizer ({e}); stage inputs \
-             name the model by its source only",
-            config.display()
-        );
-        "unavailable".to_owned()
-    })
+    match fp {
+        Ok(fp) => Some(fp),
+        Err(e) => {
+            tracing::warn!(
+                "{}: [model] source = {source:?}: cannot read its tokenizer ({e}); the model is \
+                 identified by its source only",
+                config.display()
+            );
+            None
+        }
+    }
 }
 
 /// The git commit the `malt` binary was built from (`-dirty` with uncommitted changes).

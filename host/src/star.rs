@@ -182,6 +182,7 @@ pub fn run_star(
                 credit: STAR_CREDIT,
                 seed: star_seed(round_seed),
                 model_id,
+                tokenizer: session.tokenizer_fingerprint(),
             };
             crate::generate::generate_embedded(session, model, adapters, &target)?;
         }

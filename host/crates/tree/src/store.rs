@@ -38,6 +38,11 @@ pub struct Manifest {
     pub plugins: BTreeMap<String, String>,
     /// Model identity (e.g. repo id + revision + weights hash), as the model layer names it.
     pub model: String,
+    /// Fingerprint of the tokenizer and chat template the trees were sampled with (the model
+    /// layer's `tokenizer::fingerprint`); absent in runs created before malt recorded it, and
+    /// when the tokenizer could not be read (a remote engine's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// Run seed; node seeds derive from it (see `generate::node_seed`).
     pub run_seed: u64,
     /// The chain the trees were generated with.
@@ -62,10 +67,16 @@ impl Manifest {
             config_sha256: sha256_hex(config_text.as_bytes()),
             plugins,
             model: model.to_owned(),
+            tokenizer: None,
             run_seed,
             chain,
             credit,
         }
+    }
+
+    /// The same manifest recording the sampling tokenizer's fingerprint (see [`Manifest::tokenizer`]).
+    pub fn with_tokenizer(self, tokenizer: Option<String>) -> Self {
+        Manifest { tokenizer, ..self }
     }
 
     /// Reads `<dir>/manifest.json`.
@@ -425,6 +436,25 @@ fn check_resume(dir: &Path, old: &Manifest, new: &Manifest) -> Result<()> {
             "model {:?} differs from the stored {:?}",
             new.model, old.model
         )));
+    }
+    match (&old.tokenizer, &new.tokenizer) {
+        (old_fp, Some(fp)) if old_fp.as_ref() != Some(fp) => {
+            return Err(mismatch(format!(
+                "the stored trees were sampled with another tokenization ({}; now {fp}): \
+                 their prompts and token ids are not this model's. Use a new run directory, \
+                 or let `malt run` recompute them",
+                match old_fp {
+                    Some(o) => format!("tokenizer fingerprint {o}"),
+                    None => "before malt recorded the tokenizer, 2026-12-06".to_owned(),
+                }
+            )));
+        }
+        (Some(_), None) => tracing::warn!(
+            "{}: the model's tokenizer cannot be read now: the stored trees' tokenization is \
+             not checked",
+            dir.display()
+        ),
+        _ => {}
     }
     if old.config_sha256 != new.config_sha256 {
         tracing::warn!(

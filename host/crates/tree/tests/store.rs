@@ -143,6 +143,33 @@ fn resume_with_other_chain_or_seed_is_refused() {
     RunWriter::open(d.path(), manifest(&c, 1)).unwrap();
 }
 
+/// Trees sampled with another tokenization (or before malt recorded it) are refused, never
+/// resumed into; a run whose tokenizer cannot be read now resumes without the check.
+#[test]
+fn resume_with_another_tokenization_is_refused() {
+    let chain = common::gvr(3);
+    let with = |fp: Option<&str>| manifest(&chain, 1).with_tokenizer(fp.map(str::to_owned));
+    let d = tempfile::tempdir().unwrap();
+    drop(RunWriter::open(d.path(), with(Some("aaaa"))).unwrap());
+    drop(RunWriter::open(d.path(), with(Some("aaaa"))).unwrap());
+    drop(RunWriter::open(d.path(), with(None)).unwrap());
+    let e = RunWriter::open(d.path(), with(Some("bbbb"))).unwrap_err();
+    assert!(e.to_string().contains("another tokenization"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("tokenizer fingerprint aaaa; now bbbb"),
+        "{e}"
+    );
+    // A run created before manifests recorded the tokenizer.
+    let old = tempfile::tempdir().unwrap();
+    drop(RunWriter::open(old.path(), with(None)).unwrap());
+    let e = RunWriter::open(old.path(), with(Some("bbbb"))).unwrap_err();
+    assert!(
+        e.to_string().contains("before malt recorded the tokenizer"),
+        "{e}"
+    );
+}
+
 #[test]
 fn duplicate_append_refused() {
     let d = tempfile::tempdir().unwrap();
