@@ -147,6 +147,142 @@ fn score_prints_one_line_per_completion() {
     );
 }
 
+/// A gsm8k file as the Hub ships it (`openai/gsm8k`'s `test-00000-of-00001.parquet`: optional
+/// STRING columns, snappy pages, as pyarrow writes them); `None` is a null cell.
+fn write_gsm8k_parquet(path: &Path, rows: &[(&str, Option<&str>)]) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let schema = "message schema {\n  optional binary question (STRING);\n  \
+                  optional binary answer (STRING);\n}";
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let schema = Arc::new(parse_message_type(schema).unwrap());
+    let mut w = SerializedFileWriter::new(file, schema, Arc::new(props)).unwrap();
+    let mut group = w.next_row_group().unwrap();
+    let questions: Vec<Option<&str>> = rows.iter().map(|r| Some(r.0)).collect();
+    let answers: Vec<Option<&str>> = rows.iter().map(|r| r.1).collect();
+    for column in [questions, answers] {
+        let mut c = group.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = column.iter().flatten().map(|s| (*s).into()).collect();
+        let def: Vec<i16> = column.iter().map(|v| i16::from(v.is_some())).collect();
+        c.typed::<ByteArrayType>()
+            .write_batch(&values, Some(&def), None)
+            .unwrap();
+        c.close().unwrap();
+    }
+    group.close().unwrap();
+    w.close().unwrap();
+}
+
+/// `malt score --data` and `malt plugin test --data` read datasets as `[dataset] path` does:
+/// parquet (the issue's `test-00000-of-00001.parquet`, once "stream did not contain valid
+/// UTF-8") and JSON arrays, with errors that name the file and the row, element or line.
+#[test]
+fn score_and_plugin_test_read_parquet_and_json_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = "test-00000-of-00001.parquet";
+    write_gsm8k_parquet(
+        &dir.path().join(parquet),
+        &[
+            ("What is 2+3?", Some("2 + 3 = <<2+3=5>>5\n#### 5")),
+            ("What is 1+1?", Some("#### 2")),
+            ("What is 6*7?", None),
+        ],
+    );
+    std::fs::write(
+        dir.path().join("raw.json"),
+        "[{\"question\":\"2+3?\",\"answer\":\"#### 5\"},\n {\"question\":\"1+1?\",\"answer\":\"#### 2\"}]",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.jsonl"),
+        "{\"index\":0,\"completion\":\"The answer is 5.\"}\n{\"index\":1,\"completion\":\"It is 3\"}\n",
+    )
+    .unwrap();
+    let score = |data: &str, completions: &str| {
+        malt(
+            &[
+                "score",
+                "--plugin",
+                "gsm8k",
+                "--data",
+                data,
+                "--completions",
+                completions,
+            ],
+            dir.path(),
+        )
+    };
+    for data in [parquet, "raw.json"] {
+        let (ok, out, err) = score(data, "c.jsonl");
+        assert!(ok, "{data}: {err}");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{data}: {out}");
+        assert_eq!(
+            (&lines[0]["answer"], &lines[0]["reward"]),
+            (&serde_json::json!("5"), &serde_json::json!(1.0)),
+            "{data}: {out}"
+        );
+        assert_eq!(lines[1]["reward"], 0.0, "{data}: {out}");
+        assert!(err.contains("mean reward 0.5000"), "{data}: {err}");
+    }
+
+    // The record the plugin rejects (a null answer) is named by file and row.
+    std::fs::write(
+        dir.path().join("c2.jsonl"),
+        "{\"index\":2,\"completion\":\"42\"}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = score(parquet, "c2.jsonl");
+    assert!(ok, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let msg = line["error"].as_str().unwrap_or_default();
+    assert!(msg.starts_with(&format!("{parquet}: row 2: ")), "{out}");
+    // An index counts records, not lines: the parquet file has 3.
+    std::fs::write(
+        dir.path().join("c3.jsonl"),
+        "{\"index\":3,\"completion\":\"5\"}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = score(parquet, "c3.jsonl");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "c3.jsonl:1: index 3 is out of range ({parquet} has 3 records)"
+        )),
+        "{err}"
+    );
+    // A malformed array names the file and the line.
+    std::fs::write(dir.path().join("bad.json"), "[{\"question\": 1},\n {oops}]").unwrap();
+    let (ok, _, err) = score("bad.json", "c.jsonl");
+    assert!(!ok);
+    assert!(err.contains("bad.json:2: invalid JSON array"), "{err}");
+
+    let plugin = repo().join("plugins/gsm8k").display().to_string();
+    for (data, parsed) in [
+        (parquet, "3 records, 2 parsed"),
+        ("raw.json", "2 records, 2 parsed"),
+    ] {
+        let (ok, out, err) = malt(&["plugin", "test", &plugin, "--data", data], dir.path());
+        assert!(ok, "{data}: {out}{err}");
+        assert!(out.contains(&format!("{data}: {parsed}")), "{out}");
+        assert!(out.contains("gold-vs-gold mean reward 1.0000"), "{out}");
+    }
+    let (ok, out, _) = malt(&["plugin", "test", &plugin, "--data", parquet], dir.path());
+    assert!(ok);
+    assert!(out.contains(&format!("{parquet}: row 2: ")), "{out}");
+}
+
 #[test]
 fn plugin_new_scaffolds_a_crate_that_passes_the_battery() {
     let dir = tempfile::tempdir().unwrap();

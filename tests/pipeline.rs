@@ -34,7 +34,14 @@ fn pipeline_runs_resumes_skips_and_matches() {
     let a = fx.workdir("a");
     let a_run = a.join("runs/pipeline");
     let a_log = fx.root.join("a.log");
-    run_to_end(&cfg, &a, &a_log);
+    let a_said = run_to_end(&cfg, &a, &a_log);
+    // Evaluation logs its progress into a file (no progress bar there), as generation does.
+    assert!(
+        a_said.lines().any(|l| l.contains("eval: ")
+            && l.contains(" questions, ")
+            && l.contains("attempts/s, ETA ")),
+        "{a_said}"
+    );
     let a_ids = question_ids(&a_run);
     assert_eq!(a_ids.len(), 8);
     check_datasets(&a_run);
@@ -412,4 +419,205 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
          {ended} ended on the stop token",
         items.len()
     );
+}
+
+/// The stage contract: each stage's recorded inputs change when something it reads changes
+/// (a `--dtype`, a `[model]` edit, a plugin's bytes or options, an agent's sampling keys, the
+/// settings of its own section) and stay the same when only what it does not read changes.
+#[test]
+fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
+    use malt::stage::{credit, eval, generate, named_hashes, star, train, Stage};
+    // In-process sessions hash the model's weights once into this cache.
+    std::env::set_var("MALT_CACHE", common::repo().join("target/malt-cache"));
+    let fx = fixture();
+    let wasm = fx.root.join("parity.wasm");
+    std::fs::copy(&fx.plugin, &wasm).unwrap();
+    let base = config(&fx.model, &wasm, 0.5, "even");
+    let stages = ["generate", "credit", "train", "star", "eval"];
+    let hashes = |text: &str, dtype: Option<&str>| -> Vec<BTreeMap<String, String>> {
+        malt_config::ModelOverrides {
+            device: None,
+            dtype: dtype.map(str::to_owned),
+        }
+        .install()
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stages.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut s = malt::session::Session::open(&path).unwrap();
+        let round = malt_layout::RunLayout::new(&s.config.run.dir).round(1);
+        let h = vec![
+            named_hashes(
+                &generate::Generate::inputs(&mut s, &round).unwrap(),
+                generate::Generate::VERSION,
+            ),
+            named_hashes(
+                &credit::Credit::inputs(&mut s, &round).unwrap(),
+                credit::Credit::VERSION,
+            ),
+            named_hashes(
+                &train::Train::inputs(&mut s, &round).unwrap(),
+                train::Train::VERSION,
+            ),
+            named_hashes(
+                &star::Star::inputs(&mut s, &round).unwrap(),
+                star::Star::VERSION,
+            ),
+            named_hashes(
+                &eval::Eval::inputs(&mut s, &round).unwrap(),
+                eval::Eval::VERSION,
+            ),
+        ];
+        h.into_iter().map(Result::unwrap).collect()
+    };
+    let before = hashes(&base, None);
+    assert_eq!(before, hashes(&base, None), "inputs are not deterministic");
+    let edit = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from:?} is not in the config");
+        base.replacen(from, to, 1)
+    };
+    // A plugin whose bytes differ (a custom section appended) but whose behaviour does not.
+    let plugin_bytes = || {
+        let mut bytes = std::fs::read(&fx.plugin).unwrap();
+        bytes.extend_from_slice(&[0, 7, 5, b'm', b'a', b'l', b't', b'!', 1]);
+        std::fs::write(&wasm, bytes).unwrap();
+        base.clone()
+    };
+    type Case<'a> = (
+        &'a str,
+        Box<dyn Fn() -> String + 'a>,
+        Option<&'a str>,
+        &'a [&'a str],
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a comment",
+            Box::new(|| format!("# a note\n{base}")),
+            None,
+            &[],
+        ),
+        (
+            "[serve] addr",
+            Box::new(|| format!("{base}\n[serve]\naddr = \"127.0.0.1:9999\"\n")),
+            None,
+            &[],
+        ),
+        (
+            "[train] gradient_checkpointing",
+            Box::new(|| {
+                edit(
+                    "[train.lora]",
+                    "[train]\ngradient_checkpointing = true\n\n[train.lora]",
+                )
+            }),
+            None,
+            &[],
+        ),
+        (
+            "[credit] theta",
+            Box::new(|| edit("theta = 0.5", "theta = 0.7")),
+            None,
+            &["credit"],
+        ),
+        (
+            "--dtype bf16",
+            Box::new(|| base.clone()),
+            Some("bf16"),
+            &["generate", "train", "star", "eval"],
+        ),
+        (
+            "[model] dtype",
+            Box::new(|| edit("[model]\n", "[model]\ndtype = \"bf16\"\n")),
+            None,
+            &["generate", "train", "star", "eval"],
+        ),
+        (
+            "the verifier's temperature",
+            Box::new(|| {
+                edit(
+                    "name = \"verifier\"\nbranches = 3\nmax_new_tokens = 24\ntemperature = 1.0",
+                    "name = \"verifier\"\nbranches = 3\nmax_new_tokens = 24\ntemperature = 0.9",
+                )
+            }),
+            None,
+            &["generate", "eval"],
+        ),
+        (
+            "the generator's max_new_tokens",
+            Box::new(|| {
+                edit(
+                    "name = \"generator\"\nbranches = 3\nmax_new_tokens = 24",
+                    "name = \"generator\"\nbranches = 3\nmax_new_tokens = 20",
+                )
+            }),
+            None,
+            &["generate", "star", "eval"],
+        ),
+        (
+            "a plugin's bytes",
+            Box::new(plugin_bytes),
+            None,
+            &["generate", "credit", "star", "eval"],
+        ),
+        (
+            "a plugin's options",
+            Box::new(|| edit("target = \"even\"", "target = \"odd\"")),
+            None,
+            &["generate", "credit", "star", "eval"],
+        ),
+        (
+            "[eval] questions",
+            Box::new(|| edit("questions = 4", "questions = 3")),
+            None,
+            &["eval"],
+        ),
+        (
+            "[train.sft] max_steps",
+            Box::new(|| edit("[train.sft]\nmax_steps = 12", "[train.sft]\nmax_steps = 10")),
+            None,
+            &["train", "star"],
+        ),
+        (
+            "[dataset] train",
+            Box::new(|| edit("train = 8", "train = 7")),
+            None,
+            &["generate", "star", "eval"],
+        ),
+        (
+            "[run] seed",
+            Box::new(|| edit("seed = 3", "seed = 4")),
+            None,
+            &["generate", "train", "star", "eval"],
+        ),
+        (
+            "[star] samples",
+            Box::new(|| format!("{base}\n[star]\nsamples = 5\n")),
+            None,
+            &["star", "eval"],
+        ),
+    ];
+    for (what, text, dtype, want) in &cases {
+        let after = hashes(&text(), *dtype);
+        // Back to the plugin as built, for the next case.
+        std::fs::copy(&fx.plugin, &wasm).unwrap();
+        let changed: Vec<String> = stages
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| b != a)
+            .map(|(name, (b, a))| {
+                let keys: Vec<&String> = b
+                    .keys()
+                    .chain(a.keys())
+                    .filter(|k| b.get(*k) != a.get(*k))
+                    .collect();
+                format!("{name} {keys:?}")
+            })
+            .collect();
+        let names: Vec<&str> = changed
+            .iter()
+            .map(|c| c.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(&names, want, "{what}: recomputed {changed:?}");
+    }
+    malt_config::ModelOverrides::default().install().unwrap();
 }

@@ -4,31 +4,33 @@
 //! `<round>/eval/{results.jsonl, report.md, report.json, *.svg}`; resumable through
 //! `results.jsonl`.
 
+use std::path::Path;
+
 use anyhow::Context;
 use malt_config::{Config, EvalSystem, SystemKind};
 use malt_eval::{EvalPlan, Report, ReportContext, RoundContext, RoundSummary, System, Table};
 use malt_layout::{RoundLayout, RunLayout};
-use malt_model::Model;
+use malt_tree::ChainSpec;
 
 use crate::backend::chain_runner::{Adapters, SystemSetup, TurnPlan, Weights};
 use crate::backend::ModelChainRunner;
-use crate::session::Session;
+use crate::session::ModelIdentity;
+use crate::stage::Provenance;
 
-/// What the systems of a config run, by position in the chain.
-pub fn system_setup(cfg: &Config, s: &EvalSystem) -> SystemSetup {
-    let n = cfg.agents.len();
+/// What system `s` runs, by position in the chain of `agents` (names, in order).
+pub fn system_setup(agents: &[String], s: &EvalSystem) -> SystemSetup {
+    let n = agents.len();
     let turns = match &s.kind {
         SystemKind::Single => vec![TurnPlan::Run(Weights::Base)],
         SystemKind::Star => vec![TurnPlan::Run(Weights::Star)],
         SystemKind::Untrained => vec![TurnPlan::Run(Weights::Base); n],
         SystemKind::Malt => vec![TurnPlan::Run(Weights::Malt); n],
-        SystemKind::Trained { trained, skip } => cfg
-            .agents
+        SystemKind::Trained { trained, skip } => agents
             .iter()
             .map(|a| {
-                if skip.contains(&a.name) {
+                if skip.contains(a) {
                     TurnPlan::Skip
-                } else if trained.contains(&a.name) {
+                } else if trained.contains(a) {
                     TurnPlan::Run(Weights::Malt)
                 } else {
                     TurnPlan::Run(Weights::Base)
@@ -62,25 +64,22 @@ struct Available {
     star: bool,
 }
 
-fn available(cfg: &Config, round: &RoundLayout) -> Available {
-    let malt = cfg
-        .agents
+fn available(agents: &[String], round: &RoundLayout) -> Available {
+    let malt = agents
         .iter()
-        .filter(|a| malt_train::final_adapter_dir(round.dir(), &a.name).is_some())
-        .map(|a| a.name.clone())
+        .filter(|a| malt_train::final_adapter_dir(round.dir(), a).is_some())
+        .cloned()
         .collect();
-    let star = cfg
-        .agents
+    let star = agents
         .first()
-        .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), &a.name).is_some());
+        .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), a).is_some());
     Available { malt, star }
 }
 
 /// The systems of the config that this round can run: one that needs adapters nobody trained
 /// is left out with a warning (its row would only repeat the base model's).
-fn runnable(cfg: &Config, round: &RoundLayout, have: &Available) -> Vec<EvalSystem> {
-    cfg.eval
-        .systems
+fn runnable(eval: &malt_config::Eval, round: &RoundLayout, have: &Available) -> Vec<EvalSystem> {
+    eval.systems
         .iter()
         .filter(|s| {
             let (ok, why) = match &s.kind {
@@ -114,11 +113,23 @@ fn runnable(cfg: &Config, round: &RoundLayout, have: &Available) -> Vec<EvalSyst
         .collect()
 }
 
-/// The plan of `session`'s evaluation of `systems` over a held-out split of `pool` questions.
-fn plan_for(session: &Session, pool: usize, systems: &[EvalSystem]) -> anyhow::Result<EvalPlan> {
-    let eval = &session.config.eval;
+/// The evaluation plan of `systems` over the held-out questions of `inputs`.
+fn plan_for(inputs: &EvalInputs, systems: &[EvalSystem]) -> EvalPlan {
+    let eval = &inputs.eval;
+    EvalPlan {
+        pool_size: inputs.questions.len(),
+        questions: eval.questions,
+        seeds: eval.seeds.clone(),
+        majority_k: eval.majority_k,
+        systems: systems.iter().map(plan_system).collect(),
+    }
+}
+
+/// Refuses an evaluation that asks for more questions than the held-out split has.
+pub fn check_pool(inputs: &EvalInputs, config: &Path) -> anyhow::Result<()> {
+    let (pool, eval) = (inputs.questions.len(), &inputs.eval);
     if eval.questions > pool {
-        let fix = match &session.config.dataset.test_source {
+        let fix = match &inputs.test_file {
             Some(p) => format!("{} has {pool} questions; lower eval.questions", p.display()),
             None => format!(
                 "the held-out split has {pool} ([dataset] test); lower eval.questions or raise \
@@ -127,24 +138,22 @@ fn plan_for(session: &Session, pool: usize, systems: &[EvalSystem]) -> anyhow::R
         };
         anyhow::bail!(
             "{}: [eval] questions = {}, but {fix}",
-            session.config.source.display(),
+            config.display(),
             eval.questions,
         );
     }
-    Ok(EvalPlan {
-        pool_size: pool,
-        questions: eval.questions,
-        seeds: eval.seeds.clone(),
-        majority_k: eval.majority_k,
-        systems: systems.iter().map(plan_system).collect(),
-    })
+    Ok(())
 }
 
 /// Provenance of a report: the run's manifest (config text and sha256, plugin hashes, model
 /// identity, seed, chain) plus the resolved config hash, the model's sha256, the malt commit
 /// and the round.
-fn report_manifest(session: &Session, round: &RoundLayout) -> serde_json::Value {
-    let run = RunLayout::new(&session.config.run.dir).round(1);
+fn report_manifest(
+    p: &Provenance,
+    model: &ModelIdentity,
+    round: &RoundLayout,
+) -> serde_json::Value {
+    let run = RunLayout::new(&p.run_dir).round(1);
     let mut m = match std::fs::read(run.manifest()) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,
@@ -152,23 +161,19 @@ fn report_manifest(session: &Session, round: &RoundLayout) -> serde_json::Value 
     if !m.is_object() {
         // No trees generated here (a standalone `malt eval`): the same facts from the session.
         m = serde_json::json!({
-            "config_text": session.config_text,
-            "config_sha256": malt_tree::store::sha256_hex(session.config_text.as_bytes()),
-            "plugins": session.plugin_hashes(),
-            "model": crate::session::model_id(&session.config),
+            "config_text": p.config_text,
+            "config_sha256": malt_tree::store::sha256_hex(p.config_text.as_bytes()),
+            "plugins": p.plugins,
+            "model": model.source,
         });
     }
     if let Some(obj) = m.as_object_mut() {
-        obj.insert("config_hash".into(), session.config.config_hash().into());
+        obj.insert("config_hash".into(), p.config_hash.clone().into());
         obj.insert(
             "plugin_hashes".into(),
-            serde_json::to_value(session.plugin_hashes()).unwrap_or_default(),
+            serde_json::to_value(&p.plugins).unwrap_or_default(),
         );
-        let sha = crate::session::model_sha256(&session.config).unwrap_or_else(|e| {
-            tracing::warn!("cannot hash the model: {e:#}");
-            None
-        });
-        obj.insert("model_sha256".into(), sha.into());
+        obj.insert("model_sha256".into(), model.weights_sha256.clone().into());
         obj.insert("malt_commit".into(), crate::session::MALT_COMMIT.into());
         obj.insert("round".into(), round.round().into());
     }
@@ -177,11 +182,22 @@ fn report_manifest(session: &Session, round: &RoundLayout) -> serde_json::Value 
 
 /// Where a report sits among the rounds: its round, theta and the earlier rounds' summaries
 /// (read from their reports). `None` for a run of one round.
-fn round_context(cfg: &Config, round: &RoundLayout) -> anyhow::Result<Option<RoundContext>> {
-    if cfg.rounds.count <= 1 {
+fn round_context(
+    rounds: Option<&RoundsInputs>,
+    p: &Provenance,
+    round: &RoundLayout,
+) -> anyhow::Result<Option<RoundContext>> {
+    let Some(rounds) = rounds else {
         return Ok(None);
-    }
-    let run = RunLayout::new(&cfg.run.dir);
+    };
+    let run = RunLayout::new(&p.run_dir);
+    let theta = |k: u32| {
+        rounds
+            .thetas
+            .get(k as usize - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let mut earlier = Vec::new();
     for k in 1..round.round() {
         let path = run.round(k).eval().join(malt_eval::report::REPORT_JSON);
@@ -189,11 +205,11 @@ fn round_context(cfg: &Config, round: &RoundLayout) -> anyhow::Result<Option<Rou
             .with_context(|| format!("reading round {k}'s report {}", path.display()))?;
         let report: Report = serde_json::from_str(&text)
             .with_context(|| format!("parsing round {k}'s report {}", path.display()))?;
-        earlier.push(RoundSummary::of(&report, k, round_theta(cfg, k)));
+        earlier.push(RoundSummary::of(&report, k, theta(k)));
     }
     Ok(Some(RoundContext {
         round: round.round(),
-        theta: round_theta(cfg, round.round()),
+        theta: theta(round.round()),
         earlier,
     }))
 }
@@ -207,7 +223,7 @@ pub fn round_theta(cfg: &Config, k: u32) -> f64 {
 /// chain) into this round's log: they are the same in every round (same weights, prompts and
 /// sampling seeds), so later rounds do not sample them again.
 fn reuse_round_one(
-    cfg: &Config,
+    run_dir: &Path,
     round: &RoundLayout,
     systems: &[EvalSystem],
 ) -> anyhow::Result<()> {
@@ -219,7 +235,7 @@ fn reuse_round_one(
         .filter(|s| !s.kind.uses_adapters())
         .map(|s| s.id.as_str())
         .collect();
-    let first = RunLayout::new(&cfg.run.dir).round(1).eval_results();
+    let first = RunLayout::new(run_dir).round(1).eval_results();
     if fixed.is_empty() || !first.exists() {
         return Ok(());
     }
@@ -243,64 +259,121 @@ fn reuse_round_one(
     Ok(())
 }
 
-/// Evaluates the systems of `session` on its held-out split with `round`'s adapters.
+/// What the evaluation stage computes from: its stage inputs (see
+/// [`crate::stage::eval`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalInputs {
+    /// The round's trained adapters.
+    pub adapters: String,
+    #[serde(rename = "config [eval]")]
+    pub eval: malt_config::Eval,
+    /// The agents as sampling sees them (thresholds apart).
+    #[serde(rename = "chain shape and sampling")]
+    pub chain: ChainSpec,
+    pub model: ModelIdentity,
+    /// The held-out questions, in order.
+    #[serde(rename = "test questions")]
+    pub questions: Vec<malt_tree::Example>,
+    /// The chain's plugins, which render, extract and grade every turn: name -> hash.
+    pub plugins: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "config [plugins] options")]
+    pub plugin_options:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// With a STaR system: what STaR produced and how (for its row and the report's note).
+    #[serde(rename = "STaR", skip_serializing_if = "Option::is_none")]
+    pub star: Option<StarOutputs>,
+    /// With `[rounds]`: the thresholds of every round and the earlier rounds' reports.
+    #[serde(rename = "rounds", skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<RoundsInputs>,
+    /// For messages only: the held-out file, when the split is one.
+    #[serde(skip)]
+    pub test_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StarOutputs {
+    /// The STaR stage's samples, SFT set and adapter.
+    pub outputs: String,
+    pub setup: malt_config::Star,
+    pub chain: ChainSpec,
+    /// Samples one MALT tree holds (the report says STaR drew as many).
+    pub tree_samples: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundsInputs {
+    /// Round k's threshold at index k - 1.
+    pub thetas: Vec<f64>,
+    /// The earlier rounds' `report.json` contents.
+    pub earlier: String,
+}
+
+/// Evaluates the systems of `inputs` on its held-out questions with `round`'s adapters.
 pub fn evaluate(
-    session: &mut Session,
-    model: &Model,
+    inputs: &EvalInputs,
+    env: &mut crate::stage::Env<'_>,
     round: &RoundLayout,
 ) -> anyhow::Result<Report> {
-    let split = session.questions()?;
-    let cfg = session.config.clone();
-    let have = available(&cfg, round);
-    let systems = runnable(&cfg, round, &have);
-    let plan = plan_for(session, split.test.len(), &systems)?;
+    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
+    let have = available(&agents, round);
+    let systems = runnable(&inputs.eval, round, &have);
+    let plan = plan_for(inputs, &systems);
+    let model = env.models.get(&inputs.model)?;
     let mut adapters = Adapters::default();
-    for agent in &cfg.agents {
-        if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
-            tracing::info!("agent {}: trained adapter {}", agent.name, dir.display());
+    for agent in &agents {
+        if let Some(dir) = malt_train::final_adapter_dir(round.dir(), agent) {
+            tracing::info!("agent {agent}: trained adapter {}", dir.display());
             adapters
                 .malt
-                .push((agent.name.clone(), model.load_adapter(&dir, &agent.name)?));
+                .push((agent.clone(), model.load_adapter(&dir, agent)?));
         }
     }
     if systems.iter().any(|s| s.kind == SystemKind::Star) {
-        if let Some(first) = cfg.agents.first() {
-            if let Some(dir) = malt_train::final_adapter_dir(round.star().dir(), &first.name) {
+        if let Some(first) = agents.first() {
+            if let Some(dir) = malt_train::final_adapter_dir(round.star().dir(), first) {
                 tracing::info!("STaR: adapter {}", dir.display());
-                adapters.star = Some(model.load_adapter(&dir, &first.name)?);
+                adapters.star = Some(model.load_adapter(&dir, first)?);
             }
         }
     }
-    reuse_round_one(&cfg, round, &systems)?;
-    let ctx = ReportContext {
-        manifest: report_manifest(session, round),
-        star: systems
-            .iter()
-            .any(|s| s.kind == SystemKind::Star)
-            .then(|| crate::star::summary(session, round))
-            .transpose()?,
-        round: round_context(&cfg, round)?,
+    let p = env.tools.provenance.clone();
+    reuse_round_one(&p.run_dir, round, &systems)?;
+    let star = match (
+        &inputs.star,
+        systems.iter().any(|s| s.kind == SystemKind::Star),
+    ) {
+        (Some(s), true) => Some(crate::star::summary(
+            &s.setup,
+            &s.chain,
+            s.tree_samples,
+            round,
+        )?),
+        _ => None,
     };
-    let setups = systems.iter().map(|s| system_setup(&cfg, s)).collect();
-    let chain = session.chain.clone();
-    let live = session.live.clone();
+    let ctx = ReportContext {
+        manifest: report_manifest(&p, &inputs.model, round),
+        star,
+        round: round_context(inputs.rounds.as_ref(), &p, round)?,
+    };
+    let setups = systems.iter().map(|s| system_setup(&agents, s)).collect();
+    let live = env.tools.live.clone();
     let subsets = plan.subsets()?;
     let runner = ModelChainRunner::new(
         model,
-        chain,
-        split.test,
-        cfg.eval.majority_k,
-        &mut session.scorer,
+        inputs.chain.clone(),
+        inputs.questions.clone(),
+        inputs.eval.majority_k,
+        &mut *env.tools.scorer,
         adapters,
         setups,
     )
-    .with_batches(&subsets, cfg.eval.batch_questions);
+    .with_batches(&subsets, inputs.eval.batch_questions);
     let out = round.eval();
     // Hot-reloaded plugins apply between questions, never inside one.
     let mut runner = crate::live_reload::QuestionBoundaries::new(runner, live.as_deref());
     let report = malt_eval::run_evaluation(&mut runner, &plan, &out, &ctx, true)?;
     tracing::info!("report: {}", out.join("report.md").display());
-    if let Err(e) = crate::tracking::write_report(&out, &report, &session.config_text) {
+    if let Err(e) = crate::tracking::write_report(&out, &report, &p.config_text) {
         tracing::warn!("{}: no TensorBoard event file: {e}", out.display());
     }
     Ok(report)
@@ -309,17 +382,20 @@ pub fn evaluate(
 /// The report over the evaluation seeds already complete in `<round>/eval/results.jsonl`,
 /// written to `<round>/eval/partial/`; loads no model and runs nothing, so it can watch an
 /// evaluation that is still running in another process.
-pub fn partial_report(session: &mut Session, round: &RoundLayout) -> anyhow::Result<Report> {
-    let pool = session.questions()?.test.len();
-    let cfg = session.config.clone();
-    let have = available(&cfg, round);
-    let systems = runnable(&cfg, round, &have);
-    let plan = plan_for(session, pool, &systems)?;
+pub fn partial_report(
+    inputs: &EvalInputs,
+    p: &Provenance,
+    round: &RoundLayout,
+) -> anyhow::Result<Report> {
+    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
+    let have = available(&agents, round);
+    let systems = runnable(&inputs.eval, round, &have);
+    let plan = plan_for(inputs, &systems);
     let out = round.eval();
     let ctx = ReportContext {
-        manifest: report_manifest(session, round),
+        manifest: report_manifest(p, &inputs.model, round),
         star: None,
-        round: round_context(&cfg, round)?,
+        round: round_context(inputs.rounds.as_ref(), p, round)?,
     };
     let report = malt_eval::report_complete_seeds(&plan, &out, &ctx)
         .with_context(|| format!("no evaluation seed is complete yet in {}", out.display()))?;

@@ -1,21 +1,25 @@
-//! The generation stage: sample one tree per training question through the embedded model or
-//! the remote backend (`[generation] backend`), and append each finished tree to the run
-//! directory (resumable: finished questions are skipped).
+//! Sampling trees into a run directory: one tree per question through the embedded model or the
+//! remote backend, each finished tree appended durably (resumable: finished questions are
+//! skipped). The generation stage ([`crate::stage::generate`]) and STaR's own samples
+//! ([`crate::star`]) use it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use malt_model::{LoraAdapter, Model};
-use malt_tree::{ChainSpec, CreditSettings, GenerateSummary, Manifest, RunWriter, Sampler};
+use malt_tree::{
+    ChainSpec, CreditSettings, Example, GenerateSummary, Manifest, RunWriter, Sampler,
+};
 
 use crate::backend::ModelSampler;
-use crate::session::Session;
+use crate::stage::Tools;
 
 /// Where a set of trees goes and what it is sampled with.
 pub struct TreeTarget<'a> {
     /// The run (or round, or STaR) directory.
     pub dir: &'a Path,
     pub chain: &'a ChainSpec,
+    /// Recorded in the manifest (informative: thresholds do not change trees).
     pub credit: CreditSettings,
     /// Node seeds derive from it.
     pub seed: u64,
@@ -26,30 +30,12 @@ pub struct TreeTarget<'a> {
     pub tokenizer: Option<String>,
 }
 
-/// Generates the trees of every training question of `session` not yet in its run directory,
-/// through the embedded `model`.
-pub fn generate_trees(
-    session: &mut Session,
-    model: &Model,
-    model_id: &str,
-) -> anyhow::Result<GenerateSummary> {
-    let dir = session.config.run.dir.clone();
-    let chain = session.chain.clone();
-    let target = TreeTarget {
-        dir: &dir,
-        chain: &chain,
-        credit: session.credit,
-        seed: session.config.run.seed,
-        model_id: model_id.to_owned(),
-        tokenizer: session.tokenizer_fingerprint(),
-    };
-    generate_embedded(session, model, Vec::new(), &target)
-}
-
-/// Generates into `target` through the embedded `model`, each agent named in `adapters` on its
-/// adapter (a later round samples with the previous round's adapters).
+/// Generates the trees of `questions` not yet in `target` through the embedded `model`, each
+/// agent named in `adapters` on its adapter (a later round samples with the previous round's
+/// adapters).
 pub fn generate_embedded(
-    session: &mut Session,
+    env: &mut Tools<'_>,
+    questions: &[Example],
     model: &Model,
     adapters: Vec<(String, LoraAdapter)>,
     target: &TreeTarget<'_>,
@@ -58,7 +44,7 @@ pub fn generate_embedded(
     for (agent, a) in adapters {
         sampler = sampler.with_adapter(&agent, a);
     }
-    let summary = generate_with(session, &mut sampler, target)?;
+    let summary = generate_with(env, questions, &mut sampler, target)?;
     let s = sampler.stats;
     tracing::info!(
         "generated {} trees ({} skipped as already done), {} samples, {} errored nodes, {} scoring failures; \
@@ -76,29 +62,36 @@ pub fn generate_embedded(
     Ok(summary)
 }
 
-/// Generates the trees through the config's `[[generation.endpoints]]`; the local model is
-/// not loaded.
-pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary> {
-    let mut sampler = crate::backend::remote::remote_sampler(&session.config)?;
-    crate::backend::remote::announce_engines(&session.config, &mut sampler)?;
-    let model_id = crate::backend::remote::remote_model_id(&session.config);
-    let dir = session.config.run.dir.clone();
-    let chain = session.chain.clone();
-    let target = TreeTarget {
-        dir: &dir,
-        chain: &chain,
-        credit: session.credit,
-        seed: session.config.run.seed,
-        model_id,
-        tokenizer: session.tokenizer_fingerprint(),
-    };
+/// How the remote backend reaches its servers: `[generation]` and the local model whose
+/// tokenizer checks (or supplies) the completions' token ids. Not part of what the trees are
+/// (remote servers reproduce the embedded sampler seed for seed), so not a stage input.
+#[derive(Debug, Clone)]
+pub struct RemoteSetup {
+    pub generation: malt_config::Generation,
+    /// The config's `[model] source`: its tokenizer gives every completion token ids.
+    pub tokenizer_source: String,
+    /// For messages.
+    pub config_path: PathBuf,
+}
+
+/// Generates the trees through `[[generation.endpoints]]`; the local model is not loaded.
+pub fn generate_remote(
+    env: &mut Tools<'_>,
+    questions: &[Example],
+    remote: &RemoteSetup,
+    target: &TreeTarget<'_>,
+) -> anyhow::Result<GenerateSummary> {
+    let mut sampler =
+        crate::backend::remote::remote_sampler(&remote.generation, &remote.config_path)?;
+    let uses_top_k = target.chain.agents.iter().any(|a| a.sampling.top_k > 0);
+    crate::backend::remote::announce_engines(&remote.config_path, uses_top_k, &mut sampler)?;
     // The local model's tokenizer gives every completion token ids: the engine's when they
     // spell its text, else the text encoded (training needs ids; see backend::token_ids).
-    let source = crate::session::model_id(&session.config);
-    let (summary, s) = match malt_model::Model::load_tokenizer(&source) {
+    let source = &remote.tokenizer_source;
+    let (summary, s) = match malt_model::Model::load_tokenizer(source) {
         Ok((tokenizer, _)) => {
             let mut with_ids = crate::backend::WithTokenIds::new(sampler, &tokenizer);
-            let summary = generate_with(session, &mut with_ids, &target)?;
+            let summary = generate_with(env, questions, &mut with_ids, target)?;
             with_ids.stats.log();
             (summary, with_ids.inner.stats)
         }
@@ -106,9 +99,9 @@ pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary>
             tracing::warn!(
                 "{}: [model] source = {source:?}: cannot load its tokenizer ({e}); completions \
                  keep only the ids the engine returns, and training re-encodes the others",
-                session.config.source.display()
+                remote.config_path.display()
             );
-            let summary = generate_with(session, &mut sampler, &target)?;
+            let summary = generate_with(env, questions, &mut sampler, target)?;
             (summary, sampler.stats)
         }
     };
@@ -128,32 +121,17 @@ pub fn generate_remote(session: &mut Session) -> anyhow::Result<GenerateSummary>
     Ok(summary)
 }
 
-/// Generates with the backend the config selects; `model` (the loaded model and its identity)
-/// is called only for the embedded one.
-pub fn generate_configured<'m>(
-    session: &mut Session,
-    model: impl FnOnce(&malt_config::Config) -> anyhow::Result<(&'m Model, String)>,
-) -> anyhow::Result<GenerateSummary> {
-    match session.config.generation.backend {
-        malt_config::Backend::Remote => generate_remote(session),
-        malt_config::Backend::Embedded => {
-            let (m, id) = model(&session.config)?;
-            generate_trees(session, m, &id)
-        }
-    }
-}
-
-/// The stage itself, over any sampler.
+/// The sampling itself, over any sampler.
 fn generate_with(
-    session: &mut Session,
+    env: &mut Tools<'_>,
+    questions: &[Example],
     sampler: &mut dyn Sampler,
     target: &TreeTarget<'_>,
 ) -> anyhow::Result<GenerateSummary> {
-    let split = session.questions()?;
     let dir = target.dir;
     let manifest = Manifest::new(
-        &session.config_text,
-        session.plugin_hashes(),
+        &env.provenance.config_text,
+        env.provenance.plugins.clone(),
         &target.model_id,
         target.seed,
         target.chain.clone(),
@@ -172,22 +150,22 @@ fn generate_with(
         .sum();
     tracing::info!(
         "generating {} trees ({} samples each) into {}",
-        split.train.len(),
+        questions.len(),
         per_tree,
         dir.display()
     );
-    let bar = ProgressBar::new(split.train.len() as u64);
+    let bar = ProgressBar::new(questions.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} questions  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let live = session.live.clone();
+    let live = env.live.clone();
     let summary = malt_tree::generate_run(
         &mut run,
         target.chain,
-        &split.train,
+        questions,
         sampler,
-        &mut session.scorer,
+        env.scorer,
         &mut |p| {
             // A tree is finished: hot-reloaded plugins may apply from the next one on.
             if let Some(l) = &live {

@@ -8,7 +8,7 @@ pub mod live_reload;
 pub mod memory_plan;
 pub mod pipeline;
 pub mod session;
-pub mod stages;
+pub mod stage;
 pub mod star;
 pub mod tracking;
 pub mod train;

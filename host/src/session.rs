@@ -25,7 +25,7 @@ pub struct Session {
     pub credit: CreditSettings,
     /// Hot reload of `malt run` (None elsewhere): marks item boundaries, supplies new plugins.
     pub live: Option<Arc<crate::live_reload::LiveReload>>,
-    /// Tokenizer fingerprints by model source, computed once each (see [`Session::model_identity`]).
+    /// Tokenizer fingerprints by model source, computed once each (see [`Session::model`]).
     fingerprints: std::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
@@ -53,20 +53,6 @@ impl Session {
             live: None,
             fingerprints: Default::default(),
         })
-    }
-
-    /// The model's identity as stage inputs see it: the source the config names and its
-    /// tokenizer's fingerprint ([`malt_model::tokenizer::fingerprint`]: the ids of a probe text
-    /// and chat, and the chat template), so a change of tokenization (a tokenizer fix, a new
-    /// template) recomputes every stage sampled or trained on the old ids. Reads the tokenizer
-    /// only (no weights), once per source.
-    pub fn model_identity(&self) -> String {
-        let fp = self.tokenizer_fingerprint();
-        format!(
-            "{}\ntokenizer {}",
-            model_id(&self.config),
-            fp.as_deref().unwrap_or("unavailable")
-        )
     }
 
     /// [`malt_model::tokenizer::fingerprint`] of the config's model, read once per model source;
@@ -312,13 +298,40 @@ fn tokenizer_fingerprint(source: &str, config: &Path) -> Option<String> {
 /// The git commit the `malt` binary was built from (`-dirty` with uncommitted changes).
 pub const MALT_COMMIT: &str = env!("MALT_GIT_COMMIT");
 
+/// sha256 of a file, remembered in `<cache>/sha256/` by path, size and modification time: the
+/// weights of an 8B model would otherwise be read again (16 GB) at every `malt run`.
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let stamp = format!(
+        "{} {} {:?}",
+        std::path::absolute(path)
+            .unwrap_or_else(|_| path.to_owned())
+            .display(),
+        meta.len(),
+        meta.modified().ok()
+    );
+    let memo = malt_model::fetch::cache_dir()
+        .join("sha256")
+        .join(malt_tree::store::sha256_hex(stamp.as_bytes()));
+    if let Ok(known) = std::fs::read_to_string(&memo) {
+        if known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(known);
+        }
+    }
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
+    let sha = hex::encode(h.finalize());
+    // A memo that cannot be written only costs the hash again next time.
+    if let Some(dir) = memo.parent() {
+        if std::fs::create_dir_all(dir).is_ok() {
+            let _ = malt_tree::store::write_atomic(&memo, sha.as_bytes());
+        }
+    }
+    Ok(sha)
 }
 
 /// sha256 of the model the config names, as stored: the GGUF file, or for a Hugging Face
@@ -362,6 +375,93 @@ pub fn model_sha256(cfg: &Config) -> anyhow::Result<Option<String>> {
         listing.push_str(&format!("{} {name}\n", sha256_file(f)?));
     }
     Ok(Some(malt_tree::store::sha256_hex(listing.as_bytes())))
+}
+
+/// The model a stage computes with, as its inputs name it: another checkpoint, `--dtype`,
+/// `--device` or a tokenizer fix each change it, and with it every stage that uses the model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelIdentity {
+    /// The source the config names: the embedded default's name, a directory or a .gguf.
+    pub source: String,
+    /// sha256 of the stored weights ([`model_sha256`]); `None` for a name malt cannot resolve
+    /// to a file.
+    pub weights_sha256: Option<String>,
+    /// What the weights are held in ("f32", "bf16", "f16"), `auto` resolved for the device.
+    pub dtype: String,
+    /// "cpu", "cuda:0", ...
+    pub device: String,
+    /// [`malt_model::tokenizer::fingerprint`] of its tokenizer and chat template.
+    pub tokenizer: Option<String>,
+}
+
+/// `f32`, `bf16` or `f16`.
+fn dtype_name(d: malt_model::candle_core::DType) -> String {
+    use malt_model::candle_core::DType;
+    match d {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
+    }
+    .to_owned()
+}
+
+impl Session {
+    /// The identity of the config's model (reads its header, tokenizer and the weights' hash,
+    /// cached; fetches the embedded default on first use).
+    pub fn model(&self) -> anyhow::Result<ModelIdentity> {
+        let cfg = &self.config;
+        let source = model_id(cfg);
+        let at = || format!("{}: [model]", cfg.source.display());
+        // The tokenizer first: it fetches the embedded default when it is not there yet.
+        let tokenizer = self.tokenizer_fingerprint();
+        let device = cfg.model.device.trim().to_ascii_lowercase();
+        let cpu = malt_model::parse_device(&device).with_context(at)?.is_cpu();
+        let dtype = match cfg.model.dtype.as_str() {
+            "auto" => {
+                let stored = malt_model::Model::inspect(&source)
+                    .with_context(at)?
+                    .map(|(_, stored)| stored)
+                    .unwrap_or(malt_model::candle_core::DType::F32);
+                dtype_name(malt_model::default_dtype_for(cpu, stored))
+            }
+            d => dtype_name(malt_model::parse_dtype(d).with_context(at)?),
+        };
+        Ok(ModelIdentity {
+            weights_sha256: model_sha256(cfg)?,
+            source,
+            dtype,
+            device,
+            tokenizer,
+        })
+    }
+}
+
+/// Loads the model `id` names, on its device, in its dtype.
+pub fn load_identity(id: &ModelIdentity) -> anyhow::Result<malt_model::Model> {
+    let device = malt_model::parse_device(&id.device)?;
+    let dtype = malt_model::parse_dtype(&id.dtype)?;
+    let t = std::time::Instant::now();
+    let model = malt_model::Model::load_as(&id.source, &device, Some(dtype))
+        .with_context(|| format!("loading model {}", id.source))?;
+    tracing::info!(
+        "weights held in {:?}, computing in {:?}",
+        model.decoder.dtype(),
+        model.decoder.activation_dtype()
+    );
+    tracing::info!(
+        "loaded model {} in {:.1} s",
+        id.source,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+/// Refuses (before loading) a model whose predicted peak memory exceeds what the config's
+/// device has: the check [`load_model`] makes, for callers that load by identity.
+pub fn check_memory(cfg: &Config) -> anyhow::Result<()> {
+    let device = malt_model::parse_device(&cfg.model.device)
+        .with_context(|| format!("{}: [model] device", cfg.source.display()))?;
+    refuse_what_cannot_fit(cfg, &model_id(cfg), &device)
 }
 
 /// Loads the config's base model on its device. Returns the model and its identity for the

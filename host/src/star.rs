@@ -18,11 +18,8 @@ use anyhow::Context;
 use malt_config::{Config, StarData, StarSteps};
 use malt_eval::StarSummary;
 use malt_layout::{RoundLayout, RunLayout};
-use malt_model::Model;
 use malt_train::{MaltPolicy, MaltTokenizer, Method, RunOptions};
 use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, Tree};
-
-use crate::session::Session;
 
 /// Samples one MALT tree holds: the sum of its level sizes.
 pub fn tree_samples(chain: &ChainSpec) -> u64 {
@@ -142,31 +139,69 @@ fn project_trees(round: &RoundLayout, star: &RoundLayout) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What STaR computes from, as the STaR stage's inputs hold it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StarInputs {
+    #[serde(rename = "config [star]")]
+    pub star: malt_config::Star,
+    /// The one-agent chain STaR samples and credits with ([`star_chain`]).
+    #[serde(rename = "STaR chain and sampling")]
+    pub chain: ChainSpec,
+    /// The first agent's `[train]` settings (STaR trains it by SFT only).
+    #[serde(rename = "config train of the first agent")]
+    pub first: crate::train::AgentTraining,
+    pub model: crate::session::ModelIdentity,
+    /// Its samples' seeds derive from it ([`star_seed`]).
+    #[serde(rename = "round seed")]
+    pub round_seed: u64,
+    /// Seeds its training.
+    #[serde(rename = "run seed")]
+    pub run_seed: u64,
+    #[serde(rename = "optimiser steps")]
+    pub steps: Option<u64>,
+    /// `data = "trees"`: the round's trees.
+    #[serde(rename = "trees.jsonl", skip_serializing_if = "Option::is_none")]
+    pub trees: Option<String>,
+    /// Round k >= 2 of `data = "sample"`: round k-1's STaR adapter, which samples.
+    #[serde(
+        rename = "previous round's STaR adapter",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous: Option<String>,
+    /// The training questions it samples (`data = "sample"`).
+    pub questions: Vec<malt_tree::Example>,
+    /// The first agent's plugin: it renders, extracts and grades: name -> hash.
+    pub plugins: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "config [plugins] options")]
+    pub plugin_options:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
 /// Everything STaR needs in `round`: its samples (drawn or taken from the trees), its SFT set
 /// and its adapter. Resumable: finished questions, the SFT set and finished training phases
 /// are kept.
 pub fn run_star(
-    session: &mut Session,
-    model: &Model,
+    inputs: &StarInputs,
+    env: &mut crate::stage::Env<'_>,
     round: &RoundLayout,
-    round_seed: u64,
 ) -> anyhow::Result<()> {
-    let cfg = session.config.clone();
     let star = round.star();
-    let chain = star_chain(&cfg, &session.chain)?;
+    let chain = &inputs.chain;
     let first = chain.agents[0].name.clone();
-    match cfg.star.data {
+    let model = env.models.get(&inputs.model)?;
+    match inputs.star.data {
         StarData::Trees => project_trees(round, &star)?,
         StarData::Sample => {
             let mut adapters = Vec::new();
-            let mut model_id = crate::session::model_id(&cfg);
-            if round.round() > 1 {
-                let prev = RunLayout::new(&cfg.run.dir).round(round.round() - 1).star();
+            let mut model_id = inputs.model.source.clone();
+            if let Some(hash) = &inputs.previous {
+                let prev = RunLayout::new(&env.tools.provenance.run_dir)
+                    .round(round.round() - 1)
+                    .star();
                 if let Some(dir) = malt_train::final_adapter_dir(prev.dir(), &first) {
                     model_id = format!(
-                        "{model_id} + STaR adapter of round {} sha256:{}",
+                        "{model_id} + STaR adapter of round {} sha256:{hash}",
                         round.round() - 1,
-                        crate::stages::tree_hash(&dir, &|_| true)?
                     );
                     adapters.push((first.clone(), model.load_adapter(&dir, &first)?));
                 }
@@ -178,31 +213,34 @@ pub fn run_star(
             );
             let target = crate::generate::TreeTarget {
                 dir: star.dir(),
-                chain: &chain,
+                chain,
                 credit: STAR_CREDIT,
-                seed: star_seed(round_seed),
+                seed: star_seed(inputs.round_seed),
                 model_id,
-                tokenizer: session.tokenizer_fingerprint(),
+                tokenizer: inputs.model.tokenizer.clone(),
             };
-            crate::generate::generate_embedded(session, model, adapters, &target)?;
+            crate::generate::generate_embedded(
+                &mut env.tools,
+                &inputs.questions,
+                model,
+                adapters,
+                &target,
+            )?;
         }
     }
     let report = malt_tree::recredit(
         star.dir(),
-        &chain,
+        chain,
         &STAR_CREDIT,
-        Some(&mut session.scorer as &mut dyn malt_tree::Scorer),
+        Some(&mut *env.tools.scorer as &mut dyn malt_tree::Scorer),
     )?;
     let kept = report.stats.agents.first().map_or(0, |a| a.sft);
     tracing::info!("STaR: {kept} correct samples kept");
 
-    let agent = cfg
-        .agents
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the chain has no agent"))?;
-    let mut plan = crate::train::agent_plan(agent, cfg.run.seed);
+    let mut plan =
+        crate::train::agent_plan(&inputs.first.name, &inputs.first.plan, inputs.run_seed);
     plan.method = Method::Sft;
-    if let Some(steps) = star_steps(&cfg, round)? {
+    if let Some(steps) = inputs.steps {
         plan.sft.max_steps = steps.min(u32::MAX as u64) as u32;
     }
     if kept == 0 {
@@ -212,16 +250,16 @@ pub fn run_star(
         );
         return Ok(());
     }
-    let l = &agent.train.lora;
+    let l = &inputs.first.plan.lora;
     let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
     let policy = MaltPolicy::new(model, lora)
-        .with_gradient_checkpointing(agent.train.gradient_checkpointing);
+        .with_gradient_checkpointing(inputs.first.plan.gradient_checkpointing);
     let tok = MaltTokenizer::new(model)?;
     let opts = RunOptions {
         resume: true,
         progress: true,
         stop_after_steps: None,
-        base_model: crate::session::model_id(&cfg),
+        base_model: inputs.model.source.clone(),
     };
     malt_train::train_agent(&policy, &tok, star.dir(), &plan, &opts)?;
     Ok(())
@@ -236,10 +274,13 @@ fn lines(path: &Path) -> anyhow::Result<usize> {
 }
 
 /// What STaR was trained on in `round`, for the report: read back from its files.
-pub fn summary(session: &Session, round: &RoundLayout) -> anyhow::Result<StarSummary> {
-    let cfg = &session.config;
+pub fn summary(
+    setup: &malt_config::Star,
+    chain: &ChainSpec,
+    tree_samples: u64,
+    round: &RoundLayout,
+) -> anyhow::Result<StarSummary> {
     let star = round.star();
-    let chain = star_chain(cfg, &session.chain)?;
     let agent = &chain.agents[0];
     let trees = malt_tree::read_trees(&star.trees())?.trees;
     let samples = trees
@@ -258,15 +299,13 @@ pub fn summary(session: &Session, round: &RoundLayout) -> anyhow::Result<StarSum
     } else {
         format!("round {}'s STaR model", round.round() - 1)
     };
-    let (data, source) = match cfg.star.data {
+    let (data, source) = match setup.data {
         StarData::Sample => (
             "sampled",
             format!(
                 "{} samples per question from {model} at temperature {}, as many as one MALT \
                  tree holds ({})",
-                agent.branches,
-                agent.sampling.temperature,
-                tree_samples(&session.chain)
+                agent.branches, agent.sampling.temperature, tree_samples
             ),
         ),
         StarData::Trees => (

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use malt_config::{Agent, Config};
+use malt_config::{Config, TrainPlan};
 use malt_model::Model;
 use malt_train::{
     AgentPlan, DpoLossKind, DpoSettings, MaltPolicy, MaltTokenizer, Method, OptimSettings,
@@ -31,11 +31,10 @@ fn optim(o: &malt_config::Optim, seed: u64) -> OptimSettings {
     }
 }
 
-/// The trainer's plan for one agent of the config.
-pub fn agent_plan(agent: &Agent, seed: u64) -> AgentPlan {
-    let t = &agent.train;
+/// The trainer's plan for agent `name` with `[train]` settings `t`.
+pub fn agent_plan(name: &str, t: &TrainPlan, seed: u64) -> AgentPlan {
     AgentPlan {
-        name: agent.name.clone(),
+        name: name.to_owned(),
         method: match t.method {
             malt_config::Method::Sft => Method::Sft,
             malt_config::Method::Dpo => Method::Dpo,
@@ -52,6 +51,27 @@ pub fn agent_plan(agent: &Agent, seed: u64) -> AgentPlan {
                 malt_config::DpoLoss::Ipo => DpoLossKind::Ipo,
             },
         },
+    }
+}
+
+/// One agent's training settings, as the training stage's inputs hold them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AgentTraining {
+    pub name: String,
+    pub plan: TrainPlan,
+}
+
+impl AgentTraining {
+    /// Every agent of `config`, in chain order.
+    pub fn of(config: &Config) -> Vec<AgentTraining> {
+        config
+            .agents
+            .iter()
+            .map(|a| AgentTraining {
+                name: a.name.clone(),
+                plan: a.train.clone(),
+            })
+            .collect()
     }
 }
 
@@ -99,36 +119,37 @@ fn method_with_data(run_dir: &Path, agent: &str, method: Method) -> anyhow::Resu
     Ok(m)
 }
 
-/// Trains every agent (or only `only_agent`) of `config` on the datasets of `run_dir` (the run
+/// Trains every agent of `agents` (or only `only_agent`) on the datasets of `run_dir` (the run
 /// directory, or one round's). Each agent gets its own LoRA settings, so each runs with its own
-/// policy.
+/// policy. `provenance` puts the config text beside the phases' TensorBoard event files.
+#[allow(clippy::too_many_arguments)]
 pub fn train_agents(
-    config: &Config,
+    agents: &[AgentTraining],
+    seed: u64,
     run_dir: &Path,
     model: &Model,
     model_id: &str,
     only_agent: Option<&str>,
     resume: bool,
+    provenance: &crate::stage::Provenance,
 ) -> anyhow::Result<Vec<PhaseReport>> {
     if let Some(name) = only_agent {
-        if !config.agents.iter().any(|a| a.name == name) {
-            let known: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+        if !agents.iter().any(|a| a.name == name) {
+            let known: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
             anyhow::bail!(
                 "{}: no agent named `{name}` (agents: {})",
-                config.source.display(),
+                provenance.config_path.display(),
                 known.join(", ")
             );
         }
     }
     // The config beside the phases' TensorBoard event files (run "." of `<run>`).
-    let tracked = std::fs::read_to_string(&config.source).and_then(|text| {
-        std::fs::create_dir_all(&config.run.dir)?;
-        crate::tracking::write_config(&config.run.dir, &text)
-    });
+    let tracked = std::fs::create_dir_all(&provenance.run_dir)
+        .and_then(|()| crate::tracking::write_config(&provenance.run_dir, &provenance.config_text));
     if let Err(e) = tracked {
         tracing::warn!(
             "{}: no TensorBoard config text: {e}",
-            config.run.dir.display()
+            provenance.run_dir.display()
         );
     }
     let tok = MaltTokenizer::new(model)?;
@@ -139,19 +160,19 @@ pub fn train_agents(
         base_model: model_id.to_owned(),
     };
     let mut reports = Vec::new();
-    for agent in &config.agents {
+    for agent in agents {
         if only_agent.is_some_and(|n| n != agent.name) {
             continue;
         }
-        let mut plan = agent_plan(agent, config.run.seed);
+        let mut plan = agent_plan(&agent.name, &agent.plan, seed);
         plan.method = method_with_data(run_dir, &agent.name, plan.method)?;
         if plan.method == Method::None {
             continue;
         }
-        let l = &agent.train.lora;
+        let l = &agent.plan.lora;
         let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
         let policy = MaltPolicy::new(model, lora)
-            .with_gradient_checkpointing(agent.train.gradient_checkpointing);
+            .with_gradient_checkpointing(agent.plan.gradient_checkpointing);
         reports.extend(malt_train::run_schedule(
             &policy,
             &tok,

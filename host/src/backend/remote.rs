@@ -1,16 +1,16 @@
 //! The remote generation backend from a config: `[generation]` resolved into a
 //! [`malt_remote::RemoteSampler`], API keys read from the environment.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use malt_config::{Config, EngineKind, ModelSource};
+use malt_config::{Config, EngineKind, Generation, ModelSource};
 use malt_remote::{Endpoint, Engine, EngineChoice, RemoteSampler, RemoteSettings, RetryPolicy};
 
-/// The sampler for `cfg`'s `[[generation.endpoints]]`. Fails, naming the variable, when an
-/// endpoint's `api_key_env` is not set.
-pub fn remote_sampler(cfg: &Config) -> anyhow::Result<RemoteSampler> {
-    let g = &cfg.generation;
+/// The sampler for `[[generation.endpoints]]` of the config at `config`. Fails, naming the
+/// variable, when an endpoint's `api_key_env` is not set.
+pub fn remote_sampler(g: &Generation, config: &Path) -> anyhow::Result<RemoteSampler> {
     let mut endpoints = Vec::with_capacity(g.endpoints.len());
     for (i, e) in g.endpoints.iter().enumerate() {
         let key = match &e.api_key_env {
@@ -18,7 +18,7 @@ pub fn remote_sampler(cfg: &Config) -> anyhow::Result<RemoteSampler> {
                 anyhow::anyhow!(
                     "{}: [[generation.endpoints]] #{} ({}) takes its API key from the \
                      environment variable {var}, which is not set (export {var}=...)",
-                    cfg.source.display(),
+                    config.display(),
                     i + 1,
                     Endpoint::new(&e.url)
                 )
@@ -54,17 +54,20 @@ pub fn remote_sampler(cfg: &Config) -> anyhow::Result<RemoteSampler> {
     tracing::debug!("remote generation: {settings:?}");
     RemoteSampler::new(settings)
         .map_err(|e| anyhow::anyhow!(e.0))
-        .with_context(|| format!("{}: [generation]", cfg.source.display()))
+        .with_context(|| format!("{}: [generation]", config.display()))
 }
 
 /// Identifies each endpoint's engine and logs, at the start of the run, what it does not honour
 /// of what the trees depend on (per-choice seeds, `n`, `seed`, `top_k`).
-pub fn announce_engines(cfg: &Config, sampler: &mut RemoteSampler) -> anyhow::Result<()> {
-    let uses_top_k = cfg.agents.iter().any(|a| a.top_k > 0);
+pub fn announce_engines(
+    config: &Path,
+    uses_top_k: bool,
+    sampler: &mut RemoteSampler,
+) -> anyhow::Result<()> {
     let reports = sampler
         .resolve_engines(uses_top_k)
         .map_err(|e| anyhow::anyhow!(e.0))
-        .with_context(|| format!("{}: [[generation.endpoints]]", cfg.source.display()))?;
+        .with_context(|| format!("{}: [[generation.endpoints]]", config.display()))?;
     for r in &reports {
         r.log();
     }

@@ -1,8 +1,10 @@
-//! `malt credit CONFIG`: recompute rewards, values, labels, per-agent SFT/DPO datasets and
-//! statistics from the run's stored trees, with the current plugins and thresholds, without
-//! touching the model. `--watch` stays running on the plugin host's hot reload: every valid edit
-//! of the config or a plugin recomputes and prints positives and pairs per agent before and
-//! after; a broken edit is reported and the previous results stay.
+//! `malt credit CONFIG [--round K]`: recompute rewards, values, labels, per-agent SFT/DPO
+//! datasets and statistics from the round's stored trees, with the current plugins and the
+//! round's thresholds, without touching the model: `malt run`'s credit stage (skipped when
+//! current). `--watch` stays running on the plugin host's hot reload: every valid edit of the
+//! config or a plugin recomputes and prints positives and pairs per agent before and after; a
+//! broken edit is reported and the previous results stay. `--watch`, `--run` and
+//! `--stored-rewards` work outside the stage record (`malt run` judges the stage again).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,7 +21,10 @@ use malt::session::{chain_from_config, credit_from_config};
 pub struct Args {
     /// Run config (TOML); its `[run] dir` holds the trees.
     config: PathBuf,
-    /// Run directory, overriding the config's `[run] dir`.
+    /// The round of `[rounds]` (default 1): its trees and its thresholds.
+    #[arg(long)]
+    round: Option<u32>,
+    /// Run directory, overriding the config's `[run] dir` (round 1's trees there).
     #[arg(long)]
     run: Option<PathBuf>,
     /// Keep the rewards stored at generation instead of re-grading with the current plugins.
@@ -36,9 +41,17 @@ fn credit_once(
     plugins: &PluginSet,
     print_table: bool,
 ) -> anyhow::Result<Stats> {
-    let chain = chain_from_config(cfg)?;
-    let settings = credit_from_config(cfg)?;
-    let run_dir = args.run.clone().unwrap_or_else(|| cfg.run.dir.clone());
+    let round = super::round_arg(cfg, args.round)?;
+    let (chain, settings) = malt::pipeline::round_credit_of(
+        &chain_from_config(cfg)?,
+        credit_from_config(cfg)?,
+        &cfg.rounds,
+        round.round(),
+    );
+    let run_dir = args
+        .run
+        .clone()
+        .unwrap_or_else(|| round.dir().to_path_buf());
     let mut scorer = PluginScorer::new(plugins.clone());
     let t = Instant::now();
     let report = malt_tree::recredit(
@@ -64,6 +77,16 @@ fn credit_once(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.watch && args.run.is_none() && !args.stored_rewards {
+        let mut session = malt::session::Session::open(&args.config)?;
+        let round = super::round_arg(&session.config, args.round)?;
+        malt::stage::run_stage::<malt::stage::credit::Credit>(
+            &mut session,
+            &mut malt::stage::Models::new(),
+            &round,
+        )?;
+        return Ok(());
+    }
     if !args.watch {
         let cfg = Config::load(&args.config)?;
         let plugins = PluginSet::load(&Runtime::shared()?, &cfg)?;

@@ -1,8 +1,13 @@
-//! `malt eval CONFIG`: evaluate every system of `[eval] systems` (single agent, untrained
-//! chain, STaR, MALT, ablations; each with and without majority voting) on held-out questions;
-//! writes the round's report.
+//! `malt eval CONFIG [--round K]`: evaluate every system of `[eval] systems` (single agent,
+//! untrained chain, STaR, MALT, ablations; each with and without majority voting) on held-out
+//! questions and write the round's report, as `malt run`'s evaluation stage (skipped when
+//! current: the report is printed as it stands).
 
 use std::path::PathBuf;
+
+use malt::stage::eval::Eval;
+use malt::stage::record::Decision;
+use malt::stage::{run_stage, Models, Provenance};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,12 +30,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut session = malt::session::Session::open(&args.config)?;
     let round = malt::evaluate::round_of(&session.config, args.round)?;
     if args.partial {
-        let report = malt::evaluate::partial_report(&mut session, &round)?;
+        let inputs = Eval::inputs_of(&mut session, &round)?;
+        let report = malt::evaluate::partial_report(&inputs, &Provenance::of(&session), &round)?;
         print!("{}", malt_eval::render_markdown(&report));
         return Ok(());
     }
-    let (model, _) = malt::session::load_model(&session.config)?;
-    let report = malt::evaluate::evaluate(&mut session, &model, &round)?;
-    print!("{}", malt_eval::render_markdown(&report));
+    let mut models = Models::for_config(&session.config);
+    if run_stage::<Eval>(&mut session, &mut models, &round)? == Decision::Current {
+        // Nothing to compute: the report as it stands.
+        let path = round.eval().join("report.md");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => print!("{text}"),
+            Err(e) => tracing::warn!("{}: {e}", path.display()),
+        }
+    }
     Ok(())
 }

@@ -9,9 +9,13 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run config: generate its trees (the other flags do not apply).
+    /// A run config: generate its trees, as `malt run` does (the other flags do not apply).
     #[arg(conflicts_with_all = ["model", "prompt"])]
     pub config: Option<std::path::PathBuf>,
+    /// With a config: the round of `[rounds]` (default 1; round K samples with round K-1's
+    /// adapters).
+    #[arg(long, requires = "config")]
+    pub round: Option<u32>,
     /// Model: `smollm2-135m-instruct` (fetched on first use), a Hugging Face directory or a .gguf file.
     #[arg(long)]
     pub model: Option<String>,
@@ -59,12 +63,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         .install()?;
         let mut session = malt::session::Session::open(config)?;
-        // Loaded only by the embedded backend; the remote one samples over HTTP.
-        let mut model = None;
-        malt::generate::generate_configured(&mut session, |cfg| {
-            let (m, id) = model.insert(malt::session::load_model(cfg)?);
-            Ok((&*m, id.clone()))
-        })?;
+        let round = super::round_arg(&session.config, args.round)?;
+        // The model loads only for the embedded backend; the remote one samples over HTTP.
+        let mut models = malt::stage::Models::for_config(&session.config);
+        malt::stage::run_stage::<malt::stage::generate::Generate>(
+            &mut session,
+            &mut models,
+            &round,
+        )?;
         return Ok(());
     }
     let Some(model_src) = args.model.as_deref() else {

@@ -38,6 +38,22 @@ impl ModelFlags {
     }
 }
 
+/// `--round K` of a standalone stage command: round K of the config's `[rounds]` (default 1).
+pub fn round_arg(
+    cfg: &malt_config::Config,
+    round: Option<u32>,
+) -> anyhow::Result<malt_layout::RoundLayout> {
+    let k = round.unwrap_or(1);
+    if k < 1 || k > cfg.rounds.count {
+        anyhow::bail!(
+            "{}: --round {k}: the config has rounds 1 to {} ([rounds] count)",
+            cfg.source.display(),
+            cfg.rounds.count
+        );
+    }
+    Ok(malt_layout::RunLayout::new(&cfg.run.dir).round(k))
+}
+
 /// `--dtype` of a command that loads a model without a config: `None` (or "auto") lets the
 /// model layer pick (f32 on the CPU, the checkpoint's own on a GPU).
 pub fn dtype_arg(dtype: Option<&str>) -> anyhow::Result<Option<malt_model::candle_core::DType>> {

@@ -1,6 +1,7 @@
-//! `malt score --plugin P --data RAW.jsonl --completions C.jsonl [--options k=v ...]`: grade
-//! completions of any model. Each line of C is `{"index": i, "completion": "..."}` with `i` a
-//! 0-based line number of RAW; prints one JSON line per completion
+//! `malt score --plugin P --data RAW --completions C.jsonl [--options k=v ...]`: grade
+//! completions of any model. RAW is read as `[dataset] path` is (malt-records: JSONL, a JSON
+//! array or parquet); each line of C is `{"index": i, "completion": "..."}` with `i` a 0-based
+//! record number of RAW. Prints one JSON line per completion
 //! `{"index": i, "answer": <extracted or null>, "reward": <float>}` (plus `"error"` when the
 //! item errored) and a summary on stderr.
 
@@ -16,10 +17,12 @@ pub struct Args {
     /// Plugin: a name under plugins/, a guest crate directory or a .wasm component.
     #[arg(long)]
     plugin: String,
-    /// Raw dataset records (JSONL), parsed by the plugin.
+    /// Raw dataset records, parsed by the plugin: JSONL, a JSON array or parquet (read as
+    /// `[dataset] path` is). A completion's index counts its records from 0: non-blank lines of
+    /// JSONL, elements of an array, rows of parquet.
     #[arg(long)]
     data: PathBuf,
-    /// Completions (JSONL): {"index": i, "completion": "..."}.
+    /// Completions, JSONL only: one {"index": i, "completion": "..."} per line.
     #[arg(long)]
     completions: PathBuf,
     /// Plugin options, `key=value` (repeatable).
@@ -63,9 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = Runtime::shared()?;
     let plugin = malt_plugins::load_named(&runtime, &args.plugin, &options, &Sandbox::default())
         .with_context(|| format!("loading plugin {}", args.plugin))?;
-    let raw = std::fs::read_to_string(&args.data)
-        .with_context(|| format!("reading {}", args.data.display()))?;
-    let records: Vec<String> = raw.lines().map(String::from).collect();
+    let records = malt_records::read_records(&args.data)?;
     let comp_text = std::fs::read_to_string(&args.completions)
         .with_context(|| format!("reading {}", args.completions.display()))?;
     let mut completions = Vec::new();
@@ -82,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?;
         if c.index >= records.len() {
             bail!(
-                "{}:{}: index {} is out of range ({} has {} lines)",
+                "{}:{}: index {} is out of range ({} has {} records)",
                 args.completions.display(),
                 n + 1,
                 c.index,
@@ -96,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut wanted: Vec<usize> = completions.iter().map(|c| c.index).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let lines: Vec<String> = wanted.iter().map(|&i| records[i].clone()).collect();
+    let lines: Vec<String> = wanted.iter().map(|&i| records[i].text.clone()).collect();
     let mut examples = BTreeMap::new();
     for chunk in wanted
         .chunks(args.batch.max(1))
@@ -143,7 +144,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 error: None,
             };
             let err = match (examples.get(&c.index), &answers[k]) {
-                (Some(Err(e)), _) => Some(format!("record {}: {e}", c.index)),
+                (Some(Err(e)), _) => {
+                    Some(format!("{}: {e}", records[c.index].at.locate(&args.data)))
+                }
                 (_, Err(e)) => Some(e.to_string()),
                 _ => None,
             };

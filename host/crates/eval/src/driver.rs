@@ -2,6 +2,7 @@
 //! they come, reports written at the end.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -51,6 +52,7 @@ pub fn run_evaluation(
     ) {
         bar.set_style(style);
     }
+    let mut pace = ProgressLog::new(total);
     let resumed = log.records().len();
     if resumed > 0 {
         tracing::info!(records = resumed, path = %log.path().display(), "resuming evaluation");
@@ -89,9 +91,13 @@ pub fn run_evaluation(
                         }
                     };
                     log.append(AttemptRecord::new(key, request.sample_seed, result))?;
+                    pace.attempt();
                 }
             }
             bar.inc(1);
+            if let Some(line) = pace.question_done() {
+                bar.suspend(|| tracing::info!("{line}"));
+            }
         }
         // A line per seed for logs (the bar is hidden when stderr is not a terminal).
         tracing::info!(
@@ -110,6 +116,68 @@ pub fn run_evaluation(
             errored = s.errored, "evaluation result");
     }
     Ok(report)
+}
+
+/// About ten log lines per evaluation, as generation writes: questions done, attempts per
+/// second and the ETA, from the work of this process only (resumed questions cost nothing). The
+/// bar is drawn on a terminal only: without these lines a log (stderr not a terminal) saw
+/// nothing for minutes.
+struct ProgressLog {
+    start: Instant,
+    total: u64,
+    step: u64,
+    done: u64,
+    /// Questions with at least one attempt run here, and those attempts.
+    fresh: u64,
+    attempts: u64,
+    fresh_question: bool,
+}
+
+impl ProgressLog {
+    fn new(total: u64) -> Self {
+        ProgressLog {
+            start: Instant::now(),
+            total,
+            step: (total / 10).max(1),
+            done: 0,
+            fresh: 0,
+            attempts: 0,
+            fresh_question: false,
+        }
+    }
+
+    fn attempt(&mut self) {
+        self.attempts += 1;
+        self.fresh_question = true;
+    }
+
+    /// Counts a question; its log line when one is due.
+    fn question_done(&mut self) -> Option<String> {
+        self.done += 1;
+        self.fresh += u64::from(std::mem::take(&mut self.fresh_question));
+        self.line(self.start.elapsed())
+    }
+
+    fn line(&self, elapsed: Duration) -> Option<String> {
+        if self.fresh == 0 || (!self.done.is_multiple_of(self.step) && self.done != self.total) {
+            return None;
+        }
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.attempts as f64 / secs
+        } else {
+            0.0
+        };
+        let left = self.total.saturating_sub(self.done);
+        let eta = elapsed.mul_f64(left as f64 / self.fresh as f64).as_secs();
+        Some(format!(
+            "eval: {}/{} questions, {rate:.2} attempts/s, ETA {}m{:02}s",
+            self.done,
+            self.total,
+            eta / 60,
+            eta % 60
+        ))
+    }
 }
 
 /// The report over the seeds of `plan` whose every attempt is already in
@@ -165,4 +233,44 @@ pub fn report_complete_seeds(
     let report = aggregate(&partial, &records, ctx)?;
     write_reports(&out_dir.join(PARTIAL_DIR), &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten lines for 100 questions, none while only resumed questions pass, the ETA from this
+    /// process's own pace.
+    #[test]
+    fn progress_logs_about_ten_lines_from_the_work_done_here() {
+        let mut p = ProgressLog::new(100);
+        let mut lines = Vec::new();
+        for q in 0..100 {
+            if q >= 35 {
+                p.attempt();
+                p.attempt();
+            }
+            if p.question_done().is_some() {
+                lines.push(q + 1);
+            }
+        }
+        assert_eq!(lines, [40, 50, 60, 70, 80, 90, 100]);
+        let mut p = ProgressLog::new(20);
+        for _ in 0..10 {
+            p.attempt();
+            p.question_done();
+        }
+        assert_eq!(
+            p.line(Duration::from_secs(50)).as_deref(),
+            Some("eval: 10/20 questions, 0.20 attempts/s, ETA 0m50s")
+        );
+        let mut p = ProgressLog::new(7);
+        let n = (0..7)
+            .filter(|_| {
+                p.attempt();
+                p.question_done().is_some()
+            })
+            .count();
+        assert_eq!(n, 7);
+    }
 }

@@ -56,10 +56,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let (embedded_s, samples) = {
         let mut session = malt::session::Session::open(&embedded_cfg)?;
-        let (model, id) = malt::session::load_model(&session.config)?;
+        // The model is loaded before the clock starts, as a server has it loaded.
+        let id = session.model()?;
+        let mut models = malt::stage::Models::new();
+        models.get(&id)?;
         let t = Instant::now();
-        let summary = malt::generate::generate_trees(&mut session, &model, &id)?;
-        (t.elapsed().as_secs_f64(), summary.samples)
+        generate(&mut session, &mut models)?;
+        let samples = malt_tree::read_trees(&root.join("runs/embedded/trees.jsonl"))?
+            .trees
+            .iter()
+            .map(|t| t.nodes.len() as u64)
+            .sum::<u64>();
+        (t.elapsed().as_secs_f64(), samples)
     };
     println!(
         "embedded  {embedded_s:8.2} s  {:7.1} samples/s  (baseline)",
@@ -78,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let remote_s = {
         let mut session = malt::session::Session::open(&remote_cfg)?;
         let t = Instant::now();
-        malt::generate::generate_remote(&mut session)?;
+        generate(&mut session, &mut malt::stage::Models::new())?;
         t.elapsed().as_secs_f64()
     };
     println!(
@@ -92,6 +100,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let (same, total) = compare_trees(&root.join("runs/embedded"), &root.join("runs/remote"))?;
     println!("trees identical to the embedded backend's: {same} of {total} nodes");
+    Ok(())
+}
+
+/// The generation stage of round 1, as `malt generate` runs it.
+fn generate(
+    session: &mut malt::session::Session,
+    models: &mut malt::stage::Models,
+) -> anyhow::Result<()> {
+    let round = malt_layout::RunLayout::new(&session.config.run.dir).round(1);
+    malt::stage::run_stage::<malt::stage::generate::Generate>(session, models, &round)?;
     Ok(())
 }
 

@@ -122,7 +122,18 @@ fn workload(config: &Path) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = std::time::Instant::now();
-    let reports = malt::train::train_agents(&cfg, tmp.path(), &model, &id, None, false)?;
+    let mut provenance = malt::stage::Provenance::of(&session);
+    provenance.run_dir = tmp.path().to_path_buf();
+    let reports = malt::train::train_agents(
+        &malt::train::AgentTraining::of(&cfg),
+        cfg.run.seed,
+        tmp.path(),
+        &model,
+        &id,
+        None,
+        false,
+        &provenance,
+    )?;
     let wall = t.elapsed().as_secs_f64();
     for r in &reports {
         println!(

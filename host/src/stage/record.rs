@@ -84,7 +84,7 @@ pub enum Status {
 
 /// The content of `<run>/stages/<stage>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageRecord {
+pub struct RecordFile {
     pub stage: String,
     pub status: Status,
     /// Input name -> hash (e.g. `config [credit]`, `trees.jsonl`, `plugin parity`).
@@ -127,15 +127,19 @@ impl std::fmt::Display for Decision {
 }
 
 /// One stage of a run directory with the inputs it is about to be computed from.
-pub struct Stage {
+pub struct StageRecord {
     pub name: &'static str,
     path: PathBuf,
     inputs: BTreeMap<String, String>,
 }
 
-impl Stage {
-    pub fn new(run_dir: &Path, name: &'static str, inputs: BTreeMap<String, String>) -> Stage {
-        Stage {
+impl StageRecord {
+    pub fn new(
+        run_dir: &Path,
+        name: &'static str,
+        inputs: BTreeMap<String, String>,
+    ) -> StageRecord {
+        StageRecord {
             name,
             path: malt_layout::RoundLayout::at(run_dir).stage_record(name),
             inputs,
@@ -146,7 +150,7 @@ impl Stage {
         &self.path
     }
 
-    fn read(&self) -> anyhow::Result<Option<StageRecord>> {
+    fn read(&self) -> anyhow::Result<Option<RecordFile>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -196,7 +200,7 @@ impl Stage {
     }
 
     fn write(&self, status: Status, outputs: Option<String>) -> anyhow::Result<()> {
-        let rec = StageRecord {
+        let rec = RecordFile {
             stage: self.name.to_owned(),
             status,
             inputs: self.inputs.clone(),
@@ -250,7 +254,7 @@ mod tests {
     #[test]
     fn decisions_follow_the_record() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Stage::new(
+        let a = StageRecord::new(
             dir.path(),
             "credit",
             inputs(&[("trees", "1"), ("theta", "x")]),
@@ -264,7 +268,7 @@ mod tests {
             a.decide(|| Ok("p".into())).unwrap(),
             Decision::OutputsChanged
         );
-        let b = Stage::new(
+        let b = StageRecord::new(
             dir.path(),
             "credit",
             inputs(&[("trees", "1"), ("theta", "y")]),
@@ -273,7 +277,7 @@ mod tests {
             b.decide(|| Ok("o".into())).unwrap(),
             Decision::InputsChanged(vec!["theta".into()])
         );
-        let c = Stage::new(dir.path(), "credit", inputs(&[("trees", "1")]));
+        let c = StageRecord::new(dir.path(), "credit", inputs(&[("trees", "1")]));
         assert_eq!(
             c.decide(|| Ok("o".into())).unwrap(),
             Decision::InputsChanged(vec!["theta".into()])

@@ -1,0 +1,101 @@
+//! The credit stage: re-score the stored trees with the current plugins, propagate values,
+//! label nodes against each agent's threshold (round k's `[rounds] theta` where given) and
+//! write the per-agent SFT/DPO sets.
+
+use std::collections::BTreeMap;
+
+use malt_layout::RoundLayout;
+use malt_tree::{ChainSpec, CreditSettings, Scorer};
+use serde::Serialize;
+
+use super::generate::chain_plugins;
+use super::record::{file_hash, tree_hash};
+use super::{Env, Stage};
+use crate::session::Session;
+
+pub struct Credit;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inputs {
+    /// The trees of the generation stage.
+    #[serde(rename = "trees.jsonl")]
+    pub trees: String,
+    /// The chain the trees have: names, roles, plugins and branches.
+    #[serde(rename = "chain shape")]
+    pub shape: ChainSpec,
+    /// Each agent's threshold in this round.
+    #[serde(rename = "agents theta")]
+    pub thetas: Vec<(String, Option<f64>)>,
+    /// Pooling, pairs and the global threshold of this round.
+    #[serde(rename = "config [credit]")]
+    pub settings: CreditSettings,
+    /// The chain's plugins, which extract and grade every node: name -> hash.
+    pub plugins: BTreeMap<String, String>,
+    /// Every plugin's options (a grader's settings).
+    #[serde(rename = "config [plugins] options")]
+    pub plugin_options: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Inputs {
+    /// The chain with this round's thresholds.
+    fn chain(&self) -> ChainSpec {
+        let mut c = self.shape.clone();
+        for (a, (_, theta)) in c.agents.iter_mut().zip(&self.thetas) {
+            a.theta = *theta;
+        }
+        c
+    }
+}
+
+/// The per-agent SFT/DPO sets (not the statistics, nor the trainer's reference caches).
+pub fn datasets_hash(round: &RoundLayout) -> anyhow::Result<String> {
+    tree_hash(&round.datasets(), &|p| {
+        matches!(
+            p.file_name().and_then(|n| n.to_str()),
+            Some("sft.jsonl" | "dpo.jsonl")
+        )
+    })
+}
+
+impl Stage for Credit {
+    const NAME: &'static str = "credit";
+    const VERSION: u32 = 1;
+    type Inputs = Inputs;
+
+    fn inputs(s: &mut Session, round: &RoundLayout) -> anyhow::Result<Inputs> {
+        let (chain, settings) = crate::pipeline::round_credit(s, round);
+        // Names, roles, plugins and branches: sampling made the trees, credit only reads them.
+        let mut shape = chain.clone();
+        for a in &mut shape.agents {
+            a.theta = None;
+            a.sampling = Default::default();
+        }
+        Ok(Inputs {
+            trees: file_hash(&round.trees())?,
+            thetas: chain
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.theta))
+                .collect(),
+            plugins: chain_plugins(s, &chain),
+            shape,
+            settings,
+            plugin_options: super::plugin_options(&s.config),
+        })
+    }
+
+    fn outputs(round: &RoundLayout) -> anyhow::Result<String> {
+        datasets_hash(round)
+    }
+
+    fn run(inputs: &Inputs, env: &mut Env<'_>, round: &RoundLayout) -> anyhow::Result<()> {
+        let report = malt_tree::recredit(
+            round.dir(),
+            &inputs.chain(),
+            &inputs.settings,
+            Some(&mut *env.tools.scorer as &mut dyn Scorer),
+        )?;
+        print!("{}", report.stats.table());
+        Ok(())
+    }
+}
