@@ -42,6 +42,11 @@ fn pipeline_runs_resumes_skips_and_matches() {
             && l.contains("attempts/s, ETA ")),
         "{a_said}"
     );
+    // Credit keeps the scores generation gave the trees: the plugins have not changed since.
+    assert!(
+        a_said.contains("credit: 0 of 8 trees scored again"),
+        "{a_said}"
+    );
     let a_ids = question_ids(&a_run);
     assert_eq!(a_ids.len(), 8);
     check_datasets(&a_run);

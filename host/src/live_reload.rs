@@ -53,13 +53,15 @@ pub struct LiveReload {
 }
 
 impl LiveReload {
-    /// Starts watching `config_path`; `config` is the config the run started with.
+    /// Starts watching `config_path`; `config` and `plugins` are what the run started with,
+    /// loaded from that file (not loaded again here).
     pub fn start(
         runtime: Arc<Runtime>,
         config_path: &Path,
         config: &Config,
+        plugins: &PluginSet,
     ) -> anyhow::Result<Arc<LiveReload>> {
-        let reloader = Reloader::start(runtime, config_path)?;
+        let reloader = Reloader::start_from(runtime, config_path, config.clone(), plugins.clone())?;
         tracing::info!(
             "hot reload: watching {} and its plugins; plugin changes apply between trees and \
              between evaluation questions, config changes at stage boundaries",

@@ -128,8 +128,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .with_context(|| format!("bad config path {}", opts.config.display()))?;
     let mut s = Session::open(&config_path)?;
     let live = if opts.hot_reload {
-        let l = LiveReload::start(s.runtime.clone(), &config_path, &s.config)
-            .context("starting hot reload (pass --no-reload to run without it)")?;
+        let l = LiveReload::start(
+            s.runtime.clone(),
+            &config_path,
+            &s.config,
+            s.scorer.plugins(),
+        )
+        .context("starting hot reload (pass --no-reload to run without it)")?;
         s.scorer.follow(Some(l.clone()));
         s.live = Some(l.clone());
         Some(l)

@@ -27,6 +27,8 @@ pub struct Session {
     pub live: Option<Arc<crate::live_reload::LiveReload>>,
     /// Tokenizer fingerprints by model source, computed once each (see [`Session::model`]).
     fingerprints: std::sync::Mutex<BTreeMap<String, Option<String>>>,
+    /// The question split, read once per config and plugin set (see [`Session::questions`]).
+    split: Option<Split>,
 }
 
 impl Session {
@@ -52,6 +54,7 @@ impl Session {
             credit,
             live: None,
             fingerprints: Default::default(),
+            split: None,
         })
     }
 
@@ -76,6 +79,7 @@ impl Session {
         self.chain = chain;
         self.credit = credit;
         self.scorer.replace(plugins);
+        self.split = None;
         Ok(())
     }
 
@@ -101,7 +105,17 @@ impl Session {
     /// With `dataset.test_path` the test split is that whole file, in file order (evaluation
     /// draws its seeded subsets from it), and a question in both is refused
     /// (see [`malt_tree::overlap`]).
+    /// The split is read once and kept until a reload applies another config or plugin set.
     pub fn questions(&mut self) -> anyhow::Result<Split> {
+        if let Some(split) = &self.split {
+            return Ok(split.clone());
+        }
+        let split = self.read_questions()?;
+        self.split = Some(split.clone());
+        Ok(split)
+    }
+
+    fn read_questions(&mut self) -> anyhow::Result<Split> {
         let ds = self.config.dataset.clone();
         let plugin = ds.plugin.clone();
         let mut all: Vec<(Example, Option<Position>)> = match &ds.source {
@@ -204,6 +218,7 @@ fn overlap_message(
 }
 
 /// Training and held-out questions.
+#[derive(Debug, Clone)]
 pub struct Split {
     pub train: Vec<Example>,
     pub test: Vec<Example>,

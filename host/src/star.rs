@@ -130,6 +130,9 @@ fn project_trees(round: &RoundLayout, star: &RoundLayout) -> anyhow::Result<()> 
             example: tree.example,
             prompts,
             nodes,
+            // Scored as the chain's first turn, not as a one-agent chain's leaves: credit
+            // scores them again.
+            scored_with: None,
         };
         out.extend(malt_tree::store::encode_record(&t)?);
     }

@@ -153,4 +153,10 @@ impl Scorer for PluginScorer {
             .map(|r| self.item(plugin, r).map(Into::into))
             .collect())
     }
+
+    /// The component's hash (its bytes and the engine) and the options it was configured with.
+    fn identity(&self, plugin: &str) -> Option<String> {
+        let p = self.plugins.get(plugin)?;
+        Some(format!("sha256:{} options {:?}", p.hash(), p.options()))
+    }
 }

@@ -64,8 +64,10 @@ fn credit_once(
         print!("{}", report.stats.table());
     }
     println!(
-        "credited {} trees in {:.2} s (read {:.2}, score {:.2}, credit {:.2}, write {:.2}) -> {}",
+        "credited {} trees ({} scored again) in {:.2} s (read {:.2}, score {:.2}, credit {:.2}, \
+         write {:.2}) -> {}",
         report.stats.trees,
+        report.rescored,
         t.elapsed().as_secs_f64(),
         report.read_time.as_secs_f64(),
         report.score_time.as_secs_f64(),

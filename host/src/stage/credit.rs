@@ -95,6 +95,12 @@ impl Stage for Credit {
             &inputs.settings,
             Some(&mut *env.tools.scorer as &mut dyn Scorer),
         )?;
+        // Trees keep the scores generation gave them unless a plugin changed since.
+        tracing::info!(
+            "credit: {} of {} trees scored again (their plugins changed since, or an item failed)",
+            report.rescored,
+            report.stats.trees
+        );
         print!("{}", report.stats.table());
         Ok(())
     }

@@ -113,6 +113,23 @@ impl Reloader {
     pub fn start(runtime: Arc<Runtime>, config_path: &Path) -> Result<Reloader, ReloadError> {
         let config_path = std::path::absolute(config_path).unwrap_or(config_path.to_path_buf());
         let first = load(&runtime, &config_path, 0)?;
+        Reloader::start_from(runtime, &config_path, first.config, first.plugins)
+    }
+
+    /// Start watching `config_path` from a config and plugin set the caller already loaded from
+    /// it (generation 0), so a run loads them once, not once for itself and once for the watch.
+    pub fn start_from(
+        runtime: Arc<Runtime>,
+        config_path: &Path,
+        config: Config,
+        plugins: PluginSet,
+    ) -> Result<Reloader, ReloadError> {
+        let config_path = std::path::absolute(config_path).unwrap_or(config_path.to_path_buf());
+        let first = Loaded {
+            config,
+            plugins,
+            generation: 0,
+        };
         let inner = Arc::new(Inner {
             runtime,
             config_path: config_path.clone(),

@@ -90,6 +90,8 @@ pub struct FakeScorer {
     pub fail_role: Option<String>,
     /// Added to every reward, to inject out-of-range grades.
     pub reward_offset: f64,
+    /// What [`Scorer::identity`] says of every plugin (`None`: unknown).
+    pub identity: Option<String>,
 }
 
 impl Scorer for FakeScorer {
@@ -194,6 +196,10 @@ impl Scorer for FakeScorer {
                 })
             })
             .collect())
+    }
+
+    fn identity(&self, _plugin: &str) -> Option<String> {
+        self.identity.clone()
     }
 }
 

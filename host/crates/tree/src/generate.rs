@@ -83,6 +83,7 @@ pub fn generate_tree(
         example: example.clone(),
         prompts: Vec::new(),
         nodes: Vec::with_capacity(total),
+        scored_with: None,
     };
     let chain_length = chain.len() as u32;
 

@@ -1,6 +1,7 @@
 //! `malt credit` as a library call: stored trees -> (optional re-scoring) -> values, labels,
 //! datasets and statistics. Never touches the model; re-scoring goes through the `Scorer`
-//! (current plugins). Stored trees are not rewritten: re-scored rewards feed the datasets and
+//! (current plugins), and only for trees whose recorded plugins ([`Tree::scored_with`]) are not
+//! the current ones. Stored trees are not rewritten: re-scored rewards feed the datasets and
 //! statistics only, so `trees.jsonl` stays the immutable record of what was generated.
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use crate::credit::{assign, Credit, CreditInput, CreditSettings};
 use crate::datasets::DatasetBuilder;
 use crate::error::{Result, TreeError};
 use crate::score::{score_tree, ErrorCounts};
-use crate::scorer::Scorer;
+use crate::scorer::{chain_identity, Scorer};
 use crate::stats::Stats;
 use crate::store::{par_map, read_trees, threads, write_atomic};
 use crate::tree::Tree;
@@ -23,6 +24,9 @@ pub struct RecreditReport {
     pub stats: Stats,
     /// Set when a torn last record was skipped (a generator may still be writing).
     pub dropped_tail: Option<String>,
+    /// Trees extracted and graded again: with a scorer, those scored by other plugins (code or
+    /// options) than the current ones, or with a failed item; the others keep their scores.
+    pub rescored: usize,
     pub read_time: Duration,
     pub score_time: Duration,
     pub credit_time: Duration,
@@ -31,12 +35,13 @@ pub struct RecreditReport {
 
 /// Recomputes everything derived from the stored trees of `run_dir` with `chain` (its
 /// thresholds) and `settings`, writes `datasets/` and `stats.json`, and returns the stats.
-/// With `scorer`, extraction and grading are redone with the current plugins first.
+/// With `scorer`, extraction and grading are redone with the current plugins first, for the
+/// trees they did not score (see [`RecreditReport::rescored`]).
 pub fn recredit(
     run_dir: &Path,
     chain: &ChainSpec,
     settings: &CreditSettings,
-    scorer: Option<&mut dyn Scorer>,
+    mut scorer: Option<&mut dyn Scorer>,
 ) -> Result<RecreditReport> {
     let thetas = settings.thetas(chain)?;
     let layout = malt_layout::RoundLayout::at(run_dir);
@@ -60,15 +65,19 @@ pub fn recredit(
 
     let t1 = Instant::now();
     let mut errors = ErrorCounts::new();
-    if let Some(s) = scorer {
-        for tree in &mut loaded.trees {
-            score_tree(tree, chain, s, &mut errors);
-        }
-    } else {
-        // Without plugins, count the scoring failures recorded at generation time.
-        for tree in &loaded.trees {
-            for n in &tree.nodes {
-                if n.score_error.is_some() {
+    let mut rescored = 0;
+    let current = scorer.as_deref().and_then(|s| chain_identity(chain, s));
+    for tree in &mut loaded.trees {
+        // A failed item may have been a timeout on a busy machine: scoring again is cheap.
+        let failed = tree.nodes.iter().any(|n| n.score_error.is_some());
+        match scorer {
+            Some(ref mut s) if failed || current.is_none() || tree.scored_with != current => {
+                score_tree(tree, chain, &mut **s, &mut errors);
+                rescored += 1;
+            }
+            // Scored by these very plugins (or no plugins given): count the failures it kept.
+            _ => {
+                for n in tree.nodes.iter().filter(|n| n.score_error.is_some()) {
                     *errors
                         .entry(chain.agents[n.level as usize].plugin.clone())
                         .or_default() += 1;
@@ -117,6 +126,7 @@ pub fn recredit(
     Ok(RecreditReport {
         stats,
         dropped_tail: loaded.dropped_tail,
+        rescored,
         read_time,
         score_time,
         credit_time,

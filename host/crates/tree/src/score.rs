@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::chain::ChainSpec;
-use crate::scorer::{ExtractRequest, GradeRequest, Scorer};
+use crate::scorer::{chain_identity, ExtractRequest, GradeRequest, Scorer};
 use crate::tree::{level_offsets, Tree};
 
 /// Plugin failures per plugin name (and "sampler" for model failures during generation).
@@ -31,6 +31,7 @@ pub fn score_tree(
     let offs = level_offsets(chain);
     let last = chain.len().saturating_sub(1);
     let mut failed = 0;
+    tree.scored_with = chain_identity(chain, scorer);
     for (l, agent) in chain.agents.iter().enumerate() {
         let range = offs[l]..offs[l + 1].min(tree.nodes.len());
         let todo: Vec<usize> = range

@@ -76,4 +76,26 @@ pub trait Scorer {
         plugin: &str,
         requests: &[GradeRequest<'_>],
     ) -> Result<Vec<Result<Grade, String>>, PluginError>;
+
+    /// What decides `plugin`'s extraction and grading (its code and options), so that credit
+    /// re-scores a stored tree only when it changed since the tree was scored; `None` when
+    /// unknown, and then every tree is re-scored.
+    fn identity(&self, plugin: &str) -> Option<String> {
+        let _ = plugin;
+        None
+    }
+}
+
+/// The identities of every plugin of `chain`, in chain order without repeats; `None` when
+/// the scorer does not know one.
+pub fn chain_identity(chain: &crate::chain::ChainSpec, scorer: &dyn Scorer) -> Option<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut parts = Vec::new();
+    for a in &chain.agents {
+        if !seen.contains(&a.plugin.as_str()) {
+            seen.push(&a.plugin);
+            parts.push(format!("{}={}", a.plugin, scorer.identity(&a.plugin)?));
+        }
+    }
+    Some(parts.join("; "))
 }

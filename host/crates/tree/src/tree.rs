@@ -75,6 +75,10 @@ pub struct Tree {
     /// Distinct prompts, each the full chat input of a sibling group.
     pub prompts: Vec<Vec<Message>>,
     pub nodes: Vec<Node>,
+    /// The chain's plugins that extracted and graded the nodes ([`crate::scorer::chain_identity`]);
+    /// absent when unknown. Credit re-scores the tree only when they changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_with: Option<String>,
 }
 
 /// Start index of each level in the arena, plus the total at the end.

@@ -65,6 +65,7 @@ fn hand_tree() -> Tree {
         },
         prompts,
         nodes,
+        scored_with: None,
     }
 }
 

@@ -318,6 +318,87 @@ fn recredit_writes_trl_datasets_and_stats() {
 }
 
 #[test]
+fn recredit_scores_again_only_the_trees_other_plugins_scored() {
+    let d = tempfile::tempdir().unwrap();
+    let chain = common::gvr(3);
+    let v1 = |reward_offset| FakeScorer {
+        identity: Some("v1".into()),
+        reward_offset,
+        ..Default::default()
+    };
+    let mut run = RunWriter::open(d.path(), manifest(&chain, 11)).unwrap();
+    generate_run(
+        &mut run,
+        &chain,
+        &fake_examples(6),
+        &mut FakeSampler::default(),
+        &mut v1(0.0),
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(run);
+    let trees = read_trees(&d.path().join(TREES)).unwrap().trees;
+    assert!(trees
+        .iter()
+        .all(|t| t.scored_with.as_deref() == Some("fake=v1")));
+    let settings = CreditSettings::default();
+    let stored = recredit(d.path(), &chain, &settings, None).unwrap();
+    assert_eq!(stored.rescored, 0);
+
+    // The plugins that scored the trees: their stored scores stand, nothing is called. (This
+    // scorer would put every reward out of range if it were called.)
+    let same = recredit(d.path(), &chain, &settings, Some(&mut v1(2.0))).unwrap();
+    assert_eq!(same.rescored, 0);
+    assert_eq!(same.stats.errored_leaves, 0);
+    assert_eq!(same.stats.agents, stored.stats.agents);
+
+    // Another plugin (or options), or one that does not say: every tree is scored again.
+    for mut other in [
+        FakeScorer {
+            identity: Some("v2".into()),
+            reward_offset: 2.0,
+            ..Default::default()
+        },
+        FakeScorer {
+            reward_offset: 2.0,
+            ..Default::default()
+        },
+    ] {
+        let r = recredit(d.path(), &chain, &settings, Some(&mut other)).unwrap();
+        assert_eq!(r.rescored, 6);
+        assert_eq!(r.stats.errored_leaves, 6 * 27);
+    }
+
+    // A tree with a failed item (a trap, perhaps a timeout) is scored again, even by the same
+    // plugins; the others keep their scores.
+    let d = tempfile::tempdir().unwrap();
+    let mut run = RunWriter::open(d.path(), manifest(&chain, 11)).unwrap();
+    let mut trapping = FakeScorer {
+        trap_grade_on: Some("0".into()),
+        ..v1(0.0)
+    };
+    generate_run(
+        &mut run,
+        &chain,
+        &fake_examples(6),
+        &mut FakeSampler::default(),
+        &mut trapping,
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(run);
+    let trees = read_trees(&d.path().join(TREES)).unwrap().trees;
+    let failed = trees
+        .iter()
+        .filter(|t| t.nodes.iter().any(|n| n.score_error.is_some()))
+        .count();
+    assert!(failed > 0);
+    let r = recredit(d.path(), &chain, &settings, Some(&mut v1(0.0))).unwrap();
+    assert_eq!(r.rescored, failed);
+    assert_eq!(r.stats.errored_leaves, 0);
+}
+
+#[test]
 fn recredit_with_other_branches_names_the_line() {
     let d = tempfile::tempdir().unwrap();
     generate(d.path(), 2);
