@@ -203,7 +203,7 @@ fn export_copies_adapters_and_datasets_that_load_back() {
     for (agent, a) in m["agents"].as_object().unwrap() {
         for (rel, hash) in a["files"].as_object().unwrap() {
             let bytes = std::fs::read(out.join(rel)).unwrap();
-            assert_eq!(hash, &malt_tree::store::sha256_hex(&bytes), "{agent} {rel}");
+            assert_eq!(hash, &malt_base::hash::sha256_hex(&bytes), "{agent} {rel}");
             if let Some(p) = rel.strip_prefix("datasets/") {
                 assert_eq!(bytes, std::fs::read(run.join("datasets").join(p)).unwrap());
             }

@@ -162,7 +162,7 @@ fn report_manifest(
         // No trees generated here (a standalone `malt eval`): the same facts from the session.
         m = serde_json::json!({
             "config_text": p.config_text,
-            "config_sha256": malt_tree::store::sha256_hex(p.config_text.as_bytes()),
+            "config_sha256": malt_base::hash::sha256_hex(p.config_text.as_bytes()),
             "plugins": p.plugins,
             "model": model.source,
         });

@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 
-use malt_tree::store::sha256_hex;
+use malt_base::hash::sha256_hex;
 use malt_tree::Manifest;
 
 /// The Hugging Face repository of a model name the model crate knows, for exported adapter
@@ -302,8 +302,7 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha256_hex(&bytes))
+    malt_base::hash::sha256_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// The export's README: what is in it and the commands to continue with TRL or serve with vLLM,

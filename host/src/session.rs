@@ -224,19 +224,11 @@ pub struct Split {
     pub test: Vec<Example>,
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Fisher-Yates with splitmix64: stable across platforms and dependency upgrades.
 fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed ^ 0x6d61_6c74_2d73_706c; // "malt-spl"
     for i in (1..items.len()).rev() {
-        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        let j = (malt_base::mix::splitmix64(&mut state) % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }
 }
@@ -315,8 +307,8 @@ pub const MALT_COMMIT: &str = env!("MALT_GIT_COMMIT");
 
 /// sha256 of a file, remembered in `<cache>/sha256/` by path, size and modification time: the
 /// weights of an 8B model would otherwise be read again (16 GB) at every `malt run`.
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
+fn memoised_sha256_file(path: &Path) -> anyhow::Result<String> {
+    use malt_base::hash::{sha256_file, sha256_hex};
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let stamp = format!(
@@ -329,21 +321,17 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     );
     let memo = malt_model::fetch::cache_dir()
         .join("sha256")
-        .join(malt_tree::store::sha256_hex(stamp.as_bytes()));
+        .join(sha256_hex(stamp.as_bytes()));
     if let Ok(known) = std::fs::read_to_string(&memo) {
         if known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(known);
         }
     }
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    let sha = hex::encode(h.finalize());
+    let sha = sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
     // A memo that cannot be written only costs the hash again next time.
     if let Some(dir) = memo.parent() {
         if std::fs::create_dir_all(dir).is_ok() {
-            let _ = malt_tree::store::write_atomic(&memo, sha.as_bytes());
+            let _ = malt_base::atomic::write_atomic(&memo, sha.as_bytes());
         }
     }
     Ok(sha)
@@ -363,7 +351,7 @@ pub fn model_sha256(cfg: &Config) -> anyhow::Result<Option<String>> {
         malt_config::ModelSource::Path(p) => p.clone(),
     };
     if path.is_file() {
-        return sha256_file(&path).map(Some);
+        return memoised_sha256_file(&path).map(Some);
     }
     if !path.is_dir() {
         return Ok(None);
@@ -387,9 +375,9 @@ pub fn model_sha256(cfg: &Config) -> anyhow::Result<Option<String>> {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        listing.push_str(&format!("{} {name}\n", sha256_file(f)?));
+        listing.push_str(&format!("{} {name}\n", memoised_sha256_file(f)?));
     }
-    Ok(Some(malt_tree::store::sha256_hex(listing.as_bytes())))
+    Ok(Some(malt_base::hash::sha256_hex(listing.as_bytes())))
 }
 
 /// The model a stage computes with, as its inputs name it: another checkpoint, `--dtype`,

@@ -138,7 +138,9 @@ fn project_trees(round: &RoundLayout, star: &RoundLayout) -> anyhow::Result<()> 
     }
     std::fs::create_dir_all(star.dir())
         .with_context(|| format!("cannot create {}", star.dir().display()))?;
-    malt_tree::store::write_atomic(&star.trees(), &out)?;
+    let trees = star.trees();
+    malt_base::atomic::write_atomic(&trees, &out)
+        .with_context(|| format!("cannot write {}", trees.display()))?;
     Ok(())
 }
 

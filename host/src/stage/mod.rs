@@ -173,7 +173,7 @@ pub fn named_hashes<T: Serialize>(
     };
     let mut m: BTreeMap<String, String> = fields
         .into_iter()
-        .map(|(k, v)| (k, record::sha256(v.to_string().as_bytes())))
+        .map(|(k, v)| (k, malt_base::hash::sha256_hex(v.to_string().as_bytes())))
         .collect();
     m.insert("stage version".into(), version.to_string());
     Ok(m)

@@ -15,16 +15,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use malt_base::hash::{sha256_file, sha256_hex};
 use serde::{Deserialize, Serialize};
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
-    malt_tree::store::sha256_hex(bytes)
-}
 
 /// Hash of a value's JSON form: config sections are compared by meaning, not by formatting.
 pub fn json_hash<T: Serialize + ?Sized>(value: &T) -> String {
-    sha256(&serde_json::to_vec(value).unwrap_or_default())
+    sha256_hex(&serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// Hash of the files under `root` whose path (relative to `root`) satisfies `keep`: names and
@@ -39,9 +35,9 @@ pub fn tree_hash(root: &Path, keep: &dyn Fn(&Path) -> bool) -> anyhow::Result<St
         let path = root.join(&rel);
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        listing.push_str(&format!("{} {}\n", sha256(&bytes), rel.display()));
+        listing.push_str(&format!("{} {}\n", sha256_hex(&bytes), rel.display()));
     }
-    Ok(sha256(listing.as_bytes()))
+    Ok(sha256_hex(listing.as_bytes()))
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -68,9 +64,9 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Res
 
 /// Hash of one file's content; a missing file hashes as the empty string's hash.
 pub fn file_hash(path: &Path) -> anyhow::Result<String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(sha256(&bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(sha256(b"")),
+    match sha256_file(path) {
+        Ok(sha) => Ok(sha),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(sha256_hex(b"")),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
@@ -212,7 +208,7 @@ impl StageRecord {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let text = serde_json::to_vec_pretty(&rec)?;
-        malt_tree::store::write_atomic(&self.path, &text)
+        malt_base::atomic::write_atomic(&self.path, &text)
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 

@@ -134,9 +134,8 @@ impl Config {
     /// sha256 (hex) of the normalised config: the resolved values serialised as canonical JSON,
     /// so comments, whitespace, key order and spelled-out defaults do not change it.
     pub fn config_hash(&self) -> String {
-        use sha2::Digest;
         let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(sha2::Sha256::digest(&json))
+        malt_base::hash::sha256_hex(&json)
     }
 
     /// The agent named `name`.

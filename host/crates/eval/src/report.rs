@@ -414,28 +414,26 @@ pub fn per_turn_svg(r: &Report) -> String {
     })
 }
 
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), EvalError> {
-    // Write-then-rename so a reader never sees half a report.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(|e| EvalError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
-}
-
 /// Writes `report.md`, `report.json`, `accuracy.svg`, `per_turn.svg` and, when the report has
-/// them, `ablations.svg` and `rounds.svg` into `dir`.
+/// them, `ablations.svg` and `rounds.svg` into `dir`, each atomically so that a reader never
+/// sees half a report.
 pub fn write_reports(dir: &Path, r: &Report) -> Result<(), EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        malt_base::atomic::write_atomic(&path, bytes).map_err(|e| EvalError::io(&path, e))
+    };
     let mut json = serde_json::to_vec_pretty(r)?;
     json.push(b'\n');
-    write_atomic(&dir.join(REPORT_JSON), &json)?;
-    write_atomic(&dir.join(REPORT_MD), render_markdown(r).as_bytes())?;
-    write_atomic(&dir.join(ACCURACY_SVG), accuracy_svg(r).as_bytes())?;
-    write_atomic(&dir.join(PER_TURN_SVG), per_turn_svg(r).as_bytes())?;
+    write(REPORT_JSON, &json)?;
+    write(REPORT_MD, render_markdown(r).as_bytes())?;
+    write(ACCURACY_SVG, accuracy_svg(r).as_bytes())?;
+    write(PER_TURN_SVG, per_turn_svg(r).as_bytes())?;
     if r.systems.iter().any(|s| s.table == Table::Ablation) {
-        write_atomic(&dir.join(ABLATIONS_SVG), ablations_svg(r).as_bytes())?;
+        write(ABLATIONS_SVG, ablations_svg(r).as_bytes())?;
     }
     if r.rounds.len() > 1 {
-        write_atomic(&dir.join(ROUNDS_SVG), rounds_svg(r).as_bytes())?;
+        write(ROUNDS_SVG, rounds_svg(r).as_bytes())?;
     }
     Ok(())
 }

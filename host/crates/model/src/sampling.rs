@@ -1,6 +1,7 @@
 //! Logits processing: temperature, top-k, top-p, greedy; and per-branch seeds so a tree is
 //! reproducible whatever order or batch grouping its branches are decoded in.
 
+use malt_base::mix::mix;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,15 +32,8 @@ impl Default for SamplingParams {
     }
 }
 
-/// splitmix64: a strong 64-bit mixer, so nearby seeds/paths give unrelated streams.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The seed of the branch at `path` (child indices from the root) of a tree sampled with `seed`.
+/// The seed of the branch at `path` (child indices from the root) of a tree sampled with `seed`:
+/// splitmix64 steps, so nearby seeds and paths give unrelated streams.
 pub fn branch_seed(seed: u64, path: &[usize]) -> u64 {
     path.iter()
         .fold(mix(seed), |acc, &i| mix(acc ^ mix(i as u64 + 1)))

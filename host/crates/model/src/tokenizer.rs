@@ -204,17 +204,17 @@ fn probe_chat() -> [crate::chat::Message; 4] {
 /// the tokenizer or a new template changes it, so stages sampled or trained on the old ids are
 /// recomputed.
 pub fn fingerprint(tok: &Tokenizer, chat: &crate::chat::ChatTemplate) -> Result<String> {
-    use sha2::{Digest, Sha256};
+    use malt_base::hash::sha256_hex;
     let rendered = chat.render(&probe_chat(), true)?;
     let v = serde_json::json!({
         "probe": tok.encode(PROBE_TEXT, false)?,
         "probe_special": tok.encode(PROBE_TEXT, true)?,
         "chat_text": rendered,
         "chat_ids": tok.encode(&rendered, false)?,
-        "template_sha256": hex::encode(Sha256::digest(chat.source.as_bytes())),
+        "template_sha256": sha256_hex(chat.source.as_bytes()),
         "bos": chat.bos_token,
         "eos": chat.eos_token,
         "vocab": tok.vocab_size(),
     });
-    Ok(hex::encode(Sha256::digest(v.to_string().as_bytes())))
+    Ok(sha256_hex(v.to_string().as_bytes()))
 }

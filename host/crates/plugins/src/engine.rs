@@ -2,7 +2,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -91,7 +91,7 @@ impl Runtime {
     }
 
     /// Compile a component, or load its precompiled artifact from the cache (written atomically
-    /// through a temporary file and a rename).
+    /// by `malt_base::atomic`).
     pub fn load_component(
         &self,
         name: &str,
@@ -127,13 +127,9 @@ impl Runtime {
             source,
         };
         std::fs::create_dir_all(dir).map_err(cache_err)?;
-        // Unique per process and call: concurrent loads of one component must not share it.
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}-{seq}.cwasm.tmp", std::process::id()));
-        std::fs::write(&tmp, &artifact).map_err(cache_err)?;
-        if let Err(e) = std::fs::rename(&tmp, &file) {
-            let _ = std::fs::remove_file(&tmp);
+        // Concurrent loads of one component each write their own temporary file; when ours fails
+        // but another load's artifact is in place, the cache is complete all the same.
+        if let Err(e) = malt_base::atomic::write_atomic(&file, &artifact) {
             if !file.exists() {
                 return Err(cache_err(e));
             }

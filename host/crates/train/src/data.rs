@@ -17,7 +17,6 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::batch::Sequence;
 use crate::error::{Result, TrainError};
@@ -106,7 +105,7 @@ fn assistant_text(
 
 fn read_lines(path: &Path) -> Result<(String, String)> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    let sha = malt_base::hash::sha256_hex(&bytes);
     let text = String::from_utf8(bytes).map_err(|e| TrainError::Dataset {
         path: path.to_path_buf(),
         line: 0,
@@ -300,15 +299,13 @@ pub fn tokenize_dpo(
         .collect()
 }
 
-/// SplitMix64: a tiny, stable mixer to derive independent seeds from (seed, stream, index).
-/// Stable across rand versions, unlike `StdRng` streams; used only for seeding.
+/// The splitmix64 finaliser over (seed, stream, index): independent seeds, stable across rand
+/// versions unlike `StdRng` streams; used only for seeding.
 pub fn mix_seed(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut z = seed
-        ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    malt_base::mix::finalize(
+        seed ^ stream.wrapping_mul(malt_base::mix::GAMMA)
+            ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03),
+    )
 }
 
 pub(crate) const STREAM_SPLIT: u64 = 1;

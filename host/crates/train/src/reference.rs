@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use malt_base::atomic::{write_atomic, write_atomic_with};
 
 use crate::batch::{Sequence, TokenBatch};
 use crate::data::DpoItem;
@@ -85,11 +86,13 @@ pub(crate) fn save_ref_cache(path: &Path, r: &RefLogprobs, desc: &serde_json::Va
             Tensor::from_vec(r.rejected_tokens.clone(), n, &dev)?,
         ),
     ]);
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|e| TrainError::io(path, e))?;
     let jp = path.with_extension("json");
-    std::fs::write(&jp, serde_json::to_string_pretty(desc)?).map_err(|e| TrainError::io(&jp, e))
+    write_atomic(&jp, serde_json::to_string_pretty(desc)?.as_bytes())
+        .map_err(|e| TrainError::io(&jp, e))
 }
 
 /// Computes reference log-probs without a graph (`Mode::Eval`).

@@ -6,10 +6,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use malt_base::mix::mix;
+
 use crate::chain::{AgentSpec, ChainSpec};
 use crate::credit::{assign, Credit, CreditInput, CreditSettings, Label, Pooling, NO_PARENT};
 use crate::error::Result;
-use crate::fake::{fake_examples, mix, FakeSampler, FakeScorer};
+use crate::fake::{fake_examples, FakeSampler, FakeScorer};
 use crate::generate::generate_run;
 use crate::recredit::recredit;
 use crate::store::{Manifest, RunWriter};

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::chain::ChainSpec;
 use crate::credit::{for_each_pair, Credit, CreditInput, Label, PairMode};
 use crate::error::{Result, TreeError};
-use crate::store::{par_map, write_atomic};
+use crate::store::par_map;
 use crate::tree::{Node, Tree};
 
 #[derive(Serialize)]
@@ -198,8 +198,10 @@ impl DatasetBuilder {
             files.push((layout.dataset(name, "sft"), &set.sft));
             files.push((layout.dataset(name, "dpo"), &set.dpo));
         }
-        par_map(&files, |(path, bytes)| write_atomic(path, bytes))
-            .into_iter()
-            .collect()
+        par_map(&files, |(path, bytes)| {
+            malt_base::atomic::write_atomic(path, bytes).map_err(|e| TreeError::io(path, e))
+        })
+        .into_iter()
+        .collect()
     }
 }

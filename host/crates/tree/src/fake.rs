@@ -4,17 +4,11 @@
 
 use std::time::Duration;
 
+use malt_base::mix::mix;
+
 use crate::sampler::{Completion, RequestResult, SampleRequest, Sampler, SamplerError};
 use crate::scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
 use crate::types::{Example, Grade, Message};
-
-/// splitmix64: a tiny, well-mixed, deterministic hash step.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 fn hash_str(s: &str, mut h: u64) -> u64 {
     for b in s.bytes() {

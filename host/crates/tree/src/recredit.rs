@@ -14,7 +14,7 @@ use crate::error::{Result, TreeError};
 use crate::score::{score_tree, ErrorCounts};
 use crate::scorer::{chain_identity, Scorer};
 use crate::stats::Stats;
-use crate::store::{par_map, read_trees, threads, write_atomic};
+use crate::store::{par_map, read_trees, threads};
 use crate::tree::Tree;
 
 pub use malt_layout::STATS;
@@ -120,7 +120,9 @@ pub fn recredit(
     let t3 = Instant::now();
     sets.write(run_dir)?;
     let json = serde_json::to_vec_pretty(&stats).map_err(|e| TreeError::Config(e.to_string()))?;
-    write_atomic(&layout.stats(), &json)?;
+    let stats_path = layout.stats();
+    malt_base::atomic::write_atomic(&stats_path, &json)
+        .map_err(|e| TreeError::io(&stats_path, e))?;
     let write_time = t3.elapsed();
 
     Ok(RecreditReport {

@@ -12,8 +12,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use malt_base::atomic::{sync_dir, write_atomic};
+use malt_base::hash::sha256_hex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::chain::ChainSpec;
 use crate::credit::CreditSettings;
@@ -89,10 +90,6 @@ impl Manifest {
             msg: format!("bad manifest: {e}"),
         })
     }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// `{"crc32":"` + 8 hex digits + `","tree":` + payload + `}` + newline.
@@ -247,35 +244,6 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
     })
 }
 
-/// fsyncs a directory so that entries created or renamed in it survive power loss.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| TreeError::io(dir, e))
-}
-
-/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
-/// fsync directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(TreeError::io(path, e));
-    }
-    sync_dir(dir)
-}
-
 /// The single writer of a run directory. Holds an exclusive lock on `run.lock` for its
 /// lifetime; the OS releases it when the process dies, so a kill -9 leaves no stale lock.
 pub struct RunWriter {
@@ -305,7 +273,7 @@ impl RunWriter {
         fs::create_dir_all(dir).map_err(|e| TreeError::io(dir, e))?;
         if created {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent)?;
+                sync_dir(parent).map_err(|e| TreeError::io(parent, e))?;
             }
         }
         let lock_path = dir.join(LOCK);
@@ -334,7 +302,7 @@ impl RunWriter {
         } else {
             let text = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| TreeError::Config(e.to_string()))?;
-            write_atomic(&manifest_path, &text)?;
+            write_atomic(&manifest_path, &text).map_err(|e| TreeError::io(&manifest_path, e))?;
             manifest
         };
 
@@ -347,7 +315,7 @@ impl RunWriter {
             .open(&trees_path)
             .map_err(|e| TreeError::io(&trees_path, e))?;
         if !exists {
-            sync_dir(dir)?;
+            sync_dir(dir).map_err(|e| TreeError::io(dir, e))?;
         }
         if loaded.dropped_tail.is_some() {
             // Cut the torn tail so the next record starts on a fresh line.

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use malt_tree::fake::{fake_examples, mix, FakeSampler, FakeScorer};
+use malt_base::mix::mix;
+use malt_tree::fake::{fake_examples, FakeSampler, FakeScorer};
 use malt_tree::store::{read_trees, Manifest, RunWriter, TREES};
 use malt_tree::{generate_run, CreditSettings};
 

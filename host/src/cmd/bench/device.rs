@@ -74,12 +74,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file, so a reader (or a kill) never sees half a report.
+/// Written atomically, so a reader (or a kill) never sees half a report.
 fn write_json(path: &Path, r: &device_check::Report) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    malt_base::atomic::write_atomic(path, &serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

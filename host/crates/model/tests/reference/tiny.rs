@@ -135,12 +135,9 @@ pub(crate) fn check_tiny_malt_adapter(dir: &Path, arch: &str) -> Vec<String> {
     let (d, m, r) = tiny(dir, arch);
     let meta = read_json(&d, "malt_adapter_logits.json");
     let adir = d.join("malt_sft_adapter");
-    let sha = {
-        use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(
-            std::fs::read(adir.join("adapter_model.safetensors")).unwrap(),
-        ))
-    };
+    let sha = malt_base::hash::sha256_hex(
+        &std::fs::read(adir.join("adapter_model.safetensors")).unwrap(),
+    );
     if sha != string(&meta["adapter_model_sha256"]) {
         return vec![format!(
             "tiny_{arch}/malt_adapter_logits.json was computed for another malt_sft_adapter \

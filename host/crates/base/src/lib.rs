@@ -1,0 +1,13 @@
+//! Primitives every malt crate shares, written once so that they cannot drift apart: a report,
+//! a split or a seed computed by one crate must be reproduced bit for bit by another.
+//!
+//! - [`atomic`]: replacing a file so that readers and crashes see the old or the new contents;
+//! - [`mix`]: splitmix64, the seeded mixer behind sampling seeds, question splits and subsets;
+//! - [`hash`]: lowercase hex sha256 of bytes and of files.
+//!
+//! Errors are plain [`std::io::Error`]s: each caller maps them into its own error type with the
+//! path it was writing or reading.
+
+pub mod atomic;
+pub mod hash;
+pub mod mix;
