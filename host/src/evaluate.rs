@@ -319,22 +319,19 @@ pub fn evaluate(
     let systems = runnable(&inputs.eval, round, &have);
     let plan = plan_for(inputs, &systems);
     let model = env.models.get(&inputs.model)?;
-    let mut adapters = Adapters::default();
-    for agent in &agents {
-        if let Some(dir) = malt_train::final_adapter_dir(round.dir(), agent) {
-            tracing::info!("agent {agent}: trained adapter {}", dir.display());
-            adapters
-                .malt
-                .push((agent.clone(), model.load_adapter(&dir, agent)?));
-        }
-    }
+    let mut adapters = Adapters {
+        malt: malt_train::load_final_adapters(
+            model,
+            round.dir(),
+            agents.iter().map(String::as_str),
+        )?,
+        ..Default::default()
+    };
     if systems.iter().any(|s| s.kind == SystemKind::Star) {
-        if let Some(first) = agents.first() {
-            if let Some(dir) = malt_train::final_adapter_dir(round.star().dir(), first) {
-                tracing::info!("STaR: adapter {}", dir.display());
-                adapters.star = Some(model.load_adapter(&dir, first)?);
-            }
-        }
+        let first = agents.first().map(String::as_str);
+        adapters.star = malt_train::load_final_adapters(model, round.star().dir(), first)?
+            .pop()
+            .map(|(_, a)| a);
     }
     let p = env.tools.provenance.clone();
     reuse_round_one(&p.run_dir, round, &systems)?;

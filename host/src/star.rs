@@ -203,12 +203,12 @@ pub fn run_star(
                 let prev = RunLayout::new(&env.tools.provenance.run_dir)
                     .round(round.round() - 1)
                     .star();
-                if let Some(dir) = malt_train::final_adapter_dir(prev.dir(), &first) {
+                adapters = malt_train::load_final_adapters(model, prev.dir(), [first.as_str()])?;
+                if !adapters.is_empty() {
                     model_id = format!(
                         "{model_id} + STaR adapter of round {} sha256:{hash}",
                         round.round() - 1,
                     );
-                    adapters.push((first.clone(), model.load_adapter(&dir, &first)?));
                 }
             }
             tracing::info!(

@@ -431,17 +431,11 @@ impl Engine {
         let k = query.k.unwrap_or(setup.majority_k).max(1);
         // The runner owns its adapters; loading them per request also picks up an adapter
         // trained while the server runs.
-        let mut adapters = Vec::new();
-        for agent in &setup.chain.agents {
-            // With `[rounds]`, the last trained round's.
-            let round = malt_layout::RunLayout::new(&setup.run_dir).latest_trained_round();
-            if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
-                let a = self.model.load_adapter(&dir, &agent.name).map_err(|e| {
-                    BackendError::Internal(format!("adapter {}: {e}", dir.display()))
-                })?;
-                adapters.push((agent.name.clone(), a));
-            }
-        }
+        // With `[rounds]`, the last trained round's.
+        let round = malt_layout::RunLayout::new(&setup.run_dir).latest_trained_round();
+        let agents = setup.chain.agents.iter().map(|a| a.name.as_str());
+        let adapters = malt_train::load_final_adapters(&self.model, round.dir(), agents)
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
         let trained: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
         let weights = if trained.is_empty() {
             Weights::Base

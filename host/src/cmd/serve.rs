@@ -87,16 +87,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let run_dir = session.config.run.dir.clone();
             // With `[rounds]`, the last trained round's adapters.
             let round = malt_layout::RunLayout::new(&run_dir).latest_trained_round();
-            let mut adapters = Vec::new();
-            for agent in &session.config.agents {
-                if let Some(dir) = malt_train::final_adapter_dir(round.dir(), &agent.name) {
-                    let a = model
-                        .load_adapter(&dir, &agent.name)
-                        .with_context(|| format!("loading adapter {}", dir.display()))?;
-                    tracing::info!("model `{}`: adapter {}", agent.name, dir.display());
-                    adapters.push((agent.name.clone(), a));
-                }
-            }
+            let agents = session.config.agents.iter().map(|a| a.name.as_str());
+            let adapters = malt_train::load_final_adapters(&model, round.dir(), agents)?;
             if adapters.is_empty() {
                 tracing::info!(
                     "no trained adapters in {} yet: serving the base model only",

@@ -9,7 +9,7 @@ use malt_layout::{RoundLayout, RunLayout};
 use malt_tree::{ChainSpec, CreditSettings, Example};
 use serde::Serialize;
 
-use super::record::{tree_hash, Decision};
+use super::record::Decision;
 use super::{Env, Stage, MODEL_INPUT};
 use crate::generate::{RemoteSetup, TreeTarget};
 use crate::session::{ModelIdentity, Session};
@@ -99,10 +99,6 @@ pub fn chain_plugins(session: &Session, chain: &ChainSpec) -> BTreeMap<String, S
         .collect()
 }
 
-fn adapters_hash(round: &RoundLayout) -> anyhow::Result<String> {
-    tree_hash(&round.adapters(), &|_| true)
-}
-
 impl Stage for Generate {
     const NAME: &'static str = "generate";
     const VERSION: u32 = 1;
@@ -112,7 +108,7 @@ impl Stage for Generate {
         let (chain, credit) = crate::pipeline::round_credit(s, round);
         let previous = if round.round() > 1 {
             let prev = RunLayout::new(&s.config.run.dir).round(round.round() - 1);
-            Some(adapters_hash(&prev)?)
+            Some(super::train::adapters_hash(&prev)?)
         } else {
             None
         };
@@ -206,11 +202,8 @@ impl Stage for Generate {
                 if let Some(hash) = &inputs.previous {
                     let prev =
                         RunLayout::new(&env.tools.provenance.run_dir).round(round.round() - 1);
-                    for a in &inputs.chain.agents {
-                        if let Some(dir) = malt_train::final_adapter_dir(prev.dir(), &a.name) {
-                            adapters.push((a.name.clone(), model.load_adapter(&dir, &a.name)?));
-                        }
-                    }
+                    let agents = inputs.chain.agents.iter().map(|a| a.name.as_str());
+                    adapters = malt_train::load_final_adapters(model, prev.dir(), agents)?;
                     target.model_id = format!(
                         "{} + adapters of round {} sha256:{hash}",
                         id.source,

@@ -40,6 +40,12 @@ pub enum TrainError {
     },
     #[error("model: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("adapter {path}: {source}")]
+    Adapter {
+        path: PathBuf,
+        #[source]
+        source: Box<malt_model::ModelError>,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error(transparent)]

@@ -54,6 +54,6 @@ pub use settings::{
     AgentPlan, DpoLossKind, DpoSettings, Method, OptimSettings, Phase, RunOptions, ScheduleKind,
 };
 pub use trainer::{
-    adapter_dir, final_adapter_dir, run_schedule, train_agent, train_phase, PhaseReport, PhaseSpec,
-    PhaseTimings,
+    adapter_dir, final_adapter_dir, load_final_adapters, run_schedule, train_agent, train_phase,
+    PhaseReport, PhaseSpec, PhaseTimings,
 };

@@ -90,6 +90,30 @@ pub fn final_adapter_dir(run_dir: &Path, agent: &str) -> Option<PathBuf> {
         .find(|d| d.join("adapter_config.json").exists())
 }
 
+/// Each agent's final adapter in `run_dir` (see [`final_adapter_dir`]), loaded onto `model`, in
+/// the order given; an agent without one is left out (it runs on the base weights).
+pub fn load_final_adapters<'a>(
+    model: &malt_model::Model,
+    run_dir: &Path,
+    agents: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, malt_model::LoraAdapter)>> {
+    let mut out = Vec::new();
+    for agent in agents {
+        if let Some(dir) = final_adapter_dir(run_dir, agent) {
+            let adapter =
+                model
+                    .load_adapter(&dir, agent)
+                    .map_err(|source| TrainError::Adapter {
+                        path: dir.clone(),
+                        source: Box::new(source),
+                    })?;
+            tracing::info!("agent {agent}: trained adapter {}", dir.display());
+            out.push((agent.to_owned(), adapter));
+        }
+    }
+    Ok(out)
+}
+
 /// Summary of one phase (also written as `complete.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseReport {
