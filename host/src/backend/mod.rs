@@ -4,6 +4,7 @@
 pub mod chain_runner;
 pub mod model_sampler;
 pub mod plugin_scorer;
+mod prefix_pool;
 pub mod remote;
 pub mod serve_backend;
 mod serve_continuous;

@@ -13,9 +13,7 @@ use malt_tree::{
     Completion, FinishReason, RequestResult, SampleRequest, Sampler, SamplerError, SamplingParams,
 };
 
-/// How many prompt caches to keep for prefix reuse. A 135M model holds ~46 KB of keys/values
-/// per token, so 32 prompts of 500 tokens cost well under 1 GB.
-const PREFIX_POOL: usize = 32;
+use super::prefix_pool::PrefixPool;
 
 /// Counters for the progress line and the benchmark.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,7 +31,7 @@ pub struct ModelSampler<'m> {
     model: &'m Model,
     /// Per agent; an agent without an entry samples from the base model.
     adapters: BTreeMap<String, LoraAdapter>,
-    pool: Vec<Cache>,
+    pool: PrefixPool,
     /// (adapter uid, hash of a token prefix) computed so far, for `prefill_minimum`.
     known: HashSet<(u64, u64)>,
     pub stats: SamplerStats,
@@ -44,7 +42,7 @@ impl<'m> ModelSampler<'m> {
         ModelSampler {
             model,
             adapters: BTreeMap::new(),
-            pool: Vec::new(),
+            pool: PrefixPool::default(),
             known: HashSet::new(),
             stats: SamplerStats::default(),
         }
@@ -56,32 +54,18 @@ impl<'m> ModelSampler<'m> {
         self
     }
 
-    /// A cache holding `tokens` under `adapter`, reusing the pooled cache that shares the
-    /// longest prefix with them.
+    /// A cache holding `tokens` under `adapter` from the prefix pool, counted.
     fn prompt_cache(
         &mut self,
         tokens: &[u32],
         adapter: Option<&LoraAdapter>,
     ) -> malt_model::Result<Cache> {
-        let uid = adapter.map(|a| a.uid());
-        self.stats.prefill_minimum += self.mark(uid, tokens) as u64;
-        let best = self
-            .pool
-            .iter()
-            .filter(|c| c.adapter_uid() == uid)
-            .max_by_key(|c| common_prefix(c.tokens(), tokens));
+        self.stats.prefill_minimum += self.mark(adapter.map(|a| a.uid()), tokens) as u64;
         let before = self.model.decoder.prefill_tokens_computed();
-        let cache = match best {
-            Some(base) => self.model.extend(base, tokens, adapter)?,
-            None => self.model.prefill(tokens, adapter)?,
-        };
+        let cache = self.pool.prompt_cache(self.model, tokens, adapter)?;
         self.stats.prefill_computed +=
             (self.model.decoder.prefill_tokens_computed() - before) as u64;
         self.stats.prompt_tokens += tokens.len() as u64;
-        if self.pool.len() == PREFIX_POOL {
-            self.pool.remove(0);
-        }
-        self.pool.push(cache.clone());
         Ok(cache)
     }
 }
@@ -101,10 +85,6 @@ impl ModelSampler<'_> {
         }
         new
     }
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The tree's record of a model completion: its text, every sampled id (the end-of-turn token

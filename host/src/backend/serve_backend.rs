@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome};
-use malt_model::{Branch, Cache, Finish, LoraAdapter, Model};
+use malt_model::{Branch, Finish, LoraAdapter, Model};
 use malt_serve::{
     BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChatMessage, ChoiceOutput,
     FinishReason, GenerationJob, SamplingSettings, Seeds, ServeBackend, ServedModels, StepSink,
@@ -33,10 +33,8 @@ use malt_serve::{
 use malt_tree::{ChainSpec, Example, Scorer};
 
 use super::chain_runner::{Adapters, SystemSetup, TurnPlan, Weights};
+use super::prefix_pool::PrefixPool;
 use super::{ModelChainRunner, PluginScorer};
-
-/// Prompt caches kept for prefix reuse (as in `ModelSampler`).
-const PREFIX_POOL: usize = 32;
 
 /// How the engine batches concurrent requests (`[serve] batch` and `continuous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +129,7 @@ impl ModelServeBackend {
             counters: counters.clone(),
             model: model.clone(),
             adapters: adapters.into_iter().collect(),
-            pool: Vec::new(),
+            pool: PrefixPool::default(),
             settings,
             chain,
             timeout_s,
@@ -256,7 +254,7 @@ pub(super) struct Engine {
     pub counters: Arc<Counters>,
     pub model: Arc<Model>,
     pub adapters: BTreeMap<String, LoraAdapter>,
-    pub pool: Vec<Cache>,
+    pub pool: PrefixPool,
     pub settings: EngineSettings,
     pub chain: Option<ChainSetup>,
     pub timeout_s: f64,
@@ -548,40 +546,12 @@ fn group_compatible(
     groups
 }
 
-/// A cache holding `tokens` under `adapter`, extending the pooled cache that shares the
-/// longest prefix with them (the same policy as `ModelSampler`).
-pub(super) fn prompt_cache(
-    model: &Model,
-    pool: &mut Vec<Cache>,
-    tokens: &[u32],
-    adapter: Option<&LoraAdapter>,
-) -> malt_model::Result<Cache> {
-    let uid = adapter.map(|a| a.uid());
-    let best = pool
-        .iter()
-        .filter(|c| c.adapter_uid() == uid)
-        .max_by_key(|c| common_prefix(c.tokens(), tokens));
-    let cache = match best {
-        Some(base) => model.extend(base, tokens, adapter)?,
-        None => model.prefill(tokens, adapter)?,
-    };
-    if pool.len() == PREFIX_POOL {
-        pool.remove(0);
-    }
-    pool.push(cache.clone());
-    Ok(cache)
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// Prefills each request once, forks it into its choices and decodes every branch together,
 /// streaming steps to each request's handler.
 fn decode(
     counters: &Counters,
     model: &Model,
-    pool: &mut Vec<Cache>,
+    pool: &mut PrefixPool,
     adapter: Option<&LoraAdapter>,
     params: &malt_model::SamplingParams,
     pending: &mut [Pending],
@@ -589,7 +559,7 @@ fn decode(
     let mut branches = Vec::new();
     let mut owners: Vec<(usize, usize)> = Vec::new();
     for (pi, p) in pending.iter_mut().enumerate() {
-        match prompt_cache(model, pool, &p.job.prompt, adapter) {
+        match pool.prompt_cache(model, &p.job.prompt, adapter) {
             Ok(cache) => {
                 for (c, &seed) in p.seeds.iter().enumerate() {
                     branches.push(Branch {

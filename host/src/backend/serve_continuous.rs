@@ -15,12 +15,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use malt_model::{Cache, DecodeBatch, Joiner, LoraAdapter, Model};
+use malt_model::{DecodeBatch, Joiner, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
+use super::prefix_pool::PrefixPool;
 use super::serve_backend::{
-    choice_seeds, finish_reason, prompt_cache, sampling_params, timeout_error, Counters, Engine,
-    EngineJob, Event,
+    choice_seeds, finish_reason, sampling_params, timeout_error, Counters, Engine, EngineJob, Event,
 };
 
 /// A request in the batch.
@@ -183,7 +183,7 @@ fn take(
 #[allow(clippy::too_many_arguments)]
 fn join(
     model: &Model,
-    pool: &mut Vec<Cache>,
+    pool: &mut PrefixPool,
     counters: &Counters,
     batch: &mut DecodeBatch<'_>,
     adapter: Option<&LoraAdapter>,
@@ -195,7 +195,7 @@ fn join(
     rows: &mut HashMap<usize, (usize, usize)>,
 ) -> Result<(), BackendError> {
     counters.requests.fetch_add(1, Ordering::Relaxed);
-    let cache = match prompt_cache(model, pool, &job.prompt, adapter) {
+    let cache = match pool.prompt_cache(model, &job.prompt, adapter) {
         Ok(c) => c,
         Err(e) => {
             let _ = events.send(Event::Done(Err(BackendError::Invalid(format!(
