@@ -158,14 +158,9 @@ impl ModelSampler<'_> {
         let tp = std::time::Instant::now();
         for &i in idx {
             let r = &requests[i];
-            let messages: Vec<malt_model::Message> = r
-                .messages
-                .iter()
-                .map(|m| malt_model::Message::new(&m.role, &m.content))
-                .collect();
             let cache = self
                 .model
-                .encode_chat(&messages, true)
+                .encode_chat(r.messages, true)
                 .and_then(|tokens| self.prompt_cache(&tokens, adapter));
             match cache {
                 Ok(cache) => {
@@ -217,11 +212,7 @@ pub fn sample_alone(
     params: &SamplingParams,
     seed: u64,
 ) -> malt_model::Result<(String, usize)> {
-    let messages: Vec<malt_model::Message> = messages
-        .iter()
-        .map(|m| malt_model::Message::new(&m.role, &m.content))
-        .collect();
-    let tokens = model.encode_chat(&messages, true)?;
+    let tokens = model.encode_chat(messages, true)?;
     let cache = model.prefill(&tokens, None)?;
     let mut out = model.generate(vec![Branch { cache, seed }], &model_params(params), None)?;
     Ok(out

@@ -27,8 +27,8 @@ use std::time::Instant;
 use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome};
 use malt_model::{Branch, Finish, LoraAdapter, Model};
 use malt_serve::{
-    BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChatMessage, ChoiceOutput,
-    FinishReason, GenerationJob, SamplingSettings, Seeds, ServeBackend, ServedModels, StepSink,
+    BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChoiceOutput, FinishReason,
+    GenerationJob, Message, SamplingSettings, Seeds, ServeBackend, ServedModels, StepSink,
 };
 use malt_tree::{ChainSpec, Example, Scorer};
 
@@ -187,13 +187,9 @@ impl ServeBackend for ModelServeBackend {
         self.model.config().max_position_embeddings
     }
 
-    fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError> {
-        let messages: Vec<malt_model::Message> = messages
-            .iter()
-            .map(|m| malt_model::Message::new(&m.role, &m.content))
-            .collect();
+    fn tokenize_chat(&self, messages: &[Message]) -> Result<Vec<u32>, BackendError> {
         self.model
-            .encode_chat(&messages, true)
+            .encode_chat(messages, true)
             .map_err(|e| BackendError::Invalid(format!("cannot render the messages: {e}")))
     }
 

@@ -3,11 +3,16 @@
 //!
 //! - [`atomic`]: replacing a file so that readers and crashes see the old or the new contents;
 //! - [`mix`]: splitmix64, the seeded mixer behind sampling seeds, question splits and subsets;
-//! - [`hash`]: lowercase hex sha256 of bytes and of files.
+//! - [`hash`]: lowercase hex sha256 of bytes and of files;
+//! - [`message`]: the chat message `{role, content}` ([`Message`]) of prompts, trees, datasets,
+//!   chat templates, training records and the OpenAI wire format.
 //!
 //! Errors are plain [`std::io::Error`]s: each caller maps them into its own error type with the
 //! path it was writing or reading.
 
 pub mod atomic;
 pub mod hash;
+pub mod message;
 pub mod mix;
+
+pub use message::Message;

@@ -3,34 +3,12 @@
 
 use crate::error::{ModelError, Result};
 use minijinja::{Environment, Error, ErrorKind, Value};
-use serde::{Deserialize, Serialize};
+
+/// The chat message a template renders: malt-base's, shared by every crate.
+pub use malt_base::Message;
 
 /// The template used when a model ships none (ChatML, as Qwen and SmolLM use).
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: &str) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-    pub fn system(c: &str) -> Self {
-        Self::new("system", c)
-    }
-    pub fn user(c: &str) -> Self {
-        Self::new("user", c)
-    }
-    pub fn assistant(c: &str) -> Self {
-        Self::new("assistant", c)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {

@@ -1,7 +1,7 @@
 //! malt-records: the plain records of the plugin API (plugins/api/v0.1.0/plugin.wit), defined
 //! once for the host, and the dataset files they are parsed from.
 //!
-//! - [`types`]: examples, choices, messages, turns and grades. malt-plugins converts them to
+//! - [`types`]: examples, choices, messages (malt-base's [`Message`]), turns and grades. malt-plugins converts them to
 //!   and from each API version's WIT bindings (`From` impls beside the bindings); malt-tree and
 //!   the CLI use them as they are. A record that `grade` lifts or lowers directly keeps its own
 //!   component type in malt-plugins, with `From` impls to the one here.

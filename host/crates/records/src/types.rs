@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A chat message; defined once in malt-base for every crate.
+pub use malt_base::Message;
+
 /// One answer option of a multiple-choice question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice {
@@ -37,22 +40,6 @@ impl Example {
             self.metadata = empty_object();
         }
         self
-    }
-}
-
-/// A chat message; role is "system", "user" or "assistant".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
     }
 }
 

@@ -105,15 +105,7 @@ impl Engine {
     ) -> Value {
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
-        body.insert(
-            "messages".into(),
-            Value::Array(
-                messages
-                    .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
-                    .collect(),
-            ),
-        );
+        body.insert("messages".into(), json!(messages));
         body.insert("n".into(), json!(seeds.len()));
         body.insert("temperature".into(), json!(params.temperature));
         body.insert("top_p".into(), json!(params.top_p));

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::{ChainResponse, ChatMessage};
+use crate::protocol::{ChainResponse, Message};
 
 /// The names a backend answers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct GenerationJob {
     pub adapter: Option<String>,
     /// The rendered and tokenized prompt (from [`ServeBackend::tokenize_chat`]).
     pub prompt: Vec<u32>,
-    pub messages: Vec<ChatMessage>,
+    pub messages: Vec<Message>,
     pub n: usize,
     pub sampling: SamplingSettings,
     pub seeds: Seeds,
@@ -157,7 +157,7 @@ pub trait ServeBackend: Send + Sync {
 
     /// The messages rendered with the model's chat template (with the generation prompt) and
     /// tokenized.
-    fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError>;
+    fn tokenize_chat(&self, messages: &[Message]) -> Result<Vec<u32>, BackendError>;
 
     /// Samples the job's `n` choices, in order.
     fn generate(

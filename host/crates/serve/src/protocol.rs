@@ -5,22 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One chat message. `content` on the wire may also be an array of `{"type":"text","text"}`
-/// parts; they are joined into one string when the request is read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
-        ChatMessage {
-            role: role.to_owned(),
-            content: content.to_owned(),
-        }
-    }
-}
+/// One chat message, malt-base's: `{"role", "content"}` on the wire. In a request `content`
+/// may also be an array of `{"type":"text","text"}` parts; `validate.rs` joins them into one
+/// string when the request is read, so the type itself needs no custom deserializer.
+pub use malt_base::Message;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
@@ -45,7 +33,7 @@ pub struct ChatCompletion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompletionChoice {
     pub index: usize,
-    pub message: ChatMessage,
+    pub message: Message,
     /// `"stop"` (end of turn or a stop string) or `"length"` (`max_tokens` reached).
     pub finish_reason: String,
     pub logprobs: Option<serde_json::Value>,

@@ -411,7 +411,7 @@ fn chat(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
             .enumerate()
             .map(|(index, o)| CompletionChoice {
                 index,
-                message: ChatMessage::new("assistant", &o.text),
+                message: Message::assistant(&o.text),
                 finish_reason: o.finish.as_str().into(),
                 logprobs: None,
                 malt_finish: Some(o.finish.detail().into()),
@@ -584,7 +584,7 @@ mod tests {
         fn context_length(&self) -> usize {
             64
         }
-        fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError> {
+        fn tokenize_chat(&self, messages: &[Message]) -> Result<Vec<u32>, BackendError> {
             Ok(messages.iter().map(|m| m.content.len() as u32).collect())
         }
         fn generate(

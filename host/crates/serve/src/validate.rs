@@ -13,7 +13,7 @@ use crate::backend::{
 };
 use crate::error::ApiError;
 use crate::limits::Limits;
-use crate::protocol::ChatMessage;
+use crate::protocol::Message;
 
 /// Most stop strings a request may give.
 const MAX_STOP: usize = 8;
@@ -100,7 +100,7 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-fn messages(fields: &mut Fields) -> Result<Vec<ChatMessage>, ApiError> {
+fn messages(fields: &mut Fields) -> Result<Vec<Message>, ApiError> {
     let raw: Vec<Value> = fields
         .take("messages", "an array of {role, content} objects")?
         .ok_or_else(|| {
@@ -166,7 +166,7 @@ fn messages(fields: &mut Fields) -> Result<Vec<ChatMessage>, ApiError> {
                 ))
             }
         };
-        out.push(ChatMessage { role, content });
+        out.push(Message { role, content });
     }
     Ok(out)
 }

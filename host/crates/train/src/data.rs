@@ -14,26 +14,21 @@
 
 use std::path::Path;
 
+use malt_base::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::batch::Sequence;
 use crate::error::{Result, TrainError};
 use crate::policy::ChatTokenizer;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
 
 /// One SFT record: `{"prompt":[..], "completion":[{"role":"assistant",..}], "meta":{..}}`.
 #[derive(Debug, Clone)]
 pub struct SftRecord {
     /// `meta.id` if present, else `line N` (1-based), for error messages.
     pub id: String,
-    pub prompt: Vec<ChatMessage>,
+    pub prompt: Vec<Message>,
     pub completion: String,
     /// The sampled ids of `completion`, when the record carries them.
     pub completion_ids: Option<Vec<u32>>,
@@ -43,7 +38,7 @@ pub struct SftRecord {
 #[derive(Debug, Clone)]
 pub struct DpoRecord {
     pub id: String,
-    pub prompt: Vec<ChatMessage>,
+    pub prompt: Vec<Message>,
     pub chosen: String,
     pub rejected: String,
     pub chosen_ids: Option<Vec<u32>>,
@@ -52,13 +47,13 @@ pub struct DpoRecord {
 
 #[derive(Deserialize)]
 struct RawRecord {
-    prompt: Vec<ChatMessage>,
+    prompt: Vec<Message>,
     #[serde(default)]
-    completion: Option<Vec<ChatMessage>>,
+    completion: Option<Vec<Message>>,
     #[serde(default)]
-    chosen: Option<Vec<ChatMessage>>,
+    chosen: Option<Vec<Message>>,
     #[serde(default)]
-    rejected: Option<Vec<ChatMessage>>,
+    rejected: Option<Vec<Message>>,
     #[serde(default)]
     completion_ids: Option<Vec<u32>>,
     #[serde(default)]
@@ -85,10 +80,7 @@ fn record_id(meta: &Option<serde_json::Value>, line: usize) -> String {
 }
 
 /// The text of a one-message assistant turn (TRL conversational completion).
-fn assistant_text(
-    msgs: Option<Vec<ChatMessage>>,
-    field: &str,
-) -> std::result::Result<String, String> {
+fn assistant_text(msgs: Option<Vec<Message>>, field: &str) -> std::result::Result<String, String> {
     let msgs = msgs.ok_or_else(|| format!("missing `{field}`"))?;
     match msgs.as_slice() {
         [m] if m.role == "assistant" => Ok(m.content.clone()),
@@ -218,7 +210,7 @@ fn excerpt(s: &str) -> String {
 
 pub fn tokenize_pair(
     tok: &dyn ChatTokenizer,
-    prompt: &[ChatMessage],
+    prompt: &[Message],
     completion: &str,
     completion_ids: Option<&[u32]>,
     max_seq_len: usize,

@@ -18,7 +18,6 @@ use malt_model::{LoraAdapter, LoraConfig, Message, Model};
 use sha2::{Digest, Sha256};
 
 use crate::batch::TokenBatch;
-use crate::data::ChatMessage;
 use crate::error::{Result, TrainError};
 use crate::policy::{ChatTokenizer, Mode, PolicyModel};
 
@@ -155,13 +154,9 @@ impl<'m> MaltTokenizer<'m> {
 }
 
 impl ChatTokenizer for MaltTokenizer<'_> {
-    fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let msgs: Vec<Message> = messages
-            .iter()
-            .map(|m| Message::new(&m.role, &m.content))
-            .collect();
+    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
         self.model
-            .encode_chat(&msgs, true)
+            .encode_chat(messages, true)
             .map_err(|e| TrainError::Tokenizer(e.to_string()))
     }
 

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
+use malt_base::Message;
 
 use crate::batch::TokenBatch;
-use crate::data::ChatMessage;
 use crate::error::Result;
 
 /// Forward mode. Dropout (if the model has any) is seeded per micro-batch so a resumed run
@@ -46,7 +46,7 @@ pub trait PolicyModel {
 /// Renders TRL conversational records into token ids.
 pub trait ChatTokenizer {
     /// The prompt messages rendered with the chat template and the generation prompt.
-    fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>>;
+    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>>;
     /// The assistant completion text, without special tokens (EOS is appended by the caller).
     fn completion_ids(&self, text: &str) -> Result<Vec<u32>>;
     /// The text of `ids`, special tokens left out: stored completion ids must spell their text.

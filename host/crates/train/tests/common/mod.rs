@@ -11,7 +11,7 @@ pub mod hf;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use malt_train::data::ChatMessage;
+use malt_base::Message;
 use malt_train::{ChatTokenizer, Mode, PolicyModel, Result, TokenBatch, TrainError};
 use rand::{Rng, SeedableRng};
 
@@ -162,7 +162,7 @@ fn enc(s: &str) -> Result<Vec<u32>> {
 }
 
 impl ChatTokenizer for CharTok {
-    fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let mut out = vec![];
         for m in messages {
             out.push(ROLE);
