@@ -114,6 +114,19 @@ fn runnable(eval: &malt_config::Eval, round: &RoundLayout, have: &Available) -> 
 }
 
 /// The evaluation plan of `systems` over the held-out questions of `inputs`.
+/// The chain's agents, the systems `round` can run and their plan: what an evaluation and its
+/// partial report both start from.
+fn round_plan(
+    inputs: &EvalInputs,
+    round: &RoundLayout,
+) -> (Vec<String>, Vec<EvalSystem>, EvalPlan) {
+    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
+    let have = available(&agents, round);
+    let systems = runnable(&inputs.eval, round, &have);
+    let plan = plan_for(inputs, &systems);
+    (agents, systems, plan)
+}
+
 fn plan_for(inputs: &EvalInputs, systems: &[EvalSystem]) -> EvalPlan {
     let eval = &inputs.eval;
     EvalPlan {
@@ -314,10 +327,7 @@ pub fn evaluate(
     env: &mut crate::stage::Env<'_>,
     round: &RoundLayout,
 ) -> anyhow::Result<Report> {
-    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
-    let have = available(&agents, round);
-    let systems = runnable(&inputs.eval, round, &have);
-    let plan = plan_for(inputs, &systems);
+    let (agents, systems, plan) = round_plan(inputs, round);
     let model = env.models.get(&inputs.model)?;
     let mut adapters = Adapters {
         malt: malt_train::load_final_adapters(
@@ -384,10 +394,7 @@ pub fn partial_report(
     p: &Provenance,
     round: &RoundLayout,
 ) -> anyhow::Result<Report> {
-    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
-    let have = available(&agents, round);
-    let systems = runnable(&inputs.eval, round, &have);
-    let plan = plan_for(inputs, &systems);
+    let (_, _, plan) = round_plan(inputs, round);
     let out = round.eval();
     let ctx = ReportContext {
         manifest: report_manifest(p, &inputs.model, round),

@@ -139,25 +139,8 @@ pub(crate) fn compare_with_committed(fresh: &Path, with_smollm2: bool) -> Vec<St
                     fails.push(format!("{d}/{file} {k}: only in the fresh output"));
                     continue;
                 };
-                let scale = y
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = common::max_abs(y);
+                let diff = common::max_abs(&(x - y).unwrap());
                 // Logits absolutely, gradients and weights relative to the tensor's largest entry.
                 let tol = if k.contains("logits") {
                     LOGIT_TOL
