@@ -188,7 +188,7 @@ fn test_path_is_the_held_out_split_and_overlap_is_refused() {
     );
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, &config).unwrap();
-    let mut s = malt::session::Session::open(&cfg).unwrap();
+    let mut s = malt_pipeline::session::Session::open(&cfg).unwrap();
     let split = s.questions().unwrap();
     assert_eq!((split.train.len(), split.test.len()), (4, 3));
     assert_eq!(split.test[2].question, "What is 2 times 3?");
@@ -196,7 +196,7 @@ fn test_path_is_the_held_out_split_and_overlap_is_refused() {
     let leaked = format!("{test}{}", q("  WHAT is 5 plus   5? ", 10));
     std::fs::write(d.path().join("test.jsonl"), leaked).unwrap();
     std::fs::write(&cfg, config.replace("test.json\"", "test.jsonl\"")).unwrap();
-    let mut s = malt::session::Session::open(&cfg).unwrap();
+    let mut s = malt_pipeline::session::Session::open(&cfg).unwrap();
     let e = s.questions().err().unwrap().to_string();
     assert!(
         e.contains("1 of the 4 questions of dataset.test_path"),

@@ -343,7 +343,7 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
         credit,
     );
     let mut run = RunWriter::open(dir.path(), manifest).unwrap();
-    let mut sampler = malt::backend::ModelSampler::new(&model);
+    let mut sampler = malt_engine::ModelSampler::new(&model);
     // Every output is graded 0 + 0.6: positive, so each node is an SFT example.
     let mut scorer = malt_tree::fake::FakeScorer {
         reward_offset: 0.6,
@@ -431,7 +431,7 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
 /// settings of its own section) and stay the same when only what it does not read changes.
 #[test]
 fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
-    use malt::stage::{credit, eval, generate, named_hashes, star, train, Stage};
+    use malt_pipeline::stage::{credit, eval, generate, named_hashes, star, train, Stage};
     // In-process sessions hash the model's weights once into this cache.
     std::env::set_var("MALT_CACHE", common::repo().join("target/malt-cache"));
     let fx = fixture();
@@ -449,7 +449,7 @@ fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stages.toml");
         std::fs::write(&path, text).unwrap();
-        let mut s = malt::session::Session::open(&path).unwrap();
+        let mut s = malt_pipeline::session::Session::open(&path).unwrap();
         let round = malt_layout::RunLayout::new(&s.config.run.dir).round(1);
         let h = vec![
             named_hashes(

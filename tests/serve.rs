@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use malt::backend::serve_backend::{Batching, EngineSettings, ModelServeBackend};
-use malt::backend::ModelSampler;
+use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+use malt_engine::ModelSampler;
 use malt_model::candle_core::{Device, Tensor};
 use malt_model::{LoraAdapter, LoraConfig, Model, ModelConfig, Proj};
 use malt_serve::{Limits, Server};

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use malt::backend::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
 use malt_model::candle_core::Device;
 use malt_model::{Model, ModelConfig};
 use malt_serve::{Limits, Server};

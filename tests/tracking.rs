@@ -80,7 +80,7 @@ fn tensorboard_reads_malt_events() {
         let mut log = MetricsLog::open(&jsonl, Some(2)).unwrap();
         log.append(&step(3, 1.25)).unwrap();
     }
-    malt::tracking::write_config(run.path(), "[run]\nseed = 7\n").unwrap();
+    malt_pipeline::tracking::write_config(run.path(), "[run]\nseed = 7\n").unwrap();
     let out = Command::new(&py)
         .args(["-c", READ])
         .arg(&phase)

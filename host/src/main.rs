@@ -41,7 +41,7 @@ enum Command {
     /// A run's adapters and datasets in one folder, with a README for TRL and vLLM (--merge: merged models).
     Export(cmd::export::Args),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
-    Bench(cmd::bench::Args),
+    Bench(malt_bench::Args),
     /// The token ids of a text (or of a chat turn with --chat) under a model's tokenizer.
     Tokenize(cmd::tokenize::Args),
 }
@@ -72,7 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Export(args) => cmd::export::run(args),
-        Command::Bench(args) => cmd::bench::run(args),
+        Command::Bench(args) => malt_bench::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
     };
     match result {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use malt::memory_plan::{gib, Verdict};
 use malt_config::{Config, DataSource};
+use malt_pipeline::memory_plan::{gib, Verdict};
 use malt_plugins::{conformance, PluginSet, Runtime};
 
 #[derive(clap::Args)]
@@ -106,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// all is less than the run's predicted peak (a GPU config checked on a machine without one is
 /// reported, not failed; one that exceeds only what is free now is a warning).
 fn memory_fits(config: &Config, assumed_gib: Option<f64>) -> bool {
-    let plan = match malt::session::memory_plan(config) {
+    let plan = match malt_pipeline::session::memory_plan(config) {
         Ok(Some(plan)) => plan,
         Ok(None) => {
             println!(
@@ -136,10 +136,10 @@ fn memory_fits(config: &Config, assumed_gib: Option<f64>) -> bool {
             &format!("a {gib_size} GiB device (--memory)"),
         );
     }
-    if std::env::var(malt::memory_plan::SKIP_ENV).is_ok_and(|v| v == "off") {
+    if std::env::var(malt_pipeline::memory_plan::SKIP_ENV).is_ok_and(|v| v == "off") {
         println!(
             "memory: not checked against this machine ({}=off)",
-            malt::memory_plan::SKIP_ENV
+            malt_pipeline::memory_plan::SKIP_ENV
         );
         return true;
     }
@@ -165,7 +165,7 @@ fn memory_fits(config: &Config, assumed_gib: Option<f64>) -> bool {
 
 /// Prints the plan's verdict for `memory`; false when it does not fit at all.
 fn report_verdict(
-    plan: &malt::memory_plan::MemoryPlan,
+    plan: &malt_pipeline::memory_plan::MemoryPlan,
     memory: malt_model::DeviceMemory,
     on: &str,
 ) -> bool {

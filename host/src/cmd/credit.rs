@@ -14,8 +14,8 @@ use malt_plugins::reload::Reloader;
 use malt_plugins::{PluginSet, Runtime};
 use malt_tree::{Scorer, Stats};
 
-use malt::backend::PluginScorer;
-use malt::session::{chain_from_config, credit_from_config};
+use malt_engine::PluginScorer;
+use malt_pipeline::engine_config::{chain_from_config, credit_from_config};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +42,7 @@ fn credit_once(
     print_table: bool,
 ) -> anyhow::Result<Stats> {
     let round = super::round_arg(cfg, args.round)?;
-    let (chain, settings) = malt::pipeline::round_credit_of(
+    let (chain, settings) = malt_pipeline::engine_config::round_credit_of(
         &chain_from_config(cfg)?,
         credit_from_config(cfg)?,
         &cfg.rounds,
@@ -80,11 +80,11 @@ fn credit_once(
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.watch && args.run.is_none() && !args.stored_rewards {
-        let mut session = malt::session::Session::open(&args.config)?;
+        let mut session = malt_pipeline::session::Session::open(&args.config)?;
         let round = super::round_arg(&session.config, args.round)?;
-        malt::stage::run_stage::<malt::stage::credit::Credit>(
+        malt_pipeline::stage::run_stage::<malt_pipeline::stage::credit::Credit>(
             &mut session,
-            &mut malt::stage::Models::new(),
+            &mut malt_pipeline::stage::Models::new(),
             &round,
         )?;
         return Ok(());

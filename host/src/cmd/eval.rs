@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use malt::stage::eval::Eval;
-use malt::stage::record::Decision;
-use malt::stage::{run_stage, Models, Provenance};
+use malt_pipeline::stage::eval::Eval;
+use malt_pipeline::stage::record::Decision;
+use malt_pipeline::stage::{run_stage, Models, Provenance};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,11 +27,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.model.install()?;
-    let mut session = malt::session::Session::open(&args.config)?;
-    let round = malt::evaluate::round_of(&session.config, args.round)?;
+    let mut session = malt_pipeline::session::Session::open(&args.config)?;
+    let round = malt_pipeline::evaluate::round_of(&session.config, args.round)?;
     if args.partial {
         let inputs = Eval::inputs_of(&mut session, &round)?;
-        let report = malt::evaluate::partial_report(&inputs, &Provenance::of(&session), &round)?;
+        let report =
+            malt_pipeline::evaluate::partial_report(&inputs, &Provenance::of(&session), &round)?;
         print!("{}", malt_eval::render_markdown(&report));
         return Ok(());
     }

@@ -1,5 +1,5 @@
 //! `malt export RUN_DIR_OR_CONFIG --out DIR [--merge]`: adapters, datasets, a README for TRL and
-//! vLLM and an `export.json` manifest in one folder (see `malt::export`).
+//! vLLM and an `export.json` manifest in one folder (see `malt_pipeline::export`).
 
 use std::path::PathBuf;
 
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let m = malt::export::export(&malt::export::ExportOptions {
+    let m = malt_pipeline::export::export(&malt_pipeline::export::ExportOptions {
         source: args.source,
         out: args.out.clone(),
         merge: args.merge,

@@ -62,11 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dtype: args.dtype.clone(),
         }
         .install()?;
-        let mut session = malt::session::Session::open(config)?;
+        let mut session = malt_pipeline::session::Session::open(config)?;
         let round = super::round_arg(&session.config, args.round)?;
         // The model loads only for the embedded backend; the remote one samples over HTTP.
-        let mut models = malt::stage::Models::for_config(&session.config);
-        malt::stage::run_stage::<malt::stage::generate::Generate>(
+        let mut models = malt_pipeline::stage::Models::for_config(&session.config);
+        malt_pipeline::stage::run_stage::<malt_pipeline::stage::generate::Generate>(
             &mut session,
             &mut models,
             &round,

@@ -1,6 +1,5 @@
 //! One module per subcommand; each parses its own arguments and calls into the libraries.
 
-pub mod bench;
 pub mod check;
 pub mod credit;
 pub mod eval;
@@ -57,12 +56,7 @@ pub fn round_arg(
 /// `--dtype` of a command that loads a model without a config: `None` (or "auto") lets the
 /// model layer pick (f32 on the CPU, the checkpoint's own on a GPU).
 pub fn dtype_arg(dtype: Option<&str>) -> anyhow::Result<Option<malt_model::candle_core::DType>> {
-    match dtype {
-        None | Some("auto") => Ok(None),
-        Some(d) => Ok(Some(
-            malt_model::parse_dtype(d).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
-        )),
-    }
+    malt_model::parse_dtype_or_auto(dtype).map_err(|e| anyhow::anyhow!("--dtype: {e}"))
 }
 
 /// Logs go to stderr so that commands printing JSON on stdout stay machine-readable.

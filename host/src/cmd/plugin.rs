@@ -81,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             data,
             options,
         } => {
-            let options = super::score::parse_options(&options)?;
+            let options = malt_plugins::parse_cli_options(&options).map_err(anyhow::Error::msg)?;
             let runtime = Runtime::shared()?;
             let plugin = malt_plugins::load_named(&runtime, &path, &options, &Sandbox::default())
                 .with_context(|| format!("loading plugin {path}"))?;

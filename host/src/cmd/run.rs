@@ -1,7 +1,7 @@
 //! `malt run CONFIG`: the whole pipeline, generate -> credit -> train -> star -> eval for each
 //! round of `[rounds]`. Each stage is
 //! skipped when its record in `<run>/stages/` shows its outputs are current, resumed after a
-//! crash or Ctrl-C, and recomputed when an input changed (see `malt::pipeline`). Edits of the
+//! crash or Ctrl-C, and recomputed when an input changed (see `malt_pipeline::pipeline`). Edits of the
 //! config or a plugin while it runs are hot-reloaded at safe points.
 
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.model.install()?;
-    malt::pipeline::run(&malt::pipeline::Options {
+    malt_pipeline::pipeline::run(&malt_pipeline::pipeline::Options {
         config: args.config,
         until: args.until,
         hot_reload: !args.no_reload,

@@ -34,17 +34,6 @@ pub struct Args {
 }
 
 /// Parse `k=v` options.
-pub fn parse_options(opts: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for o in opts {
-        let Some((k, v)) = o.split_once('=') else {
-            bail!("option {o:?}: expected KEY=VALUE")
-        };
-        out.insert(k.trim().to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
 #[derive(serde::Serialize)]
 struct Scored {
     index: usize,
@@ -62,7 +51,7 @@ struct Completion {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let options = parse_options(&args.options)?;
+    let options = malt_plugins::parse_cli_options(&args.options).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::shared()?;
     let plugin = malt_plugins::load_named(&runtime, &args.plugin, &options, &Sandbox::default())
         .with_context(|| format!("loading plugin {}", args.plugin))?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use malt_serve::{Limits, Server};
 
-use malt::backend::serve_backend::{Batching, ChainSetup, EngineSettings, ModelServeBackend};
-use malt::session::{load_model, Session};
+use malt_engine::serve_backend::{Batching, ChainSetup, EngineSettings, ModelServeBackend};
+use malt_pipeline::session::{load_model, Session};
 
 #[derive(clap::Args)]
 pub struct Args {

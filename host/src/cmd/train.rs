@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use malt::stage::train::Train;
-use malt::stage::{run_stage, Models, Provenance, Stage};
+use malt_pipeline::stage::train::Train;
+use malt_pipeline::stage::{run_stage, Models, Provenance, Stage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,7 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.model.install()?;
-    let mut session = malt::session::Session::open(&args.config)?;
+    let mut session = malt_pipeline::session::Session::open(&args.config)?;
     let round = super::round_arg(&session.config, args.round)?;
     let mut models = Models::for_config(&session.config);
     let Some(agent) = &args.agent else {
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let inputs = Train::inputs(&mut session, &round)?;
     let model = models.get(&inputs.model)?;
-    let reports = malt::train::train_agents(
+    let reports = malt_pipeline::train::train_agents(
         &inputs.agents,
         inputs.seed,
         round.dir(),

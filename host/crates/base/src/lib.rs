@@ -14,5 +14,6 @@ pub mod atomic;
 pub mod hash;
 pub mod message;
 pub mod mix;
+pub mod svg;
 
 pub use message::Message;

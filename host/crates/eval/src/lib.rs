@@ -16,7 +16,7 @@
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
-//! - [`svg`]: hand-written SVG charts, reusable for loss curves.
+//! - [`svg`]: hand-written SVG charts (malt-base's, which the trainer's loss curves use too).
 
 pub mod aggregate;
 pub mod driver;
@@ -27,7 +27,8 @@ pub mod results;
 pub mod significance;
 pub mod stats;
 pub mod subset;
-pub mod svg;
+/// The SVG charts, shared with the trainer's loss curves (malt-base).
+pub use malt_base::svg;
 pub mod trace;
 pub mod vote;
 

@@ -9,6 +9,7 @@ use crate::dropout::{dropout_mask, seeded_dropout};
 use crate::error::{ModelError, Result};
 use crate::fused;
 use crate::lora::{LoraAdapter, Proj};
+pub use crate::mode_ops::Mode;
 use crate::mode_ops::{flatten_rows, fused_train, infer_small, rms_norm, rope, softmax, swiglu};
 use crate::ops::frozen_matmul;
 use crate::small_matmul::small_matmuls;
@@ -19,16 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Upper bound on the RoPE table; longer contexts are rejected rather than silently wrong.
 const MAX_ROPE_POSITIONS: usize = 32_768;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Fused kernels, no graph.
-    Infer,
-    /// Differentiable ops. `dropout_seed` applies LoRA dropout (training steps only) with masks
-    /// drawn from a seeded generator, so a resumed run repeats an uninterrupted one exactly
-    /// (candle's own dropout uses an unseedable RNG).
-    Train { dropout_seed: Option<u64> },
-}
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -662,7 +653,7 @@ impl Decoder {
         Ok(y.reshape(out)?)
     }
 
-    fn causal_mask(&self, s: usize) -> Result<Option<Tensor>> {
+    pub(crate) fn causal_mask(&self, s: usize) -> Result<Option<Tensor>> {
         if s <= 1 {
             return Ok(None);
         }
@@ -695,27 +686,6 @@ impl Decoder {
             mode,
         };
         Ok(self.run(self.embed(ids)?, &ctx)?.0)
-    }
-
-    /// [`Self::forward_hidden`] in training mode keeping only each layer's input; the backward
-    /// recomputes each layer (`crate::grad_checkpoint`): same gradients, a fraction of the memory.
-    pub fn forward_hidden_checkpointed(
-        &self,
-        ids: &Tensor,
-        adapter: Option<&LoraAdapter>,
-        dropout_seed: Option<u64>,
-    ) -> Result<Tensor> {
-        let mode = Mode::Train { dropout_seed };
-        let Some(adapter) = adapter else {
-            // Nothing trainable: no graph is recorded, so there is nothing to checkpoint.
-            return self.forward_hidden(ids, None, mode);
-        };
-        let (_, s) = ids.dims2()?;
-        let (cos, sin) = self.rope_range(0, s)?;
-        let mask = self.causal_mask(s)?;
-        let x = self.embed(ids)?;
-        let x = crate::grad_checkpoint::run_checkpointed(self, adapter, x, cos, sin, mask, mode)?;
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
     }
 
     /// A second handle on the same weights (every tensor shares its storage): what a

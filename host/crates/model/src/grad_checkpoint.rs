@@ -37,6 +37,30 @@ use candle_core::{
 use crate::decoder::{Ctx, Decoder, Mode};
 use crate::error::Result;
 use crate::lora::{LoraAdapter, Proj};
+use crate::mode_ops::rms_norm;
+
+impl Decoder {
+    /// [`Self::forward_hidden`] in training mode keeping only each layer's input; the backward
+    /// recomputes each layer (this module): same gradients, a fraction of the memory.
+    pub fn forward_hidden_checkpointed(
+        &self,
+        ids: &Tensor,
+        adapter: Option<&LoraAdapter>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        let mode = Mode::Train { dropout_seed };
+        let Some(adapter) = adapter else {
+            // Nothing trainable: no graph is recorded, so there is nothing to checkpoint.
+            return self.forward_hidden(ids, None, mode);
+        };
+        let (_, s) = ids.dims2()?;
+        let (cos, sin) = self.rope_range(0, s)?;
+        let mask = self.causal_mask(s)?;
+        let x = self.embed(ids)?;
+        let x = run_checkpointed(self, adapter, x, cos, sin, mask, mode)?;
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
+    }
+}
 
 /// Runs every layer of `decoder` on the embedded input `x` (b, s, h) as checkpointed graph
 /// nodes; returns the residual stream after the last layer (not normed).

@@ -16,7 +16,6 @@
 
 mod arena;
 pub mod attention;
-pub mod baseline;
 pub mod chat;
 pub mod composed;
 pub mod config;
@@ -58,7 +57,7 @@ pub use error::{ModelError, Result};
 pub use generate::{Branch, Completion, Finish, Step};
 pub use kv::Cache;
 pub use lora::{LoraAdapter, LoraConfig, Proj};
-pub use model::{default_dtype, default_dtype_for, parse_dtype, Model};
+pub use model::{default_dtype, default_dtype_for, parse_dtype, parse_dtype_or_auto, Model};
 pub use sampling::{branch_seed, SamplingParams};
 pub use tokenizer::Tokenizer;
 pub use tree::{NodeRequest, TreeSampler, TreeStats};

@@ -4,11 +4,21 @@
 //! training graphs are slower than a fused kernel and say so once ([`crate::composed`]).
 
 use crate::composed::warn_once;
-use crate::decoder::Mode;
 use crate::error::Result;
 use crate::fused;
 use crate::small_matmul::small_matmul;
 use candle_core::{DType, Tensor, D};
+
+/// Which path the decoder takes over the same weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Fused kernels, no graph.
+    Infer,
+    /// Differentiable ops. `dropout_seed` applies LoRA dropout (training steps only) with masks
+    /// drawn from a seeded generator, so a resumed run repeats an uninterrupted one exactly
+    /// (candle's own dropout uses an unseedable RNG).
+    Train { dropout_seed: Option<u64> },
+}
 
 /// `x` (..., in) as rows (n, in), with its original dims.
 pub(crate) fn flatten_rows(x: &Tensor) -> Result<(Vec<usize>, Tensor)> {

@@ -41,6 +41,15 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
+/// A command's `--dtype`: `None` or "auto" lets the model layer pick (f32 on the CPU, the
+/// checkpoint's own on a GPU), anything else as [`parse_dtype`].
+pub fn parse_dtype_or_auto(s: Option<&str>) -> Result<Option<DType>> {
+    match s.map(str::trim) {
+        None | Some("auto") => Ok(None),
+        Some(d) => parse_dtype(d).map(Some),
+    }
+}
+
 /// `torch_dtype` (or `dtype`) of a HF config.json; f32 when it names none.
 fn config_torch_dtype(path: &Path) -> Result<DType> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
@@ -305,75 +314,5 @@ impl Model {
             tok.chat_template = Some(self.chat.source.clone());
         }
         tok.save_hf(dir)
-    }
-}
-
-impl Model {
-    /// A model with random weights (N(0, 0.02), unit norms) for config `cfg`, a synthetic
-    /// word-level tokenizer (`t0`, `t1`, ...) and ChatML; it never emits a stop token. For
-    /// benchmarks of a shape without its checkpoint, and for tests.
-    pub fn random(cfg: ModelConfig, device: &Device) -> Result<Self> {
-        Self::random_as(cfg, device, DType::F32)
-    }
-
-    /// [`Model::random`] with the weight matrices held in `dtype`.
-    pub fn random_as(cfg: ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
-        use crate::decoder::{Layer, Linear};
-        let h = cfg.hidden_size;
-        let rnd =
-            |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 0.02, shape, device)?) };
-        let ones =
-            |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
-        let embed = rnd(&[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
-            let lin = |p: Proj| -> Result<Linear> {
-                let (o, i) = p.dims(&cfg);
-                let bias = matches!(p, Proj::Q | Proj::K | Proj::V) && cfg.qkv_bias;
-                Ok(Linear {
-                    w: rnd(&[o, i])?,
-                    b: if bias { Some(rnd(&[o])?) } else { None },
-                })
-            };
-            layers.push(Layer {
-                input_norm: ones(h)?,
-                post_norm: ones(h)?,
-                q_norm: if cfg.qk_norm {
-                    Some(ones(cfg.head_dim)?)
-                } else {
-                    None
-                },
-                k_norm: if cfg.qk_norm {
-                    Some(ones(cfg.head_dim)?)
-                } else {
-                    None
-                },
-                proj: [
-                    lin(Proj::Q)?,
-                    lin(Proj::K)?,
-                    lin(Proj::V)?,
-                    lin(Proj::O)?,
-                    lin(Proj::Gate)?,
-                    lin(Proj::Up)?,
-                    lin(Proj::Down)?,
-                ],
-                qkv: None,
-            });
-        }
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            rnd(&[cfg.vocab_size, h])?
-        };
-        let norm = ones(h)?;
-        let tokenizer = crate::random::word_tokenizer(cfg.vocab_size)?;
-        let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device, dtype)?;
-        Ok(Model {
-            decoder,
-            tokenizer,
-            chat: ChatTemplate::chatml(),
-            stop_ids: vec![],
-            source: "random".into(),
-        })
     }
 }

@@ -149,6 +149,76 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
 }
 
 impl Model {
+    /// A model with random weights (N(0, 0.02), unit norms) for config `cfg`, a synthetic
+    /// word-level tokenizer (`t0`, `t1`, ...) and ChatML; it never emits a stop token. For
+    /// benchmarks of a shape without its checkpoint, and for tests.
+    pub fn random(cfg: ModelConfig, device: &Device) -> Result<Self> {
+        Self::random_as(cfg, device, DType::F32)
+    }
+
+    /// [`Model::random`] with the weight matrices held in `dtype`.
+    pub fn random_as(cfg: ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
+        use crate::decoder::{Layer, Linear};
+        let h = cfg.hidden_size;
+        let rnd =
+            |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 0.02, shape, device)?) };
+        let ones =
+            |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
+        let embed = rnd(&[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let lin = |p: Proj| -> Result<Linear> {
+                let (o, i) = p.dims(&cfg);
+                let bias = matches!(p, Proj::Q | Proj::K | Proj::V) && cfg.qkv_bias;
+                Ok(Linear {
+                    w: rnd(&[o, i])?,
+                    b: if bias { Some(rnd(&[o])?) } else { None },
+                })
+            };
+            layers.push(Layer {
+                input_norm: ones(h)?,
+                post_norm: ones(h)?,
+                q_norm: if cfg.qk_norm {
+                    Some(ones(cfg.head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(ones(cfg.head_dim)?)
+                } else {
+                    None
+                },
+                proj: [
+                    lin(Proj::Q)?,
+                    lin(Proj::K)?,
+                    lin(Proj::V)?,
+                    lin(Proj::O)?,
+                    lin(Proj::Gate)?,
+                    lin(Proj::Up)?,
+                    lin(Proj::Down)?,
+                ],
+                qkv: None,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            rnd(&[cfg.vocab_size, h])?
+        };
+        let norm = ones(h)?;
+        let tokenizer = word_tokenizer(cfg.vocab_size)?;
+        let decoder = Decoder::assemble(cfg, embed, layers, norm, lm_head, device, dtype)?;
+        Ok(Model {
+            decoder,
+            tokenizer,
+            chat: ChatTemplate::chatml(),
+            stop_ids: vec![],
+            source: "random".into(),
+        })
+    }
+}
+
+impl Model {
     /// A random model of shape `cfg` on `device` with matrices in `dtype`, drawn from `seed`
     /// where `draw_on` says, with the word-level tokenizer of [`word_tokenizer`] and ChatML; it
     /// never emits a stop token.

@@ -23,7 +23,7 @@ mod types;
 pub use engine::Runtime;
 pub use error::{CallError, CallErrorKind, ItemError, PluginError};
 pub use plugin::{Plugin, PluginStats};
-pub use set::{load_named, load_spec, PluginSet};
+pub use set::{load_named, load_spec, parse_cli_options, PluginSet};
 pub use types::*;
 
 /// Re-exported so callers name sandbox limits without depending on malt-config directly.

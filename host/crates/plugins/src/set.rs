@@ -95,3 +95,16 @@ pub fn load_named(
     let wasm = build::component_path(&name, &source)?;
     Plugin::load(runtime, &name, &wasm, options, limits)
 }
+
+/// Plugin options given on a command line as `KEY=VALUE` (`malt score --option`, `malt plugin
+/// test --option`, `malt bench plugins --option`): the same map a config's `options` table gives.
+pub fn parse_cli_options(opts: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for o in opts {
+        let Some((k, v)) = o.split_once('=') else {
+            return Err(format!("option {o:?}: expected KEY=VALUE"));
+        };
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}

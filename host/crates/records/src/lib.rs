@@ -12,7 +12,9 @@
 pub mod dataset;
 #[cfg(feature = "parquet")]
 mod parquet_rows;
+pub mod record;
 pub mod types;
 
-pub use dataset::{read_records, DatasetError, Format, Position, Record};
+pub use dataset::{read_records, Format};
+pub use record::{DatasetError, Position, Record};
 pub use types::{Choice, Example, Grade, Message, Turn};

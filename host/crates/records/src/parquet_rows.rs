@@ -18,7 +18,7 @@ use parquet::record::{Field, Row};
 use parquet::schema::types::Type;
 use serde_json::{Map, Value};
 
-use crate::dataset::{DatasetError, Position, Record};
+use crate::record::{DatasetError, Position, Record};
 
 pub(crate) fn read(path: &Path, bytes: Vec<u8>) -> Result<Vec<Record>, DatasetError> {
     // The decoder is not hardened against every damaged file: a panic in it is that file's

@@ -12,7 +12,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-use crate::dataset::{read_records, Position};
+use crate::dataset::read_records;
+use crate::record::Position;
 
 /// One leaf column's data for one row group.
 enum Col<'a> {

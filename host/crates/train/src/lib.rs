@@ -25,11 +25,9 @@
 //!   fingerprint, max_seq_len).
 
 pub mod batch;
-pub mod bench;
 pub mod checkpoint;
 pub mod curve;
 pub mod data;
-pub mod device_check;
 mod dpo;
 pub mod error;
 pub mod fingerprint;
@@ -46,7 +44,6 @@ mod timings;
 pub mod trainer;
 
 pub use batch::{Sequence, TokenBatch};
-pub use bench::{bench_phase, bench_train, BenchRow, BenchSettings};
 pub use error::{Result, TrainError};
 pub use model_bridge::{lora_config, MaltPolicy, MaltTokenizer};
 pub use policy::{ChatTokenizer, Mode, PolicyModel};

@@ -142,86 +142,26 @@ pub fn read_metrics(path: &Path) -> Result<(Vec<StepMetrics>, Vec<EvalMetrics>)>
     Ok((tr, ev))
 }
 
-/// A dependency-free SVG line chart: train loss per step (blue), eval loss (orange dots).
+/// The loss curve of a phase: train loss per step and, where the phase has a held-out set, eval
+/// loss at its evaluation steps (malt-base's line chart, as the evaluation report's plots).
 pub fn loss_svg(title: &str, train: &[(f64, f64)], eval: &[(f64, f64)]) -> String {
-    let (w, h, ml, mr, mt, mb) = (720.0, 400.0, 60.0, 20.0, 30.0, 40.0);
-    let all = train
-        .iter()
-        .chain(eval)
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        y1 = y0 + 1.0;
-    }
-    let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
-    let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
+    use malt_base::svg::{line_chart, LineChart, Series};
+    let series = |name: &str, points: &[(f64, f64)], dashed: bool| Series {
+        name: name.into(),
+        points: points.to_vec(),
+        dashed,
+        colour: None,
     };
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"20\" text-anchor=\"middle\">{}</text>\n\
-         <line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>\n",
-        w / 2.0,
-        esc(title),
-        h - mb,
-        w - mr,
-        h - mb,
-        h - mb
-    );
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * i as f64 / 4.0;
-        let x = x0 + (x1 - x0) * i as f64 / 4.0;
-        s += &format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>\n<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>\n",
-            ml - 4.0,
-            py(y) + 4.0,
-            px(x),
-            h - mb + 16.0
-        );
+    let mut chart = LineChart {
+        title: title.into(),
+        x_label: "optimizer step".into(),
+        y_label: "loss".into(),
+        series: vec![series("train loss", train, false)],
+        x_ticks: None,
+        y_range: None,
+    };
+    if !eval.is_empty() {
+        chart.series.push(series("eval loss", eval, true));
     }
-    let pts: Vec<String> = train
-        .iter()
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-        .collect();
-    if !pts.is_empty() {
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-    }
-    for &(x, y) in eval.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
-        s += &format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#ff7f0e\"/>\n",
-            px(x),
-            py(y)
-        );
-    }
-    s += &format!(
-        "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">train loss</text><text x=\"{}\" y=\"{}\" fill=\"#ff7f0e\">eval loss</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step</text>\n</svg>\n",
-        w - 200.0,
-        mt + 10.0,
-        w - 110.0,
-        mt + 10.0,
-        (ml + w - mr) / 2.0,
-        h - 6.0
-    );
-    s
+    line_chart(&chart)
 }

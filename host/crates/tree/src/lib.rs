@@ -6,7 +6,6 @@
 //! ([`credit`]) into per-agent SFT/DPO sets ([`datasets`]) with statistics ([`stats`]).
 //! [`recredit`] is `malt credit`; [`bench`] is `malt bench credit`. File formats: README.md.
 
-pub mod bench;
 pub mod chain;
 pub mod credit;
 pub mod datasets;

@@ -1,0 +1,425 @@
+//! The evaluation stage: every system of `[eval] systems` (single agent, untrained chain, STaR,
+//! MALT, ablations; each also with majority voting over k attempts) on seeded subsets of the
+//! held-out questions, with the same prompts and sampling seeds for every system. Writes
+//! `<round>/eval/{results.jsonl, report.md, report.json, *.svg}`; resumable through
+//! `results.jsonl`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use malt_config::{Config, EvalSystem, SystemKind};
+use malt_eval::{EvalPlan, Report, ReportContext, RoundContext, RoundSummary, System, Table};
+use malt_layout::{RoundLayout, RunLayout};
+use malt_tree::ChainSpec;
+
+use crate::session::ModelIdentity;
+use crate::stage::Provenance;
+use malt_engine::chain_runner::{Adapters, SystemSetup, TurnPlan, Weights};
+use malt_engine::ModelChainRunner;
+
+/// What system `s` runs, by position in the chain of `agents` (names, in order).
+pub fn system_setup(agents: &[String], s: &EvalSystem) -> SystemSetup {
+    let n = agents.len();
+    let turns = match &s.kind {
+        SystemKind::Single => vec![TurnPlan::Run(Weights::Base)],
+        SystemKind::Star => vec![TurnPlan::Run(Weights::Star)],
+        SystemKind::Untrained => vec![TurnPlan::Run(Weights::Base); n],
+        SystemKind::Malt => vec![TurnPlan::Run(Weights::Malt); n],
+        SystemKind::Trained { trained, skip } => agents
+            .iter()
+            .map(|a| {
+                if skip.contains(a) {
+                    TurnPlan::Skip
+                } else if trained.contains(a) {
+                    TurnPlan::Run(Weights::Malt)
+                } else {
+                    TurnPlan::Run(Weights::Base)
+                }
+            })
+            .collect(),
+    };
+    SystemSetup {
+        id: s.id.clone(),
+        turns,
+    }
+}
+
+/// The report row of a configured system.
+fn plan_system(s: &EvalSystem) -> System {
+    let table = match s.kind {
+        SystemKind::Trained { .. } => Table::Ablation,
+        _ => Table::Main,
+    };
+    let system = System::new(&s.id, &s.label, table);
+    if s.kind == SystemKind::Malt {
+        system.reference()
+    } else {
+        system
+    }
+}
+
+/// Which trained adapters a round has.
+struct Available {
+    malt: Vec<String>,
+    star: bool,
+}
+
+fn available(agents: &[String], round: &RoundLayout) -> Available {
+    let malt = agents
+        .iter()
+        .filter(|a| malt_train::final_adapter_dir(round.dir(), a).is_some())
+        .cloned()
+        .collect();
+    let star = agents
+        .first()
+        .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), a).is_some());
+    Available { malt, star }
+}
+
+/// The systems of the config that this round can run: one that needs adapters nobody trained
+/// is left out with a warning (its row would only repeat the base model's).
+fn runnable(eval: &malt_config::Eval, round: &RoundLayout, have: &Available) -> Vec<EvalSystem> {
+    eval.systems
+        .iter()
+        .filter(|s| {
+            let (ok, why) = match &s.kind {
+                SystemKind::Single | SystemKind::Untrained => (true, String::new()),
+                SystemKind::Star => (
+                    have.star,
+                    format!("no STaR adapter in {}", round.star().adapters().display()),
+                ),
+                SystemKind::Malt => (
+                    !have.malt.is_empty(),
+                    format!(
+                        "no trained adapters in {} (run `malt train` first)",
+                        round.adapters().display()
+                    ),
+                ),
+                SystemKind::Trained { trained, .. } => (
+                    trained.is_empty() || trained.iter().any(|a| have.malt.contains(a)),
+                    format!(
+                        "none of its agents ({}) has a trained adapter in {}",
+                        trained.join(", "),
+                        round.adapters().display()
+                    ),
+                ),
+            };
+            if !ok {
+                tracing::warn!("system `{}` is left out of the report: {why}", s.id);
+            }
+            ok
+        })
+        .cloned()
+        .collect()
+}
+
+/// The evaluation plan of `systems` over the held-out questions of `inputs`.
+/// The chain's agents, the systems `round` can run and their plan: what an evaluation and its
+/// partial report both start from.
+fn round_plan(
+    inputs: &EvalInputs,
+    round: &RoundLayout,
+) -> (Vec<String>, Vec<EvalSystem>, EvalPlan) {
+    let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
+    let have = available(&agents, round);
+    let systems = runnable(&inputs.eval, round, &have);
+    let plan = plan_for(inputs, &systems);
+    (agents, systems, plan)
+}
+
+fn plan_for(inputs: &EvalInputs, systems: &[EvalSystem]) -> EvalPlan {
+    let eval = &inputs.eval;
+    EvalPlan {
+        pool_size: inputs.questions.len(),
+        questions: eval.questions,
+        seeds: eval.seeds.clone(),
+        majority_k: eval.majority_k,
+        systems: systems.iter().map(plan_system).collect(),
+    }
+}
+
+/// Refuses an evaluation that asks for more questions than the held-out split has.
+pub fn check_pool(inputs: &EvalInputs, config: &Path) -> anyhow::Result<()> {
+    let (pool, eval) = (inputs.questions.len(), &inputs.eval);
+    if eval.questions > pool {
+        let fix = match &inputs.test_file {
+            Some(p) => format!("{} has {pool} questions; lower eval.questions", p.display()),
+            None => format!(
+                "the held-out split has {pool} ([dataset] test); lower eval.questions or raise \
+                 dataset.test"
+            ),
+        };
+        anyhow::bail!(
+            "{}: [eval] questions = {}, but {fix}",
+            config.display(),
+            eval.questions,
+        );
+    }
+    Ok(())
+}
+
+/// Provenance of a report: the run's manifest (config text and sha256, plugin hashes, model
+/// identity, seed, chain) plus the resolved config hash, the model's sha256, the malt commit
+/// and the round.
+fn report_manifest(
+    p: &Provenance,
+    model: &ModelIdentity,
+    round: &RoundLayout,
+) -> serde_json::Value {
+    let run = RunLayout::new(&p.run_dir).round(1);
+    let mut m = match std::fs::read(run.manifest()) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    if !m.is_object() {
+        // No trees generated here (a standalone `malt eval`): the same facts from the session.
+        m = serde_json::json!({
+            "config_text": p.config_text,
+            "config_sha256": malt_base::hash::sha256_hex(p.config_text.as_bytes()),
+            "plugins": p.plugins,
+            "model": model.source,
+        });
+    }
+    if let Some(obj) = m.as_object_mut() {
+        obj.insert("config_hash".into(), p.config_hash.clone().into());
+        obj.insert(
+            "plugin_hashes".into(),
+            serde_json::to_value(&p.plugins).unwrap_or_default(),
+        );
+        obj.insert("model_sha256".into(), model.weights_sha256.clone().into());
+        obj.insert("malt_commit".into(), crate::session::MALT_COMMIT.into());
+        obj.insert("round".into(), round.round().into());
+    }
+    m
+}
+
+/// Where a report sits among the rounds: its round, theta and the earlier rounds' summaries
+/// (read from their reports). `None` for a run of one round.
+fn round_context(
+    rounds: Option<&RoundsInputs>,
+    p: &Provenance,
+    round: &RoundLayout,
+) -> anyhow::Result<Option<RoundContext>> {
+    let Some(rounds) = rounds else {
+        return Ok(None);
+    };
+    let run = RunLayout::new(&p.run_dir);
+    let theta = |k: u32| {
+        rounds
+            .thetas
+            .get(k as usize - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let mut earlier = Vec::new();
+    for k in 1..round.round() {
+        let path = run.round(k).eval().join(malt_eval::report::REPORT_JSON);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading round {k}'s report {}", path.display()))?;
+        let report: Report = serde_json::from_str(&text)
+            .with_context(|| format!("parsing round {k}'s report {}", path.display()))?;
+        earlier.push(RoundSummary::of(&report, k, theta(k)));
+    }
+    Ok(Some(RoundContext {
+        round: round.round(),
+        theta: theta(round.round()),
+        earlier,
+    }))
+}
+
+/// The credit theta of round `k` (the config's own when `[rounds] theta` is not given).
+pub fn round_theta(cfg: &Config, k: u32) -> f64 {
+    cfg.rounds.theta_of(k).unwrap_or(cfg.credit.theta)
+}
+
+/// Copies round 1's attempts of the systems that run no adapter (single agent, untrained
+/// chain) into this round's log: they are the same in every round (same weights, prompts and
+/// sampling seeds), so later rounds do not sample them again.
+fn reuse_round_one(
+    run_dir: &Path,
+    round: &RoundLayout,
+    systems: &[EvalSystem],
+) -> anyhow::Result<()> {
+    if round.round() == 1 {
+        return Ok(());
+    }
+    let fixed: Vec<&str> = systems
+        .iter()
+        .filter(|s| !s.kind.uses_adapters())
+        .map(|s| s.id.as_str())
+        .collect();
+    let first = RunLayout::new(run_dir).round(1).eval_results();
+    if fixed.is_empty() || !first.exists() {
+        return Ok(());
+    }
+    let records = malt_eval::results::read_records(&first)?;
+    std::fs::create_dir_all(round.eval())
+        .with_context(|| format!("cannot create {}", round.eval().display()))?;
+    let mut log = malt_eval::ResultLog::open(round.eval_results())?;
+    let mut copied = 0;
+    for rec in records.into_values() {
+        if fixed.contains(&rec.system.as_str()) && !log.contains(&rec.key()) {
+            log.append(rec)?;
+            copied += 1;
+        }
+    }
+    if copied > 0 {
+        tracing::info!(
+            "reused {copied} attempts of round 1 ({}): they run no adapter",
+            fixed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// What the evaluation stage computes from: its stage inputs (see
+/// [`crate::stage::eval`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalInputs {
+    /// The round's trained adapters.
+    pub adapters: String,
+    #[serde(rename = "config [eval]")]
+    pub eval: malt_config::Eval,
+    /// The agents as sampling sees them (thresholds apart).
+    #[serde(rename = "chain shape and sampling")]
+    pub chain: ChainSpec,
+    pub model: ModelIdentity,
+    /// The held-out questions, in order.
+    #[serde(rename = "test questions")]
+    pub questions: Vec<malt_tree::Example>,
+    /// The chain's plugins, which render, extract and grade every turn: name -> hash.
+    pub plugins: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "config [plugins] options")]
+    pub plugin_options:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// With a STaR system: what STaR produced and how (for its row and the report's note).
+    #[serde(rename = "STaR", skip_serializing_if = "Option::is_none")]
+    pub star: Option<StarOutputs>,
+    /// With `[rounds]`: the thresholds of every round and the earlier rounds' reports.
+    #[serde(rename = "rounds", skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<RoundsInputs>,
+    /// For messages only: the held-out file, when the split is one.
+    #[serde(skip)]
+    pub test_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StarOutputs {
+    /// The STaR stage's samples, SFT set and adapter.
+    pub outputs: String,
+    pub setup: malt_config::Star,
+    pub chain: ChainSpec,
+    /// Samples one MALT tree holds (the report says STaR drew as many).
+    pub tree_samples: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundsInputs {
+    /// Round k's threshold at index k - 1.
+    pub thetas: Vec<f64>,
+    /// The earlier rounds' `report.json` contents.
+    pub earlier: String,
+}
+
+/// Evaluates the systems of `inputs` on its held-out questions with `round`'s adapters.
+pub fn evaluate(
+    inputs: &EvalInputs,
+    env: &mut crate::stage::Env<'_>,
+    round: &RoundLayout,
+) -> anyhow::Result<Report> {
+    let (agents, systems, plan) = round_plan(inputs, round);
+    let model = env.models.get(&inputs.model)?;
+    let mut adapters = Adapters {
+        malt: malt_train::load_final_adapters(
+            model,
+            round.dir(),
+            agents.iter().map(String::as_str),
+        )?,
+        ..Default::default()
+    };
+    if systems.iter().any(|s| s.kind == SystemKind::Star) {
+        let first = agents.first().map(String::as_str);
+        adapters.star = malt_train::load_final_adapters(model, round.star().dir(), first)?
+            .pop()
+            .map(|(_, a)| a);
+    }
+    let p = env.tools.provenance.clone();
+    reuse_round_one(&p.run_dir, round, &systems)?;
+    let star = match (
+        &inputs.star,
+        systems.iter().any(|s| s.kind == SystemKind::Star),
+    ) {
+        (Some(s), true) => Some(crate::star::summary(
+            &s.setup,
+            &s.chain,
+            s.tree_samples,
+            round,
+        )?),
+        _ => None,
+    };
+    let ctx = ReportContext {
+        manifest: report_manifest(&p, &inputs.model, round),
+        star,
+        round: round_context(inputs.rounds.as_ref(), &p, round)?,
+    };
+    let setups = systems.iter().map(|s| system_setup(&agents, s)).collect();
+    let live = env.tools.live.clone();
+    let subsets = plan.subsets()?;
+    let runner = ModelChainRunner::new(
+        model,
+        inputs.chain.clone(),
+        inputs.questions.clone(),
+        inputs.eval.majority_k,
+        &mut *env.tools.scorer,
+        adapters,
+        setups,
+    )
+    .with_batches(&subsets, inputs.eval.batch_questions);
+    let out = round.eval();
+    // Hot-reloaded plugins apply between questions, never inside one.
+    let mut runner = crate::live_reload::QuestionBoundaries::new(runner, live.as_deref());
+    let report = malt_eval::run_evaluation(&mut runner, &plan, &out, &ctx, true)?;
+    tracing::info!("report: {}", out.join("report.md").display());
+    if let Err(e) = crate::tracking::write_report(&out, &report, &p.config_text) {
+        tracing::warn!("{}: no TensorBoard event file: {e}", out.display());
+    }
+    Ok(report)
+}
+
+/// The report over the evaluation seeds already complete in `<round>/eval/results.jsonl`,
+/// written to `<round>/eval/partial/`; loads no model and runs nothing, so it can watch an
+/// evaluation that is still running in another process.
+pub fn partial_report(
+    inputs: &EvalInputs,
+    p: &Provenance,
+    round: &RoundLayout,
+) -> anyhow::Result<Report> {
+    let (_, _, plan) = round_plan(inputs, round);
+    let out = round.eval();
+    let ctx = ReportContext {
+        manifest: report_manifest(p, &inputs.model, round),
+        star: None,
+        round: round_context(inputs.rounds.as_ref(), p, round)?,
+    };
+    let report = malt_eval::report_complete_seeds(&plan, &out, &ctx)
+        .with_context(|| format!("no evaluation seed is complete yet in {}", out.display()))?;
+    tracing::info!(
+        "partial report: {}",
+        out.join(malt_eval::PARTIAL_DIR).join("report.md").display()
+    );
+    Ok(report)
+}
+
+/// The round `malt eval` works on: `--round K`, else the last round with adapters.
+pub fn round_of(cfg: &Config, round: Option<u32>) -> anyhow::Result<RoundLayout> {
+    let run = RunLayout::new(&cfg.run.dir);
+    match round {
+        None => Ok(run.latest_trained_round()),
+        Some(k) if k >= 1 && k <= cfg.rounds.count => Ok(run.round(k)),
+        Some(k) => anyhow::bail!(
+            "{}: --round {k}: the config has rounds 1 to {} ([rounds] count)",
+            cfg.source.display(),
+            cfg.rounds.count
+        ),
+    }
+}
