@@ -7,12 +7,12 @@ use crate::arena::adjacent_rows;
 use crate::config::ModelConfig;
 use crate::dropout::{dropout_mask, seeded_dropout};
 use crate::error::{ModelError, Result};
-use crate::fused;
+use crate::kernels::fused;
+use crate::kernels::ops::frozen_matmul;
+use crate::kernels::small_matmul::small_matmuls;
 use crate::lora::{LoraAdapter, Proj};
 pub use crate::mode_ops::Mode;
 use crate::mode_ops::{flatten_rows, fused_train, infer_small, rms_norm, rope, softmax, swiglu};
-use crate::ops::frozen_matmul;
-use crate::small_matmul::small_matmuls;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -82,7 +82,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// The dtype activations run in for weights held in `weights`: f32 on the CPU, whatever the
-/// weights (bf16/f16 matrices are widened in registers by `crate::half_matmul`, and f32 keeps
+/// weights (bf16/f16 matrices are widened in registers by `crate::kernels::half_matmul`, and f32 keeps
 /// norms, softmax and residual sums exact); the weights' own dtype on a GPU, where the matmuls
 /// run in it with f32 accumulation and candle's norm and softmax kernels keep f32 statistics.
 pub fn activation_dtype(device: &Device, weights: DType) -> DType {
@@ -575,13 +575,20 @@ impl Decoder {
             let fused = match (mode, s) {
                 (Mode::Infer, 1) => {
                     let q4 = q.reshape((b, nkv, n_rep, hd))?;
-                    crate::ops::decode_attention(&q4, &k, &v, valid, ctx.mask.as_ref(), scale)?
-                        .map(|o| o.reshape((b, 1, nh * hd)))
-                        .transpose()?
+                    crate::kernels::ops::decode_attention(
+                        &q4,
+                        &k,
+                        &v,
+                        valid,
+                        ctx.mask.as_ref(),
+                        scale,
+                    )?
+                    .map(|o| o.reshape((b, 1, nh * hd)))
+                    .transpose()?
                 }
                 (Mode::Infer, _) if valid.is_none() => {
                     let q5 = q.reshape((b, nkv, n_rep, s, hd))?;
-                    crate::attention::prefill_attention(&q5, &k, &v, scale)?
+                    crate::kernels::attention::prefill_attention(&q5, &k, &v, scale)?
                 }
                 _ => None,
             };

@@ -39,7 +39,7 @@ pub(crate) fn dropout_mask(
     if like.device().is_cpu() || like.device().is_cuda() {
         return Ok(like.apply_op1_no_bwd(&op)?);
     }
-    crate::composed::warn_once(
+    crate::kernels::composed::warn_once(
         "lora-dropout-mask (drawn on the cpu and copied)",
         like.device(),
     );

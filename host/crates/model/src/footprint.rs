@@ -72,7 +72,7 @@ pub fn lora_training_bytes(cfg: &ModelConfig, rank: usize, targets: &[Proj]) -> 
 /// How a training forward computes: which intermediates it keeps for the backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainPath {
-    /// f32 on the CPU: `crate::fused`'s ops keep their inputs only.
+    /// f32 on the CPU: `crate::kernels::fused`'s ops keep their inputs only.
     Fused,
     /// Any other device or dtype: candle's composed ops keep every intermediate.
     Composed,

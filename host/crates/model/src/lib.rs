@@ -15,9 +15,7 @@
 //! ```
 
 mod arena;
-pub mod attention;
 pub mod chat;
-pub mod composed;
 pub mod config;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -28,22 +26,17 @@ mod dropout;
 pub mod error;
 pub mod fetch;
 pub mod footprint;
-pub mod fused;
 pub mod generate;
 pub mod gguf_tokenizer;
 mod grad_checkpoint;
-pub mod half_matmul;
+pub mod kernels;
 pub mod kv;
 pub mod lora;
-mod matmul;
 mod mode_ops;
 pub mod model;
-pub mod ops;
 pub mod process;
 pub mod random;
 pub mod sampling;
-mod simd;
-pub mod small_matmul;
 pub mod tokenizer;
 pub mod tree;
 pub mod weights;

@@ -1,12 +1,12 @@
 //! The decoder's per-mode choice of op: `Mode::Infer` takes candle's fused kernels (no backward)
-//! and the small-batch matmul; `Mode::Train` takes `crate::fused`'s differentiable CPU ops on f32,
+//! and the small-batch matmul; `Mode::Train` takes `crate::kernels::fused`'s differentiable CPU ops on f32,
 //! else candle's composed ops, so every gradient reaches the LoRA variables. Those composed
-//! training graphs are slower than a fused kernel and say so once ([`crate::composed`]).
+//! training graphs are slower than a fused kernel and say so once ([`crate::kernels::composed`]).
 
-use crate::composed::warn_once;
 use crate::error::Result;
-use crate::fused;
-use crate::small_matmul::small_matmul;
+use crate::kernels::composed::warn_once;
+use crate::kernels::fused;
+use crate::kernels::small_matmul::small_matmul;
 use candle_core::{DType, Tensor, D};
 
 /// Which path the decoder takes over the same weights.
@@ -37,7 +37,7 @@ pub(crate) fn infer_small(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Option<T
     })
 }
 
-/// Whether training takes `crate::fused`'s ops for activations like `x`: only CPU f32 ones, the
+/// Whether training takes `crate::kernels::fused`'s ops for activations like `x`: only CPU f32 ones, the
 /// only input those ops accept. Every call of a fused op sits behind this test (or the same
 /// test written out), which is what keeps them unreachable off the CPU.
 pub(crate) fn fused_train(x: &Tensor, mode: Mode) -> bool {
@@ -113,7 +113,7 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor, mode: Mode) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::frozen_matmul;
+    use crate::kernels::ops::frozen_matmul;
     use candle_core::{Device, Var};
 
     fn randn(shape: &[usize], dtype: DType) -> Tensor {

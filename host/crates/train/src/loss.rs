@@ -74,7 +74,10 @@ pub fn token_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
             targets: targets.to_vec(),
         })?)
     } else {
-        malt_model::composed::warn_once("token-logprob (log-softmax-gather)", logits.device());
+        malt_model::kernels::composed::warn_once(
+            "token-logprob (log-softmax-gather)",
+            logits.device(),
+        );
         token_logprobs_composed(logits, targets)
     }
 }

@@ -12,7 +12,7 @@
 //! f16) except [`FrozenLinear`], which also runs on CUDA (cuBLAS through candle's own matmul).
 //! The structs are private and every public function refuses other inputs ([`cpu_f32`]); the
 //! decoder calls them only behind `mode_ops::fused_train` or the same device test, and takes
-//! composed candle ops (logged once, `crate::composed`) everywhere else. So a CPU-only op is
+//! composed candle ops (logged once, `crate::kernels::composed`) everywhere else. So a CPU-only op is
 //! unreachable off the CPU by construction, never a silent wrong result.
 
 use candle_core::{
@@ -20,8 +20,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::half_matmul::{self, with_weight, WeightRef};
-use crate::matmul::{matmul_wt, sgemm};
+use crate::kernels::half_matmul::{self, with_weight, WeightRef};
+use crate::kernels::matmul::{matmul_wt, sgemm};
 
 /// Elements per rayon task in the elementwise loops: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
@@ -52,7 +52,7 @@ fn cpu_f32(x: &Tensor, op: &str) -> Result<()> {
             "{op} is a CPU f32 op, called with {:?} on {}: the caller must dispatch other \
              devices and dtypes to candle ops",
             x.dtype(),
-            crate::composed::device_kind(x.device())
+            crate::kernels::composed::device_kind(x.device())
         );
     }
     Ok(())
@@ -591,7 +591,7 @@ impl CustomOp2 for SwiGlu {
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(y, (g, u))| crate::simd::silu_mul(g, u, y));
+            .for_each(|(y, (g, u))| crate::kernels::simd::silu_mul(g, u, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -8,7 +8,7 @@
 //! 128-token prefill of SmolLM2-135M. With this kernel, same build otherwise, alternating runs
 //! of 10 prefills: 442 -> 507 and 431 -> 489 tok/s (medians of 10 and 8 runs).
 
-use crate::simd::has_avx512;
+use crate::kernels::simd::has_avx512;
 use candle_core::{CpuStorage, Result, Tensor};
 
 /// Queries per job: their scores share each key load.
@@ -197,7 +197,7 @@ struct Block {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::Block;
-    use crate::simd::avx512::exp;
+    use crate::kernels::simd::avx512::exp;
     use std::arch::x86_64::*;
 
     /// `scores` holds `N` rows of `first_pos + N` (each query's scores, then its

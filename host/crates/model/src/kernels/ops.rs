@@ -5,19 +5,19 @@ use candle_core::{CpuStorage, Result, Tensor};
 
 /// `x @ w^T` (x 2-D) for a frozen `w`: the backward returns only the input gradient `g @ w`. The
 /// inference path uses it too, for inputs of more rows than the small-batch matmul takes: on CPU
-/// its product reads `w` in place (`crate::matmul::matmul_wt`) where candle's matmul packs it.
+/// its product reads `w` in place (`crate::kernels::matmul::matmul_wt`) where candle's matmul packs it.
 ///
 /// Plain `matmul` always computes the weight gradient as well, one wasted weight-sized matmul
 /// (and a weight-sized buffer) per frozen projection in a LoRA step (about 25 % of a step, see
-/// notes/candle.md). `crate::fused::frozen_linear` avoids it on CPU f32 and on CUDA; elsewhere
+/// notes/candle.md). `crate::kernels::fused::frozen_linear` avoids it on CPU f32 and on CUDA; elsewhere
 /// this falls back to a plain matmul against the detached weight: correct, just not the saving,
 /// and logged once when a gradient will flow through it.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if crate::fused::frozen_linear_runs_on(x, w) {
-        crate::fused::frozen_linear(x, w)
+    if crate::kernels::fused::frozen_linear_runs_on(x, w) {
+        crate::kernels::fused::frozen_linear(x, w)
     } else {
         if x.track_op() {
-            crate::composed::warn_once("frozen-linear (training)", x.device());
+            crate::kernels::composed::warn_once("frozen-linear (training)", x.device());
         }
         x.matmul(&w.detach().t()?)
     }
@@ -100,7 +100,7 @@ pub fn decode_attention(
         return Ok(None);
     };
     let (qd, kd, vd) = (&qv[qa..qb], &kv[ka..kb], &vv[va..vb]);
-    if let Some(out) = crate::attention::decode_attention(
+    if let Some(out) = crate::kernels::attention::decode_attention(
         qd,
         kd,
         vd,

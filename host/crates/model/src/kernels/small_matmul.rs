@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, Result, Tensor};
 
 /// Largest row count routed to [`small_matmul`]: a 27-leaf decode step fits. On the matmuls of a
-/// SmolLM2-135M forward (AVX-512), gemm through `crate::matmul` took 1.1-1.2x as long at 16-24
+/// SmolLM2-135M forward (AVX-512), gemm through `crate::kernels::matmul` took 1.1-1.2x as long at 16-24
 /// rows and was 0.8-0.9x at 32, 0.7x at 64.
 pub const SMALL_MATMUL_MAX_ROWS: usize = 28;
 
@@ -288,10 +288,10 @@ fn small_matmuls_with(kernel: Kernel, x: &Tensor, ws: &[&Tensor]) -> Result<Opti
         .map(Some)
 }
 
-/// [`small_matmuls`] with bf16 / f16 weights: `crate::half_matmul`'s kernels, all weights in one
+/// [`small_matmuls`] with bf16 / f16 weights: `crate::kernels::half_matmul`'s kernels, all weights in one
 /// dispatch.
 fn small_half(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
-    use crate::half_matmul::Half;
+    use crate::kernels::half_matmul::Half;
     let (n, k) = x.dims2()?;
     let xd = x.flatten_all()?.to_vec1::<f32>()?;
     let mut outs = Vec::with_capacity(ws.len());
@@ -316,7 +316,7 @@ fn small_half(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     }
     let mut ys: Vec<Vec<f32>> = outs.iter().map(|&o| vec![0f32; n * o]).collect();
     let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
-    crate::half_matmul::matmul_wt_multi(n, k, &xd, &halves, &mut refs, false);
+    crate::kernels::half_matmul::matmul_wt_multi(n, k, &xd, &halves, &mut refs, false);
     drop(halves);
     drop(guards);
     ys.into_iter()

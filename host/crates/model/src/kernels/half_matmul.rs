@@ -11,7 +11,7 @@
 //!   in registers and fed to f32 FMAs, so the inputs keep full precision;
 //! - a portable scalar loop elsewhere.
 //!
-//! The register tiles are those of `crate::small_matmul` (4 weight rows x up to 5 input rows,
+//! The register tiles are those of `crate::kernels::small_matmul` (4 weight rows x up to 5 input rows,
 //! one accumulator per output, reduced once per row). Work splits over the rayon pool in blocks
 //! of 32 weight rows x 64 input rows, so a block's inputs stay in L2 while its weights stream.
 //!
@@ -360,7 +360,16 @@ pub fn matmul_nn(n: usize, out: usize, g: &[f32], w: Half, dx: &mut [f32], accum
         w.widen_rows(j0, rows, k, &mut wide[..rows * k]);
         // dx += g[:, j0..j0 + rows] @ wide: the lhs is a column block of g (row stride `out`).
         let acc = accumulate || j0 > 0;
-        crate::matmul::sgemm_strided(n, k, rows, dx, acc, &g[j0..], out, &wide[..rows * k]);
+        crate::kernels::matmul::sgemm_strided(
+            n,
+            k,
+            rows,
+            dx,
+            acc,
+            &g[j0..],
+            out,
+            &wide[..rows * k],
+        );
         j0 += rows;
     }
 }
