@@ -19,10 +19,7 @@ use std::collections::BTreeMap;
 
 use malt_eval::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 use malt_model::{LoraAdapter, Model};
-use malt_tree::{
-    AgentSpec, ChainSpec, Example, ExtractRequest, GradeRequest, RenderRequest, SampleRequest,
-    Sampler, Scorer,
-};
+use malt_tree::{take_turn, AgentSpec, ChainSpec, Example, TurnAt, TurnInput, TurnOutput};
 
 use super::{ModelSampler, PluginScorer};
 
@@ -297,63 +294,47 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                     .collect()
             })
             .collect();
-        let requests: Vec<RenderRequest> = examples
+        let inputs: Vec<TurnInput> = live
             .iter()
+            .zip(&examples)
             .zip(histories)
-            .map(|(example, history)| RenderRequest {
-                agent: &agent.name,
-                role: &agent.role,
-                position: pos as u32,
-                chain_length: agents.len() as u32,
-                example,
-                history,
-            })
-            .collect();
-        let prompts = match self.scorer.render(&agent.plugin, &requests) {
-            Ok(p) => p,
-            Err(e) => {
-                fail(traces, &live, &format!("{}: render: {e}", agent.name));
-                return Ok(());
-            }
-        };
-        let turn_seeds: Vec<[u64; 1]> = live
-            .iter()
-            .map(|&i| {
+            .map(|((&i, example), history)| {
                 let l = lanes[i];
                 let seed = malt_eval::derive_sample_seed(eval_seed, l.example_idx, l.attempt);
-                [seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)]
+                TurnInput {
+                    example,
+                    history,
+                    seeds: vec![seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)],
+                }
             })
             .collect();
         let key = sampler_key(weights, &agent.name);
-        let mut sample_reqs = Vec::new();
-        let mut sampled = Vec::new();
-        for (j, &i) in live.iter().enumerate() {
-            match &prompts[j] {
-                Ok(messages) => {
-                    sample_reqs.push(SampleRequest {
-                        agent: &key,
-                        messages,
-                        params: &agent.sampling,
-                        seeds: &turn_seeds[j],
-                    });
-                    sampled.push((i, j));
-                }
-                Err(e) => traces[i] = Err(format!("{}: render: {e}", agent.name)),
-            }
-        }
-        let outputs = self
-            .sampler
-            .sample(&sample_reqs)
+        let at = TurnAt {
+            agent,
+            position: pos as u32,
+            chain_length: agents.len() as u32,
+            sampler_key: &key,
+        };
+        let outputs = take_turn(self.scorer, &mut self.sampler, at, inputs)
             .map_err(|e| ChainError::Fatal(e.to_string()))?;
         let mut texts = Vec::new();
         let mut answered = Vec::new();
-        for (out, &(i, j)) in outputs.into_iter().zip(&sampled) {
-            match out.map(|mut v| v.pop().map(|c| c.text).unwrap_or_default()) {
-                Ok(text) => {
-                    texts.push(text);
+        for (j, (out, &i)) in outputs.into_iter().zip(&live).enumerate() {
+            match out {
+                TurnOutput::RenderFailed(e) => {
+                    traces[i] = Err(format!("{}: render: {e}", agent.name))
+                }
+                TurnOutput::Rendered {
+                    completions: Err(e),
+                    ..
+                } => traces[i] = Err(format!("{}: generation: {e}", agent.name)),
+                TurnOutput::Rendered {
+                    completions: Ok(mut c),
+                    ..
+                } => {
+                    texts.push(c.pop().map(|c| c.text).unwrap_or_default());
                     answered.push((i, j));
                 }
-                Err(e) => traces[i] = Err(format!("{}: generation: {e}", agent.name)),
             }
         }
         let outcomes = if agent.produces_answer() {
@@ -381,80 +362,37 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
         Ok(())
     }
 
-    /// Extracts and grades `texts[i]` against `examples[i]`, one plugin call of each kind.
+    /// Extracts and grades `texts[i]` against `examples[i]` (malt-tree's
+    /// [`malt_tree::extract_and_grade`], as tree scoring does); an answer is correct only with
+    /// the full reward, since evaluation is exact-match accuracy.
     fn grade(
         &mut self,
         agent: &AgentSpec,
         examples: &[&Example],
         texts: &[String],
     ) -> Vec<Result<Outcome, String>> {
-        let reqs: Vec<ExtractRequest> = texts
+        let items: Vec<(&str, &Example)> = texts
             .iter()
-            .zip(examples)
-            .map(|(t, ex)| ExtractRequest {
-                output: t,
-                choices: &ex.choices,
-            })
+            .map(String::as_str)
+            .zip(examples.iter().copied())
             .collect();
-        let answers = match self.scorer.extract(&agent.plugin, &reqs) {
-            Ok(a) => a,
-            Err(e) => return texts.iter().map(|_| Err(format!("extract: {e}"))).collect(),
-        };
-        // Grade only the parseable answers, in one call.
-        let mut grade_reqs = Vec::new();
-        let mut graded_at = Vec::new();
-        for (i, a) in answers.iter().enumerate() {
-            if let Ok(Some(answer)) = a {
-                grade_reqs.push(GradeRequest {
-                    answer: Some(answer),
-                    gold: &examples[i].gold,
-                });
-                graded_at.push(i);
-            }
-        }
-        let grades = self.scorer.grade(&agent.plugin, &grade_reqs);
-        let mut grades: BTreeMap<usize, Result<bool, String>> = match grades {
-            Ok(gs) => graded_at
-                .iter()
-                .zip(gs.into_iter().map(Some).chain(std::iter::repeat(None)))
-                .map(|(&i, g)| {
-                    let g = match g {
-                        // Evaluation is exact-match accuracy: a partial reward is not correct.
-                        Some(Ok(g)) => Ok(g.reward >= 1.0),
-                        Some(Err(e)) => Err(format!("grade: {e}")),
-                        None => Err("grade: plugin returned no result".into()),
-                    };
-                    (i, g)
-                })
-                .collect(),
-            Err(e) => graded_at
-                .iter()
-                .map(|&i| (i, Err(format!("grade: {e}"))))
-                .collect(),
-        };
-        answers
+        malt_tree::extract_and_grade(self.scorer, &agent.plugin, &items)
             .into_iter()
-            .enumerate()
-            .map(|(i, a)| match a {
-                Err(e) => Err(format!("extract: {e}")),
+            .map(|scored| match scored.answer {
+                Err(e) => Err(e),
+                // No answer in the output: nothing to be right about, whatever its grade.
                 Ok(None) => Ok(Outcome::Unparseable),
-                Ok(Some(answer)) => match grades.remove(&i) {
-                    Some(Ok(correct)) => Ok(Outcome::Answer {
+                Ok(Some(answer)) => match scored.grade {
+                    Some(Ok(grade)) => Ok(Outcome::Answer {
                         answer,
                         key: None,
-                        correct,
+                        correct: grade.reward >= 1.0,
                     }),
                     Some(Err(e)) => Err(e),
                     None => Err("grade: plugin returned no result".into()),
                 },
             })
             .collect()
-    }
-}
-
-fn fail(traces: &mut Traces, lanes: &[usize], msg: &str) {
-    for &i in lanes {
-        traces[i] = Err(msg.to_string());
     }
 }
 

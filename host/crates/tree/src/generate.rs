@@ -10,11 +10,12 @@ use sha2::{Digest, Sha256};
 
 use crate::chain::ChainSpec;
 use crate::error::{Result, TreeError};
-use crate::sampler::{SampleRequest, Sampler};
+use crate::sampler::Sampler;
 use crate::score::{count, score_tree, ErrorCounts};
-use crate::scorer::{RenderRequest, Scorer};
+use crate::scorer::Scorer;
 use crate::store::RunWriter;
 use crate::tree::{level_offsets, Node, Tree};
+use crate::turn::{take_turn, TurnAt, TurnInput, TurnOutput};
 use crate::types::{Example, Turn};
 
 /// Seeds are masked to 53 bits so every JSON reader (including those that parse numbers as
@@ -117,100 +118,54 @@ pub fn generate_tree(
                 });
             }
         }
-        // Render prompts for live parents.
+        // Render and sample for live parents: one turn of the agent over them.
         let live: Vec<usize> = (0..parents.len())
             .filter(|&pi| parents[pi].is_none_or(|p| tree.nodes[p].error.is_none()))
             .collect();
         if live.is_empty() {
             continue;
         }
-        let requests: Vec<RenderRequest> = live
+        let inputs: Vec<TurnInput> = live
             .iter()
-            .map(|&pi| RenderRequest {
-                agent: &agent.name,
-                role: &agent.role,
-                position: l as u32,
-                chain_length,
+            .map(|&pi| TurnInput {
                 example,
                 history: history(chain, &tree, parents[pi]),
+                seeds: (0..n)
+                    .map(|j| tree.nodes[offs[l] + pi * n + j].seed)
+                    .collect(),
             })
             .collect();
-        let rendered = match scorer.render(&agent.plugin, &requests) {
-            Ok(r) if r.len() == live.len() => r,
-            Ok(r) => {
-                let msg = format!(
-                    "render: plugin returned {} results for {}",
-                    r.len(),
-                    live.len()
-                );
-                vec![Err(msg); live.len()]
-            }
-            Err(e) => vec![Err(format!("render: {e}")); live.len()],
+        let at = TurnAt {
+            agent,
+            position: l as u32,
+            chain_length,
+            sampler_key: &agent.name,
         };
-        drop(requests);
-        // Keep successful prompts; mark children of failed renders.
-        let mut to_sample: Vec<(usize, u32)> = Vec::new(); // (parent slot, prompt index)
-        for (&pi, r) in live.iter().zip(rendered) {
+        let outputs =
+            take_turn(scorer, sampler, at, inputs).map_err(|e| TreeError::Sampler(e.0))?;
+        for (&pi, out) in live.iter().zip(outputs) {
             let kids = offs[l] + pi * n..offs[l] + (pi + 1) * n;
-            match r {
-                Ok(messages) => {
-                    let p = tree.prompts.len() as u32;
-                    tree.prompts.push(messages);
-                    for i in kids {
-                        tree.nodes[i].prompt = Some(p);
-                    }
-                    to_sample.push((pi, p));
-                }
-                Err(msg) => {
-                    let msg = if msg.starts_with("render:") {
-                        msg
-                    } else {
-                        format!("render: {msg}")
-                    };
+            let (prompt, completions) = match out {
+                TurnOutput::RenderFailed(msg) => {
                     count(errors, &agent.plugin, n);
                     for i in kids {
-                        tree.nodes[i].error = Some(msg.clone());
+                        tree.nodes[i].error = Some(format!("render: {msg}"));
                     }
+                    continue;
                 }
+                TurnOutput::Rendered {
+                    prompt,
+                    completions,
+                } => (prompt, completions),
+            };
+            let p = tree.prompts.len() as u32;
+            tree.prompts.push(prompt);
+            for i in kids.clone() {
+                tree.nodes[i].prompt = Some(p);
             }
-        }
-        if to_sample.is_empty() {
-            continue;
-        }
-        let seeds: Vec<Vec<u64>> = to_sample
-            .iter()
-            .map(|&(pi, _)| {
-                (0..n)
-                    .map(|j| tree.nodes[offs[l] + pi * n + j].seed)
-                    .collect()
-            })
-            .collect();
-        let requests: Vec<SampleRequest> = to_sample
-            .iter()
-            .zip(&seeds)
-            .map(|(&(_, p), s)| SampleRequest {
-                agent: &agent.name,
-                messages: &tree.prompts[p as usize],
-                params: &agent.sampling,
-                seeds: s,
-            })
-            .collect();
-        counts.samples += (to_sample.len() * n) as u64;
-        let outputs = sampler
-            .sample(&requests)
-            .map_err(|e| TreeError::Sampler(e.0))?;
-        drop(requests);
-        if outputs.len() != to_sample.len() {
-            return Err(TreeError::Sampler(format!(
-                "sampler returned {} results for {} requests",
-                outputs.len(),
-                to_sample.len()
-            )));
-        }
-        for (&(pi, _), out) in to_sample.iter().zip(outputs) {
-            let kids = offs[l] + pi * n..offs[l] + (pi + 1) * n;
-            match out {
-                Ok(completions) if completions.len() == n => {
+            counts.samples += n as u64;
+            match completions {
+                Ok(completions) => {
                     for (i, c) in kids.zip(completions) {
                         let node = &mut tree.nodes[i];
                         node.output = c.text;
@@ -218,13 +173,6 @@ pub fn generate_tree(
                         node.finish = c.finish;
                         node.logprobs = c.logprobs;
                         node.error = None;
-                    }
-                }
-                Ok(completions) => {
-                    count(errors, "sampler", n);
-                    let msg = format!("sample: {} completions for {n} seeds", completions.len());
-                    for i in kids {
-                        tree.nodes[i].error = Some(msg.clone());
                     }
                 }
                 Err(msg) => {

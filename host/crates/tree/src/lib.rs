@@ -21,6 +21,7 @@ pub mod scorer;
 pub mod stats;
 pub mod store;
 pub mod tree;
+pub mod turn;
 pub mod types;
 
 pub use chain::{AgentSpec, ChainSpec, SamplingParams};
@@ -31,8 +32,10 @@ pub use overlap::{find_overlap, normalise_question, Overlap};
 pub use questions::{load_examples, load_located};
 pub use recredit::{recredit, RecreditReport};
 pub use sampler::{Completion, FinishReason, RequestResult, SampleRequest, Sampler, SamplerError};
+pub use score::{extract_and_grade, Scored};
 pub use scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
 pub use stats::Stats;
 pub use store::{read_trees, Manifest, RunWriter};
 pub use tree::{Node, Tree};
+pub use turn::{take_turn, TurnAt, TurnInput, TurnOutput};
 pub use types::{Choice, Example, Grade, Message, Turn};

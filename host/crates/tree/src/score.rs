@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::chain::ChainSpec;
 use crate::scorer::{chain_identity, ExtractRequest, GradeRequest, Scorer};
 use crate::tree::{level_offsets, Tree};
+use crate::types::{Example, Grade};
 
 /// Plugin failures per plugin name (and "sampler" for model failures during generation).
 pub type ErrorCounts = BTreeMap<String, u64>;
@@ -50,102 +51,151 @@ pub fn score_tree(
             continue;
         }
         let plugin = agent.plugin.as_str();
-        let fail = |tree: &mut Tree, idx: &[usize], msg: &str| {
-            for &i in idx {
-                tree.nodes[i].score_error = Some(msg.to_owned());
-            }
-        };
-
-        let reqs: Vec<ExtractRequest> = todo
+        let items: Vec<(&str, &Example)> = todo
             .iter()
-            .map(|&i| ExtractRequest {
-                output: &tree.nodes[i].output,
-                choices: &tree.example.choices,
-            })
+            .map(|&i| (tree.nodes[i].output.as_str(), &tree.example))
             .collect();
-        let answers = match scorer.extract(plugin, &reqs) {
-            Ok(a) if a.len() == todo.len() => Ok(a),
-            Ok(a) => Err(format!(
-                "extract: plugin returned {} results for {}",
-                a.len(),
-                todo.len()
-            )),
-            Err(e) => Err(format!("extract: {e}")),
-        };
-        let answers = match answers {
-            Ok(a) => a,
-            Err(msg) => {
-                fail(tree, &todo, &msg);
-                count(errors, plugin, todo.len());
-                failed += todo.len();
-                continue;
-            }
-        };
-
-        // An item that failed extraction is not graded; its error is recorded on the node.
-        let mut graded: Vec<usize> = Vec::with_capacity(todo.len());
-        let mut kept: Vec<Option<String>> = Vec::with_capacity(todo.len());
-        for (&i, answer) in todo.iter().zip(answers) {
-            match answer {
-                Ok(a) => {
-                    graded.push(i);
-                    kept.push(a);
-                }
-                Err(e) => {
-                    tree.nodes[i].score_error = Some(format!("extract: {e}"));
-                    count(errors, plugin, 1);
-                    failed += 1;
-                }
-            }
-        }
-        if graded.is_empty() {
-            continue;
-        }
-        let reqs: Vec<GradeRequest> = kept
-            .iter()
-            .map(|a| GradeRequest {
-                answer: a.as_deref(),
-                gold: &tree.example.gold,
-            })
-            .collect();
-        let grades = match scorer.grade(plugin, &reqs) {
-            Ok(g) if g.len() == graded.len() => Ok(g),
-            Ok(g) => Err(format!(
-                "grade: plugin returned {} results for {}",
-                g.len(),
-                graded.len()
-            )),
-            Err(e) => Err(format!("grade: {e}")),
-        };
-        let grades = match grades {
-            Ok(g) => g,
-            Err(msg) => {
-                fail(tree, &graded, &msg);
-                count(errors, plugin, graded.len());
-                failed += graded.len();
-                continue;
-            }
-        };
-        for ((&i, answer), grade) in graded.iter().zip(kept).zip(grades) {
+        let scored = extract_and_grade(scorer, plugin, &items);
+        drop(items);
+        for (&i, Scored { answer, grade }) in todo.iter().zip(scored) {
             let n = &mut tree.nodes[i];
-            n.answer = answer;
-            match grade {
-                Ok(grade) if (0.0..=1.0).contains(&grade.reward) => n.reward = Some(grade.reward),
-                Ok(grade) => {
-                    n.score_error = Some(format!(
-                        "grade: reward {} outside [0, 1] ({})",
-                        grade.reward, grade.reason
-                    ));
-                    count(errors, plugin, 1);
-                    failed += 1;
+            let error = match (answer, grade) {
+                (Err(msg), _) => msg,
+                (Ok(answer), grade) => {
+                    n.answer = answer;
+                    match grade {
+                        Some(Ok(g)) if (0.0..=1.0).contains(&g.reward) => {
+                            n.reward = Some(g.reward);
+                            continue;
+                        }
+                        Some(Ok(g)) => {
+                            format!("grade: reward {} outside [0, 1] ({})", g.reward, g.reason)
+                        }
+                        Some(Err(msg)) => msg,
+                        None => "grade: plugin returned no result".to_owned(),
+                    }
                 }
-                Err(e) => {
-                    n.score_error = Some(format!("grade: {e}"));
-                    count(errors, plugin, 1);
-                    failed += 1;
-                }
-            }
+            };
+            n.score_error = Some(error);
+            count(errors, plugin, 1);
+            failed += 1;
         }
     }
     failed
+}
+
+/// An item of [`extract_and_grade`].
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The extracted answer (`None`: the output has none), or why extraction failed.
+    pub answer: Result<Option<String>, String>,
+    /// The grade of the extracted answer, or why grading failed; `None` when extraction failed.
+    pub grade: Option<Result<Grade, String>>,
+}
+
+/// Extracts the answer of each `(output, question)` and grades it against the question's gold,
+/// one plugin call of each kind (an output without an answer is graded too: the plugin decides
+/// what no answer is worth). An item whose extraction failed is not graded. Failures stay per
+/// item, as "extract: ..." or "grade: ..." messages. Shared by tree scoring and evaluation.
+pub fn extract_and_grade(
+    scorer: &mut dyn Scorer,
+    plugin: &str,
+    items: &[(&str, &Example)],
+) -> Vec<Scored> {
+    let failed = |msg: String| Scored {
+        answer: Err(msg),
+        grade: None,
+    };
+    let reqs: Vec<ExtractRequest> = items
+        .iter()
+        .map(|(output, example)| ExtractRequest {
+            output,
+            choices: &example.choices,
+        })
+        .collect();
+    let answers = match scorer.extract(plugin, &reqs) {
+        Ok(a) if a.len() == items.len() => a,
+        Ok(a) => {
+            let msg = format!(
+                "extract: plugin returned {} results for {}",
+                a.len(),
+                items.len()
+            );
+            return vec![failed(msg); items.len()];
+        }
+        Err(e) => return vec![failed(format!("extract: {e}")); items.len()],
+    };
+    let mut out: Vec<Scored> = answers
+        .into_iter()
+        .map(|a| Scored {
+            answer: a.map_err(|e| format!("extract: {e}")),
+            grade: None,
+        })
+        .collect();
+    let graded: Vec<usize> = (0..out.len()).filter(|&i| out[i].answer.is_ok()).collect();
+    if graded.is_empty() {
+        return out;
+    }
+    let reqs: Vec<GradeRequest> = graded
+        .iter()
+        .map(|&i| GradeRequest {
+            answer: out[i].answer.as_ref().ok().and_then(|a| a.as_deref()),
+            gold: &items[i].1.gold,
+        })
+        .collect();
+    let grades: Vec<Result<Grade, String>> = match scorer.grade(plugin, &reqs) {
+        Ok(g) if g.len() == graded.len() => g
+            .into_iter()
+            .map(|g| g.map_err(|e| format!("grade: {e}")))
+            .collect(),
+        Ok(g) => {
+            let msg = format!(
+                "grade: plugin returned {} results for {}",
+                g.len(),
+                graded.len()
+            );
+            vec![Err(msg); graded.len()]
+        }
+        Err(e) => vec![Err(format!("grade: {e}")); graded.len()],
+    };
+    drop(reqs);
+    for (i, grade) in graded.into_iter().zip(grades) {
+        out[i].grade = Some(grade);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{fake_examples, FakeScorer};
+
+    #[test]
+    fn extract_and_grade_keeps_failures_per_item() {
+        let examples = fake_examples(3);
+        let outputs = ["Final Answer: 1", "no answer here", "Final Answer: 7"];
+        let items: Vec<(&str, &Example)> = outputs.iter().copied().zip(&examples).collect();
+        let scored = extract_and_grade(&mut FakeScorer::default(), "fake", &items);
+        assert_eq!(scored.len(), 3);
+        for s in &scored {
+            assert!(s.answer.is_ok() && matches!(s.grade, Some(Ok(_))), "{s:?}");
+        }
+        let rewards: Vec<f64> = scored
+            .iter()
+            .map(|s| s.grade.clone().unwrap().unwrap().reward)
+            .collect();
+        assert_eq!(rewards[0], 1.0, "{scored:?}");
+        assert_eq!(rewards[2], 0.0, "{scored:?}");
+        assert_eq!(scored[1].answer, Ok(None), "graded too: {scored:?}");
+        // A trap of the grading call fails the graded items, not their extracted answers.
+        let mut trap = FakeScorer {
+            trap_grade_on: Some("7".into()),
+            ..Default::default()
+        };
+        let scored = extract_and_grade(&mut trap, "fake", &items);
+        assert!(scored
+            .iter()
+            .all(|s| matches!(&s.grade, Some(Err(m)) if m.starts_with("grade: "))));
+        assert_eq!(scored[2].answer, Ok(Some("7".into())));
+    }
 }
