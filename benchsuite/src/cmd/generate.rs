@@ -222,8 +222,7 @@ fn bench_model(
     let nt = a.new_tokens;
     let params = SamplingParams {
         temperature: 0.3,
-        max_new_tokens: nt,
-        seed: 1,
+        max_new_tokens: nt as u32,
         ..Default::default()
     };
     // Warm-up (allocations, page faults).
@@ -366,7 +365,7 @@ fn bench_model(
     let sys = "You are an expert problem solver. Think step by step.";
     let mut seqs: Vec<Seq> = vec![];
     let t = Instant::now();
-    let mut tree = TreeSampler::new(m);
+    let mut tree = TreeSampler::new(m, 1);
     let root_msgs = vec![Message::system(sys), Message::user(&q)];
     let root_prompt = if text {
         m.encode_chat(&root_msgs, true)?
@@ -398,7 +397,7 @@ fn bench_model(
                 path.push(i);
                 seqs.push(Seq {
                     prompt: node.prompt.clone(),
-                    seed: branch_seed(params.seed, &path),
+                    seed: branch_seed(1, &path),
                     tokens: o.tokens.clone(),
                 });
                 if depth == 2 {

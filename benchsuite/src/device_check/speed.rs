@@ -266,10 +266,9 @@ impl Bench<'_> {
             .model
             .prefill(&synthetic_tokens(ctx, 2, self.vocab()), None)
             .map_err(TrainError::model)?;
-        let params = |k: usize, new: usize| SamplingParams {
+        let params = |new: usize| SamplingParams {
             temperature: 0.7,
-            max_new_tokens: new,
-            seed: k as u64,
+            max_new_tokens: new as u32,
             ..Default::default()
         };
         let branches = |k: usize| -> Vec<Branch> {
@@ -287,7 +286,7 @@ impl Bench<'_> {
             // The warm-up decodes a few tokens only: it is there for allocation and kernel load.
             let new = if k == 0 { n.min(4) } else { n };
             self.model
-                .generate(branches(k), &params(k, new), None)
+                .generate(branches(k), &params(new), None)
                 .map_err(TrainError::model)?;
             Ok(())
         })?;

@@ -49,11 +49,10 @@ pub fn sample_tree(m: &Model, spec: &TreeSpec) -> Result<TreeOutcome> {
     let vocab = m.config().vocab_size;
     let params = SamplingParams {
         temperature: 0.7,
-        max_new_tokens: spec.new_tokens,
-        seed: spec.seed,
+        max_new_tokens: spec.new_tokens as u32,
         ..Default::default()
     };
-    let mut tree = TreeSampler::new(m);
+    let mut tree = TreeSampler::new(m, spec.seed);
     let mut level = vec![Node {
         path: vec![],
         prompt: synthetic_tokens(spec.root_prompt, spec.seed ^ 0x7ee, vocab),

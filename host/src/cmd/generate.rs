@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
+    pub max_new_tokens: u32,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -40,7 +40,7 @@ pub struct Args {
     pub top_p: f64,
     /// 0 = off.
     #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
+    pub top_k: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop when this string appears (repeatable).
@@ -117,7 +117,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         top_k: args.top_k,
         max_new_tokens: args.max_new_tokens,
         stop: args.stop.clone(),
-        seed: args.seed,
     };
     let t1 = Instant::now();
     let cache = model.prefill(&ids, adapter.as_ref())?;

@@ -5,7 +5,9 @@
 //! - [`mix`]: splitmix64, the seeded mixer behind sampling seeds, question splits and subsets;
 //! - [`hash`]: lowercase hex sha256 of bytes and of files;
 //! - [`message`]: the chat message `{role, content}` ([`Message`]) of prompts, trees, datasets,
-//!   chat templates, training records and the OpenAI wire format.
+//!   chat templates, training records and the OpenAI wire format;
+//! - [`sampling`]: the sampling parameters ([`SamplingParams`]) of every layer that samples;
+//! - [`svg`]: the SVG charts of reports and loss curves.
 //!
 //! Errors are plain [`std::io::Error`]s: each caller maps them into its own error type with the
 //! path it was writing or reading.
@@ -14,6 +16,8 @@ pub mod atomic;
 pub mod hash;
 pub mod message;
 pub mod mix;
+pub mod sampling;
 pub mod svg;
 
 pub use message::Message;
+pub use sampling::SamplingParams;

@@ -106,18 +106,6 @@ pub fn completion(c: malt_model::Completion) -> Completion {
     }
 }
 
-fn model_params(p: &SamplingParams) -> malt_model::SamplingParams {
-    malt_model::SamplingParams {
-        temperature: p.temperature,
-        top_p: p.top_p,
-        top_k: p.top_k as usize,
-        max_new_tokens: p.max_new_tokens as usize,
-        stop: p.stop.clone(),
-        // Each branch carries its own seed; this one is unused.
-        seed: 0,
-    }
-}
-
 impl Sampler for ModelSampler<'_> {
     fn sample(
         &mut self,
@@ -152,7 +140,7 @@ impl ModelSampler<'_> {
         adapter: Option<&LoraAdapter>,
         out: &mut [RequestResult],
     ) -> Result<(), SamplerError> {
-        let params = model_params(requests[idx[0]].params);
+        let params = requests[idx[0]].params;
         let mut branches = Vec::new();
         let mut owners = Vec::new();
         let tp = std::time::Instant::now();
@@ -189,7 +177,7 @@ impl ModelSampler<'_> {
         }
         let done = self
             .model
-            .generate(branches, &params, adapter)
+            .generate(branches, params, adapter)
             .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
         for (c, &i) in done.into_iter().zip(&owners) {
             self.mark(adapter.map(|a| a.uid()), c.cache.tokens());
@@ -214,7 +202,7 @@ pub fn sample_alone(
 ) -> malt_model::Result<(String, usize)> {
     let tokens = model.encode_chat(messages, true)?;
     let cache = model.prefill(&tokens, None)?;
-    let mut out = model.generate(vec![Branch { cache, seed }], &model_params(params), None)?;
+    let mut out = model.generate(vec![Branch { cache, seed }], params, None)?;
     Ok(out
         .pop()
         .map(|c| (c.text, c.tokens.len()))

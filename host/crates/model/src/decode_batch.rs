@@ -405,14 +405,13 @@ mod tests {
         Model::random(cfg, &Device::Cpu).unwrap()
     }
 
-    fn params(max_new_tokens: usize) -> SamplingParams {
+    fn params(max_new_tokens: u32) -> SamplingParams {
         SamplingParams {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
             max_new_tokens,
             stop: vec![],
-            seed: 0,
         }
     }
 
@@ -450,7 +449,7 @@ mod tests {
         let joins_at = [0usize, 3, 5, 30, 95];
         let mut want = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
-            let mut ps = params(lengths[i]);
+            let mut ps = params(lengths[i] as u32);
             ps.top_k = if i % 2 == 0 { 0 } else { 8 };
             want.push(alone(&m, p, 1000 + i as u64, &ps));
         }
@@ -460,7 +459,7 @@ mod tests {
         loop {
             for (i, p) in prompts.iter().enumerate() {
                 if joins_at[i] == step {
-                    let mut ps = params(lengths[i]);
+                    let mut ps = params(lengths[i] as u32);
                     ps.top_k = if i % 2 == 0 { 0 } else { 8 };
                     let j = Joiner {
                         id: i,

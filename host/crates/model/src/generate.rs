@@ -114,7 +114,7 @@ impl Model {
                 text.truncate(cut);
                 Some(Finish::StopString)
             } else {
-                (gen.len() >= params.max_new_tokens).then_some(Finish::Length)
+                (gen.len() >= params.max_new_tokens as usize).then_some(Finish::Length)
             }
         };
         let step = Step {
@@ -242,7 +242,7 @@ impl Model {
         // positions are valid; each step writes its keys/values in place. The capacity grows
         // by DECODE_CHUNK positions, so a large max_new_tokens reserves nothing up front.
         let t_setup0 = std::time::Instant::now();
-        let mut cap = lmax + params.max_new_tokens.min(DECODE_CHUNK) + 1;
+        let mut cap = lmax + (params.max_new_tokens as usize).min(DECODE_CHUNK) + 1;
         let mut state: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
             let mut ks = Vec::with_capacity(n);
@@ -311,7 +311,7 @@ impl Model {
                 rows.truncate(m);
             }
             if lmax + t + 1 > cap {
-                let grow = DECODE_CHUNK.min(params.max_new_tokens) + 1;
+                let grow = DECODE_CHUNK.min(params.max_new_tokens as usize) + 1;
                 for kv in state.iter_mut() {
                     *kv = (
                         kv.0.pad_with_zeros(2, 0, grow)?,
@@ -410,18 +410,20 @@ impl Model {
         })
     }
 
-    /// Prompt text -> one completion (used by `malt generate`).
+    /// Prompt text -> one completion (used by `malt generate`): the branch `[0]` of a tree
+    /// sampled with `seed`.
     pub fn complete(
         &self,
         prompt_tokens: &[u32],
         params: &SamplingParams,
+        seed: u64,
         adapter: Option<&LoraAdapter>,
     ) -> Result<Completion> {
         let cache = self.prefill(prompt_tokens, adapter)?;
         let mut out = self.generate(
             vec![Branch {
                 cache,
-                seed: crate::sampling::branch_seed(params.seed, &[0]),
+                seed: crate::sampling::branch_seed(seed, &[0]),
             }],
             params,
             adapter,

@@ -8,7 +8,7 @@
 //! use malt_model::{Model, Message, SamplingParams, TreeSampler, parse_device};
 //! let model = Model::load("smollm2-135m-instruct", &parse_device("cpu")?)?;
 //! let prompt = model.encode_chat(&[Message::user("2+2?")], true)?;
-//! let mut tree = TreeSampler::new(&model);
+//! let mut tree = TreeSampler::new(&model, 7);
 //! let params = SamplingParams { temperature: 0.3, max_new_tokens: 64, ..Default::default() };
 //! let gens = tree.sample(None, &prompt, None, 3, &params, &[])?;
 //! # let _ = gens; Ok(()) }

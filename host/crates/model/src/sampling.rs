@@ -5,32 +5,7 @@ use malt_base::mix::mix;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// <= 0 means greedy.
-    pub temperature: f64,
-    /// 1.0 disables nucleus filtering.
-    pub top_p: f64,
-    /// 0 disables top-k filtering.
-    pub top_k: usize,
-    pub max_new_tokens: usize,
-    /// Generation stops when the decoded text contains one; the text is cut before it.
-    pub stop: Vec<String>,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.7,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens: 256,
-            stop: vec![],
-            seed: 0,
-        }
-    }
-}
+pub use malt_base::SamplingParams;
 
 /// The seed of the branch at `path` (child indices from the root) of a tree sampled with `seed`:
 /// splitmix64 steps, so nearby seeds and paths give unrelated streams.
@@ -58,7 +33,8 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
             })
             .0 as u32
     };
-    if p.temperature <= 0.0 || p.top_k == 1 {
+    let top_k = p.top_k as usize;
+    if p.temperature <= 0.0 || top_k == 1 {
         return argmax();
     }
     let t = p.temperature as f32;
@@ -77,9 +53,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
     }
     // Ties broken by token id so the result does not depend on the sort algorithm.
     let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if p.top_k > 0 && p.top_k < idx.len() {
-        idx.select_nth_unstable_by(p.top_k - 1, cmp);
-        idx.truncate(p.top_k);
+    if top_k > 0 && top_k < idx.len() {
+        idx.select_nth_unstable_by(top_k - 1, cmp);
+        idx.truncate(top_k);
     }
     if p.top_p < 1.0 {
         idx.sort_by(cmp);

@@ -34,6 +34,8 @@ pub struct NodeRequest<'a> {
 
 pub struct TreeSampler<'m> {
     model: &'m Model,
+    /// The root seed of the trees it samples.
+    seed: u64,
     /// (adapter uid, hash of a token prefix) whose keys/values exist somewhere in the tree.
     known: HashSet<(u64, u64)>,
     pub stats: TreeStats,
@@ -50,9 +52,12 @@ fn step_hash(h: u64, tok: u32) -> u64 {
 }
 
 impl<'m> TreeSampler<'m> {
-    pub fn new(model: &'m Model) -> Self {
+    /// A sampler of trees rooted at `seed`: child `i` of the node at `path` decodes with
+    /// [`branch_seed`]`(seed, path ++ [i])`, whatever order or batch it is decoded in.
+    pub fn new(model: &'m Model, seed: u64) -> Self {
         TreeSampler {
             model,
+            seed,
             known: HashSet::new(),
             stats: TreeStats::default(),
         }
@@ -106,7 +111,7 @@ impl<'m> TreeSampler<'m> {
                 p.push(i);
                 Branch {
                     cache: c,
-                    seed: branch_seed(params.seed, &p),
+                    seed: branch_seed(self.seed, &p),
                 }
             })
             .collect();
@@ -146,7 +151,7 @@ impl<'m> TreeSampler<'m> {
                 p.push(i);
                 branches.push(Branch {
                     cache: c,
-                    seed: branch_seed(params.seed, &p),
+                    seed: branch_seed(self.seed, &p),
                 });
             }
         }

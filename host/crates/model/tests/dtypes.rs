@@ -111,7 +111,7 @@ fn bf16_cached_decoding_matches_its_full_forward() {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let out = m.complete(&prompt, &params, None).unwrap();
+    let out = m.complete(&prompt, &params, 0, None).unwrap();
     let mut all = prompt.clone();
     all.extend(&out.tokens);
     // Greedy decoding picked the argmax of the full forward at every generated position.

@@ -559,11 +559,10 @@ fn tree_sampling_shares_prefixes_and_is_deterministic() {
     let params = SamplingParams {
         temperature: 0.8,
         max_new_tokens: 6,
-        seed: 42,
         ..Default::default()
     };
     let run = || {
-        let mut tree = TreeSampler::new(&m);
+        let mut tree = TreeSampler::new(&m, 42);
         let p0 = seq(20, 1);
         let gens = tree.sample(None, &p0, None, 3, &params, &[]).unwrap();
         let mut leaves = vec![];
@@ -586,7 +585,7 @@ fn tree_sampling_shares_prefixes_and_is_deterministic() {
     assert_eq!(s1.sequences, 12);
     assert!(s1.prefill_computed <= s1.prefill_minimum + 3, "{s1:?}");
     // Independent sampling of one leaf with its derived seed gives the same tokens.
-    let mut tree = TreeSampler::new(&m);
+    let mut tree = TreeSampler::new(&m, 42);
     let p0 = seq(20, 1);
     let g = tree.sample(None, &p0, None, 3, &params, &[]).unwrap();
     let mut p1 = p0.clone();
@@ -642,6 +641,7 @@ fn stop_strings_and_max_tokens() {
                 max_new_tokens: 12,
                 ..Default::default()
             },
+            0,
             None,
         )
         .unwrap();
@@ -657,6 +657,7 @@ fn stop_strings_and_max_tokens() {
                     stop: vec![third.clone()],
                     ..Default::default()
                 },
+                0,
                 None,
             )
             .unwrap();
@@ -671,11 +672,10 @@ fn sample_level_batches_nodes_like_per_node_sampling() {
     let params = SamplingParams {
         temperature: 0.8,
         max_new_tokens: 5,
-        seed: 9,
         ..Default::default()
     };
     let p0 = seq(12, 1);
-    let mut t1 = TreeSampler::new(&m);
+    let mut t1 = TreeSampler::new(&m, 9);
     let g = t1.sample(None, &p0, None, 3, &params, &[]).unwrap();
     let prompts: Vec<Vec<u32>> = g
         .iter()
@@ -697,7 +697,7 @@ fn sample_level_batches_nodes_like_per_node_sampling() {
         })
         .collect();
     let batched = t1.sample_level(&reqs, None, &params).unwrap();
-    let mut t2 = TreeSampler::new(&m);
+    let mut t2 = TreeSampler::new(&m, 9);
     for i in 0..3 {
         let one = t2
             .sample(Some(&g[i].cache), &prompts[i], None, 2, &params, &paths[i])

@@ -28,7 +28,7 @@ fn smollm2_chat_template_and_greedy_answer() {
         max_new_tokens: 16,
         ..Default::default()
     };
-    let out = m.complete(&ids, &params, None).unwrap();
+    let out = m.complete(&ids, &params, 0, None).unwrap();
     eprintln!("SmolLM2 says: {:?}", out.text);
     assert!(out.text.contains("Paris"), "{:?}", out.text);
 }

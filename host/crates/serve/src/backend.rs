@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+pub use malt_base::SamplingParams;
+
 use crate::protocol::{ChainResponse, Message};
 
 /// The names a backend answers to.
@@ -35,18 +37,6 @@ impl ServedModels {
     }
 }
 
-/// Sampling settings of one request, already validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingSettings {
-    /// 0 = greedy.
-    pub temperature: f64,
-    pub top_p: f64,
-    /// 0 = off.
-    pub top_k: usize,
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-}
-
 /// How the per-choice seeds are chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seeds {
@@ -65,7 +55,7 @@ pub struct GenerationJob {
     pub prompt: Vec<u32>,
     pub messages: Vec<Message>,
     pub n: usize,
-    pub sampling: SamplingSettings,
+    pub sampling: SamplingParams,
     pub seeds: Seeds,
     /// Give up (return [`BackendError::Timeout`]) after this instant.
     pub deadline: Instant,

@@ -23,7 +23,7 @@ mod sse;
 mod validate;
 
 pub use backend::{
-    BackendError, ChainQuery, ChoiceOutput, FinishReason, GenerationJob, SamplingSettings, Seeds,
+    BackendError, ChainQuery, ChoiceOutput, FinishReason, GenerationJob, SamplingParams, Seeds,
     ServeBackend, ServedModels, StepSink,
 };
 pub use error::ApiError;

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::backend::{
-    BackendError, ChainQuery, GenerationJob, SamplingSettings, Seeds, ServeBackend,
+    BackendError, ChainQuery, GenerationJob, SamplingParams, Seeds, ServeBackend,
 };
 use crate::error::ApiError;
 use crate::limits::Limits;
@@ -354,11 +354,11 @@ pub fn validate_chat(
             prompt,
             messages,
             n,
-            sampling: SamplingSettings {
+            sampling: SamplingParams {
                 temperature,
                 top_p,
-                top_k: top_k.max(0) as usize,
-                max_tokens,
+                top_k: u32::try_from(top_k.max(0)).unwrap_or(u32::MAX),
+                max_new_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
                 stop,
             },
             seeds,

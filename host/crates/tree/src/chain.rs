@@ -7,37 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TreeError};
 
-/// Sampling parameters for one agent; passed through to the `Sampler` untouched.
-/// Field names follow the config's `[[agents]]` keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    pub temperature: f64,
-    #[serde(default = "one")]
-    pub top_p: f64,
-    /// 0 = off.
-    #[serde(default)]
-    pub top_k: u32,
-    pub max_new_tokens: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stop: Vec<String>,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl Default for SamplingParams {
-    /// The paper's setting: temperature 0.3.
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.3,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens: 1024,
-            stop: Vec::new(),
-        }
-    }
-}
+/// Passed through to the `Sampler` untouched.
+pub use malt_base::SamplingParams;
 
 /// One agent of the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

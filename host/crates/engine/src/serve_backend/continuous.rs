@@ -19,7 +19,7 @@ use malt_model::{DecodeBatch, Joiner, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
 use super::engine::{
-    choice_seeds, finish_reason, sampling_params, timeout_error, Counters, Engine, EngineJob, Event,
+    choice_seeds, finish_reason, timeout_error, Counters, Engine, EngineJob, Event,
 };
 use crate::prefix_pool::PrefixPool;
 
@@ -205,7 +205,7 @@ fn join(
         }
     };
     let seeds = choice_seeds(&job);
-    let params = sampling_params(&job.sampling);
+    let params = job.sampling.clone();
     let mut joiners = Vec::with_capacity(seeds.len());
     for (choice, &seed) in seeds.iter().enumerate() {
         rows.insert(*next_row, (id, choice));

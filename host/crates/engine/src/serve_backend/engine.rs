@@ -13,7 +13,7 @@ use malt_eval::{ChainError, ChainRequest, ChainRunner, Outcome};
 use malt_model::{Finish, LoraAdapter, Model};
 use malt_serve::{
     BackendError, ChainAttempt, ChainQuery, ChainResponse, ChainTurn, ChoiceOutput, FinishReason,
-    GenerationJob, SamplingSettings, Seeds,
+    GenerationJob, Seeds,
 };
 use malt_tree::{ChainSpec, Example, Scorer};
 
@@ -104,19 +104,6 @@ pub(super) fn choice_seeds(job: &GenerationJob) -> Vec<u64> {
 }
 
 /// The model's finish reason as the API names it.
-/// A request's sampling settings for the model's sampler. The seed is left 0: every choice
-/// decodes with its own seed (`choice_seeds`).
-pub(super) fn sampling_params(s: &SamplingSettings) -> malt_model::SamplingParams {
-    malt_model::SamplingParams {
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        max_new_tokens: s.max_tokens,
-        stop: s.stop.clone(),
-        seed: 0,
-    }
-}
-
 pub(super) fn finish_reason(f: Finish) -> FinishReason {
     match f {
         Finish::Eos(_) => FinishReason::EndOfTurn,

@@ -11,8 +11,7 @@ use malt_model::{Branch, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
 use super::engine::{
-    choice_seeds, finish_reason, sampling_params, timeout_error, Batching, Counters, Engine,
-    EngineJob, Event,
+    choice_seeds, finish_reason, timeout_error, Batching, Counters, Engine, EngineJob, Event,
 };
 use crate::prefix_pool::PrefixPool;
 
@@ -69,7 +68,7 @@ impl Engine {
             return;
         };
         let adapter_name = first.job.adapter.clone();
-        let params = sampling_params(&first.job.sampling);
+        let params = first.job.sampling.clone();
         let c = &self.counters;
         c.requests
             .fetch_add(pending.len() as u64, Ordering::Relaxed);

@@ -234,7 +234,8 @@ pub(crate) fn greedy_difference(
                     got.text
                 ));
             }
-        } else if got.tokens.len() < greedy_params().max_new_tokens && m.stop_ids.contains(&want[i])
+        } else if got.tokens.len() < greedy_params().max_new_tokens as usize
+            && m.stop_ids.contains(&want[i])
         {
             // Without stop strings, a completion shorter than the limit ended at a stop token
             // (not in `tokens`): both stopped at the same step.
@@ -268,7 +269,7 @@ pub(crate) fn check_greedy(m: &Model, dir: &Path, from_text: bool) -> Vec<String
         } else {
             u32s(&c["prompt_ids"])
         };
-        let got = m.complete(&prompt, &greedy_params(), None).unwrap();
+        let got = m.complete(&prompt, &greedy_params(), 0, None).unwrap();
         let how = if from_text {
             "malt's ids"
         } else {
@@ -296,7 +297,7 @@ pub(crate) fn check_chat_answer(m: &Model, dir: &Path) -> Vec<String> {
     let fx = read_json(dir, "smollm2_greedy.json");
     let a = &fx["france_answer"];
     let prompt = m.encode_chat(&messages(&a["messages"]), true).unwrap();
-    let got = m.complete(&prompt, &greedy_params(), None).unwrap();
+    let got = m.complete(&prompt, &greedy_params(), 0, None).unwrap();
     eprintln!("SmolLM2 answers {:?}", got.text);
     let mut fails = vec![];
     if got.text != string(&a["text"]) {

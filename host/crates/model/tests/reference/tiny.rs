@@ -112,7 +112,7 @@ pub(crate) fn check_tiny(dir: &Path, arch: &str) -> Vec<String> {
     for g in entries(&r["greedy"]) {
         let name = string(&g["name"]);
         let got = m
-            .complete(&u32s(&g["prompt_ids"]), &greedy_params(), None)
+            .complete(&u32s(&g["prompt_ids"]), &greedy_params(), 0, None)
             .unwrap();
         let what = format!("{f} greedy[{name}]");
         if let Some(e) = compare_greedy(
