@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use malt_eval::{AttemptRecord, Outcome, Report};
-use malt_model::candle_core::Device;
+use malt_model::candle_core::{DType, Device};
+use malt_model::random::DrawOn;
 use malt_model::{Model, ModelConfig};
 use serde_json::Value;
 
@@ -23,7 +24,10 @@ pub fn tiny_model(dir: &Path) {
         eos_token_ids: vec![1],
         ..ModelConfig::llama(256, 32, 64, 2, 4, 2)
     };
-    let mut m = Model::random(cfg, &Device::Cpu).expect("random model");
+    // Seeded: the same weights in every run of the tests, so that what they sample (and which
+    // agents have positives at each theta) does not change from one run to the next.
+    let mut m = Model::random_seeded(cfg, &Device::Cpu, DType::F32, 11, DrawOn::Host)
+        .expect("random model");
     // Training appends an end-of-turn token: give the synthetic vocabulary one.
     m.tokenizer.eos_token = Some("t1".into());
     m.export_merged(dir, None).expect("export tiny model");

@@ -1,5 +1,6 @@
-//! A config's `[[agents]]` and `[credit]` as the tree engine's types: what the session, the
-//! standalone `malt credit` and hot reload's frozen-part check all build the same way.
+//! A config's `[[agents]]` and `[credit]` as the tree engine's types, and what round k of
+//! `[rounds]` changes (its thetas, its seed): what the session, the stages, the standalone
+//! `malt credit` and hot reload's frozen-part check all build the same way.
 
 use anyhow::Context;
 use malt_config::Config;
@@ -64,4 +65,14 @@ pub fn round_credit_of(
         }
     }
     (chain, credit)
+}
+
+/// The seed round `k`'s trees derive from: the run seed for round 1, a hash of it and `k` after
+/// (each round samples its trees afresh, with the previous round's adapters).
+pub fn round_seed(run_seed: u64, k: u32) -> u64 {
+    if k <= 1 {
+        run_seed
+    } else {
+        malt_tree::node_seed(run_seed, "malt/round", &[k])
+    }
 }

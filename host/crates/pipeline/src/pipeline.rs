@@ -36,16 +36,6 @@ pub const STAGES: [&str; 5] = [
     eval::Eval::NAME,
 ];
 
-/// The seed round `k`'s trees derive from: the run seed for round 1, a hash of it and `k` after
-/// (each round samples its trees afresh, with the previous round's adapters).
-pub fn round_seed(run_seed: u64, k: u32) -> u64 {
-    if k <= 1 {
-        run_seed
-    } else {
-        malt_tree::node_seed(run_seed, "malt/round", &[k])
-    }
-}
-
 /// At a stage boundary: apply a newer valid config and plugin set, if the reloader has one.
 fn apply_reload(s: &mut Session, live: Option<&LiveReload>, stage: &str) -> anyhow::Result<()> {
     if let Some(loaded) = live.and_then(|l| l.at_stage(stage)) {

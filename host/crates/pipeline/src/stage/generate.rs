@@ -107,7 +107,7 @@ impl Stage for Generate {
             chain: sampling_chain(&chain),
             backend: backend(s)?,
             questions: s.questions()?.train,
-            seed: crate::pipeline::round_seed(s.config.run.seed, round.round()),
+            seed: crate::engine_config::round_seed(s.config.run.seed, round.round()),
             previous,
             credit,
             plugin_options: super::plugin_options(&s.config),

@@ -62,7 +62,7 @@ impl Stage for Star {
             chain,
             first,
             model: s.model()?,
-            round_seed: crate::pipeline::round_seed(cfg.run.seed, round.round()),
+            round_seed: crate::engine_config::round_seed(cfg.run.seed, round.round()),
             run_seed: cfg.run.seed,
             steps: crate::star::star_steps(&cfg, round)?,
             trees,
