@@ -7,7 +7,8 @@
 //! - [`message`]: the chat message `{role, content}` ([`Message`]) of prompts, trees, datasets,
 //!   chat templates, training records and the OpenAI wire format;
 //! - [`sampling`]: the sampling parameters ([`SamplingParams`]) of every layer that samples;
-//! - [`svg`]: the SVG charts of reports and loss curves.
+//! - [`svg`]: the SVG charts of reports and loss curves;
+//! - [`tfevents`]: TensorBoard event files of training metrics and evaluation reports.
 //!
 //! Errors are plain [`std::io::Error`]s: each caller maps them into its own error type with the
 //! path it was writing or reading.
@@ -18,6 +19,7 @@ pub mod message;
 pub mod mix;
 pub mod sampling;
 pub mod svg;
+pub mod tfevents;
 
 pub use message::Message;
 pub use sampling::SamplingParams;

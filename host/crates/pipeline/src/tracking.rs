@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use malt_base::tfevents::{config_markdown, EventFile};
 use malt_eval::Report;
-use malt_train::tfevents::{config_markdown, EventFile};
 
 /// The config text as TensorBoard text (tag `config`), replacing the run's earlier one.
 pub fn write_config(run_dir: &Path, config_text: &str) -> std::io::Result<()> {

@@ -39,7 +39,6 @@ pub mod optim;
 pub mod policy;
 pub mod reference;
 pub mod settings;
-pub mod tfevents;
 mod timings;
 pub mod trainer;
 

@@ -57,7 +57,7 @@ pub struct MetricsLog {
     path: PathBuf,
     /// The TensorBoard mirror; dropped (with a warning) if it cannot be written, since the
     /// JSONL log is what resuming and the reports read.
-    events: Option<crate::tfevents::EventFile>,
+    events: Option<malt_base::tfevents::EventFile>,
 }
 
 impl MetricsLog {
@@ -81,7 +81,7 @@ impl MetricsLog {
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut log = MetricsLog {
             path: path.to_path_buf(),
-            events: match crate::tfevents::EventFile::create(dir) {
+            events: match malt_base::tfevents::EventFile::create(dir) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!("{}: no TensorBoard event file: {e}", dir.display());
@@ -113,7 +113,7 @@ impl MetricsLog {
         let Some(events) = self.events.as_mut() else {
             return;
         };
-        let Some((step, values)) = crate::tfevents::scalars_of(record) else {
+        let Some((step, values)) = scalars_of(record) else {
             return;
         };
         let written = values
@@ -164,4 +164,37 @@ pub fn loss_svg(title: &str, train: &[(f64, f64)], eval: &[(f64, f64)]) -> Strin
         chart.series.push(series("eval loss", eval, true));
     }
     line_chart(&chart)
+}
+
+/// Every numeric field of a JSONL metrics record as `(kind/field, value)`, with its `step`.
+pub fn scalars_of(record: &serde_json::Value) -> Option<(i64, Vec<(String, f64)>)> {
+    let obj = record.as_object()?;
+    let step = obj.get("step")?.as_i64()?;
+    let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("train");
+    let values = obj
+        .iter()
+        .filter(|(k, _)| k.as_str() != "step")
+        .filter_map(|(k, v)| Some((format!("{kind}/{k}"), v.as_f64()?)))
+        .collect();
+    Some((step, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_fields_become_scalars() {
+        let rec = serde_json::json!({"kind": "eval", "step": 4, "eval_loss": 1.5, "examples": 3});
+        let (step, mut v) = scalars_of(&rec).unwrap();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(step, 4);
+        assert_eq!(
+            v,
+            vec![
+                ("eval/eval_loss".to_string(), 1.5),
+                ("eval/examples".to_string(), 3.0)
+            ]
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! TensorBoard event files (`events.out.tfevents.*`), written by hand: TFRecord framing (length,
 //! masked CRC32C of the length, payload, masked CRC32C of the payload) around `tensorflow.Event`
 //! protocol buffers with scalar (`simple_value`) and text-plugin summaries. TensorBoard's own
-//! reader parses them (the host's `tensorboard_reads_malt_events` test runs it).
+//! reader parses them (the host's `tensorboard_reads_malt_events` test runs it). The trainer's
+//! metrics and the evaluation's reports both write through [`EventFile`].
 //!
 //! An event file here mirrors a JSONL log that stays the source of truth: [`EventFile::create`]
 //! replaces the directory's earlier malt event file, so a resumed phase rewrites its history
@@ -100,19 +101,6 @@ impl EventFile {
 /// The config of a run as a markdown code block, for [`EventFile::text`].
 pub fn config_markdown(toml: &str) -> String {
     format!("```toml\n{toml}\n```")
-}
-
-/// Every numeric field of a JSONL metrics record as `(kind/field, value)`, with its `step`.
-pub fn scalars_of(record: &serde_json::Value) -> Option<(i64, Vec<(String, f64)>)> {
-    let obj = record.as_object()?;
-    let step = obj.get("step")?.as_i64()?;
-    let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("train");
-    let values = obj
-        .iter()
-        .filter(|(k, _)| k.as_str() != "step")
-        .filter_map(|(k, v)| Some((format!("{kind}/{k}"), v.as_f64()?)))
-        .collect();
-    Some((step, values))
 }
 
 fn now() -> f64 {
@@ -221,20 +209,5 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(g.path().exists());
-    }
-
-    #[test]
-    fn numeric_fields_become_scalars() {
-        let rec = serde_json::json!({"kind": "eval", "step": 4, "eval_loss": 1.5, "examples": 3});
-        let (step, mut v) = scalars_of(&rec).unwrap();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(step, 4);
-        assert_eq!(
-            v,
-            vec![
-                ("eval/eval_loss".to_string(), 1.5),
-                ("eval/examples".to_string(), 3.0)
-            ]
-        );
     }
 }
