@@ -31,6 +31,7 @@ pub mod gguf_tokenizer;
 mod grad_checkpoint;
 pub mod kernels;
 pub mod kv;
+pub mod layer;
 pub mod lora;
 mod mode_ops;
 pub mod model;
