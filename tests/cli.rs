@@ -382,3 +382,35 @@ fn generate_honours_dtype_tokenize_prints_ids_and_unchecked_gguf_tokenizers_are_
         );
     }
 }
+
+/// theta = 1 labels nothing positive (a node is positive when its value exceeds theta, and
+/// values never exceed 1): `malt check` refuses it wherever theta is set, naming the key and
+/// its line.
+#[test]
+fn check_refuses_a_theta_nothing_can_exceed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[dataset]\nplugin = \"arith\"\ngenerate = { count = 10 }\ntrain = 5\ntest = 5\n\
+                [plugins.arith]\n[[agents]]\nname = \"generator\"\n";
+    for (name, extra, key, line) in [
+        ("credit", "[credit]\ntheta = 1.0\n", "[credit] theta", 10),
+        (
+            "rounds",
+            "[rounds]\ncount = 2\ntheta = [0.5, 1.0]\n",
+            "[rounds] theta",
+            11,
+        ),
+        ("agent", "theta = 1\n", "[[agents]] theta", 9),
+    ] {
+        let file = format!("{name}.toml");
+        std::fs::write(dir.path().join(&file), format!("{base}{extra}")).unwrap();
+        let (ok, out, err) = malt(&["check", &file], dir.path());
+        assert!(!ok, "{name}: {out}\n{err}");
+        let said = format!("{out}{err}");
+        assert!(
+            said.contains(&format!("{key} = 1 labels no node positive")),
+            "{said}"
+        );
+        assert!(said.contains(&format!("{file}:{line}:")), "{said}");
+        assert!(said.contains("use a value below 1"), "{said}");
+    }
+}

@@ -290,6 +290,24 @@ impl Checker<'_, '_> {
             );
         }
     }
+    /// A credit threshold: in [0, 1], and below 1. A node is positive when its value is
+    /// greater than theta and values never exceed 1, so theta = 1 would leave every node
+    /// negative and every agent untrained, which must not pass silently as a trained run.
+    fn theta(&mut self, path: &[Seg<'_>], name: &str, key: &str, v: f64) {
+        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+            self.range(path, name, v, 0.0, 1.0);
+        } else if v >= 1.0 {
+            self.err(
+                path,
+                format!(
+                    "{key} = {v} labels no node positive: a node is positive when its value is \
+                     greater than theta, and values never exceed 1, so no agent would be trained; \
+                     use a value below 1 (the paper uses 0.5; [rounds] theta may rise towards 1 \
+                     but stay below it)"
+                ),
+            );
+        }
+    }
     fn positive<T: PartialEq + Default + std::fmt::Display>(
         &mut self,
         path: &[Seg<'_>],

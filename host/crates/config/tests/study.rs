@@ -184,3 +184,25 @@ fn star_and_rounds() {
     let e = err(&format!("{GVR}\n[star]\ndata = \"both\"\n"));
     assert!(e.contains("unknown variant `both`"), "{e}");
 }
+
+#[test]
+fn a_theta_of_one_is_refused_in_every_section() {
+    let e = err(&format!("{GVR}\n[credit]\ntheta = 1.0\n"));
+    assert!(
+        e.contains("[credit] theta = 1 labels no node positive"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{GVR}\n[rounds]\ncount = 3\ntheta = [0.5, 0.7, 1.0]\n"
+    ));
+    assert!(
+        e.contains("[rounds] theta = 1 labels no node positive"),
+        "{e}"
+    );
+    // Below 1 every section accepts it, however close.
+    assert!(Config::parse(
+        &format!("{GVR}\n[credit]\ntheta = 0.99\n[rounds]\ncount = 2\ntheta = [0.5, 0.9]\n"),
+        Path::new("configs/x.toml")
+    )
+    .is_ok());
+}

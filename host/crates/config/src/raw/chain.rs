@@ -20,12 +20,11 @@ pub(super) fn resolve_credit(raw: RawCredit, c: &mut Checker<'_, '_>) -> Credit 
 }
 
 fn check_credit(credit: &Credit, c: &mut Checker<'_, '_>) {
-    c.range(
+    c.theta(
         &[K("credit"), K("theta")],
         "credit.theta",
+        "[credit] theta",
         credit.theta,
-        0.0,
-        1.0,
     );
 }
 
@@ -150,7 +149,7 @@ fn check_agent(
         );
     }
     if own.theta {
-        c.range(&at("theta"), "theta", agent.theta, 0.0, 1.0);
+        c.theta(&at("theta"), "theta", "[[agents]] theta", agent.theta);
     }
     if agent.role == "generator" && matches!(agent.train.method, Method::Dpo | Method::SftThenDpo) {
         c.warn(

@@ -334,7 +334,12 @@ pub(super) fn resolve_rounds(
         );
     }
     for t in &theta {
-        c.range(&[K("rounds"), K("theta")], "rounds.theta", *t, 0.0, 1.0);
+        c.theta(
+            &[K("rounds"), K("theta")],
+            "rounds.theta",
+            "[rounds] theta",
+            *t,
+        );
     }
     if count > 1 && backend == Backend::Remote {
         c.err(
