@@ -176,34 +176,26 @@ mod tests {
             chain_length: 2,
             sampler_key: "verifier",
         };
-        let mut scorer = FakeScorer {
+        let per_item = FakeScorer {
             fail_role: Some("verifier".into()),
             ..Default::default()
         };
-        let out = take_turn(
-            &mut scorer,
-            &mut FakeSampler::default(),
-            at,
-            inputs(&examples, 1),
-        )
-        .unwrap();
-        assert!(out
-            .iter()
-            .all(|o| matches!(o, TurnOutput::RenderFailed(m) if m.contains("no template"))));
         // A trap of the whole render call fails every context, the turn itself goes on.
-        let mut scorer = FakeScorer {
+        let whole_call = FakeScorer {
             trap_render_on: Some("What is 1".into()),
             ..Default::default()
         };
-        let out = take_turn(
-            &mut scorer,
-            &mut FakeSampler::default(),
-            at,
-            inputs(&examples, 1),
-        )
-        .unwrap();
-        assert!(out
-            .iter()
-            .all(|o| matches!(o, TurnOutput::RenderFailed(m) if m.contains("wasm trap"))));
+        for (mut scorer, said) in [(per_item, "no template"), (whole_call, "wasm trap")] {
+            let out = take_turn(
+                &mut scorer,
+                &mut FakeSampler::default(),
+                at,
+                inputs(&examples, 1),
+            )
+            .unwrap();
+            assert!(out
+                .iter()
+                .all(|o| matches!(o, TurnOutput::RenderFailed(m) if m.contains(said))));
+        }
     }
 }
