@@ -65,7 +65,6 @@ impl Linear {
         adapter: Option<&LoraAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let lin = self;
         let (dims, x2) = flatten_rows(x)?;
         let pair = adapter.and_then(|a| a.get(layer, p).map(|pair| (a, pair)));
         if fused_train(&x2, mode) {
@@ -81,8 +80,8 @@ impl Linear {
                     };
                     fused::lora_linear(
                         &x2,
-                        &lin.w,
-                        lin.b.as_ref(),
+                        &self.w,
+                        self.b.as_ref(),
                         pair.a.as_tensor(),
                         pair.b.as_tensor(),
                         a.scale(),
@@ -90,8 +89,8 @@ impl Linear {
                     )?
                 }
                 None => {
-                    let y = fused::frozen_linear(&x2, &lin.w)?;
-                    match &lin.b {
+                    let y = fused::frozen_linear(&x2, &self.w)?;
+                    match &self.b {
                         Some(b) => y.broadcast_add(b)?,
                         None => y,
                     }
@@ -102,9 +101,9 @@ impl Linear {
             out_dims[last] = y.dim(1)?;
             return Ok(y.reshape(out_dims)?);
         }
-        let y = match infer_small(&x2, &lin.w, mode)? {
+        let y = match infer_small(&x2, &self.w, mode)? {
             Some(y) => y,
-            None => frozen_matmul(&x2, &lin.w)?,
+            None => frozen_matmul(&x2, &self.w)?,
         };
         self.finish(&x2, y, dims, layer, p, adapter, mode)
     }
@@ -122,8 +121,7 @@ impl Linear {
         adapter: Option<&LoraAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let lin = self;
-        if let Some(b) = &lin.b {
+        if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
         if let Some(pair) = adapter.and_then(|a| a.get(layer, p)) {
@@ -297,9 +295,8 @@ impl Layer {
     ) -> Result<[Tensor; N]> {
         if mode == Mode::Infer {
             let (dims, x2) = flatten_rows(x)?;
-            let l = self;
-            let ws: Vec<&Tensor> = ps.iter().map(|&p| &l.proj(p).w).collect();
-            let ys = match (small_matmuls(&x2, &ws)?, &l.qkv) {
+            let ws: Vec<&Tensor> = ps.iter().map(|&p| &self.proj(p).w).collect();
+            let ys = match (small_matmuls(&x2, &ws)?, &self.qkv) {
                 (Some(ys), _) => Some(ys),
                 (None, Some(qkv)) if ps[..] == [Proj::Q, Proj::K, Proj::V] => {
                     let y = frozen_matmul(&x2, qkv)?;
@@ -318,7 +315,7 @@ impl Layer {
                 let mut out = Vec::with_capacity(N);
                 for (y, &p) in ys.into_iter().zip(&ps) {
                     out.push(
-                        l.proj(p)
+                        self.proj(p)
                             .finish(&x2, y, dims.clone(), layer, p, adapter, mode)?,
                     );
                 }

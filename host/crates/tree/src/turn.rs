@@ -52,56 +52,61 @@ pub fn take_turn(
     at: TurnAt<'_>,
     inputs: Vec<TurnInput<'_>>,
 ) -> Result<Vec<TurnOutput>, SamplerError> {
+    let n = inputs.len();
+    let mut seeds = Vec::with_capacity(n);
     let requests: Vec<RenderRequest> = inputs
-        .iter()
-        .map(|input| RenderRequest {
-            agent: &at.agent.name,
-            role: &at.agent.role,
-            position: at.position,
-            chain_length: at.chain_length,
-            example: input.example,
-            history: input.history.clone(),
+        .into_iter()
+        .map(|input| {
+            seeds.push(input.seeds);
+            RenderRequest {
+                agent: &at.agent.name,
+                role: &at.agent.role,
+                position: at.position,
+                chain_length: at.chain_length,
+                example: input.example,
+                history: input.history,
+            }
         })
         .collect();
-    let rendered = match scorer.render(&at.agent.plugin, &requests) {
-        Ok(r) if r.len() == inputs.len() => r,
-        Ok(r) => {
-            let msg = format!("plugin returned {} results for {}", r.len(), inputs.len());
-            vec![Err(msg); inputs.len()]
-        }
-        Err(e) => vec![Err(e.to_string()); inputs.len()],
+    let prompts = match scorer.render(&at.agent.plugin, &requests) {
+        Ok(r) if r.len() == n => r,
+        Ok(r) => vec![Err(format!("plugin returned {} results for {n}", r.len())); n],
+        Err(e) => vec![Err(e.to_string()); n],
     };
     drop(requests);
-    let prompts: Vec<Result<Vec<Message>, String>> = rendered;
-    let sampled: Vec<usize> = (0..inputs.len()).filter(|&i| prompts[i].is_ok()).collect();
-    let mut results = Vec::new();
-    if !sampled.is_empty() {
-        let requests: Vec<SampleRequest> = sampled
-            .iter()
-            .map(|&i| SampleRequest {
+    // Only the rendered prompts are sampled, all in one call.
+    let requests: Vec<SampleRequest> = prompts
+        .iter()
+        .zip(&seeds)
+        .filter_map(|(prompt, seeds)| {
+            Some(SampleRequest {
                 agent: at.sampler_key,
-                messages: prompts[i].as_deref().unwrap_or_default(),
+                messages: prompt.as_ref().ok()?,
                 params: &at.agent.sampling,
-                seeds: &inputs[i].seeds,
+                seeds,
             })
-            .collect();
-        results = sampler.sample(&requests)?;
-        if results.len() != requests.len() {
-            return Err(SamplerError(format!(
-                "sampler returned {} results for {} requests",
-                results.len(),
-                requests.len()
-            )));
-        }
+        })
+        .collect();
+    let results = match requests.is_empty() {
+        true => Vec::new(),
+        false => sampler.sample(&requests)?,
+    };
+    if results.len() != requests.len() {
+        return Err(SamplerError(format!(
+            "sampler returned {} results for {} requests",
+            results.len(),
+            requests.len()
+        )));
     }
+    drop(requests);
     let mut results = results.into_iter();
     Ok(prompts
         .into_iter()
-        .zip(&inputs)
-        .map(|(prompt, input)| match prompt {
+        .zip(&seeds)
+        .map(|(prompt, seeds)| match prompt {
             Err(msg) => TurnOutput::RenderFailed(msg),
             Ok(prompt) => {
-                let n = input.seeds.len();
+                let n = seeds.len();
                 let completions = match results.next() {
                     Some(Ok(c)) if c.len() == n => Ok(c),
                     Some(Ok(c)) => Err(format!("{} completions for {n} seeds", c.len())),

@@ -205,7 +205,6 @@ fn join(
         }
     };
     let seeds = choice_seeds(&job);
-    let params = job.sampling.clone();
     let mut joiners = Vec::with_capacity(seeds.len());
     for (choice, &seed) in seeds.iter().enumerate() {
         rows.insert(*next_row, (id, choice));
@@ -213,7 +212,7 @@ fn join(
             id: *next_row,
             cache: cache.clone(),
             seed,
-            params: params.clone(),
+            params: job.sampling.clone(),
         });
         *next_row += 1;
     }

@@ -79,7 +79,7 @@ impl ModelServeBackend {
                 let mut engine = engine;
                 match engine.settings.batching {
                     Batching::Continuous => continuous::run(&mut engine, rx),
-                    Batching::Off | Batching::Waiting => waiting::run(engine, rx),
+                    Batching::Off | Batching::Waiting => waiting::run(&mut engine, rx),
                 }
             })?;
         Ok(ModelServeBackend {

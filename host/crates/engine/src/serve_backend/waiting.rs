@@ -26,7 +26,7 @@ struct Pending {
 }
 
 /// The engine loop of `Off` and `Waiting` until the job channel closes.
-pub(super) fn run(mut engine: Engine, rx: mpsc::Receiver<EngineJob>) {
+pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         if engine.settings.batching == Batching::Waiting {
