@@ -322,7 +322,7 @@ pub fn bench_phase(
         let c0 = cpu_secs();
         let lp = if implementation != "plain-candle" {
             let mode = Mode::Train {
-                dropout_seed: k as u64,
+                dropout_seed: Some(k as u64),
             };
             let logits = policy.target_logits(&batch, Some(&adapter), mode)?;
             loss::token_logprobs(&logits, &batch.targets)?

@@ -395,7 +395,7 @@ impl Bench<'_> {
                 &batch,
                 Some(&adapter),
                 Mode::Train {
-                    dropout_seed: k as u64,
+                    dropout_seed: Some(k as u64),
                 },
             )?;
             let lp = loss::token_logprobs(&logits, &batch.targets)?;

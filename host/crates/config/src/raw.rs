@@ -203,7 +203,8 @@ optim_table!(RawSft {});
 optim_table!(RawDpo {
     beta: f64,
     label_smoothing: f64,
-    loss: DpoLoss
+    loss: DpoLoss,
+    lora_dropout: bool
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +213,7 @@ struct RawCredit {
     theta: Option<f64>,
     pooling: Option<Pooling>,
     pairs: Option<Pairs>,
+    truncated: Option<Truncated>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -247,6 +247,16 @@ pub enum Pairs {
     OnePerParent,
 }
 
+/// `[credit] truncated`: what the training sets do with an output cut at `max_new_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncated {
+    /// Left out of SFT positives and DPO pairs (the default).
+    Exclude,
+    /// Trained on, without an appended EOS.
+    Keep,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainPlan {
     pub method: Method,
@@ -336,6 +346,9 @@ pub struct Dpo {
     pub beta: f64,
     pub label_smoothing: f64,
     pub loss: DpoLoss,
+    /// LoRA dropout in DPO's policy passes (off by default, as in TRL: the reference pass has
+    /// none).
+    pub lora_dropout: bool,
     pub optim: Optim,
 }
 
@@ -345,6 +358,7 @@ impl Default for Dpo {
             beta: 0.1,
             label_smoothing: 0.0,
             loss: DpoLoss::Sigmoid,
+            lora_dropout: false,
             optim: Optim {
                 lr: 5e-5,
                 ..Optim::default()
@@ -358,6 +372,7 @@ pub struct Credit {
     pub theta: f64,
     pub pooling: Pooling,
     pub pairs: Pairs,
+    pub truncated: Truncated,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -4,7 +4,9 @@
 
 use anyhow::Context;
 use malt_config::Config;
-use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, SamplingParams};
+use malt_tree::{
+    AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, SamplingParams, TruncatedPolicy,
+};
 
 /// The chain of a config. Config validation already guarantees the invariants; the tree
 /// engine checks them again so a library caller cannot bypass them.
@@ -42,6 +44,10 @@ pub fn credit_from_config(cfg: &Config) -> anyhow::Result<CreditSettings> {
         pairs: match cfg.credit.pairs {
             malt_config::Pairs::All => PairMode::All,
             malt_config::Pairs::OnePerParent => PairMode::OnePerParent,
+        },
+        truncated: match cfg.credit.truncated {
+            malt_config::Truncated::Exclude => TruncatedPolicy::Exclude,
+            malt_config::Truncated::Keep => TruncatedPolicy::Keep,
         },
     };
     s.validate()

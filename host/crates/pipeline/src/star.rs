@@ -19,7 +19,7 @@ use malt_config::{Config, StarData, StarSteps};
 use malt_eval::StarSummary;
 use malt_layout::{RoundLayout, RunLayout};
 use malt_train::{MaltPolicy, MaltTokenizer, Method, RunOptions};
-use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, Tree};
+use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, Tree, TruncatedPolicy};
 
 /// Samples one MALT tree holds: the sum of its level sizes.
 pub fn tree_samples(chain: &ChainSpec) -> u64 {
@@ -55,6 +55,7 @@ const STAR_CREDIT: CreditSettings = CreditSettings {
     theta: 0.5,
     pooling: Pooling::Global,
     pairs: PairMode::All,
+    truncated: TruncatedPolicy::Exclude,
 };
 
 /// Seed of round `round`'s STaR samples: apart from the MALT trees' seeds.

@@ -50,6 +50,7 @@ pub fn agent_plan(name: &str, t: &TrainPlan, seed: u64) -> AgentPlan {
                 malt_config::DpoLoss::Sigmoid => DpoLossKind::Sigmoid,
                 malt_config::DpoLoss::Ipo => DpoLossKind::Ipo,
             },
+            lora_dropout: t.dpo.lora_dropout,
         },
     }
 }

@@ -70,7 +70,7 @@ pub fn sft_curve(
             .collect();
         let batch = TokenBatch::new(&seqs, pad_id);
         let mode = Mode::Train {
-            dropout_seed: s.seed.wrapping_add(step as u64),
+            dropout_seed: Some(s.seed.wrapping_add(step as u64)),
         };
         let logits = policy.target_logits(&batch, Some(&adapter), mode)?;
         let lp = loss::token_logprobs(&logits, &batch.targets)?;

@@ -5,7 +5,10 @@
 //! completion follows as the ids the model sampled when the record carries them
 //! (`completion_ids`, `chosen_ids`, `rejected_ids`: malt writes them from the trees), else as
 //! the completion text encoded on its own; EOS is appended unless the ids already end with a
-//! stop token (a sampled end of turn). Stored ids must spell the completion text (their
+//! stop token (a sampled end of turn) or the record marks the output as cut at the sampling
+//! length limit (`completion_truncated`, `chosen_truncated`, `rejected_truncated`: malt writes
+//! them for cut outputs kept by `[credit] truncated = "keep"`), since an EOS there would teach
+//! the model to stop mid-solution. Stored ids must spell the completion text (their
 //! decoding starts with it), which catches ids made by another tokenizer. When `prompt + completion` exceeds `max_seq_len`, tokens
 //! are dropped from the LEFT of the prompt (the completion is what the loss is on, and the end
 //! of the prompt is what it depends on most). If the completion alone does not fit, it is cut on
@@ -32,6 +35,8 @@ pub struct SftRecord {
     pub completion: String,
     /// The sampled ids of `completion`, when the record carries them.
     pub completion_ids: Option<Vec<u32>>,
+    /// The completion was cut at the sampling length limit: no EOS after it.
+    pub completion_truncated: bool,
 }
 
 /// One DPO record: `{"prompt":[..], "chosen":[..], "rejected":[..], "meta":{..}}`.
@@ -43,6 +48,8 @@ pub struct DpoRecord {
     pub rejected: String,
     pub chosen_ids: Option<Vec<u32>>,
     pub rejected_ids: Option<Vec<u32>>,
+    pub chosen_truncated: bool,
+    pub rejected_truncated: bool,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +67,12 @@ struct RawRecord {
     chosen_ids: Option<Vec<u32>>,
     #[serde(default)]
     rejected_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    completion_truncated: bool,
+    #[serde(default)]
+    chosen_truncated: bool,
+    #[serde(default)]
+    rejected_truncated: bool,
     #[serde(default)]
     meta: Option<serde_json::Value>,
 }
@@ -138,6 +151,7 @@ pub fn load_sft(path: &Path) -> Result<DatasetFile<SftRecord>> {
             id: record_id(&r.meta, line),
             completion: assistant_text(r.completion, "completion")?,
             completion_ids: r.completion_ids,
+            completion_truncated: r.completion_truncated,
             prompt: r.prompt,
         })
     })
@@ -151,6 +165,8 @@ pub fn load_dpo(path: &Path) -> Result<DatasetFile<DpoRecord>> {
             rejected: assistant_text(r.rejected, "rejected")?,
             chosen_ids: r.chosen_ids,
             rejected_ids: r.rejected_ids,
+            chosen_truncated: r.chosen_truncated,
+            rejected_truncated: r.rejected_truncated,
             prompt: r.prompt,
         })
     })
@@ -173,12 +189,13 @@ pub fn join_truncate(prompt: &[u32], completion: &[u32], max_seq_len: usize) -> 
 }
 
 /// A completion as the loss sees it: the sampled `ids` when given (checked against the text),
-/// else the text encoded; then EOS unless the ids end with a stop token already. `what` names
-/// the record and field for errors.
+/// else the text encoded; then EOS unless the ids end with a stop token already or the output
+/// was cut at the length limit (`cut`). `what` names the record and field for errors.
 pub fn completion_target(
     tok: &dyn ChatTokenizer,
     text: &str,
     ids: Option<&[u32]>,
+    cut: bool,
     what: &str,
 ) -> Result<Vec<u32>> {
     let mut c = match ids {
@@ -195,7 +212,7 @@ pub fn completion_target(
         }
         None => tok.completion_ids(text)?,
     };
-    if !c.last().is_some_and(|&t| tok.is_stop(t)) {
+    if !cut && !c.last().is_some_and(|&t| tok.is_stop(t)) {
         c.push(tok.eos_id());
     }
     Ok(c)
@@ -213,11 +230,12 @@ pub fn tokenize_pair(
     prompt: &[Message],
     completion: &str,
     completion_ids: Option<&[u32]>,
+    cut: bool,
     max_seq_len: usize,
     what: &str,
 ) -> Result<Sequence> {
     let p = tok.prompt_ids(prompt)?;
-    let c = completion_target(tok, completion, completion_ids, what)?;
+    let c = completion_target(tok, completion, completion_ids, cut, what)?;
     Ok(join_truncate(&p, &c, max_seq_len))
 }
 
@@ -251,6 +269,7 @@ pub fn tokenize_sft(
                     &r.prompt,
                     &r.completion,
                     r.completion_ids.as_deref(),
+                    r.completion_truncated,
                     max_seq_len,
                     &format!("record {} completion", r.id),
                 )?,
@@ -275,6 +294,7 @@ pub fn tokenize_dpo(
                     &r.prompt,
                     &r.chosen,
                     r.chosen_ids.as_deref(),
+                    r.chosen_truncated,
                     max_seq_len,
                     &format!("record {} chosen", r.id),
                 )?,
@@ -283,6 +303,7 @@ pub fn tokenize_dpo(
                     &r.prompt,
                     &r.rejected,
                     r.rejected_ids.as_deref(),
+                    r.rejected_truncated,
                     max_seq_len,
                     &format!("record {} rejected", r.id),
                 )?,

@@ -87,9 +87,7 @@ impl PolicyModel for MaltPolicy<'_> {
     ) -> Result<Tensor> {
         let dev = self.model.device();
         let m = match mode {
-            Mode::Train { dropout_seed } => malt_model::Mode::Train {
-                dropout_seed: Some(dropout_seed),
-            },
+            Mode::Train { dropout_seed } => malt_model::Mode::Train { dropout_seed },
             Mode::Eval => malt_model::Mode::Infer,
         };
         let d = &self.model.decoder;

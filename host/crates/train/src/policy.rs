@@ -13,8 +13,9 @@ use crate::error::Result;
 /// replays exactly the same masks as an uninterrupted one: no RNG state has to be saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Build the autograd graph; `dropout_seed` seeds this micro-batch's dropout masks.
-    Train { dropout_seed: u64 },
+    /// Build the autograd graph; `dropout_seed` seeds this micro-batch's dropout masks (`None`:
+    /// no dropout, as DPO trains by default).
+    Train { dropout_seed: Option<u64> },
     /// No graph needed (reference log-probs, eval): the model should detach / skip dropout.
     Eval,
 }

@@ -158,6 +158,10 @@ pub struct DpoSettings {
     /// cDPO: the preference label is flipped with this probability (0 = plain DPO).
     pub label_smoothing: f64,
     pub loss: DpoLossKind,
+    /// LoRA dropout in the policy's DPO passes. Off by default: the reference pass has none,
+    /// and TRL disables dropout for DPO.
+    #[serde(default)]
+    pub lora_dropout: bool,
 }
 
 impl Default for DpoSettings {
@@ -166,6 +170,7 @@ impl Default for DpoSettings {
             beta: 0.1,
             label_smoothing: 0.0,
             loss: DpoLossKind::Sigmoid,
+            lora_dropout: false,
         }
     }
 }

@@ -109,7 +109,9 @@ fn an_sft_step_has_the_same_gradients_checkpointed() {
     let refs: Vec<&Sequence> = seqs.iter().collect();
     let batch = TokenBatch::new(&refs, 2);
     assert_same_gradients(&model, |policy, a| {
-        let mode = Mode::Train { dropout_seed: 99 };
+        let mode = Mode::Train {
+            dropout_seed: Some(99),
+        };
         let logits = policy.target_logits(&batch, Some(a), mode).unwrap();
         let lp = loss::token_logprobs(&logits, &batch.targets).unwrap();
         (lp.sum_all().unwrap().neg().unwrap() / batch.num_targets() as f64).unwrap()
@@ -129,7 +131,9 @@ fn a_dpo_step_has_the_same_gradients_checkpointed() {
         ..DpoSettings::default()
     };
     assert_same_gradients(&model, |policy, a| {
-        let mode = Mode::Train { dropout_seed: 5 };
+        let mode = Mode::Train {
+            dropout_seed: Some(5),
+        };
         let logits = policy.target_logits(&batch, Some(a), mode).unwrap();
         let lp = loss::token_logprobs(&logits, &batch.targets).unwrap();
         let sums = loss::sequence_sums(&batch, &lp).unwrap();

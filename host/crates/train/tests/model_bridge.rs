@@ -171,6 +171,50 @@ fn malt_model_sft_then_dpo_learns_and_resumes_bit_exact() {
     assert!(d <= 1e-6, "adapter diff {d}");
 }
 
+/// DPO trains without LoRA dropout unless `lora_dropout` asks for it (its reference pass has
+/// none, as in TRL): by default the adapter after DPO is the same whatever the dropout rate,
+/// and with `lora_dropout` it is not.
+#[test]
+fn dpo_trains_without_lora_dropout_by_default() {
+    let md = tempfile::tempdir().unwrap();
+    common::hf::write_tiny_llama(md.path(), 11);
+    let model = Model::load(md.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let tok = MaltTokenizer::new(&model).unwrap();
+    let opts = RunOptions {
+        base_model: "tiny-llama".into(),
+        ..RunOptions::default()
+    };
+    let dpo_adapter = |dropout: f32, lora_dropout: bool| {
+        let policy = MaltPolicy::new(&model, LoraConfig { dropout, ..lora() });
+        let run = tempfile::tempdir().unwrap();
+        common::hf::write_dpo(
+            &trainer::dataset_path(run.path(), "verifier", Phase::Dpo),
+            12,
+            2,
+        );
+        let plan = AgentPlan {
+            name: "verifier".into(),
+            method: Method::Dpo,
+            sft: settings(),
+            dpo: OptimSettings {
+                lr: 0.01,
+                epochs: 1,
+                ..settings()
+            },
+            dpo_loss: DpoSettings {
+                beta: 0.2,
+                lora_dropout,
+                ..DpoSettings::default()
+            },
+        };
+        malt_train::train_agent(&policy, &tok, run.path(), &plan, &opts).unwrap();
+        read_adapter(&run.path().join("adapters/verifier/dpo"))
+    };
+    let off = dpo_adapter(0.0, false);
+    assert_eq!(dpo_adapter(0.3, false), off);
+    assert_ne!(dpo_adapter(0.3, true), off);
+}
+
 fn tok_eos(t: &MaltTokenizer) -> u32 {
     use malt_train::ChatTokenizer;
     t.eos_id()

@@ -321,7 +321,13 @@ fn check_sft(fixtures: &Path, arch: &'static str) -> Vec<String> {
             let refs: Vec<&Sequence> = chunk.iter().collect();
             let batch = TokenBatch::new(&refs, pad);
             let logits = policy
-                .target_logits(&batch, Some(&adapter), Mode::Train { dropout_seed: 0 })
+                .target_logits(
+                    &batch,
+                    Some(&adapter),
+                    Mode::Train {
+                        dropout_seed: Some(0),
+                    },
+                )
                 .unwrap();
             let lp = loss::token_logprobs(&logits, &batch.targets).unwrap();
             let l = (lp.sum_all().unwrap().neg().unwrap() / denom as f64).unwrap();
@@ -343,7 +349,13 @@ fn check_sft(fixtures: &Path, arch: &'static str) -> Vec<String> {
     for s in &want {
         let batch = TokenBatch::new(&[s], pad);
         let logits = policy
-            .target_logits(&batch, Some(&adapter), Mode::Train { dropout_seed: 0 })
+            .target_logits(
+                &batch,
+                Some(&adapter),
+                Mode::Train {
+                    dropout_seed: Some(0),
+                },
+            )
             .unwrap();
         let lp = loss::token_logprobs(&logits, &batch.targets).unwrap();
         let per_seq = (batch.num_targets() * want.len()) as f64;
@@ -451,7 +463,13 @@ fn check_dpo(fixtures: &Path, arch: &'static str, key: &str) -> Vec<String> {
         .collect();
     let batch = TokenBatch::new(&seqs, pad);
     let logits = policy
-        .target_logits(&batch, Some(&adapter), Mode::Train { dropout_seed: 0 })
+        .target_logits(
+            &batch,
+            Some(&adapter),
+            Mode::Train {
+                dropout_seed: Some(0),
+            },
+        )
         .unwrap();
     let lp = loss::token_logprobs(&logits, &batch.targets).unwrap();
     let sums = loss::sequence_sums(&batch, &lp).unwrap();

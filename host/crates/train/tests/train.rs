@@ -10,8 +10,8 @@ use malt_train::optim::{self, AdamW, AdamWParams};
 use malt_train::reference;
 use malt_train::trainer::{self, evaluate_dpo, evaluate_sft};
 use malt_train::{
-    AgentPlan, DpoLossKind, DpoSettings, Method, OptimSettings, Phase, PhaseSpec, PolicyModel,
-    RunOptions, ScheduleKind, TrainError,
+    AgentPlan, ChatTokenizer, DpoLossKind, DpoSettings, Method, OptimSettings, Phase, PhaseSpec,
+    PolicyModel, RunOptions, ScheduleKind, TrainError,
 };
 
 fn sft_settings() -> OptimSettings {
@@ -197,6 +197,7 @@ fn ipo_and_label_smoothing_train() {
             beta: 0.5,
             label_smoothing: ls,
             loss,
+            ..DpoSettings::default()
         };
         let reps = malt_train::train_agent(&TinyLm::new(3), &CharTok, run, &p, &opts()).unwrap();
         let ev = reps[0].eval.clone().unwrap();
@@ -572,6 +573,7 @@ fn dpo_losses_match_hand_computed() {
         beta: 0.2,
         label_smoothing: 0.0,
         loss: DpoLossKind::Sigmoid,
+        ..DpoSettings::default()
     };
     let o = malt_train::loss::dpo_terms(&pc, &pr, &rc, &rr, &s).unwrap();
     assert!((val(&o.losses) + ls(0.3)).abs() < 1e-6);
@@ -587,6 +589,7 @@ fn dpo_losses_match_hand_computed() {
         beta: 0.2,
         label_smoothing: 0.0,
         loss: DpoLossKind::Ipo,
+        ..DpoSettings::default()
     };
     let o = malt_train::loss::dpo_terms(&pc, &pr, &rc, &rr, &s).unwrap();
     assert!((val(&o.losses) - (1.5f64 - 2.5).powi(2)).abs() < 1e-6);
@@ -668,4 +671,54 @@ fn finished_phase_is_reused_only_for_the_same_data() {
         err.to_string().contains("differ from the checkpointed run"),
         "{err}"
     );
+}
+
+/// An output cut at the sampling length limit is trained on without an EOS after it (an EOS
+/// would teach the model to stop mid-solution); whole outputs, sampled or re-encoded, end with
+/// one.
+#[test]
+fn cut_outputs_get_no_eos() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sft.jsonl");
+    let rec = |content: &str, extra: &str| {
+        format!(
+            "{{\"prompt\":[{{\"role\":\"user\",\"content\":\"ab\"}}],\"completion\":[{{\"role\":\"assistant\",\"content\":\"{content}\"}}]{extra}}}\n"
+        )
+    };
+    let text = [
+        rec("cde", ""),
+        rec("cde", ",\"completion_truncated\":true"),
+        rec(
+            "cde",
+            ",\"completion_ids\":[4,5,6],\"completion_truncated\":true",
+        ),
+        rec("cde", ",\"completion_ids\":[4,5,6]"),
+    ]
+    .concat();
+    std::fs::write(&p, text).unwrap();
+    let recs = data::load_sft(&p).unwrap().records;
+    assert_eq!(
+        recs.iter()
+            .map(|r| r.completion_truncated)
+            .collect::<Vec<_>>(),
+        [false, true, true, false]
+    );
+    let items = data::tokenize_sft(&CharTok, &recs, 64).unwrap();
+    let eos = CharTok.eos_id();
+    let completion = |i: usize| items[i].seq.ids[items[i].seq.prompt_len..].to_vec();
+    assert_eq!(completion(0), vec![4, 5, 6, eos]);
+    assert_eq!(completion(1), vec![4, 5, 6]);
+    assert_eq!(completion(2), vec![4, 5, 6]);
+    assert_eq!(completion(3), vec![4, 5, 6, eos]);
+
+    let p = dir.path().join("dpo.jsonl");
+    std::fs::write(
+        &p,
+        "{\"prompt\":[{\"role\":\"user\",\"content\":\"ab\"}],\"chosen\":[{\"role\":\"assistant\",\"content\":\"cd\"}],\"rejected\":[{\"role\":\"assistant\",\"content\":\"ef\"}],\"rejected_truncated\":true}\n",
+    )
+    .unwrap();
+    let recs = data::load_dpo(&p).unwrap().records;
+    let pair = &data::tokenize_dpo(&CharTok, &recs, 64).unwrap()[0];
+    assert_eq!(pair.chosen.ids.last(), Some(&eos));
+    assert_eq!(pair.rejected.ids.last(), Some(&7));
 }

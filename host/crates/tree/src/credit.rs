@@ -40,8 +40,23 @@ pub enum PairMode {
     OnePerParent,
 }
 
-/// The `[credit]` section: global threshold, pooling, pair mode. Per-agent thetas live on
-/// [`crate::chain::AgentSpec::theta`].
+/// What the training sets do with an output cut at `max_new_tokens` (finish reason
+/// `length`). Credit itself is unchanged: a cut node still has a value from its descendants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TruncatedPolicy {
+    /// Left out of SFT positives and of DPO pairs (either side): training on a cut solution
+    /// teaches the model to produce it, and its label says more about the length limit than
+    /// about the reasoning.
+    #[default]
+    Exclude,
+    /// Trained on like any other output, marked as cut so the trainer appends no EOS (which
+    /// would teach the model to stop mid-solution).
+    Keep,
+}
+
+/// The `[credit]` section: global threshold, pooling, pair mode, cut outputs. Per-agent thetas
+/// live on [`crate::chain::AgentSpec::theta`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CreditSettings {
     pub theta: f64,
@@ -49,6 +64,8 @@ pub struct CreditSettings {
     pub pooling: Pooling,
     #[serde(default)]
     pub pairs: PairMode,
+    #[serde(default)]
+    pub truncated: TruncatedPolicy,
 }
 
 impl Default for CreditSettings {
@@ -57,6 +74,7 @@ impl Default for CreditSettings {
             theta: 0.5,
             pooling: Pooling::Global,
             pairs: PairMode::All,
+            truncated: TruncatedPolicy::Exclude,
         }
     }
 }
@@ -222,6 +240,19 @@ pub fn for_each_pair(
     input: &CreditInput,
     credit: &Credit,
     mode: PairMode,
+    emit: impl FnMut(usize, usize),
+) {
+    for_each_pair_where(input, credit, mode, |_| true, emit)
+}
+
+/// [`for_each_pair`] among the nodes `eligible` admits: an inadmissible node is neither paired
+/// nor chosen as a group's best or worst, so [`PairMode::OnePerParent`] picks the best
+/// admissible pair rather than dropping the group's pair.
+pub fn for_each_pair_where(
+    input: &CreditInput,
+    credit: &Credit,
+    mode: PairMode,
+    eligible: impl Fn(usize) -> bool,
     mut emit: impl FnMut(usize, usize),
 ) {
     let n = input.len();
@@ -237,11 +268,11 @@ pub fn for_each_pair(
         match mode {
             PairMode::All => {
                 for c in group.clone() {
-                    if credit.label[c] != Label::Positive {
+                    if credit.label[c] != Label::Positive || !eligible(c) {
                         continue;
                     }
                     for r in group.clone() {
-                        if credit.label[r] == Label::Negative {
+                        if credit.label[r] == Label::Negative && eligible(r) {
                             emit(c, r);
                         }
                     }
@@ -250,7 +281,7 @@ pub fn for_each_pair(
             PairMode::OnePerParent => {
                 let mut best: Option<usize> = None;
                 let mut worst: Option<usize> = None;
-                for i in group {
+                for i in group.filter(|&i| eligible(i)) {
                     match credit.label[i] {
                         Label::Positive => {
                             if best.is_none_or(|b| credit.value[i] > credit.value[b]) {

@@ -7,13 +7,17 @@
 //! sampled token ids, present when the tree stores them; malt's trainer trains on them, TRL
 //! ignores them as it ignores `meta`. Files: `<run>/datasets/<agent>/{sft,dpo}.jsonl`,
 //! each replaced atomically.
+//!
+//! Outputs cut at `max_new_tokens` follow [`TruncatedPolicy`]: excluded by default; kept, they
+//! carry `"completion_truncated": true` (`chosen_truncated`, `rejected_truncated`) so the
+//! trainer appends no EOS to them.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::chain::ChainSpec;
-use crate::credit::{for_each_pair, Credit, CreditInput, Label, PairMode};
+use crate::credit::{for_each_pair_where, Credit, CreditInput, Label, PairMode, TruncatedPolicy};
 use crate::error::{Result, TreeError};
 use crate::store::par_map;
 use crate::tree::{Node, Tree};
@@ -64,6 +68,15 @@ fn ids(out: &mut Vec<u8>, key: &str, node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// `,"<key>":true` for an output cut at the length limit (kept by [`TruncatedPolicy::Keep`]).
+fn cut_flag(out: &mut Vec<u8>, key: &str, node: &Node) {
+    if node.is_truncated() {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":true");
+    }
+}
+
 /// JSONL bytes and counts of one agent's two sets.
 #[derive(Debug, Default, Clone)]
 pub struct AgentSets {
@@ -71,6 +84,11 @@ pub struct AgentSets {
     pub dpo: Vec<u8>,
     pub sft_count: u64,
     pub dpo_count: u64,
+    /// Positives cut at the length limit: left out ([`TruncatedPolicy::Exclude`]) or in the
+    /// set, marked ([`TruncatedPolicy::Keep`]).
+    pub sft_truncated: u64,
+    /// Pairs with a cut side: left out, or in the set, marked (as `sft_truncated`).
+    pub dpo_truncated: u64,
 }
 
 /// Accumulates the datasets of all agents over many trees.
@@ -79,25 +97,58 @@ pub struct DatasetBuilder {
     agents: Vec<String>,
     sets: Vec<AgentSets>,
     mode: PairMode,
+    truncated: TruncatedPolicy,
 }
 
 impl DatasetBuilder {
-    pub fn new(chain: &ChainSpec, mode: PairMode) -> Self {
+    pub fn new(chain: &ChainSpec, mode: PairMode, truncated: TruncatedPolicy) -> Self {
         DatasetBuilder {
             agents: chain.agents.iter().map(|a| a.name.clone()).collect(),
             sets: vec![AgentSets::default(); chain.len()],
             mode,
+            truncated,
         }
     }
 
     /// Adds the positives and sibling pairs of one credited tree.
     pub fn add_tree(&mut self, tree: &Tree, input: &CreditInput, credit: &Credit) -> Result<()> {
+        let cut = |i: usize| tree.nodes[i].is_truncated();
+        let keep_cut = self.truncated == TruncatedPolicy::Keep;
+        // The pairs with a cut side among all pairs: what exclusion leaves out (with
+        // one-per-parent it picks the best uncut pair instead, so fewer may be lost).
+        let mut cut_pairs = vec![0u64; self.sets.len()];
         let mut pairs = Vec::new();
-        for_each_pair(input, credit, self.mode, |c, r| pairs.push((c, r)));
+        for_each_pair_where(
+            input,
+            credit,
+            self.mode,
+            |_| true,
+            |c, r| {
+                if cut(c) || cut(r) {
+                    cut_pairs[tree.nodes[c].level as usize] += 1;
+                }
+                if keep_cut {
+                    pairs.push((c, r));
+                }
+            },
+        );
+        if !keep_cut {
+            for_each_pair_where(
+                input,
+                credit,
+                self.mode,
+                |i| !cut(i),
+                |c, r| pairs.push((c, r)),
+            );
+        }
+        for (set, n) in self.sets.iter_mut().zip(cut_pairs) {
+            set.dpo_truncated += n;
+        }
         // Serialise each prompt that some record needs, once.
         let prompt_of = |i: usize| tree.nodes[i].prompt.map(|p| p as usize);
         let mut cache: Vec<Option<Vec<u8>>> = vec![None; tree.prompts.len()];
-        let positives = (0..tree.nodes.len()).filter(|&i| credit.label[i] == Label::Positive);
+        let positives = (0..tree.nodes.len())
+            .filter(|&i| credit.label[i] == Label::Positive && (keep_cut || !cut(i)));
         for i in positives.chain(pairs.iter().map(|&(c, _)| c)) {
             let Some(p) = prompt_of(i).filter(|&p| p < cache.len()) else {
                 continue;
@@ -113,6 +164,12 @@ impl DatasetBuilder {
             if credit.label[i] != Label::Positive {
                 continue;
             }
+            if cut(i) {
+                self.sets[node.level as usize].sft_truncated += 1;
+                if !keep_cut {
+                    continue;
+                }
+            }
             let Some(prompt) = prompt_json(i) else {
                 continue;
             };
@@ -122,6 +179,7 @@ impl DatasetBuilder {
             out.sft.extend_from_slice(b",\"completion\":");
             assistant(&mut out.sft, &node.output)?;
             ids(&mut out.sft, "completion_ids", node)?;
+            cut_flag(&mut out.sft, "completion_truncated", node);
             out.sft.extend_from_slice(b",\"meta\":");
             json(
                 &mut out.sft,
@@ -149,6 +207,8 @@ impl DatasetBuilder {
             assistant(&mut out.dpo, &rn.output)?;
             ids(&mut out.dpo, "chosen_ids", cn)?;
             ids(&mut out.dpo, "rejected_ids", rn)?;
+            cut_flag(&mut out.dpo, "chosen_truncated", cn);
+            cut_flag(&mut out.dpo, "rejected_truncated", rn);
             out.dpo.extend_from_slice(b",\"meta\":");
             json(
                 &mut out.dpo,
@@ -176,6 +236,8 @@ impl DatasetBuilder {
             a.dpo.extend_from_slice(&b.dpo);
             a.sft_count += b.sft_count;
             a.dpo_count += b.dpo_count;
+            a.sft_truncated += b.sft_truncated;
+            a.dpo_truncated += b.dpo_truncated;
         }
     }
 

@@ -25,7 +25,7 @@ pub mod turn;
 pub mod types;
 
 pub use chain::{AgentSpec, ChainSpec, SamplingParams};
-pub use credit::{CreditSettings, Label, PairMode, Pooling};
+pub use credit::{CreditSettings, Label, PairMode, Pooling, TruncatedPolicy};
 pub use error::{Result, TreeError};
 pub use generate::{generate_run, generate_tree, node_seed, GenerateSummary, Progress};
 pub use overlap::{find_overlap, normalise_question, Overlap};

@@ -95,7 +95,7 @@ pub fn recredit(
     let parts = par_map(&chunks, |trees| -> Result<(DatasetBuilder, Stats)> {
         let mut input = CreditInput::default();
         let mut credit = Credit::default();
-        let mut sets = DatasetBuilder::new(chain, settings.pairs);
+        let mut sets = DatasetBuilder::new(chain, settings.pairs, settings.truncated);
         let mut stats = Stats::new(chain);
         for tree in trees.iter() {
             input.fill_from_tree(tree, chain);
@@ -105,16 +105,14 @@ pub fn recredit(
         }
         Ok((sets, stats))
     });
-    let mut sets = DatasetBuilder::new(chain, settings.pairs);
+    let mut sets = DatasetBuilder::new(chain, settings.pairs, settings.truncated);
     let mut stats = Stats::new(chain);
     for part in parts {
         let (s, st) = part?;
         sets.append(s);
         stats.merge(&st);
     }
-    let sft: Vec<u64> = sets.sets().iter().map(|s| s.sft_count).collect();
-    let pairs: Vec<u64> = sets.sets().iter().map(|s| s.dpo_count).collect();
-    stats.finish(&sft, &pairs, &errors);
+    stats.finish(sets.sets(), &errors);
     let credit_time = t2.elapsed();
 
     let t3 = Instant::now();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainSpec;
 use crate::credit::{Credit, Label};
+use crate::datasets::AgentSets;
 use crate::score::ErrorCounts;
 use crate::tree::Tree;
 
@@ -41,6 +42,16 @@ pub struct AgentStats {
     pub sft: u64,
     /// Records written to dpo.jsonl.
     pub pairs: u64,
+    /// Outputs cut at the length limit (finish reason `length`), whatever their label.
+    #[serde(default)]
+    pub truncated: u64,
+    /// Positives cut at the length limit: left out of sft.jsonl or kept there, marked, as
+    /// `[credit] truncated` says.
+    #[serde(default)]
+    pub sft_truncated: u64,
+    /// Sibling pairs with a cut side: left out of dpo.jsonl or kept, marked.
+    #[serde(default)]
+    pub pairs_truncated: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -112,6 +123,7 @@ impl Stats {
                 self.leaves += 1;
             }
             let (lv, ag) = (&mut self.levels[l], &mut self.agents[l]);
+            ag.truncated += u64::from(node.is_truncated());
             match credit.label[i] {
                 Label::Positive => ag.positives += 1,
                 Label::Negative => ag.negatives += 1,
@@ -170,6 +182,7 @@ impl Stats {
             a.positives += b.positives;
             a.negatives += b.negatives;
             a.unscored += b.unscored;
+            a.truncated += b.truncated;
         }
         for (a, b) in self.flips.iter_mut().zip(&other.flips) {
             a.wrong_to_right += b.wrong_to_right;
@@ -180,10 +193,12 @@ impl Stats {
     }
 
     /// Records dataset sizes and errors, and turns value sums into means.
-    pub fn finish(&mut self, sft: &[u64], pairs: &[u64], errors: &ErrorCounts) {
-        for (a, (&s, &p)) in self.agents.iter_mut().zip(sft.iter().zip(pairs)) {
-            a.sft = s;
-            a.pairs = p;
+    pub fn finish(&mut self, sets: &[AgentSets], errors: &ErrorCounts) {
+        for (a, set) in self.agents.iter_mut().zip(sets) {
+            a.sft = set.sft_count;
+            a.pairs = set.dpo_count;
+            a.sft_truncated = set.sft_truncated;
+            a.pairs_truncated = set.dpo_truncated;
         }
         for l in &mut self.levels {
             l.mean_value = if l.scored > 0 {
@@ -205,16 +220,37 @@ impl Stats {
         );
         let _ = writeln!(
             s,
-            "\n{:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "agent", "positive", "negative", "unscored", "sft", "pairs"
+            "\n{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "agent",
+            "positive",
+            "negative",
+            "unscored",
+            "sft",
+            "pairs",
+            "cut",
+            "cut pos",
+            "cut pair"
         );
         for a in &self.agents {
             let _ = writeln!(
                 s,
-                "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                a.agent, a.positives, a.negatives, a.unscored, a.sft, a.pairs
+                "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                a.agent,
+                a.positives,
+                a.negatives,
+                a.unscored,
+                a.sft,
+                a.pairs,
+                a.truncated,
+                a.sft_truncated,
+                a.pairs_truncated
             );
         }
+        let _ = writeln!(
+            s,
+            "(cut: outputs stopped by max_new_tokens; cut pos / cut pair: positives and pairs \
+             with a cut output, left out of the sets or kept as [credit] truncated says)"
+        );
         let _ = writeln!(
             s,
             "\nvalue histogram (bins of 0.1)\n{:<16} {:>6} {}",

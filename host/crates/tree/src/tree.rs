@@ -61,6 +61,12 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether sampling stopped at the length limit (`max_new_tokens`) rather than at a stop
+    /// token or string: the output may be cut mid-solution.
+    pub fn is_truncated(&self) -> bool {
+        self.finish == Some(FinishReason::Length)
+    }
+
     /// Generation failed for this node or an ancestor: it has no output.
     pub fn is_errored(&self) -> bool {
         self.error.is_some()

@@ -9,9 +9,11 @@
 mod common;
 
 use malt_tree::credit::{assign, for_each_pair, Credit, CreditInput, Label, PairMode, Pooling};
+use malt_tree::datasets::DatasetBuilder;
+use malt_tree::sampler::FinishReason;
 use malt_tree::tree::{Node, Tree};
 use malt_tree::types::{Example, Message};
-use malt_tree::{CreditSettings, Stats};
+use malt_tree::{CreditSettings, Stats, TruncatedPolicy};
 
 const E: f64 = -1.0;
 const LEAVES: [f64; 27] = [
@@ -188,12 +190,91 @@ fn stats_of_hand_tree() {
     assign(&input, &[0.5; 3], Pooling::Global, &mut credit);
     let mut stats = Stats::new(&chain);
     stats.add_tree(&chain, &tree, &credit);
-    stats.finish(&[2, 4, 13], &[2, 5, 9], &Default::default());
+    let mut sets = DatasetBuilder::new(&chain, PairMode::All, TruncatedPolicy::Exclude);
+    sets.add_tree(&tree, &input, &credit).unwrap();
+    stats.finish(sets.sets(), &Default::default());
     let pos: Vec<u64> = stats.agents.iter().map(|a| a.positives).collect();
     assert_eq!(pos, vec![2, 4, 13]);
+    let sft: Vec<u64> = stats.agents.iter().map(|a| a.sft).collect();
+    assert_eq!(sft, vec![2, 4, 13]);
+    let pairs: Vec<u64> = stats.agents.iter().map(|a| a.pairs).collect();
+    assert_eq!(pairs, vec![2, 5, 9]);
     // Verifier values 2/3,1/3,1,0,1/3,2/3,1/2,1 -> bins 6,3,9,0,3,6,5,9.
     assert_eq!(stats.levels[1].histogram, [1, 0, 0, 2, 0, 1, 2, 0, 0, 2]);
     assert_eq!(stats.levels[2].histogram, [10, 0, 0, 0, 0, 0, 0, 0, 0, 13]);
     assert_eq!(stats.errored_leaves, 4);
     assert!(stats.table().contains("verifier"));
+}
+
+/// The hand tree with three outputs cut at the length limit: G2 and V2 (positives that have
+/// a negative sibling) and R2 under V0 (the negative of two pairs).
+fn cut_tree() -> Tree {
+    let mut tree = hand_tree();
+    for i in [2, 5, 14] {
+        tree.nodes[i].finish = Some(FinishReason::Length);
+    }
+    tree
+}
+
+/// (sft counts, pair counts, cut positives, cut pairs, sft.jsonl of level 0 and 1, dpo.jsonl of
+/// level 2) of the cut tree's sets.
+fn cut_sets(
+    policy: TruncatedPolicy,
+    mode: PairMode,
+) -> (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<String>) {
+    let chain = common::gvr(3);
+    let tree = cut_tree();
+    let mut input = CreditInput::default();
+    input.fill_from_tree(&tree, &chain);
+    let mut credit = Credit::default();
+    assign(&input, &[0.5; 3], Pooling::Global, &mut credit);
+    let mut b = DatasetBuilder::new(&chain, mode, policy);
+    b.add_tree(&tree, &input, &credit).unwrap();
+    let sets = b.sets();
+    let field = |f: fn(&malt_tree::datasets::AgentSets) -> u64| sets.iter().map(f).collect();
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    (
+        field(|s| s.sft_count),
+        field(|s| s.dpo_count),
+        field(|s| s.sft_truncated),
+        field(|s| s.dpo_truncated),
+        vec![text(&sets[0].sft), text(&sets[1].sft), text(&sets[2].dpo)],
+    )
+}
+
+#[test]
+fn cut_outputs_are_left_out_of_sft_and_dpo_by_default() {
+    let (sft, pairs, cut_sft, cut_pairs, files) = cut_sets(TruncatedPolicy::Exclude, PairMode::All);
+    // G2 and V2 are positives no longer trained on; pairs (2,1), (5,4), (12,14), (13,14) go.
+    assert_eq!(sft, vec![1, 3, 13]);
+    assert_eq!(pairs, vec![1, 4, 7]);
+    assert_eq!(cut_sft, vec![1, 1, 0]);
+    assert_eq!(cut_pairs, vec![1, 1, 2]);
+    assert!(files[0].contains("out 0 0") && !files[0].contains("out 2 2"));
+    assert!(!files[1].contains("out 5 2"));
+    assert!(!files[2].contains("out 14 2"));
+    assert!(files.iter().all(|f| !f.contains("_truncated")));
+}
+
+#[test]
+fn one_per_parent_picks_the_best_uncut_pair() {
+    let (_, pairs, _, _, _) = cut_sets(TruncatedPolicy::Exclude, PairMode::OnePerParent);
+    // Uncut: (2,1) (5,4) (8,6) (11,9) (12,14) (17,15) (24,25) (27,29) (30,32). Cut: G0 replaces
+    // G2 against G1, V0 replaces V2 against V1, and the group of R12..R14 has no uncut negative.
+    assert_eq!(pairs, vec![1, 3, 4]);
+}
+
+#[test]
+fn kept_cut_outputs_are_marked_for_the_trainer() {
+    let (sft, pairs, cut_sft, cut_pairs, files) = cut_sets(TruncatedPolicy::Keep, PairMode::All);
+    assert_eq!(sft, vec![2, 4, 13]);
+    assert_eq!(pairs, vec![2, 5, 9]);
+    assert_eq!(cut_sft, vec![1, 1, 0]);
+    assert_eq!(cut_pairs, vec![1, 1, 2]);
+    let line_of =
+        |f: &str, needle: &str| f.lines().find(|l| l.contains(needle)).unwrap().to_owned();
+    assert!(line_of(&files[0], "out 2 2").contains("\"completion_truncated\":true"));
+    assert!(!line_of(&files[0], "out 0 0").contains("_truncated"));
+    let pair = line_of(&files[2], "out 14 2");
+    assert!(pair.contains("\"rejected_truncated\":true") && !pair.contains("chosen_truncated"));
 }

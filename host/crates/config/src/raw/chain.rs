@@ -14,6 +14,7 @@ pub(super) fn resolve_credit(raw: RawCredit, c: &mut Checker<'_, '_>) -> Credit 
         theta: raw.theta.unwrap_or(0.5),
         pooling: raw.pooling.unwrap_or(Pooling::Global),
         pairs: raw.pairs.unwrap_or(Pairs::All),
+        truncated: raw.truncated.unwrap_or(Truncated::Exclude),
     };
     check_credit(&credit, c);
     credit
@@ -196,6 +197,9 @@ impl RawTrain {
             d.apply_optim(&mut plan.dpo.optim);
             if let Some(v) = d.beta {
                 plan.dpo.beta = v;
+            }
+            if let Some(v) = d.lora_dropout {
+                plan.dpo.lora_dropout = v;
             }
             if let Some(v) = d.label_smoothing {
                 plan.dpo.label_smoothing = v;

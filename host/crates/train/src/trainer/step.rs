@@ -51,11 +51,17 @@ pub(super) fn optimizer_step<M: PolicyModel>(
         dpo: DpoStats::default(),
     };
     for (micro, chunk) in examples.chunks(optim.micro_batch as usize).enumerate() {
-        let dropout_seed = data::mix_seed(
-            optim.seed,
-            data::STREAM_DROPOUT,
-            step * 65536 + micro as u64,
-        );
+        // DPO's reference log-probs come from a pass without dropout; a policy pass with it
+        // would compare log-probs of two different functions, so it is off unless asked for
+        // (TRL turns dropout off in DPO too).
+        let dropout = !matches!(data, PhaseData::Dpo(..)) || spec.dpo.lora_dropout;
+        let dropout_seed = dropout.then(|| {
+            data::mix_seed(
+                optim.seed,
+                data::STREAM_DROPOUT,
+                step * 65536 + micro as u64,
+            )
+        });
         let mode = Mode::Train { dropout_seed };
         let micro_loss = match data {
             PhaseData::Sft(items) => {
