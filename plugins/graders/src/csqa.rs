@@ -7,7 +7,7 @@
 //! letter follows any cue, the text after the last cue (or the whole output) is compared with
 //! the choice texts, case-insensitively. Unparseable => `None`.
 
-use crate::{Choice, Graded, Record};
+use crate::{Choice, Extracted, FoundBy, Graded, Record};
 
 const LETTERS: &[u8] = b"ABCDE";
 
@@ -117,6 +117,22 @@ fn match_choice(text: &str, choices: &[(&str, &str)]) -> Option<String> {
 /// Extracts the answer letter. `choices` are `(label, text)` pairs for mapping an exact
 /// choice text to its label.
 pub fn extract(output: &str, choices: &[(&str, &str)]) -> Option<String> {
+    find(output, choices).map(|(letter, _)| letter)
+}
+
+/// [`extract`] with the voting key (the letter in upper case, as grading compares letters
+/// case-insensitively) and how the letter was found: after an answer cue (a letter, or a choice
+/// text on the cue's line) or, as a fallback, as a choice text filling the whole output.
+pub fn extract_answer(output: &str, choices: &[(&str, &str)]) -> Option<Extracted> {
+    let (answer, found_by) = find(output, choices)?;
+    Some(Extracted {
+        key: answer.trim().to_ascii_uppercase(),
+        answer,
+        found_by,
+    })
+}
+
+fn find(output: &str, choices: &[(&str, &str)]) -> Option<(String, FoundBy)> {
     let b = output.as_bytes();
     let mut last_letter = None;
     let mut last_cue = None;
@@ -128,7 +144,7 @@ pub fn extract(output: &str, choices: &[(&str, &str)]) -> Option<String> {
         }
     }
     if let Some(l) = last_letter {
-        return Some(l.to_string());
+        return Some((l.to_string(), FoundBy::Marker));
     }
     if choices.is_empty() {
         return None;
@@ -137,10 +153,10 @@ pub fn extract(output: &str, choices: &[(&str, &str)]) -> Option<String> {
         let rest = &output[end..];
         let line = rest.trim_start().lines().next().unwrap_or("");
         if let Some(l) = match_choice(line, choices) {
-            return Some(l);
+            return Some((l, FoundBy::Marker));
         }
     }
-    match_choice(output, choices)
+    match_choice(output, choices).map(|l| (l, FoundBy::Fallback))
 }
 
 /// simple-evals' `(?i)Answer[ \t]*:[ \t]*\$?([A-E])\$?`, first match (for comparison).
@@ -259,6 +275,18 @@ mod tests {
         assert_eq!(extract("The answer is bank.", CH).as_deref(), Some("A"));
         assert_eq!(extract("New York", CH).as_deref(), Some("E"));
         assert_eq!(extract("Answer: zoo", CH).as_deref(), Some("D"));
+    }
+
+    #[test]
+    fn keys_and_markers() {
+        let x = |s, ch| {
+            let e = extract_answer(s, ch).unwrap();
+            (e.key, e.found_by)
+        };
+        assert_eq!(x("answer: c", &[]), ("C".into(), FoundBy::Marker));
+        assert_eq!(x("Answer: zoo", CH), ("D".into(), FoundBy::Marker));
+        assert_eq!(x("New York", CH), ("E".into(), FoundBy::Fallback));
+        assert_eq!(extract_answer("no idea", CH), None);
     }
 
     #[test]

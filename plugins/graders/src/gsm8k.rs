@@ -10,7 +10,7 @@
 //! - `cot-strict-match`: lm-eval `gsm8k-cot` strict filter `The answer is (\-?[0-9\.\,]+).`.
 
 use crate::number::{self, Num};
-use crate::{Graded, Record};
+use crate::{Extracted, FoundBy, Graded, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -94,6 +94,65 @@ pub fn extract(output: &str, mode: Mode) -> Option<String> {
         Mode::StrictMatch => strict_match(output).map(|s| s.trim().to_string()),
         Mode::FlexibleExtract => flexible_extract(output).map(|s| s.trim().to_string()),
         Mode::CotStrictMatch => cot_strict_match(output).map(|s| s.trim().to_string()),
+    }
+}
+
+/// [`extract`] with the answer's voting key ([`key`]) and how it was found: after an answer
+/// cue (`numeric`: `Final Answer:`, `####`, `\boxed`; `strict-match`: `#### `;
+/// `cot-strict-match`: `The answer is `) or, in `numeric` mode without a cue and in
+/// `flexible-extract`, as the last number of the output: `flexible-extract` counts as a marker
+/// only when its number is the first one after the output's last cue.
+pub fn extract_answer(output: &str, mode: Mode) -> Option<Extracted> {
+    let (answer, found_by) = match mode {
+        Mode::Numeric => {
+            let (tok, found_by) = find_numeric(output)?;
+            (tok.num.canonical(), found_by)
+        }
+        Mode::StrictMatch => (strict_match(output)?.trim().to_string(), FoundBy::Marker),
+        Mode::CotStrictMatch => (
+            cot_strict_match(output)?.trim().to_string(),
+            FoundBy::Marker,
+        ),
+        Mode::FlexibleExtract => {
+            let m = flexible_extract(output)?;
+            // `m` is a slice of `output`: its offset is where the match starts.
+            let start = m.as_ptr() as usize - output.as_ptr() as usize;
+            let after_cue = last_cue_end(output).is_some_and(|cue| {
+                cue <= start && !output[cue..start].bytes().any(|b| b.is_ascii_digit())
+            });
+            let found_by = if after_cue {
+                FoundBy::Marker
+            } else {
+                FoundBy::Fallback
+            };
+            (m.trim().to_string(), found_by)
+        }
+    };
+    Some(Extracted {
+        key: key(&answer, mode),
+        answer,
+        found_by,
+    })
+}
+
+/// The voting key of an answer under `mode`: in `numeric` mode the exact value
+/// ([`number::rational_key`]: `72.00`, `$72` and `72` share `72`; `3/4` and `0.75` share
+/// `0.75`), since grading compares exact values; in the lm-eval modes the string that
+/// `exact_match` compares ([`lmeval_normalize`]). What is not a number keeps its text behind
+/// `text:`.
+pub fn key(answer: &str, mode: Mode) -> String {
+    match mode {
+        Mode::Numeric => {
+            let value = (answer.len() <= 4 * number::MAX_DIGITS)
+                .then(|| number::parse_number(answer))
+                .flatten()
+                .and_then(|n| n.to_rational());
+            match value {
+                Some(q) => number::rational_key(&q),
+                None => format!("text:{}", answer.trim()),
+            }
+        }
+        _ => lmeval_normalize(answer),
     }
 }
 
@@ -232,10 +291,14 @@ pub fn last_cue_end(s: &str) -> Option<usize> {
 /// first number after the line's last `=`. Returns its canonical text (`$1,000.` -> `1000`,
 /// `72.00` -> `72`).
 pub fn extract_numeric(output: &str) -> Option<String> {
-    let tok = last_cue_end(output)
-        .and_then(|p| next_number(output, after_last_equals(output, p)))
-        .or_else(|| last_number(output, 0))?;
-    Some(tok.num.canonical())
+    find_numeric(output).map(|(tok, _)| tok.num.canonical())
+}
+
+fn find_numeric(output: &str) -> Option<(Token<'_>, FoundBy)> {
+    match last_cue_end(output).and_then(|p| next_number(output, after_last_equals(output, p))) {
+        Some(tok) => Some((tok, FoundBy::Marker)),
+        None => last_number(output, 0).map(|tok| (tok, FoundBy::Fallback)),
+    }
 }
 
 /// Where the result of a calculation on the line starting at `from` begins: after the line's
@@ -418,6 +481,47 @@ mod tests {
         );
         assert_eq!(extract_numeric("no number"), None);
         assert_eq!(extract_numeric(""), None);
+    }
+
+    #[test]
+    fn keys_and_markers() {
+        let x = |s: &str, mode| {
+            let e = extract_answer(s, mode).unwrap();
+            (e.answer, e.key, e.found_by)
+        };
+        let m = FoundBy::Marker;
+        let f = FoundBy::Fallback;
+        assert_eq!(
+            x("#### 1,000", Mode::Numeric),
+            ("1000".into(), "1000".into(), m)
+        );
+        assert_eq!(
+            x("so $72.00 total", Mode::Numeric),
+            ("72".into(), "72".into(), f)
+        );
+        assert_eq!(
+            x("Final Answer: 3/4", Mode::Numeric),
+            ("3/4".into(), "0.75".into(), m)
+        );
+        assert_eq!(x("#### 0.75", Mode::Numeric).1, "0.75");
+        assert_eq!(x("#### 007", Mode::Numeric).1, "7");
+        assert_eq!(x("#### 1/0", Mode::Numeric).1, "text:1/0");
+        assert_eq!(
+            x("#### 1,000.", Mode::StrictMatch),
+            ("1,000.".into(), "1000".into(), m)
+        );
+        assert_eq!(x("#### 72\nok 3", Mode::FlexibleExtract).2, f);
+        assert_eq!(
+            x("x 5 #### $72.", Mode::FlexibleExtract),
+            ("$72.".into(), "72".into(), m)
+        );
+        assert_eq!(x("The answer is 72.", Mode::CotStrictMatch).2, m);
+        assert_eq!(key("72", Mode::StrictMatch), key("72.", Mode::StrictMatch));
+        assert_ne!(
+            key("72.00", Mode::StrictMatch),
+            key("72", Mode::StrictMatch)
+        );
+        assert_eq!(extract_answer("no number", Mode::Numeric), None);
     }
 
     #[test]

@@ -37,6 +37,29 @@ impl Graded {
     pub const NO_ANSWER: Graded = Graded::wrong("no answer was extracted");
 }
 
+/// How an answer was found in an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// After an explicit final-answer marker (`#### 72`, `\boxed{..}`, `Final Answer:`, `The
+    /// answer is`): the output states it as its answer.
+    Marker,
+    /// By a fallback (the last number of the text, a choice text anywhere): a guess at what the
+    /// output meant, which a cut-off output may not mean at all.
+    Fallback,
+}
+
+/// An extracted answer, its voting key and how it was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Extracted {
+    /// The answer as graded and logged.
+    pub answer: String,
+    /// Answers that the benchmark's grading calls equal share a key; answers it calls
+    /// different do not.
+    pub key: String,
+    pub found_by: FoundBy,
+}
+
 /// One answer option of a multiple-choice question.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Choice {

@@ -5,10 +5,12 @@
 
 pub mod expr;
 pub mod hendrycks;
+pub mod key;
 pub mod latex;
+pub mod poly;
 pub mod prm800k;
 
-use crate::{Graded, Record};
+use crate::{Extracted, FoundBy, Graded, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -161,6 +163,17 @@ pub fn extract(output: &str) -> Option<String> {
         }
     }
     final_answer(output).map(str::to_string)
+}
+
+/// [`extract`] with the answer's voting key under `mode` ([`key::key`]). Both the box and
+/// `Final Answer:` are explicit markers: MATH extraction has no fallback.
+pub fn extract_answer(output: &str, mode: Mode) -> Option<Extracted> {
+    let answer = extract(output)?;
+    Some(Extracted {
+        key: key::key(&answer, mode),
+        answer,
+        found_by: FoundBy::Marker,
+    })
 }
 
 /// Grades an extracted answer per mode.

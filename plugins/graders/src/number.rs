@@ -213,6 +213,41 @@ pub fn num_eq(a: &Num, b: &Num) -> bool {
     }
 }
 
+/// The voting key of an exact number, the same for every way of writing it: its shortest
+/// decimal when it has one (`72`, `-0.5`, `0.375`: `72.00`, `-1/2` and `3/8` write the same
+/// numbers), else its reduced fraction (`1/3`, `-7/6`). Decimals keep keys readable beside the
+/// answers, and a terminating value has exactly one shortest decimal, so the key stays exact.
+pub fn rational_key(q: &BigRational) -> String {
+    /// Past this many decimals the fraction is shorter anyway.
+    const MAX_DECIMALS: u32 = 40;
+    if q.is_integer() {
+        return q.numer().to_string();
+    }
+    // q is reduced: it terminates iff its denominator is 2^a * 5^b, after max(a, b) decimals.
+    let mut d = q.denom().clone();
+    let (two, five) = (BigInt::from(2u32), BigInt::from(5u32));
+    let (mut a, mut b) = (0u32, 0u32);
+    while (&d % &two).is_zero() && a <= MAX_DECIMALS {
+        d /= &two;
+        a += 1;
+    }
+    while (&d % &five).is_zero() && b <= MAX_DECIMALS {
+        d /= &five;
+        b += 1;
+    }
+    let k = a.max(b);
+    if d != BigInt::from(1u32) || k > MAX_DECIMALS {
+        return format!("{}/{}", q.numer(), q.denom());
+    }
+    let scaled = (q * BigRational::from_integer(BigInt::from(10u32).pow(k))).to_integer();
+    let digits = scaled.magnitude().to_string();
+    let k = k as usize;
+    let padded = format!("{digits:0>width$}", width = k + 1);
+    let (int, frac) = padded.split_at(padded.len() - k);
+    let sign = if q < &BigRational::zero() { "-" } else { "" };
+    format!("{sign}{int}.{frac}")
+}
+
 /// Digits are bounded so a 100 KB digit string cannot make grading slow.
 pub const MAX_DIGITS: usize = 200;
 
@@ -251,5 +286,22 @@ mod tests {
         assert_eq!(parse_number("$-1,234.50").unwrap().canonical(), "-1234.5");
         assert_eq!(parse_number("-$3").unwrap().canonical(), "-3");
         assert_eq!(parse_number("0.000").unwrap().canonical(), "0");
+    }
+
+    #[test]
+    fn rational_keys() {
+        let key = |s: &str| rational_key(&parse_number(s).unwrap().to_rational().unwrap());
+        assert_eq!(key("72.00"), "72");
+        assert_eq!(key("-0"), "0");
+        assert_eq!(key("1/2"), "0.5");
+        assert_eq!(key(".5"), "0.5");
+        assert_eq!(key("-1/2"), "-0.5");
+        assert_eq!(key("3/8"), "0.375");
+        assert_eq!(key("1/1024"), "0.0009765625");
+        assert_eq!(key("-1/40"), "-0.025");
+        assert_eq!(key("1/3"), "1/3");
+        assert_eq!(key("-14/12"), "-7/6");
+        assert_eq!(key("1,000"), "1000");
+        assert_eq!(key("12.50"), "12.5");
     }
 }

@@ -1,4 +1,5 @@
-//! No panic, rewards in [0, 1], deterministic results and bounded time on hostile inputs
+//! No panic, rewards in [0, 1], deterministic results and voting keys, and bounded time on
+//! hostile inputs
 //! (the host's conformance battery runs the same kind of inputs through WASM).
 use malt_graders::{arith, csqa, gsm8k, math, templates};
 use std::time::Instant;
@@ -66,6 +67,9 @@ fn hostile_inputs() {
         ] {
             let a = gsm8k::extract(s, mode);
             assert_eq!(a, gsm8k::extract(s, mode));
+            let e = gsm8k::extract_answer(s, mode);
+            assert_eq!(e.as_ref().map(|e| &e.answer), a.as_ref());
+            assert_eq!(gsm8k::key(s, mode), gsm8k::key(s, mode));
             in_range(gsm8k::grade(a.as_deref(), "72", mode).reward);
             in_range(gsm8k::grade(Some(s), s, mode).reward);
             in_range(gsm8k::grade(Some("72"), s, mode).reward);
@@ -78,9 +82,13 @@ fn hostile_inputs() {
             in_range(math::grade(Some("5"), s, mode).reward);
             let x = math::grade(Some(s), s, mode);
             assert_eq!(x, math::grade(Some(s), s, mode));
+            assert_eq!(math::key::key(s, mode), math::key::key(s, mode));
+            let e = math::extract_answer(s, mode);
+            assert_eq!(e.map(|e| e.answer), a);
         }
         let c = csqa::extract(s, &choices);
         assert_eq!(c, csqa::extract(s, &choices));
+        assert_eq!(csqa::extract_answer(s, &choices).map(|e| e.answer), c);
         in_range(csqa::grade(c.as_deref(), "A").reward);
         let _ = csqa::simple_evals(s);
         assert!(gsm8k::parse_record(s).is_err());

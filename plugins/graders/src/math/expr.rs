@@ -7,6 +7,9 @@
 //! and compared with a 1e-9 relative tolerance, and only when neither side has a decimal
 //! literal (sympy's floats never simplify to exactly 0 against an irrational).
 //! Anything else (functions, factorials, `=`, sets, tuples) is "cannot decide" => not equal.
+//!
+//! The parser is generic over an [`Algebra`]: evaluation at a point here, exact canonical forms
+//! for voting keys in [`super::poly`]; both read an expression the same way.
 
 use num_bigint::BigInt;
 use num_rational::BigRational;
@@ -134,7 +137,7 @@ fn pow(a: V, b: V) -> Option<V> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
+pub(crate) enum Tok {
     Num(String),
     Sym(String),
     Sqrt,
@@ -144,7 +147,9 @@ enum Tok {
     RParen,
 }
 
-fn tokenize(s: &str) -> Option<(Vec<Tok>, bool)> {
+/// The tokens of `s`, and whether it has a decimal literal with a point; `None` on a character or
+/// function name the evaluator does not know.
+pub(crate) fn tokenize(s: &str) -> Option<(Vec<Tok>, bool)> {
     let mut toks = Vec::new();
     let mut has_float = false;
     let cs: Vec<char> = s.chars().collect();
@@ -217,19 +222,34 @@ fn tokenize(s: &str) -> Option<(Vec<Tok>, bool)> {
     Some((toks, has_float))
 }
 
-struct Parser<'a> {
+/// What the parser computes with; `None` where an operation is undefined or unsupported.
+pub(crate) trait Algebra {
+    type V;
+    /// A decimal literal (`12`, `0.5`).
+    fn number(&self, literal: &str) -> Option<Self::V>;
+    /// A symbol: one letter, or `pi`.
+    fn symbol(&self, name: &str) -> Option<Self::V>;
+    fn add(&self, a: Self::V, b: Self::V) -> Option<Self::V>;
+    fn neg(&self, a: Self::V) -> Self::V;
+    fn mul(&self, a: Self::V, b: Self::V) -> Option<Self::V>;
+    fn div(&self, a: Self::V, b: Self::V) -> Option<Self::V>;
+    fn pow(&self, base: Self::V, exponent: Self::V) -> Option<Self::V>;
+    fn sqrt(&self, a: Self::V) -> Option<Self::V>;
+}
+
+struct Parser<'a, A: Algebra> {
     toks: &'a [Tok],
     pos: usize,
-    vars: &'a dyn Fn(&str) -> BigRational,
+    alg: &'a A,
     depth: usize,
 }
 
-impl Parser<'_> {
+impl<A: Algebra> Parser<'_, A> {
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
     }
 
-    fn expr(&mut self) -> Option<V> {
+    fn expr(&mut self) -> Option<A::V> {
         self.depth += 1;
         if self.depth > 100 {
             return None;
@@ -239,9 +259,9 @@ impl Parser<'_> {
             self.pos += 1;
             let r = self.term()?;
             v = if c == '+' {
-                add(v, r)?
+                self.alg.add(v, r)?
             } else {
-                add(v, neg(r))?
+                self.alg.add(v, self.alg.neg(r))?
             };
         }
         self.depth -= 1;
@@ -255,30 +275,30 @@ impl Parser<'_> {
         )
     }
 
-    fn term(&mut self) -> Option<V> {
+    fn term(&mut self) -> Option<A::V> {
         let mut v = self.factor()?;
         loop {
             match self.peek() {
                 Some(Tok::Op('*')) => {
                     self.pos += 1;
                     let r = self.factor()?;
-                    v = mul(v, r)?;
+                    v = self.alg.mul(v, r)?;
                 }
                 Some(Tok::Op('/')) => {
                     self.pos += 1;
                     let r = self.factor()?;
-                    v = div(v, r)?;
+                    v = self.alg.div(v, r)?;
                 }
                 _ if self.starts_atom() => {
                     let r = self.factor()?;
-                    v = mul(v, r)?;
+                    v = self.alg.mul(v, r)?;
                 }
                 _ => return Some(v),
             }
         }
     }
 
-    fn factor(&mut self) -> Option<V> {
+    fn factor(&mut self) -> Option<A::V> {
         self.depth += 1;
         if self.depth > 200 {
             return None;
@@ -288,11 +308,12 @@ impl Parser<'_> {
         v
     }
 
-    fn factor_inner(&mut self) -> Option<V> {
+    fn factor_inner(&mut self) -> Option<A::V> {
         match self.peek() {
             Some(Tok::Op('-')) => {
                 self.pos += 1;
-                Some(neg(self.factor()?))
+                let v = self.factor()?;
+                Some(self.alg.neg(v))
             }
             Some(Tok::Op('+')) => {
                 self.pos += 1;
@@ -302,28 +323,26 @@ impl Parser<'_> {
         }
     }
 
-    fn power(&mut self) -> Option<V> {
+    fn power(&mut self) -> Option<A::V> {
         let base = self.atom()?;
         if let Some(Tok::Pow) = self.peek() {
             self.pos += 1;
             let e = self.factor()?;
-            return pow(base, e);
+            return self.alg.pow(base, e);
         }
         Some(base)
     }
 
-    fn atom(&mut self) -> Option<V> {
+    fn atom(&mut self) -> Option<A::V> {
         let t = self.peek()?.clone();
         self.pos += 1;
         match t {
-            Tok::Num(n) => {
-                let d = crate::number::parse_decimal(&n)?;
-                Some(V::Q(d.to_rational()))
-            }
-            Tok::Sym(s) => Some(V::Q((self.vars)(&s))),
+            Tok::Num(n) => self.alg.number(&n),
+            Tok::Sym(s) => self.alg.symbol(&s),
             Tok::Sqrt => {
-                let arg = self.power_operand()?;
-                sqrt(arg)
+                // The operand of an implicitly applied function (`sqrt(2)`, `sqrt 2`).
+                let arg = self.power()?;
+                self.alg.sqrt(arg)
             }
             Tok::LParen => {
                 let v = self.expr()?;
@@ -338,10 +357,49 @@ impl Parser<'_> {
             _ => None,
         }
     }
+}
 
-    /// The operand of an implicitly applied function (`sqrt(2)`, `sqrt 2`).
-    fn power_operand(&mut self) -> Option<V> {
-        self.power()
+/// Parses all of `toks` with `alg`; `None` when a token is left over or an operation fails.
+pub(crate) fn parse<A: Algebra>(toks: &[Tok], alg: &A) -> Option<A::V> {
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        alg,
+        depth: 0,
+    };
+    let v = p.expr()?;
+    (p.pos == toks.len()).then_some(v)
+}
+
+/// Evaluation with every symbol at a fixed rational point (one per trial).
+struct Point(usize);
+
+impl Algebra for Point {
+    type V = V;
+    fn number(&self, literal: &str) -> Option<V> {
+        let d = crate::number::parse_decimal(literal)?;
+        Some(V::Q(d.to_rational()))
+    }
+    fn symbol(&self, name: &str) -> Option<V> {
+        Some(V::Q(var_value(name, self.0)))
+    }
+    fn add(&self, a: V, b: V) -> Option<V> {
+        add(a, b)
+    }
+    fn neg(&self, a: V) -> V {
+        neg(a)
+    }
+    fn mul(&self, a: V, b: V) -> Option<V> {
+        mul(a, b)
+    }
+    fn div(&self, a: V, b: V) -> Option<V> {
+        div(a, b)
+    }
+    fn pow(&self, base: V, exponent: V) -> Option<V> {
+        pow(base, exponent)
+    }
+    fn sqrt(&self, a: V) -> Option<V> {
+        sqrt(a)
     }
 }
 
@@ -353,15 +411,7 @@ fn var_value(name: &str, trial: usize) -> BigRational {
 }
 
 fn eval(toks: &[Tok], trial: usize) -> Option<V> {
-    let vars = move |name: &str| var_value(name, trial);
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        vars: &vars,
-        depth: 0,
-    };
-    let v = p.expr()?;
-    (p.pos == toks.len()).then_some(v)
+    parse(toks, &Point(trial))
 }
 
 /// Whether the two normalised expressions denote the same value for every assignment of

@@ -64,14 +64,15 @@ fn remove_unit(s: &str, unit: &str) -> String {
     out
 }
 
-/// `re.sub(pat + " *" + tail, "", s)` for a fixed `pat` followed by spaces and a fixed tail.
-fn remove_with_spaces(s: &str, head: &str, tail: &str) -> String {
+/// `re.sub(pat + " *" + tail, with, s)` for a fixed `pat` followed by spaces and a fixed tail.
+fn replace_with_spaces(s: &str, head: &str, tail: &str, with: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(p) = rest.find(head) {
         let after = rest[p + head.len()..].trim_start_matches(' ');
         if let Some(r) = after.strip_prefix(tail) {
             out.push_str(&rest[..p]);
+            out.push_str(with);
             rest = r;
         } else {
             out.push_str(&rest[..p + head.len()]);
@@ -140,7 +141,7 @@ pub fn strip_properly_formatted_commas(expr: &str) -> String {
     }
 }
 
-fn str_is_int(x: &str) -> bool {
+pub(crate) fn str_is_int(x: &str) -> bool {
     py_float(&strip_properly_formatted_commas(x)).is_some_and(is_int_f)
 }
 
@@ -212,13 +213,13 @@ pub fn normalize(expr: &str) -> String {
     for unit in UNITS {
         e = remove_unit(&e, unit);
     }
-    e = remove_with_spaces(&e, "^", "\\circ");
+    e = replace_with_spaces(&e, "^", "\\circ", "");
     if e.len() > 1 && e.starts_with('{') && e.ends_with('}') {
         e = e[1..e.len() - 1].to_string();
     } else if e == "{" {
         // expr[0] == "{" and expr[-1] == "}" is false for "{"; nothing to do
     }
-    e = remove_with_spaces(&e, ",\\!", "");
+    e = replace_with_spaces(&e, ",\\!", "", "");
     if let Some(f) = py_float(&e) {
         if is_int_f(f) {
             e = int_string(f);
@@ -227,7 +228,8 @@ pub fn normalize(expr: &str) -> String {
     if e.contains('\\') {
         e = parse_latex(&e);
     }
-    e = remove_with_spaces(&e, "-", "");
+    // `re.sub("- *", "-", expr)`: the minus stays, only the spaces after it go.
+    e = replace_with_spaces(&e, "-", "", "-");
     e = inject_mixed(&e);
     e = e.replace(' ', "");
     e = e.replace(['{', '}'], "");
@@ -248,7 +250,7 @@ fn count_unknown_letters(expr: &str) -> usize {
     seen.len()
 }
 
-fn should_allow_eval(expr: &str) -> bool {
+pub(crate) fn should_allow_eval(expr: &str) -> bool {
     if count_unknown_letters(expr) > 2 {
         return false;
     }
@@ -273,7 +275,7 @@ fn are_equal_under_sympy(gt: &str, given: &str) -> bool {
 
 /// `_is_frac`: `^-?[0-9]+.?/0*[1-9][0-9]*.?$` (`.` is any character but `\n`; `$` also
 /// matches before a final newline).
-fn is_frac(e: &str) -> bool {
+pub(crate) fn is_frac(e: &str) -> bool {
     let cs: Vec<char> = e.chars().collect();
     let digits = |s: &[char]| !s.is_empty() && s.iter().all(|c| c.is_ascii_digit());
     // `X.?` where X must match `pred`: X itself, or X plus one non-newline character.
@@ -300,7 +302,7 @@ fn is_frac(e: &str) -> bool {
 }
 
 /// `split_tuple`.
-fn split_tuple(expr: &str) -> Vec<String> {
+pub(crate) fn split_tuple(expr: &str) -> Vec<String> {
     let e = strip_properly_formatted_commas(expr);
     if e.is_empty() {
         return Vec::new();
@@ -417,6 +419,9 @@ mod tests {
         assert_eq!(normalize("4.99999999"), "5");
         // `_str_to_int` truncates: a quirk we keep
         assert_eq!(normalize("1,004.99999999"), "1004");
+        assert_eq!(normalize("- 5"), "-5");
+        assert_eq!(normalize("-\\frac{2}{3}"), "-2/3");
+        assert_eq!(normalize("3 - x"), "3-x");
         assert_eq!(strip_properly_formatted_commas("1,000,000"), "1000000");
         assert_eq!(strip_properly_formatted_commas("(1,234,5)"), "(1234,5)");
     }
@@ -435,5 +440,7 @@ mod tests {
         assert!(!grade_answer("", "5").correct());
         assert!(grade_answer("x^{2}", "x^2+0").correct());
         assert!(!grade_answer("x^2", "x^3").correct());
+        assert!(!grade_answer("-5", "5").correct());
+        assert!(!grade_answer("-\\frac{2}{3}", "\\frac{2}{3}").correct());
     }
 }
