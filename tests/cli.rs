@@ -120,6 +120,10 @@ fn score_prints_one_line_per_completion() {
     assert_eq!(lines[0]["index"], 0);
     assert_eq!(lines[0]["answer"], "5");
     assert_eq!(lines[0]["reward"], 1.0);
+    // gsm8k (API 0.2.0) says how it found each answer: "The answer is" is no cue of its
+    // numeric mode, so both are the output's last number.
+    assert_eq!(lines[0]["key"], "5");
+    assert_eq!(lines[0]["found_by"], "fallback");
     assert_eq!(lines[1]["reward"], 0.0);
     assert!(err.contains("mean reward 0.5000"), "{err}");
 

@@ -2,15 +2,16 @@
 //! completions of any model. RAW is read as `[dataset] path` is (malt-records: JSONL, a JSON
 //! array or parquet); each line of C is `{"index": i, "completion": "..."}` with `i` a 0-based
 //! record number of RAW. Prints one JSON line per completion
-//! `{"index": i, "answer": <extracted or null>, "reward": <float>}` (plus `"error"` when the
-//! item errored) and a summary on stderr.
+//! `{"index": i, "answer": <extracted or null>, "reward": <float>}`, plus the answer's voting
+//! `"key"` and `"found_by"` (`"marker"`, `"fallback"`, or `"unknown"` from an API 0.1.0 plugin)
+//! when there is an answer, `"error"` when the item errored, and a summary on stderr.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use malt_plugins::{ExtractRequest, GradeRequest, Runtime, Sandbox};
+use malt_plugins::{AnswerSource, ExtractRequest, GradeRequest, Runtime, Sandbox};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,6 +39,10 @@ pub struct Args {
 struct Scored {
     index: usize,
     answer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    found_by: Option<AnswerSource>,
     reward: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -118,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if let (Some(Ok(e)), Ok(ans)) = (examples.get(&c.index), a) {
                 grade_of[k] = Some(grade_reqs.len());
                 grade_reqs.push(GradeRequest {
-                    answer: ans.clone(),
+                    answer: ans.as_ref().map(|a| a.answer.clone()),
                     gold: e.gold.clone(),
                 });
             }
@@ -129,6 +134,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut line = Scored {
                 index: c.index,
                 answer: None,
+                key: None,
+                found_by: None,
                 reward: 0.0,
                 error: None,
             };
@@ -140,7 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ => None,
             };
             if let Ok(Some(a)) = &answers[k] {
-                line.answer = Some(a.clone());
+                line.answer = Some(a.answer.clone());
+                line.key = Some(a.vote_key().to_owned());
+                line.found_by = Some(a.found_by);
             }
             let err = err.or_else(|| match grade_of[k].map(|g| &grades[g]) {
                 Some(Ok(g)) => {

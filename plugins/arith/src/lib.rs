@@ -1,5 +1,5 @@
 //! Procedural arithmetic word problems for malt. See README.md.
-use malt_bundled::{render_with, roles, to_example};
+use malt_bundled::{render_with, roles, to_example, to_extracted};
 use malt_graders::{arith, arith_check, arith_start, gsm8k, templates};
 use malt_plugin_sdk::*;
 
@@ -266,8 +266,8 @@ impl Benchmark for Arith {
         Ok(messages)
     }
 
-    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {
-        gsm8k::extract(output, gsm8k::Mode::Numeric)
+    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<Extracted> {
+        gsm8k::extract_answer(output, gsm8k::Mode::Numeric).map(to_extracted)
     }
 
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {

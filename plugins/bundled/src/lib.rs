@@ -22,6 +22,15 @@ pub fn to_example(r: malt_graders::Record) -> Example {
     }
 }
 
+/// An answer extracted by malt-graders as the SDK's record.
+pub fn to_extracted(e: malt_graders::Extracted) -> Extracted {
+    let found_by = match e.found_by {
+        malt_graders::FoundBy::Marker => AnswerSource::Marker,
+        malt_graders::FoundBy::Fallback => AnswerSource::Fallback,
+    };
+    extracted(e.answer, e.key, found_by)
+}
+
 /// The role's messages for `req`, from the shared templates.
 pub fn render_with(task: templates::Task, req: &RenderRequest) -> Result<Vec<Message>, String> {
     let choices: Vec<(&str, &str)> = req

@@ -1,5 +1,5 @@
 //! CommonsenseQA benchmark plugin for malt. See README.md.
-use malt_bundled::{render_with, roles, to_example};
+use malt_bundled::{render_with, roles, to_example, to_extracted};
 use malt_graders::{csqa, templates};
 use malt_plugin_sdk::*;
 
@@ -58,16 +58,16 @@ impl Benchmark for Csqa {
         render_with(templates::Task::MultipleChoice, request)
     }
 
-    fn extract(&self, output: &str, choices: &[Choice]) -> Option<String> {
-        if self.map_choice_text {
-            let pairs: Vec<(&str, &str)> = choices
+    fn extract(&self, output: &str, choices: &[Choice]) -> Option<Extracted> {
+        let pairs: Vec<(&str, &str)> = if self.map_choice_text {
+            choices
                 .iter()
                 .map(|c| (c.label.as_str(), c.text.as_str()))
-                .collect();
-            csqa::extract(output, &pairs)
+                .collect()
         } else {
-            csqa::extract(output, &[])
-        }
+            Vec::new()
+        };
+        csqa::extract_answer(output, &pairs).map(to_extracted)
     }
 
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {

@@ -1,5 +1,5 @@
 //! GSM8K benchmark plugin for malt. See README.md.
-use malt_bundled::{render_with, roles, to_example};
+use malt_bundled::{render_with, roles, to_example, to_extracted};
 use malt_graders::{gsm8k, templates};
 use malt_plugin_sdk::*;
 
@@ -61,8 +61,8 @@ impl Benchmark for Gsm8k {
         render_with(templates::Task::Numeric, request)
     }
 
-    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {
-        gsm8k::extract(output, self.mode)
+    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<Extracted> {
+        gsm8k::extract_answer(output, self.mode).map(to_extracted)
     }
 
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {

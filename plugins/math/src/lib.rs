@@ -1,5 +1,5 @@
 //! MATH / MATH-500 benchmark plugin for malt. See README.md.
-use malt_bundled::{render_with, roles, to_example};
+use malt_bundled::{render_with, roles, to_example, to_extracted};
 use malt_graders::{math, templates};
 use malt_plugin_sdk::*;
 
@@ -61,8 +61,8 @@ impl Benchmark for Math {
         render_with(templates::Task::Math, request)
     }
 
-    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<String> {
-        math::extract(output)
+    fn extract(&self, output: &str, _choices: &[Choice]) -> Option<Extracted> {
+        math::extract_answer(output, self.mode).map(to_extracted)
     }
 
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade {

@@ -1,4 +1,4 @@
-//! Guest SDK for malt benchmark plugins (API `malt:plugin@0.1.0`).
+//! Guest SDK for malt benchmark plugins (API `malt:plugin@0.2.0`).
 //!
 //! Implement [`Benchmark`] with per-item methods and call [`export_benchmark!`]; the SDK
 //! implements the batched WIT functions by looping and keeps one instance of your type per
@@ -15,7 +15,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         // The frozen API release this SDK targets.
-        path: "../api/v0.1.0",
+        path: "../api/v0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
@@ -24,13 +24,14 @@ pub mod bindings {
 }
 
 pub use bindings::malt::plugin::types::{
-    Choice, Example, ExtractRequest, Grade, GradeRequest, Message, PluginInfo, RenderRequest, Turn,
+    AnswerSource, Choice, Example, ExtractRequest, Extracted, Grade, GradeRequest, Message,
+    PluginInfo, RenderRequest, Turn,
 };
 /// Re-exported so a plugin can parse JSON records without its own dependency.
 pub use serde_json;
 
 /// Version of the WIT API this SDK targets.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// A benchmark plugin, written per item; the SDK does the batching.
 ///
@@ -66,8 +67,9 @@ pub trait Benchmark: Sized + 'static {
     /// Renders the chat messages for one agent; unknown role => error naming it.
     fn render(&self, request: &RenderRequest) -> Result<Vec<Message>, String>;
 
-    /// Extracts the final answer from one agent output; `None` when there is none.
-    fn extract(&self, output: &str, choices: &[Choice]) -> Option<String>;
+    /// Extracts the final answer from one agent output, with its voting key and how it was
+    /// found (see [`extracted`]); `None` when there is none.
+    fn extract(&self, output: &str, choices: &[Choice]) -> Option<Extracted>;
 
     /// Grades one extracted answer against the gold; reward in [0, 1].
     fn grade(&self, answer: Option<&str>, gold: &str) -> Grade;
@@ -88,6 +90,29 @@ pub fn unknown_option(key: &str, valid: &[&str]) -> String {
 /// Error text for a bad option value, listing what is accepted.
 pub fn bad_value(key: &str, value: &str, accepted: &str) -> String {
     format!("bad value `{value}` for option `{key}`; expected {accepted}")
+}
+
+/// Builds an [`Extracted`]: the answer, its voting key (answers that [`Benchmark::grade`]
+/// calls equal should share it, answers it calls different must not; majority voting groups by
+/// it) and whether an explicit final-answer marker (`#### 72`, `\boxed{}`, `The answer is`,
+/// `Final Answer:`) or a fallback (e.g. the last number) found it. An empty key becomes the
+/// trimmed answer: a plugin without a canonical form can pass `""`.
+pub fn extracted(
+    answer: impl Into<String>,
+    key: impl Into<String>,
+    found_by: AnswerSource,
+) -> Extracted {
+    let answer = answer.into();
+    let key = key.into();
+    let key = match key.trim() {
+        "" => answer.trim().to_string(),
+        _ => key,
+    };
+    Extracted {
+        answer,
+        key,
+        found_by,
+    }
 }
 
 /// Builds a [`Message`].
@@ -202,11 +227,14 @@ pub mod __private {
     pub fn extract<T: Benchmark>(
         key: &'static LocalKey<State<T>>,
         requests: Vec<ExtractRequest>,
-    ) -> Vec<Option<String>> {
+    ) -> Vec<Option<Extracted>> {
         with(key, |b| {
             requests
                 .iter()
-                .map(|r| b.extract(&r.output, &r.choices))
+                .map(|r| {
+                    b.extract(&r.output, &r.choices)
+                        .map(|e| crate::extracted(e.answer, e.key, e.found_by))
+                })
                 .collect()
         })
     }
@@ -269,7 +297,7 @@ macro_rules! export_benchmark {
                 }
                 fn extract(
                     requests: ::std::vec::Vec<$crate::ExtractRequest>,
-                ) -> ::std::vec::Vec<::core::option::Option<::std::string::String>> {
+                ) -> ::std::vec::Vec<::core::option::Option<$crate::Extracted>> {
                     $crate::__private::extract(&__MALT_STATE, requests)
                 }
                 fn grade(

@@ -382,10 +382,12 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                 Err(e) => Err(e),
                 // No answer in the output: nothing to be right about, whatever its grade.
                 Ok(None) => Ok(Outcome::Unparseable),
-                Ok(Some(answer)) => match scored.grade {
+                Ok(Some(extracted)) => match scored.grade {
                     Some(Ok(grade)) => Ok(Outcome::Answer {
-                        answer,
-                        key: None,
+                        answer: extracted.answer,
+                        // The plugin's canonical key (API 0.2.0), so `\frac12` and `0.5` vote
+                        // together; a 0.1.0 plugin gives none and its answer votes trimmed.
+                        key: extracted.key,
                         correct: grade.reward >= 1.0,
                     }),
                     Some(Err(e)) => Err(e),

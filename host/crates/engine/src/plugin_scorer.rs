@@ -127,7 +127,7 @@ impl Scorer for PluginScorer {
         &mut self,
         plugin: &str,
         requests: &[mt::ExtractRequest<'_>],
-    ) -> Result<Vec<Result<Option<String>, String>>, PluginError> {
+    ) -> Result<Vec<Result<Option<mt::types::Extracted>, String>>, PluginError> {
         let p = self.plugin(plugin)?;
         let reqs: Vec<mp::ExtractRequest> = requests
             .iter()

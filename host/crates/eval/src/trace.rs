@@ -34,8 +34,9 @@ pub enum Outcome {
     Answer {
         /// The extracted answer, as logged.
         answer: String,
-        /// Optional canonical voting key from the plugin (e.g. "0.5" for "1/2"). Without it the
-        /// trimmed `answer` is the key.
+        /// The plugin's canonical voting key (e.g. `0.5` for `\frac12`; API 0.2.0 plugins
+        /// give one). Without it (0.1.0 plugins, older result logs) the trimmed `answer` is the
+        /// key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
         correct: bool,

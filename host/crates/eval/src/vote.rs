@@ -1,8 +1,11 @@
 //! Majority voting over the final answers of `k` independent attempts.
 //!
-//! Votes are grouped by exact key. The key is the plugin's extracted answer (or its canonical
-//! key when it provides one) trimmed of surrounding whitespace, and nothing more: any smarter
-//! equivalence ("1/2" vs "0.5") is benchmark knowledge and belongs to the plugin.
+//! Votes are grouped by exact key: [`crate::Outcome::vote_key`], the plugin's canonical key of
+//! the answer when it gives one (API `malt:plugin@0.2.0`: the math plugin keys `\frac12`,
+//! `\dfrac{1}{2}` and `0.5` alike as `0.5`), else the extracted answer; either trimmed of
+//! surrounding whitespace, and nothing more. Any smarter equivalence is benchmark knowledge and
+//! belongs to the plugin, which also grades: only it knows which answers its grader calls equal.
+//! A 0.1.0 plugin gives no key, so its answers vote as they are written.
 //!
 //! Tie rule: among the most frequent keys, the one whose *first occurrence is earliest* wins,
 //! i.e. the earliest attempt wins ties. Why:
@@ -16,7 +19,7 @@
 //! two failures outvote one real answer could only turn a possibly correct answer into a
 //! certainly wrong one.
 
-/// The voting key of an extracted answer: the answer trimmed.
+/// The voting key of an answer or of a plugin's key: the text trimmed.
 pub fn vote_key(answer: &str) -> &str {
     answer.trim()
 }
@@ -80,6 +83,34 @@ mod tests {
         assert_eq!(v(&[None, None, Some("7")]), Some(2));
         assert_eq!(v(&[None, None, None]), None);
         assert_eq!(v(&[]), None);
+    }
+
+    /// The plugin's keys decide: two ways of writing one half outvote `3`, although all three
+    /// answers differ as written; without keys (a 0.1.0 plugin) they tie and attempt 0 wins.
+    #[test]
+    fn plugin_keys_merge_forms_of_one_answer() {
+        use crate::Outcome;
+        let answer = |answer: &str, key: Option<&str>, correct| Outcome::Answer {
+            answer: answer.into(),
+            key: key.map(Into::into),
+            correct,
+        };
+        let keyed = [
+            answer("3", Some("3"), false),
+            answer("\\frac12", Some("0.5"), true),
+            answer("\\dfrac{1}{2}", Some("0.5"), true),
+        ];
+        let votes: Vec<Option<&str>> = keyed.iter().map(Outcome::vote_key).collect();
+        let winner = majority_vote(&votes).unwrap();
+        assert_eq!(winner, 1);
+        assert!(keyed[winner].is_correct());
+        let bare = [
+            answer("3", None, false),
+            answer("\\frac12", None, true),
+            answer("\\dfrac{1}{2}", None, true),
+        ];
+        let votes: Vec<Option<&str>> = bare.iter().map(Outcome::vote_key).collect();
+        assert_eq!(majority_vote(&votes), Some(0));
     }
 
     #[test]

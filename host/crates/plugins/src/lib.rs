@@ -1,4 +1,5 @@
-//! malt-plugins: load, sandbox and call WASM component plugins (`malt:plugin@0.1.x`).
+//! malt-plugins: load, sandbox and call WASM component plugins (`malt:plugin@0.2.x` and
+//! `@0.1.x`, each through its own bindings in [`api`]).
 //!
 //! - [`Runtime`]: one wasmtime `Engine` (epoch interruption, with a ticker thread) and the
 //!   precompiled-artifact cache (`$MALT_CACHE/wasm` or `~/.cache/malt/wasm`).

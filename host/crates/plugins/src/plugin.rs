@@ -11,7 +11,7 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::api::{self, v0_1_0, ApiVersion, Detected};
+use crate::api::{self, ApiVersion, Bindings, Detected};
 use crate::engine::{Runtime, TICK};
 use crate::error::panic_message;
 use crate::types::*;
@@ -39,7 +39,7 @@ impl WasiView for State {
 
 struct Worker {
     store: Store<State>,
-    api: v0_1_0::Bindings,
+    api: Bindings,
     stderr: MemoryOutputPipe,
 }
 
@@ -122,10 +122,10 @@ impl Plugin {
             source,
         })?;
         let component = runtime.load_component(name, path, &bytes)?;
-        let guest_version = match api::detect(runtime.engine(), &component) {
+        let (guest_version, api_version) = match api::detect(runtime.engine(), &component) {
             Detected::Supported { guest, host } => {
                 tracing::debug!(plugin = name, %guest, %host, "API version accepted");
-                guest
+                (guest, host)
             }
             Detected::Unsupported { guest } => {
                 return Err(PluginError::UnsupportedApi {
@@ -150,9 +150,8 @@ impl Plugin {
         };
         let mut linker: Linker<State> = Linker::new(runtime.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
-        v0_1_0::add_to_linker(&mut linker).map_err(link_err)?;
+        api::add_to_linker(&mut linker).map_err(link_err)?;
         let pre = linker.instantiate_pre(&component).map_err(link_err)?;
-        let api_version = api::SUPPORTED[0];
         let export = format!("{}/{}@{guest_version}", api::PACKAGE, api::INTERFACE);
         let mut plugin = Plugin {
             name: name.into(),
@@ -321,8 +320,12 @@ impl Plugin {
         .collect()
     }
 
-    /// Extract the final answer of each output (`None`: no answer found).
-    pub fn extract(&self, requests: &[ExtractRequest]) -> Vec<Result<Option<String>, ItemError>> {
+    /// Extract the final answer of each output, with its voting key and how it was found
+    /// (`None`: no answer found). A 0.1.0 plugin's answers have no key and an unknown source.
+    pub fn extract(
+        &self,
+        requests: &[ExtractRequest],
+    ) -> Vec<Result<Option<Extracted>, ItemError>> {
         self.batch("extract", requests, |api, store, items| {
             api.extract(store, items)
         })
@@ -416,7 +419,7 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks(0));
-        match v0_1_0::Bindings::instantiate(&self.pre, &mut store, &self.export) {
+        match Bindings::instantiate(self.api_version, &self.pre, &mut store, &self.export) {
             Ok(api) => Ok(Worker { store, api, stderr }),
             Err(e) => {
                 let text = String::from_utf8_lossy(&stderr.contents()).into_owned();
@@ -461,7 +464,7 @@ impl Plugin {
         w: &mut Worker,
         function: &'static str,
         items: usize,
-        f: impl FnOnce(&v0_1_0::Bindings, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let before = w.stderr.contents().len();
@@ -490,7 +493,7 @@ impl Plugin {
         &self,
         function: &'static str,
         items: usize,
-        f: impl FnOnce(&v0_1_0::Bindings, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut w = match pooled {
@@ -520,7 +523,7 @@ impl Plugin {
         &self,
         function: &'static str,
         items: &[Req],
-        call: impl Fn(&v0_1_0::Bindings, &mut Store<State>, &[Req]) -> wasmtime::Result<Vec<Resp>>,
+        call: impl Fn(&Bindings, &mut Store<State>, &[Req]) -> wasmtime::Result<Vec<Resp>>,
     ) -> Vec<Result<Resp, ItemError>> {
         if items.is_empty() {
             return Vec::new();

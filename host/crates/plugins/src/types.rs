@@ -3,7 +3,7 @@
 //! requests only the plugin host builds or component types that `grade` lowers and lifts
 //! without a copy (with `From` impls to malt-records' [`malt_records::Grade`]).
 
-pub use malt_records::{Choice, Example, Message, Turn};
+pub use malt_records::{AnswerSource, Choice, Example, Extracted, Message, Turn};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{ComponentType, Lift, Lower};
 
@@ -113,6 +113,11 @@ impl OutputSize for Example {
 impl OutputSize for Message {
     fn output_size(&self) -> usize {
         self.role.len() + self.content.len()
+    }
+}
+impl OutputSize for Extracted {
+    fn output_size(&self) -> usize {
+        self.answer.len() + self.key.as_ref().map_or(0, String::len)
     }
 }
 impl OutputSize for Grade {

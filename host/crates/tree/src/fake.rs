@@ -8,7 +8,7 @@ use malt_base::mix::mix;
 
 use crate::sampler::{Completion, RequestResult, SampleRequest, Sampler, SamplerError};
 use crate::scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
-use crate::types::{Example, Grade, Message};
+use crate::types::{AnswerSource, Example, Extracted, Grade, Message};
 
 fn hash_str(s: &str, mut h: u64) -> u64 {
     for b in s.bytes() {
@@ -159,13 +159,18 @@ impl Scorer for FakeScorer {
         &mut self,
         _plugin: &str,
         requests: &[ExtractRequest<'_>],
-    ) -> Result<Vec<Result<Option<String>, String>>, PluginError> {
+    ) -> Result<Vec<Result<Option<Extracted>, String>>, PluginError> {
         Ok(requests
             .iter()
             .map(|r| {
-                Ok(r.output
-                    .rsplit_once("Final Answer:")
-                    .map(|(_, a)| a.trim().to_owned()))
+                Ok(r.output.rsplit_once("Final Answer:").map(|(_, a)| {
+                    let answer = a.trim().to_owned();
+                    Extracted {
+                        key: Some(answer.clone()),
+                        answer,
+                        found_by: AnswerSource::Marker,
+                    }
+                }))
             })
             .collect())
     }

@@ -112,6 +112,8 @@ pub fn generate_tree(
                     finish: None,
                     logprobs: None,
                     answer: None,
+                    answer_key: None,
+                    answer_source: None,
                     reward: None,
                     error: Some("ancestor errored".to_owned()),
                     score_error: None,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::chain::ChainSpec;
 use crate::scorer::{chain_identity, ExtractRequest, GradeRequest, Scorer};
 use crate::tree::{level_offsets, Tree};
-use crate::types::{Example, Grade};
+use crate::types::{Example, Extracted, Grade};
 
 /// Plugin failures per plugin name (and "sampler" for model failures during generation).
 pub type ErrorCounts = BTreeMap<String, u64>;
@@ -21,8 +21,8 @@ pub(crate) fn count(errors: &mut ErrorCounts, who: &str, n: usize) {
     }
 }
 
-/// (Re)computes `answer`, `reward` and `score_error` of every node without a generation
-/// error. Returns the number of nodes that failed to score.
+/// (Re)computes `answer` (with `answer_key` and `answer_source`), `reward` and `score_error` of
+/// every node without a generation error. Returns the number of nodes that failed to score.
 pub fn score_tree(
     tree: &mut Tree,
     chain: &ChainSpec,
@@ -44,6 +44,8 @@ pub fn score_tree(
         for &i in &todo {
             let n = &mut tree.nodes[i];
             n.answer = None;
+            n.answer_key = None;
+            n.answer_source = None;
             n.reward = None;
             n.score_error = None;
         }
@@ -61,8 +63,12 @@ pub fn score_tree(
             let n = &mut tree.nodes[i];
             let error = match (answer, grade) {
                 (Err(msg), _) => msg,
-                (Ok(answer), grade) => {
-                    n.answer = answer;
+                (Ok(extracted), grade) => {
+                    if let Some(e) = extracted {
+                        n.answer = Some(e.answer);
+                        n.answer_key = e.key;
+                        n.answer_source = Some(e.found_by);
+                    }
                     match grade {
                         Some(Ok(g)) if (0.0..=1.0).contains(&g.reward) => {
                             n.reward = Some(g.reward);
@@ -87,8 +93,9 @@ pub fn score_tree(
 /// An item of [`extract_and_grade`].
 #[derive(Debug, Clone)]
 pub struct Scored {
-    /// The extracted answer (`None`: the output has none), or why extraction failed.
-    pub answer: Result<Option<String>, String>,
+    /// The extracted answer with its voting key and how it was found (`None`: the output has
+    /// none), or why extraction failed.
+    pub answer: Result<Option<Extracted>, String>,
     /// The grade of the extracted answer, or why grading failed; `None` when extraction failed.
     pub grade: Option<Result<Grade, String>>,
 }
@@ -139,7 +146,12 @@ pub fn extract_and_grade(
     let reqs: Vec<GradeRequest> = graded
         .iter()
         .map(|&i| GradeRequest {
-            answer: out[i].answer.as_ref().ok().and_then(|a| a.as_deref()),
+            answer: out[i]
+                .answer
+                .as_ref()
+                .ok()
+                .and_then(|a| a.as_ref())
+                .map(|e| e.answer.as_str()),
             gold: &items[i].1.gold,
         })
         .collect();
@@ -196,6 +208,34 @@ mod tests {
         assert!(scored
             .iter()
             .all(|s| matches!(&s.grade, Some(Err(m)) if m.starts_with("grade: "))));
-        assert_eq!(scored[2].answer, Ok(Some("7".into())));
+        let answer = scored[2].answer.clone().unwrap().unwrap();
+        assert_eq!(answer.answer, "7");
+    }
+
+    /// The key and the source reach the node; trees stored before they existed still load.
+    #[test]
+    fn nodes_keep_the_key_and_source_and_old_nodes_load_without_them() {
+        let examples = fake_examples(1);
+        let items = [("Final Answer: 1 ", &examples[0])];
+        let scored = extract_and_grade(&mut FakeScorer::default(), "fake", &items);
+        let extracted = scored[0].answer.clone().unwrap().unwrap();
+        assert_eq!(extracted.key.as_deref(), Some("1"));
+        assert_eq!(extracted.found_by, crate::types::AnswerSource::Marker);
+
+        let old = r#"{"agent":"g","level":0,"parent":null,"prompt":0,"seed":1,
+            "output":"Final Answer: 1","answer":"1","reward":1.0}"#;
+        let mut node: crate::tree::Node = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (node.answer_key.as_deref(), node.answer_source),
+            (None, None)
+        );
+        assert!(!serde_json::to_string(&node).unwrap().contains("answer_"));
+        node.answer_key = extracted.key;
+        node.answer_source = Some(extracted.found_by);
+        let text = serde_json::to_string(&node).unwrap();
+        assert!(
+            text.contains(r#""answer_key":"1","answer_source":"marker""#),
+            "{text}"
+        );
     }
 }

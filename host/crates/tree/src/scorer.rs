@@ -3,7 +3,7 @@
 //! malt-plugins; tests use a deterministic Rust fake. Each call names the plugin because each
 //! agent of a chain may use a different one.
 
-use crate::types::{Example, Grade, Message, Turn};
+use crate::types::{Example, Extracted, Grade, Message, Turn};
 
 #[derive(Debug, Clone)]
 pub struct RenderRequest<'a> {
@@ -61,13 +61,14 @@ pub trait Scorer {
         requests: &[RenderRequest<'_>],
     ) -> Result<Vec<Result<Vec<Message>, String>>, PluginError>;
 
-    /// Extract final answers; one result per request, in order. An item `Err` (that item
-    /// trapped on its own) marks only that node errored.
+    /// Extract final answers, each with its voting key (when the plugin gives one) and how it
+    /// was found; one result per request, in order. An item `Err` (that item trapped on its
+    /// own) marks only that node errored.
     fn extract(
         &mut self,
         plugin: &str,
         requests: &[ExtractRequest<'_>],
-    ) -> Result<Vec<Result<Option<String>, String>>, PluginError>;
+    ) -> Result<Vec<Result<Option<Extracted>, String>>, PluginError>;
 
     /// Grade extracted answers; one result per request, in order. Rewards outside [0, 1] are
     /// treated as plugin errors by the caller.

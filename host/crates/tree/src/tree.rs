@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainSpec;
 use crate::sampler::FinishReason;
-use crate::types::{Example, Message};
+use crate::types::{AnswerSource, Example, Message};
 
 /// One node: one sampled output of one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,15 @@ pub struct Node {
     /// Extracted final answer (`None` when extraction found nothing or was not run).
     #[serde(default)]
     pub answer: Option<String>,
+    /// The plugin's voting key of `answer` (e.g. `0.5` for `\dfrac{1}{2}`); absent when the
+    /// plugin gives none (API 0.1.0) and in trees scored before keys existed: `answer` trimmed
+    /// then votes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_key: Option<String>,
+    /// How the plugin found `answer`: after an explicit final-answer marker or by a fallback
+    /// (`unknown` from API 0.1.0 plugins); absent when there is no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_source: Option<AnswerSource>,
     /// Grade of `answer` in [0, 1]: the leaf reward for leaves; for inner answering nodes it
     /// only feeds the answer-flip statistics. `None` when not graded.
     #[serde(default)]

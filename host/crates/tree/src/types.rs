@@ -1,5 +1,5 @@
-//! The plugin API's plain records (plugins/api/v0.1.0/plugin.wit), from malt-records: the tree
+//! The plugin API's plain records (plugins/api/v0.*/plugin.wit), from malt-records: the tree
 //! engine and its tests use them without the WASM runtime; malt-plugins converts them to and
 //! from the WIT bindings.
 
-pub use malt_records::{Choice, Example, Grade, Message, Turn};
+pub use malt_records::{AnswerSource, Choice, Example, Extracted, Grade, Message, Turn};

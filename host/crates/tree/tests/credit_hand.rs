@@ -47,6 +47,8 @@ fn hand_tree() -> Tree {
                     finish: None,
                     logprobs: None,
                     answer: None,
+                    answer_key: None,
+                    answer_source: None,
                     reward: (leaf && r >= 0.0).then_some(r),
                     error: None,
                     score_error: (leaf && r < 0.0).then(|| "grade: wasm trap".to_owned()),
