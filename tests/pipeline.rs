@@ -333,6 +333,7 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
         theta: 0.5,
         pooling: Pooling::Global,
         pairs: PairMode::All,
+        ..Default::default()
     };
     let manifest = Manifest::new(
         "test",
@@ -573,6 +574,12 @@ fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
         (
             "[eval] questions",
             Box::new(|| edit("questions = 4", "questions = 3")),
+            None,
+            &["eval"],
+        ),
+        (
+            "[eval] std",
+            Box::new(|| edit("questions = 4", "questions = 4\nstd = \"population\"")),
             None,
             &["eval"],
         ),

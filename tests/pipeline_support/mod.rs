@@ -305,6 +305,8 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
     );
     assert_eq!(rep.subsets.len(), plan.seeds.len());
 
+    // Row id, seed, question -> right, as recomputed from the logged attempts.
+    let mut right: BTreeMap<(String, u64, usize), bool> = BTreeMap::new();
     for s in &rep.systems {
         assert_eq!(s.per_seed.len(), plan.seeds.len(), "{}", s.id);
         let mut pcts = Vec::new();
@@ -337,6 +339,7 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
                     }
                 };
                 correct += ok as usize;
+                right.insert((s.id.clone(), sub.seed, q), ok);
             }
             assert_eq!(ps.correct, correct, "{} seed {}", s.id, sub.seed);
             pcts.push(acc);
@@ -385,7 +388,8 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
         }
     }
 
-    // Paired comparisons: every row against MALT + MV@k, counts from the logged attempts.
+    // Paired comparisons: every row against MALT + MV@k, the test over distinct questions
+    // recomputed from the logged attempts, Holm's correction over the rows.
     let reference = format!("trained_chain_mv{}", plan.majority_k);
     if systems.contains(&"trained_chain") {
         assert_eq!(rep.comparisons.len(), rep.systems.len() - 1);
@@ -395,11 +399,20 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
     for c in &rep.comparisons {
         assert_eq!(c.reference, reference);
         assert_eq!(c.pairs, plan.seeds.len() * plan.questions);
-        let p = malt_eval::significance::sign_test(c.reference_only as u64, c.row_only as u64);
-        assert!(
-            (c.sign_test_p - p).abs() < 1e-12,
-            "{} vs {p}",
-            c.sign_test_p
+        let pairs = rep.subsets.iter().flat_map(|sub| {
+            let right = &right;
+            sub.example_idx.iter().map(move |&q| {
+                let of = |id: &str| right[&(id.to_string(), sub.seed, q)];
+                (q, of(&c.reference), of(&c.row))
+            })
+        });
+        let want = malt_eval::significance::question_test(pairs);
+        let t = c.test.as_ref().expect("a test over distinct questions");
+        assert_eq!(
+            (t.questions, t.reference_wins, t.row_wins, t.p),
+            (want.questions, want.reference_wins, want.row_wins, want.p),
+            "{}",
+            c.row
         );
         let row = rep.systems.iter().find(|s| s.id == c.row).unwrap();
         let refr = rep.systems.iter().find(|s| s.id == reference).unwrap();
@@ -412,6 +425,23 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
             c.row
         );
     }
+    let p: Vec<f64> = rep
+        .comparisons
+        .iter()
+        .filter_map(|c| c.test.as_ref().map(|t| t.p))
+        .collect();
+    for (c, h) in rep
+        .comparisons
+        .iter()
+        .zip(malt_eval::significance::holm(&p))
+    {
+        assert_eq!(c.test.as_ref().map(|t| t.holm_p), Some(h), "{}", c.row);
+    }
+    // report.json alone gives the same report back.
+    assert!(
+        malt_eval::rerender(&rep).unwrap() == rep,
+        "re-rendered report differs"
+    );
 
     // Flip matrix: every transition's cells add up to the pooled question count.
     let questions = plan.seeds.len() * plan.questions;

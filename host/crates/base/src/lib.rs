@@ -7,6 +7,7 @@
 //! - [`message`]: the chat message `{role, content}` ([`Message`]) of prompts, trees, datasets,
 //!   chat templates, training records and the OpenAI wire format;
 //! - [`sampling`]: the sampling parameters ([`SamplingParams`]) of every layer that samples;
+//! - [`spread`]: the std convention of every "mean ± std" over seeds ([`StdConvention`]);
 //! - [`svg`]: the SVG charts of reports and loss curves;
 //! - [`tfevents`]: TensorBoard event files of training metrics and evaluation reports.
 //!
@@ -18,8 +19,10 @@ pub mod hash;
 pub mod message;
 pub mod mix;
 pub mod sampling;
+pub mod spread;
 pub mod svg;
 pub mod tfevents;
 
 pub use message::Message;
 pub use sampling::SamplingParams;
+pub use spread::StdConvention;

@@ -223,6 +223,7 @@ struct RawEval {
     seeds: Option<Vec<u64>>,
     majority_k: Option<u32>,
     batch_questions: Option<usize>,
+    std: Option<malt_base::StdConvention>,
     /// Strings and tables: parsed in `study` for messages that point at the entry.
     systems: Option<Vec<toml::Value>>,
 }

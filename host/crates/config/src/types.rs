@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Diagnostic;
 
+/// `[eval] std`, shared with the evaluation that computes it.
+pub use malt_base::StdConvention;
+
 /// A whole run, as loaded by [`Config::load`](crate::Config::load).
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -382,6 +385,9 @@ pub struct Eval {
     pub majority_k: u32,
     /// Questions whose attempts decode as one batch.
     pub batch_questions: usize,
+    /// The std of every "mean ± std" over seeds in the report: `sample` (n-1, the default) or
+    /// `population` (n, the paper's).
+    pub std: StdConvention,
     /// The evaluated systems, in report order.
     pub systems: Vec<EvalSystem>,
 }

@@ -370,3 +370,22 @@ fn test_path_refuses_a_test_count_and_the_training_file() {
     .unwrap();
     assert!(c.dataset.test_source.is_some());
 }
+
+#[test]
+fn eval_std_is_sample_by_default_population_on_request_and_checked() {
+    use malt_config::StdConvention;
+    let plain = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    assert_eq!(plain.eval.std, StdConvention::Sample);
+    let paper = Config::parse(
+        &format!("{GOOD}\n[eval]\nstd = \"population\"\n"),
+        Path::new("configs/x.toml"),
+    )
+    .unwrap();
+    assert_eq!(paper.eval.std, StdConvention::Population);
+    // It changes the report, so the config's hash.
+    assert_ne!(plain.config_hash(), paper.config_hash());
+    assert_eq!(
+        err(&format!("{GOOD}\n[eval]\nstd = \"n-1\"\n")),
+        "configs/x.toml:22:7: unknown variant `n-1`, expected `sample` or `population`"
+    );
+}

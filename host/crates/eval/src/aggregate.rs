@@ -1,7 +1,7 @@
 //! From logged attempts to the reported figures.
 //!
-//! Definitions (all accuracies in percent of the questions of one seed, then mean and sample
-//! std over seeds):
+//! Definitions (all accuracies in percent of the questions of one seed, then mean and std over
+//! seeds, the std of `[eval] std`: [`crate::stats`]):
 //! - plain system: the final outcome (last answering turn) of attempt 0;
 //! - MV@k system: majority vote ([`crate::vote`]) over the final answers of attempts
 //!   `0..k`; it is correct when the winning attempt was graded correct, wrong when no attempt
@@ -14,8 +14,13 @@
 //!   reported as n/a;
 //! - flip matrix: attempt 0, pooled over seeds, errored attempts excluded, between consecutive
 //!   answering turns; unparseable counts as wrong. A turn a system skips answers nothing;
-//! - comparisons: every row against the reference system's MV@k row, paired by (seed, question)
-//!   (see [`crate::significance`]).
+//! - comparisons: every row against the reference system's MV@k row, tested over distinct
+//!   questions (a question drawn by several seeds pooled), Holm-corrected over the rows (see
+//!   [`crate::significance`]).
+//!
+//! Every row and comparison follows from the final answers alone ([`SystemAnswers`], kept in
+//! `report.json`), so [`rerender`] recomputes them, with another std convention for instance,
+//! without the result log and without sampling anything.
 
 use std::collections::BTreeMap;
 
@@ -24,13 +29,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::EvalError;
 use crate::plan::{EvalPlan, System, Table};
 use crate::results::{AttemptKey, AttemptRecord};
-use crate::significance::sign_test;
-use crate::stats::{mean, sample_std};
+use crate::significance::{holm, question_test, QuestionTest};
+use crate::stats::{mean, StdConvention};
 use crate::trace::Outcome;
 use crate::vote::majority_vote;
 
-/// Version of the `report.json` layout (2: configurable systems, comparisons, STaR, rounds).
-pub const REPORT_FORMAT: u32 = 2;
+/// Version of the `report.json` layout (2: configurable systems, comparisons, STaR, rounds;
+/// 3: the std convention in the plan, comparisons over distinct questions with Holm's
+/// correction, every system's final answers). Format-2 reports still load: their comparisons
+/// keep the per-pair `sign_test_p` and have no `test`, and they have no `answers`.
+pub const REPORT_FORMAT: u32 = 3;
 
 /// Everything `report.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +64,41 @@ pub struct Report {
     pub rounds: Vec<RoundSummary>,
     /// Caller-provided provenance (config hash, adapters, plugin versions...), verbatim.
     pub manifest: serde_json::Value,
+    /// Every system's final answers (format 3; empty in older reports), from which
+    /// [`rerender`] recomputes the rows and comparisons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<SystemAnswers>,
+}
+
+/// The final outcome of one attempt, as `report.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalAnswer {
+    /// The vote key of the final answer ([`Outcome::vote_key`]); `null` when there is none
+    /// (unparseable or errored).
+    pub key: Option<String>,
+    pub correct: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub errored: bool,
+}
+
+impl FinalAnswer {
+    /// The final outcome of an attempt; `None` for an errored one.
+    pub fn of(outcome: Option<&Outcome>) -> Self {
+        let s = Scorable::of(outcome);
+        FinalAnswer {
+            key: s.key.map(str::to_owned),
+            correct: s.correct,
+            errored: s.errored,
+        }
+    }
+}
+
+/// One system's final answers: `per_seed[seed][question][attempt]`, seeds in plan order,
+/// questions in the order of that seed's subset (`subsets`), `majority_k` attempts each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemAnswers {
+    pub system: String,
+    pub per_seed: Vec<Vec<Vec<FinalAnswer>>>,
 }
 
 /// What the caller adds to a report: provenance and facts the evaluation cannot know.
@@ -106,6 +149,7 @@ pub struct RoundRow {
     pub id: String,
     pub label: String,
     pub mean_pct: f64,
+    /// In the convention of the report it was taken from.
     pub std_pct: Option<f64>,
 }
 
@@ -129,7 +173,7 @@ impl RoundSummary {
     }
 }
 
-/// One row compared with the reference row, paired by (seed, question).
+/// One row compared with the reference row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     /// The compared row's id and label.
@@ -142,12 +186,18 @@ pub struct Comparison {
     /// Pairs only the reference gets right / only the compared row gets right.
     pub reference_only: usize,
     pub row_only: usize,
-    /// Reference minus row accuracy per seed (percentage points), mean and sample std.
+    /// Reference minus row accuracy per seed (percentage points), mean and std (`plan.std`).
     pub diff_per_seed_pct: Vec<f64>,
     pub diff_mean_pct: f64,
     pub diff_std_pct: Option<f64>,
-    /// Two-sided exact sign test on the discordant pairs (McNemar's exact test).
-    pub sign_test_p: f64,
+    /// The test over distinct questions with its Holm-adjusted p (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<QuestionTest>,
+    /// Format 2 only: the sign test over the discordant (seed, question) pairs, which counted a
+    /// question drawn by several seeds several times and was not corrected for the number of
+    /// rows. Kept to read old reports; format 3 leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_test_p: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +219,7 @@ pub struct SystemResult {
     pub majority_k: Option<u32>,
     pub per_seed: Vec<SeedAccuracy>,
     pub mean_pct: f64,
-    /// Sample std over seeds (n-1); `None` with a single seed.
+    /// Std over seeds in the convention of `plan.std`; `None` with a single seed.
     pub std_pct: Option<f64>,
     /// Items over all seeds counted as errored / unparseable (see module doc).
     pub errored: usize,
@@ -189,6 +239,7 @@ pub struct SeedAccuracy {
 pub struct Spread {
     pub per_seed_pct: Vec<f64>,
     pub mean_pct: f64,
+    /// In the convention of `plan.std`.
     pub std_pct: Option<f64>,
 }
 
@@ -252,18 +303,37 @@ pub struct SystemCounts {
 /// The attempts of one question: `k` records in attempt order.
 type Item<'a> = Vec<&'a AttemptRecord>;
 
-/// Which outcome of an attempt is scored.
+/// What scoring reads of one attempt's outcome (a final one or a turn's): the same whether it
+/// comes from a logged record or from `report.json`'s [`FinalAnswer`]s.
 #[derive(Clone, Copy)]
-enum Scored {
-    Final,
-    Turn(usize),
+struct Scorable<'a> {
+    key: Option<&'a str>,
+    correct: bool,
+    errored: bool,
 }
 
-fn outcome(rec: &AttemptRecord, which: Scored) -> Option<&Outcome> {
-    match which {
-        Scored::Final => rec.final_outcome(),
-        Scored::Turn(t) => rec.outcome_at(t),
+impl<'a> Scorable<'a> {
+    /// `None`: an errored attempt.
+    fn of(outcome: Option<&'a Outcome>) -> Self {
+        Scorable {
+            key: outcome.and_then(Outcome::vote_key),
+            correct: outcome.is_some_and(Outcome::is_correct),
+            errored: outcome.is_none(),
+        }
     }
+
+    fn stored(a: &'a FinalAnswer) -> Self {
+        Scorable {
+            key: a.key.as_deref(),
+            correct: a.correct,
+            errored: a.errored,
+        }
+    }
+}
+
+/// The outcomes of turn `t` of one question's attempts.
+fn turn_scorables<'a>(item: &Item<'a>, t: usize) -> Vec<Scorable<'a>> {
+    item.iter().map(|r| Scorable::of(r.outcome_at(t))).collect()
 }
 
 struct ItemScore {
@@ -272,33 +342,22 @@ struct ItemScore {
     unparseable: bool,
 }
 
-fn score_plain(item: &Item<'_>, which: Scored) -> ItemScore {
+fn score_plain(item: &[Scorable<'_>]) -> ItemScore {
     let first = item[0];
-    match outcome(first, which) {
-        None => ItemScore {
-            correct: false,
-            errored: true,
-            unparseable: false,
-        },
-        Some(o) => ItemScore {
-            correct: o.is_correct(),
-            errored: false,
-            unparseable: !matches!(o, Outcome::Answer { .. }),
-        },
+    ItemScore {
+        correct: first.correct,
+        errored: first.errored,
+        // Only an extracted answer has a key.
+        unparseable: !first.errored && first.key.is_none(),
     }
 }
 
-fn score_voted(item: &Item<'_>, which: Scored) -> ItemScore {
-    let votes: Vec<Option<&str>> = item
-        .iter()
-        .map(|r| outcome(r, which).and_then(Outcome::vote_key))
-        .collect();
+fn score_voted(item: &[Scorable<'_>]) -> ItemScore {
+    let votes: Vec<Option<&str>> = item.iter().map(|a| a.key).collect();
     let winner = majority_vote(&votes);
-    let errored = item.iter().all(|r| r.is_errored());
+    let errored = item.iter().all(|a| a.errored);
     ItemScore {
-        correct: winner
-            .and_then(|i| outcome(item[i], which))
-            .is_some_and(Outcome::is_correct),
+        correct: winner.is_some_and(|i| item[i].correct),
         errored,
         unparseable: winner.is_none() && !errored,
     }
@@ -312,10 +371,10 @@ fn pct(correct: usize, total: usize) -> f64 {
     }
 }
 
-fn spread(per_seed_pct: Vec<f64>) -> Spread {
+fn spread(per_seed_pct: Vec<f64>, std: StdConvention) -> Spread {
     Spread {
         mean_pct: mean(&per_seed_pct).unwrap_or(0.0),
-        std_pct: sample_std(&per_seed_pct),
+        std_pct: std.std(&per_seed_pct),
         per_seed_pct,
     }
 }
@@ -381,33 +440,39 @@ pub fn aggregate(
         });
     }
 
-    let mut systems = Vec::new();
-    // Per row, per seed, per question: correct? (for the paired comparisons)
-    let mut correctness: Vec<Vec<Vec<bool>>> = Vec::new();
+    let answers: Vec<SystemAnswers> = plan
+        .systems
+        .iter()
+        .zip(&grid)
+        .map(|(system, seeds_items)| SystemAnswers {
+            system: system.id.clone(),
+            per_seed: seeds_items
+                .iter()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|item| {
+                            item.iter()
+                                .map(|r| FinalAnswer::of(r.final_outcome()))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect(),
+        })
+        .collect();
+    let (systems, comparisons) = rows_and_comparisons(plan, &subsets, &answers);
+
     let mut per_turn = Vec::new();
     let mut flips = Vec::new();
     let mut counts = Vec::new();
     for (system, seeds_items) in plan.systems.iter().zip(&grid) {
-        for mv in [None, Some(k)] {
-            let (row, correct) = system_row(system, mv, &plan.seeds, seeds_items);
-            systems.push(row);
-            correctness.push(correct);
-        }
         let layout = turn_layout(seeds_items);
-        per_turn.push(turn_accuracies(system, &layout, seeds_items));
+        per_turn.push(turn_accuracies(system, &layout, seeds_items, plan.std));
         flips.push(flip_matrix(system, &layout, seeds_items));
         counts.push(system_counts(system, seeds_items));
     }
-    let comparisons = plan
-        .reference()
-        .and_then(|r| {
-            let id = row_id(&r.id, Some(k));
-            systems.iter().position(|s| s.id == id)
-        })
-        .map(|ri| compare_rows(&systems, &correctness, ri))
-        .unwrap_or_default();
 
-    let mut rounds = Vec::new();
     let mut report = Report {
         format: REPORT_FORMAT,
         plan: plan.clone(),
@@ -423,28 +488,173 @@ pub fn aggregate(
         star: ctx.star.clone(),
         rounds: Vec::new(),
         manifest: ctx.manifest.clone(),
+        answers,
     };
     if let Some(rc) = &ctx.round {
-        rounds.extend(rc.earlier.iter().filter(|s| s.round < rc.round).cloned());
+        let mut rounds: Vec<RoundSummary> = rc
+            .earlier
+            .iter()
+            .filter(|s| s.round < rc.round)
+            .cloned()
+            .collect();
         rounds.push(RoundSummary::of(&report, rc.round, rc.theta));
+        report.rounds = rounds;
     }
-    report.rounds = rounds;
     Ok(report)
 }
 
-/// Every row but the reference against the reference row `ri`.
-fn compare_rows(rows: &[SystemResult], correct: &[Vec<Vec<bool>>], ri: usize) -> Vec<Comparison> {
+/// The report recomputed from its own `report.json`: the rows and comparisons from the stored
+/// final answers, every std in the convention of `report.plan.std` (set it to re-render in
+/// the other one), this round's row of the accuracy-by-round table from the new rows. The
+/// per-turn accuracies keep their per-seed values (only their mean and std are recomputed);
+/// flips, counts, STaR, manifest and the earlier rounds are kept as they are. A report
+/// aggregated from the result log comes back unchanged.
+pub fn rerender(report: &Report) -> Result<Report, EvalError> {
+    let plan = &report.plan;
+    plan.validate()?;
+    let subsets: Vec<(u64, Vec<usize>)> = report
+        .subsets
+        .iter()
+        .map(|s| (s.seed, s.example_idx.clone()))
+        .collect();
+    check_answers(report, &subsets)?;
+    let (systems, comparisons) = rows_and_comparisons(plan, &subsets, &report.answers);
+    let mut out = Report {
+        format: REPORT_FORMAT,
+        systems,
+        comparisons,
+        ..report.clone()
+    };
+    for turn in out.per_turn.iter_mut().flat_map(|v| &mut v.turns) {
+        for s in [&mut turn.accuracy, &mut turn.mv_accuracy]
+            .into_iter()
+            .flatten()
+        {
+            *s = spread(std::mem::take(&mut s.per_seed_pct), plan.std);
+        }
+    }
+    if let Some(last) = out.rounds.pop() {
+        let summary = RoundSummary::of(&out, last.round, last.theta);
+        out.rounds.push(summary);
+    }
+    Ok(out)
+}
+
+/// Refuses stored answers that do not cover the plan exactly (a report from before format 3,
+/// or one edited by hand).
+fn check_answers(report: &Report, subsets: &[(u64, Vec<usize>)]) -> Result<(), EvalError> {
+    let plan = &report.plan;
+    let bad = |why: String| {
+        Err(EvalError::InvalidReport(format!(
+            "{why}; aggregate it again from its results.jsonl (`malt eval`)"
+        )))
+    };
+    if report.answers.is_empty() {
+        return bad(format!(
+            "a report of format {} has no final answers (format 3 and later keep them)",
+            report.format
+        ));
+    }
+    let seeds: Vec<u64> = subsets.iter().map(|(s, _)| *s).collect();
+    if seeds != plan.seeds {
+        return bad(format!(
+            "its subsets are of seeds {seeds:?}, its plan has {:?}",
+            plan.seeds
+        ));
+    }
+    let ids: Vec<&str> = report.answers.iter().map(|a| a.system.as_str()).collect();
+    let want: Vec<&str> = plan.systems.iter().map(|s| s.id.as_str()).collect();
+    if ids != want {
+        return bad(format!("answers of systems {ids:?}, the plan has {want:?}"));
+    }
+    for a in &report.answers {
+        if a.per_seed.len() != subsets.len() {
+            return bad(format!(
+                "system `{}` has answers for {} seeds, the plan has {}",
+                a.system,
+                a.per_seed.len(),
+                subsets.len()
+            ));
+        }
+        for (items, (seed, subset)) in a.per_seed.iter().zip(subsets) {
+            if items.len() != subset.len() {
+                return bad(format!(
+                    "system `{}`, seed {seed}: {} questions answered, the subset has {}",
+                    a.system,
+                    items.len(),
+                    subset.len()
+                ));
+            }
+            if let Some(q) = items
+                .iter()
+                .position(|attempts| attempts.len() != plan.majority_k as usize)
+            {
+                return bad(format!(
+                    "system `{}`, seed {seed}, example {}: {} attempts, majority_k is {}",
+                    a.system,
+                    subset[q],
+                    items[q].len(),
+                    plan.majority_k
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every system's plain and MV@k rows and, with a reference system, every other row compared
+/// with its MV@k row. `answers` cover the plan (aggregated, or checked by [`check_answers`]).
+fn rows_and_comparisons(
+    plan: &EvalPlan,
+    subsets: &[(u64, Vec<usize>)],
+    answers: &[SystemAnswers],
+) -> (Vec<SystemResult>, Vec<Comparison>) {
+    let k = plan.majority_k;
+    let mut systems = Vec::new();
+    // Per row, per seed, per question: correct? (for the paired comparisons)
+    let mut correctness: Vec<Vec<Vec<bool>>> = Vec::new();
+    for (system, a) in plan.systems.iter().zip(answers) {
+        for mv in [None, Some(k)] {
+            let (row, correct) = system_row(system, mv, &plan.seeds, &a.per_seed, plan.std);
+            systems.push(row);
+            correctness.push(correct);
+        }
+    }
+    let comparisons = plan
+        .reference()
+        .and_then(|r| {
+            let id = row_id(&r.id, Some(k));
+            systems.iter().position(|s| s.id == id)
+        })
+        .map(|ri| compare_rows(&systems, &correctness, subsets, ri, plan.std))
+        .unwrap_or_default();
+    (systems, comparisons)
+}
+
+/// Every row but the reference against the reference row `ri`, Holm-corrected over them all.
+fn compare_rows(
+    rows: &[SystemResult],
+    correct: &[Vec<Vec<bool>>],
+    subsets: &[(u64, Vec<usize>)],
+    ri: usize,
+    std: StdConvention,
+) -> Vec<Comparison> {
     let reference = &rows[ri];
-    rows.iter()
+    let mut comparisons: Vec<Comparison> = rows
+        .iter()
         .enumerate()
         .filter(|&(i, _)| i != ri)
         .map(|(i, row)| {
             let (mut pairs, mut b, mut c) = (0, 0, 0);
-            for (ref_seed, row_seed) in correct[ri].iter().zip(&correct[i]) {
-                for (&x, &y) in ref_seed.iter().zip(row_seed) {
+            let mut by_question = Vec::new();
+            for ((ref_seed, row_seed), (_, subset)) in
+                correct[ri].iter().zip(&correct[i]).zip(subsets)
+            {
+                for ((&x, &y), &q) in ref_seed.iter().zip(row_seed).zip(subset) {
                     pairs += 1;
                     b += usize::from(x && !y);
                     c += usize::from(y && !x);
+                    by_question.push((q, x, y));
                 }
             }
             let diffs: Vec<f64> = reference
@@ -461,29 +671,42 @@ fn compare_rows(rows: &[SystemResult], correct: &[Vec<Vec<bool>>], ri: usize) ->
                 reference_only: b,
                 row_only: c,
                 diff_mean_pct: mean(&diffs).unwrap_or(0.0),
-                diff_std_pct: sample_std(&diffs),
+                diff_std_pct: std.std(&diffs),
                 diff_per_seed_pct: diffs,
-                sign_test_p: sign_test(b as u64, c as u64),
+                test: Some(question_test(by_question)),
+                sign_test_p: None,
             }
         })
-        .collect()
+        .collect();
+    let p: Vec<f64> = comparisons
+        .iter()
+        .filter_map(|c| c.test.as_ref().map(|t| t.p))
+        .collect();
+    for (c, adjusted) in comparisons.iter_mut().zip(holm(&p)) {
+        if let Some(t) = &mut c.test {
+            t.holm_p = adjusted;
+        }
+    }
+    comparisons
 }
 
 fn system_row(
     system: &System,
     mv: Option<u32>,
     seeds: &[u64],
-    seeds_items: &[Vec<Item<'_>>],
+    per_seed_answers: &[Vec<Vec<FinalAnswer>>],
+    std: StdConvention,
 ) -> (SystemResult, Vec<Vec<bool>>) {
     let mut per_seed = Vec::new();
     let mut correctness = Vec::new();
     let (mut errored, mut unparseable) = (0, 0);
-    for (&seed, items) in seeds.iter().zip(seeds_items) {
+    for (&seed, items) in seeds.iter().zip(per_seed_answers) {
         let mut flags = Vec::with_capacity(items.len());
         for item in items {
+            let attempts: Vec<Scorable<'_>> = item.iter().map(Scorable::stored).collect();
             let s = match mv {
-                None => score_plain(item, Scored::Final),
-                Some(_) => score_voted(item, Scored::Final),
+                None => score_plain(&attempts),
+                Some(_) => score_voted(&attempts),
             };
             flags.push(s.correct);
             errored += usize::from(s.errored);
@@ -498,7 +721,7 @@ fn system_row(
         });
         correctness.push(flags);
     }
-    let s = spread(per_seed.iter().map(|a| a.accuracy_pct).collect());
+    let s = spread(per_seed.iter().map(|a| a.accuracy_pct).collect(), std);
     let row = SystemResult {
         id: row_id(&system.id, mv),
         label: row_label(&system.label, mv),
@@ -547,6 +770,7 @@ fn turn_accuracies(
     system: &System,
     layout: &[(String, bool, bool)],
     seeds_items: &[Vec<Item<'_>>],
+    std: StdConvention,
 ) -> SystemTurns {
     let turns = layout
         .iter()
@@ -559,17 +783,18 @@ fn turn_accuracies(
                         let correct = items
                             .iter()
                             .filter(|item| {
+                                let attempts = turn_scorables(item, t);
                                 if voted {
-                                    score_voted(item, Scored::Turn(t)).correct
+                                    score_voted(&attempts).correct
                                 } else {
-                                    score_plain(item, Scored::Turn(t)).correct
+                                    score_plain(&attempts).correct
                                 }
                             })
                             .count();
                         pct(correct, items.len())
                     })
                     .collect();
-                spread(per_seed)
+                spread(per_seed, std)
             };
             TurnAccuracy {
                 turn: t,

@@ -31,6 +31,9 @@ pub enum EvalError {
     #[error("results are incomplete: {missing} attempts missing (first: {first})")]
     Incomplete { missing: usize, first: String },
 
+    #[error("cannot re-render the report: {0}")]
+    InvalidReport(String),
+
     #[error("chain runner failed fatally: {0}")]
     Runner(String),
 

@@ -11,8 +11,9 @@
 //! - [`subset`]: seeded question subsets (splitmix64 + partial Fisher-Yates).
 //! - [`plan`]: the [`EvalPlan`], what an evaluation runs.
 //! - [`results`]: the append-only JSONL result log and its resume logic.
-//! - [`stats`]: mean and sample standard deviation.
-//! - [`significance`]: the paired sign test between two systems.
+//! - [`stats`]: mean and the std convention over seeds.
+//! - [`significance`]: the paired test between two systems over distinct questions, and
+//!   Holm's correction over the rows compared with the reference.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
@@ -33,13 +34,16 @@ pub mod trace;
 pub mod vote;
 
 pub use aggregate::{
-    aggregate, Comparison, Report, ReportContext, RoundContext, RoundRow, RoundSummary, StarSummary,
+    aggregate, rerender, Comparison, FinalAnswer, Report, ReportContext, RoundContext, RoundRow,
+    RoundSummary, StarSummary, SystemAnswers,
 };
 pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
 pub use plan::{EvalPlan, System, Table};
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};
+pub use significance::QuestionTest;
+pub use stats::StdConvention;
 pub use subset::{derive_sample_seed, select_subset, SplitMix64};
 pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 pub use vote::{majority_vote, vote_key};

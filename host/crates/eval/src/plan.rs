@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
+use crate::stats::StdConvention;
 use crate::subset::select_subset;
 
 /// Which table of the report a system belongs to (the paper's Table 1 or its ablations).
@@ -85,6 +86,10 @@ pub struct EvalPlan {
     pub majority_k: u32,
     /// The systems to run, in report order.
     pub systems: Vec<System>,
+    /// `eval.std`: the convention of every std over seeds in the report (reports of format 2
+    /// have none and used the sample std).
+    #[serde(default)]
+    pub std: StdConvention,
 }
 
 impl EvalPlan {

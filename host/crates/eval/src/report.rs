@@ -59,6 +59,93 @@ fn accuracy_table(md: &mut String, r: &Report, table: Table) {
     }
 }
 
+/// The comparisons over distinct questions with Holm's correction (format 3).
+fn comparisons_table(md: &mut String, r: &Report, reference: &str) {
+    let _ = writeln!(
+        md,
+        "The unit is a distinct question: one drawn by several seeds counts once, its outcomes \
+         pooled over them. {reference} better / the row better: questions {reference} gets right \
+         in more / fewer of the seeds that drew them than the row. Δ: {reference} minus the row, \
+         in percentage points, mean ± {} over seeds of the per-seed differences. p: two-sided \
+         exact sign test on the questions where one of the two is better. Holm p: p adjusted \
+         with Holm's step-down procedure over the {} rows compared with {reference}: calling \
+         a difference wherever Holm p < α keeps the chance of any false one among them all \
+         below α.\n",
+        r.plan.std.describe(),
+        r.comparisons.len()
+    );
+    let _ = writeln!(
+        md,
+        "| System | Questions | {reference} better | The row better | Δ | p | Holm p |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for c in &r.comparisons {
+        let Some(t) = &c.test else { continue };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            c.label,
+            t.questions,
+            t.reference_wins,
+            t.row_wins,
+            fmt_spread(c.diff_mean_pct, c.diff_std_pct),
+            fmt_p(t.p),
+            fmt_p(t.holm_p)
+        );
+    }
+}
+
+/// The comparisons of a format-2 report: a sign test per (seed, question) pair, uncorrected.
+fn legacy_comparisons_table(md: &mut String, r: &Report, reference: &str) {
+    let _ = writeln!(
+        md,
+        "Pairs: every question of every seed, answered by both systems. Δ: {reference} \
+         minus the row, in percentage points, mean ± sample std over seeds of the per-seed \
+         differences. p: two-sided exact sign test (McNemar's exact test) on the pairs where \
+         exactly one of the two is right.\n"
+    );
+    let drawn: usize = r.subsets.iter().map(|s| s.example_idx.len()).sum();
+    let distinct = r
+        .subsets
+        .iter()
+        .flat_map(|s| &s.example_idx)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let repeats = if drawn > distinct {
+        format!(
+            "{} of its {drawn} pairs repeat a question another seed drew yet count as \
+             independent evidence, which can make p too small; ",
+            drawn - distinct
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        md,
+        "This report predates report format 3: {repeats}p is not corrected for the {} rows \
+         compared. Aggregating its results.jsonl again (`malt eval`) gives the test over \
+         distinct questions with Holm's correction.\n",
+        r.comparisons.len()
+    );
+    let _ = writeln!(
+        md,
+        "| System | Pairs | Only {reference} right | Only the row right | Δ | p |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for c in &r.comparisons {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.label,
+            c.pairs,
+            c.reference_only,
+            c.row_only,
+            fmt_spread(c.diff_mean_pct, c.diff_std_pct),
+            c.sign_test_p.map(fmt_p).unwrap_or_else(|| "n/a".into())
+        );
+    }
+}
+
 /// Renders `report.md`. Deterministic for a given report (no timestamps), so it can be
 /// snapshot-tested and diffed between runs.
 pub fn render_markdown(r: &Report) -> String {
@@ -78,11 +165,13 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(
         md,
         "{} questions per seed drawn from {} held-out examples; seeds {seeds}; MV@{k} votes over \
-         the same {k} attempts whose first is the plain result. Accuracy in %, mean ± sample std \
-         (n-1) over seeds; errored attempts count as wrong. Every system samples with the same \
-         seeds (common random numbers): two systems that run the same weights on a turn give the \
-         same output there.\n",
-        p.questions, p.pool_size
+         the same {k} attempts whose first is the plain result. Accuracy in %, mean ± {} over \
+         seeds; errored attempts count as wrong. Every system samples with the same seeds \
+         (common random numbers): two systems that run the same weights on a turn give the same \
+         output there.\n",
+        p.questions,
+        p.pool_size,
+        p.std.describe()
     );
 
     let _ = writeln!(md, "## Table 1\n");
@@ -106,29 +195,10 @@ pub fn render_markdown(r: &Report) -> String {
             .map(|s| s.label.as_str())
             .unwrap_or(first.reference.as_str());
         let _ = writeln!(md, "\n## Paired comparisons with {reference}\n");
-        let _ = writeln!(
-            md,
-            "Pairs: every question of every seed, answered by both systems. Δ: {reference} \
-             minus the row, in percentage points, mean ± sample std over seeds of the per-seed \
-             differences. p: two-sided exact sign test (McNemar's exact test) on the pairs where \
-             exactly one of the two is right.\n"
-        );
-        let _ = writeln!(
-            md,
-            "| System | Pairs | Only {reference} right | Only the row right | Δ | p |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-        for c in &r.comparisons {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} |",
-                c.label,
-                c.pairs,
-                c.reference_only,
-                c.row_only,
-                fmt_spread(c.diff_mean_pct, c.diff_std_pct),
-                fmt_p(c.sign_test_p)
-            );
+        if r.comparisons.iter().all(|c| c.test.is_some()) {
+            comparisons_table(&mut md, r, reference);
+        } else {
+            legacy_comparisons_table(&mut md, r, reference);
         }
     }
 
@@ -300,7 +370,7 @@ pub fn accuracy_svg(r: &Report) -> String {
     let title = format!("Accuracy per system ({})", seeds_title(r));
     bar_chart(
         &title,
-        "accuracy (%), mean ± std",
+        &format!("accuracy (%), mean ± {}", r.plan.std.describe()),
         &bars(r, |s| s.table == Table::Main),
     )
 }
@@ -311,7 +381,7 @@ pub fn ablations_svg(r: &Report) -> String {
     let title = format!("Ablations ({})", seeds_title(r));
     bar_chart(
         &title,
-        "accuracy (%), mean ± std",
+        &format!("accuracy (%), mean ± {}", r.plan.std.describe()),
         &bars(r, |s| {
             s.table == Table::Ablation || Some(s.system.as_str()) == reference
         }),

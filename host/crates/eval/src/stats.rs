@@ -1,9 +1,12 @@
 //! Mean and spread over seeds.
 //!
-//! The spread is the *sample* standard deviation (Bessel's n-1 correction): the seeds are a
-//! small sample of possible question subsets and we estimate the spread of that population.
-//! With a single seed it is undefined and reported as `None` rather than 0, which would claim
-//! a certainty the run does not have.
+//! The spread is the standard deviation of `[eval] std` ([`StdConvention`], in the plan):
+//! by default the *sample* std (Bessel's n-1 correction), since the seeds are a small sample of
+//! possible question subsets and we estimate the spread of that population; `population` (n)
+//! is the paper's convention. With a single seed it is undefined and reported as `None` rather
+//! than 0, which would claim a certainty the run does not have.
+
+pub use malt_base::StdConvention;
 
 /// Arithmetic mean; `None` for an empty slice.
 pub fn mean(xs: &[f64]) -> Option<f64> {
@@ -15,12 +18,7 @@ pub fn mean(xs: &[f64]) -> Option<f64> {
 
 /// Sample standard deviation (n-1); `None` for fewer than two values.
 pub fn sample_std(xs: &[f64]) -> Option<f64> {
-    if xs.len() < 2 {
-        return None;
-    }
-    let m = mean(xs)?;
-    let ss: f64 = xs.iter().map(|x| (x - m) * (x - m)).sum();
-    Some((ss / (xs.len() - 1) as f64).sqrt())
+    StdConvention::Sample.std(xs)
 }
 
 #[cfg(test)]

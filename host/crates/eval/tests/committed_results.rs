@@ -1,13 +1,19 @@
 //! The reference experiments committed under `results/`: every `report.json` agrees with its
-//! own per-seed counts (each accuracy is correct / total, each mean and sample std those of the
-//! per-seed accuracies, each paired comparison's difference, counts and p-value follow from its
-//! two rows), its `report.md` is exactly what the report renders to, and every `results/` link
-//! of the README points at a file that exists.
+//! own per-seed counts (each accuracy is correct / total, each mean and std those of the
+//! per-seed accuracies in the report's convention, each paired comparison's difference, counts
+//! and p-values follow from its two rows: the per-pair sign test of a format-2 report, the
+//! distinct-question test and Holm's correction of a format-3 one, which also re-renders from
+//! its stored answers to itself), its `report.md` is exactly what the report renders to, and
+//! every `results/` link of the README points at a file that exists.
+//!
+//! After a change of `report.md`'s wording, `MALT_RENDER_RESULTS=1 cargo test -p malt-eval
+//! --test committed_results` writes every committed `report.md` anew from its `report.json`
+//! (the figures are still checked), for the diff to be reviewed.
 
 use std::path::{Path, PathBuf};
 
-use malt_eval::significance::sign_test;
-use malt_eval::stats::{mean, sample_std};
+use malt_eval::significance::{holm, sign_test};
+use malt_eval::stats::mean;
 use malt_eval::Report;
 
 fn repo() -> PathBuf {
@@ -54,7 +60,7 @@ fn check(path: &Path) {
             "{at}: {}",
             s.id
         );
-        match (s.std_pct, sample_std(&pcts)) {
+        match (s.std_pct, r.plan.std.std(&pcts)) {
             (Some(x), Some(y)) => assert!(close(x, y), "{at}: {}", s.id),
             (x, y) => assert_eq!(x, y, "{at}: {}", s.id),
         }
@@ -92,8 +98,46 @@ fn check(path: &Path) {
             assert!(close(*x, *y), "{at}: {}", c.row);
         }
         assert!(close(c.diff_mean_pct, mean(&diffs).expect("seeds")), "{at}");
-        let p = sign_test(c.reference_only as u64, c.row_only as u64);
-        assert!((c.sign_test_p - p).abs() < 1e-12, "{at}: {}", c.row);
+        match (&c.test, c.sign_test_p) {
+            (Some(t), None) => {
+                let p = sign_test(t.reference_wins as u64, t.row_wins as u64);
+                assert!((t.p - p).abs() < 1e-12, "{at}: {}", c.row);
+                // A question favours a side only if some pair of it does.
+                assert!(t.reference_wins <= c.reference_only, "{at}: {}", c.row);
+                assert!(t.row_wins <= c.row_only, "{at}: {}", c.row);
+                assert!(t.questions <= c.pairs, "{at}: {}", c.row);
+            }
+            (None, Some(p)) => {
+                assert!(
+                    r.format < 3,
+                    "{at}: format {} with a per-pair test",
+                    r.format
+                );
+                let want = sign_test(c.reference_only as u64, c.row_only as u64);
+                assert!((p - want).abs() < 1e-12, "{at}: {}", c.row);
+            }
+            (t, p) => panic!("{at}: {}: test {t:?} and per-pair p {p:?}", c.row),
+        }
+    }
+    let tests: Vec<_> = r
+        .comparisons
+        .iter()
+        .filter_map(|c| c.test.as_ref())
+        .collect();
+    let adjusted = holm(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
+    for (t, h) in tests.iter().zip(adjusted) {
+        assert!((t.holm_p - h).abs() < 1e-12, "{at}: Holm");
+    }
+    if r.format >= 3 {
+        let again = malt_eval::rerender(&r).unwrap_or_else(|e| panic!("{at}: {e}"));
+        let again = Report {
+            format: r.format,
+            ..again
+        };
+        assert!(
+            again == r,
+            "{at} does not re-render from its answers to itself"
+        );
     }
     if let Some(star) = &r.star {
         assert!(star.kept <= star.samples, "{at}");
@@ -104,6 +148,11 @@ fn check(path: &Path) {
         }
     }
     let md = path.with_file_name("report.md");
+    if std::env::var_os("MALT_RENDER_RESULTS").is_some() {
+        std::fs::write(&md, malt_eval::render_markdown(&r))
+            .unwrap_or_else(|e| panic!("{}: {e}", md.display()));
+        return;
+    }
     assert_eq!(
         std::fs::read_to_string(&md).unwrap_or_else(|e| panic!("{}: {e}", md.display())),
         malt_eval::render_markdown(&r),

@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use malt_eval::{
-    majority_vote, report_complete_seeds, run_evaluation, select_subset, AttemptRecord, ChainError,
-    ChainRequest, ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, ReportContext, SplitMix64,
-    System, Turn, RESULTS_FILE,
+    majority_vote, report_complete_seeds, rerender, run_evaluation, select_subset, AttemptRecord,
+    ChainError, ChainRequest, ChainRunner, ChainTrace, EvalError, EvalPlan, Outcome, Report,
+    ReportContext, RoundContext, RoundRow, RoundSummary, SplitMix64, StdConvention, System, Turn,
+    RESULTS_FILE,
 };
 use serde_json::Value;
 
@@ -112,6 +113,7 @@ fn plan(pool: usize, questions: usize, seeds: &[u64]) -> EvalPlan {
             System::untrained_chain(),
             System::trained_chain(),
         ],
+        std: StdConvention::Sample,
     }
 }
 
@@ -169,7 +171,7 @@ fn full_run_figures_are_consistent_with_the_log() {
 
     let json = read_json(&dir.path().join("report.json"));
     assert_eq!(json["manifest"], manifest().manifest);
-    assert_eq!(json["format"], 2);
+    assert_eq!(json["format"], 3);
     for key in [
         "plan",
         "subsets",
@@ -178,6 +180,7 @@ fn full_run_figures_are_consistent_with_the_log() {
         "flips",
         "counts",
         "comparisons",
+        "answers",
     ] {
         assert!(json.get(key).is_some(), "report.json lacks {key}");
     }
@@ -598,6 +601,7 @@ fn paired_comparisons_match_hand_computed_values() {
         seeds: vec![1, 2],
         majority_k: 1,
         systems: vec![System::single(), System::trained_chain()],
+        std: StdConvention::Sample,
     };
     let report = run_evaluation(
         &mut TableRunner,
@@ -615,8 +619,16 @@ fn paired_comparisons_match_hand_computed_values() {
     assert_eq!(c.reference, "trained_chain_mv1");
     // Seed 1: reference-only {2..7} = 6, row-only {8, 9} = 2; seed 2: 6 and {8} = 1.
     assert_eq!((c.pairs, c.reference_only, c.row_only), (20, 12, 3));
-    // n = 15, min = 3: 2 * (1 + 15 + 105 + 455) / 2^15 = 1152 / 32768.
-    assert!((c.sign_test_p - 1152.0 / 32768.0).abs() < 1e-15);
+    assert_eq!(c.sign_test_p, None, "format 3 has no per-pair test");
+    // Both seeds draw all ten questions. Pooled: 2..7 favour the reference twice each (six
+    // questions), 8 favours the row twice and 9 once (two questions), 0 and 1 are ties.
+    let t = c.test.as_ref().expect("format 3 tests over questions");
+    assert_eq!((t.questions, t.reference_wins, t.row_wins), (10, 6, 2));
+    // n = 8, min = 2: 2 * (1 + 8 + 28) / 2^8 = 74 / 256 (per pair: 1152 / 32768 = 0.035).
+    assert!((t.p - 74.0 / 256.0).abs() < 1e-15);
+    // Holm over the three rows: single and single + MV@1 (k = 1: the same answers) at 74/256,
+    // the reference's plain row at 1: 3 * 74/256 for the smallest, raised to it for the second.
+    assert!((t.holm_p - 222.0 / 256.0).abs() < 1e-15);
     // Accuracy differences 80 - 40 and 80 - 30: mean 45, sample std sqrt(50).
     assert_eq!(c.diff_per_seed_pct, vec![40.0, 50.0]);
     assert!((c.diff_mean_pct - 45.0).abs() < 1e-12);
@@ -628,11 +640,130 @@ fn paired_comparisons_match_hand_computed_values() {
         .find(|c| c.row == "trained_chain")
         .expect("plain row compared");
     assert_eq!((own.reference_only, own.row_only), (0, 0));
-    assert_eq!(own.sign_test_p, 1.0);
+    let own = own.test.as_ref().expect("test");
+    assert_eq!(
+        (own.reference_wins, own.row_wins, own.p, own.holm_p),
+        (0, 0, 1.0, 1.0)
+    );
     assert_eq!(report.comparisons.len(), 3, "every row but the reference");
     let md = std::fs::read_to_string(dir.path().join("report.md")).expect("md");
     assert!(
-        md.contains("| Single agent + MV@1 | 20 | 12 | 3 | 45.00 ± 7.07 | 0.0352 |"),
+        md.contains("| Single agent + MV@1 | 10 | 6 | 2 | 45.00 ± 7.07 | 0.2891 | 0.8672 |"),
         "{md}"
+    );
+    assert!(md.contains("mean ± sample std (n-1) over seeds"), "{md}");
+
+    // The paper's convention, re-rendered from report.json alone: differences 40 and 50 have a
+    // population std of 5; the single agent's 40 and 30 too; the reference's 80 and 80, 0.
+    let mut population: Report = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report.json")).expect("json"),
+    )
+    .expect("report");
+    population.plan.std = StdConvention::Population;
+    let population = rerender(&population).expect("rerender");
+    let c = population
+        .comparisons
+        .iter()
+        .find(|c| c.row == "single_mv1")
+        .expect("compared");
+    assert_eq!(c.diff_std_pct, Some(5.0));
+    let row = |id: &str| population.systems.iter().find(|s| s.id == id).expect(id);
+    assert_eq!(row("single").std_pct, Some(5.0));
+    assert_eq!(row("trained_chain_mv1").std_pct, Some(0.0));
+    let turn = &population.per_turn[0].turns[0];
+    assert_eq!(turn.accuracy.as_ref().expect("answers").std_pct, Some(5.0));
+    // Only the stds changed.
+    assert_eq!(c.test, report.comparisons[1].test);
+    let md = malt_eval::render_markdown(&population);
+    assert!(md.contains("mean ± population std (n) over seeds"), "{md}");
+    assert!(
+        md.contains("| Single agent + MV@1 | 10 | 6 | 2 | 45.00 ± 5.00 | 0.2891 | 0.8672 |"),
+        "{md}"
+    );
+}
+
+/// `report.json` alone gives the report back: the rows and comparisons from its final answers,
+/// without the result log.
+#[test]
+fn a_report_re_renders_from_its_json_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let earlier = RoundSummary {
+        round: 1,
+        theta: 0.5,
+        rows: vec![RoundRow {
+            id: "single".into(),
+            label: "Single agent".into(),
+            mean_pct: 12.5,
+            std_pct: Some(1.0),
+        }],
+    };
+    let ctx = ReportContext {
+        round: Some(RoundContext {
+            round: 2,
+            theta: 0.6,
+            earlier: vec![earlier],
+        }),
+        ..manifest()
+    };
+    // 4 seeds of 40 of 100 questions: subsets overlap, so the pooling matters.
+    let plan = plan(100, 40, &[1, 2, 3, 4]);
+    let report =
+        run_evaluation(&mut FakeRunner::default(), &plan, dir.path(), &ctx, false).expect("run");
+    std::fs::remove_file(dir.path().join(RESULTS_FILE)).expect("the log goes");
+    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("json");
+    let stored: Report = serde_json::from_str(&text).expect("report");
+    assert_eq!(stored, report, "report.json holds the whole report");
+    let again = rerender(&stored).expect("rerender");
+    assert_eq!(again, report);
+    assert_eq!(
+        malt_eval::render_markdown(&again),
+        std::fs::read_to_string(dir.path().join("report.md")).expect("md")
+    );
+    let repeats: usize = report
+        .comparisons
+        .iter()
+        .filter_map(|c| c.test.as_ref())
+        .map(|t| report.plan.seeds.len() * report.plan.questions - t.questions)
+        .sum();
+    assert!(repeats > 0, "some question is drawn by two seeds");
+
+    // The answers are what decides: flipping one stored answer changes the re-rendered row.
+    let mut edited = stored.clone();
+    let first = &mut edited.answers[0].per_seed[0][0][0];
+    first.correct = !first.correct;
+    let changed = rerender(&edited).expect("rerender");
+    assert_ne!(
+        changed.systems[0].per_seed[0],
+        report.systems[0].per_seed[0]
+    );
+}
+
+#[test]
+fn re_rendering_needs_the_answers_of_format_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run_evaluation(
+        &mut FakeRunner::default(),
+        &plan(50, 10, &[1, 2]),
+        dir.path(),
+        &manifest(),
+        false,
+    )
+    .expect("run");
+    let old = Report {
+        format: 2,
+        answers: Vec::new(),
+        ..report.clone()
+    };
+    let err = rerender(&old).expect_err("no answers").to_string();
+    assert!(
+        err.contains("format 2 has no final answers") && err.contains("results.jsonl"),
+        "{err}"
+    );
+    let mut short = report.clone();
+    short.answers[1].per_seed[1].pop();
+    let err = rerender(&short).expect_err("a question short").to_string();
+    assert!(
+        err.contains("system `untrained_chain`, seed 2: 9 questions answered, the subset has 10"),
+        "{err}"
     );
 }

@@ -135,6 +135,7 @@ fn plan_for(inputs: &EvalInputs, systems: &[EvalSystem]) -> EvalPlan {
         seeds: eval.seeds.clone(),
         majority_k: eval.majority_k,
         systems: systems.iter().map(plan_system).collect(),
+        std: eval.std,
     }
 }
 
@@ -278,8 +279,12 @@ fn reuse_round_one(
 pub struct EvalInputs {
     /// The round's trained adapters.
     pub adapters: String,
-    #[serde(rename = "config [eval]")]
+    /// Hashed without `std`, which `report` holds.
+    #[serde(rename = "config [eval]", serialize_with = "eval_without_std")]
     pub eval: malt_config::Eval,
+    /// What only the report reads: when nothing else changed, the stage re-aggregates the
+    /// logged attempts instead of discarding them (see [`crate::stage::eval::Eval`]'s `stale`).
+    pub report: ReportInputs,
     /// The agents as sampling sees them (thresholds apart).
     #[serde(rename = "chain shape and sampling")]
     pub chain: ChainSpec,
@@ -301,6 +306,31 @@ pub struct EvalInputs {
     /// For messages only: the held-out file, when the split is one.
     #[serde(skip)]
     pub test_file: Option<std::path::PathBuf>,
+}
+
+/// The inputs of the report alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportInputs {
+    /// `[eval] std`.
+    pub std: malt_eval::StdConvention,
+    /// The layout of `report.json` ([`malt_eval::aggregate::REPORT_FORMAT`]): a new one
+    /// aggregates the logged attempts again.
+    pub format: u32,
+}
+
+/// `[eval]` as the stage record hashes it: every key but `std` (an input of the report alone,
+/// in [`ReportInputs`]), so that the hash of a config without `std` is what it was before the
+/// key existed.
+fn eval_without_std<S: serde::Serializer>(
+    eval: &malt_config::Eval,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let mut v = serde_json::to_value(eval).map_err(serde::ser::Error::custom)?;
+    if let Some(fields) = v.as_object_mut() {
+        fields.remove("std");
+    }
+    v.serialize(s)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

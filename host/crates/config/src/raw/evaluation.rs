@@ -13,6 +13,7 @@ pub(super) fn resolve_eval(raw: RawEval, agents: &[Agent], c: &mut Checker<'_, '
         seeds: raw.seeds.unwrap_or_else(|| vec![0, 1, 2, 3]),
         majority_k: raw.majority_k.unwrap_or(3),
         batch_questions: raw.batch_questions.unwrap_or(8),
+        std: raw.std.unwrap_or_default(),
     };
     check_eval(&eval, c);
     eval

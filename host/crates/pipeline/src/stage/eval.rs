@@ -10,10 +10,13 @@ use super::chain_plugins;
 use super::record::{file_hash, tree_hash};
 use super::star::{star_hash, uses_star};
 use super::{Env, Stage};
-use crate::evaluate::{EvalInputs, RoundsInputs, StarOutputs};
+use crate::evaluate::{EvalInputs, ReportInputs, RoundsInputs, StarOutputs};
 use crate::session::Session;
 
 pub struct Eval;
+
+/// The stage record's name of [`ReportInputs`].
+const REPORT: &str = "report";
 
 impl Eval {
     /// The inputs of round `round`'s evaluation (also what `malt eval --partial` reports from).
@@ -53,6 +56,10 @@ impl Eval {
         };
         Ok(EvalInputs {
             adapters: adapters_hash(round)?,
+            report: ReportInputs {
+                std: cfg.eval.std,
+                format: malt_eval::aggregate::REPORT_FORMAT,
+            },
             eval: cfg.eval.clone(),
             plugins: chain_plugins(s, &chain),
             chain,
@@ -85,9 +92,15 @@ impl Stage for Eval {
     }
 
     /// Logged attempts of other adapters, plugins or settings (or of unknown origin) would be
-    /// mixed into the report.
-    fn stale(round: &RoundLayout, _: &super::record::Decision) -> Vec<PathBuf> {
-        vec![round.eval()]
+    /// mixed into the report; when only the report's inputs changed, the attempts are still
+    /// these inputs' and the run aggregates them again without sampling.
+    fn stale(round: &RoundLayout, decision: &super::record::Decision) -> Vec<PathBuf> {
+        match decision {
+            super::record::Decision::InputsChanged(what) if what.iter().all(|w| w == REPORT) => {
+                Vec::new()
+            }
+            _ => vec![round.eval()],
+        }
     }
 
     fn run(inputs: &EvalInputs, env: &mut Env<'_>, round: &RoundLayout) -> anyhow::Result<()> {
@@ -95,5 +108,33 @@ impl Stage for Eval {
         let report = crate::evaluate::evaluate(inputs, env, round)?;
         print!("{}", malt_eval::render_markdown(&report));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::record::Decision;
+
+    #[test]
+    fn only_a_report_input_keeps_the_logged_attempts() {
+        let round = RoundLayout::at(std::path::Path::new("/runs/x"));
+        let changed = |what: &[&str]| {
+            Eval::stale(
+                &round,
+                &Decision::InputsChanged(what.iter().map(|w| w.to_string()).collect()),
+            )
+        };
+        assert!(changed(&[REPORT]).is_empty());
+        assert_eq!(changed(&[REPORT, "config [eval]"]), vec![round.eval()]);
+        assert_eq!(changed(&["adapters"]), vec![round.eval()]);
+        assert_eq!(Eval::stale(&round, &Decision::New), vec![round.eval()]);
+        // The name the record gives the field.
+        let inputs = serde_json::to_value(ReportInputs {
+            std: malt_eval::StdConvention::Population,
+            format: 3,
+        })
+        .expect("serialise");
+        assert_eq!(inputs["std"], "population");
     }
 }
