@@ -4,9 +4,10 @@
 //!
 //! - A: one uninterrupted run; B: killed (SIGKILL) during generation and again during training,
 //!   then resumed to completion. Every tree is stored once and B's report equals A's.
-//! - report.json: every default system (single, untrained, STaR, MALT, the three ablations),
-//!   per-turn accuracy, flips, per-seed values, paired comparisons, and figures that agree
-//!   with each other and with the logged attempts; STaR's data count as its files hold it.
+//! - report.json: every default system (the paper's Tables 1, 4 and 5), per-turn accuracy,
+//!   flips, per-seed values, paired comparisons, and figures that agree with each other and
+//!   with the logged attempts; STaR's data count as its files and stats.json hold it; each
+//!   table's rows equal by common random numbers the turns they must share.
 //! - Common random numbers: a no-agents-trained system evaluated alone by another process
 //!   gives the untrained chain's attempts exactly.
 //! - A second `malt run` skips every stage; an edited theta re-runs credit, train and eval
@@ -51,6 +52,7 @@ fn pipeline_runs_resumes_skips_and_matches() {
     assert_eq!(a_ids.len(), 8);
     check_datasets(&a_run);
     check_report(&a_run);
+    check_common_random_numbers(&a_run);
     let t_a = t0.elapsed();
 
     // Common random numbers: a system with no agent trained, evaluated alone by another
@@ -172,8 +174,13 @@ fn pipeline_runs_resumes_skips_and_matches() {
         edited.contains("train: inputs changed (datasets)"),
         "{edited}"
     );
+    // STaR trains on the generator's positives, which the new theta changed.
     assert!(
-        edited.contains("eval: inputs changed (adapters)"),
+        edited.contains("star: inputs changed (first agent's sft.jsonl)"),
+        "{edited}"
+    );
+    assert!(
+        edited.contains("eval: inputs changed (STaR, adapters)"),
         "{edited}"
     );
     assert_eq!(question_ids(&a_run), a_ids);
@@ -318,11 +325,14 @@ fn merging_model() -> malt_model::Model {
 }
 
 /// Token fidelity: the ids a tree stores for a node are exactly what SFT trains on after the
-/// prompt's ids (with EOS appended only where sampling did not end on a stop token), even where
-/// re-encoding the node's text would give other ids.
+/// prompt's ids (with EOS appended only where sampling neither ended on a stop token nor was
+/// cut at the length limit), even where re-encoding the node's text would give other ids.
 #[test]
 fn sft_trains_on_exactly_the_ids_the_trees_stored() {
-    use malt_tree::{AgentSpec, ChainSpec, CreditSettings, Manifest, PairMode, Pooling, RunWriter};
+    use malt_tree::{
+        AgentSpec, ChainSpec, CreditSettings, FinishReason, Manifest, PairMode, Pooling, RunWriter,
+        TruncatedPolicy,
+    };
     let model = merging_model();
     let dir = tempfile::tempdir().unwrap();
     let mut agent = AgentSpec::new("generator", "generator", "fake", 6);
@@ -333,7 +343,8 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
         theta: 0.5,
         pooling: Pooling::Global,
         pairs: PairMode::All,
-        ..Default::default()
+        // Cut outputs too: the test is about which ids train, and an EOS after a cut one.
+        truncated: TruncatedPolicy::Keep,
     };
     let manifest = Manifest::new(
         "test",
@@ -366,7 +377,7 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
     let trees = malt_tree::read_trees(&dir.path().join("trees.jsonl"))
         .unwrap()
         .trees;
-    let node_ids: BTreeMap<(String, usize), (Vec<u32>, String)> = trees
+    let node_ids: BTreeMap<(String, usize), (Vec<u32>, String, bool)> = trees
         .iter()
         .flat_map(|t| {
             t.nodes.iter().enumerate().map(|(i, n)| {
@@ -379,7 +390,8 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
                     "node {i} of {} has no finish reason",
                     t.question_id
                 );
-                ((t.question_id.clone(), i), (ids, n.output.clone()))
+                let cut = n.finish == Some(FinishReason::Length);
+                ((t.question_id.clone(), i), (ids, n.output.clone(), cut))
             })
         })
         .collect();
@@ -389,18 +401,21 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
     let items = malt_train::data::tokenize_sft(&tok, &file.records, 4096).unwrap();
     let text = std::fs::read_to_string(&sft_path).unwrap();
     assert_eq!(items.len(), node_ids.len(), "every node is a positive");
-    let (mut non_canonical, mut ended) = (0, 0);
+    let (mut non_canonical, mut ended, mut cut_count) = (0, 0, 0);
     for (line, item) in text.lines().zip(&items) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let key = (
             v["meta"]["question_id"].as_str().unwrap().to_owned(),
             v["meta"]["node"].as_u64().unwrap() as usize,
         );
-        let (stored, output) = &node_ids[&key];
+        let (stored, output, cut) = &node_ids[&key];
         let trained = &item.seq.ids[item.seq.prompt_len..];
         let mut want = stored.clone();
         if stored.last() == Some(&2) {
             ended += 1;
+        } else if *cut {
+            cut_count += 1;
+            assert_eq!(v["completion_truncated"], true, "{key:?}");
         } else {
             want.push(2);
         }
@@ -420,9 +435,11 @@ fn sft_trains_on_exactly_the_ids_the_trees_stored() {
         non_canonical > 0,
         "no sampled output re-encodes differently"
     );
+    // And only if some outputs were cut (no EOS trained after them) and some were not.
+    assert!(cut_count > 0 && cut_count < items.len(), "{cut_count} cut");
     eprintln!(
         "{} SFT examples, {non_canonical} of them not the canonical encoding of their text, \
-         {ended} ended on the stop token",
+         {ended} ended on the stop token, {cut_count} cut at max_new_tokens",
         items.len()
     );
 }
@@ -563,13 +580,13 @@ fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
             "a plugin's bytes",
             Box::new(plugin_bytes),
             None,
-            &["generate", "credit", "star", "eval"],
+            &["generate", "credit", "eval"],
         ),
         (
             "a plugin's options",
             Box::new(|| edit("target = \"even\"", "target = \"odd\"")),
             None,
-            &["generate", "credit", "star", "eval"],
+            &["generate", "credit", "eval"],
         ),
         (
             "[eval] questions",
@@ -593,7 +610,7 @@ fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
             "[dataset] train",
             Box::new(|| edit("train = 8", "train = 7")),
             None,
-            &["generate", "star", "eval"],
+            &["generate", "eval"],
         ),
         (
             "[run] seed",
@@ -602,10 +619,22 @@ fn stage_inputs_change_with_what_each_stage_reads_and_only_then() {
             &["generate", "train", "star", "eval"],
         ),
         (
-            "[star] samples",
-            Box::new(|| format!("{base}\n[star]\nsamples = 5\n")),
+            "[star] data",
+            Box::new(|| format!("{base}\n[star]\ndata = \"sample\"\n")),
             None,
             &["star", "eval"],
+        ),
+        (
+            "[credit] truncated",
+            Box::new(|| edit("truncated = \"keep\"", "truncated = \"exclude\"")),
+            None,
+            &["credit"],
+        ),
+        (
+            "[train.dpo] lora_dropout",
+            Box::new(|| edit("[train.dpo]\n", "[train.dpo]\nlora_dropout = true\n")),
+            None,
+            &["train", "star"],
         ),
     ];
     for (what, text, dtype, want) in &cases {

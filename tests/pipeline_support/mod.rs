@@ -74,6 +74,9 @@ temperature = 1.0
 
 [credit]
 theta = {theta}
+# The random model rarely samples its end token: nearly every output stops at max_new_tokens.
+# Kept (without an EOS) so that every agent has data; the default leaves cut outputs out.
+truncated = "keep"
 
 [train.lora]
 rank = 4
@@ -255,16 +258,31 @@ pub fn stage_status(run: &Path, stage: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The systems of the default `[eval] systems` for the G -> V -> R chain.
-pub const SYSTEMS: [&str; 7] = [
+/// The systems of the default `[eval] systems` for the G -> V -> R chain: the paper's Table 1,
+/// Table 4 (one agent on the base model) and Table 5 (roles removed).
+pub const SYSTEMS: [&str; 11] = [
     "single",
     "untrained_chain",
     "star",
+    "star_chain",
     "trained_chain",
-    "trained_generator",
-    "trained_generator_verifier",
-    "trained_generator_refiner_skip_verifier",
+    "untrained_generator",
+    "untrained_verifier",
+    "untrained_refiner",
+    "only_generator",
+    "generator_verifier",
+    "generator_refiner",
 ];
+
+/// The agents a default system removes from the chain.
+fn skipped_agents(system: &str) -> &'static [&'static str] {
+    match system {
+        "only_generator" => &["verifier", "refiner"],
+        "generator_verifier" => &["refiner"],
+        "generator_refiner" => &["verifier"],
+        _ => &[],
+    }
+}
 
 /// Structure and internal consistency of a finished run's report.
 pub fn check_report(run: &Path) {
@@ -368,10 +386,10 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
             if let Some(a) = &t.accuracy {
                 assert_eq!(a.per_seed_pct.len(), plan.seeds.len());
             }
-            // The G+R ablation skips the verifier: an empty turn that answers nothing.
+            // Table 5's systems remove agents: an empty turn that answers nothing.
             assert_eq!(
                 t.skipped,
-                vt.system.ends_with("skip_verifier") && t.agent == "verifier",
+                skipped_agents(&vt.system).contains(&t.agent.as_str()),
                 "{} turn {}",
                 vt.system,
                 t.turn
@@ -379,12 +397,37 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
         }
     }
     assert_eq!(rep.per_turn.len(), systems.len());
-    for r in records
+    // Cut outputs per system and turn, as the logged attempts mark them.
+    for vt in &rep.per_turn {
+        for t in &vt.turns {
+            let cut = records
+                .iter()
+                .filter(|r| r.system == vt.system)
+                .filter(|r| r.turns.get(t.turn).is_some_and(|x| x.truncated))
+                .count();
+            assert_eq!(t.truncated, Some(cut), "{} turn {}", vt.system, t.turn);
+        }
+    }
+    // The random model stops at max_new_tokens almost always: the counts are not all zero.
+    assert!(rep
+        .per_turn
         .iter()
-        .filter(|r| r.system.ends_with("skip_verifier"))
-    {
-        if let Some(v) = r.turns.get(1) {
-            assert!(v.skipped && v.output.is_empty(), "{r:?}");
+        .flat_map(|v| &v.turns)
+        .any(|t| t.truncated > Some(0)));
+    // Every evaluated system has a training budget; the trained ones sampled the trees.
+    assert_eq!(rep.budgets.len(), systems.len());
+    for b in &rep.budgets {
+        let trains = !matches!(b.system.as_str(), "single" | "untrained_chain" | "none");
+        assert_eq!(b.optimizer_steps > 0, trains, "{b:?}");
+        assert_eq!(b.sampled_tokens > 0, trains, "{b:?}");
+    }
+    for r in &records {
+        for t in r
+            .turns
+            .iter()
+            .filter(|t| skipped_agents(&r.system).contains(&t.agent.as_str()))
+        {
+            assert!(t.skipped && t.output.is_empty(), "{r:?}");
         }
     }
 
@@ -467,15 +510,21 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
         let sft = lines(&run.join("star/datasets/generator/sft.jsonl"));
         assert!(sft > 0, "STaR kept no sample");
         assert_eq!(star.kept, sft);
-        assert_eq!(star.data, "sampled");
+        // The paper's STaR: the generator's tree outputs whose value exceeds theta, exactly
+        // the MALT generator's SFT set, as many as stats.json counts.
+        assert_eq!(star.data, "trees");
+        assert_eq!(sft, lines(&run.join("datasets/generator/sft.jsonl")));
+        let stats: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("stats.json")).unwrap())
+                .unwrap();
+        let g = &stats["agents"][0];
+        assert_eq!(Some(sft as u64), g["sft"].as_u64());
+        // The test config keeps cut outputs: every positive is in the set.
+        assert_eq!(g["sft"], g["positives"]);
         assert_eq!(star.questions, 8);
-        // As many samples per question as one 3-3-3 tree holds.
-        assert_eq!(star.samples, 8 * 39);
-        assert!(
-            star.source.contains("39 samples per question"),
-            "{}",
-            star.source
-        );
+        // The generator's outputs it chose from: 3 per question.
+        assert_eq!(star.samples, 8 * 3);
+        assert!(star.source.contains("propagated value"), "{}", star.source);
         // As many optimiser steps as the MALT generator's SFT.
         let complete: Value = serde_json::from_str(
             &std::fs::read_to_string(run.join("train/generator/sft/complete.json")).unwrap(),
@@ -531,6 +580,74 @@ pub fn check_datasets(run: &Path) {
         assert!(
             malt_train::final_adapter_dir(run, agent).is_some(),
             "{agent}: no trained adapter"
+        );
+    }
+}
+
+/// The turns of system `id`'s attempts, by (seed, question, attempt).
+fn turns_of(
+    records: &[AttemptRecord],
+    id: &str,
+) -> BTreeMap<(u64, usize, u32), Vec<malt_eval::Turn>> {
+    records
+        .iter()
+        .filter(|r| r.system == id)
+        .map(|r| ((r.seed, r.example_idx, r.attempt), r.turns.clone()))
+        .collect()
+}
+
+/// Common random numbers across the paper's tables: every system samples with the same seeds,
+/// so two systems that run the same weights on the same history produce the same turn. Each
+/// default system is checked against the one it must equal there:
+/// - STaR (SA, from the trees) trains on the MALT generator's SFT set for as many steps: its
+///   adapter and every attempt equal Table 5's "generator only";
+/// - multi-agent STaR's generator turn is MALT's (an SFT-only generator has one adapter);
+/// - Table 4: the turns before the untrained agent are MALT's, an untrained generator's is the
+///   untrained chain's;
+/// - Table 5: G + V's turns are MALT's first two (its verifier's stated answer aside), G + R's
+///   generator turn is MALT's.
+pub fn check_common_random_numbers(run: &Path) {
+    let records: Vec<AttemptRecord> = std::fs::read_to_string(run.join("eval/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let adapter = |dir: &Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        adapter(&run.join("star/adapters/generator/sft")),
+        adapter(&run.join("adapters/generator/sft")),
+        "STaR from the trees is not the MALT generator's SFT"
+    );
+    let same_turns = |a: &str, b: &str, turns: std::ops::Range<usize>, outcome: bool| {
+        let (x, y) = (turns_of(&records, a), turns_of(&records, b));
+        assert!(!x.is_empty() && x.len() == y.len(), "{a} vs {b}");
+        for (k, tx) in &x {
+            let ty = &y[k];
+            for t in turns.clone() {
+                assert_eq!(tx[t].output, ty[t].output, "{a} vs {b}, turn {t} of {k:?}");
+                if outcome {
+                    assert_eq!(
+                        tx[t].outcome, ty[t].outcome,
+                        "{a} vs {b}, turn {t} of {k:?}"
+                    );
+                }
+            }
+        }
+    };
+    same_turns("star", "only_generator", 0..1, true);
+    same_turns("star_chain", "trained_chain", 0..1, true);
+    same_turns("untrained_generator", "untrained_chain", 0..1, true);
+    same_turns("untrained_verifier", "trained_chain", 0..1, true);
+    same_turns("untrained_refiner", "trained_chain", 0..2, true);
+    same_turns("generator_verifier", "trained_chain", 0..2, false);
+    same_turns("generator_refiner", "trained_chain", 0..1, true);
+    // The multi-agent STaR's later agents have an SFT adapter apart from MALT's final (DPO)
+    // one; which of them a system runs is `system_setup`'s unit test.
+    for agent in ["verifier", "refiner"] {
+        assert_ne!(
+            adapter(&run.join(format!("adapters/{agent}/sft"))),
+            adapter(&run.join(format!("adapters/{agent}/dpo"))),
+            "{agent}"
         );
     }
 }

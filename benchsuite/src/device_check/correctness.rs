@@ -198,7 +198,13 @@ fn lora_step(m: &Model, phase: &str, seed: u64) -> Result<(f64, Vec<f32>, [usize
     let l = if phase == "sft" {
         let seqs = sequences(vocab, &[(5, 11), (8, 6)], 21);
         let batch = TokenBatch::new(&seqs.iter().collect::<Vec<_>>(), 0);
-        let logits = policy.target_logits(&batch, Some(&a), Mode::Train { dropout_seed: Some(0) })?;
+        let logits = policy.target_logits(
+            &batch,
+            Some(&a),
+            Mode::Train {
+                dropout_seed: Some(0),
+            },
+        )?;
         let lp = loss::token_logprobs(&logits, &batch.targets)?;
         (lp.sum_all()?.neg()? / batch.num_targets() as f64)?
     } else {
@@ -210,7 +216,12 @@ fn lora_step(m: &Model, phase: &str, seed: u64) -> Result<(f64, Vec<f32>, [usize
             let logits = policy.target_logits(&batch, adapter, mode)?;
             loss::sequence_sums(&batch, &loss::token_logprobs(&logits, &batch.targets)?)
         };
-        let pi = sums(Some(&a), Mode::Train { dropout_seed: Some(0) })?;
+        let pi = sums(
+            Some(&a),
+            Mode::Train {
+                dropout_seed: Some(0),
+            },
+        )?;
         let reference = sums(None, Mode::Eval)?.detach();
         let s = DpoSettings {
             beta: 0.2,

@@ -13,10 +13,15 @@ const MARGIN_LEFT: f64 = 72.0;
 const MARGIN_RIGHT: f64 = 24.0;
 const MARGIN_BOTTOM: f64 = 72.0;
 const FONT: &str = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
-/// Okabe-Ito palette: distinguishable under the common colour-vision deficiencies.
-const PALETTE: [&str; 8] = [
+/// Okabe-Ito's eight colours (distinguishable under the common colour-vision deficiencies),
+/// then four of Paul Tol's muted scheme, so a dozen series (a report's chain systems) keep
+/// distinct colours.
+const PALETTE: [&str; 12] = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+    "#882255", "#44AA99", "#999933", "#AA4499",
 ];
+/// Vertical space of one legend entry.
+const LEGEND_ROW: f64 = 20.0;
 
 /// Escapes text for use in XML content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -145,13 +150,17 @@ impl Frame {
 }
 
 fn open(out: &mut String, title: &str, width: f64) {
+    open_sized(out, title, width, HEIGHT)
+}
+
+fn open_sized(out: &mut String, title: &str, width: f64, height: f64) {
     let _ = write!(
         out,
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{HEIGHT}\" \
-         viewBox=\"0 0 {width} {HEIGHT}\" {FONT}>\n\
+         <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" {FONT}>\n\
          <title>{t}</title>\n\
-         <rect x=\"0\" y=\"0\" width=\"{width}\" height=\"{HEIGHT}\" fill=\"white\"/>\n\
+         <rect x=\"0\" y=\"0\" width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n\
          <text x=\"{cx}\" y=\"30\" text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\">{t}</text>\n",
         t = escape(title),
         cx = width / 2.0,
@@ -330,13 +339,21 @@ pub fn line_chart(chart: &LineChart) -> String {
         .map(|s| s.name.chars().count())
         .max()
         .unwrap_or(0);
+    // The legend keeps every name whole (about 7 px a character at 12 px) and grows the
+    // picture downwards when it has more entries than the plot is tall.
     let legend_w = if chart.series.is_empty() {
         0.0
     } else {
-        (legend_chars as f64 * 7.0 + 48.0).min(260.0)
+        legend_chars as f64 * 7.0 + 48.0
     };
+    let legend_h = MARGIN_TOP + 10.0 + LEGEND_ROW * chart.series.len() as f64 + 10.0;
     let mut out = String::new();
-    open(&mut out, &chart.title, WIDTH + legend_w);
+    open_sized(
+        &mut out,
+        &chart.title,
+        WIDTH + legend_w,
+        HEIGHT.max(legend_h),
+    );
     let f = Frame {
         x0: MARGIN_LEFT,
         x1: WIDTH - MARGIN_RIGHT,
@@ -426,7 +443,7 @@ pub fn line_chart(chart: &LineChart) -> String {
                 );
             }
         }
-        let ly = f.y0 + 10.0 + 20.0 * i as f64;
+        let ly = f.y0 + 10.0 + LEGEND_ROW * i as f64;
         let lx = f.x1 + 16.0;
         let _ = writeln!(
             out,

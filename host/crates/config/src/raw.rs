@@ -337,10 +337,10 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let sandbox = setup::resolve_sandbox(raw.sandbox, &mut c);
     let credit = chain::resolve_credit(raw.credit, &mut c);
     let agents = chain::resolve_agents(raw.agents, &raw.train, &dataset, &plugins, &credit, &mut c);
-    let eval = evaluation::resolve_eval(raw.eval, &agents, &mut c);
+    let star = resolve_star(raw.star, &mut c);
+    let eval = evaluation::resolve_eval(raw.eval, &agents, star.data, &mut c);
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
-    let star = resolve_star(raw.star, &mut c);
     let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
 
     let config = Config {

@@ -492,8 +492,11 @@ pub enum SystemKind {
     Single,
     /// The whole chain on the base model.
     Untrained,
-    /// The first agent alone with the STaR adapter (`[star]`).
+    /// The first agent alone with the STaR adapter (`[star]`): the paper's single-agent STaR.
     Star,
+    /// The whole chain with each agent's adapter after SFT on its positives and before any
+    /// DPO: the paper's multi-agent STaR (Table 1, "STaR Training / MA").
+    StarChain,
     /// The whole chain with every agent's trained adapter (MALT).
     Malt,
     /// The chain with the adapters of `trained` only; the other agents run on the base model,
@@ -510,7 +513,7 @@ impl SystemKind {
     pub fn uses_adapters(&self) -> bool {
         match self {
             SystemKind::Single | SystemKind::Untrained => false,
-            SystemKind::Star | SystemKind::Malt => true,
+            SystemKind::Star | SystemKind::StarChain | SystemKind::Malt => true,
             SystemKind::Trained { trained, .. } => !trained.is_empty(),
         }
     }
@@ -538,9 +541,11 @@ impl Default for Star {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StarData {
-    /// Its own samples from the single model (per round: the previous round's STaR model).
+    /// Rejection sampling (Zelikman et al.): its own samples from the single model (per round:
+    /// the previous round's STaR model), kept when their own answer is right.
     Sample,
-    /// The generator outputs of the stored trees.
+    /// The paper's: the first agent's outputs of the round's trees whose propagated value
+    /// exceeds theta, i.e. the MALT generator's own SFT set (the default).
     Trees,
 }
 

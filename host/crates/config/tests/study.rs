@@ -38,35 +38,80 @@ fn ids(c: &Config) -> Vec<&str> {
 }
 
 #[test]
-fn defaults_are_the_papers_table_and_ablations() {
+fn defaults_are_the_papers_tables() {
     let c = parse(GVR);
     assert_eq!(
         ids(&c),
         [
+            // Table 1
             "single",
             "untrained_chain",
             "star",
+            "star_chain",
             "trained_chain",
-            "trained_generator",
-            "trained_generator_verifier",
-            "trained_generator_refiner_skip_verifier",
+            // Table 4: one agent on the base model
+            "untrained_generator",
+            "untrained_verifier",
+            "untrained_refiner",
+            // Table 5: roles removed
+            "only_generator",
+            "generator_verifier",
+            "generator_refiner",
         ]
     );
-    let gr = &c.eval.systems[6];
+    let kind = |id: &str| &c.eval.systems.iter().find(|s| s.id == id).unwrap().kind;
+    let trained = |t: &[&str], s: &[&str]| SystemKind::Trained {
+        trained: t.iter().map(|x| x.to_string()).collect(),
+        skip: s.iter().map(|x| x.to_string()).collect(),
+    };
+    assert_eq!(kind("star"), &SystemKind::Star);
+    assert_eq!(kind("star_chain"), &SystemKind::StarChain);
     assert_eq!(
-        gr.kind,
-        SystemKind::Trained {
-            trained: vec!["generator".into(), "refiner".into()],
-            skip: vec!["verifier".into()],
-        }
+        kind("untrained_verifier"),
+        &trained(&["generator", "refiner"], &[])
     );
-    assert_eq!(gr.label, "generator + refiner trained, verifier skipped");
-    assert_eq!(c.eval.systems[4].label, "Only generator trained");
-    assert_eq!(c.star.data, StarData::Sample);
+    assert_eq!(
+        kind("only_generator"),
+        &trained(&["generator"], &["verifier", "refiner"])
+    );
+    assert_eq!(
+        kind("generator_verifier"),
+        &trained(&["generator", "verifier"], &["refiner"])
+    );
+    assert_eq!(
+        kind("generator_refiner"),
+        &trained(&["generator", "refiner"], &["verifier"])
+    );
+    let label = |id: &str| {
+        c.eval
+            .systems
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap()
+            .label
+            .clone()
+    };
+    assert_eq!(
+        label("star"),
+        "STaR (SA): first agent, SFT on the trees' positives"
+    );
+    assert_eq!(
+        label("untrained_refiner"),
+        "Table 4: refiner on the base model, the others MALT-trained"
+    );
+    assert!(label("generator_verifier").starts_with("Table 5: generator + verifier (no refiner;"));
+    assert_eq!(c.star.data, StarData::Trees);
     assert_eq!(c.star.steps, StarSteps::Generator);
     assert_eq!((c.rounds.count, c.rounds.theta_of(1)), (1, None));
 
-    // A two-agent chain: no G+V / G+R rows; one agent: no untrained chain either.
+    // Own-sampling STaR is labelled as such.
+    let sampled = parse(&format!("{GVR}\n[star]\ndata = \"sample\"\n"));
+    assert!(sampled.eval.systems[2]
+        .label
+        .starts_with("STaR (SA, own samples)"));
+
+    // A two-agent chain: Table 4 for both agents, Table 5's "only" row, no G+V / G+R rows; one
+    // agent: no untrained chain, multi-agent STaR or ablation either.
     let two = parse(&GVR.replace("[[agents]]\nname = \"verifier\"\n", ""));
     assert_eq!(
         ids(&two),
@@ -74,8 +119,11 @@ fn defaults_are_the_papers_table_and_ablations() {
             "single",
             "untrained_chain",
             "star",
+            "star_chain",
             "trained_chain",
-            "trained_generator"
+            "untrained_generator",
+            "untrained_refiner",
+            "only_generator",
         ]
     );
     let one = parse(&GVR.replace(

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use malt_eval::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
 use malt_model::{LoraAdapter, Model};
-use malt_tree::{take_turn, AgentSpec, ChainSpec, Example, TurnAt, TurnInput, TurnOutput};
+use malt_tree::{
+    take_turn, AgentSpec, ChainSpec, Example, ScoreItem, TurnAt, TurnInput, TurnOutput,
+};
 
 use super::{ModelSampler, PluginScorer};
 
@@ -33,6 +35,8 @@ pub enum Weights {
     Malt,
     /// The STaR adapter (the first agent only).
     Star,
+    /// The agent's adapter after SFT on its positives, before DPO (multi-agent STaR).
+    Sft,
 }
 
 impl Weights {
@@ -41,6 +45,7 @@ impl Weights {
             Weights::Base => "base",
             Weights::Malt => "malt",
             Weights::Star => "star",
+            Weights::Sft => "sft",
         }
     }
 }
@@ -68,12 +73,18 @@ pub struct Adapters {
     pub malt: Vec<(String, LoraAdapter)>,
     /// The STaR adapter of the first agent.
     pub star: Option<LoraAdapter>,
+    /// Per agent name, its adapter after SFT and before DPO (agents trained by SFT only need
+    /// none: their MALT adapter is it).
+    pub sft: Vec<(String, LoraAdapter)>,
 }
 
 impl Adapters {
     /// Only MALT adapters (serving, one-round runs without STaR).
     pub fn malt(malt: Vec<(String, LoraAdapter)>) -> Self {
-        Adapters { malt, star: None }
+        Adapters {
+            malt,
+            ..Default::default()
+        }
     }
 }
 
@@ -95,6 +106,8 @@ pub struct ModelChainRunner<'m, 's> {
     batch: Option<(u64, Vec<usize>)>,
     /// The batch's traces after each computed plan prefix, one per lane (question x attempt).
     prefixes: BTreeMap<Vec<TurnPlan>, Traces>,
+    /// The sampler keys that have an adapter.
+    loaded: Vec<String>,
 }
 
 /// One pass to compute: question `example_idx`, attempt `attempt`.
@@ -106,10 +119,9 @@ struct Lane {
 
 impl<'m, 's> ModelChainRunner<'m, 's> {
     /// `pool` is the held-out split; `adapters` the trained adapters; `systems` what each
-    /// system id runs. A `Malt` turn of an agent without an adapter runs on the base model (an
-    /// agent left untrained keeps the base model in the trained chain), and so does a `Star`
-    /// turn without the STaR adapter. Without [`Self::with_batches`], each question is its own
-    /// batch.
+    /// system id runs. A system that asks for an adapter the runner lacks fails when it is run
+    /// (it never runs on the base model under a trained label). Without
+    /// [`Self::with_batches`], each question is its own batch.
     pub fn new(
         model: &'m Model,
         chain: ChainSpec,
@@ -120,39 +132,24 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
         systems: Vec<SystemSetup>,
     ) -> Self {
         let mut sampler = ModelSampler::new(model);
-        let mut with_malt = Vec::new();
-        for (agent, a) in adapters.malt {
-            sampler = sampler.with_adapter(&sampler_key(Weights::Malt, &agent), a);
-            with_malt.push(agent);
-        }
+        let mut loaded = Vec::new();
         let first = chain.agents.first().map(|a| a.name.clone());
-        let has_star = adapters.star.is_some();
-        if let (Some(a), Some(first)) = (adapters.star, &first) {
-            sampler = sampler.with_adapter(&sampler_key(Weights::Star, first), a);
-        }
-        // Normalise: a turn whose adapter is missing is a base turn, so it is shared with the
-        // base systems' turns instead of computed again.
-        let systems = systems
+        let star = adapters
+            .star
+            .and_then(|a| Some((first.clone()?, a)))
+            .map(|(agent, a)| (Weights::Star, agent, a));
+        let all = (adapters
+            .malt
             .into_iter()
-            .map(|s| {
-                let turns = s
-                    .turns
-                    .iter()
-                    .zip(&chain.agents)
-                    .enumerate()
-                    .map(|(pos, (&t, agent))| match t {
-                        TurnPlan::Run(Weights::Malt) if !with_malt.contains(&agent.name) => {
-                            TurnPlan::Run(Weights::Base)
-                        }
-                        TurnPlan::Run(Weights::Star) if pos > 0 || !has_star => {
-                            TurnPlan::Run(Weights::Base)
-                        }
-                        other => other,
-                    })
-                    .collect();
-                (s.id, turns)
-            })
-            .collect();
+            .map(|(n, a)| (Weights::Malt, n, a)))
+        .chain(adapters.sft.into_iter().map(|(n, a)| (Weights::Sft, n, a)))
+        .chain(star);
+        for (w, agent, a) in all {
+            let key = sampler_key(w, &agent);
+            sampler = sampler.with_adapter(&key, a);
+            loaded.push(key);
+        }
+        let systems = systems.into_iter().map(|s| (s.id, s.turns)).collect();
         ModelChainRunner {
             chain,
             pool,
@@ -163,7 +160,28 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
             batches: BTreeMap::new(),
             batch: None,
             prefixes: BTreeMap::new(),
+            loaded,
         }
+    }
+
+    /// Why `plan` cannot run here: a turn on an adapter the runner was not given.
+    fn missing_adapter(&self, system: &str, plan: &[TurnPlan]) -> Option<String> {
+        plan.iter()
+            .zip(&self.chain.agents)
+            .find_map(|(t, agent)| match t {
+                TurnPlan::Run(w) if *w != Weights::Base => {
+                    let key = sampler_key(*w, &agent.name);
+                    (!self.loaded.contains(&key)).then(|| {
+                        format!(
+                        "system `{system}` runs {} on its {} adapter, which this round does not \
+                         have",
+                        agent.name,
+                        w.key()
+                    )
+                    })
+                }
+                _ => None,
+            })
     }
 
     /// Group each seed's subset (as `EvalPlan::subsets` returns it) into batches of
@@ -258,6 +276,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                             output: String::new(),
                             outcome: Outcome::NoAnswer,
                             skipped: true,
+                            truncated: false,
                         });
                     }
                 }
@@ -332,7 +351,11 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                     completions: Ok(mut c),
                     ..
                 } => {
-                    texts.push(c.pop().map(|c| c.text).unwrap_or_default());
+                    let c = c.pop();
+                    let cut = c
+                        .as_ref()
+                        .is_some_and(|c| c.finish == Some(malt_tree::FinishReason::Length));
+                    texts.push((c.map(|c| c.text).unwrap_or_default(), cut));
                     answered.push((i, j));
                 }
             }
@@ -344,7 +367,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
         } else {
             texts.iter().map(|_| Ok(Outcome::NoAnswer)).collect()
         };
-        for ((text, outcome), &(i, _)) in texts.into_iter().zip(outcomes).zip(&answered) {
+        for (((text, cut), outcome), &(i, _)) in texts.into_iter().zip(outcomes).zip(&answered) {
             match outcome {
                 Ok(outcome) => {
                     if let Ok(t) = &mut traces[i] {
@@ -353,6 +376,7 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
                             output: text,
                             outcome,
                             skipped: false,
+                            truncated: cut,
                         });
                     }
                 }
@@ -362,19 +386,64 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
         Ok(())
     }
 
-    /// Extracts and grades `texts[i]` against `examples[i]` (malt-tree's
-    /// [`malt_tree::extract_and_grade`], as tree scoring does); an answer is correct only with
-    /// the full reward, since evaluation is exact-match accuracy.
+    /// A chain cut short after an agent that does not answer (Table 5's G + V: the refiner
+    /// removed, the verifier last) ends on that agent's answer when it states one, and on the
+    /// earlier answer otherwise (a critique that finds no error keeps the generator's answer).
+    /// Without this rule the verifier's turn could never change the result, and G + V would
+    /// only repeat "G only".
+    fn closing_answer(
+        &mut self,
+        plan: &[TurnPlan],
+        example_idx: usize,
+        mut trace: ChainTrace,
+    ) -> Result<ChainTrace, ChainError> {
+        let Some(last) = plan.iter().rposition(|t| matches!(t, TurnPlan::Run(_))) else {
+            return Ok(trace);
+        };
+        let cut_short = last + 1 < self.chain.agents.len();
+        let agent = self.chain.agents[last].clone();
+        let Some(turn) = trace.turns.get_mut(last) else {
+            return Ok(trace);
+        };
+        if !cut_short || agent.produces_answer() || turn.skipped {
+            return Ok(trace);
+        }
+        let example = self
+            .pool
+            .get(example_idx)
+            .cloned()
+            .ok_or_else(|| ChainError::Fatal(format!("no held-out question {example_idx}")))?;
+        let text = (turn.output.clone(), turn.truncated);
+        match self
+            .grade(&agent, &[&example], std::slice::from_ref(&text))
+            .pop()
+        {
+            Some(Ok(outcome @ Outcome::Answer { .. })) => turn.outcome = outcome,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ChainError::Item(format!("{}: {e}", agent.name))),
+            None => {}
+        }
+        Ok(trace)
+    }
+
+    /// Extracts and grades each (text, cut at the length limit) of `texts` against
+    /// `examples[i]` (malt-tree's [`malt_tree::extract_and_grade`], as tree scoring does, cut
+    /// outputs included); an answer is correct only with the full reward, since evaluation is
+    /// exact-match accuracy.
     fn grade(
         &mut self,
         agent: &AgentSpec,
         examples: &[&Example],
-        texts: &[String],
+        texts: &[(String, bool)],
     ) -> Vec<Result<Outcome, String>> {
-        let items: Vec<(&str, &Example)> = texts
+        let items: Vec<ScoreItem> = texts
             .iter()
-            .map(String::as_str)
             .zip(examples.iter().copied())
+            .map(|((output, cut), example)| ScoreItem {
+                output,
+                example,
+                cut: *cut,
+            })
             .collect();
         malt_tree::extract_and_grade(self.scorer, &agent.plugin, &items)
             .into_iter()
@@ -405,6 +474,9 @@ impl ChainRunner for ModelChainRunner<'_, '_> {
             .get(&req.system)
             .cloned()
             .ok_or_else(|| ChainError::Fatal(format!("no system `{}` to run", req.system)))?;
+        if let Some(why) = self.missing_adapter(&req.system, &plan) {
+            return Err(ChainError::Fatal(why));
+        }
         let questions = self.batch_of(req.eval_seed, req.example_idx);
         let batch = Some((req.eval_seed, questions));
         if self.batch != batch {
@@ -426,6 +498,7 @@ impl ChainRunner for ModelChainRunner<'_, '_> {
                 ))
             })?;
         let trace = self.traces(&plan)?[lane].clone();
-        trace.map_err(ChainError::Item)
+        let trace = trace.map_err(ChainError::Item)?;
+        self.closing_answer(&plan, req.example_idx, trace)
     }
 }

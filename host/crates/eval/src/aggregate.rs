@@ -26,8 +26,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::SystemBudget;
 use crate::error::EvalError;
-use crate::plan::{EvalPlan, System, Table};
+use crate::plan::{EvalPlan, NotRun, System, Table};
 use crate::results::{AttemptKey, AttemptRecord};
 use crate::significance::{holm, question_test, QuestionTest};
 use crate::stats::{mean, StdConvention};
@@ -68,6 +69,12 @@ pub struct Report {
     /// [`rerender`] recomputes the rows and comparisons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<SystemAnswers>,
+    /// Configured systems that were not evaluated, and why (from the caller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_run: Vec<NotRun>,
+    /// What each system cost to train (from the caller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<SystemBudget>,
 }
 
 /// The final outcome of one attempt, as `report.json` keeps it.
@@ -109,6 +116,10 @@ pub struct ReportContext {
     /// This evaluation's round and the summaries of the rounds before it (`None`: a run of one
     /// round).
     pub round: Option<RoundContext>,
+    /// Configured systems left out, with why.
+    pub not_run: Vec<NotRun>,
+    /// Each system's training budget.
+    pub budgets: Vec<SystemBudget>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +275,10 @@ pub struct TurnAccuracy {
     pub accuracy: Option<Spread>,
     /// MV@k over the turn's answers of the k attempts.
     pub mv_accuracy: Option<Spread>,
+    /// Attempts (every seed, question and attempt) whose output at this turn was cut at the
+    /// length limit; `None` in reports from before malt recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -489,6 +504,8 @@ pub fn aggregate(
         rounds: Vec::new(),
         manifest: ctx.manifest.clone(),
         answers,
+        not_run: ctx.not_run.clone(),
+        budgets: ctx.budgets.clone(),
     };
     if let Some(rc) = &ctx.round {
         let mut rounds: Vec<RoundSummary> = rc
@@ -796,6 +813,12 @@ fn turn_accuracies(
                     .collect();
                 spread(per_seed, std)
             };
+            let truncated = seeds_items
+                .iter()
+                .flatten()
+                .flatten()
+                .filter(|rec| rec.turns.get(t).is_some_and(|turn| turn.truncated))
+                .count();
             TurnAccuracy {
                 turn: t,
                 agent: agent.clone(),
@@ -803,6 +826,7 @@ fn turn_accuracies(
                 skipped: *skipped,
                 accuracy: answering.then(|| acc(false)),
                 mv_accuracy: answering.then(|| acc(true)),
+                truncated: Some(truncated),
             }
         })
         .collect();

@@ -20,6 +20,7 @@
 //! - [`svg`]: hand-written SVG charts (malt-base's, which the trainer's loss curves use too).
 
 pub mod aggregate;
+pub mod budget;
 pub mod driver;
 pub mod error;
 pub mod plan;
@@ -37,9 +38,10 @@ pub use aggregate::{
     aggregate, rerender, Comparison, FinalAnswer, Report, ReportContext, RoundContext, RoundRow,
     RoundSummary, StarSummary, SystemAnswers,
 };
+pub use budget::SystemBudget;
 pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
-pub use plan::{EvalPlan, System, Table};
+pub use plan::{EvalPlan, NotRun, System, Table};
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};
 pub use significance::QuestionTest;

@@ -149,3 +149,13 @@ impl EvalPlan {
         self.systems.iter().find(|s| s.reference)
     }
 }
+
+/// A configured system that was not evaluated, and why (e.g. an agent it runs trained has no
+/// adapter): the report lists it where its row would be, rather than passing base weights
+/// off under its trained label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotRun {
+    pub system: String,
+    pub label: String,
+    pub reason: String,
+}

@@ -202,14 +202,37 @@ pub fn render_markdown(r: &Report) -> String {
         }
     }
 
+    if !r.not_run.is_empty() {
+        let _ = writeln!(md, "\n## Not evaluated\n");
+        let _ = writeln!(
+            md,
+            "Configured systems this round could not run as labelled (none is run on base \
+             weights in their place):\n"
+        );
+        for n in &r.not_run {
+            let _ = writeln!(md, "- {} (`{}`): {}", n.label, n.system, n.reason);
+        }
+    }
+
     if let Some(star) = &r.star {
         let _ = writeln!(md, "\n## STaR\n");
         let _ = writeln!(
             md,
-            "Supervised fine-tuning of the single agent on its own correct samples: {} of {} \
-             samples kept over {} training questions ({}: {}), {} optimiser steps.",
+            "Supervised fine-tuning of the single agent on its positive outputs: {} of {} \
+             outputs kept over {} training questions ({}: {}), {} optimiser steps.",
             star.kept, star.samples, star.questions, star.data, star.source, star.steps
         );
+    }
+
+    if !r.budgets.is_empty() {
+        md.push('\n');
+        let label_of = |id: &str| {
+            r.plan
+                .system(id)
+                .map_or_else(|| id.to_owned(), |s| s.label.clone())
+        };
+        md.push_str(crate::budget::render(&r.budgets, label_of).trim_end());
+        md.push('\n');
     }
 
     if r.rounds.len() > 1 {
@@ -252,10 +275,12 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(
         md,
         "Turns that do not answer (e.g. a verifier) are n/a. The last answering turn equals the \
-         system's accuracy.\n"
+         system's accuracy. Cut: the attempts (over every seed, question and attempt) whose \
+         output at that turn stopped at `max_new_tokens`; a cut output's answer counts only when \
+         the plugin found it by a final-answer marker.\n"
     );
-    let _ = writeln!(md, "| System | Turn | Agent | Accuracy | + MV@{k} |");
-    let _ = writeln!(md, "|---|---:|---|---:|---:|");
+    let _ = writeln!(md, "| System | Turn | Agent | Accuracy | + MV@{k} | Cut |");
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|");
     for v in &r.per_turn {
         for t in &v.turns {
             let agent = if t.skipped {
@@ -265,12 +290,14 @@ pub fn render_markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 v.label,
                 t.turn + 1,
                 agent,
                 fmt_opt_spread(t.accuracy.as_ref()),
                 fmt_opt_spread(t.mv_accuracy.as_ref()),
+                t.truncated
+                    .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
             );
         }
     }
@@ -428,10 +455,10 @@ pub fn rounds_svg(r: &Report) -> String {
     })
 }
 
-/// Accuracy after each turn, one solid (attempt 0) and one dashed (MV@k) line per system;
-/// non-answering turns have no point, so the line joins the answering turns across them. A
-/// one-turn system (the single agent, STaR) is drawn as a level line across every turn: the
-/// reference the chains are read against (a lone point hid under the chains' first turn).
+/// MV@k accuracy after each turn: one line per chain system, each in its own colour, joining
+/// its answering turns (a non-answering turn has no point); the one-turn systems (the single
+/// agent, STaR) are dashed reference levels across every turn. Attempt-0 figures are in
+/// report.md's table: two lines per system made a dozen systems unreadable.
 pub fn per_turn_svg(r: &Report) -> String {
     let k = r.plan.majority_k;
     let longest = r.per_turn.iter().max_by_key(|v| v.turns.len());
@@ -442,42 +469,41 @@ pub fn per_turn_svg(r: &Report) -> String {
             .map(|t| ((t.turn + 1) as f64, format!("{} ({})", t.turn + 1, t.agent)))
             .collect()
     });
+    let mv_points = |v: &crate::aggregate::SystemTurns| -> Vec<(f64, f64)> {
+        v.turns
+            .iter()
+            .filter_map(|t| {
+                t.mv_accuracy
+                    .as_ref()
+                    .map(|s| ((t.turn + 1) as f64, s.mean_pct))
+            })
+            .collect()
+    };
+    let (chains, singles): (Vec<_>, Vec<_>) = r.per_turn.iter().partition(|v| v.turns.len() > 1);
     let mut series = Vec::new();
-    for (vi, v) in r.per_turn.iter().enumerate() {
-        for voted in [false, true] {
-            let mut points: Vec<(f64, f64)> = v
-                .turns
-                .iter()
-                .filter_map(|t| {
-                    let s = if voted { &t.mv_accuracy } else { &t.accuracy };
-                    s.as_ref().map(|s| ((t.turn + 1) as f64, s.mean_pct))
-                })
-                .collect();
-            let level = v.turns.len() == 1 && last_turn > 1.0 && points.len() == 1;
-            if level {
-                points.push((last_turn, points[0].1));
-            }
-            let name = if voted {
-                format!("{} + MV@{k}", v.label)
-            } else {
-                v.label.clone()
-            };
-            series.push(Series {
-                name: if level {
-                    format!("{name} (reference)")
-                } else {
-                    name
-                },
-                points,
-                dashed: voted,
-                colour: Some(vi),
-            });
-        }
+    for v in &chains {
+        series.push(Series {
+            name: v.label.clone(),
+            points: mv_points(v),
+            dashed: false,
+            colour: Some(series.len()),
+        });
+    }
+    for v in &singles {
+        let Some(&(_, level)) = mv_points(v).first() else {
+            continue;
+        };
+        series.push(Series {
+            name: format!("{} (one turn, reference)", v.label),
+            points: vec![(1.0, level), (last_turn.max(1.0), level)],
+            dashed: true,
+            colour: Some(series.len()),
+        });
     }
     line_chart(&LineChart {
-        title: "Accuracy after each agent turn".into(),
+        title: format!("Accuracy + MV@{k} after each agent turn"),
         x_label: "agent turn".into(),
-        y_label: "accuracy (%), mean over seeds".into(),
+        y_label: format!("accuracy + MV@{k} (%), mean over seeds"),
         series,
         x_ticks,
         y_range: Some((0.0, 100.0)),

@@ -280,6 +280,7 @@ mod tests {
                     correct,
                 },
                 skipped: false,
+                truncated: false,
             }],
             error: None,
         }

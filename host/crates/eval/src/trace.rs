@@ -77,6 +77,10 @@ pub struct Turn {
     /// output as its turn.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Sampling stopped at the length limit (`max_new_tokens`): the output may be cut, and an
+    /// answer in it counts only when the plugin found it by a final-answer marker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// One sequential pass through the agents; the final answer is that of the last answering turn.

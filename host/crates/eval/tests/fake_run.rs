@@ -64,6 +64,7 @@ impl ChainRunner for FakeRunner {
             output: format!("Reasoning...\nFinal Answer: {}", req.example_idx),
             outcome: answer(req.example_idx, gen_ok, pick),
             skipped: false,
+            truncated: false,
         };
         if req.system == "single" {
             let mut gen = gen;
@@ -90,12 +91,14 @@ impl ChainRunner for FakeRunner {
                     output: "The solution is <probably> right & complete.".into(),
                     outcome: Outcome::NoAnswer,
                     skipped: false,
+                    truncated: false,
                 },
                 Turn {
                     agent: "refiner".into(),
                     output: "Final Answer: x".into(),
                     outcome: refine,
                     skipped: false,
+                    truncated: false,
                 },
             ],
         })
@@ -587,6 +590,7 @@ impl ChainRunner for TableRunner {
                     correct,
                 },
                 skipped: false,
+                truncated: false,
             }],
         })
     }

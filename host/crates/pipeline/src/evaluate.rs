@@ -17,14 +17,24 @@ use crate::stage::Provenance;
 use malt_engine::chain_runner::{Adapters, SystemSetup, TurnPlan, Weights};
 use malt_engine::ModelChainRunner;
 
-/// What system `s` runs, by position in the chain of `agents` (names, in order).
-pub fn system_setup(agents: &[String], s: &EvalSystem) -> SystemSetup {
+/// What system `s` runs, by position in the chain of `agents` (names, in order). `sft_apart`
+/// lists the agents whose SFT adapter is not their final one (a DPO phase followed it): the
+/// multi-agent STaR runs those on their SFT adapter and the others on their only adapter,
+/// which is then the same turn as MALT's.
+pub fn system_setup(agents: &[String], s: &EvalSystem, sft_apart: &[String]) -> SystemSetup {
     let n = agents.len();
     let turns = match &s.kind {
         SystemKind::Single => vec![TurnPlan::Run(Weights::Base)],
         SystemKind::Star => vec![TurnPlan::Run(Weights::Star)],
         SystemKind::Untrained => vec![TurnPlan::Run(Weights::Base); n],
         SystemKind::Malt => vec![TurnPlan::Run(Weights::Malt); n],
+        SystemKind::StarChain => agents
+            .iter()
+            .map(|a| match sft_apart.contains(a) {
+                true => TurnPlan::Run(Weights::Sft),
+                false => TurnPlan::Run(Weights::Malt),
+            })
+            .collect(),
         SystemKind::Trained { trained, skip } => agents
             .iter()
             .map(|a| {
@@ -60,71 +70,128 @@ fn plan_system(s: &EvalSystem) -> System {
 
 /// Which trained adapters a round has.
 struct Available {
+    /// Agents with a final adapter (DPO's, else SFT's).
     malt: Vec<String>,
+    /// Agents with an SFT adapter.
+    sft: Vec<String>,
+    /// Agents whose SFT adapter is not their final one.
+    sft_apart: Vec<String>,
     star: bool,
 }
 
 fn available(agents: &[String], round: &RoundLayout) -> Available {
+    let has = |phase: malt_train::Phase| -> Vec<String> {
+        agents
+            .iter()
+            .filter(|a| {
+                malt_train::trainer::adapter_dir(round.dir(), a, phase)
+                    .join("adapter_config.json")
+                    .exists()
+            })
+            .cloned()
+            .collect()
+    };
     let malt = agents
         .iter()
         .filter(|a| malt_train::final_adapter_dir(round.dir(), a).is_some())
         .cloned()
         .collect();
+    let sft = has(malt_train::Phase::Sft);
+    let dpo = has(malt_train::Phase::Dpo);
+    let sft_apart = sft.iter().filter(|a| dpo.contains(a)).cloned().collect();
     let star = agents
         .first()
         .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), a).is_some());
-    Available { malt, star }
+    Available {
+        malt,
+        sft,
+        sft_apart,
+        star,
+    }
 }
 
-/// The systems of the config that this round can run: one that needs adapters nobody trained
-/// is left out with a warning (its row would only repeat the base model's).
-fn runnable(eval: &malt_config::Eval, round: &RoundLayout, have: &Available) -> Vec<EvalSystem> {
-    eval.systems
-        .iter()
-        .filter(|s| {
-            let (ok, why) = match &s.kind {
-                SystemKind::Single | SystemKind::Untrained => (true, String::new()),
-                SystemKind::Star => (
-                    have.star,
-                    format!("no STaR adapter in {}", round.star().adapters().display()),
-                ),
-                SystemKind::Malt => (
-                    !have.malt.is_empty(),
-                    format!(
-                        "no trained adapters in {} (run `malt train` first)",
-                        round.adapters().display()
-                    ),
-                ),
-                SystemKind::Trained { trained, .. } => (
-                    trained.is_empty() || trained.iter().any(|a| have.malt.contains(a)),
-                    format!(
-                        "none of its agents ({}) has a trained adapter in {}",
-                        trained.join(", "),
-                        round.adapters().display()
-                    ),
-                ),
-            };
-            if !ok {
-                tracing::warn!("system `{}` is left out of the report: {why}", s.id);
-            }
-            ok
-        })
-        .cloned()
-        .collect()
-}
-
-/// The evaluation plan of `systems` over the held-out questions of `inputs`.
-/// The chain's agents, the systems `round` can run and their plan: what an evaluation and its
-/// partial report both start from.
-fn round_plan(
-    inputs: &EvalInputs,
+/// Why system `s` cannot run on this round's adapters: the agents it runs trained that have no
+/// adapter. A system never runs an untrained agent under a trained label; its row says why it
+/// is missing instead.
+fn missing(
+    s: &EvalSystem,
+    agents: &[String],
     round: &RoundLayout,
-) -> (Vec<String>, Vec<EvalSystem>, EvalPlan) {
+    have: &Available,
+) -> Option<String> {
+    let lacking = |need: &[String], have: &[String]| -> Vec<String> {
+        need.iter().filter(|a| !have.contains(a)).cloned().collect()
+    };
+    let (lack, what) = match &s.kind {
+        SystemKind::Single | SystemKind::Untrained => return None,
+        SystemKind::Star => {
+            return (!have.star).then(|| {
+                format!(
+                    "no STaR adapter in {} (the STaR stage trained none: see its log)",
+                    round.star().adapters().display()
+                )
+            })
+        }
+        SystemKind::Malt => (lacking(agents, &have.malt), "trained adapter"),
+        SystemKind::StarChain => (lacking(agents, &have.sft), "SFT adapter"),
+        SystemKind::Trained { trained, .. } => (lacking(trained, &have.malt), "trained adapter"),
+    };
+    (!lack.is_empty()).then(|| {
+        format!(
+            "no {what} for {} in {} (an agent with no positive example, or no pair, is not \
+             trained: see stats.json and the training log)",
+            lack.join(", "),
+            round.adapters().display()
+        )
+    })
+}
+
+/// The systems of the config that this round can run, and those it cannot with why.
+fn runnable(
+    eval: &malt_config::Eval,
+    agents: &[String],
+    round: &RoundLayout,
+    have: &Available,
+) -> (Vec<EvalSystem>, Vec<malt_eval::NotRun>) {
+    let (mut run, mut not_run) = (Vec::new(), Vec::new());
+    for s in &eval.systems {
+        match missing(s, agents, round, have) {
+            None => run.push(s.clone()),
+            Some(why) => {
+                tracing::warn!("system `{}` is not evaluated: {why}", s.id);
+                not_run.push(malt_eval::NotRun {
+                    system: s.id.clone(),
+                    label: s.label.clone(),
+                    reason: why,
+                });
+            }
+        }
+    }
+    (run, not_run)
+}
+
+/// What an evaluation and its partial report both start from: the chain's agents, the
+/// round's adapters, the systems it can run (and those it cannot, with why) and their plan.
+struct RoundPlan {
+    agents: Vec<String>,
+    have: Available,
+    systems: Vec<EvalSystem>,
+    not_run: Vec<malt_eval::NotRun>,
+    plan: EvalPlan,
+}
+
+fn round_plan(inputs: &EvalInputs, round: &RoundLayout) -> RoundPlan {
     let agents: Vec<String> = inputs.chain.agents.iter().map(|a| a.name.clone()).collect();
     let have = available(&agents, round);
-    let systems = runnable(&inputs.eval, round, &have);
+    let (systems, not_run) = runnable(&inputs.eval, &agents, round, &have);
     let plan = plan_for(inputs, &systems);
-    (agents, systems, plan)
+    RoundPlan {
+        agents,
+        have,
+        systems,
+        not_run,
+        plan,
+    }
 }
 
 fn plan_for(inputs: &EvalInputs, systems: &[EvalSystem]) -> EvalPlan {
@@ -357,7 +424,13 @@ pub fn evaluate(
     env: &mut crate::stage::Env<'_>,
     round: &RoundLayout,
 ) -> anyhow::Result<Report> {
-    let (agents, systems, plan) = round_plan(inputs, round);
+    let RoundPlan {
+        agents,
+        have,
+        systems,
+        not_run,
+        plan,
+    } = round_plan(inputs, round);
     let model = env.models.get(&inputs.model)?;
     let mut adapters = Adapters {
         malt: malt_train::load_final_adapters(
@@ -367,6 +440,15 @@ pub fn evaluate(
         )?,
         ..Default::default()
     };
+    if systems.iter().any(|s| s.kind == SystemKind::StarChain) {
+        for agent in &have.sft_apart {
+            let dir = malt_train::trainer::adapter_dir(round.dir(), agent, malt_train::Phase::Sft);
+            let a = model
+                .load_adapter(&dir, agent)
+                .with_context(|| format!("loading {agent}'s SFT adapter {}", dir.display()))?;
+            adapters.sft.push((agent.clone(), a));
+        }
+    }
     if systems.iter().any(|s| s.kind == SystemKind::Star) {
         let first = agents.first().map(String::as_str);
         adapters.star = malt_train::load_final_adapters(model, round.star().dir(), first)?
@@ -391,8 +473,13 @@ pub fn evaluate(
         manifest: report_manifest(&p, &inputs.model, round),
         star,
         round: round_context(inputs.rounds.as_ref(), &p, round)?,
+        budgets: crate::budget::budgets(&systems, &agents, round, star_data(inputs))?,
+        not_run,
     };
-    let setups = systems.iter().map(|s| system_setup(&agents, s)).collect();
+    let setups = systems
+        .iter()
+        .map(|s| system_setup(&agents, s, &have.sft_apart))
+        .collect();
     let live = env.tools.live.clone();
     let subsets = plan.subsets()?;
     let runner = ModelChainRunner::new(
@@ -424,12 +511,20 @@ pub fn partial_report(
     p: &Provenance,
     round: &RoundLayout,
 ) -> anyhow::Result<Report> {
-    let (_, _, plan) = round_plan(inputs, round);
+    let RoundPlan {
+        agents,
+        systems,
+        not_run,
+        plan,
+        ..
+    } = round_plan(inputs, round);
     let out = round.eval();
     let ctx = ReportContext {
         manifest: report_manifest(p, &inputs.model, round),
         star: None,
         round: round_context(inputs.rounds.as_ref(), p, round)?,
+        budgets: crate::budget::budgets(&systems, &agents, round, star_data(inputs))?,
+        not_run,
     };
     let report = malt_eval::report_complete_seeds(&plan, &out, &ctx)
         .with_context(|| format!("no evaluation seed is complete yet in {}", out.display()))?;
@@ -438,6 +533,14 @@ pub fn partial_report(
         out.join(malt_eval::PARTIAL_DIR).join("report.md").display()
     );
     Ok(report)
+}
+
+/// `[star] data` as the inputs hold it (the default when no STaR system is evaluated).
+fn star_data(inputs: &EvalInputs) -> malt_config::StarData {
+    inputs
+        .star
+        .as_ref()
+        .map_or(malt_config::StarData::Trees, |s| s.setup.data)
 }
 
 /// The round `malt eval` works on: `--round K`, else the last round with adapters.
@@ -451,5 +554,50 @@ pub fn round_of(cfg: &Config, round: Option<u32>) -> anyhow::Result<RoundLayout>
             cfg.source.display(),
             cfg.rounds.count
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sys(kind: SystemKind) -> EvalSystem {
+        EvalSystem {
+            id: "s".into(),
+            label: "S".into(),
+            kind,
+        }
+    }
+
+    /// What each kind of system runs at each position: multi-agent STaR takes an agent's SFT
+    /// adapter where a DPO phase followed it and MALT's (the same adapter) where none did;
+    /// removed agents are skipped, untrained ones run the base model.
+    #[test]
+    fn systems_run_the_weights_their_labels_say() {
+        let agents: Vec<String> = ["g", "v", "r"].map(String::from).to_vec();
+        let apart = vec!["v".to_string(), "r".to_string()];
+        let turns = |kind| system_setup(&agents, &sys(kind), &apart).turns;
+        use TurnPlan::{Run, Skip};
+        use Weights::{Base, Malt, Sft, Star};
+        assert_eq!(
+            turns(SystemKind::StarChain),
+            [Run(Malt), Run(Sft), Run(Sft)]
+        );
+        assert_eq!(turns(SystemKind::Malt), [Run(Malt); 3]);
+        assert_eq!(turns(SystemKind::Star), [Run(Star)]);
+        assert_eq!(turns(SystemKind::Single), [Run(Base)]);
+        let trained = |t: &[&str], s: &[&str]| SystemKind::Trained {
+            trained: t.iter().map(|x| x.to_string()).collect(),
+            skip: s.iter().map(|x| x.to_string()).collect(),
+        };
+        assert_eq!(
+            turns(trained(&["v", "r"], &[])),
+            [Run(Base), Run(Malt), Run(Malt)]
+        );
+        assert_eq!(turns(trained(&["g"], &["v", "r"])), [Run(Malt), Skip, Skip]);
+        assert_eq!(
+            turns(trained(&["g", "v"], &["r"])),
+            [Run(Malt), Run(Malt), Skip]
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! The models and plugins it drives are malt-engine's; the `malt` command line is a thin
 //! layer over this crate.
 
+pub mod budget;
 pub mod engine_config;
 pub mod evaluate;
 pub mod export;

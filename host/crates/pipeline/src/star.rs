@@ -1,16 +1,21 @@
-//! The STaR baseline (Zelikman et al., 2022) as the MALT paper ran it: rejection-sampled SFT of
-//! the single agent (the chain's first agent) on its own correct outputs, with as many samples
-//! per training question as one MALT tree holds (3 + 9 + 27 = 39 for n = 3) and as many
-//! optimiser steps as the MALT generator's SFT.
+//! The single-agent STaR baseline: SFT of the chain's first agent on its positive outputs, for
+//! as many optimiser steps as the MALT generator's SFT (`[star] steps`).
 //!
-//! STaR is a one-agent run of its own in `<round>/star/`, laid out like a round: its samples of a
-//! question are one tree of a one-agent chain whose branching factor is the sample count, so
-//! the tree store makes them durable and resumable, credit with theta 0.5 keeps the correct
-//! ones (reward > 0.5) as the SFT set, and the trainer trains the adapter.
+//! STaR is a one-agent run of its own in `<round>/star/`, laid out like a round, whose SFT set
+//! comes from one of two places:
 //!
-//! - `[star] data = "sample"`: its own samples from the single model (round k: round k-1's STaR
-//!   model), at the first agent's temperature;
-//! - `data = "trees"`: no extra sampling: the first agent's outputs of the round's MALT trees.
+//! - `[star] data = "trees"` (the default; the paper's single-agent STaR, docs/paper.md): the
+//!   first agent's outputs of the round's MALT trees whose propagated value exceeds theta,
+//!   i.e. the MALT generator's own SFT set, trained for the generator's SFT steps. Its row then
+//!   equals Table 5's "G only" (the MALT generator alone), as it does in the paper.
+//! - `data = "sample"`: rejection sampling as Zelikman et al. ran it: its own samples from the
+//!   single model (round k: round k-1's STaR model), at the first agent's temperature, as many
+//!   per question as one MALT tree holds; a question's samples are one tree of a one-agent
+//!   chain, so the tree store makes them durable and resumable, and credit with theta 0.5
+//!   keeps the correct ones (reward > 0.5).
+//!
+//! The paper's multi-agent STaR (every agent SFT on its positives, no DPO) trains nothing
+//! here: it is the MALT agents' SFT adapters (`SystemKind::StarChain`).
 
 use std::path::Path;
 
@@ -19,7 +24,7 @@ use malt_config::{Config, StarData, StarSteps};
 use malt_eval::StarSummary;
 use malt_layout::{RoundLayout, RunLayout};
 use malt_train::{MaltPolicy, MaltTokenizer, Method, RunOptions};
-use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, Tree, TruncatedPolicy};
+use malt_tree::{AgentSpec, ChainSpec, CreditSettings, PairMode, Pooling, TruncatedPolicy};
 
 /// Samples one MALT tree holds: the sum of its level sizes.
 pub fn tree_samples(chain: &ChainSpec) -> u64 {
@@ -103,46 +108,22 @@ pub fn star_steps(cfg: &Config, round: &RoundLayout) -> anyhow::Result<Option<u6
     })
 }
 
-/// The first agent's outputs of the round's trees as STaR's one-agent trees.
-fn project_trees(round: &RoundLayout, star: &RoundLayout) -> anyhow::Result<()> {
-    let loaded = malt_tree::read_trees(&round.trees())?;
-    let mut out = Vec::new();
-    for tree in loaded.trees {
-        let nodes: Vec<_> = tree.nodes.into_iter().filter(|n| n.level == 0).collect();
-        // Keep only the prompts level 0 uses, renumbered.
-        let mut prompts = Vec::new();
-        let mut map = std::collections::BTreeMap::new();
-        let nodes = nodes
-            .into_iter()
-            .map(|mut n| {
-                if let Some(p) = n.prompt {
-                    let next = map.len() as u32;
-                    let new = *map.entry(p).or_insert_with(|| {
-                        prompts.push(tree.prompts[p as usize].clone());
-                        next
-                    });
-                    n.prompt = Some(new);
-                }
-                n
-            })
-            .collect();
-        let t = Tree {
-            question_id: tree.question_id,
-            example: tree.example,
-            prompts,
-            nodes,
-            // Scored as the chain's first turn, not as a one-agent chain's leaves: credit
-            // scores them again.
-            scored_with: None,
-        };
-        out.extend(malt_tree::store::encode_record(&t)?);
+/// The paper's STaR data: the first agent's SFT set of the round (its tree outputs whose
+/// propagated value exceeds theta, as credit wrote them), copied as STaR's own.
+fn copy_tree_positives(round: &RoundLayout, star: &RoundLayout, agent: &str) -> anyhow::Result<()> {
+    let from = round.dataset(agent, "sft");
+    let bytes = match std::fs::read(&from) {
+        Ok(b) => b,
+        // No positive at all: credit wrote no file; STaR then has nothing to train on.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+    };
+    let to = star.dataset(agent, "sft");
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::create_dir_all(star.dir())
-        .with_context(|| format!("cannot create {}", star.dir().display()))?;
-    let trees = star.trees();
-    malt_base::atomic::write_atomic(&trees, &out)
-        .with_context(|| format!("cannot write {}", trees.display()))?;
-    Ok(())
+    malt_base::atomic::write_atomic(&to, &bytes)
+        .with_context(|| format!("cannot write {}", to.display()))
 }
 
 /// What STaR computes from, as the STaR stage's inputs hold it.
@@ -165,8 +146,11 @@ pub struct StarInputs {
     pub run_seed: u64,
     #[serde(rename = "optimiser steps")]
     pub steps: Option<u64>,
-    /// `data = "trees"`: the round's trees.
-    #[serde(rename = "trees.jsonl", skip_serializing_if = "Option::is_none")]
+    /// `data = "trees"`: the first agent's SFT set of the round (its tree positives).
+    #[serde(
+        rename = "first agent's sft.jsonl",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub trees: Option<String>,
     /// Round k >= 2 of `data = "sample"`: round k-1's STaR adapter, which samples.
     #[serde(
@@ -174,9 +158,10 @@ pub struct StarInputs {
         skip_serializing_if = "Option::is_none"
     )]
     pub previous: Option<String>,
-    /// The training questions it samples (`data = "sample"`).
+    /// The training questions it samples (`data = "sample"`; none with `trees`).
     pub questions: Vec<malt_tree::Example>,
-    /// The first agent's plugin: it renders, extracts and grades: name -> hash.
+    /// The first agent's plugin, which renders, extracts and grades its samples (`data =
+    /// "sample"`; none with `trees`): name -> hash.
     pub plugins: std::collections::BTreeMap<String, String>,
     #[serde(rename = "config [plugins] options")]
     pub plugin_options:
@@ -196,7 +181,7 @@ pub fn run_star(
     let first = chain.agents[0].name.clone();
     let model = env.models.get(&inputs.model)?;
     match inputs.star.data {
-        StarData::Trees => project_trees(round, &star)?,
+        StarData::Trees => copy_tree_positives(round, &star, &first)?,
         StarData::Sample => {
             let mut adapters = Vec::new();
             let mut model_id = inputs.model.source.clone();
@@ -234,13 +219,18 @@ pub fn run_star(
             )?;
         }
     }
-    let report = malt_tree::recredit(
-        star.dir(),
-        chain,
-        &STAR_CREDIT,
-        Some(&mut *env.tools.scorer as &mut dyn malt_tree::Scorer),
-    )?;
-    let kept = report.stats.agents.first().map_or(0, |a| a.sft);
+    let kept = match inputs.star.data {
+        StarData::Trees => lines(&star.dataset(&first, "sft"))? as u64,
+        StarData::Sample => {
+            let report = malt_tree::recredit(
+                star.dir(),
+                chain,
+                &STAR_CREDIT,
+                Some(&mut *env.tools.scorer as &mut dyn malt_tree::Scorer),
+            )?;
+            report.stats.agents.first().map_or(0, |a| a.sft)
+        }
+    };
     tracing::info!("STaR: {kept} correct samples kept");
 
     let mut plan =
@@ -288,10 +278,19 @@ pub fn summary(
 ) -> anyhow::Result<StarSummary> {
     let star = round.star();
     let agent = &chain.agents[0];
-    let trees = malt_tree::read_trees(&star.trees())?.trees;
+    // The first agent's outputs it chose from: its own samples, or the round's tree level 0.
+    let trees = match setup.data {
+        StarData::Sample => malt_tree::read_trees(&star.trees())?.trees,
+        StarData::Trees => malt_tree::read_trees(&round.trees())?.trees,
+    };
     let samples = trees
         .iter()
-        .map(|t| t.nodes.iter().filter(|n| !n.is_errored()).count())
+        .map(|t| {
+            t.nodes
+                .iter()
+                .filter(|n| n.level == 0 && !n.is_errored())
+                .count()
+        })
         .sum();
     let kept = lines(&star.dataset(&agent.name, "sft"))?;
     let complete = star.train_phase(&agent.name, "sft").join("complete.json");
@@ -317,8 +316,9 @@ pub fn summary(
         StarData::Trees => (
             "trees",
             format!(
-                "the {} {} outputs per question of the stored MALT trees",
-                agent.branches, agent.name
+                "the {} outputs of the round's MALT trees whose propagated value exceeds theta \
+                 (the MALT {}'s own SFT set)",
+                agent.name, agent.name
             ),
         ),
     };

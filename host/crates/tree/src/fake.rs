@@ -163,14 +163,20 @@ impl Scorer for FakeScorer {
         Ok(requests
             .iter()
             .map(|r| {
-                Ok(r.output.rsplit_once("Final Answer:").map(|(_, a)| {
-                    let answer = a.trim().to_owned();
-                    Extracted {
-                        key: Some(answer.clone()),
-                        answer,
-                        found_by: AnswerSource::Marker,
-                    }
-                }))
+                // "Final Answer: x" is a marker; "the answer is x" a fallback (as a plugin's
+                // last-number rule would be).
+                let found = |sep: &str, found_by| {
+                    r.output.rsplit_once(sep).map(|(_, a)| {
+                        let answer = a.trim().to_owned();
+                        Extracted {
+                            key: Some(answer.clone()),
+                            answer,
+                            found_by,
+                        }
+                    })
+                };
+                Ok(found("Final Answer:", AnswerSource::Marker)
+                    .or_else(|| found("answer is", AnswerSource::Fallback)))
             })
             .collect())
     }

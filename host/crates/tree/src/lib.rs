@@ -32,7 +32,7 @@ pub use overlap::{find_overlap, normalise_question, Overlap};
 pub use questions::{load_examples, load_located};
 pub use recredit::{recredit, RecreditReport};
 pub use sampler::{Completion, FinishReason, RequestResult, SampleRequest, Sampler, SamplerError};
-pub use score::{extract_and_grade, Scored};
+pub use score::{extract_and_grade, ScoreItem, Scored};
 pub use scorer::{ExtractRequest, GradeRequest, PluginError, RenderRequest, Scorer};
 pub use stats::Stats;
 pub use store::{read_trees, Manifest, RunWriter};

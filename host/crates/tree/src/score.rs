@@ -4,13 +4,19 @@
 //! Leaves are always graded (their grade is the reward). Inner nodes are extracted and graded
 //! only when their agent produces an answer, for the answer-flip statistics; a failure there
 //! is recorded on the node but does not affect credit.
+//!
+//! An output cut at the length limit counts its answer only when the plugin found it by an
+//! explicit final-answer marker: a fallback (the last number of the text, say) of a cut
+//! solution is whatever number the text had reached, not an answer the model gave. Such an
+//! answer is graded as no answer. Plugins of API 0.1.0 do not say how they found an answer,
+//! so a cut output of theirs never counts one.
 
 use std::collections::BTreeMap;
 
 use crate::chain::ChainSpec;
 use crate::scorer::{chain_identity, ExtractRequest, GradeRequest, Scorer};
 use crate::tree::{level_offsets, Tree};
-use crate::types::{Example, Extracted, Grade};
+use crate::types::{AnswerSource, Example, Extracted, Grade};
 
 /// Plugin failures per plugin name (and "sampler" for model failures during generation).
 pub type ErrorCounts = BTreeMap<String, u64>;
@@ -53,13 +59,17 @@ pub fn score_tree(
             continue;
         }
         let plugin = agent.plugin.as_str();
-        let items: Vec<(&str, &Example)> = todo
+        let items: Vec<ScoreItem> = todo
             .iter()
-            .map(|&i| (tree.nodes[i].output.as_str(), &tree.example))
+            .map(|&i| ScoreItem {
+                output: &tree.nodes[i].output,
+                example: &tree.example,
+                cut: tree.nodes[i].is_truncated(),
+            })
             .collect();
         let scored = extract_and_grade(scorer, plugin, &items);
         drop(items);
-        for (&i, Scored { answer, grade }) in todo.iter().zip(scored) {
+        for (&i, Scored { answer, grade, .. }) in todo.iter().zip(scored) {
             let n = &mut tree.nodes[i];
             let error = match (answer, grade) {
                 (Err(msg), _) => msg,
@@ -90,6 +100,15 @@ pub fn score_tree(
     failed
 }
 
+/// One output to score: its text, its question, and whether sampling cut it at the length
+/// limit (`max_new_tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreItem<'a> {
+    pub output: &'a str,
+    pub example: &'a Example,
+    pub cut: bool,
+}
+
 /// An item of [`extract_and_grade`].
 #[derive(Debug, Clone)]
 pub struct Scored {
@@ -98,26 +117,31 @@ pub struct Scored {
     pub answer: Result<Option<Extracted>, String>,
     /// The grade of the extracted answer, or why grading failed; `None` when extraction failed.
     pub grade: Option<Result<Grade, String>>,
+    /// The output was cut and its answer was not found by a marker: the answer was dropped
+    /// (`answer` is `Ok(None)`) and graded as no answer (see the module doc).
+    pub dropped_cut: bool,
 }
 
-/// Extracts the answer of each `(output, question)` and grades it against the question's gold,
-/// one plugin call of each kind (an output without an answer is graded too: the plugin decides
-/// what no answer is worth). An item whose extraction failed is not graded. Failures stay per
-/// item, as "extract: ..." or "grade: ..." messages. Shared by tree scoring and evaluation.
+/// Extracts the answer of each item and grades it against the question's gold, one plugin call
+/// of each kind (an output without an answer is graded too: the plugin decides what no answer
+/// is worth); a cut output's answer counts only when found by a marker (module doc). An item
+/// whose extraction failed is not graded. Failures stay per item, as "extract: ..." or
+/// "grade: ..." messages. Shared by tree scoring and evaluation.
 pub fn extract_and_grade(
     scorer: &mut dyn Scorer,
     plugin: &str,
-    items: &[(&str, &Example)],
+    items: &[ScoreItem<'_>],
 ) -> Vec<Scored> {
     let failed = |msg: String| Scored {
         answer: Err(msg),
         grade: None,
+        dropped_cut: false,
     };
     let reqs: Vec<ExtractRequest> = items
         .iter()
-        .map(|(output, example)| ExtractRequest {
-            output,
-            choices: &example.choices,
+        .map(|item| ExtractRequest {
+            output: item.output,
+            choices: &item.example.choices,
         })
         .collect();
     let answers = match scorer.extract(plugin, &reqs) {
@@ -134,9 +158,18 @@ pub fn extract_and_grade(
     };
     let mut out: Vec<Scored> = answers
         .into_iter()
-        .map(|a| Scored {
-            answer: a.map_err(|e| format!("extract: {e}")),
-            grade: None,
+        .zip(items)
+        .map(|(a, item)| {
+            let unmarked = |e: &Extracted| e.found_by != AnswerSource::Marker;
+            let dropped_cut = item.cut && matches!(&a, Ok(Some(e)) if unmarked(e));
+            Scored {
+                answer: match a {
+                    Ok(_) if dropped_cut => Ok(None),
+                    a => a.map_err(|e| format!("extract: {e}")),
+                },
+                grade: None,
+                dropped_cut,
+            }
         })
         .collect();
     let graded: Vec<usize> = (0..out.len()).filter(|&i| out[i].answer.is_ok()).collect();
@@ -152,7 +185,7 @@ pub fn extract_and_grade(
                 .ok()
                 .and_then(|a| a.as_ref())
                 .map(|e| e.answer.as_str()),
-            gold: &items[i].1.gold,
+            gold: &items[i].example.gold,
         })
         .collect();
     let grades: Vec<Result<Grade, String>> = match scorer.grade(plugin, &reqs) {
@@ -182,11 +215,51 @@ mod tests {
     use super::*;
     use crate::fake::{fake_examples, FakeScorer};
 
+    fn items_of<'a>(outputs: &[&'a str], examples: &'a [Example], cut: bool) -> Vec<ScoreItem<'a>> {
+        outputs
+            .iter()
+            .zip(examples)
+            .map(|(output, example)| ScoreItem {
+                output,
+                example,
+                cut,
+            })
+            .collect()
+    }
+
+    /// A cut output counts an answer found by a marker, never one found by a fallback; a whole
+    /// output counts both.
+    #[test]
+    fn a_cut_output_counts_only_a_marked_answer() {
+        let examples = fake_examples(2);
+        // Every fake example's gold is "1".
+        let outputs = ["Final Answer: 1", "so the answer is 1"];
+        let whole = extract_and_grade(
+            &mut FakeScorer::default(),
+            "fake",
+            &items_of(&outputs, &examples, false),
+        );
+        let cut = extract_and_grade(
+            &mut FakeScorer::default(),
+            "fake",
+            &items_of(&outputs, &examples, true),
+        );
+        let reward = |s: &Scored| s.grade.clone().unwrap().unwrap().reward;
+        assert_eq!(
+            (reward(&whole[0]), reward(&whole[1])),
+            (1.0, 1.0),
+            "{whole:?}"
+        );
+        assert_eq!((reward(&cut[0]), reward(&cut[1])), (1.0, 0.0), "{cut:?}");
+        assert!(!cut[0].dropped_cut && cut[1].dropped_cut && !whole[1].dropped_cut);
+        assert_eq!(cut[1].answer, Ok(None));
+    }
+
     #[test]
     fn extract_and_grade_keeps_failures_per_item() {
         let examples = fake_examples(3);
         let outputs = ["Final Answer: 1", "no answer here", "Final Answer: 7"];
-        let items: Vec<(&str, &Example)> = outputs.iter().copied().zip(&examples).collect();
+        let items = items_of(&outputs, &examples, false);
         let scored = extract_and_grade(&mut FakeScorer::default(), "fake", &items);
         assert_eq!(scored.len(), 3);
         for s in &scored {
@@ -216,7 +289,7 @@ mod tests {
     #[test]
     fn nodes_keep_the_key_and_source_and_old_nodes_load_without_them() {
         let examples = fake_examples(1);
-        let items = [("Final Answer: 1 ", &examples[0])];
+        let items = items_of(&["Final Answer: 1 "], &examples, false);
         let scored = extract_and_grade(&mut FakeScorer::default(), "fake", &items);
         let extracted = scored[0].answer.clone().unwrap().unwrap();
         assert_eq!(extracted.key.as_deref(), Some("1"));

@@ -218,12 +218,17 @@ fn cut_tree() -> Tree {
     tree
 }
 
-/// (sft counts, pair counts, cut positives, cut pairs, sft.jsonl of level 0 and 1, dpo.jsonl of
-/// level 2) of the cut tree's sets.
-fn cut_sets(
-    policy: TruncatedPolicy,
-    mode: PairMode,
-) -> (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<String>) {
+/// Per agent: SFT records, pairs, cut positives, cut pairs; and the text of level 0's and 1's
+/// sft.jsonl and level 2's dpo.jsonl.
+struct CutSets {
+    sft: Vec<u64>,
+    pairs: Vec<u64>,
+    cut_sft: Vec<u64>,
+    cut_pairs: Vec<u64>,
+    files: Vec<String>,
+}
+
+fn cut_sets(policy: TruncatedPolicy, mode: PairMode) -> CutSets {
     let chain = common::gvr(3);
     let tree = cut_tree();
     let mut input = CreditInput::default();
@@ -235,18 +240,24 @@ fn cut_sets(
     let sets = b.sets();
     let field = |f: fn(&malt_tree::datasets::AgentSets) -> u64| sets.iter().map(f).collect();
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-    (
-        field(|s| s.sft_count),
-        field(|s| s.dpo_count),
-        field(|s| s.sft_truncated),
-        field(|s| s.dpo_truncated),
-        vec![text(&sets[0].sft), text(&sets[1].sft), text(&sets[2].dpo)],
-    )
+    CutSets {
+        sft: field(|s| s.sft_count),
+        pairs: field(|s| s.dpo_count),
+        cut_sft: field(|s| s.sft_truncated),
+        cut_pairs: field(|s| s.dpo_truncated),
+        files: vec![text(&sets[0].sft), text(&sets[1].sft), text(&sets[2].dpo)],
+    }
 }
 
 #[test]
 fn cut_outputs_are_left_out_of_sft_and_dpo_by_default() {
-    let (sft, pairs, cut_sft, cut_pairs, files) = cut_sets(TruncatedPolicy::Exclude, PairMode::All);
+    let CutSets {
+        sft,
+        pairs,
+        cut_sft,
+        cut_pairs,
+        files,
+    } = cut_sets(TruncatedPolicy::Exclude, PairMode::All);
     // G2 and V2 are positives no longer trained on; pairs (2,1), (5,4), (12,14), (13,14) go.
     assert_eq!(sft, vec![1, 3, 13]);
     assert_eq!(pairs, vec![1, 4, 7]);
@@ -260,7 +271,7 @@ fn cut_outputs_are_left_out_of_sft_and_dpo_by_default() {
 
 #[test]
 fn one_per_parent_picks_the_best_uncut_pair() {
-    let (_, pairs, _, _, _) = cut_sets(TruncatedPolicy::Exclude, PairMode::OnePerParent);
+    let pairs = cut_sets(TruncatedPolicy::Exclude, PairMode::OnePerParent).pairs;
     // Uncut: (2,1) (5,4) (8,6) (11,9) (12,14) (17,15) (24,25) (27,29) (30,32). Cut: G0 replaces
     // G2 against G1, V0 replaces V2 against V1, and the group of R12..R14 has no uncut negative.
     assert_eq!(pairs, vec![1, 3, 4]);
@@ -268,7 +279,13 @@ fn one_per_parent_picks_the_best_uncut_pair() {
 
 #[test]
 fn kept_cut_outputs_are_marked_for_the_trainer() {
-    let (sft, pairs, cut_sft, cut_pairs, files) = cut_sets(TruncatedPolicy::Keep, PairMode::All);
+    let CutSets {
+        sft,
+        pairs,
+        cut_sft,
+        cut_pairs,
+        files,
+    } = cut_sets(TruncatedPolicy::Keep, PairMode::All);
     assert_eq!(sft, vec![2, 4, 13]);
     assert_eq!(pairs, vec![2, 5, 9]);
     assert_eq!(cut_sft, vec![1, 1, 0]);

@@ -6,9 +6,14 @@ use crate::types::*;
 
 use Seg::Key as K;
 
-pub(super) fn resolve_eval(raw: RawEval, agents: &[Agent], c: &mut Checker<'_, '_>) -> Eval {
+pub(super) fn resolve_eval(
+    raw: RawEval,
+    agents: &[Agent],
+    star: StarData,
+    c: &mut Checker<'_, '_>,
+) -> Eval {
     let eval = Eval {
-        systems: super::resolve_systems(raw.systems, agents, c),
+        systems: super::resolve_systems(raw.systems, agents, star, c),
         questions: raw.questions.unwrap_or(100),
         seeds: raw.seeds.unwrap_or_else(|| vec![0, 1, 2, 3]),
         majority_k: raw.majority_k.unwrap_or(3),

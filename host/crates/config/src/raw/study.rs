@@ -22,7 +22,24 @@ pub(super) struct RawRounds {
 }
 
 /// The system names `[eval] systems` accepts as strings.
-const NAMED: &str = "\"single\", \"untrained\", \"star\", \"malt\"";
+const NAMED: &str = "\"single\", \"untrained\", \"star\", \"star_chain\", \"malt\"";
+
+/// The single-agent STaR row as `[star] data` trains it.
+fn star_system(data: StarData) -> EvalSystem {
+    let label = match data {
+        StarData::Trees => "STaR (SA): first agent, SFT on the trees' positives",
+        StarData::Sample => "STaR (SA, own samples): first agent, SFT on its correct samples",
+    };
+    system("star", label, SystemKind::Star)
+}
+
+fn star_chain_system() -> EvalSystem {
+    system(
+        "star_chain",
+        "STaR (MA): every agent SFT on its positives, no DPO",
+        SystemKind::StarChain,
+    )
+}
 
 fn system(id: &str, label: &str, kind: SystemKind) -> EvalSystem {
     EvalSystem {
@@ -59,32 +76,73 @@ fn ablation(trained: Vec<String>, skip: Vec<String>) -> EvalSystem {
     }
 }
 
-/// The paper's Table 1 and ablations for this chain: single, untrained chain, STaR, MALT, and
-/// with two agents or more "only the first agent trained"; for the generator -> verifier ->
-/// refiner chain also G+V and G+R (the verifier skipped, as in the paper).
-pub fn default_systems(agents: &[Agent]) -> Vec<EvalSystem> {
+/// The paper's tables for this chain (docs/paper.md quotes them):
+/// - Table 1: single agent, untrained chain, STaR (SA), STaR (MA), MALT;
+/// - Table 4 ("ablations with untrained models"), with two agents or more: MALT with one agent
+///   on the base model, for each agent;
+/// - Table 5 ("ablated multi-agent setups"), with two agents or more: the first agent alone
+///   ("G only"), and for the generator -> verifier -> refiner chain G + V (no refiner) and
+///   G + R (the verifier skipped: the refiner gets an empty critique, as in the paper's A.9).
+pub fn default_systems(agents: &[Agent], star: StarData) -> Vec<EvalSystem> {
     let mut out = vec![system("single", "Single agent", SystemKind::Single)];
-    if agents.len() > 1 {
+    let chain = agents.len() > 1;
+    if chain {
         out.push(system(
             "untrained_chain",
             "Untrained chain",
             SystemKind::Untrained,
         ));
     }
-    out.push(system("star", "STaR", SystemKind::Star));
+    out.push(star_system(star));
+    if chain {
+        out.push(star_chain_system());
+    }
     out.push(system(
         "trained_chain",
         "MALT (trained chain)",
         SystemKind::Malt,
     ));
-    if let Some(first) = agents.first().filter(|_| agents.len() > 1) {
-        out.push(ablation(vec![first.name.clone()], Vec::new()));
+    if !chain {
+        return out;
     }
+    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+    for name in &names {
+        let trained: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
+        let mut s = ablation(trained, Vec::new());
+        s.id = format!("untrained_{name}");
+        s.label = format!("Table 4: {name} on the base model, the others MALT-trained");
+        out.push(s);
+    }
+    let mut only = ablation(vec![names[0].clone()], names[1..].to_vec());
+    only.id = format!("only_{}", names[0]);
+    only.label = format!(
+        "Table 5: {} only (MALT-trained, the others removed)",
+        names[0]
+    );
+    out.push(only);
     let roles: Vec<&str> = agents.iter().map(|a| a.role.as_str()).collect();
     if roles == ["generator", "verifier", "refiner"] {
-        let n = |i: usize| agents[i].name.clone();
-        out.push(ablation(vec![n(0), n(1)], Vec::new()));
-        out.push(ablation(vec![n(0), n(2)], vec![n(1)]));
+        let n = |i: usize| names[i].clone();
+        let mut gv = ablation(vec![n(0), n(1)], vec![n(2)]);
+        gv.id = format!("{}_{}", n(0), n(1));
+        gv.label = format!(
+            "Table 5: {} + {} (no {}; the {}'s answer when it states one, else the {}'s)",
+            n(0),
+            n(1),
+            n(2),
+            n(1),
+            n(0)
+        );
+        out.push(gv);
+        let mut gr = ablation(vec![n(0), n(2)], vec![n(1)]);
+        gr.id = format!("{}_{}", n(0), n(2));
+        gr.label = format!(
+            "Table 5: {} + {} ({} skipped: an empty critique)",
+            n(0),
+            n(2),
+            n(1)
+        );
+        out.push(gr);
     }
     out
 }
@@ -134,6 +192,7 @@ fn one_system(
     i: usize,
     v: &toml::Value,
     agents: &[Agent],
+    star: StarData,
 ) -> Option<EvalSystem> {
     use Seg::{Index as I, Key as K};
     let at = [K("eval"), K("systems"), I(i)];
@@ -145,7 +204,8 @@ fn one_system(
                 "Untrained chain",
                 SystemKind::Untrained,
             )),
-            "star" => Some(system("star", "STaR", SystemKind::Star)),
+            "star" => Some(star_system(star)),
+            "star_chain" => Some(star_chain_system()),
             "malt" | "trained_chain" => Some(system(
                 "trained_chain",
                 "MALT (trained chain)",
@@ -250,11 +310,12 @@ fn one_system(
 pub(super) fn resolve_systems(
     raw: Option<Vec<toml::Value>>,
     agents: &[Agent],
+    star: StarData,
     c: &mut Checker<'_, '_>,
 ) -> Vec<EvalSystem> {
     use Seg::{Index as I, Key as K};
     let Some(raw) = raw else {
-        return default_systems(agents);
+        return default_systems(agents, star);
     };
     if raw.is_empty() {
         c.err(
@@ -264,7 +325,7 @@ pub(super) fn resolve_systems(
     }
     let mut out: Vec<EvalSystem> = Vec::new();
     for (i, v) in raw.iter().enumerate() {
-        if let Some(s) = one_system(c, i, v, agents) {
+        if let Some(s) = one_system(c, i, v, agents, star) {
             if out.iter().any(|o| o.id == s.id) {
                 c.err(
                     &[K("eval"), K("systems"), I(i)],
@@ -302,7 +363,7 @@ pub(super) fn resolve_star(raw: RawStar, c: &mut Checker<'_, '_>) -> Star {
         }
     };
     Star {
-        data: raw.data.unwrap_or(StarData::Sample),
+        data: raw.data.unwrap_or(StarData::Trees),
         samples: raw.samples.unwrap_or(0),
         steps,
     }

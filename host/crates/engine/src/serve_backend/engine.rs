@@ -177,15 +177,20 @@ impl Engine {
         let agents = setup.chain.agents.iter().map(|a| a.name.as_str());
         let adapters = malt_train::load_final_adapters(&self.model, round.dir(), agents)
             .map_err(|e| BackendError::Internal(e.to_string()))?;
+        // An agent that trained nothing (no positive, no pair) serves on the base model.
         let trained: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
-        let weights = if trained.is_empty() {
-            Weights::Base
-        } else {
-            Weights::Malt
-        };
+        let turns = setup
+            .chain
+            .agents
+            .iter()
+            .map(|a| match trained.contains(&a.name) {
+                true => TurnPlan::Run(Weights::Malt),
+                false => TurnPlan::Run(Weights::Base),
+            })
+            .collect();
         let system = SystemSetup {
             id: "chain".into(),
-            turns: vec![TurnPlan::Run(weights); setup.chain.len()],
+            turns,
         };
         let gold = (!example.gold.is_empty()).then(|| example.gold.clone());
         let question = example.question.clone();
@@ -223,7 +228,7 @@ impl Engine {
                             .iter()
                             .map(|t| ChainTurn {
                                 agent: t.agent.clone(),
-                                adapter: weights == Weights::Malt && trained.contains(&t.agent),
+                                adapter: trained.contains(&t.agent),
                                 output: t.output.clone(),
                                 answer: answer_of(&t.outcome),
                             })
@@ -246,9 +251,10 @@ impl Engine {
         let winner = malt_eval::majority_vote(&votes);
         Ok(ChainResponse {
             object: "malt.chain".into(),
-            system: match weights {
-                Weights::Base => "untrained-chain",
-                _ => "trained-chain",
+            system: if trained.is_empty() {
+                "untrained-chain"
+            } else {
+                "trained-chain"
             }
             .into(),
             question,

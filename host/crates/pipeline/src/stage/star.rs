@@ -1,5 +1,5 @@
-//! The STaR stage (only when `[eval] systems` has `star`): the single agent fine-tuned on its own
-//! correct samples (see [`crate::star`]).
+//! The STaR stage (only when `[eval] systems` has `star`): the single agent fine-tuned on its
+//! positives, from the trees or its own samples (see [`crate::star`]).
 
 use std::path::{Path, PathBuf};
 
@@ -49,16 +49,25 @@ impl Stage for Star {
             .next()
             .ok_or_else(|| anyhow::anyhow!("the chain has no agent"))?;
         let (trees, previous) = match cfg.star.data {
-            malt_config::StarData::Trees => (Some(file_hash(&round.trees())?), None),
+            malt_config::StarData::Trees => {
+                (Some(file_hash(&round.dataset(&first.name, "sft"))?), None)
+            }
             malt_config::StarData::Sample if round.round() > 1 => {
                 let prev = RunLayout::new(&cfg.run.dir).round(round.round() - 1).star();
                 (None, Some(tree_hash(&prev.adapters(), &|_| true)?))
             }
             malt_config::StarData::Sample => (None, None),
         };
+        // The tree positives are credit's output, already rendered and graded: STaR reads no
+        // question and calls no plugin then.
+        let sampling = cfg.star.data == malt_config::StarData::Sample;
         Ok(StarInputs {
             star: cfg.star.clone(),
-            plugins: chain_plugins(s, &chain),
+            plugins: if sampling {
+                chain_plugins(s, &chain)
+            } else {
+                Default::default()
+            },
             chain,
             first,
             model: s.model()?,
@@ -67,8 +76,16 @@ impl Stage for Star {
             steps: crate::star::star_steps(&cfg, round)?,
             trees,
             previous,
-            questions: s.questions()?.train,
-            plugin_options: super::plugin_options(&cfg),
+            questions: if sampling {
+                s.questions()?.train
+            } else {
+                Vec::new()
+            },
+            plugin_options: if sampling {
+                super::plugin_options(&cfg)
+            } else {
+                Default::default()
+            },
         })
     }
 
