@@ -522,6 +522,43 @@ pub fn check_report_of(run: &Path, eval: &Path, systems: &[&str]) {
         // The test config keeps cut outputs: every positive is in the set.
         assert_eq!(g["sft"], g["positives"]);
         assert_eq!(star.questions, 8);
+        // Multi-agent STaR trains on each agent's positives: its budget's examples are those of
+        // the agents' SFT phases, whose sets hold every positive stats.json counts.
+        if let Some(b) = rep.budgets.iter().find(|b| b.system == "star_chain") {
+            let (mut examples, mut sets) = (0, 0);
+            for (i, agent) in ["generator", "verifier", "refiner"].iter().enumerate() {
+                let complete: Value = serde_json::from_str(
+                    &std::fs::read_to_string(run.join(format!("train/{agent}/sft/complete.json")))
+                        .unwrap(),
+                )
+                .unwrap();
+                examples += complete["train_examples"].as_u64().unwrap()
+                    + complete["eval_examples"].as_u64().unwrap();
+                let lines = lines(&run.join(format!("datasets/{agent}/sft.jsonl"))) as u64;
+                assert_eq!(
+                    Some(lines),
+                    stats["agents"][i]["positives"].as_u64(),
+                    "{agent}"
+                );
+                sets += lines;
+            }
+            assert_eq!(examples, sets);
+            let trained: u64 = ["generator", "verifier", "refiner"]
+                .iter()
+                .map(|agent| {
+                    let c: Value = serde_json::from_str(
+                        &std::fs::read_to_string(
+                            run.join(format!("train/{agent}/sft/complete.json")),
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                    c["train_examples"].as_u64().unwrap()
+                })
+                .sum();
+            assert_eq!(b.train_examples, trained, "{b:?}");
+            assert_eq!(b.phases, ["generator/sft", "verifier/sft", "refiner/sft"]);
+        }
         // The generator's outputs it chose from: 3 per question.
         assert_eq!(star.samples, 8 * 3);
         assert!(star.source.contains("propagated value"), "{}", star.source);

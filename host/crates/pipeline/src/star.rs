@@ -231,7 +231,7 @@ pub fn run_star(
             report.stats.agents.first().map_or(0, |a| a.sft)
         }
     };
-    tracing::info!("STaR: {kept} correct samples kept");
+    tracing::info!("STaR: {kept} positives to train on");
 
     let mut plan =
         crate::train::agent_plan(&inputs.first.name, &inputs.first.plan, inputs.run_seed);
