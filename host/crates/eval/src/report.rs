@@ -159,6 +159,17 @@ pub fn render_markdown(r: &Report) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(md, "# Evaluation report\n");
+    if r.format < 3 {
+        let _ = writeln!(
+            md,
+            "**Computed before the paper's protocol** (malt issue 28): in this report STaR is \
+             rejection sampling on its own samples, the ablations predate the paper's Tables 4 \
+             and 5, outputs cut at `max_new_tokens` were trained with an EOS and counted \
+             whatever answer the plugin found, votes grouped trimmed answer strings, and the \
+             paired tests count (seed, question) pairs without correction. `results/README.md` \
+             says which tokenizer it ran on.\n"
+        );
+    }
     if let Some(last) = r.rounds.last() {
         let _ = writeln!(md, "Round {} (theta {}).\n", last.round, last.theta);
     }
