@@ -33,6 +33,8 @@ import time
 
 import torch
 
+from torch_lora import PROJECTIONS, adamw, lora_model, reset_hwm, sft_step, status_mib
+
 # The same shapes as malt's `device_check::shape` (gpu-check compares the two reports' shapes).
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -45,7 +47,7 @@ PAPER_LORA = {
     "rank": 8,
     "alpha": 16.0,
     "dropout": 0.05,
-    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "targets": PROJECTIONS,
 }
 SHAPES = {
     "tiny": {
@@ -153,11 +155,7 @@ class Memory:
             now = self.last or 0
             self.max = now
             return float(now)
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
+        reset_hwm()
         return status_mib("VmRSS:")
 
     def peak(self, start):
@@ -176,17 +174,6 @@ class Memory:
         if self.proc:
             self.proc.kill()
             self.proc.wait()
-
-
-def status_mib(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def sync(device):
@@ -367,16 +354,11 @@ def main():
                 "generated_tokens": generated, "tokens_per_s": generated / seconds,
                 "prefill_computed": prefill_tokens, "memory": mem.peak(start)}
 
-    def sft_step():
-        from peft import LoraConfig, get_peft_model
-
+    def lora_sft_step():
         lora = shape["lora"]
         start = mem.start()
-        pm = get_peft_model(model, LoraConfig(
-            r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=lora["targets"], task_type="CAUSAL_LM"))
-        pm.train()
-        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-4)
+        pm = lora_model(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+        opt = adamw(pm, lr=1e-4)
         b, p, c = shape["sft_sequences"], shape["sft_prompt"], shape["sft_completion"]
         ids = random_ids(gen, vocab, b, p + c, device=device)
         labels = ids.clone()
@@ -384,11 +366,7 @@ def main():
         losses = []
 
         def run(k, state):
-            loss = pm(input_ids=ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(sft_step(pm, opt, ids, labels))
 
         t = timed(device, args.repeats, run)
         return {"sequences": b, "seq_len": p + c, "loss_positions": b * c, "timing": t,
@@ -399,7 +377,7 @@ def main():
     # The tree before the SFT step: get_peft_model injects the LoRA layers into `model`.
     section("tree", tree)
     if not args.skip_sft:
-        section("sft_step", sft_step)
+        section("sft_step", lora_sft_step)
     report["complete"] = True
     report["wall_s"] = time.perf_counter() - t0
     save()

@@ -40,15 +40,18 @@ use malt_train::optim::{AdamW, AdamWParams};
 use malt_train::policy::{Mode, PolicyModel};
 use malt_train::settings::DpoSettings;
 
+/// The learning rate of every bench step (the PyTorch peer's too).
+pub const LR: f64 = 1e-4;
+
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
     /// Sequences per SFT step (pairs per DPO step: 2x sequences).
     pub micro_batch: usize,
     pub prompt_len: usize,
     pub completion_len: usize,
-    /// Timed steps per phase (after one untimed warm-up step when `warmup`).
+    /// Timed steps per phase, after `warmup` untimed ones.
     pub steps: usize,
-    pub warmup: bool,
+    pub warmup: usize,
     pub lora: LoraConfig,
     pub seed: u64,
     /// Also measure the plain-candle baseline.
@@ -64,7 +67,7 @@ impl Default for BenchSettings {
             prompt_len: 192,
             completion_len: 64,
             steps: 2,
-            warmup: false,
+            warmup: 0,
             lora: LoraConfig {
                 dropout: 0.0,
                 ..LoraConfig::default()
@@ -80,11 +83,15 @@ impl Default for BenchSettings {
 pub struct BenchRow {
     /// `sft` or `dpo`.
     pub phase: String,
-    /// `malt`, `malt-checkpointed` or `plain-candle`.
+    /// `malt`, `malt-checkpointed`, `plain-candle` or `torch-peft` (`malt bench train --torch`).
     pub implementation: String,
     pub steps: usize,
     pub tokens_per_step: usize,
+    /// Mean wall time of the timed steps.
     pub secs_per_step: f64,
+    /// Each timed step's wall time, for medians over repeated measurements.
+    #[serde(default)]
+    pub step_secs: Vec<f64>,
     /// CPU time (user + system, all threads) per timed step: unlike wall time it hardly moves
     /// when other processes share the cores, so it is the figure to compare across runs.
     #[serde(default)]
@@ -246,6 +253,18 @@ fn synthetic(s: &BenchSettings, vocab: usize, n: usize, salt: u64) -> Vec<Sequen
         .collect()
 }
 
+/// The batch of a `phase` step (`sft`: `micro_batch` sequences; `dpo`: `micro_batch` chosen then
+/// as many rejected), the same for every implementation: `malt bench train --torch` hands these
+/// ids to the PyTorch peer.
+pub fn synthetic_batch(s: &BenchSettings, vocab: usize, phase: &str) -> Vec<Sequence> {
+    let n = if phase == "dpo" {
+        2 * s.micro_batch
+    } else {
+        s.micro_batch
+    };
+    synthetic(s, vocab, n, 0x5eed)
+}
+
 fn check(s: &BenchSettings) -> Result<()> {
     if s.micro_batch == 0 || s.steps == 0 || s.prompt_len == 0 || s.completion_len == 0 {
         return Err(TrainError::Settings(
@@ -298,12 +317,7 @@ pub fn bench_phase(
     let d = &model.decoder;
     let vocab = model.config().vocab_size;
     let dpo = DpoSettings::default();
-    let n = if phase == "sft" {
-        s.micro_batch
-    } else {
-        2 * s.micro_batch
-    };
-    let seqs = synthetic(s, vocab, n, 0x5eed);
+    let seqs = synthetic_batch(s, vocab, phase);
     let refs: Vec<&Sequence> = seqs.iter().collect();
     let batch = TokenBatch::new(&refs, 0);
     let tokens = batch.num_tokens();
@@ -314,9 +328,9 @@ pub fn bench_phase(
     let memory_ok = reset_hwm();
     let rss0 = status_kib("VmRSS:");
     let mut first_loss = f64::NAN;
-    let mut timed = 0f64;
+    let mut timed = Vec::with_capacity(s.steps);
     let mut cpu = Some(0f64);
-    let total = s.steps + usize::from(s.warmup);
+    let total = s.steps + s.warmup;
     for k in 0..total {
         let t0 = Instant::now();
         let c0 = cpu_secs();
@@ -351,20 +365,21 @@ pub fn bench_phase(
                 None => v.as_tensor().zeros_like(),
             })
             .collect::<candle_core::Result<_>>()?;
-        opt.step(&grads, 1e-4)?;
-        if k >= usize::from(s.warmup) {
-            timed += t0.elapsed().as_secs_f64();
+        opt.step(&grads, LR)?;
+        if k >= s.warmup {
+            timed.push(t0.elapsed().as_secs_f64());
             cpu = cpu.zip(cpu_secs().zip(c0)).map(|(c, (b, a))| c + b - a);
         }
     }
     let hwm = status_kib("VmHWM:");
-    let spp = timed / s.steps as f64;
+    let spp = timed.iter().sum::<f64>() / s.steps as f64;
     Ok(BenchRow {
         phase: phase.into(),
         implementation: implementation.into(),
         steps: s.steps,
         tokens_per_step: tokens,
         secs_per_step: spp,
+        step_secs: timed,
         cpu_secs_per_step: cpu.map(|c| c / s.steps as f64),
         tokens_per_s: tokens as f64 / spp.max(1e-12),
         peak_rss_mib: hwm.map(|k| k / 1024.0),

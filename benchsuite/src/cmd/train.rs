@@ -7,12 +7,20 @@
 //! smaller batch, would not fit in the available memory is skipped and says so (plain candle
 //! needs several GiB per sequence). With `--gradient-checkpointing`, malt with gradient
 //! checkpointing runs beside malt and the bench prints their time and peak-memory ratios.
+//!
+//! With `--torch PYTHON`, the PyTorch + PEFT peer (`scripts/torch_peer.py`, see
+//! [`crate::torch_peer`]) trains on the same ids from the same model file in the same run,
+//! alternating with malt (malt, peer, malt, peer ... for `--repeats`), each after one untimed
+//! warm-up step; the bench prints both median step times, the speed ratio and both peaks, and
+//! whether the peer reproduced the reference machine's step time (the ratio counts only then).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::torch_peer::{self, Peer, PeerBatch, Reference};
 use crate::train::{BenchRow, BenchSettings};
 use anyhow::Context;
+use candle_core::DType;
 use malt_model::{parse_device, Model};
 
 #[derive(clap::Args)]
@@ -36,6 +44,18 @@ pub struct Args {
     /// Timed steps per phase.
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Untimed steps before them (default 1 with --torch, else 0).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Measurements of each (batch, phase, implementation), taken in turn (malt, peer, malt,
+    /// peer, ...); the summary lines give medians over all their steps.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// A python with torch, transformers, peft, trl and gguf (`scripts/torch-peer-venv.sh`
+    /// installs them and prints one): the PyTorch + PEFT peer trains on the same batch from the
+    /// same model file, alternating with malt.
+    #[arg(long, value_name = "PYTHON")]
+    torch: Option<String>,
     /// A run config whose generation stage has run (e.g. `configs/quickstart.toml` after
     /// `malt generate configs/quickstart.toml`): its training is run on a copy of its datasets
     /// and every phase's parts (setup, reference pass, first step, later steps, evaluation,
@@ -66,8 +86,20 @@ fn settings(a: &Args, micro_batch: usize) -> BenchSettings {
         prompt_len: a.prompt_len,
         completion_len: a.completion_len,
         steps: a.steps,
+        warmup: warmup(a),
         ..BenchSettings::default()
     }
+}
+
+fn warmup(a: &Args) -> usize {
+    a.warmup.unwrap_or(usize::from(a.torch.is_some()))
+}
+
+/// The bench's `--dtype` as the weights' dtype on the CPU (`auto` is f32 there).
+fn cpu_dtype(a: &Args) -> anyhow::Result<DType> {
+    let dtype = malt_model::parse_dtype_or_auto(Some(&a.dtype))
+        .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+    Ok(dtype.unwrap_or(DType::F32))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -186,14 +218,83 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One SFT and one DPO step of synthetic sequences per batch size, malt against plain candle.
+/// The PyTorch peer of a `--torch` run, with what it needs to write each batch.
+struct Torch {
+    peer: Peer,
+    /// The model file (or directory) malt loads, which the peer loads too.
+    model: PathBuf,
+    vocab: usize,
+    /// The peer's `--dtype`.
+    dtype: &'static str,
+}
+
+impl Torch {
+    fn open(args: &Args, python: &str) -> anyhow::Result<Self> {
+        let dtype = match cpu_dtype(args)? {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            other => anyhow::bail!("--dtype: the PyTorch peer has no {other:?}"),
+        };
+        let peer = Peer::new(python)?;
+        let model = if args
+            .model
+            .eq_ignore_ascii_case(malt_model::fetch::DEFAULT_MODEL)
+        {
+            malt_model::fetch::ensure_smollm2()?
+        } else {
+            PathBuf::from(&args.model)
+        };
+        let source = model.to_string_lossy();
+        let (cfg, _) = Model::inspect(&source)?
+            .with_context(|| format!("--model {}: cannot read its config", args.model))?;
+        let versions: Vec<String> = peer
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+            .collect();
+        println!(
+            "PyTorch peer: {python} ({}), {} weights, 2 threads, sdpa attention, no gradient \
+             checkpointing, PEFT LoRA without dropout, AdamW; the model from {}",
+            versions.join(", "),
+            dtype,
+            model.display()
+        );
+        Ok(Torch {
+            peer,
+            model,
+            vocab: cfg.vocab_size,
+            dtype,
+        })
+    }
+
+    fn measure(&self, args: &Args, mb: usize, phase: &str) -> anyhow::Result<BenchRow> {
+        let batch = PeerBatch::new(
+            &settings(args, mb),
+            &self.model,
+            self.vocab,
+            phase,
+            crate::train::LR,
+        );
+        let path = self
+            .peer
+            .write_batch(&format!("batch-{mb}-{phase}.json"), &batch)?;
+        let row = self
+            .peer
+            .run(&path, phase, args.steps, warmup(args), self.dtype)
+            .with_context(|| format!("b={mb} {phase}/{}", torch_peer::IMPLEMENTATION))?;
+        Ok(row)
+    }
+
+    fn is_default_model(&self) -> bool {
+        malt_model::fetch::smollm2_cached().is_some_and(|p| p == self.model)
+    }
+}
+
+/// One SFT and one DPO step of synthetic sequences per batch size, malt against plain candle
+/// (and the PyTorch peer with `--torch`).
 fn synthetic(args: &Args) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the malt executable")?;
-    println!(
-        "model {}, batch sizes {:?} x ({} prompt + {} completion) tokens (DPO: pairs), \
-         LoRA r=8 on all 7 projections, {} steps",
-        args.model, args.batch_sizes, args.prompt_len, args.completion_len, args.steps
-    );
     if let Some(bad) = args
         .phases
         .iter()
@@ -201,6 +302,25 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("--phases: unknown phase `{bad}` (sft, dpo)");
     }
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    cpu_dtype(args)?;
+    // Before any measurement: a python without torch fails here, not after malt's rows.
+    let torch = args
+        .torch
+        .as_deref()
+        .map(|py| Torch::open(args, py))
+        .transpose()?;
+    println!(
+        "model {}, batch sizes {:?} x ({} prompt + {} completion) tokens (DPO: pairs), \
+         LoRA r=8 on all 7 projections, {} steps after {} warm-up, {} repeat(s)",
+        args.model,
+        args.batch_sizes,
+        args.prompt_len,
+        args.completion_len,
+        args.steps,
+        warmup(args),
+        args.repeats
+    );
     let mut implementations = vec!["malt"];
     if args.gradient_checkpointing {
         implementations.push("malt-checkpointed");
@@ -208,39 +328,41 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
     if !args.no_baseline {
         implementations.push("plain-candle");
     }
+    if torch.is_some() {
+        implementations.push(torch_peer::IMPLEMENTATION);
+    }
     let mut rows: Vec<(usize, BenchRow)> = Vec::new();
     for &mb in &args.batch_sizes {
         for phase in args.phases.iter().map(String::as_str) {
-            for &imp in &implementations {
-                if let Some(why) = too_big(&rows, mb, phase, imp) {
-                    println!("b={mb:<2} {phase:<4} {imp:<17} skipped: {why}");
-                    continue;
+            for _ in 0..args.repeats {
+                for &imp in &implementations {
+                    if let Some(why) = too_big(&rows, mb, phase, imp) {
+                        println!("b={mb:<2} {phase:<4} {imp:<17} skipped: {why}");
+                        continue;
+                    }
+                    let row = match &torch {
+                        Some(t) if imp == torch_peer::IMPLEMENTATION => {
+                            t.measure(args, mb, phase)?
+                        }
+                        _ => child(&exe, args, mb, phase, imp)?,
+                    };
+                    print_row(mb, &row);
+                    rows.push((mb, row));
                 }
-                let row = child(&exe, args, mb, phase, imp)?;
-                println!(
-                    "b={mb:<2} {:<4} {:<17} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
-                     peak RSS {:>6.0} MiB (+{:.0} over the loaded model)  first loss {:.5}",
-                    row.phase,
-                    row.implementation,
-                    row.secs_per_step,
-                    row.cpu_secs_per_step.unwrap_or(f64::NAN),
-                    row.tokens_per_s,
-                    row.peak_rss_mib.unwrap_or(f64::NAN),
-                    row.peak_delta_mib.unwrap_or(f64::NAN),
-                    row.first_loss
-                );
-                rows.push((mb, row));
             }
         }
     }
     for &mb in &args.batch_sizes {
         for phase in args.phases.iter().map(String::as_str) {
-            let get = |imp: &str| {
+            let get = |imp: &str| -> Vec<&BenchRow> {
                 rows.iter()
-                    .find(|(b, r)| *b == mb && r.phase == phase && r.implementation == imp)
+                    .filter(|(b, r)| *b == mb && r.phase == phase && r.implementation == imp)
                     .map(|(_, r)| r)
+                    .collect()
             };
-            if let (Some(m), Some(c)) = (get("malt"), get("malt-checkpointed")) {
+            let (malt, checkpointed, plain) =
+                (get("malt"), get("malt-checkpointed"), get("plain-candle"));
+            if let (Some(m), Some(c)) = (malt.first(), checkpointed.first()) {
                 println!(
                     "b={mb} {phase}: checkpointed / malt = {:.2}x step time ({:.2}x by CPU time), \
                      {:.2}x peak memory ({:.2}x growth over the loaded model), first loss {:+.1e}",
@@ -252,7 +374,7 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
                     c.first_loss - m.first_loss
                 );
             }
-            if let (Some(m), Some(p)) = (get("malt"), get("plain-candle")) {
+            if let (Some(m), Some(p)) = (malt.first(), plain.first()) {
                 println!(
                     "b={mb} {phase}: malt / plain candle = {:.2}x tokens/s ({:.2}x by CPU time), \
                      {:.2}x peak memory",
@@ -262,9 +384,103 @@ fn synthetic(args: &Args) -> anyhow::Result<()> {
                     m.peak_rss_mib.unwrap_or(f64::NAN) / p.peak_rss_mib.unwrap_or(f64::NAN)
                 );
             }
+            if let Some(t) = &torch {
+                let peer = get(torch_peer::IMPLEMENTATION);
+                if !malt.is_empty() && !peer.is_empty() {
+                    compare_with_peer(args, t, mb, phase, &malt, &peer);
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn print_row(mb: usize, row: &BenchRow) {
+    println!(
+        "b={mb:<2} {:<4} {:<17} {:>7.2} s/step ({:>6.2} CPU s) {:>7.1} tokens/s  \
+         peak RSS {:>6.0} MiB (+{:.0} over the loaded model)  first loss {:.5}",
+        row.phase,
+        row.implementation,
+        row.secs_per_step,
+        row.cpu_secs_per_step.unwrap_or(f64::NAN),
+        row.tokens_per_s,
+        row.peak_rss_mib.unwrap_or(f64::NAN),
+        row.peak_delta_mib.unwrap_or(f64::NAN),
+        row.first_loss
+    );
+}
+
+/// The medians of all timed steps of `rows` (each row's own steps, else its mean), and the
+/// largest peak.
+fn pooled(rows: &[&BenchRow]) -> (f64, usize, f64, f64) {
+    let steps: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| {
+            if r.step_secs.is_empty() {
+                vec![r.secs_per_step]
+            } else {
+                r.step_secs.clone()
+            }
+        })
+        .collect();
+    let cpu: Vec<f64> = rows.iter().filter_map(|r| r.cpu_secs_per_step).collect();
+    let peak = rows
+        .iter()
+        .filter_map(|r| r.peak_rss_mib)
+        .fold(f64::NAN, f64::max);
+    (
+        torch_peer::median(&steps),
+        steps.len(),
+        torch_peer::median(&cpu),
+        peak,
+    )
+}
+
+/// The malt / peer line of one (batch, phase), and whether the peer reproduced the reference.
+fn compare_with_peer(
+    args: &Args,
+    t: &Torch,
+    mb: usize,
+    phase: &str,
+    malt: &[&BenchRow],
+    peer: &[&BenchRow],
+) {
+    let (ms, mn, mc, mp) = pooled(malt);
+    let (ps, pn, pc, pp) = pooled(peer);
+    println!(
+        "b={mb} {phase}: malt / PyTorch peer = {:.2}x tokens/s (median step {ms:.2} s vs {ps:.2} s \
+         over {mn} and {pn} steps; CPU {mc:.2} s vs {pc:.2} s), peak RSS {:.2} GiB vs {:.2} GiB, \
+         first loss {:.5} vs {:.5}",
+        ps / ms,
+        mp / 1024.0,
+        pp / 1024.0,
+        malt[0].first_loss,
+        peer[0].first_loss
+    );
+    let shape = torch_peer::Shape {
+        phase: if phase == "sft" { "sft" } else { "dpo" },
+        micro_batch: mb,
+        prompt_len: args.prompt_len,
+        completion_len: args.completion_len,
+        f32_weights: t.dtype == "f32",
+        default_model: t.is_default_model(),
+    };
+    let (lo, hi) = torch_peer::REFERENCE_SECS;
+    match torch_peer::reference_check(shape, ps) {
+        Reference::Within => println!(
+            "b={mb} {phase}: the peer's {ps:.2} s a step is within 10 % of the reference \
+             machine's {lo}-{hi} s, so the ratio counts"
+        ),
+        Reference::Outside { low, high } => println!(
+            "warning: b={mb} {phase}: the peer's {ps:.2} s a step is outside {low:.2}-{high:.2} s \
+             (the reference machine's {lo}-{hi} s, within 10 %): this machine is busy or of \
+             another kind, so the ratio above does not count"
+        ),
+        Reference::None => println!(
+            "b={mb} {phase}: no reference time for the peer at this shape (it has one for SFT, \
+             8 x (192 + 64) tokens, f32, smollm2-135m-instruct): the ratio is not checked"
+        ),
+    }
 }
 
 fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::Result<BenchRow> {
@@ -290,6 +506,7 @@ fn child(exe: &Path, args: &Args, mb: usize, phase: &str, imp: &str) -> anyhow::
         .args(["--prompt-len", &args.prompt_len.to_string()])
         .args(["--completion-len", &args.completion_len.to_string()])
         .args(["--steps", &args.steps.to_string()])
+        .args(["--warmup", &warmup(args).to_string()])
         .args(["--child", &format!("{phase}:{imp}")])
         .output()
         .context("cannot run the benchmark child process")?;
