@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::aggregate::{aggregate, Report, ReportContext};
+use crate::aggregate::aggregate;
 use crate::error::EvalError;
+use crate::figures::{Report, ReportContext};
 use crate::plan::EvalPlan;
 use crate::report::write_reports;
 use crate::results::{read_records, AttemptKey, AttemptRecord, ResultLog};

@@ -14,6 +14,7 @@
 //! - [`stats`]: mean and the std convention over seeds.
 //! - [`significance`]: the paired test between two systems over distinct questions, and
 //!   Holm's correction over the rows compared with the reference.
+//! - [`figures`]: what `report.json` holds.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
 //! - [`report`]: `report.md`, `report.json` and the plots.
@@ -23,6 +24,7 @@ pub mod aggregate;
 pub mod budget;
 pub mod driver;
 pub mod error;
+pub mod figures;
 pub mod plan;
 pub mod report;
 pub mod results;
@@ -34,13 +36,14 @@ pub use malt_base::svg;
 pub mod trace;
 pub mod vote;
 
-pub use aggregate::{
-    aggregate, rerender, Comparison, FinalAnswer, Report, ReportContext, RoundContext, RoundRow,
-    RoundSummary, StarSummary, SystemAnswers,
-};
+pub use aggregate::{aggregate, rerender};
 pub use budget::SystemBudget;
 pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
+pub use figures::{
+    Comparison, FinalAnswer, Report, ReportContext, RoundContext, RoundRow, RoundSummary,
+    StarSummary, SystemAnswers,
+};
 pub use plan::{EvalPlan, NotRun, System, Table};
 pub use report::{render_markdown, write_reports};
 pub use results::{AttemptKey, AttemptRecord, ResultLog};

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::aggregate::{Report, Spread, SystemResult};
 use crate::error::EvalError;
+use crate::figures::{Report, Spread, SystemResult, SystemTurns};
 use crate::plan::Table;
 use crate::svg::{bar_chart, line_chart, Bar, LineChart, Series};
 
@@ -480,7 +480,7 @@ pub fn per_turn_svg(r: &Report) -> String {
             .map(|t| ((t.turn + 1) as f64, format!("{} ({})", t.turn + 1, t.agent)))
             .collect()
     });
-    let mv_points = |v: &crate::aggregate::SystemTurns| -> Vec<(f64, f64)> {
+    let mv_points = |v: &SystemTurns| -> Vec<(f64, f64)> {
         v.turns
             .iter()
             .filter_map(|t| {

@@ -380,7 +380,7 @@ pub struct EvalInputs {
 pub struct ReportInputs {
     /// `[eval] std`.
     pub std: malt_eval::StdConvention,
-    /// The layout of `report.json` ([`malt_eval::aggregate::REPORT_FORMAT`]): a new one
+    /// The layout of `report.json` ([`malt_eval::figures::REPORT_FORMAT`]): a new one
     /// aggregates the logged attempts again.
     pub format: u32,
 }

@@ -58,7 +58,7 @@ impl Eval {
             adapters: adapters_hash(round)?,
             report: ReportInputs {
                 std: cfg.eval.std,
-                format: malt_eval::aggregate::REPORT_FORMAT,
+                format: malt_eval::figures::REPORT_FORMAT,
             },
             eval: cfg.eval.clone(),
             plugins: chain_plugins(s, &chain),
