@@ -127,12 +127,13 @@ impl DatasetBuilder {
                 if cut(c) || cut(r) {
                     cut_pairs[tree.nodes[c].level as usize] += 1;
                 }
-                if keep_cut {
-                    pairs.push((c, r));
-                }
+                pairs.push((c, r));
             },
         );
-        if !keep_cut {
+        // Enumerated again without the cut nodes only when some pair had one: one-per-parent
+        // then picks another pair, so dropping the cut pairs from the list would not do.
+        if !keep_cut && cut_pairs.iter().any(|&n| n > 0) {
+            pairs.clear();
             for_each_pair_where(
                 input,
                 credit,
