@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+#[cfg(all(unix, not(target_env = "musl")))]
+mod alloc;
 mod cmd;
 
 #[derive(Parser)]
@@ -46,16 +48,9 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
 }
 
-/// jemalloc keeps freed memory for reuse and hands it back to the OS after a few idle seconds.
-/// Tensors of 256 KiB and more were fresh `mmap`s from glibc, and a page fault costs 1.5-2 us
-/// on these VMs (2.6 GB/s of first touches): a 128-token prefill of SmolLM2-135M spent about a
-/// fifth of its time faulting in its temporaries. Same binary, glibc then jemalloc, 10
-/// prefills each, three alternations: 291-319 against 373-414 tok/s. glibc's heap instead
-/// (no mmap threshold) reuses blocks too, but fragmented into tens of GB on decoding's
-/// ever-longer key/value tensors.
 #[cfg(all(unix, not(target_env = "musl")))]
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 fn main() -> std::process::ExitCode {
     malt_model::process::prefer_rayon_only();

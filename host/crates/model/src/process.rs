@@ -1,6 +1,6 @@
 //! Process-wide settings for tensor work: which thread pool candle's elementwise ops use. (How
-//! tensor memory is reused is the allocator's business: the `malt` binary uses jemalloc, see
-//! its `main.rs`.)
+//! tensor memory is reused is the allocator's business: the `malt` binary uses jemalloc, set up
+//! in its `alloc.rs`.)
 
 /// Set (to `1`) when [`prefer_rayon_only`] chose `CANDLE_NUM_THREADS`, not the user.
 pub const CANDLE_THREADS_DEFAULTED: &str = "MALT_CANDLE_THREADS_DEFAULTED";
