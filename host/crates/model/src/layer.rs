@@ -253,19 +253,21 @@ impl Layer {
                 // GQA without materialising repeat_kv: query heads of one kv head are contiguous.
                 let q5 = q.reshape((b, nkv, n_rep * s, hd))?;
                 let scale = 1.0 / (hd as f64).sqrt();
-                let att = if fused_train(&q5, mode) && ctx.past.is_none() {
+                let o = if fused_train(&q5, mode) && ctx.past.is_none() {
                     // Training forwards start at position 0: the mask is the causal one,
-                    // which the fused softmax applies by construction.
-                    fused::causal_softmax(&q5.matmul(&k.t()?)?, scale, s)?
+                    // which the fused op applies by construction.
+                    fused::causal_attention(&q5, k, v, scale, s)?
                 } else {
                     let att = (q5.matmul(&k.t()?)? * scale)?;
                     let mut att = att.reshape((b, nkv, n_rep, s, l))?;
                     if let Some(m) = &ctx.mask {
                         att = att.broadcast_add(m)?;
                     }
-                    softmax(&att, mode)?.reshape((b, nkv, n_rep * s, l))?
+                    softmax(&att, mode)?
+                        .reshape((b, nkv, n_rep * s, l))?
+                        .matmul(v)?
                 };
-                att.matmul(v)? // (b, nkv, n_rep*s, hd)
+                o // (b, nkv, n_rep*s, hd)
                     .reshape((b, nh, s, hd))?
                     .transpose(1, 2)?
                     .reshape((b, s, nh * hd))?

@@ -129,7 +129,8 @@ mod tests {
         let (x, w, w2) = (bf(&[2, 4]), bf(&[4]), bf(&[3, 4]));
         assert!(fused::rms_norm(&x, &w, 1e-5).is_err());
         assert!(fused::swiglu(&x, &x).is_err());
-        assert!(fused::causal_softmax(&x, 1.0, 2).is_err());
+        let q = bf(&[1, 1, 2, 4]);
+        assert!(fused::causal_attention(&q, &q, &q, 1.0, 2).is_err());
         assert!(fused::frozen_linear(&x, &w2).is_err());
         let (a, b) = (bf(&[2, 4]), bf(&[3, 2]));
         assert!(fused::lora_linear(&x, &w2, None, &a, &b, 1.0, None).is_err());

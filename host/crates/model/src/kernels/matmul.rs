@@ -37,6 +37,42 @@ pub(crate) fn sgemm(
     rhs_t: bool,
     scale: f32,
 ) {
+    let par = parallelism();
+    sgemm_on(par, m, n, k, dst, accumulate, lhs, lhs_t, rhs, rhs_t, scale)
+}
+
+/// [`sgemm`] on the calling thread, for products that are themselves one of many parallel jobs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    scale: f32,
+) {
+    let par = gemm::Parallelism::None;
+    sgemm_on(par, m, n, k, dst, accumulate, lhs, lhs_t, rhs, rhs_t, scale)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_on(
+    par: gemm::Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    scale: f32,
+) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     if m == 0 || n == 0 {
         return;
@@ -57,7 +93,6 @@ pub(crate) fn sgemm(
     } else {
         (n as isize, 1)
     };
-    let par = parallelism();
     // SAFETY: the asserted lengths cover every index the strides reach: lhs (m, k), rhs (k, n),
     // dst (m, n), each with the strides of its stored layout.
     unsafe {

@@ -29,9 +29,37 @@ pub(crate) fn silu_mul(g: &[f32], u: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `x = e^(x - shift)`, element by element (softmax numerators).
+pub(crate) fn exp_shifted(x: &mut [f32], shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512 checked.
+        unsafe { avx512::exp_shifted(x, shift) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = (*v - shift).exp());
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
+
+    /// [`super::exp_shifted`]; the tail is masked.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_shifted(x: &mut [f32], shift: f32) {
+        let (n, s) = (x.len(), _mm512_set1_ps(shift));
+        let mut c = 0;
+        while c < n {
+            let m: __mmask16 = if n - c >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (n - c)) - 1) as u16
+            };
+            let v = _mm512_maskz_loadu_ps(m, x.as_ptr().add(c));
+            _mm512_mask_storeu_ps(x.as_mut_ptr().add(c), m, exp(_mm512_sub_ps(v, s)));
+            c += 16;
+        }
+    }
 
     /// [`super::silu_mul`]; the tail is masked.
     #[target_feature(enable = "avx512f")]
@@ -133,6 +161,20 @@ mod tests {
                     "exp({x}) = {y}, want {want}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exp_shifted_matches_f32_exp_including_the_tail() {
+        let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 30.0) * 1.7).collect();
+        let mut y = xs.clone();
+        exp_shifted(&mut y, 2.5);
+        for (x, y) in xs.iter().zip(&y) {
+            let want = (x - 2.5).exp();
+            assert!(
+                (y - want).abs() <= 1e-6 * want.max(1e-30),
+                "{x}: {y} vs {want}"
+            );
         }
     }
 
