@@ -54,6 +54,8 @@ static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 fn main() -> std::process::ExitCode {
     malt_model::process::prefer_rayon_only();
+    #[cfg(all(unix, not(target_env = "musl")))]
+    malt_model::process::set_release_freed(alloc::release_freed);
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let result = match cli.command {

@@ -2,6 +2,25 @@
 //! tensor memory is reused is the allocator's business: the `malt` binary uses jemalloc, set up
 //! in its `alloc.rs`.)
 
+/// How the process hands the freed pages its allocator keeps back to the OS, when the binary's
+/// allocator keeps them (the `malt` binary's does: reusing them is what keeps a training step
+/// from faulting its activations in again).
+static RELEASE_FREED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers [`release_freed`]'s action; the binary calls it once, first thing in `main`.
+pub fn set_release_freed(f: fn()) {
+    let _ = RELEASE_FREED.set(f);
+}
+
+/// Hands freed pages back to the OS where the allocator keeps them. Called where one piece of
+/// work ends and the next allocates in other sizes (a pipeline stage, a training phase), so
+/// what one kept does not add to the next one's peak; a no-op where nothing was registered.
+pub fn release_freed() {
+    if let Some(f) = RELEASE_FREED.get() {
+        f();
+    }
+}
+
 /// Set (to `1`) when [`prefer_rayon_only`] chose `CANDLE_NUM_THREADS`, not the user.
 pub const CANDLE_THREADS_DEFAULTED: &str = "MALT_CANDLE_THREADS_DEFAULTED";
 

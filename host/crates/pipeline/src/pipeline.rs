@@ -80,7 +80,9 @@ fn step<S: Stage>(
         S::NAME.to_owned()
     };
     tracing::info!("== {label} ({:.0} s)", start.elapsed().as_secs_f64());
-    run_stage::<S>(s, models, round).map(drop)
+    let ran = run_stage::<S>(s, models, round).map(drop);
+    malt_model::process::release_freed();
+    ran
 }
 
 /// The whole pipeline: every stage of round 1, then of round 2, ... (`[rounds] count`).

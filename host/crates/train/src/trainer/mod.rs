@@ -281,6 +281,7 @@ pub fn train_phase<M: PolicyModel>(
     )?;
     timings.finish_s = finishing.elapsed().as_secs_f64();
     timings.total_s = started.elapsed().as_secs_f64();
+    malt_model::process::release_freed();
     tracing::info!(
         "trained {} {} ({} steps) in {}",
         spec.agent,
