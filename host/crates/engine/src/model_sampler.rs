@@ -179,6 +179,9 @@ impl ModelSampler<'_> {
             .model
             .generate(branches, params, adapter)
             .map_err(|e| SamplerError(format!("agent {agent}: generation failed: {e}")))?;
+        // The batch's decode steps reused each other's freed pages; the next batch has other
+        // lengths, and what this one kept would only add to its peak.
+        malt_model::process::release_freed();
         for (c, &i) in done.into_iter().zip(&owners) {
             self.mark(adapter.map(|a| a.uid()), c.cache.tokens());
             self.stats.generated_tokens += c.tokens.len() as u64;
