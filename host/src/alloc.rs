@@ -19,8 +19,9 @@
 //! time from the moment they are freed: a training step that frees and reallocates its 4 GB of
 //! activations every 5-10 s faulted half of them in again. The process keeps its freed pages
 //! instead (`dirty_decay_ms:-1`; `_RJEM_MALLOC_CONF` overrides at run time), so its resident
-//! size stays at its peak until the end of the stage or training phase, which hands them back
-//! ([`release_freed`], through `malt_model::process::release_freed`). Measured on that step (`malt bench train
+//! size stays at its peak until the end of the decode batch, training phase or pipeline stage,
+//! which hands them back ([`release_freed`], through `malt_model::process::release_freed`).
+//! Measured on that step (`malt bench train
 //! --batch-sizes 8 --phases sft --workload none`, 2-core AMD EPYC, quiet): 9.4-9.8 s a step with
 //! neither change, 7.1-7.2 s with the decay off alone, 5.3-5.4 s with both; peak RSS 4.9 GB
 //! then 5.7 GB.
