@@ -21,6 +21,45 @@ pub fn release_freed() {
     }
 }
 
+/// Hands freed pages back when the resident size grows during repeated work (training steps).
+/// Steps of one shape reuse each other's freed pages and the resident size stays put; steps of
+/// varying lengths each leave pages of sizes the next cannot reuse, and keeping them all grew a
+/// generator SFT phase of the longer experiment from 5.4 GB (freed pages handed back at once)
+/// to 8.2 GB. The first step after a release sets a ceiling a quarter above its resident size;
+/// a step that ends above it releases.
+#[derive(Debug, Default)]
+pub struct ReleaseWhenGrown {
+    ceiling: Option<u64>,
+}
+
+impl ReleaseWhenGrown {
+    /// Called after each unit of the repeated work.
+    pub fn after_unit(&mut self) {
+        let Some(rss) = resident_bytes() else { return };
+        match self.ceiling {
+            None => self.ceiling = Some(rss + rss / 4),
+            Some(ceiling) if rss > ceiling => {
+                release_freed();
+                self.ceiling = None;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The process's resident size (Linux: `VmRSS`), None where it cannot be read.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Set (to `1`) when [`prefer_rayon_only`] chose `CANDLE_NUM_THREADS`, not the user.
 pub const CANDLE_THREADS_DEFAULTED: &str = "MALT_CANDLE_THREADS_DEFAULTED";
 
@@ -61,4 +100,19 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Threads the tensor work runs on (rayon's global pool: `RAYON_NUM_THREADS`, else one per core).
 pub fn threads() -> usize {
     rayon::current_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn resident_size_grows_with_touched_memory() {
+        let before = resident_bytes().expect("VmRSS on linux");
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = resident_bytes().expect("VmRSS on linux");
+        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        drop(touched);
+    }
 }

@@ -190,6 +190,7 @@ pub fn train_phase<M: PolicyModel>(
 
     let mut order = EpochOrder::new();
     let mut last_eval = None;
+    let mut kept_pages = malt_model::process::ReleaseWhenGrown::default();
     while state.step < schedule.total_steps {
         // Step: micro-batches, loss, backward, accumulated and clipped gradients, AdamW.
         let step_started = Instant::now();
@@ -197,6 +198,7 @@ pub fn train_phase<M: PolicyModel>(
         let lr = schedule.lr_at(optim, state.step);
         let outcome = step::optimizer_step(model, spec, &data, &examples, &mut state, lr, pad_id)
             .inspect_err(|_| bar.abandon())?;
+        kept_pages.after_unit();
         if state.step == start_step {
             timings.first_step_s = step_started.elapsed().as_secs_f64();
         } else {
