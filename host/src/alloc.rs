@@ -1,12 +1,11 @@
 //! The process allocator: jemalloc, with large zeroed blocks cleared by `memset`.
 //!
-//! jemalloc keeps freed memory for reuse and hands it back to the OS after a few idle seconds.
-//! Tensors of 256 KiB and more were fresh `mmap`s from glibc, and a page fault costs 1.5-2 us
-//! on these VMs (2.6 GB/s of first touches): a 128-token prefill of SmolLM2-135M spent about a
-//! fifth of its time faulting in its temporaries. Same binary, glibc then jemalloc, 10
-//! prefills each, three alternations: 291-319 against 373-414 tok/s. glibc's heap instead
-//! (no mmap threshold) reuses blocks too, but fragmented into tens of GB on decoding's
-//! ever-longer key/value tensors.
+//! jemalloc keeps freed memory for reuse. Tensors of 256 KiB and more were fresh `mmap`s from
+//! glibc, and a page fault costs 1.5-2 us on these VMs (2.6 GB/s of first touches): a
+//! 128-token prefill of SmolLM2-135M spent about a fifth of its time faulting in its temporaries.
+//! Same binary, glibc then jemalloc, 10 prefills each, three alternations: 291-319 against
+//! 373-414 tok/s. glibc's heap instead (no mmap threshold) reuses blocks too, but fragmented into
+//! tens of GB on decoding's ever-longer key/value tensors.
 //!
 //! jemalloc answers a large `calloc` from a recycled block by purging its pages
 //! (`madvise(MADV_DONTNEED)`), so the kernel faults in zeroed pages again on first touch. candle's
@@ -23,8 +22,8 @@
 //! which hands them back ([`release_freed`], through `malt_model::process::release_freed`).
 //! Measured on that step (`malt bench train
 //! --batch-sizes 8 --phases sft --workload none`, 2-core AMD EPYC, quiet): 9.4-9.8 s a step with
-//! neither change, 7.1-7.2 s with the decay off alone, 5.3-5.4 s with both; peak RSS 4.9 GB
-//! then 5.7 GB.
+//! neither change, 7.1-7.2 s with the decay off alone, 5.3-5.4 s with both (peak RSS 4.9 GB
+//! then 5.7 GB, until the training attention stopped keeping its probabilities: 4.2 GB).
 
 use std::alloc::{GlobalAlloc, Layout};
 use tikv_jemallocator::Jemalloc;
