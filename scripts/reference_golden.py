@@ -59,6 +59,13 @@ Groups and files (all under --out, default tests/fixtures/reference):
   The output is deterministic: when a regenerated `tiny` group differs from the committed one
   (another torch version), the committed malt adapter is stale: repeat steps 2 and 3.
 
+- `pg`: tiny_*/pg_reference.{json,safetensors}: the clipped policy-gradient loss of online
+  training (`malt_train::pg`) on one sibling group of three completions of the `tiny` group's
+  model and initial adapter, log-probs at temperature 0.7, a KL penalty to the base model, for
+  the token norm and the sequence norm: per-token log-probs, both losses and every LoRA
+  gradient, each checked against TRL's GRPOTrainer._compute_loss (loss types bnpo and grpo,
+  bf16 autocast off) on the same inputs. host/crates/train/tests/reference_pg.rs reads it.
+
 Check an exported tokenizer (a live check; the Rust tests call it with MALT_REFERENCE_PYTHON):
 
     python scripts/reference_golden.py --exported-tokenizer DIR [--out FIXTURES]
@@ -91,7 +98,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "fixtures" / "reference"
 DEFAULT_GGUF = Path.home() / ".cache/malt/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-GROUPS = ["tokenizer", "logits", "greedy", "sampling", "tiny", "malt_adapter"]
+GROUPS = ["tokenizer", "logits", "greedy", "sampling", "tiny", "malt_adapter", "pg"]
 
 # The question of issue 26: transformers gives 42 prompt ids and answers Paris.
 FRANCE = "What is the capital of France? Answer in one word."
@@ -534,6 +541,18 @@ DPO_RECORDS = [
 ]
 TINY_STOP = [0, 2]
 
+# The policy-gradient fixture (group `pg`): one sibling group (a prompt and three completions,
+# MALT's n = 3), the last one cut before its EOS as a completion stopped at max_new_tokens is.
+PG_PROMPT = [{"role": "user", "content": "What is 12 + 30?"}]
+PG_COMPLETIONS = ["It is 42.", "12 + 30 is 5, I think. No, it is 6.", "42"]
+PG_ADVANTAGES = [1.0, -1.25, 0.25]
+PG_TEMPERATURE = 0.7
+PG_BETA = 0.04
+PG_EPS = 0.2
+# The log-probs "when the update started" are the policy's shifted by this times
+# cos(1.7 (t + 3 b)): ratios from 0.70 to 1.42, so tokens fall on both sides of both clips.
+PG_OLD_SHIFT = 0.35
+
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -873,6 +892,151 @@ def group_tiny(out: Path, check_trl: bool):
         write_json(d / "reference.json", ref)
 
 
+def pg_token_logps(model, seqs, prompt_len, pad_id, temperature):
+    """Per-token log-probs of each completion under logits / temperature, right-padded
+    (batch, completion tokens), and the completion mask."""
+    import torch
+    n = max(len(s["ids"]) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s["ids"])] = torch.tensor(s["ids"])
+        att[r, :len(s["ids"])] = 1
+    logits = model(input_ids=ids, attention_mask=att).logits.float()
+    lp = torch.log_softmax(logits[:, prompt_len - 1:-1] / temperature, dim=-1)
+    tgt = ids[:, prompt_len:]
+    mask = att[:, prompt_len:].float()
+    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask, mask, ids
+
+
+def pg_loss(lp, old, ref, adv, mask, norm):
+    """TRL's GRPO per-token loss (two-sided clip, k3 KL) with `norm` = "token" (TRL's bnpo:
+    sum over every completion token / their number) or "sequence" (TRL's grpo: each
+    completion's token mean, then the mean)."""
+    import torch
+    r = torch.exp(lp - old)
+    a = adv.unsqueeze(1)
+    per_token = -torch.min(r * a, torch.clamp(r, 1 - PG_EPS, 1 + PG_EPS) * a)
+    # The KL estimate is weighted by r: the tokens were drawn from the old policy, not the
+    # current one (TRL's default `use_bias_correction_kl`).
+    per_token = per_token + PG_BETA * r * (torch.exp(ref - lp) - (ref - lp) - 1)
+    if norm == "token":
+        return (per_token * mask).sum() / mask.sum()
+    return ((per_token * mask).sum(-1) / mask.sum(-1)).mean()
+
+
+def trl_pg_check(pm, tok, prompt_len, ids, mask, old, ref, adv, norm, loss, grads, tmp):
+    """TRL's GRPOTrainer._compute_loss on the same group (loss_type bnpo for the token norm,
+    grpo for the sequence norm), its own log-probs at the same temperature."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    m = copy.deepcopy(pm)
+    zero_grads(m)
+    args = GRPOConfig(output_dir=str(tmp / "grpo"), beta=PG_BETA, epsilon=PG_EPS, temperature=PG_TEMPERATURE,
+                      loss_type={"token": "bnpo", "sequence": "grpo"}[norm], num_generations=3,
+                      per_device_train_batch_size=3, max_completion_length=ids.shape[1] - prompt_len,
+                      report_to=[], use_cpu=True, logging_strategy="no", save_strategy="no",
+                      disable_tqdm=True, bf16=False)  # TRL's default autocasts to bf16: ~0.2 off in log-probs
+    data = Dataset.from_list([{"prompt": PG_PROMPT}] * 3)
+    tr = GRPOTrainer(model=m, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                     args=args, train_dataset=data, processing_class=tok)
+    tr.current_gradient_accumulation_steps = 1
+    inputs = {
+        "prompt_ids": ids[:, :prompt_len], "prompt_mask": torch.ones_like(ids[:, :prompt_len]),
+        "completion_ids": ids[:, prompt_len:], "completion_mask": mask.long(),
+        "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
+        "num_items_in_batch": mask.sum(),
+    }
+    tr.model.train()
+    trl_loss = tr._compute_loss(tr.model, inputs)
+    trl_loss.backward()
+    g = grads_of(tr.model)
+    dl, dg = abs(float(trl_loss) - loss), max_rel_diff(grads, g)
+    print(f"  TRL GRPOTrainer ({args.loss_type}): loss {float(trl_loss):.7f} (ours {loss:.7f}), "
+          f"gradients max rel diff {dg:.2e}")
+    assert dl < 1e-5 and dg < 1e-4, "our policy-gradient loss / gradients disagree with TRL's"
+    return {"loss_type": args.loss_type, "loss": float(trl_loss), "loss_abs_diff": dl,
+            "grads_max_rel_diff": dg}
+
+
+def group_pg(out: Path, check_trl: bool):
+    """tiny_*/pg_reference.{json,safetensors}: the clipped policy-gradient loss with a KL penalty
+    to the base model on one sibling group, both normalisations, from the `tiny` group's model
+    and initial adapter."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for arch in ("llama", "qwen2"):
+        d = out / f"tiny_{arch}"
+        if not (d / "adapter_init").is_dir():
+            sys.exit(f"{d}/adapter_init is missing: run the `tiny` group first")
+        print(f"pg {arch} -> {d}")
+        tok = AutoTokenizer.from_pretrained(str(d))
+        base = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+        pm = PeftModel.from_pretrained(base, str(d / "adapter_init"), is_trainable=True)
+        records = [{"prompt": PG_PROMPT, "completion": [{"role": "assistant", "content": c}]}
+                   for c in PG_COMPLETIONS]
+        seqs = malt_sequences(tok, records, "completion")
+        seqs[-1]["ids"] = seqs[-1]["ids"][:-1]
+        prompt_len = seqs[0]["prompt_len"]
+        assert all(s["prompt_len"] == prompt_len for s in seqs)
+        adv = torch.tensor(PG_ADVANTAGES)
+        pm.eval()
+        with torch.no_grad():
+            with pm.disable_adapter():
+                ref, mask, ids = pg_token_logps(pm, seqs, prompt_len, 0, PG_TEMPERATURE)
+            lp0, _, _ = pg_token_logps(pm, seqs, prompt_len, 0, PG_TEMPERATURE)
+        b, c = mask.shape
+        phase = torch.arange(c).unsqueeze(0) + 3 * torch.arange(b).unsqueeze(1)
+        old = (lp0 - PG_OLD_SHIFT * torch.cos(1.7 * phase.float())) * mask
+        r0 = torch.exp(lp0 - old)
+        clipped = int((((r0 > 1 + PG_EPS) & (adv.unsqueeze(1) > 0)) |
+                       ((r0 < 1 - PG_EPS) & (adv.unsqueeze(1) < 0))).mul(mask.bool()).sum())
+        assert clipped > 0, "the fixture clips no token"
+        tensors = {"logps": lp0.contiguous(), "old_logps": old.contiguous(), "ref_logps": ref.contiguous(),
+                   "mask": mask.contiguous()}
+        entry = {}
+        tmp = Path(tempfile.mkdtemp(prefix="malt-ref-pg-"))
+        try:
+            for norm in ("token", "sequence"):
+                pm.train()
+                zero_grads(pm)
+                lp, _, _ = pg_token_logps(pm, seqs, prompt_len, 0, PG_TEMPERATURE)
+                loss = pg_loss(lp, old, ref, adv, mask, norm)
+                loss.backward()
+                g = grads_of(pm)
+                for k, v in g.items():
+                    tensors[f"pg_{norm}.{k}"] = v.float().contiguous()
+                entry[f"pg_{norm}"] = {"loss": float(loss), "grad_norm": grad_norm(g),
+                                       "gradients": f"pg_reference.safetensors: pg_{norm}.<PEFT tensor name>"}
+                if check_trl:
+                    entry[f"pg_{norm}"]["trl_check"] = trl_pg_check(
+                        pm, tok, prompt_len, ids, mask, old, ref, adv, norm, float(loss), g, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        zero_grads(pm)
+        save_file(tensors, str(d / "pg_reference.safetensors"))
+        write_json(d / "pg_reference.json", {
+            "meta": {
+                "policy": "adapter_init (trainable) on the tiny model; reference: the base model",
+                "loss": "per token -min(r A, clip(r, 1 - eps, 1 + eps) A) + beta r (exp(ref - lp) - (ref - lp) - 1), "
+                        "r = exp(lp - old), log-probs of logits / temperature; token norm: sum over every "
+                        "completion token / their number; sequence norm: each completion's mean, then the mean",
+                "old_logps": f"the policy's log-probs minus {PG_OLD_SHIFT} cos(1.7 (t + 3 b)), t the completion "
+                             "token, b the completion",
+                "tensors": "pg_reference.safetensors: logps, old_logps, ref_logps, mask (completions x tokens, "
+                           "right-padded, 0 past each completion), pg_<norm>.<PEFT name> gradients",
+                "versions": versions(),
+            },
+            "temperature": PG_TEMPERATURE, "beta": PG_BETA, "epsilon": PG_EPS,
+            "advantages": PG_ADVANTAGES, "sequences": seqs, "prompt_len": prompt_len,
+            "clipped_tokens": clipped, "tokens": int(mask.sum()),
+            **entry,
+        })
+
+
 def group_malt_adapter(out: Path, required: bool):
     import torch
     from peft import PeftModel
@@ -986,6 +1150,8 @@ def main():
         group_tiny(a.out, not a.no_trl_check)
     if "malt_adapter" in groups:
         group_malt_adapter(a.out, required=a.only is not None)
+    if "pg" in groups:
+        group_pg(a.out, not a.no_trl_check)
 
 
 if __name__ == "__main__":

@@ -288,6 +288,23 @@ fn bench_model(
         nt as f64 / s,
         ratio(nt as f64 / s, base)
     );
+    // The ceiling of batch-1 decode: every weight read once a token.
+    let roof = (m.device().is_cpu() && text).then(|| {
+        let bytes = malt_model::footprint::weight_bytes(
+            m.config(),
+            m.decoder.dtype(),
+            m.decoder.activation_dtype(),
+        );
+        let rate = malt_model::kernels::stream::read_rate(bytes as usize, 5);
+        println!(
+            "[{label}] memory read rate, same run: {:.1} GB/s; the weights ({:.0} MB) read once a token cap batch-1 decode at {:.1} tok/s: malt is at {:.0}% of it",
+            rate / 1e9,
+            bytes as f64 / 1e6,
+            rate / bytes as f64,
+            100.0 * ours.1 * bytes as f64 / rate
+        );
+        rate / bytes as f64
+    });
 
     let s = median(DECODE_RUNS, || {
         let branches: Vec<Branch> = c
@@ -335,6 +352,13 @@ fn bench_model(
             ours.1 / peer.decode_1,
             ours.2 / peer.decode_9
         );
+        if let Some(cap) = roof {
+            println!(
+                "[{label}] batch-1 decode as a share of the read-rate cap ({cap:.1} tok/s): malt {:.0}%, llama.cpp {:.0}%",
+                100.0 * ours.1 / cap,
+                100.0 * peer.decode_1 / cap
+            );
+        }
     }
     if a.skip_tree {
         return Ok(rates);

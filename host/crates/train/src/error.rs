@@ -16,6 +16,9 @@ pub enum TrainError {
     EmptyDataset { path: PathBuf },
     #[error("invalid training settings: {0}")]
     Settings(String),
+    /// Inputs that the caller, not the user, got wrong (mismatched lengths): a bug in malt.
+    #[error("internal error: {0} (a bug in malt: please report it with the command that ran)")]
+    Internal(String),
     #[error(
         "non-finite {what} ({value}) at step {step}, micro-batch {micro} (0-based), examples [{}]; \
          the run stopped, the last good checkpoint is kept{}",

@@ -36,6 +36,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model_bridge;
 pub mod optim;
+pub mod pg;
 pub mod policy;
 pub mod reference;
 pub mod settings;

@@ -13,3 +13,4 @@ pub(crate) mod matmul;
 pub mod ops;
 pub(crate) mod simd;
 pub mod small_matmul;
+pub mod stream;
