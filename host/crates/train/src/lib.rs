@@ -35,6 +35,7 @@ pub mod heldout;
 pub mod loss;
 pub mod metrics;
 pub mod model_bridge;
+pub mod online;
 pub mod optim;
 pub mod pg;
 pub mod policy;

@@ -189,3 +189,72 @@ fn policy_gradient_loss_and_lora_gradients_match_trl_grpo() {
     }
     finish("policy-gradient loss against TRL's GRPO", fails);
 }
+
+/// `online::update` on the fixture's sibling group: after two epochs the completion with the
+/// positive advantage is likelier and the most negative one less likely (per token, at the
+/// sampling temperature), and the first epoch's ratio of 1 left nothing clipped.
+#[test]
+fn online_update_moves_log_probs_with_the_advantages() {
+    use malt_train::online::{self, Rollout, UpdateSettings};
+    use malt_train::optim::{AdamW, AdamWParams};
+    let t = tiny(&committed(), "llama");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.dir.join("pg_reference.json")).unwrap())
+            .unwrap();
+    let seqs = fixture_sequences(&r["sequences"]);
+    let advantages = f64s(&r["advantages"]);
+    let rollouts: Vec<Rollout> = seqs
+        .iter()
+        .zip(&advantages)
+        .enumerate()
+        .map(|(i, (s, &a))| Rollout {
+            seq: s.clone(),
+            advantage: a as f32,
+            id: format!("completion {i}"),
+        })
+        .collect();
+    let policy = t.policy();
+    let adapter = t.adapter();
+    let pad = t.pad();
+    let mean_logp = |i: usize| -> f64 {
+        let batch = TokenBatch::new(&[&seqs[i]], pad);
+        let logits = policy
+            .target_logits(&batch, Some(&adapter), Mode::Eval)
+            .unwrap();
+        let lp: Vec<f32> = pg::sampling_logprobs(&logits, &batch.targets, 0.7)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64
+    };
+    let before: Vec<f64> = (0..seqs.len()).map(mean_logp).collect();
+    let mut opt = AdamW::new(adapter.named_vars(), AdamWParams::default()).unwrap();
+    let s = UpdateSettings {
+        pg: PgSettings {
+            temperature: 0.7,
+            ..PgSettings::default()
+        },
+        epochs: 1,
+        micro_batch: 2,
+        lr: 1e-3,
+        max_grad_norm: 1.0,
+    };
+    let first = online::update(&policy, &adapter, &mut opt, &rollouts, &s, pad).unwrap();
+    assert_eq!((first.pg.clipped, first.optimizer_steps), (0, 1));
+    assert!(
+        (first.pg.ratio_sum - first.tokens as f64).abs() < 1e-3,
+        "{first:?}"
+    );
+    let second = online::update(&policy, &adapter, &mut opt, &rollouts, &s, pad).unwrap();
+    assert_eq!(opt.step_count(), 2);
+    assert!(second.entropy > 0.0 && second.tokens == first.tokens);
+    let after: Vec<f64> = (0..seqs.len()).map(mean_logp).collect();
+    assert!(
+        after[0] > before[0],
+        "advantage +1: {before:?} -> {after:?}"
+    );
+    assert!(
+        after[1] < before[1],
+        "advantage -1.25: {before:?} -> {after:?}"
+    );
+}

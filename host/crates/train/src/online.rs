@@ -1,0 +1,175 @@
+//! One on-policy update of one role's adapter from the completions it sampled (a "rollout"),
+//! each with its advantage: the policy-gradient loss of [`crate::pg`] over `epochs` passes.
+//!
+//! ```text
+//! old = log-probs of every sampled token under the adapter as it is now (no graph)
+//! ref = the same under the base model (when the KL penalty is on)
+//! for each epoch:
+//!     for each micro-batch: loss = pg::micro_loss(log-probs with graph, old, ref, advantages)
+//!                           gradients += d loss
+//!     clip the gradients' global norm; AdamW step
+//! ```
+//!
+//! The first epoch's ratio is exactly 1 on every token (the same adapter, the same function,
+//! no dropout): later epochs are where the clip acts. Completions whose advantage is 0 (a flat
+//! sibling group) still carry the KL term and count in the token norm, as in TRL.
+
+use candle_core::{DType, Tensor};
+
+use crate::batch::{Sequence, TokenBatch};
+use crate::error::{Result, TrainError};
+use crate::optim::{self, AdamW};
+use crate::pg::{self, PgSettings, PgStats, TokenInputs};
+use crate::policy::{Mode, PolicyModel};
+use crate::trainer::GradAccumulator;
+
+/// One sampled completion to learn from: the prompt's ids and the ids exactly as sampled.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub seq: Sequence,
+    pub advantage: f32,
+    /// Names it in errors (question id and node).
+    pub id: String,
+}
+
+/// How a role's adapter is updated each step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateSettings {
+    pub pg: PgSettings,
+    /// Passes over the step's rollouts, one optimiser step each.
+    pub epochs: u32,
+    /// Completions per forward pass.
+    pub micro_batch: usize,
+    pub lr: f64,
+    /// Global gradient-norm clip (0: none).
+    pub max_grad_norm: f64,
+}
+
+/// What one update measured (sums over the last epoch where not said otherwise).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpdateStats {
+    pub completions: usize,
+    /// Completion tokens trained on (per epoch).
+    pub tokens: usize,
+    /// The last epoch's loss.
+    pub loss: f64,
+    /// The last epoch's gradient norm before clipping.
+    pub grad_norm: f64,
+    pub pg: PgStats,
+    /// Mean entropy of the sampling distribution over the trained tokens (nats), from the
+    /// pass that computes `old`.
+    pub entropy: f64,
+    pub optimizer_steps: u32,
+}
+
+/// Updates `adapter` (whose variables `optimizer` holds) on `rollouts`.
+pub fn update<M: PolicyModel>(
+    model: &M,
+    adapter: &M::Adapter,
+    optimizer: &mut AdamW,
+    rollouts: &[Rollout],
+    s: &UpdateSettings,
+    pad_id: u32,
+) -> Result<UpdateStats> {
+    s.pg.validate().map_err(TrainError::Settings)?;
+    let micro = s.micro_batch.max(1);
+    let lens: Vec<usize> = rollouts.iter().map(|r| r.seq.completion_len()).collect();
+    let mut stats = UpdateStats {
+        completions: rollouts.len(),
+        tokens: lens.iter().sum(),
+        ..Default::default()
+    };
+    if rollouts.is_empty() || stats.tokens == 0 {
+        return Ok(stats);
+    }
+    let chunks: Vec<(Vec<usize>, TokenBatch)> = (0..rollouts.len())
+        .collect::<Vec<_>>()
+        .chunks(micro)
+        .map(|rows| {
+            let seqs: Vec<&Sequence> = rows.iter().map(|&i| &rollouts[i].seq).collect();
+            (rows.to_vec(), TokenBatch::new(&seqs, pad_id))
+        })
+        .collect();
+
+    // The fixed per-token inputs: log-probs at the update's start, the reference's, advantages.
+    let (mut old, mut reference, mut entropy_sum) = (vec![], vec![], 0f64);
+    for (_, batch) in &chunks {
+        let logits = model.target_logits(batch, Some(adapter), Mode::Eval)?;
+        let scaled = (&logits / s.pg.temperature)?;
+        old.push(
+            pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?,
+        );
+        entropy_sum += entropy_sum_of(&scaled)?;
+        reference.push(if s.pg.kl_beta > 0.0 {
+            let base = model.target_logits(batch, None, Mode::Eval)?;
+            Some(pg::sampling_logprobs(&base, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?)
+        } else {
+            None
+        });
+    }
+    stats.entropy = entropy_sum / stats.tokens as f64;
+
+    let vars = optimizer.vars().to_vec();
+    for epoch in 0..s.epochs.max(1) {
+        let mut grads = GradAccumulator::new(vars.len());
+        let (mut loss, mut pg_stats) = (0f64, PgStats::default());
+        for (c, (rows, batch)) in chunks.iter().enumerate() {
+            let logits =
+                model.target_logits(batch, Some(adapter), Mode::Train { dropout_seed: None })?;
+            let lp = pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?;
+            let advantages: Vec<f32> = batch
+                .target_rows
+                .iter()
+                .map(|&r| rollouts[rows[r as usize]].advantage)
+                .collect();
+            let weights = pg::step_weights(batch, rows, &lens, s.pg.norm);
+            let inputs = TokenInputs {
+                old: &old[c],
+                reference: reference[c].as_deref(),
+                sampled: None,
+                advantages: &advantages,
+                weights: &weights,
+            };
+            let (l, st) = pg::micro_loss(&lp, &inputs, &s.pg)?;
+            let value = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    what: "policy-gradient loss",
+                    value,
+                    step: optimizer.step_count() + 1,
+                    micro: c,
+                    examples: rows.iter().map(|&i| rollouts[i].id.clone()).collect(),
+                    last_checkpoint: None,
+                });
+            }
+            loss += value;
+            pg_stats.add(&st);
+            grads.add(&l.backward()?, &vars)?;
+        }
+        let mut grads = grads.into_grads(&vars)?;
+        let norm = optim::clip_grad_norm(&mut grads, s.max_grad_norm)?;
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "gradient norm",
+                value: norm,
+                step: optimizer.step_count() + 1,
+                micro: 0,
+                examples: rollouts.iter().map(|r| r.id.clone()).collect(),
+                last_checkpoint: None,
+            });
+        }
+        optimizer.step(&grads, s.lr)?;
+        stats.optimizer_steps = epoch + 1;
+        stats.loss = loss;
+        stats.grad_norm = norm;
+        stats.pg = pg_stats;
+    }
+    Ok(stats)
+}
+
+/// Sum over rows of the entropy of `softmax(scaled)` (nats).
+fn entropy_sum_of(scaled: &Tensor) -> Result<f64> {
+    let lsm = candle_nn::ops::log_softmax(&scaled.to_dtype(DType::F32)?, candle_core::D::Minus1)?;
+    let h = (lsm.exp()? * &lsm)?.sum_all()?.neg()?;
+    Ok(h.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
