@@ -36,6 +36,8 @@ enum Command {
     Credit(cmd::credit::Args),
     /// Train each agent's LoRA adapter on the run's datasets (SFT, DPO or SFT then DPO).
     Train(cmd::train::Args),
+    /// Train the chain's adapters on-policy on trees sampled with them (`[online]`), resumable.
+    Online(cmd::online::Args),
     /// Evaluate single agent, untrained and trained chains (with majority voting) on held-out questions.
     Eval(cmd::eval::Args),
     /// The model and every agent's adapter behind an OpenAI-compatible HTTP server.
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Credit(args) => cmd::credit::run(args),
         Command::Train(args) => cmd::train::run(args),
+        Command::Online(args) => cmd::online::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Export(args) => cmd::export::run(args),

@@ -5,6 +5,7 @@ pub mod credit;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod online;
 pub mod plugin;
 pub mod run;
 pub mod score;

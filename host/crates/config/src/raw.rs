@@ -19,9 +19,11 @@ use crate::Diagnostic;
 mod chain;
 mod dataset;
 mod evaluation;
+mod online;
 mod scale_out;
 mod setup;
 mod study;
+use online::{resolve_online, RawOnline};
 use scale_out::{resolve_generation, resolve_serve};
 pub use study::default_systems;
 use study::{resolve_rounds, resolve_star, resolve_systems, RawRounds, RawStar};
@@ -50,6 +52,7 @@ pub(crate) struct RawConfig {
     star: RawStar,
     #[serde(default)]
     rounds: RawRounds,
+    online: Option<RawOnline>,
     #[serde(default)]
     generation: RawGeneration,
     #[serde(default)]
@@ -342,6 +345,7 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
     let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
+    let online = resolve_online(raw.online, &agents, generation.backend, &mut c);
 
     let config = Config {
         source: path.to_path_buf(),
@@ -357,6 +361,7 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
         eval,
         star,
         rounds,
+        online,
         generation,
         serve,
     };

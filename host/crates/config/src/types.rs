@@ -37,6 +37,10 @@ pub struct Config {
     pub star: Star,
     /// Iterated rounds of generate -> credit -> train -> eval.
     pub rounds: Rounds,
+    /// On-policy training of the chain (`malt online`); absent without an `[online]` table (and
+    /// then left out of the hash, so configs written before it keep theirs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<Online>,
     /// Where tree completions are sampled. Not hashed: the backend does not change what the
     /// trees are (remote servers reproduce the embedded sampler seed for seed).
     #[serde(skip)]
@@ -582,4 +586,66 @@ impl Rounds {
     pub fn theta_of(&self, round: u32) -> Option<f64> {
         self.theta.get(round.checked_sub(1)? as usize).copied()
     }
+}
+
+/// `[online]`: each step samples trees for `questions_per_step` training questions with the
+/// adapters as they are, rewards and credits them as offline MALT does, and updates every
+/// trained agent's adapter by the clipped policy gradient with its nodes' advantages against
+/// their siblings (see `malt_train::pg`, `malt_tree::advantage`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Online {
+    /// Updates; each samples new trees.
+    pub steps: u32,
+    pub questions_per_step: u32,
+    pub advantage: Advantage,
+    pub lr: f64,
+    /// Optimiser steps per update over the same samples (PPO epochs; TRL's `num_iterations`).
+    pub epochs: u32,
+    /// Completions per forward pass.
+    pub micro_batch: u32,
+    /// Global gradient-norm clip, 0 = none.
+    pub max_grad_norm: f64,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    /// Weight of the KL penalty to the base model; 0 = none.
+    pub kl_beta: f64,
+    pub loss_norm: LossNorm,
+    /// Agents whose adapters train; the others sample from the base model, unchanged.
+    pub train: Vec<String>,
+}
+
+impl Default for Online {
+    fn default() -> Self {
+        Online {
+            steps: 20,
+            questions_per_step: 4,
+            advantage: Advantage::LeaveOneOut,
+            lr: 1e-5,
+            epochs: 1,
+            micro_batch: 4,
+            max_grad_norm: 1.0,
+            clip_low: 0.2,
+            clip_high: 0.2,
+            kl_beta: 0.04,
+            loss_norm: LossNorm::Token,
+            train: Vec::new(),
+        }
+    }
+}
+
+/// `[online] advantage`: a node's value against its siblings' (see `malt_tree::advantage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Advantage {
+    Centered,
+    Normalized,
+    LeaveOneOut,
+}
+
+/// `[online] loss_norm`: how a step's per-token losses are averaged (see `malt_train::pg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossNorm {
+    Token,
+    Sequence,
 }

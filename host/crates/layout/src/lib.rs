@@ -184,6 +184,14 @@ impl RoundLayout {
         self.stages().join(format!("{stage}.json"))
     }
 
+    /// `online/`: `malt online`'s work: `metrics.jsonl` (one line per step), `trees/`
+    /// (`step-XXXXXXXX.jsonl`, each step's scored trees), `checkpoints/step-XXXXXXXX/`
+    /// (`adapters/<agent>/`, `optimizer/<agent>.safetensors`, `state.json`; the newest two
+    /// kept) and `adapters/<agent>/` (the last step's adapters).
+    pub fn online(&self) -> PathBuf {
+        self.dir.join("online")
+    }
+
     /// The STaR baseline of this round: a one-agent run laid out like a round.
     pub fn star(&self) -> RoundLayout {
         RoundLayout {

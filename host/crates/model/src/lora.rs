@@ -163,6 +163,19 @@ impl LoraAdapter {
         self.config.alpha / self.config.r as f64
     }
 
+    /// A second handle on the same variables under a new cache identity: what an inference
+    /// engine samples with between two optimiser steps of online training. The variables are
+    /// shared, so the handle follows every update; the new uid keeps keys and values computed
+    /// before an update (under the old identity) from being reused after it.
+    pub fn handle(&self) -> LoraAdapter {
+        LoraAdapter {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            name: self.name.clone(),
+            config: self.config.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+
     /// A second handle on the same variables (same uid: it is the same adapter), for a
     /// checkpointed layer's backward, which must own what it recomputes with.
     pub(crate) fn share(&self) -> LoraAdapter {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod generate;
 pub mod live_reload;
 pub mod memory_plan;
+pub mod online;
 pub mod pipeline;
 pub mod session;
 pub mod stage;

@@ -70,7 +70,8 @@ impl AdvantageStats {
     }
 }
 
-/// Every node's advantage (`None`: not trained), in arena order, and their summary.
+/// Every node's advantage (`None`: not trained), in arena order, and their summary per level
+/// (index = level).
 ///
 /// Sibling groups are the runs of consecutive nodes with one parent and one level (the arena's
 /// layout, see [`crate::tree`]).
@@ -78,10 +79,10 @@ pub fn advantages(
     input: &CreditInput,
     credit: &Credit,
     estimator: Estimator,
-) -> (Vec<Option<f64>>, AdvantageStats) {
+) -> (Vec<Option<f64>>, Vec<AdvantageStats>) {
     let n = input.len();
     let mut out = vec![None; n];
-    let mut stats = AdvantageStats::default();
+    let mut levels = vec![AdvantageStats::default(); input.leaf_level as usize + 1];
     let mut start = 0;
     while start < n {
         let (p, l) = (input.parent[start], input.level[start]);
@@ -89,6 +90,7 @@ pub fn advantages(
         while end < n && input.parent[end] == p && input.level[end] == l {
             end += 1;
         }
+        let stats = &mut levels[l as usize];
         let scored: Vec<(usize, f64)> = (start..end)
             .filter_map(|i| credit.value_of(i).map(|v| (i, v)))
             .collect();
@@ -117,7 +119,7 @@ pub fn advantages(
         }
         start = end;
     }
-    (out, stats)
+    (out, levels)
 }
 
 #[cfg(test)]
@@ -146,6 +148,14 @@ mod tests {
         (input, credit)
     }
 
+    fn total(levels: &[AdvantageStats]) -> AdvantageStats {
+        let mut t = AdvantageStats::default();
+        for l in levels {
+            t.add(l);
+        }
+        t
+    }
+
     fn approx(got: &[Option<f64>], want: &[Option<f64>]) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -164,6 +174,7 @@ mod tests {
         // Leaves under node 0: values 1 and 0, mean 0.5, std sqrt(0.5) = 0.707107...
         // Leaves under node 1: 1 and 1: a flat group, advantages 0.
         let (a, s) = advantages(&input, &credit, Estimator::Centered);
+        let s = total(&s);
         approx(
             &a,
             &[
@@ -214,6 +225,8 @@ mod tests {
             &a,
             &[Some(0.5), Some(-0.5), None, None, Some(1.0), Some(-1.0)],
         );
+        assert_eq!((s[0].nodes, s[1].nodes, s[1].skipped), (2, 2, 2));
+        let s = total(&s);
         assert_eq!((s.nodes, s.skipped), (4, 2));
     }
 

@@ -1,0 +1,607 @@
+//! `malt online`: on-policy training of the chain's adapters on trees sampled with them.
+//!
+//! ```text
+//! for step in (last finished step + 1)..=steps:
+//!     questions = the next questions_per_step training questions (a seeded order per pass)
+//!     trees     = one tree per question, every trained agent sampling with its adapter as it is
+//!     credit    = leaf rewards from the plugins, values propagated up (offline MALT's credit)
+//!     advantage = each node's value against its siblings' ([online] advantage)
+//!     for each trained agent: one update of its adapter on its nodes (malt_train::online)
+//!     write the step's trees and metrics, then a checkpoint (adapters, optimiser, step)
+//! ```
+//!
+//! Nothing is random outside the seeds: a step's trees are sampled with seeds mixed from the run
+//! seed and the step, the question order of each pass over the training split from the run seed
+//! and the pass. A checkpoint therefore holds all the state there is (adapters, optimiser
+//! moments and step counts, the step), and a run killed at any point resumes after its last
+//! checkpoint with exactly the results an uninterrupted run has (`tests/online.rs`).
+//!
+//! Agents not in `[online] train` sample from the base model and are never updated. A node cut
+//! at `max_new_tokens` keeps its value (its siblings' baseline needs it) but is trained only
+//! under `[credit] truncated = "keep"`, as the offline datasets do.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use malt_config::{Advantage, LossNorm, Online};
+use malt_engine::ModelSampler;
+use malt_layout::RoundLayout;
+use malt_model::{LoraAdapter, Model};
+use malt_train::online::{Rollout, UpdateSettings, UpdateStats};
+use malt_train::optim::{AdamW, AdamWParams};
+use malt_train::pg::{self, PgSettings};
+use malt_train::{ChatTokenizer, MaltPolicy, MaltTokenizer, PolicyModel, Sequence};
+use malt_tree::advantage::{self, AdvantageStats, Estimator};
+use malt_tree::credit::{assign, Credit, CreditInput};
+use malt_tree::{ChainSpec, Example, Tree, TruncatedPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::session::Session;
+
+/// Seeds of online training's streams (see `malt_train::data::mix_seed`).
+const STREAM_TREES: u64 = 0x6f6e_6c69_6e65_0001; // "online" 1
+const STREAM_ORDER: u64 = 0x6f6e_6c69_6e65_0002;
+/// Checkpoints kept: the newest and the one before it.
+const KEEP_CHECKPOINTS: usize = 2;
+
+/// How far to go this invocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnlineOptions {
+    /// Stop after this many steps of this invocation (an interruption at a step boundary).
+    pub stop_after: Option<u32>,
+}
+
+/// One line of `online/metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: u32,
+    pub questions: Vec<String>,
+    /// Per agent, in chain order.
+    pub agents: Vec<AgentMetrics>,
+    /// Seconds: sampling and scoring the trees, then every agent's update, then the checkpoint.
+    pub sample_s: f64,
+    pub update_s: f64,
+    pub checkpoint_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentMetrics {
+    pub agent: String,
+    pub trained: bool,
+    /// Mean value (credit) of the agent's scored nodes: for the last agent the mean reward.
+    pub mean_value: f64,
+    pub nodes: usize,
+    pub advantage_mean: f64,
+    pub advantage_std: f64,
+    /// Sibling groups with no spread (every advantage 0).
+    pub flat_groups: usize,
+    /// Completion tokens the agent sampled, and those its update trained on.
+    pub tokens_sampled: u64,
+    pub tokens_trained: u64,
+    pub loss: f64,
+    pub kl: f64,
+    pub clip_fraction: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    /// The last finished step.
+    step: u32,
+    /// Optimiser steps per trained agent.
+    optimizer_steps: BTreeMap<String, u64>,
+}
+
+/// What the run did.
+#[derive(Debug, Clone, Default)]
+pub struct OnlineSummary {
+    pub first_step: u32,
+    pub last_step: u32,
+    pub adapters: PathBuf,
+}
+
+/// One agent of the chain in the loop.
+struct Role<'m> {
+    name: String,
+    policy: MaltPolicy<'m>,
+    /// `Some` for trained agents.
+    trained: Option<(LoraAdapter, AdamW, UpdateSettings)>,
+}
+
+/// Runs `[online]` of the session's config from its last checkpoint.
+pub fn run_online(
+    session: &mut Session,
+    model: &Model,
+    model_id: &str,
+    opts: OnlineOptions,
+) -> anyhow::Result<OnlineSummary> {
+    let config = session.config.clone();
+    let Some(online) = config.online.clone() else {
+        anyhow::bail!(
+            "{}: no [online] table: add one to train the chain online (see configs/online.toml)",
+            config.source.display()
+        );
+    };
+    let chain = session.chain.clone();
+    let credit = session.credit;
+    let thetas = credit.thetas(&chain)?;
+    let seed = config.run.seed;
+    let layout = RoundLayout::at(&config.run.dir);
+    let dir = layout.online();
+    std::fs::create_dir_all(dir.join("trees"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let questions = session.questions()?.train;
+    anyhow::ensure!(
+        !questions.is_empty(),
+        "{}: [dataset] gives no training questions for [online]",
+        config.source.display()
+    );
+    let tok = MaltTokenizer::new(model)?;
+
+    let mut roles = Vec::new();
+    for (level, agent) in config.agents.iter().enumerate() {
+        let l = &agent.train.lora;
+        let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
+        let policy = MaltPolicy::new(model, lora);
+        let trained = if online.train.contains(&agent.name) {
+            let adapter = policy.new_adapter(
+                &agent.name,
+                malt_train::data::mix_seed(seed, 0x1a, level as u64),
+            )?;
+            let optimizer = AdamW::new(adapter.named_vars(), AdamWParams::default())?;
+            let settings = update_settings(&online, agent.temperature);
+            Some((adapter, optimizer, settings))
+        } else {
+            None
+        };
+        roles.push(Role {
+            name: agent.name.clone(),
+            policy,
+            trained,
+        });
+    }
+
+    let ckpt_root = dir.join("checkpoints");
+    let start = match latest_checkpoint(&ckpt_root)? {
+        Some((step, path)) => {
+            restore(&mut roles, &path)?;
+            tracing::info!("online: resuming after step {step} from {}", path.display());
+            step
+        }
+        None => 0,
+    };
+    keep_metrics_through(&dir.join("metrics.jsonl"), start)?;
+    let mut summary = OnlineSummary {
+        first_step: start + 1,
+        last_step: start,
+        adapters: dir.join("adapters"),
+    };
+    let bar = indicatif::ProgressBar::new(online.steps as u64);
+    bar.set_position(start as u64);
+    let mut done_now = 0;
+    for step in start + 1..=online.steps {
+        if opts.stop_after.is_some_and(|n| done_now >= n) {
+            break;
+        }
+        let t = Instant::now();
+        let picked = step_questions(&questions, step, online.questions_per_step, seed);
+        let trees = sample_trees(session, model, &chain, &roles, &picked, seed, step)?;
+        let sample_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let (rollouts, mut agents) =
+            rollouts(&trees, &chain, &thetas, credit, &online, &roles, model)?;
+        for (role, (rows, m)) in roles.iter_mut().zip(rollouts.iter().zip(agents.iter_mut())) {
+            let Some((adapter, optimizer, settings)) = &mut role.trained else {
+                continue;
+            };
+            let stats = malt_train::online::update(
+                &role.policy,
+                adapter,
+                optimizer,
+                rows,
+                settings,
+                tok.eos_id(),
+            )
+            .with_context(|| format!("online step {step}: updating agent {}", role.name))?;
+            record_update(m, &stats);
+        }
+        let update_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        write_trees(
+            &dir.join("trees").join(format!("step-{step:08}.jsonl")),
+            &trees,
+        )?;
+        let mut metrics = StepMetrics {
+            step,
+            questions: picked.iter().map(|q| q.id.clone()).collect(),
+            agents,
+            sample_s,
+            update_s,
+            checkpoint_s: 0.0,
+        };
+        checkpoint(&roles, &ckpt_root, step, model_id)?;
+        metrics.checkpoint_s = t.elapsed().as_secs_f64();
+        // After the checkpoint: a step is in the metrics only once it is safe.
+        append_metrics(&dir.join("metrics.jsonl"), &metrics)?;
+        log_step(&metrics, online.steps);
+        bar.set_position(step as u64);
+        summary.last_step = step;
+        done_now += 1;
+        malt_model::process::release_freed();
+    }
+    bar.finish_and_clear();
+    // The adapters as the last finished step left them.
+    for role in &roles {
+        if let Some((adapter, _, _)) = &role.trained {
+            let out = summary.adapters.join(&role.name);
+            role.policy.save_adapter(adapter, &out, model_id)?;
+        }
+    }
+    Ok(summary)
+}
+
+fn update_settings(o: &Online, temperature: f64) -> UpdateSettings {
+    UpdateSettings {
+        pg: PgSettings {
+            clip_low: o.clip_low,
+            clip_high: o.clip_high,
+            kl_beta: o.kl_beta,
+            temperature,
+            norm: match o.loss_norm {
+                LossNorm::Token => pg::LossNorm::Token,
+                LossNorm::Sequence => pg::LossNorm::Sequence,
+            },
+            is_cap: None,
+        },
+        epochs: o.epochs,
+        micro_batch: o.micro_batch as usize,
+        lr: o.lr,
+        max_grad_norm: o.max_grad_norm,
+    }
+}
+
+/// The questions of `step` (1-based): consecutive slices of a seeded permutation of the
+/// training split, a new permutation for each pass over it.
+fn step_questions(questions: &[Example], step: u32, per_step: u32, seed: u64) -> Vec<Example> {
+    let n = questions.len() as u64;
+    (0..per_step as u64)
+        .map(|j| {
+            let k = (step as u64 - 1) * per_step as u64 + j;
+            let (pass, at) = (k / n, k % n);
+            let mut order: Vec<usize> = (0..questions.len()).collect();
+            let mut state = malt_train::data::mix_seed(seed, STREAM_ORDER, pass);
+            for i in (1..order.len()).rev() {
+                let r = (malt_base::mix::splitmix64(&mut state) % (i as u64 + 1)) as usize;
+                order.swap(i, r);
+            }
+            questions[order[at as usize]].clone()
+        })
+        .collect()
+}
+
+/// One tree per question, every trained agent on a fresh handle of its adapter (a new cache
+/// identity: nothing computed before the last update is reused).
+fn sample_trees(
+    session: &mut Session,
+    model: &Model,
+    chain: &ChainSpec,
+    roles: &[Role<'_>],
+    questions: &[Example],
+    seed: u64,
+    step: u32,
+) -> anyhow::Result<Vec<Tree>> {
+    let mut sampler = ModelSampler::new(model);
+    for role in roles {
+        if let Some((adapter, _, _)) = &role.trained {
+            sampler = sampler.with_adapter(&role.name, adapter.handle());
+        }
+    }
+    let tree_seed = malt_train::data::mix_seed(seed, STREAM_TREES, step as u64);
+    let mut errors = malt_tree::score::ErrorCounts::default();
+    let mut trees = Vec::with_capacity(questions.len());
+    for q in questions {
+        let (tree, _) = malt_tree::generate_tree(
+            chain,
+            q,
+            tree_seed,
+            &mut sampler,
+            &mut session.scorer,
+            &mut errors,
+        )
+        .with_context(|| format!("online step {step}: sampling the tree of {}", q.id))?;
+        trees.push(tree);
+    }
+    Ok(trees)
+}
+
+/// Every agent's rollouts (its trainable nodes with their advantages) and its metrics so far.
+#[allow(clippy::type_complexity)]
+fn rollouts(
+    trees: &[Tree],
+    chain: &ChainSpec,
+    thetas: &[f64],
+    credit: malt_tree::CreditSettings,
+    online: &Online,
+    roles: &[Role<'_>],
+    model: &Model,
+) -> anyhow::Result<(Vec<Vec<Rollout>>, Vec<AgentMetrics>)> {
+    let estimator = match online.advantage {
+        Advantage::Centered => Estimator::Centered,
+        Advantage::Normalized => Estimator::Normalized,
+        Advantage::LeaveOneOut => Estimator::LeaveOneOut,
+    };
+    let levels = chain.len();
+    let mut out: Vec<Vec<Rollout>> = vec![Vec::new(); levels];
+    let mut adv_stats = vec![AdvantageStats::default(); levels];
+    let mut value_sum = vec![(0f64, 0usize); levels];
+    let mut sampled = vec![0u64; levels];
+    let (mut input, mut cr) = (CreditInput::default(), Credit::default());
+    for tree in trees {
+        input.fill_from_tree(tree, chain);
+        assign(&input, thetas, credit.pooling, &mut cr);
+        let (adv, per_level) = advantage::advantages(&input, &cr, estimator);
+        for (sum, one) in adv_stats.iter_mut().zip(&per_level) {
+            sum.add(one);
+        }
+        for (i, node) in tree.nodes.iter().enumerate() {
+            let l = node.level as usize;
+            sampled[l] += node.token_ids.as_ref().map_or(0, |t| t.len() as u64);
+            if let Some(v) = cr.value_of(i) {
+                value_sum[l].0 += v;
+                value_sum[l].1 += 1;
+            }
+            let Some(a) = adv[i] else { continue };
+            if roles[l].trained.is_none()
+                || (node.is_truncated() && credit.truncated == TruncatedPolicy::Exclude)
+            {
+                continue;
+            }
+            let (Some(ids), Some(messages)) = (&node.token_ids, tree.prompt_of(i)) else {
+                continue;
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            let mut seq = model.encode_chat(messages, true)?;
+            let prompt_len = seq.len();
+            seq.extend_from_slice(ids);
+            out[l].push(Rollout {
+                seq: Sequence {
+                    ids: seq,
+                    prompt_len,
+                },
+                advantage: a as f32,
+                id: format!("{} node {i}", tree.question_id),
+            });
+        }
+    }
+    let metrics = (0..levels)
+        .map(|l| AgentMetrics {
+            agent: chain.agents[l].name.clone(),
+            trained: roles[l].trained.is_some(),
+            mean_value: value_sum[l].0 / value_sum[l].1.max(1) as f64,
+            nodes: value_sum[l].1,
+            advantage_mean: adv_stats[l].mean(),
+            advantage_std: adv_stats[l].std(),
+            flat_groups: adv_stats[l].flat_groups,
+            tokens_sampled: sampled[l],
+            tokens_trained: 0,
+            loss: 0.0,
+            kl: 0.0,
+            clip_fraction: 0.0,
+            entropy: 0.0,
+            grad_norm: 0.0,
+        })
+        .collect();
+    Ok((out, metrics))
+}
+
+fn record_update(m: &mut AgentMetrics, s: &UpdateStats) {
+    let tokens = s.pg.tokens.max(1) as f64;
+    m.tokens_trained = s.tokens as u64 * s.optimizer_steps as u64;
+    m.loss = s.loss;
+    m.kl = s.pg.kl_sum / tokens;
+    m.clip_fraction = s.pg.clipped as f64 / tokens;
+    m.entropy = s.entropy;
+    m.grad_norm = s.grad_norm;
+}
+
+fn log_step(m: &StepMetrics, steps: u32) {
+    let per_agent: Vec<String> = m
+        .agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{} value {:.3}{}",
+                a.agent,
+                a.mean_value,
+                if a.trained {
+                    format!(
+                        " kl {:.4} clip {:.3} loss {:.4}",
+                        a.kl, a.clip_fraction, a.loss
+                    )
+                } else {
+                    " (frozen)".into()
+                }
+            )
+        })
+        .collect();
+    tracing::info!(
+        "online step {}/{steps}: {}; sample {:.1}s, update {:.1}s",
+        m.step,
+        per_agent.join(", "),
+        m.sample_s,
+        m.update_s
+    );
+}
+
+fn write_trees(path: &Path, trees: &[Tree]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for t in trees {
+        text.push_str(&serde_json::to_string(t)?);
+        text.push('\n');
+    }
+    malt_base::atomic::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn append_metrics(path: &Path, m: &StepMetrics) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?)
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Drops the metrics of steps after `step` (written before an interruption lost their
+/// checkpoint) and a torn last line.
+fn keep_metrics_through(path: &Path, step: u32) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
+        }
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept != text {
+        malt_base::atomic::write_atomic(path, kept.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn step_dir(root: &Path, step: u32) -> PathBuf {
+    root.join(format!("step-{step:08}"))
+}
+
+/// The newest complete checkpoint (a folder is renamed into place only once complete).
+fn latest_checkpoint(root: &Path) -> anyhow::Result<Option<(u32, PathBuf)>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display())))
+        }
+    };
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let step = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse::<u32>()
+                .ok()?;
+            e.path()
+                .join("state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .max_by_key(|(s, _)| *s))
+}
+
+fn checkpoint(roles: &[Role<'_>], root: &Path, step: u32, model_id: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let dst = step_dir(root, step);
+    let tmp = root.join(format!(".tmp-step-{step:08}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    let mut state = CheckpointState {
+        step,
+        optimizer_steps: BTreeMap::new(),
+    };
+    for role in roles {
+        if let Some((adapter, optimizer, _)) = &role.trained {
+            role.policy
+                .save_adapter(adapter, &tmp.join("adapters").join(&role.name), model_id)?;
+            let opt = tmp.join("optimizer");
+            std::fs::create_dir_all(&opt)
+                .with_context(|| format!("cannot create {}", opt.display()))?;
+            optimizer.save(&opt.join(format!("{}.safetensors", role.name)))?;
+            state
+                .optimizer_steps
+                .insert(role.name.clone(), optimizer.step_count());
+        }
+    }
+    malt_base::atomic::write_atomic(
+        &tmp.join("state.json"),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst)
+            .with_context(|| format!("cannot remove {}", dst.display()))?;
+    }
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("cannot move {} into place", dst.display()))?;
+    let mut steps: Vec<(u32, PathBuf)> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            Some((
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()?,
+                e.path(),
+            ))
+        })
+        .collect();
+    steps.sort();
+    for (_, p) in steps
+        .iter()
+        .take(steps.len().saturating_sub(KEEP_CHECKPOINTS))
+    {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Loads every trained agent's adapter and optimiser state from checkpoint `dir`.
+fn restore(roles: &mut [Role<'_>], dir: &Path) -> anyhow::Result<()> {
+    let state: CheckpointState = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("state.json"))
+            .with_context(|| format!("cannot read {}/state.json", dir.display()))?,
+    )
+    .with_context(|| format!("{}/state.json", dir.display()))?;
+    for role in roles.iter_mut() {
+        let Some((adapter, optimizer, _)) = &mut role.trained else {
+            continue;
+        };
+        let Some(&steps) = state.optimizer_steps.get(&role.name) else {
+            anyhow::bail!(
+                "{}: agent {} trains online but the checkpoint has no state for it (was [online] \
+                 train changed?); move {} away to start over",
+                dir.display(),
+                role.name,
+                dir.parent().unwrap_or(dir).display()
+            );
+        };
+        *adapter = role
+            .policy
+            .load_adapter(&dir.join("adapters").join(&role.name), &role.name)?;
+        let mut fresh = AdamW::new(adapter.named_vars(), AdamWParams::default())?;
+        fresh.load(
+            &dir.join("optimizer")
+                .join(format!("{}.safetensors", role.name)),
+            steps,
+        )?;
+        *optimizer = fresh;
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `malt online` on the tiny random model and the parity fixture plugin: a run killed (SIGKILL)
+//! in the middle of its steps and started again ends with exactly the trees, metrics (timings
+//! aside) and adapters of a run never interrupted; an agent left out of `[online] train` gets no
+//! adapter and no update.
+
+mod common;
+mod pipeline_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use pipeline_support::{fixture, kill_when, lines, MALT};
+use serde_json::Value;
+
+const ONLINE: &str = r#"
+[online]
+steps = 4
+questions_per_step = 2
+lr = 0.01
+epochs = 2
+micro_batch = 4
+kl_beta = 0.1
+train = ["generator", "verifier"]
+"#;
+
+fn online(config: &Path, cwd: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(MALT)
+        .args(["--log", "info", "online"])
+        .arg(config)
+        .current_dir(cwd)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn malt online")
+}
+
+fn to_end(config: &Path, cwd: &Path, log: &Path) {
+    let status = online(config, cwd, log).wait().unwrap();
+    assert!(
+        status.success(),
+        "malt online failed:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// The metrics without their timings.
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("online/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            for k in ["sample_s", "update_s", "checkpoint_s"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted_and_frozen_agents_stay_base() {
+    let f = fixture();
+    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even") + ONLINE;
+    let cfg = f.write_text("online", &text);
+
+    let a = f.workdir("a");
+    to_end(&cfg, &a, &a.join("log"));
+    let run_a = a.join("runs/pipeline");
+
+    let b = f.workdir("b");
+    let run_b = b.join("runs/pipeline");
+    let mut child = online(&cfg, &b, &b.join("log"));
+    let m = run_b.join("online/metrics.jsonl");
+    kill_when(&mut child, "the first online step", || lines(&m) >= 1);
+    assert!(lines(&m) < 4, "the run finished before it was killed");
+    to_end(&cfg, &b, &b.join("log"));
+
+    let (ma, mb) = (metrics(&run_a), metrics(&run_b));
+    assert_eq!(ma.len(), 4);
+    assert_eq!(ma, mb, "metrics of the resumed run differ");
+    for step in 1..=4 {
+        let t = format!("online/trees/step-{step:08}.jsonl");
+        assert!(
+            bytes(&run_a.join(&t)) == bytes(&run_b.join(&t)),
+            "{t} differs after the resume"
+        );
+    }
+    for agent in ["generator", "verifier"] {
+        let p = format!("online/adapters/{agent}/adapter_model.safetensors");
+        assert!(
+            bytes(&run_a.join(&p)) == bytes(&run_b.join(&p)),
+            "{p} differs after the resume"
+        );
+    }
+    // The refiner is frozen: no adapter, no update, and the metrics say so.
+    assert!(!run_a.join("online/adapters/refiner").exists());
+    for m in &ma {
+        let agents = m["agents"].as_array().unwrap();
+        let refiner = agents.iter().find(|a| a["agent"] == "refiner").unwrap();
+        assert_eq!(refiner["trained"], false);
+        assert_eq!(refiner["tokens_trained"], 0);
+        let generator = agents.iter().find(|a| a["agent"] == "generator").unwrap();
+        assert!(generator["tokens_sampled"].as_u64().unwrap() > 0, "{m}");
+    }
+    // A trained agent moved: its adapter is not the fresh one (B starts at zero).
+    let st = malt_model::candle_core::safetensors::load(
+        run_a.join("online/adapters/generator/adapter_model.safetensors"),
+        &malt_model::candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let moved = st.iter().any(|(k, t)| {
+        k.contains("lora_B")
+            && t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+    });
+    assert!(
+        moved,
+        "the generator's lora_B is still zero after 4 online steps"
+    );
+}
