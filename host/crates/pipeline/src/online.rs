@@ -174,7 +174,18 @@ pub fn run_online(
         }
         None => 0,
     };
-    keep_metrics_through(&dir.join("metrics.jsonl"), start)?;
+    let kept = keep_metrics_through(&dir.join("metrics.jsonl"), start)?;
+    // TensorBoard's file is rewritten: the kept steps first, then each new one.
+    let mut events = malt_base::tfevents::EventFile::create(&dir.join("tensorboard"))
+        .inspect_err(|e| {
+            tracing::warn!("{}/tensorboard: no TensorBoard events: {e}", dir.display())
+        })
+        .ok();
+    if let Some(ev) = &mut events {
+        for m in &kept {
+            tensorboard(ev, m);
+        }
+    }
     let mut summary = OnlineSummary {
         first_step: start + 1,
         last_step: start,
@@ -229,6 +240,9 @@ pub fn run_online(
         metrics.checkpoint_s = t.elapsed().as_secs_f64();
         // After the checkpoint: a step is in the metrics only once it is safe.
         append_metrics(&dir.join("metrics.jsonl"), &metrics)?;
+        if let Some(ev) = &mut events {
+            tensorboard(ev, &metrics);
+        }
         log_step(&metrics, online.steps);
         bar.set_position(step as u64);
         summary.last_step = step;
@@ -462,26 +476,57 @@ fn append_metrics(path: &Path, m: &StepMetrics) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Every agent's metrics of step `m` as TensorBoard scalars (`<agent>/<metric>`), flushed.
+fn tensorboard(ev: &mut malt_base::tfevents::EventFile, m: &StepMetrics) {
+    let step = m.step as i64;
+    let mut put = |tag: String, v: f64| {
+        if let Err(e) = ev.scalar(&tag, step, v) {
+            tracing::warn!("{}: {e}", ev.path().display());
+        }
+    };
+    for a in &m.agents {
+        put(format!("{}/mean_value", a.agent), a.mean_value);
+        put(format!("{}/advantage_std", a.agent), a.advantage_std);
+        put(
+            format!("{}/tokens_sampled", a.agent),
+            a.tokens_sampled as f64,
+        );
+        if a.trained {
+            put(format!("{}/loss", a.agent), a.loss);
+            put(format!("{}/kl", a.agent), a.kl);
+            put(format!("{}/clip_fraction", a.agent), a.clip_fraction);
+            put(format!("{}/entropy", a.agent), a.entropy);
+            put(format!("{}/grad_norm", a.agent), a.grad_norm);
+        }
+    }
+    put("time/sample_s".into(), m.sample_s);
+    put("time/update_s".into(), m.update_s);
+    if let Err(e) = ev.flush() {
+        tracing::warn!("{}: {e}", ev.path().display());
+    }
+}
+
 /// Drops the metrics of steps after `step` (written before an interruption lost their
-/// checkpoint) and a torn last line.
-fn keep_metrics_through(path: &Path, step: u32) -> anyhow::Result<()> {
+/// checkpoint) and a torn last line; returns the metrics kept.
+fn keep_metrics_through(path: &Path, step: u32) -> anyhow::Result<Vec<StepMetrics>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
         }
     };
-    let kept: String = text
+    let kept: Vec<(&str, StepMetrics)> = text
         .lines()
-        .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
+        .filter_map(|l| Some((l, serde_json::from_str::<StepMetrics>(l).ok()?)))
+        .filter(|(_, m)| m.step <= step)
         .collect();
-    if kept != text {
-        malt_base::atomic::write_atomic(path, kept.as_bytes())
+    let kept_text: String = kept.iter().map(|(l, _)| format!("{l}\n")).collect();
+    if kept_text != text {
+        malt_base::atomic::write_atomic(path, kept_text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(())
+    Ok(kept.into_iter().map(|(_, m)| m).collect())
 }
 
 fn step_dir(root: &Path, step: u32) -> PathBuf {
