@@ -610,6 +610,9 @@ pub struct Online {
     /// Weight of the KL penalty to the base model; 0 = none.
     pub kl_beta: f64,
     pub loss_norm: LossNorm,
+    /// Cap of the truncated importance weight `exp(old - sampled)` per token that corrects for
+    /// a sampler whose log-probs differ from the trainer's; `None`: no correction.
+    pub importance_cap: Option<f64>,
     /// Agents whose adapters train; the others sample from the base model, unchanged.
     pub train: Vec<String>,
 }
@@ -628,6 +631,7 @@ impl Default for Online {
             clip_high: 0.2,
             kl_beta: 0.04,
             loss_norm: LossNorm::Token,
+            importance_cap: None,
             train: Vec::new(),
         }
     }

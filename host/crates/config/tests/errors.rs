@@ -389,3 +389,21 @@ fn eval_std_is_sample_by_default_population_on_request_and_checked() {
         "configs/x.toml:22:7: unknown variant `n-1`, expected `sample` or `population`"
     );
 }
+
+#[test]
+fn online_defaults_and_no_change_to_the_hash_without_it() {
+    let c = Config::parse(GOOD, Path::new("configs/x.toml")).unwrap();
+    assert!(c.online.is_none());
+    let with = Config::parse(&format!("{GOOD}\n[online]\n"), Path::new("configs/x.toml")).unwrap();
+    let o = with.online.as_ref().unwrap();
+    assert_eq!(o.train, ["generator", "verifier", "refiner"]);
+    assert_eq!((o.steps, o.epochs, o.kl_beta), (20, 1, 0.04));
+    assert_ne!(c.config_hash(), with.config_hash());
+}
+
+#[test]
+fn online_refuses_unknown_agents_and_truncated_sampling() {
+    let text = GOOD.replace("name = \"verifier\"", "name = \"verifier\"\ntop_p = 0.9")
+        + "\n[online]\ntrain = [\"generator\", \"verifier\", \"critic\"]\nclip_low = 1.5\n";
+    insta::assert_snapshot!(err(&text));
+}

@@ -98,11 +98,12 @@ pub fn completion(c: malt_model::Completion) -> Completion {
         // Only a streaming observer cancels; the sampler's never does.
         malt_model::Finish::Cancelled => None,
     };
+    let logprobs = (c.logprobs.len() == token_ids.len()).then_some(c.logprobs);
     Completion {
         text: c.text,
         token_ids: Some(token_ids),
         finish,
-        logprobs: None,
+        logprobs,
     }
 }
 

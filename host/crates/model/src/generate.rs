@@ -7,7 +7,7 @@ use crate::error::{ModelError, Result};
 use crate::kv::Cache;
 use crate::lora::LoraAdapter;
 use crate::model::Model;
-use crate::sampling::{rng_for, sample, SamplingParams};
+use crate::sampling::{logprob_of, rng_for, sample, SamplingParams};
 use candle_core::Tensor;
 
 /// Positions by which a decode batch's key/value buffers grow.
@@ -46,6 +46,10 @@ pub struct Completion {
     pub finish: Finish,
     /// Prompt + generated tokens whose keys/values were computed: the parent of the next agent.
     pub cache: Cache,
+    /// The log-prob of each sampled id ([`Completion::sampled_ids`], the end-of-turn token
+    /// included) under `softmax(logits / temperature)`, the distribution it was drawn from
+    /// before any top-k / top-p truncation; empty when sampling was greedy.
+    pub logprobs: Vec<f32>,
 }
 
 /// Every token a sequence sampled, in order: its `tokens` plus the end-of-turn token that ended
@@ -82,6 +86,7 @@ struct Row {
     rng: rand::rngs::StdRng,
     gen: Vec<u32>,
     text: String,
+    logprobs: Vec<f32>,
 }
 
 impl Model {
@@ -217,6 +222,7 @@ impl Model {
                     text: String::new(),
                     finish: Finish::Length,
                     cache: b.cache,
+                    logprobs: vec![],
                 })
                 .collect());
         }
@@ -234,6 +240,7 @@ impl Model {
                 rng: rng_for(b.seed),
                 gen: vec![],
                 text: String::new(),
+                logprobs: vec![],
             })
             .collect();
         let lmax = rows.iter().map(|r| r.prompt_len).max().unwrap_or(0);
@@ -267,6 +274,10 @@ impl Model {
             let mut keep: Vec<usize> = vec![];
             for (ri, row) in rows.iter_mut().enumerate() {
                 let tok = sample(&logits[ri], params, &mut row.rng);
+                if params.temperature > 0.0 {
+                    row.logprobs
+                        .push(logprob_of(&logits[ri], tok, params.temperature));
+                }
                 let finish =
                     self.accept_token(params, tok, row.orig, &mut row.gen, &mut row.text, observe)?;
                 match finish {
@@ -278,6 +289,7 @@ impl Model {
                             text: std::mem::take(&mut row.text),
                             finish: f,
                             cache,
+                            logprobs: std::mem::take(&mut row.logprobs),
                         });
                     }
                 }

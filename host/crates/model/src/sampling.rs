@@ -89,6 +89,20 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
     idx[probs.len() - 1].0
 }
 
+/// `log softmax(logits / temperature)[token]` over the whole vocabulary (f64 sums): the
+/// log-prob of a token [`sample`] drew, as a trainer recomputes it. Top-k and top-p are not
+/// applied: on-policy training refuses them (its loss takes this distribution's probabilities).
+pub fn logprob_of(logits: &[f32], token: u32, temperature: f64) -> f32 {
+    let t = temperature as f64;
+    let max = max_finite(logits) as f64;
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|&v| ((v as f64 - max) / t).exp())
+        .sum();
+    ((logits[token as usize] as f64 - max) / t - sum.ln()) as f32
+}
+
 /// The largest finite logit (NEG_INFINITY if there is none). Sixteen independent lanes, so it
 /// vectorises: a single running max is a chain of dependent compares, and at batch 9 the
 /// vocabulary scans were a few percent of a decode step.

@@ -86,6 +86,10 @@ pub struct AgentMetrics {
     pub clip_fraction: f64,
     pub entropy: f64,
     pub grad_norm: f64,
+    /// Mean |sampling log-prob - the update's recomputed log-prob| per token (the engine's
+    /// distribution against the trainer's); absent when the sampler recorded none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprob_mismatch: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -271,7 +275,7 @@ fn update_settings(o: &Online, temperature: f64) -> UpdateSettings {
                 LossNorm::Token => pg::LossNorm::Token,
                 LossNorm::Sequence => pg::LossNorm::Sequence,
             },
-            is_cap: None,
+            is_cap: o.importance_cap,
         },
         epochs: o.epochs,
         micro_batch: o.micro_batch as usize,
@@ -391,6 +395,7 @@ fn rollouts(
                     prompt_len,
                 },
                 advantage: a as f32,
+                sampled: node.logprobs.clone().filter(|l| l.len() == ids.len()),
                 id: format!("{} node {i}", tree.question_id),
             });
         }
@@ -411,6 +416,7 @@ fn rollouts(
             clip_fraction: 0.0,
             entropy: 0.0,
             grad_norm: 0.0,
+            logprob_mismatch: None,
         })
         .collect();
     Ok((out, metrics))
@@ -424,6 +430,7 @@ fn record_update(m: &mut AgentMetrics, s: &UpdateStats) {
     m.clip_fraction = s.pg.clipped as f64 / tokens;
     m.entropy = s.entropy;
     m.grad_norm = s.grad_norm;
+    m.logprob_mismatch = s.logprob_mismatch;
 }
 
 fn log_step(m: &StepMetrics, steps: u32) {
@@ -649,4 +656,83 @@ fn restore(roles: &mut [Role<'_>], dir: &Path) -> anyhow::Result<()> {
         *optimizer = fresh;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use malt_model::candle_core::{DType, Device, Tensor};
+    use malt_model::{ModelConfig, SamplingParams};
+    use malt_train::{Mode, TokenBatch};
+    use malt_tree::{Message, SampleRequest, Sampler};
+
+    /// The log-probs the embedded sampler records while sampling (with an adapter whose B is
+    /// not zero) equal the ones the update recomputes from the same ids (f32, 1e-4).
+    #[test]
+    fn sampling_logprobs_equal_the_updates_recomputation() {
+        let cfg = ModelConfig {
+            max_position_embeddings: 256,
+            ..ModelConfig::llama(128, 32, 64, 2, 4, 2)
+        };
+        let model = Model::random_seeded(
+            cfg,
+            &Device::Cpu,
+            DType::F32,
+            5,
+            malt_model::random::DrawOn::Host,
+        )
+        .unwrap();
+        let lora = malt_train::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap();
+        let policy = MaltPolicy::new(&model, lora);
+        let adapter = policy.new_adapter("g", 1).unwrap();
+        for (_, v) in adapter.named_vars() {
+            let t = v.as_tensor();
+            v.set(&(t + Tensor::randn(0f32, 0.2, t.shape(), &Device::Cpu).unwrap()).unwrap())
+                .unwrap();
+        }
+        let mut sampler = ModelSampler::new(&model).with_adapter("g", adapter.handle());
+        let messages = vec![Message::user("t3 t4 t5 t9")];
+        let params = SamplingParams {
+            temperature: 0.8,
+            max_new_tokens: 12,
+            ..Default::default()
+        };
+        let seeds = [1u64, 2, 3];
+        let out = sampler
+            .sample(&[SampleRequest {
+                agent: "g",
+                messages: &messages,
+                params: &params,
+                seeds: &seeds,
+            }])
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let prompt = model.encode_chat(&messages, true).unwrap();
+        let mut worst = 0f32;
+        for c in &out {
+            let ids = c.token_ids.clone().unwrap();
+            let recorded = c.logprobs.clone().expect("the sampler records log-probs");
+            assert_eq!(recorded.len(), ids.len());
+            let seq = Sequence {
+                ids: [prompt.clone(), ids].concat(),
+                prompt_len: prompt.len(),
+            };
+            let batch = TokenBatch::new(&[&seq], 0);
+            let logits = policy
+                .target_logits(&batch, Some(&adapter), Mode::Eval)
+                .unwrap();
+            let again: Vec<f32> = pg::sampling_logprobs(&logits, &batch.targets, 0.8)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (a, b) in recorded.iter().zip(&again) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        assert!(
+            worst < 1e-4,
+            "sampled vs recomputed log-probs differ by {worst}"
+        );
+    }
 }

@@ -28,6 +28,9 @@ use crate::trainer::GradAccumulator;
 pub struct Rollout {
     pub seq: Sequence,
     pub advantage: f32,
+    /// The sampler's log-prob of each completion token (one per id after the prompt), when it
+    /// recorded them: the mismatch metric, and the importance weights with `pg.is_cap`.
+    pub sampled: Option<Vec<f32>>,
     /// Names it in errors (question id and node).
     pub id: String,
 }
@@ -59,6 +62,9 @@ pub struct UpdateStats {
     /// Mean entropy of the sampling distribution over the trained tokens (nats), from the
     /// pass that computes `old`.
     pub entropy: f64,
+    /// Mean `|old - sampled|` over the tokens whose sampling log-prob was recorded (`None`:
+    /// none was): how far the sampler's probabilities are from the trainer's.
+    pub logprob_mismatch: Option<f64>,
     pub optimizer_steps: u32,
 }
 
@@ -93,12 +99,30 @@ pub fn update<M: PolicyModel>(
 
     // The fixed per-token inputs: log-probs at the update's start, the reference's, advantages.
     let (mut old, mut reference, mut entropy_sum) = (vec![], vec![], 0f64);
-    for (_, batch) in &chunks {
+    let mut sampled: Vec<Option<Vec<f32>>> = vec![];
+    let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
+    for (rows, batch) in &chunks {
         let logits = model.target_logits(batch, Some(adapter), Mode::Eval)?;
         let scaled = (&logits / s.pg.temperature)?;
-        old.push(
-            pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?,
-        );
+        let o =
+            pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?;
+        // The batch's targets are its rows' completion tokens in order.
+        let recorded: Option<Vec<f32>> = rows
+            .iter()
+            .map(|&i| rollouts[i].sampled.clone())
+            .collect::<Option<Vec<Vec<f32>>>>()
+            .map(|v| v.concat())
+            .filter(|v| v.len() == o.len());
+        if let Some(q) = &recorded {
+            mismatch += o
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>();
+            mismatch_n += o.len();
+        }
+        sampled.push(recorded);
+        old.push(o);
         entropy_sum += entropy_sum_of(&scaled)?;
         reference.push(if s.pg.kl_beta > 0.0 {
             let base = model.target_logits(batch, None, Mode::Eval)?;
@@ -108,6 +132,7 @@ pub fn update<M: PolicyModel>(
         });
     }
     stats.entropy = entropy_sum / stats.tokens as f64;
+    stats.logprob_mismatch = (mismatch_n > 0).then(|| mismatch / mismatch_n as f64);
 
     let vars = optimizer.vars().to_vec();
     for epoch in 0..s.epochs.max(1) {
@@ -126,7 +151,7 @@ pub fn update<M: PolicyModel>(
             let inputs = TokenInputs {
                 old: &old[c],
                 reference: reference[c].as_deref(),
-                sampled: None,
+                sampled: sampled[c].as_deref(),
                 advantages: &advantages,
                 weights: &weights,
             };

@@ -210,6 +210,7 @@ fn online_update_moves_log_probs_with_the_advantages() {
         .map(|(i, (s, &a))| Rollout {
             seq: s.clone(),
             advantage: a as f32,
+            sampled: None,
             id: format!("completion {i}"),
         })
         .collect();

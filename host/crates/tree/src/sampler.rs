@@ -49,8 +49,8 @@ pub struct Completion {
     /// `None` when the backend could not say (a remote engine that returns no ids).
     pub token_ids: Option<Vec<u32>>,
     pub finish: Option<FinishReason>,
-    /// Reserved for the per-token log-probs of the sampling distribution (one per token id);
-    /// no backend fills it yet.
+    /// The per-token log-probs of the sampling distribution (one per token id): the embedded
+    /// sampler's when it samples at a temperature > 0; `None` from remote engines.
     pub logprobs: Option<Vec<f32>>,
 }
 

@@ -39,7 +39,9 @@ pub struct Node {
     /// Why sampling stopped; absent where unknown (older trees).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish: Option<FinishReason>,
-    /// Reserved: per-token log-probs of the sampling distribution, one per token id.
+    /// Per-token log-probs of the sampling distribution (`softmax(logits / temperature)`),
+    /// one per token id, as the sampler drew them: the embedded sampler records them when it
+    /// samples at a temperature > 0; remote engines do not yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<f32>>,
     /// Extracted final answer (`None` when extraction found nothing or was not run).

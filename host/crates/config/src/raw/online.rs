@@ -20,6 +20,7 @@ pub(super) struct RawOnline {
     clip_high: Option<f64>,
     kl_beta: Option<f64>,
     loss_norm: Option<LossNorm>,
+    importance_cap: Option<f64>,
     train: Option<Vec<String>>,
 }
 
@@ -44,6 +45,7 @@ pub(super) fn resolve_online(
         clip_high: raw.clip_high.unwrap_or(d.clip_high),
         kl_beta: raw.kl_beta.unwrap_or(d.kl_beta),
         loss_norm: raw.loss_norm.unwrap_or(d.loss_norm),
+        importance_cap: raw.importance_cap,
         train: raw
             .train
             .unwrap_or_else(|| agents.iter().map(|a| a.name.clone()).collect()),
@@ -76,6 +78,15 @@ pub(super) fn resolve_online(
         0.0,
         1e9,
     );
+    if let Some(cap) = o.importance_cap {
+        c.range(
+            &at("importance_cap"),
+            "online.importance_cap",
+            cap,
+            1.0,
+            1e6,
+        );
+    }
     if o.train.is_empty() {
         c.err(
             &at("train"),
