@@ -93,7 +93,7 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
 /// log-prob of a token [`sample`] drew, as a trainer recomputes it. Top-k and top-p are not
 /// applied: on-policy training refuses them (its loss takes this distribution's probabilities).
 pub fn logprob_of(logits: &[f32], token: u32, temperature: f64) -> f32 {
-    let t = temperature as f64;
+    let t = temperature;
     let max = max_finite(logits) as f64;
     let sum: f64 = logits
         .iter()
