@@ -23,6 +23,10 @@ kl_beta = 0.1
 train = ["generator", "verifier"]
 "#;
 
+/// The evaluation of the online run: its row beside the single agent's.
+const EVAL_ONLINE: &str = r#"systems = ["single", "online"]
+"#;
+
 fn online(config: &Path, cwd: &Path, log: &Path) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -71,7 +75,10 @@ fn bytes(p: &Path) -> Vec<u8> {
 #[test]
 fn killed_and_resumed_equals_uninterrupted_and_frozen_agents_stay_base() {
     let f = fixture();
-    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even") + ONLINE;
+    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even").replace(
+        "majority_k = 3\n",
+        &format!("majority_k = 3\n{EVAL_ONLINE}"),
+    ) + ONLINE;
     let cfg = f.write_text("online", &text);
 
     let a = f.workdir("a");
@@ -135,4 +142,61 @@ fn killed_and_resumed_equals_uninterrupted_and_frozen_agents_stay_base() {
         moved,
         "the generator's lora_B is still zero after 4 online steps"
     );
+}
+
+/// `malt eval` with the online system: its row runs the online adapters (the frozen refiner on
+/// the base model) and its budget counts what the online run sampled and trained.
+#[test]
+fn the_report_has_the_online_system_and_its_budget() {
+    let f = fixture();
+    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even").replace(
+        "majority_k = 3\n",
+        &format!("majority_k = 3\n{EVAL_ONLINE}"),
+    ) + ONLINE;
+    let cfg = f.write_text("online-eval", &text);
+    let dir = f.workdir("e");
+    let out = Command::new(MALT)
+        .arg("eval")
+        .arg(&cfg)
+        .current_dir(&dir)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    // Before `malt online`, the online row cannot run and the report says why.
+    let text_before =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text_before.contains("run `malt online CONFIG` first"),
+        "{text_before}"
+    );
+    to_end(&cfg, &dir, &dir.join("log"));
+    let out = Command::new(MALT)
+        .arg("eval")
+        .arg(&cfg)
+        .current_dir(&dir)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "malt eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.join("runs/pipeline");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
+            .unwrap();
+    let budgets = report["budgets"].as_array().unwrap();
+    let online = budgets.iter().find(|b| b["system"] == "online").unwrap();
+    let sampled: u64 = metrics(&run)
+        .iter()
+        .flat_map(|m| m["agents"].as_array().unwrap().clone())
+        .map(|a| a["tokens_sampled"].as_u64().unwrap())
+        .sum();
+    assert_eq!(online["sampled_tokens"].as_u64().unwrap(), sampled);
+    assert!(online["trained_tokens"].as_u64().unwrap() > 0, "{online}");
+    // 4 steps x 2 epochs x 2 trained agents.
+    assert_eq!(online["optimizer_steps"], 16, "{online}");
+    let systems = report["systems"].as_array().unwrap();
+    assert!(systems.iter().any(|s| s["id"] == "online"), "{report}");
 }

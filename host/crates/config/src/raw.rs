@@ -346,6 +346,19 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let serve = resolve_serve(raw.serve, &mut c);
     let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
     let online = resolve_online(raw.online, &agents, generation.backend, &mut c);
+    if online.is_none() {
+        if let Some(i) = eval
+            .systems
+            .iter()
+            .position(|s| s.kind == SystemKind::Online)
+        {
+            c.err(
+                &[Seg::Key("eval"), Seg::Key("systems"), Seg::Index(i)],
+                "eval.systems has \"online\" but the config has no [online] table: add one \
+                 (and run `malt online` before the evaluation)",
+            );
+        }
+    }
 
     let config = Config {
         source: path.to_path_buf(),

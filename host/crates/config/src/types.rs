@@ -503,6 +503,9 @@ pub enum SystemKind {
     StarChain,
     /// The whole chain with every agent's trained adapter (MALT).
     Malt,
+    /// The whole chain with the adapters `malt online` trained (`[online]`); agents it did not
+    /// train run on the base model.
+    Online,
     /// The chain with the adapters of `trained` only; the other agents run on the base model,
     /// except those in `skip`, which are not run (their output is empty).
     Trained {
@@ -517,7 +520,9 @@ impl SystemKind {
     pub fn uses_adapters(&self) -> bool {
         match self {
             SystemKind::Single | SystemKind::Untrained => false,
-            SystemKind::Star | SystemKind::StarChain | SystemKind::Malt => true,
+            SystemKind::Star | SystemKind::StarChain | SystemKind::Malt | SystemKind::Online => {
+                true
+            }
             SystemKind::Trained { trained, .. } => !trained.is_empty(),
         }
     }

@@ -37,6 +37,8 @@ pub enum Weights {
     Star,
     /// The agent's adapter after SFT on its positives, before DPO (multi-agent STaR).
     Sft,
+    /// The agent's adapter from online training (`malt online`).
+    Online,
 }
 
 impl Weights {
@@ -46,6 +48,7 @@ impl Weights {
             Weights::Malt => "malt",
             Weights::Star => "star",
             Weights::Sft => "sft",
+            Weights::Online => "online",
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct Adapters {
     /// Per agent name, its adapter after SFT and before DPO (agents trained by SFT only need
     /// none: their MALT adapter is it).
     pub sft: Vec<(String, LoraAdapter)>,
+    /// Per agent name, its adapter from online training.
+    pub online: Vec<(String, LoraAdapter)>,
 }
 
 impl Adapters {
@@ -143,6 +148,12 @@ impl<'m, 's> ModelChainRunner<'m, 's> {
             .into_iter()
             .map(|(n, a)| (Weights::Malt, n, a)))
         .chain(adapters.sft.into_iter().map(|(n, a)| (Weights::Sft, n, a)))
+        .chain(
+            adapters
+                .online
+                .into_iter()
+                .map(|(n, a)| (Weights::Online, n, a)),
+        )
         .chain(star);
         for (w, agent, a) in all {
             let key = sampler_key(w, &agent);

@@ -55,6 +55,49 @@ fn sampled_tokens(file: &Path) -> anyhow::Result<u64> {
         .sum())
 }
 
+/// What `malt online` spent, from its metrics (each step counted once).
+#[derive(Debug, Default)]
+struct OnlineCost {
+    sampled: u64,
+    trained: u64,
+    /// Optimiser steps over every trained agent.
+    steps: u64,
+    /// Nodes trained on.
+    examples: u64,
+    updates: u64,
+}
+
+fn online_cost(metrics: &Path) -> anyhow::Result<OnlineCost> {
+    let text = match std::fs::read_to_string(metrics) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OnlineCost::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", metrics.display())),
+    };
+    let mut steps: BTreeMap<u32, crate::online::StepMetrics> = BTreeMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let m: crate::online::StepMetrics = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", metrics.display(), i + 1))?;
+        steps.insert(m.step, m);
+    }
+    let mut c = OnlineCost {
+        updates: steps.len() as u64,
+        ..Default::default()
+    };
+    for m in steps.values() {
+        for a in &m.agents {
+            c.sampled += a.tokens_sampled;
+            c.trained += a.tokens_trained;
+            c.steps += a.optimizer_steps;
+            c.examples += a.trained_completions as u64;
+        }
+    }
+    Ok(c)
+}
+
 /// The budget of every system of `systems` in `round`; `agents` the chain's agent names in
 /// order, `star` the `[star] data` setting.
 pub fn budgets(
@@ -112,6 +155,18 @@ pub fn budgets(
             }
             SystemKind::StarChain => malt_phases(agents, true),
             SystemKind::Malt => malt_phases(agents, false),
+            SystemKind::Online => {
+                let c = online_cost(&round.online().join("metrics.jsonl"))?;
+                let cost = PhaseCost {
+                    tokens: c.trained,
+                    steps: c.steps,
+                    examples: c.examples,
+                };
+                add(format!("online ({} steps)", c.updates), Some(cost));
+                // Online training samples its own trees, at every step.
+                b.sampled_tokens = c.sampled;
+                Vec::new()
+            }
             SystemKind::Trained { trained, .. } => malt_phases(trained, false),
         };
         if !used.is_empty() {

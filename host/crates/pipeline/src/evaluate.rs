@@ -20,14 +20,26 @@ use malt_engine::ModelChainRunner;
 /// What system `s` runs, by position in the chain of `agents` (names, in order). `sft_apart`
 /// lists the agents whose SFT adapter is not their final one (a DPO phase followed it): the
 /// multi-agent STaR runs those on their SFT adapter and the others on their only adapter,
-/// which is then the same turn as MALT's.
-pub fn system_setup(agents: &[String], s: &EvalSystem, sft_apart: &[String]) -> SystemSetup {
+/// which is then the same turn as MALT's. `online` lists the agents with an online adapter.
+pub fn system_setup(
+    agents: &[String],
+    s: &EvalSystem,
+    sft_apart: &[String],
+    online: &[String],
+) -> SystemSetup {
     let n = agents.len();
     let turns = match &s.kind {
         SystemKind::Single => vec![TurnPlan::Run(Weights::Base)],
         SystemKind::Star => vec![TurnPlan::Run(Weights::Star)],
         SystemKind::Untrained => vec![TurnPlan::Run(Weights::Base); n],
         SystemKind::Malt => vec![TurnPlan::Run(Weights::Malt); n],
+        SystemKind::Online => agents
+            .iter()
+            .map(|a| match online.contains(a) {
+                true => TurnPlan::Run(Weights::Online),
+                false => TurnPlan::Run(Weights::Base),
+            })
+            .collect(),
         SystemKind::StarChain => agents
             .iter()
             .map(|a| match sft_apart.contains(a) {
@@ -77,6 +89,8 @@ struct Available {
     /// Agents whose SFT adapter is not their final one.
     sft_apart: Vec<String>,
     star: bool,
+    /// Agents with an adapter from `malt online`.
+    online: Vec<String>,
 }
 
 fn available(agents: &[String], round: &RoundLayout) -> Available {
@@ -102,12 +116,27 @@ fn available(agents: &[String], round: &RoundLayout) -> Available {
     let star = agents
         .first()
         .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), a).is_some());
+    let online = agents
+        .iter()
+        .filter(|a| {
+            online_adapter(round, a)
+                .join("adapter_config.json")
+                .exists()
+        })
+        .cloned()
+        .collect();
     Available {
         malt,
         sft,
         sft_apart,
         star,
+        online,
     }
+}
+
+/// `<run>/online/adapters/<agent>/`: what `malt online` left for `agent`.
+pub fn online_adapter(round: &RoundLayout, agent: &str) -> std::path::PathBuf {
+    round.online().join("adapters").join(agent)
 }
 
 /// Why system `s` cannot run on this round's adapters: the agents it runs trained that have no
@@ -133,6 +162,14 @@ fn missing(
             })
         }
         SystemKind::Malt => (lacking(agents, &have.malt), "trained adapter"),
+        SystemKind::Online => {
+            return have.online.is_empty().then(|| {
+                format!(
+                    "no online adapter in {} (run `malt online CONFIG` first)",
+                    round.online().join("adapters").display()
+                )
+            })
+        }
         SystemKind::StarChain => (lacking(agents, &have.sft), "SFT adapter"),
         SystemKind::Trained { trained, .. } => (lacking(trained, &have.malt), "trained adapter"),
     };
@@ -370,6 +407,9 @@ pub struct EvalInputs {
     /// With `[rounds]`: the thresholds of every round and the earlier rounds' reports.
     #[serde(rename = "rounds", skip_serializing_if = "Option::is_none")]
     pub rounds: Option<RoundsInputs>,
+    /// With an online system: what `malt online` left (its adapters and metrics).
+    #[serde(rename = "online", skip_serializing_if = "Option::is_none")]
+    pub online: Option<String>,
     /// For messages only: the held-out file, when the split is one.
     #[serde(skip)]
     pub test_file: Option<std::path::PathBuf>,
@@ -449,6 +489,15 @@ pub fn evaluate(
             adapters.sft.push((agent.clone(), a));
         }
     }
+    if systems.iter().any(|s| s.kind == SystemKind::Online) {
+        for agent in &have.online {
+            let dir = online_adapter(round, agent);
+            let a = model
+                .load_adapter(&dir, agent)
+                .with_context(|| format!("loading {agent}'s online adapter {}", dir.display()))?;
+            adapters.online.push((agent.clone(), a));
+        }
+    }
     if systems.iter().any(|s| s.kind == SystemKind::Star) {
         let first = agents.first().map(String::as_str);
         adapters.star = malt_train::load_final_adapters(model, round.star().dir(), first)?
@@ -478,7 +527,7 @@ pub fn evaluate(
     };
     let setups = systems
         .iter()
-        .map(|s| system_setup(&agents, s, &have.sft_apart))
+        .map(|s| system_setup(&agents, s, &have.sft_apart, &have.online))
         .collect();
     let live = env.tools.live.clone();
     let subsets = plan.subsets()?;
@@ -576,7 +625,7 @@ mod tests {
     fn systems_run_the_weights_their_labels_say() {
         let agents: Vec<String> = ["g", "v", "r"].map(String::from).to_vec();
         let apart = vec!["v".to_string(), "r".to_string()];
-        let turns = |kind| system_setup(&agents, &sys(kind), &apart).turns;
+        let turns = |kind| system_setup(&agents, &sys(kind), &apart, &[]).turns;
         use TurnPlan::{Run, Skip};
         use Weights::{Base, Malt, Sft, Star};
         assert_eq!(

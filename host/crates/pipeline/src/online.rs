@@ -78,9 +78,14 @@ pub struct AgentMetrics {
     pub advantage_std: f64,
     /// Sibling groups with no spread (every advantage 0).
     pub flat_groups: usize,
-    /// Completion tokens the agent sampled, and those its update trained on.
+    /// Completion tokens the agent sampled, and those its update trained on (every epoch).
     pub tokens_sampled: u64,
     pub tokens_trained: u64,
+    /// Completions its update trained on, and its optimiser steps.
+    #[serde(default)]
+    pub trained_completions: usize,
+    #[serde(default)]
+    pub optimizer_steps: u64,
     pub loss: f64,
     pub kl: f64,
     pub clip_fraction: f64,
@@ -411,6 +416,8 @@ fn rollouts(
             flat_groups: adv_stats[l].flat_groups,
             tokens_sampled: sampled[l],
             tokens_trained: 0,
+            trained_completions: 0,
+            optimizer_steps: 0,
             loss: 0.0,
             kl: 0.0,
             clip_fraction: 0.0,
@@ -425,6 +432,8 @@ fn rollouts(
 fn record_update(m: &mut AgentMetrics, s: &UpdateStats) {
     let tokens = s.pg.tokens.max(1) as f64;
     m.tokens_trained = s.tokens as u64 * s.optimizer_steps as u64;
+    m.trained_completions = s.completions;
+    m.optimizer_steps = s.optimizer_steps as u64;
     m.loss = s.loss;
     m.kl = s.pg.kl_sum / tokens;
     m.clip_fraction = s.pg.clipped as f64 / tokens;

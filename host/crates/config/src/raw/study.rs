@@ -22,7 +22,7 @@ pub(super) struct RawRounds {
 }
 
 /// The system names `[eval] systems` accepts as strings.
-const NAMED: &str = "\"single\", \"untrained\", \"star\", \"star_chain\", \"malt\"";
+const NAMED: &str = "\"single\", \"untrained\", \"star\", \"star_chain\", \"malt\", \"online\"";
 
 /// The single-agent STaR row as `[star] data` trains it.
 fn star_system(data: StarData) -> EvalSystem {
@@ -210,6 +210,11 @@ fn one_system(
                 "trained_chain",
                 "MALT (trained chain)",
                 SystemKind::Malt,
+            )),
+            "online" => Some(system(
+                "online",
+                "Online MALT: every agent of [online] train on its online adapter",
+                SystemKind::Online,
             )),
             other => {
                 c.err(

@@ -68,6 +68,21 @@ impl Eval {
             plugin_options: super::plugin_options(&cfg),
             star,
             rounds,
+            online: if cfg
+                .eval
+                .systems
+                .iter()
+                .any(|s| s.kind == malt_config::SystemKind::Online)
+            {
+                let online = round.online();
+                Some(format!(
+                    "{} {}",
+                    tree_hash(&online.join("adapters"), &|_| true)?,
+                    file_hash(&online.join("metrics.jsonl"))?
+                ))
+            } else {
+                None
+            },
             test_file: cfg.dataset.test_source.clone(),
         })
     }
