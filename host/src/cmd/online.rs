@@ -1,18 +1,17 @@
-//! `malt online CONFIG`: on-policy training of the chain's adapters (`[online]`), resumed from
-//! its last checkpoint; writes `<run>/online/` (see `malt_layout::RoundLayout::online`).
+//! `malt online CONFIG`: on-policy training of the chain's adapters (`[online]`), as `malt
+//! run`'s online stage: skipped when current, resumed from its last checkpoint after an
+//! interruption (kill it at any point), recomputed when its inputs changed. Writes
+//! `<run>/online/` (see `malt_layout::RoundLayout::online`).
 
 use std::path::PathBuf;
 
-use malt_pipeline::online::{run_online, OnlineOptions};
-use malt_pipeline::stage::Models;
+use malt_pipeline::stage::online::Online;
+use malt_pipeline::stage::{run_stage, Models};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Run config (TOML) with an `[online]` table.
     config: PathBuf,
-    /// Stop after this many steps of this invocation (the next one resumes there).
-    #[arg(long)]
-    steps_now: Option<u32>,
     #[command(flatten)]
     model: super::ModelFlags,
 }
@@ -20,30 +19,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.model.install()?;
     let mut session = malt_pipeline::session::Session::open(&args.config)?;
-    let identity = session.model()?;
+    let round = malt_layout::RunLayout::new(&session.config.run.dir).round(1);
     let mut models = Models::for_config(&session.config);
-    let model = models.get(&identity)?;
-    let summary = run_online(
-        &mut session,
-        model,
-        &identity.source,
-        OnlineOptions {
-            stop_after: args.steps_now,
-        },
-    )?;
-    if summary.last_step >= summary.first_step {
-        println!(
-            "online steps {}-{} done; adapters in {}",
-            summary.first_step,
-            summary.last_step,
-            summary.adapters.display()
-        );
-    } else {
-        println!(
-            "online: nothing to do (step {} of the config already done); adapters in {}",
-            summary.last_step,
-            summary.adapters.display()
-        );
-    }
+    run_stage::<Online>(&mut session, &mut models, &round)?;
+    println!(
+        "online: adapters in {}",
+        round.online().join("adapters").display()
+    );
     Ok(())
 }

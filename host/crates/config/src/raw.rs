@@ -345,7 +345,13 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
     let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
-    let online = resolve_online(raw.online, &agents, generation.backend, &mut c);
+    let online = resolve_online(
+        raw.online,
+        &agents,
+        generation.backend,
+        rounds.count,
+        &mut c,
+    );
     if online.is_none() {
         if let Some(i) = eval
             .systems

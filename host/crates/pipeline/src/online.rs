@@ -39,7 +39,9 @@ use malt_tree::credit::{assign, Credit, CreditInput};
 use malt_tree::{ChainSpec, Example, Tree, TruncatedPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::session::Session;
+use crate::session::ModelIdentity;
+use crate::stage::Env;
+use crate::train::AgentTraining;
 
 /// Seeds of online training's streams (see `malt_train::data::mix_seed`).
 const STREAM_TREES: u64 = 0x6f6e_6c69_6e65_0001; // "online" 1
@@ -47,11 +49,30 @@ const STREAM_ORDER: u64 = 0x6f6e_6c69_6e65_0002;
 /// Checkpoints kept: the newest and the one before it.
 const KEEP_CHECKPOINTS: usize = 2;
 
-/// How far to go this invocation.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OnlineOptions {
-    /// Stop after this many steps of this invocation (an interruption at a step boundary).
-    pub stop_after: Option<u32>,
+/// Everything online training reads (the online stage's inputs, see [`crate::stage::online`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineInputs {
+    #[serde(rename = "config [online]")]
+    pub online: Online,
+    /// The agents as sampling and credit see them (branches, sampling, thetas).
+    #[serde(rename = "chain shape and sampling")]
+    pub chain: ChainSpec,
+    #[serde(rename = "config [credit]")]
+    pub credit: malt_tree::CreditSettings,
+    /// Each agent's `[train]` settings (their LoRA shape).
+    #[serde(rename = "config train of the agents")]
+    pub agents: Vec<AgentTraining>,
+    pub model: ModelIdentity,
+    /// The training questions, in the split's order.
+    #[serde(rename = "train questions")]
+    pub questions: Vec<Example>,
+    /// The chain's plugins (render, extract, grade): name -> hash.
+    pub plugins: BTreeMap<String, String>,
+    #[serde(rename = "config [plugins] options")]
+    pub plugin_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Seeds the adapters' initialisation, the question order and the trees.
+    #[serde(rename = "run seed")]
+    pub seed: u64,
 }
 
 /// One line of `online/metrics.jsonl`.
@@ -71,8 +92,13 @@ pub struct StepMetrics {
 pub struct AgentMetrics {
     pub agent: String,
     pub trained: bool,
-    /// Mean value (credit) of the agent's scored nodes: for the last agent the mean reward.
+    /// Mean value (credit) of the agent's scored nodes. With global pooling and the same
+    /// branching everywhere it is the leaves' mean at every level; `mean_reward` tells roles apart.
     pub mean_value: f64,
+    /// Mean grade of the agent's own answers (nodes the plugin graded): for the last agent the
+    /// leaf reward; absent for roles that give no answer (a verifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_reward: Option<f64>,
     pub nodes: usize,
     pub advantage_mean: f64,
     pub advantage_std: f64,
@@ -121,39 +147,31 @@ struct Role<'m> {
     trained: Option<(LoraAdapter, AdamW, UpdateSettings)>,
 }
 
-/// Runs `[online]` of the session's config from its last checkpoint.
+/// Runs online training from its last checkpoint in `round`'s `online/`.
 pub fn run_online(
-    session: &mut Session,
-    model: &Model,
-    model_id: &str,
-    opts: OnlineOptions,
+    inputs: &OnlineInputs,
+    env: &mut Env<'_>,
+    round: &RoundLayout,
 ) -> anyhow::Result<OnlineSummary> {
-    let config = session.config.clone();
-    let Some(online) = config.online.clone() else {
-        anyhow::bail!(
-            "{}: no [online] table: add one to train the chain online (see configs/online.toml)",
-            config.source.display()
-        );
-    };
-    let chain = session.chain.clone();
-    let credit = session.credit;
-    let thetas = credit.thetas(&chain)?;
-    let seed = config.run.seed;
-    let layout = RoundLayout::at(&config.run.dir);
-    let dir = layout.online();
+    let online = inputs.online.clone();
+    let (chain, credit, seed) = (&inputs.chain, inputs.credit, inputs.seed);
+    let thetas = credit.thetas(chain)?;
+    let model_id = inputs.model.source.as_str();
+    let dir = round.online();
     std::fs::create_dir_all(dir.join("trees"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let questions = session.questions()?.train;
+    let questions = &inputs.questions;
     anyhow::ensure!(
         !questions.is_empty(),
         "{}: [dataset] gives no training questions for [online]",
-        config.source.display()
+        env.tools.provenance.config_path.display()
     );
+    let model = env.models.get(&inputs.model)?;
     let tok = MaltTokenizer::new(model)?;
 
     let mut roles = Vec::new();
-    for (level, agent) in config.agents.iter().enumerate() {
-        let l = &agent.train.lora;
+    for (level, (agent, plan)) in chain.agents.iter().zip(&inputs.agents).enumerate() {
+        let l = &plan.plan.lora;
         let lora = malt_train::lora_config(l.rank, l.alpha, l.dropout, &l.targets)?;
         let policy = MaltPolicy::new(model, lora);
         let trained = if online.train.contains(&agent.name) {
@@ -162,7 +180,7 @@ pub fn run_online(
                 malt_train::data::mix_seed(seed, 0x1a, level as u64),
             )?;
             let optimizer = AdamW::new(adapter.named_vars(), AdamWParams::default())?;
-            let settings = update_settings(&online, agent.temperature);
+            let settings = update_settings(&online, agent.sampling.temperature);
             Some((adapter, optimizer, settings))
         } else {
             None
@@ -202,19 +220,15 @@ pub fn run_online(
     };
     let bar = indicatif::ProgressBar::new(online.steps as u64);
     bar.set_position(start as u64);
-    let mut done_now = 0;
     for step in start + 1..=online.steps {
-        if opts.stop_after.is_some_and(|n| done_now >= n) {
-            break;
-        }
         let t = Instant::now();
-        let picked = step_questions(&questions, step, online.questions_per_step, seed);
-        let trees = sample_trees(session, model, &chain, &roles, &picked, seed, step)?;
+        let picked = step_questions(questions, step, online.questions_per_step, seed);
+        let trees = sample_trees(env.tools.scorer, model, chain, &roles, &picked, seed, step)?;
         let sample_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         let (rollouts, mut agents) =
-            rollouts(&trees, &chain, &thetas, credit, &online, &roles, model)?;
+            rollouts(&trees, chain, &thetas, credit, &online, &roles, model)?;
         for (role, (rows, m)) in roles.iter_mut().zip(rollouts.iter().zip(agents.iter_mut())) {
             let Some((adapter, optimizer, settings)) = &mut role.trained else {
                 continue;
@@ -255,7 +269,6 @@ pub fn run_online(
         log_step(&metrics, online.steps);
         bar.set_position(step as u64);
         summary.last_step = step;
-        done_now += 1;
         malt_model::process::release_freed();
     }
     bar.finish_and_clear();
@@ -311,7 +324,7 @@ fn step_questions(questions: &[Example], step: u32, per_step: u32, seed: u64) ->
 /// One tree per question, every trained agent on a fresh handle of its adapter (a new cache
 /// identity: nothing computed before the last update is reused).
 fn sample_trees(
-    session: &mut Session,
+    scorer: &mut malt_engine::PluginScorer,
     model: &Model,
     chain: &ChainSpec,
     roles: &[Role<'_>],
@@ -329,15 +342,9 @@ fn sample_trees(
     let mut errors = malt_tree::score::ErrorCounts::default();
     let mut trees = Vec::with_capacity(questions.len());
     for q in questions {
-        let (tree, _) = malt_tree::generate_tree(
-            chain,
-            q,
-            tree_seed,
-            &mut sampler,
-            &mut session.scorer,
-            &mut errors,
-        )
-        .with_context(|| format!("online step {step}: sampling the tree of {}", q.id))?;
+        let (tree, _) =
+            malt_tree::generate_tree(chain, q, tree_seed, &mut sampler, scorer, &mut errors)
+                .with_context(|| format!("online step {step}: sampling the tree of {}", q.id))?;
         trees.push(tree);
     }
     Ok(trees)
@@ -364,6 +371,7 @@ fn rollouts(
     let mut adv_stats = vec![AdvantageStats::default(); levels];
     let mut value_sum = vec![(0f64, 0usize); levels];
     let mut sampled = vec![0u64; levels];
+    let mut reward_sum = vec![(0f64, 0usize); levels];
     let (mut input, mut cr) = (CreditInput::default(), Credit::default());
     for tree in trees {
         input.fill_from_tree(tree, chain);
@@ -375,6 +383,10 @@ fn rollouts(
         for (i, node) in tree.nodes.iter().enumerate() {
             let l = node.level as usize;
             sampled[l] += node.token_ids.as_ref().map_or(0, |t| t.len() as u64);
+            if let (Some(r), None) = (node.reward, &node.error) {
+                reward_sum[l].0 += r;
+                reward_sum[l].1 += 1;
+            }
             if let Some(v) = cr.value_of(i) {
                 value_sum[l].0 += v;
                 value_sum[l].1 += 1;
@@ -410,6 +422,7 @@ fn rollouts(
             agent: chain.agents[l].name.clone(),
             trained: roles[l].trained.is_some(),
             mean_value: value_sum[l].0 / value_sum[l].1.max(1) as f64,
+            mean_reward: (reward_sum[l].1 > 0).then(|| reward_sum[l].0 / reward_sum[l].1 as f64),
             nodes: value_sum[l].1,
             advantage_mean: adv_stats[l].mean(),
             advantage_std: adv_stats[l].std(),
@@ -448,9 +461,12 @@ fn log_step(m: &StepMetrics, steps: u32) {
         .iter()
         .map(|a| {
             format!(
-                "{} value {:.3}{}",
+                "{} {}{}",
                 a.agent,
-                a.mean_value,
+                match a.mean_reward {
+                    Some(r) => format!("reward {r:.3}"),
+                    None => format!("value {:.3}", a.mean_value),
+                },
                 if a.trained {
                     format!(
                         " kl {:.4} clip {:.3} loss {:.4}",
@@ -502,6 +518,9 @@ fn tensorboard(ev: &mut malt_base::tfevents::EventFile, m: &StepMetrics) {
     };
     for a in &m.agents {
         put(format!("{}/mean_value", a.agent), a.mean_value);
+        if let Some(r) = a.mean_reward {
+            put(format!("{}/mean_reward", a.agent), r);
+        }
         put(format!("{}/advantage_std", a.agent), a.advantage_std);
         put(
             format!("{}/tokens_sampled", a.agent),

@@ -1,4 +1,4 @@
-//! `malt run`: generate -> credit -> train -> star -> eval, for each round of `[rounds]`; each
+//! `malt run`: generate -> credit -> train -> star -> online (with `[online]`) -> eval, for each round of `[rounds]`; each
 //! stage skipped when its record in `<round>/stages/` says its outputs are current, resumed when
 //! it was interrupted, recomputed when an input changed (the stage contract: [`crate::stage`]).
 //! Hot reload ([`crate::live_reload`]) applies new plugins between trees and questions and a
@@ -17,7 +17,7 @@ use malt_layout::{RoundLayout, RunLayout};
 
 use crate::live_reload::LiveReload;
 use crate::session::Session;
-use crate::stage::{credit, eval, generate, run_stage, star, train, Models, Stage};
+use crate::stage::{credit, eval, generate, online, run_stage, star, train, Models, Stage};
 
 pub struct Options {
     pub config: PathBuf,
@@ -28,11 +28,12 @@ pub struct Options {
 }
 
 /// The stages of a round in order, by name.
-pub const STAGES: [&str; 5] = [
+pub const STAGES: [&str; 6] = [
     generate::Generate::NAME,
     credit::Credit::NAME,
     train::Train::NAME,
     star::Star::NAME,
+    online::Online::NAME,
     eval::Eval::NAME,
 ];
 
@@ -128,6 +129,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 credit::Credit::NAME => step::<credit::Credit>(&mut s, &mut models, &round, start)?,
                 train::Train::NAME => step::<train::Train>(&mut s, &mut models, &round, start)?,
                 star::Star::NAME => step::<star::Star>(&mut s, &mut models, &round, start)?,
+                online::Online::NAME => step::<online::Online>(&mut s, &mut models, &round, start)?,
                 _ => step::<eval::Eval>(&mut s, &mut models, &round, start)?,
             }
             if until.as_ref() == Some(&(name.to_owned(), k)) {

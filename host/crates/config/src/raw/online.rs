@@ -28,6 +28,7 @@ pub(super) fn resolve_online(
     raw: Option<RawOnline>,
     agents: &[Agent],
     backend: Backend,
+    rounds: u32,
     c: &mut Checker<'_, '_>,
 ) -> Option<Online> {
     use Seg::Key as K;
@@ -131,6 +132,13 @@ pub(super) fn resolve_online(
                 ),
             );
         }
+    }
+    if rounds > 1 {
+        c.err(
+            &at("steps"),
+            "[online] with [rounds] count > 1: online training runs once, beside round 1 (its \
+             steps are its rounds); remove one of the two",
+        );
     }
     if backend == Backend::Remote {
         c.err(

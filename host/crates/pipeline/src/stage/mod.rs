@@ -1,4 +1,4 @@
-//! The stage contract of a round: generate -> credit -> train -> star -> eval.
+//! The stage contract of a round: generate -> credit -> train -> star -> online -> eval.
 //!
 //! Each stage (one module each) declares everything its work reads as one typed value,
 //! [`Stage::Inputs`]: the config sections it uses, resolved (the chain, the credit settings,
@@ -18,6 +18,7 @@
 pub mod credit;
 pub mod eval;
 pub mod generate;
+pub mod online;
 pub mod record;
 pub mod star;
 pub mod train;
