@@ -7,7 +7,7 @@ mod common;
 mod pipeline_support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pipeline_support::{fixture, kill_when, lines, MALT};
 use serde_json::Value;
@@ -28,20 +28,18 @@ const EVAL_ONLINE: &str = r#"systems = ["single", "online"]
 "#;
 
 fn online(config: &Path, cwd: &Path, log: &Path) -> std::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+    pipeline_support::spawn_command("online", config, cwd, log)
+}
+
+/// `malt eval CONFIG` in `dir`: its output.
+fn eval(config: &Path, dir: &Path) -> std::process::Output {
     Command::new(MALT)
-        .args(["--log", "info", "online"])
+        .arg("eval")
         .arg(config)
-        .current_dir(cwd)
+        .current_dir(dir)
         .env("MALT_CACHE", common::repo().join("target/malt-cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn malt online")
+        .output()
+        .unwrap()
 }
 
 fn to_end(config: &Path, cwd: &Path, log: &Path) {
@@ -128,11 +126,9 @@ fn killed_and_resumed_equals_uninterrupted_and_frozen_agents_stay_base() {
     .unwrap();
     let moved = st.iter().any(|(k, t)| {
         k.contains("lora_B")
-            && t.abs()
+            && t.sqr()
                 .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
+                .sum_all()
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()
@@ -155,13 +151,7 @@ fn the_report_has_the_online_system_and_its_budget() {
     ) + ONLINE;
     let cfg = f.write_text("online-eval", &text);
     let dir = f.workdir("e");
-    let out = Command::new(MALT)
-        .arg("eval")
-        .arg(&cfg)
-        .current_dir(&dir)
-        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
-        .output()
-        .unwrap();
+    let out = eval(&cfg, &dir);
     // Before `malt online`, the online row cannot run and the report says why.
     let text_before =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -170,13 +160,7 @@ fn the_report_has_the_online_system_and_its_budget() {
         "{text_before}"
     );
     to_end(&cfg, &dir, &dir.join("log"));
-    let out = Command::new(MALT)
-        .arg("eval")
-        .arg(&cfg)
-        .current_dir(&dir)
-        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
-        .output()
-        .unwrap();
+    let out = eval(&cfg, &dir);
     assert!(
         out.status.success(),
         "malt eval failed: {}",

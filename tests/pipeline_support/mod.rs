@@ -152,13 +152,18 @@ impl Fixture {
 }
 
 pub fn spawn(config: &Path, cwd: &Path, log: &Path) -> Child {
+    spawn_command("run", config, cwd, log)
+}
+
+/// `malt --log info COMMAND CONFIG` in `cwd`, its log appended to `log`.
+pub fn spawn_command(command: &str, config: &Path, cwd: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
     Command::new(MALT)
-        .args(["--log", "info", "run"])
+        .args(["--log", "info", command])
         .arg(config)
         .current_dir(cwd)
         .env("MALT_CACHE", common::repo().join("target/malt-cache"))

@@ -80,24 +80,17 @@ pub fn advantages(
     credit: &Credit,
     estimator: Estimator,
 ) -> (Vec<Option<f64>>, Vec<AdvantageStats>) {
-    let n = input.len();
-    let mut out = vec![None; n];
+    let mut out = vec![None; input.len()];
     let mut levels = vec![AdvantageStats::default(); input.leaf_level as usize + 1];
-    let mut start = 0;
-    while start < n {
-        let (p, l) = (input.parent[start], input.level[start]);
-        let mut end = start + 1;
-        while end < n && input.parent[end] == p && input.level[end] == l {
-            end += 1;
-        }
-        let stats = &mut levels[l as usize];
+    for group in crate::credit::sibling_groups(input) {
+        let (start, end) = (group.start, group.end);
+        let stats = &mut levels[input.level[start] as usize];
         let scored: Vec<(usize, f64)> = (start..end)
             .filter_map(|i| credit.value_of(i).map(|v| (i, v)))
             .collect();
         stats.skipped += (end - start) - scored.len();
         if scored.len() < 2 {
             stats.skipped += scored.len();
-            start = end;
             continue;
         }
         let k = scored.len() as f64;
@@ -117,7 +110,6 @@ pub fn advantages(
             stats.sum += a;
             stats.sum_sq += a * a;
         }
-        start = end;
     }
     (out, levels)
 }

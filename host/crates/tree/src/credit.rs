@@ -233,6 +233,26 @@ pub fn credit_tree(tree: &Tree, chain: &ChainSpec, settings: &CreditSettings) ->
     Ok(out)
 }
 
+/// The sibling groups of `input`: runs of consecutive nodes with one parent and one level (the
+/// arena keeps a parent's children contiguous), as index ranges in arena order.
+pub fn sibling_groups(input: &CreditInput) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let n = input.len();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= n {
+            return None;
+        }
+        let (p, l) = (input.parent[start], input.level[start]);
+        let mut end = start + 1;
+        while end < n && input.parent[end] == p && input.level[end] == l {
+            end += 1;
+        }
+        let group = start..end;
+        start = end;
+        Some(group)
+    })
+}
+
 /// DPO pairs (chosen, rejected) among siblings: nodes with the same parent, hence the same
 /// input. Calls `emit` per pair in a deterministic order (sibling groups in arena order;
 /// within a group positives by index, then negatives by index).
@@ -255,16 +275,7 @@ pub fn for_each_pair_where(
     eligible: impl Fn(usize) -> bool,
     mut emit: impl FnMut(usize, usize),
 ) {
-    let n = input.len();
-    let mut start = 0;
-    while start < n {
-        // Children of one parent are contiguous: find the end of this sibling group.
-        let (p, l) = (input.parent[start], input.level[start]);
-        let mut end = start + 1;
-        while end < n && input.parent[end] == p && input.level[end] == l {
-            end += 1;
-        }
-        let group = start..end;
+    for group in sibling_groups(input) {
         match mode {
             PairMode::All => {
                 for c in group.clone() {
@@ -301,6 +312,5 @@ pub fn for_each_pair_where(
                 }
             }
         }
-        start = end;
     }
 }
