@@ -108,6 +108,8 @@ fn killed_and_resumed_equals_uninterrupted_and_frozen_agents_stay_base() {
             "{p} differs after the resume"
         );
     }
+    let svg = std::fs::read_to_string(run_b.join("online/rewards.svg")).unwrap();
+    assert!(svg.contains("generator (reward)") && svg.contains("verifier (value)"));
     // The refiner is frozen: no adapter, no update, and the metrics say so.
     assert!(!run_a.join("online/adapters/refiner").exists());
     for m in &ma {

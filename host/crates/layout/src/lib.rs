@@ -184,7 +184,8 @@ impl RoundLayout {
         self.stages().join(format!("{stage}.json"))
     }
 
-    /// `online/`: `malt online`'s work: `metrics.jsonl` (one line per step), `trees/`
+    /// `online/`: `malt online`'s work: `metrics.jsonl` (one line per step), `rewards.svg`
+    /// (each agent's mean reward per step), `tensorboard/`, `trees/`
     /// (`step-XXXXXXXX.jsonl`, each step's scored trees), `checkpoints/step-XXXXXXXX/`
     /// (`adapters/<agent>/`, `optimizer/<agent>.safetensors`, `state.json`; the newest two
     /// kept) and `adapters/<agent>/` (the last step's adapters).

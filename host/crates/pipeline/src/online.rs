@@ -213,6 +213,10 @@ pub fn run_online(
             tensorboard(ev, m);
         }
     }
+    let mut history = kept;
+    if !history.is_empty() {
+        write_rewards(&dir, &history);
+    }
     let mut summary = OnlineSummary {
         first_step: start + 1,
         last_step: start,
@@ -266,6 +270,8 @@ pub fn run_online(
         if let Some(ev) = &mut events {
             tensorboard(ev, &metrics);
         }
+        history.push(metrics.clone());
+        write_rewards(&dir, &history);
         log_step(&metrics, online.steps);
         bar.set_position(step as u64);
         summary.last_step = step;
@@ -506,6 +512,67 @@ fn append_metrics(path: &Path, m: &StepMetrics) -> anyhow::Result<()> {
     writeln!(f, "{}", serde_json::to_string(m)?)
         .and_then(|()| f.sync_data())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_rewards(dir: &Path, history: &[StepMetrics]) {
+    let svg = rewards_svg(history);
+    if let Err(e) = malt_base::atomic::write_atomic(&dir.join("rewards.svg"), svg.as_bytes()) {
+        tracing::warn!("{}/rewards.svg: {e}", dir.display());
+    }
+}
+
+/// Each agent's mean reward (its own answers; the mean value for an agent that gives none) per
+/// step, with a 4-step running mean: `online/rewards.svg`.
+fn rewards_svg(history: &[StepMetrics]) -> String {
+    use malt_base::svg::{line_chart, LineChart, Series};
+    let agents: Vec<String> = history
+        .first()
+        .map(|m| m.agents.iter().map(|a| a.agent.clone()).collect())
+        .unwrap_or_default();
+    let mut series = Vec::new();
+    for (i, name) in agents.iter().enumerate() {
+        let points: Vec<(f64, f64)> = history
+            .iter()
+            .filter_map(|m| {
+                let a = m.agents.iter().find(|a| &a.agent == name)?;
+                Some((m.step as f64, a.mean_reward.unwrap_or(a.mean_value)))
+            })
+            .collect();
+        let smooth: Vec<(f64, f64)> = (0..points.len())
+            .map(|k| {
+                let w = &points[k.saturating_sub(3)..=k];
+                (
+                    points[k].0,
+                    w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+                )
+            })
+            .collect();
+        let what = if history.iter().any(|m| m.agents[i].mean_reward.is_some()) {
+            "reward"
+        } else {
+            "value"
+        };
+        series.push(Series {
+            name: format!("{name} ({what})"),
+            points,
+            dashed: true,
+            colour: Some(i),
+        });
+        series.push(Series {
+            name: format!("{name}, mean of 4 steps"),
+            points: smooth,
+            dashed: false,
+            colour: Some(i),
+        });
+    }
+    line_chart(&LineChart {
+        title: "Online training: mean reward per agent".into(),
+        x_label: "step".into(),
+        y_label: "mean reward of the step's trees".into(),
+        series,
+        x_ticks: None,
+        y_range: Some((0.0, 1.0)),
+    })
 }
 
 /// Every agent's metrics of step `m` as TensorBoard scalars (`<agent>/<metric>`), flushed.
