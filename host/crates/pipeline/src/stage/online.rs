@@ -64,12 +64,19 @@ impl Stage for Online {
 
     fn run(inputs: &OnlineInputs, env: &mut Env<'_>, round: &RoundLayout) -> anyhow::Result<()> {
         let s = crate::online::run_online(inputs, env, round)?;
-        tracing::info!(
-            "online: steps {}-{} done; adapters in {}",
-            s.first_step,
-            s.last_step,
-            s.adapters.display()
-        );
+        if s.last_step >= s.first_step {
+            tracing::info!(
+                "online: steps {}-{} done; adapters in {}",
+                s.first_step,
+                s.last_step,
+                s.adapters.display()
+            );
+        } else {
+            tracing::info!(
+                "online: every step was done already; adapters in {}",
+                s.adapters.display()
+            );
+        }
         Ok(())
     }
 }
