@@ -61,6 +61,11 @@ fn metrics(run: &Path) -> Vec<Value> {
             for k in ["sample_s", "update_s", "checkpoint_s"] {
                 v.as_object_mut().unwrap().remove(k);
             }
+            for a in v["agents"].as_array_mut().unwrap() {
+                for k in ["logprob_s", "train_s", "optimizer_s"] {
+                    a.as_object_mut().unwrap().remove(k);
+                }
+            }
             v
         })
         .collect()
@@ -185,4 +190,51 @@ fn the_report_has_the_online_system_and_its_budget() {
     assert_eq!(online["optimizer_steps"], 16, "{online}");
     let systems = report["systems"].as_array().unwrap();
     assert!(systems.iter().any(|s| s["id"] == "online"), "{report}");
+}
+
+/// `malt bench online` on the tiny model: it splits the steps, re-samples step 1's trees alone
+/// (identical: the step's adapters are fresh) and prints both ratios for each trained agent.
+#[test]
+fn bench_online_splits_a_step_and_prints_its_ratios() {
+    let f = fixture();
+    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even") + ONLINE;
+    let cfg = f.write_text("online-bench", &text);
+    let dir = f.workdir("bench");
+    let out = Command::new(MALT)
+        .args(["bench", "online", "--steps", "2", "--workload"])
+        .arg(&cfg)
+        .current_dir(&dir)
+        .env("MALT_CACHE", common::repo().join("target/malt-cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let same = stdout
+        .lines()
+        .find(|l| l.contains("sampling step 1's trees alone"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let counts = same.rsplit("; ").next().unwrap();
+    let (a, b) = counts
+        .split_once(" nodes")
+        .unwrap()
+        .0
+        .split_once('/')
+        .unwrap();
+    assert_eq!(a, b, "{same}");
+    for agent in ["generator", "verifier"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("[online] {agent}: ")) && l.contains("goal >= 0.9")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        !dir.join("runs").exists(),
+        "the bench wrote into the workload's run"
+    );
 }

@@ -6,6 +6,7 @@ mod credit;
 mod device;
 mod dtype;
 mod generate;
+mod online;
 mod plugins;
 mod remote;
 mod serve;
@@ -34,6 +35,9 @@ enum Which {
     /// The device check: device against CPU on a tiny checkpoint, then prefill, decode, tree and
     /// LoRA SFT speed of a real shape in bf16 against the roofline, as one JSON report.
     Device(device::Args),
+    /// An online training step split into sampling, log-prob passes, forward + backward and
+    /// optimiser, each against the same work done alone (plain sampler, plain token-NLL pass).
+    Online(online::Args),
     /// Tree generation through the remote backend against `malt serve`, against the embedded backend.
     Remote(remote::Args),
     /// Load test of `malt serve` from a second process: requests/s and latency percentiles of
@@ -49,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Credit(a) => credit::run(a),
         Which::Train(a) => train::run(a),
         Which::Dtype(a) => dtype::run(a),
+        Which::Online(a) => online::run(a),
         Which::Remote(a) => remote::run(a),
         Which::Serve(a) => serve::run(a),
     }

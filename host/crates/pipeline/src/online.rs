@@ -121,6 +121,14 @@ pub struct AgentMetrics {
     /// distribution against the trainer's); absent when the sampler recorded none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprob_mismatch: Option<f64>,
+    /// The update's seconds: log-prob passes without a graph (old, reference), forward and
+    /// backward passes, optimiser steps.
+    #[serde(default)]
+    pub logprob_s: f64,
+    #[serde(default)]
+    pub train_s: f64,
+    #[serde(default)]
+    pub optimizer_s: f64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -231,8 +239,9 @@ pub fn run_online(
         let sample_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
+        let trained: Vec<bool> = roles.iter().map(|r| r.trained.is_some()).collect();
         let (rollouts, mut agents) =
-            rollouts(&trees, chain, &thetas, credit, &online, &roles, model)?;
+            rollouts(&trees, chain, &thetas, credit, &online, &trained, model)?;
         for (role, (rows, m)) in roles.iter_mut().zip(rollouts.iter().zip(agents.iter_mut())) {
             let Some((adapter, optimizer, settings)) = &mut role.trained else {
                 continue;
@@ -327,6 +336,11 @@ fn step_questions(questions: &[Example], step: u32, per_step: u32, seed: u64) ->
         .collect()
 }
 
+/// The seed step `step`'s trees derive their node seeds from.
+pub fn tree_seed(run_seed: u64, step: u32) -> u64 {
+    malt_train::data::mix_seed(run_seed, STREAM_TREES, step as u64)
+}
+
 /// One tree per question, every trained agent on a fresh handle of its adapter (a new cache
 /// identity: nothing computed before the last update is reused).
 fn sample_trees(
@@ -344,7 +358,7 @@ fn sample_trees(
             sampler = sampler.with_adapter(&role.name, adapter.handle());
         }
     }
-    let tree_seed = malt_train::data::mix_seed(seed, STREAM_TREES, step as u64);
+    let tree_seed = tree_seed(seed, step);
     let mut errors = malt_tree::score::ErrorCounts::default();
     let mut trees = Vec::with_capacity(questions.len());
     for q in questions {
@@ -357,14 +371,16 @@ fn sample_trees(
 }
 
 /// Every agent's rollouts (its trainable nodes with their advantages) and its metrics so far.
+///
+/// `trained[l]`: whether level `l`'s agent trains (the others get no rollouts).
 #[allow(clippy::type_complexity)]
-fn rollouts(
+pub fn rollouts(
     trees: &[Tree],
     chain: &ChainSpec,
     thetas: &[f64],
     credit: malt_tree::CreditSettings,
     online: &Online,
-    roles: &[Role<'_>],
+    trained: &[bool],
     model: &Model,
 ) -> anyhow::Result<(Vec<Vec<Rollout>>, Vec<AgentMetrics>)> {
     let estimator = match online.advantage {
@@ -398,8 +414,7 @@ fn rollouts(
                 value_sum[l].1 += 1;
             }
             let Some(a) = adv[i] else { continue };
-            if roles[l].trained.is_none()
-                || (node.is_truncated() && credit.truncated == TruncatedPolicy::Exclude)
+            if !trained[l] || (node.is_truncated() && credit.truncated == TruncatedPolicy::Exclude)
             {
                 continue;
             }
@@ -426,7 +441,7 @@ fn rollouts(
     let metrics = (0..levels)
         .map(|l| AgentMetrics {
             agent: chain.agents[l].name.clone(),
-            trained: roles[l].trained.is_some(),
+            trained: trained[l],
             mean_value: value_sum[l].0 / value_sum[l].1.max(1) as f64,
             mean_reward: (reward_sum[l].1 > 0).then(|| reward_sum[l].0 / reward_sum[l].1 as f64),
             nodes: value_sum[l].1,
@@ -443,6 +458,9 @@ fn rollouts(
             entropy: 0.0,
             grad_norm: 0.0,
             logprob_mismatch: None,
+            logprob_s: 0.0,
+            train_s: 0.0,
+            optimizer_s: 0.0,
         })
         .collect();
     Ok((out, metrics))
@@ -459,6 +477,9 @@ fn record_update(m: &mut AgentMetrics, s: &UpdateStats) {
     m.entropy = s.entropy;
     m.grad_norm = s.grad_norm;
     m.logprob_mismatch = s.logprob_mismatch;
+    m.logprob_s = s.logprob_s;
+    m.train_s = s.train_s;
+    m.optimizer_s = s.optimizer_s;
 }
 
 fn log_step(m: &StepMetrics, steps: u32) {

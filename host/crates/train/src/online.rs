@@ -65,6 +65,11 @@ pub struct UpdateStats {
     /// Mean `|old - sampled|` over the tokens whose sampling log-prob was recorded (`None`:
     /// none was): how far the sampler's probabilities are from the trainer's.
     pub logprob_mismatch: Option<f64>,
+    /// Seconds: the passes without a graph (old and reference log-probs), the forward and
+    /// backward passes of every epoch, and the optimiser steps (clip included).
+    pub logprob_s: f64,
+    pub train_s: f64,
+    pub optimizer_s: f64,
     pub optimizer_steps: u32,
 }
 
@@ -97,6 +102,7 @@ pub fn update<M: PolicyModel>(
         })
         .collect();
 
+    let t = std::time::Instant::now();
     // The fixed per-token inputs: log-probs at the update's start, the reference's, advantages.
     let (mut old, mut reference, mut entropy_sum) = (vec![], vec![], 0f64);
     let mut sampled: Vec<Option<Vec<f32>>> = vec![];
@@ -133,9 +139,11 @@ pub fn update<M: PolicyModel>(
     }
     stats.entropy = entropy_sum / stats.tokens as f64;
     stats.logprob_mismatch = (mismatch_n > 0).then(|| mismatch / mismatch_n as f64);
+    stats.logprob_s = t.elapsed().as_secs_f64();
 
     let vars = optimizer.vars().to_vec();
     for epoch in 0..s.epochs.max(1) {
+        let t = std::time::Instant::now();
         let mut grads = GradAccumulator::new(vars.len());
         let (mut loss, mut pg_stats) = (0f64, PgStats::default());
         for (c, (rows, batch)) in chunks.iter().enumerate() {
@@ -172,6 +180,8 @@ pub fn update<M: PolicyModel>(
             grads.add(&l.backward()?, &vars)?;
         }
         let mut grads = grads.into_grads(&vars)?;
+        stats.train_s += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
         let norm = optim::clip_grad_norm(&mut grads, s.max_grad_norm)?;
         if !norm.is_finite() {
             return Err(TrainError::NonFinite {
@@ -184,6 +194,7 @@ pub fn update<M: PolicyModel>(
             });
         }
         optimizer.step(&grads, s.lr)?;
+        stats.optimizer_s += t.elapsed().as_secs_f64();
         stats.optimizer_steps = epoch + 1;
         stats.loss = loss;
         stats.grad_norm = norm;
