@@ -192,8 +192,9 @@ fn the_report_has_the_online_system_and_its_budget() {
     assert!(systems.iter().any(|s| s["id"] == "online"), "{report}");
 }
 
-/// `malt bench online` on the tiny model: it splits the steps, re-samples step 1's trees alone
-/// (identical: the step's adapters are fresh) and prints both ratios for each trained agent.
+/// `malt bench online` on the tiny model: it splits the steps, re-samples the last step's trees
+/// alone with the adapters of the checkpoint before it (identical trees: the checkpoint holds
+/// exactly what the loop sampled with) and prints both ratios for each trained agent.
 #[test]
 fn bench_online_splits_a_step_and_prints_its_ratios() {
     let f = fixture();
@@ -215,7 +216,7 @@ fn bench_online_splits_a_step_and_prints_its_ratios() {
     );
     let same = stdout
         .lines()
-        .find(|l| l.contains("sampling step 1's trees alone"))
+        .find(|l| l.contains("trees alone with its adapters"))
         .unwrap_or_else(|| panic!("{stdout}"));
     let counts = same.rsplit("; ").next().unwrap();
     let (a, b) = counts

@@ -1,9 +1,10 @@
 //! `malt bench online`: where an online training step's time goes, on a workload config's sizes
 //! (default `configs/online.toml`, the embedded default), and each part against the same work
 //! done alone in the same run:
-//! - sampling: the first step's trees (its adapters are fresh, so they sample as the base model)
-//!   sampled again by a plain [`ModelSampler`] with the same seeds, outside the loop: the loop's
-//!   tokens/s over the plain sampler's (goal >= 0.95), and whether the trees came out the same;
+//! - sampling: the last step's trees sampled again by a plain [`ModelSampler`] holding the
+//!   adapters that step sampled with (from the previous step's checkpoint) and the same seeds,
+//!   outside the loop: the loop's tokens/s over the plain sampler's (goal >= 0.95), and whether
+//!   the trees came out the same;
 //! - training: each trained agent's forward and backward passes and optimiser steps against the
 //!   same rollouts trained by a plain token-NLL loss in the same micro-batches, one optimiser step
 //!   (what `malt bench train` measures): tokens/s in the update over the plain pass's (goal >=
@@ -95,23 +96,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("the online run wrote no step")
     };
 
-    // Sampling alone: step 1's questions and seeds, a plain sampler, no adapter.
+    // Sampling alone: the last step's questions and seeds, a plain sampler holding the adapters
+    // that step sampled with (the previous step's checkpoint; fresh ones for step 1, where the
+    // loop also paid the first use of every buffer), after the loop, so both are warm.
     let model = models.get(&inputs.model)?;
-    let step1: Vec<malt_tree::Tree> =
-        std::fs::read_to_string(round.online().join("trees").join("step-00000001.jsonl"))?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .context("reading step 1's trees")?;
+    let last = metrics.last().expect("metrics has a first step");
+    let trees_of = |step: u32| -> anyhow::Result<Vec<malt_tree::Tree>> {
+        std::fs::read_to_string(
+            round
+                .online()
+                .join("trees")
+                .join(format!("step-{step:08}.jsonl")),
+        )?
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| format!("reading step {step}'s trees"))
+    };
+    let want = trees_of(last.step)?;
     let mut sampler = ModelSampler::new(model);
+    let before = round
+        .online()
+        .join("checkpoints")
+        .join(format!("step-{:08}", last.step - 1))
+        .join("adapters");
+    for (l, agent) in inputs.chain.agents.iter().enumerate() {
+        if !inputs.online.train.contains(&agent.name) {
+            continue;
+        }
+        let adapter = if last.step > 1 {
+            model.load_adapter(&before.join(&agent.name), &agent.name)?
+        } else {
+            let lora = &inputs.agents[l].plan.lora;
+            MaltPolicy::new(
+                model,
+                malt_train::lora_config(lora.rank, lora.alpha, lora.dropout, &lora.targets)?,
+            )
+            .new_adapter(
+                &agent.name,
+                malt_train::data::mix_seed(inputs.seed, 0x1a, l as u64),
+            )?
+        };
+        sampler = sampler.with_adapter(&agent.name, adapter);
+    }
     let mut errors = malt_tree::score::ErrorCounts::default();
     let t = Instant::now();
     let mut same = 0;
-    for want in &step1 {
+    for w in &want {
         let (tree, _) = malt_tree::generate_tree(
             &inputs.chain,
-            &want.example,
-            tree_seed(inputs.seed, 1),
+            &w.example,
+            tree_seed(inputs.seed, last.step),
             &mut sampler,
             &mut session.scorer,
             &mut errors,
@@ -119,23 +154,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         same += tree
             .nodes
             .iter()
-            .zip(&want.nodes)
+            .zip(&w.nodes)
             .filter(|(a, b)| a.token_ids == b.token_ids)
             .count();
     }
     let alone_s = t.elapsed().as_secs_f64();
-    let nodes: usize = step1.iter().map(|t| t.nodes.len()).sum();
-    let sampled: u64 = first.agents.iter().map(|a| a.tokens_sampled).sum();
+    let nodes: usize = want.iter().map(|t| t.nodes.len()).sum();
+    let sampled: u64 = last.agents.iter().map(|a| a.tokens_sampled).sum();
     let (in_loop, alone) = (
-        sampled as f64 / first.sample_s.max(1e-9),
+        sampled as f64 / last.sample_s.max(1e-9),
         sampled as f64 / alone_s.max(1e-9),
     );
     println!(
-        "[online] sampling step 1's trees alone: {alone_s:.1}s = {alone:.1} tok/s; in the loop {in_loop:.1} tok/s = {:.2}x (goal >= 0.95); {same}/{nodes} nodes sampled the same tokens",
-        in_loop / alone
+        "[online] sampling step {}'s trees alone with its adapters: {alone_s:.1}s = {alone:.1} tok/s; in the loop {in_loop:.1} tok/s = {:.2}x (goal >= 0.95{}); {same}/{nodes} nodes sampled the same tokens",
+        last.step,
+        in_loop / alone,
+        if last.step == 1 { "; step 1 includes the loop's first use of every buffer: run --steps 2" } else { "" }
     );
 
     // Training alone: step 1's rollouts, a plain token-NLL pass in the same micro-batches.
+    let step1 = trees_of(1)?;
     let thetas = inputs.credit.thetas(&inputs.chain)?;
     let trained: Vec<bool> = inputs
         .chain
