@@ -21,8 +21,7 @@
 //! under `[credit] truncated = "keep"`, as the offline datasets do.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -43,11 +42,16 @@ use crate::session::ModelIdentity;
 use crate::stage::Env;
 use crate::train::AgentTraining;
 
+mod files;
+mod plots;
+use files::{
+    append_metrics, checkpoint, keep_metrics_through, latest_checkpoint, restore, write_trees,
+};
+use plots::{tensorboard, write_rewards};
+
 /// Seeds of online training's streams (see `malt_train::data::mix_seed`).
 const STREAM_TREES: u64 = 0x6f6e_6c69_6e65_0001; // "online" 1
 const STREAM_ORDER: u64 = 0x6f6e_6c69_6e65_0002;
-/// Checkpoints kept: the newest and the one before it.
-const KEEP_CHECKPOINTS: usize = 2;
 
 /// Everything online training reads (the online stage's inputs, see [`crate::stage::online`]).
 #[derive(Debug, Clone, Serialize)]
@@ -131,14 +135,6 @@ pub struct AgentMetrics {
     pub optimizer_s: f64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct CheckpointState {
-    /// The last finished step.
-    step: u32,
-    /// Optimiser steps per trained agent.
-    optimizer_steps: BTreeMap<String, u64>,
-}
-
 /// What the run did.
 #[derive(Debug, Clone, Default)]
 pub struct OnlineSummary {
@@ -148,7 +144,7 @@ pub struct OnlineSummary {
 }
 
 /// One agent of the chain in the loop.
-struct Role<'m> {
+pub(crate) struct Role<'m> {
     name: String,
     policy: MaltPolicy<'m>,
     /// `Some` for trained agents.
@@ -512,266 +508,6 @@ fn log_step(m: &StepMetrics, steps: u32) {
         m.sample_s,
         m.update_s
     );
-}
-
-fn write_trees(path: &Path, trees: &[Tree]) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for t in trees {
-        text.push_str(&serde_json::to_string(t)?);
-        text.push('\n');
-    }
-    malt_base::atomic::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn append_metrics(path: &Path, m: &StepMetrics) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?)
-        .and_then(|()| f.sync_data())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn write_rewards(dir: &Path, history: &[StepMetrics]) {
-    let svg = rewards_svg(history);
-    if let Err(e) = malt_base::atomic::write_atomic(&dir.join("rewards.svg"), svg.as_bytes()) {
-        tracing::warn!("{}/rewards.svg: {e}", dir.display());
-    }
-}
-
-/// Each agent's mean reward (its own answers; the mean value for an agent that gives none) per
-/// step, with a 4-step running mean: `online/rewards.svg`.
-fn rewards_svg(history: &[StepMetrics]) -> String {
-    use malt_base::svg::{line_chart, LineChart, Series};
-    let agents: Vec<String> = history
-        .first()
-        .map(|m| m.agents.iter().map(|a| a.agent.clone()).collect())
-        .unwrap_or_default();
-    let mut series = Vec::new();
-    for (i, name) in agents.iter().enumerate() {
-        let points: Vec<(f64, f64)> = history
-            .iter()
-            .filter_map(|m| {
-                let a = m.agents.iter().find(|a| &a.agent == name)?;
-                Some((m.step as f64, a.mean_reward.unwrap_or(a.mean_value)))
-            })
-            .collect();
-        let smooth: Vec<(f64, f64)> = (0..points.len())
-            .map(|k| {
-                let w = &points[k.saturating_sub(3)..=k];
-                (
-                    points[k].0,
-                    w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
-                )
-            })
-            .collect();
-        let what = if history.iter().any(|m| m.agents[i].mean_reward.is_some()) {
-            "reward"
-        } else {
-            "value"
-        };
-        series.push(Series {
-            name: format!("{name} ({what})"),
-            points,
-            dashed: true,
-            colour: Some(i),
-        });
-        series.push(Series {
-            name: format!("{name}, mean of 4 steps"),
-            points: smooth,
-            dashed: false,
-            colour: Some(i),
-        });
-    }
-    line_chart(&LineChart {
-        title: "Online training: mean reward per agent".into(),
-        x_label: "step".into(),
-        y_label: "mean reward of the step's trees".into(),
-        series,
-        x_ticks: None,
-        y_range: Some((0.0, 1.0)),
-    })
-}
-
-/// Every agent's metrics of step `m` as TensorBoard scalars (`<agent>/<metric>`), flushed.
-fn tensorboard(ev: &mut malt_base::tfevents::EventFile, m: &StepMetrics) {
-    let step = m.step as i64;
-    let mut put = |tag: String, v: f64| {
-        if let Err(e) = ev.scalar(&tag, step, v) {
-            tracing::warn!("{}: {e}", ev.path().display());
-        }
-    };
-    for a in &m.agents {
-        put(format!("{}/mean_value", a.agent), a.mean_value);
-        if let Some(r) = a.mean_reward {
-            put(format!("{}/mean_reward", a.agent), r);
-        }
-        put(format!("{}/advantage_std", a.agent), a.advantage_std);
-        put(
-            format!("{}/tokens_sampled", a.agent),
-            a.tokens_sampled as f64,
-        );
-        if a.trained {
-            put(format!("{}/loss", a.agent), a.loss);
-            put(format!("{}/kl", a.agent), a.kl);
-            put(format!("{}/clip_fraction", a.agent), a.clip_fraction);
-            put(format!("{}/entropy", a.agent), a.entropy);
-            put(format!("{}/grad_norm", a.agent), a.grad_norm);
-        }
-    }
-    put("time/sample_s".into(), m.sample_s);
-    put("time/update_s".into(), m.update_s);
-    if let Err(e) = ev.flush() {
-        tracing::warn!("{}: {e}", ev.path().display());
-    }
-}
-
-/// Drops the metrics of steps after `step` (written before an interruption lost their
-/// checkpoint) and a torn last line; returns the metrics kept.
-fn keep_metrics_through(path: &Path, step: u32) -> anyhow::Result<Vec<StepMetrics>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
-        }
-    };
-    let kept: Vec<(&str, StepMetrics)> = text
-        .lines()
-        .filter_map(|l| Some((l, serde_json::from_str::<StepMetrics>(l).ok()?)))
-        .filter(|(_, m)| m.step <= step)
-        .collect();
-    let kept_text: String = kept.iter().map(|(l, _)| format!("{l}\n")).collect();
-    if kept_text != text {
-        malt_base::atomic::write_atomic(path, kept_text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(kept.into_iter().map(|(_, m)| m).collect())
-}
-
-fn step_dir(root: &Path, step: u32) -> PathBuf {
-    root.join(format!("step-{step:08}"))
-}
-
-/// The newest complete checkpoint (a folder is renamed into place only once complete).
-fn latest_checkpoint(root: &Path) -> anyhow::Result<Option<(u32, PathBuf)>> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display())))
-        }
-    };
-    Ok(entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let step = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse::<u32>()
-                .ok()?;
-            e.path()
-                .join("state.json")
-                .is_file()
-                .then(|| (step, e.path()))
-        })
-        .max_by_key(|(s, _)| *s))
-}
-
-fn checkpoint(roles: &[Role<'_>], root: &Path, step: u32, model_id: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-    let dst = step_dir(root, step);
-    let tmp = root.join(format!(".tmp-step-{step:08}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .with_context(|| format!("cannot remove {}", tmp.display()))?;
-    }
-    let mut state = CheckpointState {
-        step,
-        optimizer_steps: BTreeMap::new(),
-    };
-    for role in roles {
-        if let Some((adapter, optimizer, _)) = &role.trained {
-            role.policy
-                .save_adapter(adapter, &tmp.join("adapters").join(&role.name), model_id)?;
-            let opt = tmp.join("optimizer");
-            std::fs::create_dir_all(&opt)
-                .with_context(|| format!("cannot create {}", opt.display()))?;
-            optimizer.save(&opt.join(format!("{}.safetensors", role.name)))?;
-            state
-                .optimizer_steps
-                .insert(role.name.clone(), optimizer.step_count());
-        }
-    }
-    malt_base::atomic::write_atomic(
-        &tmp.join("state.json"),
-        serde_json::to_string_pretty(&state)?.as_bytes(),
-    )?;
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst)
-            .with_context(|| format!("cannot remove {}", dst.display()))?;
-    }
-    std::fs::rename(&tmp, &dst)
-        .with_context(|| format!("cannot move {} into place", dst.display()))?;
-    let mut steps: Vec<(u32, PathBuf)> = std::fs::read_dir(root)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            Some((
-                e.file_name()
-                    .to_str()?
-                    .strip_prefix("step-")?
-                    .parse()
-                    .ok()?,
-                e.path(),
-            ))
-        })
-        .collect();
-    steps.sort();
-    for (_, p) in steps
-        .iter()
-        .take(steps.len().saturating_sub(KEEP_CHECKPOINTS))
-    {
-        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// Loads every trained agent's adapter and optimiser state from checkpoint `dir`.
-fn restore(roles: &mut [Role<'_>], dir: &Path) -> anyhow::Result<()> {
-    let state: CheckpointState = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("state.json"))
-            .with_context(|| format!("cannot read {}/state.json", dir.display()))?,
-    )
-    .with_context(|| format!("{}/state.json", dir.display()))?;
-    for role in roles.iter_mut() {
-        let Some((adapter, optimizer, _)) = &mut role.trained else {
-            continue;
-        };
-        let Some(&steps) = state.optimizer_steps.get(&role.name) else {
-            anyhow::bail!(
-                "{}: agent {} trains online but the checkpoint has no state for it (was [online] \
-                 train changed?); move {} away to start over",
-                dir.display(),
-                role.name,
-                dir.parent().unwrap_or(dir).display()
-            );
-        };
-        *adapter = role
-            .policy
-            .load_adapter(&dir.join("adapters").join(&role.name), &role.name)?;
-        let mut fresh = AdamW::new(adapter.named_vars(), AdamWParams::default())?;
-        fresh.load(
-            &dir.join("optimizer")
-                .join(format!("{}.safetensors", role.name)),
-            steps,
-        )?;
-        *optimizer = fresh;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

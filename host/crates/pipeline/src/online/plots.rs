@@ -1,0 +1,99 @@
+//! What a person reads while online training runs: TensorBoard scalars and `rewards.svg`.
+
+use std::path::Path;
+
+use super::StepMetrics;
+
+pub(super) fn write_rewards(dir: &Path, history: &[StepMetrics]) {
+    let svg = rewards_svg(history);
+    if let Err(e) = malt_base::atomic::write_atomic(&dir.join("rewards.svg"), svg.as_bytes()) {
+        tracing::warn!("{}/rewards.svg: {e}", dir.display());
+    }
+}
+
+/// Each agent's mean reward (its own answers; the mean value for an agent that gives none) per
+/// step, with a 4-step running mean: `online/rewards.svg`.
+fn rewards_svg(history: &[StepMetrics]) -> String {
+    use malt_base::svg::{line_chart, LineChart, Series};
+    let agents: Vec<String> = history
+        .first()
+        .map(|m| m.agents.iter().map(|a| a.agent.clone()).collect())
+        .unwrap_or_default();
+    let mut series = Vec::new();
+    for (i, name) in agents.iter().enumerate() {
+        let points: Vec<(f64, f64)> = history
+            .iter()
+            .filter_map(|m| {
+                let a = m.agents.iter().find(|a| &a.agent == name)?;
+                Some((m.step as f64, a.mean_reward.unwrap_or(a.mean_value)))
+            })
+            .collect();
+        let smooth: Vec<(f64, f64)> = (0..points.len())
+            .map(|k| {
+                let w = &points[k.saturating_sub(3)..=k];
+                (
+                    points[k].0,
+                    w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+                )
+            })
+            .collect();
+        let what = if history.iter().any(|m| m.agents[i].mean_reward.is_some()) {
+            "reward"
+        } else {
+            "value"
+        };
+        series.push(Series {
+            name: format!("{name} ({what})"),
+            points,
+            dashed: true,
+            colour: Some(i),
+        });
+        series.push(Series {
+            name: format!("{name}, mean of 4 steps"),
+            points: smooth,
+            dashed: false,
+            colour: Some(i),
+        });
+    }
+    line_chart(&LineChart {
+        title: "Online training: mean reward per agent".into(),
+        x_label: "step".into(),
+        y_label: "mean reward of the step's trees".into(),
+        series,
+        x_ticks: None,
+        y_range: Some((0.0, 1.0)),
+    })
+}
+
+/// Every agent's metrics of step `m` as TensorBoard scalars (`<agent>/<metric>`), flushed.
+pub(super) fn tensorboard(ev: &mut malt_base::tfevents::EventFile, m: &StepMetrics) {
+    let step = m.step as i64;
+    let mut put = |tag: String, v: f64| {
+        if let Err(e) = ev.scalar(&tag, step, v) {
+            tracing::warn!("{}: {e}", ev.path().display());
+        }
+    };
+    for a in &m.agents {
+        put(format!("{}/mean_value", a.agent), a.mean_value);
+        if let Some(r) = a.mean_reward {
+            put(format!("{}/mean_reward", a.agent), r);
+        }
+        put(format!("{}/advantage_std", a.agent), a.advantage_std);
+        put(
+            format!("{}/tokens_sampled", a.agent),
+            a.tokens_sampled as f64,
+        );
+        if a.trained {
+            put(format!("{}/loss", a.agent), a.loss);
+            put(format!("{}/kl", a.agent), a.kl);
+            put(format!("{}/clip_fraction", a.agent), a.clip_fraction);
+            put(format!("{}/entropy", a.agent), a.entropy);
+            put(format!("{}/grad_norm", a.agent), a.grad_norm);
+        }
+    }
+    put("time/sample_s".into(), m.sample_s);
+    put("time/update_s".into(), m.update_s);
+    if let Err(e) = ev.flush() {
+        tracing::warn!("{}: {e}", ev.path().display());
+    }
+}
