@@ -7,7 +7,7 @@ use crate::error::{ModelError, Result};
 use crate::kv::Cache;
 use crate::lora::LoraAdapter;
 use crate::model::Model;
-use crate::sampling::{logprob_of, rng_for, sample, SamplingParams};
+use crate::sampling::{rng_for, sample_with_logprob, SamplingParams};
 use candle_core::Tensor;
 
 /// Positions by which a decode batch's key/value buffers grow.
@@ -273,11 +273,8 @@ impl Model {
             // Sample, then retire finished rows.
             let mut keep: Vec<usize> = vec![];
             for (ri, row) in rows.iter_mut().enumerate() {
-                let tok = sample(&logits[ri], params, &mut row.rng);
-                if params.temperature > 0.0 {
-                    row.logprobs
-                        .push(logprob_of(&logits[ri], tok, params.temperature));
-                }
+                let (tok, logprob) = sample_with_logprob(&logits[ri], params, &mut row.rng);
+                row.logprobs.extend(logprob);
                 let finish =
                     self.accept_token(params, tok, row.orig, &mut row.gen, &mut row.text, observe)?;
                 match finish {
