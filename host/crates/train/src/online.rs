@@ -109,14 +109,14 @@ pub fn update<M: PolicyModel>(
     let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
     for (rows, batch) in &chunks {
         let logits = model.target_logits(batch, Some(adapter), Mode::Eval)?;
+        // Scaled once for both the log-probs and the entropy.
         let scaled = (&logits / s.pg.temperature)?;
-        let o =
-            pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?;
+        let o = crate::loss::token_logprobs(&scaled, &batch.targets)?.to_vec1::<f32>()?;
         // The batch's targets are its rows' completion tokens in order.
         let recorded: Option<Vec<f32>> = rows
             .iter()
-            .map(|&i| rollouts[i].sampled.clone())
-            .collect::<Option<Vec<Vec<f32>>>>()
+            .map(|&i| rollouts[i].sampled.as_deref())
+            .collect::<Option<Vec<&[f32]>>>()
             .map(|v| v.concat())
             .filter(|v| v.len() == o.len());
         if let Some(q) = &recorded {
