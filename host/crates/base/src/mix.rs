@@ -38,6 +38,15 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     finalize(*state)
 }
 
+/// Fisher-Yates over `items`, drawing from the splitmix64 generator started at `state`: the
+/// same permutation on every platform and after every dependency upgrade.
+pub fn shuffle<T>(items: &mut [T], mut state: u64) {
+    for i in (1..items.len()).rev() {
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

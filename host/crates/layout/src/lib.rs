@@ -193,6 +193,11 @@ impl RoundLayout {
         self.dir.join("online")
     }
 
+    /// `online/adapters/<agent>/`: the adapter `malt online` left for `agent` (PEFT).
+    pub fn online_adapter(&self, agent: &str) -> PathBuf {
+        self.online().join(ADAPTERS).join(agent)
+    }
+
     /// The STaR baseline of this round: a one-agent run laid out like a round.
     pub fn star(&self) -> RoundLayout {
         RoundLayout {

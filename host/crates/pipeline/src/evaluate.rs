@@ -118,11 +118,7 @@ fn available(agents: &[String], round: &RoundLayout) -> Available {
         .is_some_and(|a| malt_train::final_adapter_dir(round.star().dir(), a).is_some());
     let online = agents
         .iter()
-        .filter(|a| {
-            online_adapter(round, a)
-                .join("adapter_config.json")
-                .exists()
-        })
+        .filter(|a| round.online_adapter(a).join("adapter_config.json").exists())
         .cloned()
         .collect();
     Available {
@@ -132,11 +128,6 @@ fn available(agents: &[String], round: &RoundLayout) -> Available {
         star,
         online,
     }
-}
-
-/// `<run>/online/adapters/<agent>/`: what `malt online` left for `agent`.
-pub fn online_adapter(round: &RoundLayout, agent: &str) -> std::path::PathBuf {
-    round.online().join("adapters").join(agent)
 }
 
 /// Why system `s` cannot run on this round's adapters: the agents it runs trained that have no
@@ -166,7 +157,7 @@ fn missing(
             return have.online.is_empty().then(|| {
                 format!(
                     "no online adapter in {} (run `malt online CONFIG` first)",
-                    round.online().join("adapters").display()
+                    round.online().join(malt_layout::ADAPTERS).display()
                 )
             })
         }
@@ -491,7 +482,7 @@ pub fn evaluate(
     }
     if systems.iter().any(|s| s.kind == SystemKind::Online) {
         for agent in &have.online {
-            let dir = online_adapter(round, agent);
+            let dir = round.online_adapter(agent);
             let a = model
                 .load_adapter(&dir, agent)
                 .with_context(|| format!("loading {agent}'s online adapter {}", dir.display()))?;

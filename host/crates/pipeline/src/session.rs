@@ -229,13 +229,9 @@ pub struct Split {
     pub test: Vec<Example>,
 }
 
-/// Fisher-Yates with splitmix64: stable across platforms and dependency upgrades.
+/// The question split's shuffle ([`malt_base::mix::shuffle`] from `seed` and its own stream).
 fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed ^ 0x6d61_6c74_2d73_706c; // "malt-spl"
-    for i in (1..items.len()).rev() {
-        let j = (malt_base::mix::splitmix64(&mut state) % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
+    malt_base::mix::shuffle(items, seed ^ 0x6d61_6c74_2d73_706c); // "malt-spl"
 }
 
 /// The model identity of a config: the name or path it gives.

@@ -72,6 +72,20 @@ fn step_dir(root: &Path, step: u32) -> PathBuf {
     root.join(format!("step-{step:08}"))
 }
 
+/// `checkpoints/`, in the online folder.
+pub(super) const CHECKPOINTS: &str = "checkpoints";
+
+/// A checkpoint folder's adapter of `agent`.
+fn adapter_in(checkpoint: &Path, agent: &str) -> PathBuf {
+    checkpoint.join(malt_layout::ADAPTERS).join(agent)
+}
+
+/// `<online>/checkpoints/step-XXXXXXXX/adapters/<agent>/`: the adapter `agent` had after
+/// step `step` (the newest two steps' are kept).
+pub fn checkpoint_adapter(online: &Path, step: u32, agent: &str) -> PathBuf {
+    adapter_in(&step_dir(&online.join(CHECKPOINTS), step), agent)
+}
+
 /// The newest complete checkpoint (a folder is renamed into place only once complete).
 pub(super) fn latest_checkpoint(root: &Path) -> anyhow::Result<Option<(u32, PathBuf)>> {
     let entries = match std::fs::read_dir(root) {
@@ -118,7 +132,7 @@ pub(super) fn checkpoint(
     for role in roles {
         if let Some((adapter, optimizer, _)) = &role.trained {
             role.policy
-                .save_adapter(adapter, &tmp.join("adapters").join(&role.name), model_id)?;
+                .save_adapter(adapter, &adapter_in(&tmp, &role.name), model_id)?;
             let opt = tmp.join("optimizer");
             std::fs::create_dir_all(&opt)
                 .with_context(|| format!("cannot create {}", opt.display()))?;
@@ -183,7 +197,7 @@ pub(super) fn restore(roles: &mut [Role<'_>], dir: &Path) -> anyhow::Result<()> 
         };
         *adapter = role
             .policy
-            .load_adapter(&dir.join("adapters").join(&role.name), &role.name)?;
+            .load_adapter(&adapter_in(dir, &role.name), &role.name)?;
         let mut fresh = AdamW::new(adapter.named_vars(), AdamWParams::default())?;
         fresh.load(
             &dir.join("optimizer")

@@ -43,6 +43,7 @@ use crate::stage::Env;
 use crate::train::AgentTraining;
 
 mod files;
+pub use files::checkpoint_adapter;
 mod plots;
 use files::{
     append_metrics, checkpoint, keep_metrics_through, latest_checkpoint, restore, write_trees,
@@ -196,7 +197,7 @@ pub fn run_online(
         });
     }
 
-    let ckpt_root = dir.join("checkpoints");
+    let ckpt_root = dir.join(files::CHECKPOINTS);
     let start = match latest_checkpoint(&ckpt_root)? {
         Some((step, path)) => {
             restore(&mut roles, &path)?;
@@ -224,7 +225,7 @@ pub fn run_online(
     let mut summary = OnlineSummary {
         first_step: start + 1,
         last_step: start,
-        adapters: dir.join("adapters"),
+        adapters: dir.join(malt_layout::ADAPTERS),
     };
     let bar = indicatif::ProgressBar::new(online.steps as u64);
     bar.set_position(start as u64);
@@ -286,7 +287,7 @@ pub fn run_online(
     // The adapters as the last finished step left them.
     for role in &roles {
         if let Some((adapter, _, _)) = &role.trained {
-            let out = summary.adapters.join(&role.name);
+            let out = round.online_adapter(&role.name);
             role.policy.save_adapter(adapter, &out, model_id)?;
         }
     }
@@ -317,17 +318,23 @@ fn update_settings(o: &Online, temperature: f64) -> UpdateSettings {
 /// training split, a new permutation for each pass over it.
 fn step_questions(questions: &[Example], step: u32, per_step: u32, seed: u64) -> Vec<Example> {
     let n = questions.len() as u64;
+    // Each pass over the split has its own order, shuffled once however many questions of the
+    // step fall in it.
+    let mut order: Option<(u64, Vec<usize>)> = None;
     (0..per_step as u64)
         .map(|j| {
             let k = (step as u64 - 1) * per_step as u64 + j;
             let (pass, at) = (k / n, k % n);
-            let mut order: Vec<usize> = (0..questions.len()).collect();
-            let mut state = malt_train::data::mix_seed(seed, STREAM_ORDER, pass);
-            for i in (1..order.len()).rev() {
-                let r = (malt_base::mix::splitmix64(&mut state) % (i as u64 + 1)) as usize;
-                order.swap(i, r);
+            if order.as_ref().is_none_or(|(p, _)| *p != pass) {
+                let mut o: Vec<usize> = (0..questions.len()).collect();
+                malt_base::mix::shuffle(
+                    &mut o,
+                    malt_train::data::mix_seed(seed, STREAM_ORDER, pass),
+                );
+                order = Some((pass, o));
             }
-            questions[order[at as usize]].clone()
+            let (_, o) = order.as_ref().expect("set above");
+            questions[o[at as usize]].clone()
         })
         .collect()
 }

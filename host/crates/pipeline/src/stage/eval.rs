@@ -77,7 +77,7 @@ impl Eval {
                 let online = round.online();
                 Some(format!(
                     "{} {}",
-                    tree_hash(&online.join("adapters"), &|_| true)?,
+                    tree_hash(&online.join(malt_layout::ADAPTERS), &|_| true)?,
                     file_hash(&online.join("metrics.jsonl"))?
                 ))
             } else {

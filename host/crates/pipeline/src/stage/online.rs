@@ -18,7 +18,9 @@ pub struct Online;
 /// only serve a resume).
 pub fn online_hash(round: &RoundLayout) -> anyhow::Result<String> {
     tree_hash(&round.online(), &|p: &Path| {
-        p.starts_with("adapters") || p.starts_with("trees") || p == Path::new("metrics.jsonl")
+        p.starts_with(malt_layout::ADAPTERS)
+            || p.starts_with("trees")
+            || p == Path::new("metrics.jsonl")
     })
 }
 
