@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::Context;
 use malt_engine::ModelSampler;
 use malt_layout::RoundLayout;
-use malt_pipeline::online::{rollouts, run_online, tree_seed, StepMetrics};
+use malt_pipeline::online::{checkpoint_adapter, rollouts, run_online, tree_seed, StepMetrics};
 use malt_pipeline::session::Session;
 use malt_pipeline::stage::online::Online;
 use malt_pipeline::stage::{Env, Models, Provenance, Stage, Tools};
@@ -115,17 +115,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let want = trees_of(last.step)?;
     let mut sampler = ModelSampler::new(model);
-    let before = round
-        .online()
-        .join("checkpoints")
-        .join(format!("step-{:08}", last.step - 1))
-        .join("adapters");
     for (l, agent) in inputs.chain.agents.iter().enumerate() {
         if !inputs.online.train.contains(&agent.name) {
             continue;
         }
         let adapter = if last.step > 1 {
-            model.load_adapter(&before.join(&agent.name), &agent.name)?
+            let dir = checkpoint_adapter(&round.online(), last.step - 1, &agent.name);
+            model.load_adapter(&dir, &agent.name)?
         } else {
             let lora = &inputs.agents[l].plan.lora;
             MaltPolicy::new(
@@ -210,28 +206,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let seqs: Vec<&Sequence> = rows[l].iter().map(|r| &r.seq).collect();
         let tokens: usize = seqs.iter().map(|s| s.completion_len()).sum();
         let t = Instant::now();
-        let mut sums: Vec<Option<candle_core::Tensor>> = vec![None; vars.len()];
+        let mut sums = malt_train::trainer::GradAccumulator::new(vars.len());
         for chunk in seqs.chunks(inputs.online.micro_batch.max(1) as usize) {
             let batch = TokenBatch::new(chunk, pad);
             let logits =
                 policy.target_logits(&batch, Some(&adapter), Mode::Train { dropout_seed: None })?;
             let lp = pg::sampling_logprobs(&logits, &batch.targets, agent.sampling.temperature)?;
             let loss = (lp.sum_all()?.neg()? / tokens.max(1) as f64)?;
-            let grads = loss.backward()?;
-            for (sum, (_, v)) in sums.iter_mut().zip(&vars) {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    *sum = Some(match sum.take() {
-                        Some(s) => (s + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
+            sums.add(&loss.backward()?, &vars)?;
         }
-        let grads: Vec<candle_core::Tensor> = sums
-            .into_iter()
-            .zip(&vars)
-            .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
+        let grads = sums.into_grads(&vars)?;
         opt.step(&grads, 1e-5)?;
         let plain_s = t.elapsed().as_secs_f64();
         let plain = tokens as f64 / plain_s.max(1e-9);

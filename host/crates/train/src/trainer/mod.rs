@@ -36,7 +36,7 @@ use crate::settings::{AgentPlan, DpoSettings, OptimSettings, Phase, RunOptions};
 
 use resume::TrainingState;
 use schedule::{EpochOrder, Schedule};
-pub(crate) use step::GradAccumulator;
+pub use step::GradAccumulator;
 use step::StepOutcome;
 
 /// Everything one training phase needs.

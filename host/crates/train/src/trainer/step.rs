@@ -138,19 +138,19 @@ fn loss_denominator(data: &PhaseData, examples: &[usize]) -> f64 {
 }
 
 /// Sums each trainable variable's gradient over the micro-batches of one optimiser step.
-pub(crate) struct GradAccumulator {
+pub struct GradAccumulator {
     sums: Vec<Option<Tensor>>,
 }
 
 impl GradAccumulator {
-    pub(crate) fn new(vars: usize) -> Self {
+    pub fn new(vars: usize) -> Self {
         GradAccumulator {
             sums: vec![None; vars],
         }
     }
 
     /// Adds one backward pass's gradients of `vars` (a variable it did not reach adds nothing).
-    pub(crate) fn add(&mut self, grads: &GradStore, vars: &[(String, Var)]) -> Result<()> {
+    pub fn add(&mut self, grads: &GradStore, vars: &[(String, Var)]) -> Result<()> {
         for (sum, (_, var)) in self.sums.iter_mut().zip(vars) {
             if let Some(g) = grads.get(var.as_tensor()) {
                 *sum = Some(match sum.take() {
@@ -163,7 +163,7 @@ impl GradAccumulator {
     }
 
     /// The sums in `vars` order, zeros for a variable no pass reached.
-    pub(crate) fn into_grads(self, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    pub fn into_grads(self, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
         Ok(self
             .sums
             .into_iter()
