@@ -239,3 +239,158 @@ fn bench_online_splits_a_step_and_prints_its_ratios() {
         "the bench wrote into the workload's run"
     );
 }
+
+/// `[generation]` sending the trees to `url`, the server seeing the run directory under `root`.
+fn remote_generation(url: &str, root: Option<&str>) -> String {
+    format!(
+        r#"
+[generation]
+backend = "remote"
+retries = 1
+backoff_ms = 50
+
+[[generation.endpoints]]
+url = "{url}"
+max_concurrency = 4
+{}
+"#,
+        root.map(|r| format!("adapter_root = \"{r}\""))
+            .unwrap_or_default()
+    )
+}
+
+fn served_models(url: &str) -> Vec<String> {
+    let body = ureq::get(format!("{url}/models"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Online training with the remote backend against `malt serve` on loopback: every step loads
+/// the adapters into the server as new versions and samples through it. The trees equal the
+/// embedded run's node for node (the server's log-probs within 1e-4 of the embedded
+/// sampler's), hence the same updates and adapters. A version the server cannot read stops
+/// the run with an error naming the endpoint and the path, the server serving on.
+#[test]
+fn remote_online_training_through_malt_serve_equals_the_embedded_run() {
+    use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+    use malt_model::candle_core::Device;
+
+    let f = fixture();
+    let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even")
+        + &ONLINE.replace("steps = 4", "steps = 3");
+    let embedded = f.write_text("online-embedded", &text);
+    let a = f.workdir("embedded");
+    to_end(&embedded, &a, &a.join("log"));
+
+    let model = malt_model::Model::load_hf_dir(&f.model, &Device::Cpu, None).unwrap();
+    let backend = ModelServeBackend::start(
+        model,
+        "tiny",
+        vec![],
+        None,
+        EngineSettings {
+            batching: Batching::Continuous,
+            max_batch: 64,
+            timeout_s: 120.0,
+        },
+    )
+    .unwrap();
+    let server = malt_serve::Server::start(
+        "127.0.0.1:0",
+        std::sync::Arc::new(backend),
+        malt_serve::Limits::default(),
+    )
+    .unwrap();
+    let url = format!("http://{}/v1", server.addr());
+
+    // The server does not see the run directory where `adapter_root` says.
+    let b = f.workdir("remote");
+    let bad = f.write_text(
+        "online-remote-bad",
+        &(text.clone() + &remote_generation(&url, Some("/nowhere/run"))),
+    );
+    let status = online(&bad, &b, &b.join("log-bad")).wait().unwrap();
+    assert!(!status.success(), "a version the server cannot read");
+    let log = std::fs::read_to_string(b.join("log-bad")).unwrap();
+    assert!(
+        log.contains(&format!("{url}/chat/completions"))
+            && log.contains("/nowhere/run/")
+            && log.contains("adapter_root"),
+        "{log}"
+    );
+    assert_eq!(served_models(&url), ["tiny"], "nothing half-loaded");
+
+    let good = f.write_text("online-remote", &(text + &remote_generation(&url, None)));
+    to_end(&good, &b, &b.join("log"));
+    let (run_a, run_b) = (a.join("runs/pipeline"), b.join("runs/pipeline"));
+    let mut logprobs = 0;
+    for step in 1..=3 {
+        let t = format!("online/trees/step-{step:08}.jsonl");
+        let read = |run: &Path| -> Vec<Value> {
+            std::fs::read_to_string(run.join(&t))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (ta, tb) = (read(&run_a), read(&run_b));
+        assert_eq!(ta.len(), tb.len());
+        for (x, y) in ta.iter().zip(&tb) {
+            let (nx, ny) = (
+                x["nodes"].as_array().unwrap(),
+                y["nodes"].as_array().unwrap(),
+            );
+            assert_eq!(nx.len(), ny.len());
+            for (i, (p, q)) in nx.iter().zip(ny).enumerate() {
+                let (mut p, mut q) = (p.clone(), q.clone());
+                let lp = |v: &mut Value| -> Option<Vec<f64>> {
+                    serde_json::from_value(v.as_object_mut().unwrap().remove("logprobs")?).ok()
+                };
+                let (lp_a, lp_b) = (lp(&mut p), lp(&mut q));
+                assert_eq!(p, q, "step {step}, {}, node {i}", x["question_id"]);
+                assert_eq!(lp_a.is_some(), lp_b.is_some(), "step {step}, node {i}");
+                if let (Some(u), Some(w)) = (lp_a, lp_b) {
+                    assert_eq!(u.len(), w.len());
+                    for (s, r) in u.iter().zip(&w) {
+                        assert!((s - r).abs() < 1e-4, "step {step}, node {i}: {s} vs {r}");
+                    }
+                    logprobs += 1;
+                }
+            }
+        }
+    }
+    assert!(logprobs > 0, "the server returned no log-probs");
+    for agent in ["generator", "verifier"] {
+        let p = format!("online/adapters/{agent}/adapter_model.safetensors");
+        assert!(
+            bytes(&run_a.join(&p)) == bytes(&run_b.join(&p)),
+            "{p}: the remote run trained other weights"
+        );
+    }
+    let strip = |ms: Vec<Value>| -> Vec<Value> {
+        ms.into_iter()
+            .map(|mut m| {
+                m.as_object_mut().unwrap().remove("sync_s");
+                for a in m["agents"].as_array_mut().unwrap() {
+                    a.as_object_mut().unwrap().remove("logprob_mismatch");
+                }
+                m
+            })
+            .collect()
+    };
+    assert_eq!(strip(metrics(&run_a)), strip(metrics(&run_b)));
+    // Each step served new versions; the run unloaded them when it finished.
+    assert_eq!(served_models(&url), ["tiny"]);
+    let log = std::fs::read_to_string(b.join("log")).unwrap();
+    assert!(!log.contains("could not unload"), "{log}");
+}

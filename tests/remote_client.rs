@@ -231,6 +231,7 @@ fn sampler(endpoints: Vec<Endpoint>, retry: RetryPolicy) -> RemoteSampler {
         model: "base".into(),
         models: [("verifier".to_owned(), "verifier-lora".to_owned())].into(),
         retry,
+        logprobs: false,
     })
     .unwrap()
 }
@@ -603,4 +604,180 @@ fn texts_of(r: &malt_tree::RequestResult) -> Vec<String> {
         .iter()
         .map(|c| c.text.clone())
         .collect()
+}
+
+/// A scripted vLLM (or SGLang, by `owned_by`) with runtime LoRA loading: it keeps the set of
+/// loaded names, refuses a path outside `/srv/run`, and answers completions with the model name
+/// and one log-prob per token.
+fn lora_engine(owner: &'static str) -> Responder {
+    let loaded = Arc::new(Mutex::new(vec!["base".to_owned()]));
+    Responder::start(move |r, _| {
+        let mut loaded = loaded.lock().unwrap();
+        let name = r.body["lora_name"].as_str().unwrap_or_default().to_owned();
+        let path = r.line.split_whitespace().nth(1).unwrap_or_default();
+        match (r.line.split(' ').next().unwrap(), path) {
+            ("GET", "/v1/models") => {
+                let data: Vec<Value> = loaded
+                    .iter()
+                    .map(|id| json!({"id": id, "object": "model", "owned_by": owner}))
+                    .collect();
+                Reply::ok(json!({"object": "list", "data": data}))
+            }
+            ("POST", "/v1/load_lora_adapter" | "/load_lora_adapter") => {
+                let p = r.body["lora_path"].as_str().unwrap_or_default();
+                if !p.starts_with("/srv/run/") {
+                    return Reply::status(
+                        404,
+                        &format!(r#"{{"error":{{"message":"No adapter found for {p}"}}}}"#),
+                    );
+                }
+                loaded.push(name);
+                Reply::ok(json!("Success"))
+            }
+            ("POST", "/v1/unload_lora_adapter" | "/unload_lora_adapter") => {
+                loaded.retain(|n| n != &name);
+                Reply::ok(json!("Success"))
+            }
+            ("POST", "/reset_prefix_cache" | "/flush_cache") => Reply::ok(json!({})),
+            ("POST", "/v1/chat/completions") => {
+                let model = r.body["model"].as_str().unwrap().to_owned();
+                if !loaded.contains(&model) {
+                    return Reply::status(404, r#"{"error":{"message":"no such model"}}"#);
+                }
+                Reply::ok(
+                    json!({"choices": [{"index": 0, "message": {"content": model},
+                    "logprobs": {"content": [{"token": "token_id:7", "logprob": -0.25}]}}]}),
+                )
+            }
+            _ => Reply::status(404, "{}"),
+        }
+    })
+}
+
+fn version(agent: &str, step: u32) -> malt_remote::AdapterVersion {
+    let in_run = std::path::PathBuf::from(format!("online/checkpoints/step-{step}/{agent}"));
+    malt_remote::AdapterVersion {
+        agent: agent.into(),
+        name: format!("{agent}-v{step}"),
+        local: std::path::Path::new("/local/run").join(&in_run),
+        in_run,
+    }
+}
+
+/// The swap as vLLM and SGLang take it: each engine's load route with the path under the
+/// endpoint's `adapter_root`, its prefix-cache reset, the agent's requests on the new name,
+/// the replaced version unloaded, log-probs asked for and read back; a path the server cannot
+/// read is an error naming the endpoint, the path and what to set, and changes nothing.
+#[test]
+fn adapter_versions_are_swapped_into_vllm_and_sglang() {
+    for (owner, load, reset) in [
+        (
+            "vllm",
+            "POST /v1/load_lora_adapter",
+            "POST /reset_prefix_cache",
+        ),
+        ("sglang", "POST /load_lora_adapter", "POST /flush_cache"),
+    ] {
+        let server = lora_engine(owner);
+        let mut e = Endpoint::new(&server.url());
+        e.adapter_root = Some("/srv/run".into());
+        let mut s = RemoteSampler::new(RemoteSettings {
+            endpoints: vec![e],
+            model: "base".into(),
+            models: Default::default(),
+            retry: fast_retry(1),
+            logprobs: true,
+        })
+        .unwrap();
+        let b = Batch::new(1, 1);
+        s.swap_adapters(&[version("generator", 1)]).unwrap();
+        let out = s.sample(&b.requests("generator")).unwrap();
+        let c = &out[0].as_ref().unwrap()[0];
+        assert_eq!(c.text, "generator-v1", "{owner}");
+        assert_eq!(c.logprobs, Some(vec![-0.25]), "{owner}");
+        s.swap_adapters(&[version("generator", 2)]).unwrap();
+        assert_eq!(
+            texts_of(&s.sample(&b.requests("generator")).unwrap()[0]),
+            ["generator-v2"]
+        );
+        // Frozen agents keep the base model.
+        assert_eq!(
+            texts_of(&s.sample(&b.requests("refiner")).unwrap()[0]),
+            ["base"]
+        );
+        let seen = server.requests();
+        let loads: Vec<&Seen> = seen.iter().filter(|r| r.line == load).collect();
+        assert_eq!(loads.len(), 2, "{owner}");
+        assert_eq!(
+            loads[1].body,
+            json!({"lora_name": "generator-v2",
+                   "lora_path": "/srv/run/online/checkpoints/step-2/generator"}),
+            "{owner}"
+        );
+        assert_eq!(
+            seen.iter().filter(|r| r.line == reset).count(),
+            2,
+            "{owner}"
+        );
+        let unloads: Vec<&Value> = seen
+            .iter()
+            .filter(|r| r.line.contains("unload_lora_adapter"))
+            .map(|r| &r.body["lora_name"])
+            .collect();
+        assert_eq!(unloads, [&json!("generator-v1")], "{owner}");
+        for r in seen
+            .iter()
+            .filter(|r| r.line == "POST /v1/chat/completions")
+        {
+            assert_eq!(r.body["logprobs"], true, "{owner}");
+        }
+
+        // A path the server cannot read: the run's error says where and what to do; the
+        // agent stays on the version it had.
+        let mut bad = version("generator", 3);
+        bad.in_run = "../elsewhere/generator".into();
+        let mut e = Endpoint::new(&server.url());
+        e.adapter_root = Some("/mnt".into());
+        let mut other = RemoteSampler::new(RemoteSettings {
+            endpoints: vec![e],
+            model: "base".into(),
+            models: [("generator".to_owned(), "generator-v2".to_owned())].into(),
+            retry: fast_retry(1),
+            logprobs: true,
+        })
+        .unwrap();
+        let err = other.swap_adapters(&[bad]).unwrap_err().0;
+        assert!(
+            err.contains(&server.url())
+                && err.contains("/mnt/../elsewhere/generator")
+                && err.contains("HTTP 404")
+                && err.contains("adapter_root")
+                && err.contains("keeps serving the previous version"),
+            "{err}"
+        );
+        assert_eq!(
+            texts_of(&other.sample(&b.requests("generator")).unwrap()[0]),
+            ["generator-v2"]
+        );
+        s.release_adapters();
+        let last = server.requests().pop().unwrap();
+        assert!(last.line.contains("unload_lora_adapter"), "{owner}");
+        assert_eq!(last.body["lora_name"], "generator-v2", "{owner}");
+    }
+}
+
+/// Engines that cannot load adapters at run time are named when a version is to be served.
+#[test]
+fn llama_cpp_cannot_serve_trained_adapters() {
+    let server = Responder::start(|_, _| Reply::status(500, "{}"));
+    let mut e = Endpoint::new(&server.url());
+    e.engine = EngineChoice::Fixed(Engine::LlamaCpp);
+    let mut s = sampler(vec![e], fast_retry(0));
+    let err = s.swap_adapters(&[version("generator", 1)]).unwrap_err().0;
+    assert!(
+        err.contains("llama.cpp cannot load LoRA adapters at run time")
+            && err.contains(&server.url()),
+        "{err}"
+    );
+    assert!(server.requests().is_empty());
 }

@@ -136,3 +136,87 @@ fn rounds_keep_every_round_and_resume_after_a_kill() {
     let again = run_to_end(&cfg, &b, &b_log);
     assert_eq!(again.matches("current, skipped").count(), 10, "{again}");
 }
+
+/// `[rounds]` with the remote backend against `malt serve` on loopback: round 2's trees come
+/// from the server with round 1's adapters loaded into it for the round (`{agent}-round1`),
+/// node for node those of the embedded run; the run unloads them once the trees are sampled.
+#[test]
+fn rounds_with_remote_generation_serve_the_previous_rounds_adapters() {
+    use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+
+    let fx = fixture();
+    let text = format!(
+        "{}systems = [\"single\", \"malt\"]\n\n[rounds]\ncount = 2\ntheta = [0.5, 0.6]\n",
+        config(&fx.model, &fx.plugin, 0.5, "even")
+    );
+    let embedded = fx.write_text("rounds-embedded", &text);
+    let a = fx.workdir("embedded");
+    run_to_end(&embedded, &a, &fx.root.join("a.log"));
+
+    let model =
+        malt_model::Model::load_hf_dir(&fx.model, &malt_model::candle_core::Device::Cpu, None)
+            .unwrap();
+    let backend = ModelServeBackend::start(
+        model,
+        "tiny",
+        vec![],
+        None,
+        EngineSettings {
+            batching: Batching::Continuous,
+            max_batch: 64,
+            timeout_s: 120.0,
+        },
+    )
+    .unwrap();
+    let server = malt_serve::Server::start(
+        "127.0.0.1:0",
+        std::sync::Arc::new(backend),
+        malt_serve::Limits::default(),
+    )
+    .unwrap();
+    let url = format!("http://{}/v1", server.addr());
+    let remote = fx.write_text(
+        "rounds-remote",
+        &format!(
+            "{text}\n[generation]\nbackend = \"remote\"\n\n[[generation.endpoints]]\nurl = \"{url}\"\n"
+        ),
+    );
+    let b = fx.workdir("remote");
+    let log = run_to_end(&remote, &b, &fx.root.join("b.log"));
+    assert!(log.contains("verifier-round1"), "{log}");
+    // The embedded sampler also records log-probs, which plain remote generation does not ask
+    // for; everything else is the same.
+    let nodes = |run: &Path| -> Vec<serde_json::Value> {
+        malt_tree::read_trees(&run.join("trees.jsonl"))
+            .unwrap()
+            .trees
+            .iter()
+            .flat_map(|t| t.nodes.clone())
+            .map(|mut n| {
+                n.logprobs = None;
+                serde_json::to_value(n).unwrap()
+            })
+            .collect()
+    };
+    for r in ["runs/pipeline", "runs/pipeline/rounds/2"] {
+        let (x, y) = (nodes(&a.join(r)), nodes(&b.join(r)));
+        assert_eq!(x.len(), y.len(), "{r}");
+        assert!(
+            x == y,
+            "{r}: the remote trees differ from the embedded ones"
+        );
+    }
+    let manifest = malt_tree::Manifest::load(&b.join("runs/pipeline/rounds/2")).unwrap();
+    assert!(
+        manifest.model.contains("adapters of round 1"),
+        "{}",
+        manifest.model
+    );
+    let body = ureq::get(format!("{url}/models"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(!body.contains("round1"), "left loaded: {body}");
+}

@@ -259,6 +259,7 @@ struct RawEndpoint {
     connect_timeout_s: Option<f64>,
     malt_seeds: Option<bool>,
     engine: Option<EngineKind>,
+    adapter_root: Option<String>,
 }
 
 fn resolve_path(base: &Path, p: &Path) -> PathBuf {
@@ -344,14 +345,8 @@ pub(crate) fn resolve(raw: RawConfig, path: &Path, loc: &Locator<'_>) -> (Config
     let eval = evaluation::resolve_eval(raw.eval, &agents, star.data, &mut c);
     let generation = resolve_generation(raw.generation, &agents, &mut c);
     let serve = resolve_serve(raw.serve, &mut c);
-    let rounds = resolve_rounds(raw.rounds, credit.theta, generation.backend, &mut c);
-    let online = resolve_online(
-        raw.online,
-        &agents,
-        generation.backend,
-        rounds.count,
-        &mut c,
-    );
+    let rounds = resolve_rounds(raw.rounds, credit.theta, &generation, &mut c);
+    let online = resolve_online(raw.online, &agents, &generation, rounds.count, &mut c);
     if online.is_none() {
         if let Some(i) = eval
             .systems

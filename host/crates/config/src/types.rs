@@ -459,6 +459,10 @@ pub struct Endpoint {
     /// The inference engine behind the endpoint: decides which request fields are sent and
     /// how a node's choices are requested; `auto` asks the server (`GET /v1/models`).
     pub engine: EngineKind,
+    /// Where the server sees this run's directory (`[run] dir`), when not at the same path:
+    /// adapters trained during the run (online training, `[rounds]`) are sent to it as paths
+    /// on the server's own disk.
+    pub adapter_root: Option<String>,
 }
 
 /// `[[generation.endpoints]] engine`.

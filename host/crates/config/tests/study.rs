@@ -222,11 +222,16 @@ fn star_and_rounds() {
     assert!(e.contains("rounds.count must be at least 1"), "{e}");
     let e = err(&format!("{GVR}\n[rounds]\ncount = 2\ntheta = [0.5, 1.5]\n"));
     assert!(e.contains("rounds.theta = 1.5 is out of range"), "{e}");
-    let e = err(&format!(
+    // Remote servers load each round's adapters, if their engine can.
+    let remote = format!(
         "{GVR}\n[rounds]\ncount = 2\n[generation]\nbackend = \"remote\"\n[[generation.endpoints]]\nurl = \"http://127.0.0.1:1\"\n"
-    ));
+    );
+    assert_eq!(parse(&remote).rounds.count, 2);
+    let e = err(&format!("{remote}engine = \"llama.cpp\"\n"));
     assert!(
-        e.contains("needs [generation] backend = \"embedded\""),
+        e.contains("[rounds] count > 1 samples with the adapters it trains")
+            && e.contains("engine = \"llama.cpp\"")
+            && e.contains("cannot load at run time"),
         "{e}"
     );
     let e = err(&format!("{GVR}\n[star]\ndata = \"both\"\n"));

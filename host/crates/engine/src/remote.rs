@@ -10,7 +10,11 @@ use malt_remote::{Endpoint, Engine, EngineChoice, RemoteSampler, RemoteSettings,
 
 /// The sampler for `[[generation.endpoints]]` of the config at `config`. Fails, naming the
 /// variable, when an endpoint's `api_key_env` is not set.
-pub fn remote_sampler(g: &Generation, config: &Path) -> anyhow::Result<RemoteSampler> {
+pub fn remote_sampler(
+    g: &Generation,
+    config: &Path,
+    logprobs: bool,
+) -> anyhow::Result<RemoteSampler> {
     let mut endpoints = Vec::with_capacity(g.endpoints.len());
     for (i, e) in g.endpoints.iter().enumerate() {
         let key = match &e.api_key_env {
@@ -30,6 +34,7 @@ pub fn remote_sampler(g: &Generation, config: &Path) -> anyhow::Result<RemoteSam
         ep.timeout = Duration::from_secs_f64(e.timeout_s);
         ep.connect_timeout = Duration::from_secs_f64(e.connect_timeout_s);
         ep.malt_seeds = e.malt_seeds;
+        ep.adapter_root = e.adapter_root.clone();
         ep.engine = match e.engine {
             EngineKind::Auto => EngineChoice::Auto,
             EngineKind::Malt => EngineChoice::Fixed(Engine::Malt),
@@ -50,6 +55,7 @@ pub fn remote_sampler(g: &Generation, config: &Path) -> anyhow::Result<RemoteSam
             max_backoff: Duration::from_secs_f64(g.max_backoff_s),
             max_wait: Duration::from_secs_f64(g.max_wait_s),
         },
+        logprobs,
     };
     tracing::debug!("remote generation: {settings:?}");
     RemoteSampler::new(settings)

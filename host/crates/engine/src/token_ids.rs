@@ -86,11 +86,14 @@ impl<'t, S: Sampler> WithTokenIds<'t, S> {
                         c.text
                     );
                     c.token_ids = Some(encode(&c.text)?);
+                    // They were the engine's tokens' log-probs, not these.
+                    c.logprobs = None;
                 }
             }
             None => {
                 self.stats.reencoded += 1;
                 c.token_ids = Some(encode(&c.text)?);
+                c.logprobs = None;
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use crate::generate::{Finish, Step};
 use crate::kv::Cache;
 use crate::lora::LoraAdapter;
 use crate::model::Model;
-use crate::sampling::{rng_for, sample, SamplingParams};
+use crate::sampling::{rng_for, sample_with_logprob, SamplingParams};
 
 /// Positions by which the buffers grow.
 const CHUNK: usize = 64;
@@ -40,6 +40,9 @@ pub struct Finished {
     pub tokens: Vec<u32>,
     pub text: String,
     pub finish: Finish,
+    /// The log-prob of each sampled id ([`Finished::sampled_ids`]) under
+    /// `softmax(logits / temperature)`, as [`crate::Completion::logprobs`]; empty when greedy.
+    pub logprobs: Vec<f32>,
 }
 
 impl Finished {
@@ -55,6 +58,7 @@ struct Row {
     rng: rand::rngs::StdRng,
     gen: Vec<u32>,
     text: String,
+    logprobs: Vec<f32>,
     /// Logits predicting this row's next token.
     logits: Vec<f32>,
     /// Positions of the sequence so far (= the next token's RoPE position).
@@ -134,6 +138,7 @@ impl<'m> DecodeBatch<'m> {
                     tokens: vec![],
                     text: String::new(),
                     finish: Finish::Length,
+                    logprobs: vec![],
                 });
                 continue;
             }
@@ -176,6 +181,7 @@ impl<'m> DecodeBatch<'m> {
                 rng: rng_for(j.seed),
                 gen: vec![],
                 text: String::new(),
+                logprobs: vec![],
                 logits,
                 seq_len: p,
                 holes,
@@ -211,7 +217,8 @@ impl<'m> DecodeBatch<'m> {
         let mut keep = Vec::with_capacity(self.rows.len());
         let mut done = Vec::new();
         for (ri, row) in self.rows.iter_mut().enumerate() {
-            let tok = sample(&row.logits, &row.params, &mut row.rng);
+            let (tok, logprob) = sample_with_logprob(&row.logits, &row.params, &mut row.rng);
+            row.logprobs.extend(logprob);
             let finish = model.accept_token(
                 &row.params,
                 tok,
@@ -227,6 +234,7 @@ impl<'m> DecodeBatch<'m> {
                     tokens: std::mem::take(&mut row.gen),
                     text: std::mem::take(&mut row.text),
                     finish: f,
+                    logprobs: std::mem::take(&mut row.logprobs),
                 }),
             }
         }

@@ -176,9 +176,35 @@ impl LoraAdapter {
         }
     }
 
-    /// A second handle on the same variables (same uid: it is the same adapter), for a
-    /// checkpointed layer's backward, which must own what it recomputes with.
-    pub(crate) fn share(&self) -> LoraAdapter {
+    /// The same adapter under a cache identity derived from its contents (shape, scale and
+    /// every weight), not from when it was loaded: an inference server keys its prompt caches
+    /// on it, so an adapter reloaded under the same name with other weights never reuses the
+    /// old keys and values, and the same weights under a new name (the next version of a
+    /// frozen role) reuse them. Content identities have the top bit set; load-order ones never
+    /// reach it. Call it on an adapter nothing will train: an optimiser step changes the
+    /// contents, not the identity.
+    pub fn content_keyed(mut self) -> Result<LoraAdapter> {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same contents give the same identity in every process.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.config.r.hash(&mut h);
+        self.config.alpha.to_bits().hash(&mut h);
+        for (name, var) in self.named_vars() {
+            name.hash(&mut h);
+            let t = var.as_tensor();
+            t.dims().hash(&mut h);
+            for x in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+                x.to_bits().hash(&mut h);
+            }
+        }
+        self.uid = h.finish() | 1 << 63;
+        Ok(self)
+    }
+
+    /// A second handle on the same variables (same uid: it is the same adapter): what a
+    /// checkpointed layer's backward owns to recompute with, and what an inference server's
+    /// running batch holds while the adapter is unloaded under it.
+    pub fn share(&self) -> LoraAdapter {
         LoraAdapter {
             uid: self.uid,
             name: self.name.clone(),

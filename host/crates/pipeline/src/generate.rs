@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use malt_model::{LoraAdapter, Model};
 use malt_tree::{
@@ -74,16 +75,23 @@ pub struct RemoteSetup {
     pub config_path: PathBuf,
 }
 
-/// Generates the trees through `[[generation.endpoints]]`; the local model is not loaded.
+/// Generates the trees through `[[generation.endpoints]]`, each agent of `adapters` on its
+/// adapter loaded into the servers for the run (a later round); the local model is not loaded.
 pub fn generate_remote(
     env: &mut Tools<'_>,
     questions: &[Example],
     remote: &RemoteSetup,
     target: &TreeTarget<'_>,
+    adapters: &[malt_remote::AdapterVersion],
 ) -> anyhow::Result<GenerateSummary> {
-    let mut sampler = malt_engine::remote::remote_sampler(&remote.generation, &remote.config_path)?;
+    let config = &remote.config_path;
+    let mut sampler = malt_engine::remote::remote_sampler(&remote.generation, config, false)?;
     let uses_top_k = target.chain.agents.iter().any(|a| a.sampling.top_k > 0);
-    malt_engine::remote::announce_engines(&remote.config_path, uses_top_k, &mut sampler)?;
+    malt_engine::remote::announce_engines(config, uses_top_k, &mut sampler)?;
+    sampler
+        .swap_adapters(adapters)
+        .map_err(|e| anyhow::anyhow!(e.0))
+        .with_context(|| format!("{}: [[generation.endpoints]]", config.display()))?;
     // The local model's tokenizer gives every completion token ids: the engine's when they
     // spell its text, else the text encoded (training needs ids; see backend::token_ids).
     let source = &remote.tokenizer_source;
@@ -91,6 +99,7 @@ pub fn generate_remote(
         Ok((tokenizer, _)) => {
             let mut with_ids = malt_engine::WithTokenIds::new(sampler, &tokenizer);
             let summary = generate_with(env, questions, &mut with_ids, target)?;
+            with_ids.inner.release_adapters();
             with_ids.stats.log();
             (summary, with_ids.inner.stats)
         }
@@ -101,6 +110,7 @@ pub fn generate_remote(
                 remote.config_path.display()
             );
             let summary = generate_with(env, questions, &mut sampler, target)?;
+            sampler.release_adapters();
             (summary, sampler.stats)
         }
     };

@@ -93,6 +93,43 @@ impl Client {
     }
 }
 
+impl Client {
+    /// One administrative call (`body`: POST it, else GET): the status and body of any
+    /// answer; connection failures are [`Outcome::Retry`] or [`Outcome::Fatal`] as for a
+    /// completion request.
+    pub fn send(&self, url: &str, body: Option<&Value>) -> Result<(u16, String), Outcome> {
+        let auth = self.endpoint.api_key().map(|k| format!("Bearer {k}"));
+        let sent = match body {
+            Some(b) => {
+                let mut req = self
+                    .agent
+                    .post(url)
+                    .header("content-type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.send(b.to_string().as_bytes())
+            }
+            None => {
+                let mut req = self.agent.get(url);
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.call()
+            }
+        };
+        let mut resp = sent.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        Ok((status, text))
+    }
+}
+
 /// What `GET /v1/models` said about the engine.
 pub(crate) enum Probe {
     /// An engine malt knows, from the model cards' `owned_by`.
@@ -106,21 +143,7 @@ impl Client {
     /// retryable (`Outcome::Retry`); a refused key is fatal.
     pub fn probe(&self) -> Result<Probe, Outcome> {
         let url = self.endpoint.models_url();
-        let mut req = self.agent.get(&url);
-        if let Some(key) = self.endpoint.api_key() {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        let mut resp = match req.call() {
-            Ok(r) => r,
-            Err(e) => return Err(transport_error(e)),
-        };
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .unwrap_or_default();
+        let (status, body) = self.send(&url, None)?;
         match classify_status(status) {
             StatusClass::Success => {}
             StatusClass::Retry => {

@@ -23,6 +23,9 @@ pub struct Endpoint {
     pub malt_seeds: Option<bool>,
     /// The engine behind the endpoint (what it honours decides the request shape).
     pub engine: EngineChoice,
+    /// Where the server sees the run directory, when not at the same path as here: adapters
+    /// sent to it at run time are named by their path on the server's disk.
+    pub adapter_root: Option<String>,
 }
 
 impl Endpoint {
@@ -45,6 +48,7 @@ impl Endpoint {
             connect_timeout: Duration::from_secs(5),
             malt_seeds: None,
             engine: EngineChoice::Auto,
+            adapter_root: None,
         }
     }
 
@@ -64,6 +68,16 @@ impl Endpoint {
             .strip_suffix("/chat/completions")
             .unwrap_or(&self.completions_url);
         format!("{base}/models")
+    }
+
+    /// The server's root (`http://h:8000` for `http://h:8000/v1/chat/completions`), under which
+    /// engines put their administrative routes.
+    pub fn root_url(&self) -> String {
+        let base = self
+            .completions_url
+            .strip_suffix("/chat/completions")
+            .unwrap_or(&self.completions_url);
+        base.strip_suffix("/v1").unwrap_or(base).to_owned()
     }
 
     pub(crate) fn api_key(&self) -> Option<&str> {
@@ -99,6 +113,7 @@ impl fmt::Debug for Endpoint {
             .field("connect_timeout", &self.connect_timeout)
             .field("malt_seeds", &self.malt_seeds)
             .field("engine", &self.engine)
+            .field("adapter_root", &self.adapter_root)
             .finish()
     }
 }
@@ -125,6 +140,8 @@ mod tests {
             Endpoint::new("https://h/x/v1/chat/completions").models_url(),
             "https://h/x/v1/models"
         );
+        assert_eq!(Endpoint::new("http://h:1/v1").root_url(), "http://h:1");
+        assert_eq!(Endpoint::new("http://h:1").root_url(), "http://h:1");
         let e = Endpoint::new("http://me:secret@h:1/v1").with_api_key(Some("sk-123".into()));
         assert_eq!(e.to_string(), "http://h:1/v1/chat/completions");
         let dbg = format!("{e:?}");

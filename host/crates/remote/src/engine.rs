@@ -50,6 +50,14 @@ impl fmt::Display for Engine {
     }
 }
 
+/// An engine's runtime LoRA endpoints, relative to the server's root URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdapterRoutes {
+    pub load: &'static str,
+    pub unload: &'static str,
+    pub reset_cache: Option<&'static str>,
+}
+
 /// How an endpoint's engine is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineChoice {
@@ -155,6 +163,58 @@ impl Engine {
             body.insert("malt_seeds".into(), json!(seeds));
         }
         Value::Object(body)
+    }
+
+    /// Asks for each sampled token's log-prob (OpenAI's `logprobs`, no alternatives).
+    pub fn ask_logprobs(self, body: &mut Value) {
+        if let Value::Object(map) = body {
+            map.insert("logprobs".into(), json!(true));
+            map.insert("top_logprobs".into(), json!(0));
+        }
+    }
+
+    /// Where the engine loads and unloads LoRA adapters at run time and drops its prefix
+    /// cache, relative to the server's root URL; `None` when it cannot load adapters at run
+    /// time (llama.cpp only scales adapters given at startup; hosted APIs have no such call).
+    pub fn adapter_routes(self) -> Option<AdapterRoutes> {
+        match self {
+            Engine::Malt => Some(AdapterRoutes {
+                load: "/v1/load_lora_adapter",
+                unload: "/v1/unload_lora_adapter",
+                // Its prefix pool is keyed on each adapter's contents: nothing stale to drop.
+                reset_cache: None,
+            }),
+            // Both registered only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; the cache reset
+            // only with VLLM_SERVER_DEV_MODE=1 (a 404 there is logged, not fatal).
+            Engine::Vllm => Some(AdapterRoutes {
+                load: "/v1/load_lora_adapter",
+                unload: "/v1/unload_lora_adapter",
+                reset_cache: Some("/reset_prefix_cache"),
+            }),
+            Engine::Sglang => Some(AdapterRoutes {
+                load: "/load_lora_adapter",
+                unload: "/unload_lora_adapter",
+                reset_cache: Some("/flush_cache"),
+            }),
+            Engine::LlamaCpp | Engine::Openai => None,
+        }
+    }
+
+    /// What this engine's log-probs are, when they are not those of the sampling distribution
+    /// (`softmax(logits / temperature)`), for the log at the start of an online run.
+    pub fn logprob_caveat(self) -> Option<&'static str> {
+        match self {
+            Engine::Malt => None,
+            Engine::Vllm => Some(
+                "vLLM returns the log-probs of the unscaled logits unless the server runs with \
+                 --logprobs-mode processed_logprobs: start it so, or the log-prob mismatch \
+                 metric and [online] importance_cap see the wrong distribution",
+            ),
+            Engine::Sglang | Engine::LlamaCpp | Engine::Openai => Some(
+                "this engine's log-probs may not be those of softmax(logits / temperature): \
+                 watch the log-prob mismatch metric before setting [online] importance_cap",
+            ),
+        }
     }
 
     /// What this engine does not honour of what malt relies on, one line each, for the log at

@@ -17,6 +17,7 @@
 //! run store then holds every finished tree once and a rerun resumes. API keys are read by the
 //! caller from the environment and never appear in `Debug` output or logs.
 
+pub mod adapters;
 mod call;
 pub mod endpoint;
 pub mod engine;
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod retry;
 mod sampler;
 
+pub use adapters::AdapterVersion;
 pub use endpoint::Endpoint;
 pub use engine::{Engine, EngineChoice};
 pub use retry::RetryPolicy;

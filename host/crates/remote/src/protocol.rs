@@ -40,7 +40,7 @@ pub fn parse_choices(body: &str, n: usize) -> Result<Vec<Option<Completion>>, St
                 finish: verbose
                     .and_then(llama_cpp_stop)
                     .or_else(|| finish_reason(c)),
-                logprobs: None,
+                logprobs: logprobs(c),
             });
         }
     }
@@ -54,6 +54,16 @@ fn token_ids(choice: &Value) -> Option<Vec<u32>> {
         .find_map(|k| choice.get(*k)?.as_array())?;
     arr.iter()
         .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+        .collect()
+}
+
+/// The log-prob of each sampled token (OpenAI's `logprobs.content[i].logprob`), when the
+/// choice has one for every token.
+fn logprobs(choice: &Value) -> Option<Vec<f32>> {
+    let content = choice.pointer("/logprobs/content")?.as_array()?;
+    content
+        .iter()
+        .map(|e| e.get("logprob")?.as_f64().map(|x| x as f32))
         .collect()
 }
 
@@ -150,6 +160,13 @@ mod tests {
         assert_eq!(got[2].finish, Some(FinishReason::EndOfTurn));
         // Ids that are not integers are no ids: the text is re-encoded instead.
         assert_eq!((got[3].token_ids.clone(), got[3].finish), (None, None));
+        assert_eq!(got[0].logprobs, None);
+        let body = r#"{"choices":[{"index":0,"message":{"content":"a"},
+            "logprobs":{"content":[{"token":"token_id:5","logprob":-0.5},{"token":"b","logprob":-2.25}]}},
+            {"index":1,"message":{"content":"b"},"logprobs":{"content":[{"token":"x"}]}}]}"#;
+        let got = parse_choices(body, 2).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().logprobs, Some(vec![-0.5, -2.25]));
+        assert_eq!(got[1].as_ref().unwrap().logprobs, None);
     }
 
     #[test]

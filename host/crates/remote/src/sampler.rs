@@ -30,6 +30,8 @@ pub struct RemoteSettings {
     /// Agent name -> served model name.
     pub models: BTreeMap<String, String>,
     pub retry: RetryPolicy,
+    /// Ask for each sampled token's log-prob (online training records them).
+    pub logprobs: bool,
 }
 
 /// Counters, for the end-of-stage log line and the benchmark.
@@ -79,12 +81,15 @@ impl EngineReport {
 }
 
 pub struct RemoteSampler {
-    clients: Vec<Client>,
+    pub(crate) clients: Vec<Client>,
     /// Per endpoint, once resolved (`None`: `engine = "auto"` not yet asked).
-    engines: Vec<Option<Engine>>,
+    pub(crate) engines: Vec<Option<Engine>>,
     model: String,
-    models: BTreeMap<String, String>,
-    retry: RetryPolicy,
+    pub(crate) models: BTreeMap<String, String>,
+    pub(crate) retry: RetryPolicy,
+    logprobs: bool,
+    /// Agent -> the adapter version this sampler loaded for it ([`RemoteSampler::swap_adapters`]).
+    pub(crate) loaded: BTreeMap<String, String>,
     /// Per endpoint, kept across batches: paused until, consecutive failures. A dead server
     /// is skipped by the next batches too instead of costing each of their requests a try.
     health: Vec<Health>,
@@ -132,6 +137,8 @@ impl RemoteSampler {
             model: settings.model,
             models: settings.models,
             retry: settings.retry,
+            logprobs: settings.logprobs,
+            loaded: BTreeMap::new(),
             stats: RemoteStats::default(),
         })
     }
@@ -153,11 +160,15 @@ impl RemoteSampler {
                 (None, _) => probe_with_retries(client, &self.retry)?,
             };
             self.engines[i] = Some(engine);
+            let mut caveats = engine.caveats(uses_top_k);
+            if self.logprobs {
+                caveats.extend(engine.logprob_caveat().map(str::to_owned));
+            }
             reports.push(EngineReport {
                 endpoint: client.endpoint.to_string(),
                 engine,
                 source,
-                caveats: engine.caveats(uses_top_k),
+                caveats,
             });
         }
         Ok(reports)
@@ -336,6 +347,7 @@ impl Sampler for RemoteSampler {
         });
         let wake = Condvar::new();
         let ctx = Ctx {
+            logprobs: self.logprobs,
             clients: &self.clients,
             engines: &engines,
             bodies: &bodies,
@@ -376,6 +388,7 @@ impl Sampler for RemoteSampler {
 
 /// What the worker threads share.
 struct Ctx<'a, 'r> {
+    logprobs: bool,
     clients: &'a [Client],
     engines: &'a [Engine],
     bodies: &'a [(&'a str, &'a SampleRequest<'r>)],
@@ -430,7 +443,10 @@ impl Ctx<'_, '_> {
             let seeds: Vec<u64> = job.missing.iter().map(|&j| req.seeds[j]).collect();
             let client = &self.clients[e];
             let malt_seeds = client.endpoint.malt_seeds.unwrap_or(engine == Engine::Malt);
-            let body = engine.request_body(model, req.messages, req.params, &seeds, malt_seeds);
+            let mut body = engine.request_body(model, req.messages, req.params, &seeds, malt_seeds);
+            if self.logprobs {
+                engine.ask_logprobs(&mut body);
+            }
             let outcome = client.post(&body, seeds.len());
 
             st = self.lock();

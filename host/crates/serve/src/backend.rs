@@ -57,8 +57,20 @@ pub struct GenerationJob {
     pub n: usize,
     pub sampling: SamplingParams,
     pub seeds: Seeds,
+    /// Return each sampled token's log-prob (`logprobs: true`).
+    pub logprobs: bool,
     /// Give up (return [`BackendError::Timeout`]) after this instant.
     pub deadline: Instant,
+}
+
+/// A validated `POST /v1/load_lora_adapter` (vLLM's and SGLang's body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterLoad {
+    pub name: String,
+    /// A PEFT LoRA directory on the server's disk.
+    pub path: String,
+    /// Replace an adapter already loaded under `name` (vLLM's `load_inplace`).
+    pub replace: bool,
 }
 
 /// Why a choice stopped.
@@ -102,6 +114,10 @@ pub struct ChoiceOutput {
     pub token_ids: Vec<u32>,
     /// The seed this choice was sampled with.
     pub seed: u64,
+    /// With `logprobs`: each of `token_ids`' log-prob under `softmax(logits / temperature)`,
+    /// the distribution it was drawn from (before top-k / top-p), as the embedded sampler
+    /// records them. `None` when not asked for or when sampling was greedy.
+    pub logprobs: Option<Vec<f32>>,
 }
 
 /// `POST /v1/malt/chain`, validated.
@@ -158,6 +174,25 @@ pub trait ServeBackend: Send + Sync {
 
     /// Runs the agent chain `k` times on one question and votes.
     fn chain(&self, query: ChainQuery) -> Result<ChainResponse, BackendError>;
+
+    /// `POST /v1/load_lora_adapter`: reads a PEFT adapter from the server's disk and serves it
+    /// under `load.name`. A path that cannot be read is [`BackendError::Invalid`], and what
+    /// was served before stays served.
+    fn load_adapter(&self, load: &AdapterLoad) -> Result<(), BackendError> {
+        let _ = load;
+        Err(BackendError::NotAvailable(
+            "this server cannot load adapters at run time".into(),
+        ))
+    }
+
+    /// `POST /v1/unload_lora_adapter`: stops serving `name`. Requests already accepted for it
+    /// finish with it; an unknown name is [`BackendError::NotAvailable`].
+    fn unload_adapter(&self, name: &str) -> Result<(), BackendError> {
+        let _ = name;
+        Err(BackendError::NotAvailable(
+            "this server cannot unload adapters at run time".into(),
+        ))
+    }
 
     /// Engine counters shown by `GET /health` (free-form JSON).
     fn stats(&self) -> serde_json::Value {

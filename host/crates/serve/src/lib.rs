@@ -23,11 +23,13 @@ mod sse;
 mod validate;
 
 pub use backend::{
-    BackendError, ChainQuery, ChoiceOutput, FinishReason, GenerationJob, SamplingParams, Seeds,
-    ServeBackend, ServedModels, StepSink,
+    AdapterLoad, BackendError, ChainQuery, ChoiceOutput, FinishReason, GenerationJob,
+    SamplingParams, Seeds, ServeBackend, ServedModels, StepSink,
 };
 pub use error::ApiError;
 pub use limits::Limits;
 pub use protocol::*;
 pub use server::{ServeError, Server};
-pub use validate::{validate_chain, validate_chat, ChatRequest};
+pub use validate::{
+    validate_chain, validate_chat, validate_load_adapter, validate_unload_adapter, ChatRequest,
+};

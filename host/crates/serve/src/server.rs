@@ -13,13 +13,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::backend::ServeBackend;
+use crate::backend::{ChoiceOutput, ServeBackend};
 use crate::error::ApiError;
 use crate::http::{self, Conn, ReadError, Request};
 use crate::limits::Limits;
 use crate::protocol::*;
 use crate::sse::{DeltaTracker, SseWriter};
-use crate::validate::{map_backend_error, validate_chain, validate_chat, ChatRequest};
+use crate::validate::{
+    map_backend_error, validate_chain, validate_chat, validate_load_adapter,
+    validate_unload_adapter, ChatRequest,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -325,8 +328,8 @@ fn authorised(req: &Request, key: &str) -> bool {
     diff == 0
 }
 
-const ENDPOINTS: &str =
-    "GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/malt/chain";
+const ENDPOINTS: &str = "GET /health, GET /v1/models, POST /v1/chat/completions, POST \
+     /v1/malt/chain, POST /v1/load_lora_adapter, POST /v1/unload_lora_adapter";
 
 fn dispatch(req: &Request, ctx: &Ctx) -> Reply {
     let (method, path) = (req.method.as_str(), req.path.as_str());
@@ -351,10 +354,16 @@ fn dispatch(req: &Request, ctx: &Ctx) -> Reply {
         ("/v1/models", "GET") => Ok(models(ctx)),
         ("/v1/chat/completions", "POST") => chat(req, ctx),
         ("/v1/malt/chain", "POST") => chain(req, ctx),
+        ("/v1/load_lora_adapter", "POST") => load_adapter(req, ctx),
+        ("/v1/unload_lora_adapter", "POST") => unload_adapter(req, ctx),
         ("/health" | "/v1/models", m) => Err(ApiError::method_not_allowed(m, path, "GET")),
-        ("/v1/chat/completions" | "/v1/malt/chain", m) => {
-            Err(ApiError::method_not_allowed(m, path, "POST"))
-        }
+        (
+            "/v1/chat/completions"
+            | "/v1/malt/chain"
+            | "/v1/load_lora_adapter"
+            | "/v1/unload_lora_adapter",
+            m,
+        ) => Err(ApiError::method_not_allowed(m, path, "POST")),
         _ => Err(ApiError::not_found(format!(
             "no endpoint {method} {path}; this server has {ENDPOINTS}"
         ))
@@ -413,7 +422,7 @@ fn chat(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
                 index,
                 message: Message::assistant(&o.text),
                 finish_reason: o.finish.as_str().into(),
-                logprobs: None,
+                logprobs: logprobs_json(&o),
                 malt_finish: Some(o.finish.detail().into()),
                 token_ids: Some(o.token_ids),
             })
@@ -425,6 +434,59 @@ fn chat(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
         },
     };
     Ok(json_reply(200, &reply))
+}
+
+/// vLLM's runtime LoRA endpoints: the adapter is read from the server's disk and served under
+/// its name at once; what was served before stays served if it cannot be read.
+fn load_adapter(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
+    let load = validate_load_adapter(&req.body, &ctx.backend.models())?;
+    ctx.backend.load_adapter(&load).map_err(map_backend_error)?;
+    tracing::info!("loaded adapter `{}` from {}", load.name, load.path);
+    Ok(json_reply(
+        200,
+        &serde_json::json!({
+            "object": "malt.adapter",
+            "lora_name": load.name,
+            "lora_path": load.path,
+            "message": format!("Success: LoRA adapter '{}' added successfully.", load.name),
+        }),
+    ))
+}
+
+fn unload_adapter(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
+    let name = validate_unload_adapter(&req.body)?;
+    ctx.backend
+        .unload_adapter(&name)
+        .map_err(map_backend_error)?;
+    tracing::info!("unloaded adapter `{name}`");
+    Ok(json_reply(
+        200,
+        &serde_json::json!({
+            "object": "malt.adapter",
+            "lora_name": name,
+            "message": format!("Success: LoRA adapter '{name}' removed successfully."),
+        }),
+    ))
+}
+
+/// OpenAI's `logprobs` of a choice: one entry per sampled token, named as vLLM names tokens
+/// with `return_tokens_as_token_ids` (`"token_id:42"`), without alternatives.
+fn logprobs_json(o: &ChoiceOutput) -> Option<serde_json::Value> {
+    let lps = o.logprobs.as_ref()?;
+    let content: Vec<serde_json::Value> = o
+        .token_ids
+        .iter()
+        .zip(lps)
+        .map(|(id, lp)| {
+            serde_json::json!({
+                "token": format!("token_id:{id}"),
+                "logprob": lp,
+                "bytes": null,
+                "top_logprobs": [],
+            })
+        })
+        .collect();
+    Some(serde_json::json!({ "content": content }))
 }
 
 fn chain(req: &Request, ctx: &Ctx) -> Result<Reply, ApiError> {
@@ -567,7 +629,7 @@ fn stream(out: &TcpStream, chat: ChatRequest, ctx: &Ctx, keep: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendError, ChainQuery, ChoiceOutput, GenerationJob, ServedModels};
+    use crate::backend::{BackendError, ChainQuery, GenerationJob, ServedModels};
 
     /// Fault injection: a backend whose generation panics (the model engine cannot be made to
     /// panic on demand). Everything else about the server is real.

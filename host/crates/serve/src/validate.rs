@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::backend::{
-    BackendError, ChainQuery, GenerationJob, SamplingParams, Seeds, ServeBackend,
+    AdapterLoad, BackendError, ChainQuery, GenerationJob, SamplingParams, Seeds, ServeBackend,
+    ServedModels,
 };
 use crate::error::ApiError;
 use crate::limits::Limits;
@@ -316,11 +317,23 @@ pub fn validate_chat(
         .take::<Value>("stream_options", "an object")?
         .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
         .unwrap_or(false);
-    if let Some(true) = f.take::<bool>("logprobs", "a boolean")? {
+    let logprobs = f.take::<bool>("logprobs", "a boolean")?.unwrap_or(false);
+    if logprobs && stream {
         return Err(ApiError::invalid_field(
             "logprobs",
-            "logprobs are not supported by this server",
+            "`logprobs` is supported without streaming only: set `stream` to false",
         ));
+    }
+    if let Some(k) = f.take::<u64>("top_logprobs", "a non-negative integer")? {
+        if k > 0 {
+            return Err(ApiError::invalid_field(
+                "top_logprobs",
+                format!(
+                    "top_logprobs = {k} is not supported: this server returns the log-prob of \
+                     each sampled token only (`logprobs: true`, top_logprobs 0 or absent)"
+                ),
+            ));
+        }
     }
 
     let prompt = backend
@@ -362,9 +375,49 @@ pub fn validate_chat(
                 stop,
             },
             seeds,
+            logprobs,
             deadline: Instant::now() + limits.request_timeout,
         },
     })
+}
+
+/// Validates a `POST /v1/load_lora_adapter` body: `lora_name`, `lora_path`, `load_inplace`.
+pub fn validate_load_adapter(body: &[u8], served: &ServedModels) -> Result<AdapterLoad, ApiError> {
+    let mut f = json_object(body)?;
+    let name = adapter_name(&mut f)?;
+    if name == served.base || name == "base" {
+        return Err(ApiError::invalid_field(
+            "lora_name",
+            format!("`{name}` names the base model; choose another name for the adapter"),
+        ));
+    }
+    let path: String = f
+        .take("lora_path", "a string")?
+        .filter(|p: &String| !p.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "lora_path",
+                "`lora_path` is required: a PEFT LoRA directory (adapter_config.json + \
+                 adapter_model.safetensors) on the server's disk",
+            )
+        })?;
+    let replace = f.take("load_inplace", "a boolean")?.unwrap_or(false);
+    Ok(AdapterLoad {
+        name,
+        path,
+        replace,
+    })
+}
+
+/// Validates a `POST /v1/unload_lora_adapter` body; returns `lora_name`.
+pub fn validate_unload_adapter(body: &[u8]) -> Result<String, ApiError> {
+    adapter_name(&mut json_object(body)?)
+}
+
+fn adapter_name(f: &mut Fields) -> Result<String, ApiError> {
+    f.take("lora_name", "a string")?
+        .filter(|n: &String| !n.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid_field("lora_name", "`lora_name` is required"))
 }
 
 /// Validates a `POST /v1/malt/chain` body.

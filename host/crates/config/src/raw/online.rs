@@ -27,7 +27,7 @@ pub(super) struct RawOnline {
 pub(super) fn resolve_online(
     raw: Option<RawOnline>,
     agents: &[Agent],
-    backend: Backend,
+    generation: &Generation,
     rounds: u32,
     c: &mut Checker<'_, '_>,
 ) -> Option<Online> {
@@ -140,12 +140,6 @@ pub(super) fn resolve_online(
              steps are its rounds); remove one of the two",
         );
     }
-    if backend == Backend::Remote {
-        c.err(
-            &at("steps"),
-            "[online] samples with the adapters it trains, on the embedded backend: the remote \
-             backend's endpoints cannot load them yet (set [generation] backend = \"embedded\")",
-        );
-    }
+    super::scale_out::check_adapter_loading(generation, "[online]", c);
     Some(o)
 }

@@ -5,6 +5,35 @@ use super::{Checker, RawGeneration, RawServe};
 use crate::locate::Seg;
 use crate::types::*;
 
+/// `what` samples with adapters trained during the run: with the remote backend, every
+/// endpoint must be able to load them at run time (malt serve, vLLM, SGLang; `auto` is checked
+/// when the run identifies the engine).
+pub(super) fn check_adapter_loading(g: &Generation, what: &str, c: &mut Checker<'_, '_>) {
+    use Seg::{Index as I, Key as K};
+    if g.backend != Backend::Remote {
+        return;
+    }
+    for (i, e) in g.endpoints.iter().enumerate() {
+        let engine = match e.engine {
+            EngineKind::LlamaCpp => "llama.cpp",
+            EngineKind::Openai => "openai",
+            _ => continue,
+        };
+        {
+            c.err(
+                &[K("generation"), K("endpoints"), I(i), K("engine")],
+                format!(
+                    "{what} samples with the adapters it trains, which the endpoint {} \
+                     (engine = \"{engine}\") cannot load at run time: serve the model with malt \
+                     serve, vLLM (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) or SGLang, or set \
+                     [generation] backend = \"embedded\"",
+                    e.url
+                ),
+            );
+        }
+    }
+}
+
 pub(super) fn resolve_generation(
     raw: RawGeneration,
     agents: &[Agent],
@@ -47,7 +76,19 @@ pub(super) fn resolve_generation(
             connect_timeout_s: e.connect_timeout_s.unwrap_or(5.0),
             malt_seeds: e.malt_seeds,
             engine: e.engine.unwrap_or(EngineKind::Auto),
+            adapter_root: e.adapter_root,
         };
+        if ep
+            .adapter_root
+            .as_deref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
+            c.err(
+                &at("adapter_root"),
+                "adapter_root is empty: give the path under which the server sees the run \
+                 directory, or leave it out when the server sees it at the same path",
+            );
+        }
         c.positive(
             &at("max_concurrency"),
             "max_concurrency",

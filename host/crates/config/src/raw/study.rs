@@ -377,7 +377,7 @@ pub(super) fn resolve_star(raw: RawStar, c: &mut Checker<'_, '_>) -> Star {
 pub(super) fn resolve_rounds(
     raw: RawRounds,
     credit_theta: f64,
-    backend: Backend,
+    generation: &Generation,
     c: &mut Checker<'_, '_>,
 ) -> Rounds {
     use Seg::Key as K;
@@ -407,12 +407,8 @@ pub(super) fn resolve_rounds(
             *t,
         );
     }
-    if count > 1 && backend == Backend::Remote {
-        c.err(
-            &[K("rounds"), K("count")],
-            "rounds.count > 1 needs [generation] backend = \"embedded\": round k samples its \
-             trees with round k-1's adapters, which the remote servers do not have",
-        );
+    if count > 1 {
+        super::scale_out::check_adapter_loading(generation, "[rounds] count > 1", c);
     }
     Rounds { count, theta }
 }

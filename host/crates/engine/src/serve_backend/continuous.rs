@@ -19,12 +19,14 @@ use malt_model::{DecodeBatch, Joiner, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
 use super::engine::{
-    choice_seeds, finish_reason, timeout_error, Counters, Engine, EngineJob, Event,
+    choice_output, choice_seeds, timeout_error, Counters, Engine, EngineJob, Event, Submitted,
 };
 use crate::prefix_pool::PrefixPool;
 
 /// A request in the batch.
 struct Live {
+    /// The request asked for log-probs.
+    logprobs: bool,
     events: mpsc::Sender<Event>,
     deadline: Instant,
     seeds: Vec<u64>,
@@ -38,8 +40,10 @@ struct Live {
 /// The engine loop until the job channel closes.
 pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
     let model = engine.model.clone();
-    let mut waiting: VecDeque<(GenerationJob, mpsc::Sender<Event>)> = VecDeque::new();
-    let mut batch: Option<(DecodeBatch<'_>, Option<String>)> = None;
+    let mut waiting: VecDeque<Submitted> = VecDeque::new();
+    // The running batch and the adapter its rows decode with (their own handle: an adapter
+    // unloaded meanwhile stays alive until the batch drains).
+    let mut batch: Option<(DecodeBatch<'_>, Option<LoraAdapter>)> = None;
     let mut live: HashMap<usize, Live> = HashMap::new();
     // Row id -> (request id, choice).
     let mut rows: HashMap<usize, (usize, usize)> = HashMap::new();
@@ -59,24 +63,31 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
         }
 
         // Admit waiting requests, in order, while they fit.
-        while let Some((job, _)) = waiting.front() {
-            if Instant::now() >= job.deadline {
-                let (_, events) = waiting.pop_front().expect("front exists");
-                let _ = events.send(Event::Done(Err(timeout_error(engine.timeout_s))));
+        while let Some(next) = waiting.front() {
+            if Instant::now() >= next.job.deadline {
+                let next = waiting.pop_front().expect("front exists");
+                let _ = next
+                    .events
+                    .send(Event::Done(Err(timeout_error(engine.timeout_s))));
                 continue;
             }
             let running = batch.as_ref().map_or(0, |(b, _)| b.len());
             if running > 0 {
                 let (_, adapter) = batch.as_ref().expect("running");
-                if *adapter != job.adapter || running + job.n > engine.settings.max_batch.max(job.n)
+                let n = next.job.n;
+                if adapter.as_ref().map(LoraAdapter::uid) != next.adapter_uid()
+                    || running + n > engine.settings.max_batch.max(n)
                 {
                     break;
                 }
             }
-            let (job, events) = waiting.pop_front().expect("front exists");
+            let Submitted {
+                job,
+                adapter: job_adapter,
+                events,
+            } = waiting.pop_front().expect("front exists");
             if running == 0 {
-                let a = job.adapter.as_ref().and_then(|a| engine.adapters.get(a));
-                batch = Some((DecodeBatch::new(&model, a), job.adapter.clone()));
+                batch = Some((DecodeBatch::new(&model, job_adapter.as_ref()), job_adapter));
                 engine.counters.batches.fetch_add(1, Ordering::Relaxed);
             } else {
                 engine
@@ -84,8 +95,8 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
                     .joined_running
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let (b, adapter_name) = batch.as_mut().expect("just set");
-            let adapter = adapter_name.as_ref().and_then(|a| engine.adapters.get(a));
+            let (b, adapter) = batch.as_mut().expect("just set");
+            let adapter = adapter.as_ref();
             let id = next_request;
             next_request += 1;
             let joined = join(
@@ -108,7 +119,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
         }
 
         // One decode step.
-        let Some((b, adapter_name)) = batch.as_mut() else {
+        let Some((b, adapter)) = batch.as_mut() else {
             continue;
         };
         if b.is_empty() {
@@ -118,7 +129,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
             .counters
             .largest_batch
             .fetch_max(b.len() as u64, Ordering::Relaxed);
-        let adapter = adapter_name.as_ref().and_then(|a| engine.adapters.get(a));
+        let adapter = adapter.as_ref();
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             b.step(adapter, &mut |step| {
                 let Some(&(req, choice)) = rows.get(&step.branch) else {
@@ -166,13 +177,9 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
 }
 
 /// Files an incoming job: generations queue, chain requests run now.
-fn take(
-    engine: &mut Engine,
-    job: EngineJob,
-    waiting: &mut VecDeque<(GenerationJob, mpsc::Sender<Event>)>,
-) {
+fn take(engine: &mut Engine, job: EngineJob, waiting: &mut VecDeque<Submitted>) {
     match job {
-        EngineJob::Generate { job, events } => waiting.push_back((job, events)),
+        EngineJob::Generate(submitted) => waiting.push_back(submitted),
         EngineJob::Chain { query, reply } => engine.answer_chain(query, reply),
     }
 }
@@ -219,6 +226,7 @@ fn join(
     live.insert(
         id,
         Live {
+            logprobs: job.logprobs,
             events,
             deadline: job.deadline,
             outs: vec![None; seeds.len()],
@@ -253,13 +261,16 @@ fn settle(
     counters
         .generated_tokens
         .fetch_add(f.tokens.len() as u64, Ordering::Relaxed);
-    l.outs[choice] = Some(ChoiceOutput {
-        completion_tokens: f.tokens.len(),
-        finish: finish_reason(f.finish),
-        token_ids: f.sampled_ids(),
-        text: f.text,
-        seed: l.seeds[choice],
-    });
+    let token_ids = f.sampled_ids();
+    l.outs[choice] = Some(choice_output(
+        l.logprobs,
+        l.seeds[choice],
+        f.text,
+        token_ids,
+        f.tokens.len(),
+        f.finish,
+        f.logprobs,
+    ));
     l.left -= 1;
     if l.left > 0 {
         return;

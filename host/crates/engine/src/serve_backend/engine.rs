@@ -1,7 +1,6 @@
 //! The engine thread's state and what every batching mode shares: the jobs and events on its
 //! channel, its counters, the seeds and sampling settings of a request, and the chain endpoint.
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -54,14 +53,26 @@ pub struct ChainSetup {
 }
 
 pub(super) enum EngineJob {
-    Generate {
-        job: GenerationJob,
-        events: mpsc::Sender<Event>,
-    },
+    Generate(Submitted),
     Chain {
         query: ChainQuery,
         reply: mpsc::Sender<Result<ChainResponse, BackendError>>,
     },
+}
+
+/// A generation request with the adapter it was accepted under (resolved when it arrived, so
+/// an adapter unloaded or replaced later does not change what it samples with).
+pub(super) struct Submitted {
+    pub job: GenerationJob,
+    pub adapter: Option<LoraAdapter>,
+    pub events: mpsc::Sender<Event>,
+}
+
+impl Submitted {
+    /// The cache identity of its adapter: requests decode together only under the same one.
+    pub fn adapter_uid(&self) -> Option<u64> {
+        self.adapter.as_ref().map(LoraAdapter::uid)
+    }
 }
 
 pub(super) enum Event {
@@ -85,7 +96,6 @@ pub(super) struct Counters {
 pub(super) struct Engine {
     pub counters: Arc<Counters>,
     pub model: Arc<Model>,
-    pub adapters: BTreeMap<String, LoraAdapter>,
     pub pool: PrefixPool,
     pub settings: EngineSettings,
     pub chain: Option<ChainSetup>,
@@ -100,6 +110,28 @@ pub(super) fn choice_seeds(job: &GenerationJob) -> Vec<u64> {
         Seeds::Derived(s) => (0..job.n)
             .map(|j| malt_model::branch_seed(*s, &[j]))
             .collect(),
+    }
+}
+
+/// A finished choice as the API returns it; its log-probs only when the request asked for them
+/// and there is one per sampled id (greedy sampling records none).
+pub(super) fn choice_output(
+    want_logprobs: bool,
+    seed: u64,
+    text: String,
+    token_ids: Vec<u32>,
+    completion_tokens: usize,
+    finish: Finish,
+    logprobs: Vec<f32>,
+) -> ChoiceOutput {
+    let logprobs = (want_logprobs && logprobs.len() == token_ids.len()).then_some(logprobs);
+    ChoiceOutput {
+        text,
+        completion_tokens,
+        finish: finish_reason(finish),
+        token_ids,
+        seed,
+        logprobs,
     }
 }
 

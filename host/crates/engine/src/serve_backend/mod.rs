@@ -15,20 +15,22 @@
 //! Without `malt_seeds`, choice j uses `branch_seed(seed, [j])`, the seed `malt generate
 //! --seed` gives its single completion for j = 0.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use malt_model::{LoraAdapter, Model};
 use malt_serve::{
-    BackendError, ChainQuery, ChainResponse, ChoiceOutput, GenerationJob, Message, ServeBackend,
-    ServedModels, StepSink,
+    AdapterLoad, BackendError, ChainQuery, ChainResponse, ChoiceOutput, GenerationJob, Message,
+    ServeBackend, ServedModels, StepSink,
 };
 
 use crate::prefix_pool::PrefixPool;
-use engine::{timeout_error, Counters, Engine, EngineJob, Event};
+use engine::{timeout_error, Counters, Engine, EngineJob, Event, Submitted};
 
 mod continuous;
 mod engine;
@@ -39,7 +41,13 @@ pub use engine::{Batching, ChainSetup, EngineSettings};
 pub struct ModelServeBackend {
     counters: Arc<Counters>,
     model: Arc<Model>,
-    served: ServedModels,
+    base_id: String,
+    chain: bool,
+    /// Served adapters by name, each keyed on its contents ([`LoraAdapter::content_keyed`]):
+    /// the prefix pool never reuses keys and values across different weights under one name.
+    /// Loaded and unloaded at run time (`/v1/load_lora_adapter`); a request takes its own
+    /// handle when it arrives.
+    adapters: RwLock<BTreeMap<String, LoraAdapter>>,
     jobs: Mutex<Option<mpsc::Sender<EngineJob>>>,
     engine: Option<JoinHandle<()>>,
     timeout_s: f64,
@@ -57,17 +65,16 @@ impl ModelServeBackend {
     ) -> anyhow::Result<Self> {
         let timeout_s = settings.timeout_s;
         let model = Arc::new(model);
-        let served = ServedModels {
-            base: base_id.to_owned(),
-            adapters: adapters.iter().map(|(n, _)| n.clone()).collect(),
-            chain: chain.is_some(),
-        };
+        let has_chain = chain.is_some();
+        let adapters = adapters
+            .into_iter()
+            .map(|(n, a)| Ok((n, a.content_keyed()?)))
+            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let engine = Engine {
             counters: counters.clone(),
             model: model.clone(),
-            adapters: adapters.into_iter().collect(),
             pool: PrefixPool::default(),
             settings,
             chain,
@@ -85,7 +92,9 @@ impl ModelServeBackend {
         Ok(ModelServeBackend {
             counters,
             model,
-            served,
+            base_id: base_id.to_owned(),
+            chain: has_chain,
+            adapters: RwLock::new(adapters),
             jobs: Mutex::new(Some(tx)),
             engine: Some(handle),
             timeout_s,
@@ -104,6 +113,14 @@ impl ModelServeBackend {
     fn timeout(&self) -> BackendError {
         timeout_error(self.timeout_s)
     }
+
+    fn read_adapters(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, LoraAdapter>> {
+        self.adapters.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_adapters(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, LoraAdapter>> {
+        self.adapters.write().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Drop for ModelServeBackend {
@@ -118,7 +135,11 @@ impl Drop for ModelServeBackend {
 
 impl ServeBackend for ModelServeBackend {
     fn models(&self) -> ServedModels {
-        self.served.clone()
+        ServedModels {
+            base: self.base_id.clone(),
+            adapters: self.read_adapters().keys().cloned().collect(),
+            chain: self.chain,
+        }
     }
 
     fn context_length(&self) -> usize {
@@ -137,8 +158,26 @@ impl ServeBackend for ModelServeBackend {
         on_step: &mut StepSink<'_>,
     ) -> Result<Vec<ChoiceOutput>, BackendError> {
         let deadline = job.deadline;
+        let adapter = match &job.adapter {
+            None => None,
+            Some(name) => Some(
+                self.read_adapters()
+                    .get(name)
+                    .map(LoraAdapter::share)
+                    .ok_or_else(|| {
+                        BackendError::NotAvailable(format!(
+                            "the adapter `{name}` was unloaded before the request started; \
+                             GET /v1/models lists what is served"
+                        ))
+                    })?,
+            ),
+        };
         let (tx, rx) = mpsc::channel();
-        self.submit(EngineJob::Generate { job, events: tx })?;
+        self.submit(EngineJob::Generate(Submitted {
+            job,
+            adapter,
+            events: tx,
+        }))?;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
@@ -156,6 +195,54 @@ impl ServeBackend for ModelServeBackend {
                     ))
                 }
             }
+        }
+    }
+
+    fn load_adapter(&self, load: &AdapterLoad) -> Result<(), BackendError> {
+        let path = Path::new(&load.path);
+        if !path.is_dir() {
+            return Err(BackendError::Invalid(format!(
+                "lora_path {}: no such directory on this server (the path is read on the \
+                 server's own disk: give a PEFT LoRA directory the server can read)",
+                load.path
+            )));
+        }
+        if !load.replace && self.read_adapters().contains_key(&load.name) {
+            return Err(BackendError::Invalid(format!(
+                "an adapter is already loaded as `{}`: unload it first, or set \
+                 `load_inplace: true` to replace it",
+                load.name
+            )));
+        }
+        // Read outside the lock: requests keep being served while the weights load.
+        let adapter = self
+            .model
+            .load_adapter(path, &load.name)
+            .and_then(LoraAdapter::content_keyed)
+            .map_err(|e| {
+                BackendError::Invalid(format!(
+                    "cannot load the adapter `{}` from {}: {e}",
+                    load.name, load.path
+                ))
+            })?;
+        let mut adapters = self.write_adapters();
+        if !load.replace && adapters.contains_key(&load.name) {
+            return Err(BackendError::Invalid(format!(
+                "an adapter was loaded as `{}` meanwhile: unload it first, or set \
+                 `load_inplace: true` to replace it",
+                load.name
+            )));
+        }
+        adapters.insert(load.name.clone(), adapter);
+        Ok(())
+    }
+
+    fn unload_adapter(&self, name: &str) -> Result<(), BackendError> {
+        match self.write_adapters().remove(name) {
+            Some(_) => Ok(()),
+            None => Err(BackendError::NotAvailable(format!(
+                "no adapter is loaded as `{name}`; GET /v1/models lists what is served"
+            ))),
         }
     }
 

@@ -11,7 +11,8 @@ use malt_model::{Branch, LoraAdapter, Model};
 use malt_serve::{BackendError, ChoiceOutput, GenerationJob};
 
 use super::engine::{
-    choice_seeds, finish_reason, timeout_error, Batching, Counters, Engine, EngineJob, Event,
+    choice_output, choice_seeds, timeout_error, Batching, Counters, Engine, EngineJob, Event,
+    Submitted,
 };
 use crate::prefix_pool::PrefixPool;
 
@@ -36,7 +37,7 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
         for job in jobs {
             match job {
                 EngineJob::Chain { query, reply } => engine.answer_chain(query, reply),
-                EngineJob::Generate { job, events } => generations.push((job, events)),
+                EngineJob::Generate(submitted) => generations.push(submitted),
             }
         }
         for group in group_compatible(generations) {
@@ -47,10 +48,13 @@ pub(super) fn run(engine: &mut Engine, rx: mpsc::Receiver<EngineJob>) {
 
 impl Engine {
     /// Decodes requests sharing adapter and sampling settings as one batch.
-    fn run_group(&mut self, group: Vec<(GenerationJob, mpsc::Sender<Event>)>) {
+    fn run_group(&mut self, group: Vec<Submitted>) {
         let now = Instant::now();
         let mut pending: Vec<Pending> = Vec::new();
-        for (job, events) in group {
+        let adapter = group
+            .first()
+            .and_then(|s| s.adapter.as_ref().map(LoraAdapter::share));
+        for Submitted { job, events, .. } in group {
             if now >= job.deadline {
                 let _ = events.send(Event::Done(Err(timeout_error(self.timeout_s))));
                 continue;
@@ -67,7 +71,6 @@ impl Engine {
         let Some(first) = pending.first() else {
             return;
         };
-        let adapter_name = first.job.adapter.clone();
         let params = first.job.sampling.clone();
         let c = &self.counters;
         c.requests
@@ -76,12 +79,11 @@ impl Engine {
         c.largest_batch
             .fetch_max(pending.len() as u64, Ordering::Relaxed);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let adapter = adapter_name.as_ref().and_then(|a| self.adapters.get(a));
             decode(
                 c,
                 &self.model,
                 &mut self.pool,
-                adapter,
+                adapter.as_ref(),
                 &params,
                 &mut pending,
             )
@@ -100,18 +102,16 @@ impl Engine {
 
 /// Groups requests that can decode together (same adapter and sampling settings), in arrival
 /// order of each group's first request.
-fn group_compatible(
-    jobs: Vec<(GenerationJob, mpsc::Sender<Event>)>,
-) -> Vec<Vec<(GenerationJob, mpsc::Sender<Event>)>> {
-    let mut groups: Vec<Vec<(GenerationJob, mpsc::Sender<Event>)>> = Vec::new();
-    for (job, tx) in jobs {
+fn group_compatible(jobs: Vec<Submitted>) -> Vec<Vec<Submitted>> {
+    let mut groups: Vec<Vec<Submitted>> = Vec::new();
+    for s in jobs {
         let same = groups.iter_mut().find(|g| {
-            let head = &g[0].0;
-            head.adapter == job.adapter && head.sampling == job.sampling
+            let head = &g[0];
+            head.adapter_uid() == s.adapter_uid() && head.job.sampling == s.job.sampling
         });
         match same {
-            Some(g) => g.push((job, tx)),
-            None => groups.push(vec![(job, tx)]),
+            Some(g) => g.push(s),
+            None => groups.push(vec![s]),
         }
     }
     groups
@@ -177,13 +177,17 @@ fn decode(
         .generated_tokens
         .fetch_add(generated as u64, Ordering::Relaxed);
     for (completion, &(pi, c)) in done.into_iter().zip(&owners) {
-        outs[pi].push(ChoiceOutput {
-            completion_tokens: completion.tokens.len(),
-            finish: finish_reason(completion.finish),
-            token_ids: completion.sampled_ids(),
-            text: completion.text,
-            seed: pending[pi].seeds[c],
-        });
+        let token_ids = completion.sampled_ids();
+        let p = &pending[pi];
+        outs[pi].push(choice_output(
+            p.job.logprobs,
+            p.seeds[c],
+            completion.text,
+            token_ids,
+            completion.tokens.len(),
+            completion.finish,
+            completion.logprobs,
+        ));
     }
     for (p, out) in pending.iter().zip(outs) {
         if p.timed_out {

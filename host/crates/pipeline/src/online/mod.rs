@@ -45,6 +45,7 @@ use crate::train::AgentTraining;
 mod files;
 pub use files::checkpoint_adapter;
 mod plots;
+mod remote;
 use files::{
     append_metrics, checkpoint, keep_metrics_through, latest_checkpoint, restore, write_trees,
 };
@@ -78,6 +79,10 @@ pub struct OnlineInputs {
     /// Seeds the adapters' initialisation, the question order and the trees.
     #[serde(rename = "run seed")]
     pub seed: u64,
+    /// With `[generation] backend = "remote"`: the servers that sample the trees, each trained
+    /// agent on its adapter's latest version loaded into them (absent: the embedded model).
+    #[serde(rename = "remote generation", skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::stage::generate::RemoteBackend>,
 }
 
 /// One line of `online/metrics.jsonl`.
@@ -91,6 +96,10 @@ pub struct StepMetrics {
     pub sample_s: f64,
     pub update_s: f64,
     pub checkpoint_s: f64,
+    /// Seconds loading the adapters the step samples with into the remote servers (0 with the
+    /// embedded backend, whose sampler shares the trainer's weights).
+    #[serde(default)]
+    pub sync_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -227,13 +236,48 @@ pub fn run_online(
         last_step: start,
         adapters: dir.join(malt_layout::ADAPTERS),
     };
+    let tokenizer;
+    let mut remote = match &inputs.remote {
+        None => None,
+        Some(r) => {
+            tokenizer = malt_model::Model::load_tokenizer(&r.setup.tokenizer_source)
+                .with_context(|| {
+                    format!(
+                        "online training with remote generation needs the tokenizer of [model] \
+                         source = {:?} for the completions' token ids",
+                        r.setup.tokenizer_source
+                    )
+                })?
+                .0;
+            let run_dir = env.tools.provenance.run_dir.clone();
+            Some(remote::Served::start(r, &tokenizer, chain, run_dir)?)
+        }
+    };
     let bar = indicatif::ProgressBar::new(online.steps as u64);
     bar.set_position(start as u64);
     for step in start + 1..=online.steps {
         let t = Instant::now();
+        let mut sync_s = 0.0;
         let picked = step_questions(questions, step, online.questions_per_step, seed);
-        let trees = sample_trees(env.tools.scorer, model, chain, &roles, &picked, seed, step)?;
-        let sample_s = t.elapsed().as_secs_f64();
+        let trees = match &mut remote {
+            None => {
+                let mut sampler = embedded_sampler(model, &roles);
+                sample_trees(env.tools.scorer, chain, &mut sampler, &picked, seed, step)?
+            }
+            Some(served) => {
+                served.serve_version(step - 1, &roles, &dir, model_id)?;
+                sync_s = t.elapsed().as_secs_f64();
+                sample_trees(
+                    env.tools.scorer,
+                    chain,
+                    served.sampler(),
+                    &picked,
+                    seed,
+                    step,
+                )?
+            }
+        };
+        let sample_s = t.elapsed().as_secs_f64() - sync_s;
 
         let t = Instant::now();
         let trained: Vec<bool> = roles.iter().map(|r| r.trained.is_some()).collect();
@@ -268,6 +312,7 @@ pub fn run_online(
             sample_s,
             update_s,
             checkpoint_s: 0.0,
+            sync_s,
         };
         checkpoint(&roles, &ckpt_root, step, model_id)?;
         metrics.checkpoint_s = t.elapsed().as_secs_f64();
@@ -284,6 +329,9 @@ pub fn run_online(
         malt_model::process::release_freed();
     }
     bar.finish_and_clear();
+    if let Some(served) = &mut remote {
+        served.release();
+    }
     // The adapters as the last finished step left them.
     for role in &roles {
         if let Some((adapter, _, _)) = &role.trained {
@@ -344,30 +392,33 @@ pub fn tree_seed(run_seed: u64, step: u32) -> u64 {
     malt_train::data::mix_seed(run_seed, STREAM_TREES, step as u64)
 }
 
-/// One tree per question, every trained agent on a fresh handle of its adapter (a new cache
-/// identity: nothing computed before the last update is reused).
-fn sample_trees(
-    scorer: &mut malt_engine::PluginScorer,
-    model: &Model,
-    chain: &ChainSpec,
-    roles: &[Role<'_>],
-    questions: &[Example],
-    seed: u64,
-    step: u32,
-) -> anyhow::Result<Vec<Tree>> {
+/// The embedded sampler of a step: every trained agent on a fresh handle of its adapter (a new
+/// cache identity: nothing computed before the last update is reused).
+fn embedded_sampler<'m>(model: &'m Model, roles: &[Role<'_>]) -> ModelSampler<'m> {
     let mut sampler = ModelSampler::new(model);
     for role in roles {
         if let Some((adapter, _, _)) = &role.trained {
             sampler = sampler.with_adapter(&role.name, adapter.handle());
         }
     }
+    sampler
+}
+
+/// One tree per question of step `step`.
+fn sample_trees(
+    scorer: &mut malt_engine::PluginScorer,
+    chain: &ChainSpec,
+    sampler: &mut dyn malt_tree::Sampler,
+    questions: &[Example],
+    seed: u64,
+    step: u32,
+) -> anyhow::Result<Vec<Tree>> {
     let tree_seed = tree_seed(seed, step);
     let mut errors = malt_tree::score::ErrorCounts::default();
     let mut trees = Vec::with_capacity(questions.len());
     for q in questions {
-        let (tree, _) =
-            malt_tree::generate_tree(chain, q, tree_seed, &mut sampler, scorer, &mut errors)
-                .with_context(|| format!("online step {step}: sampling the tree of {}", q.id))?;
+        let (tree, _) = malt_tree::generate_tree(chain, q, tree_seed, sampler, scorer, &mut errors)
+            .with_context(|| format!("online step {step}: sampling the tree of {}", q.id))?;
         trees.push(tree);
     }
     Ok(trees)

@@ -22,16 +22,20 @@ pub struct Generate;
 pub enum Backend {
     /// The embedded candle model.
     Embedded(ModelIdentity),
-    /// OpenAI-compatible servers: the model they serve (per agent where `[generation] models`
-    /// names one) and the local tokenizer that checks or supplies the completions' ids.
-    Remote {
-        served: String,
-        models: BTreeMap<String, String>,
-        tokenizer: Option<String>,
-        /// How to reach the servers; not what the trees are.
-        #[serde(skip)]
-        setup: RemoteSetup,
-    },
+    /// OpenAI-compatible servers.
+    Remote(RemoteBackend),
+}
+
+/// OpenAI-compatible servers: the model they serve (per agent where `[generation] models`
+/// names one) and the local tokenizer that checks or supplies the completions' ids.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteBackend {
+    pub served: String,
+    pub models: BTreeMap<String, String>,
+    pub tokenizer: Option<String>,
+    /// How to reach the servers; not what the trees are.
+    #[serde(skip)]
+    pub setup: RemoteSetup,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +80,7 @@ pub fn backend(session: &Session) -> anyhow::Result<Backend> {
     let cfg = &session.config;
     Ok(match cfg.generation.backend {
         malt_config::Backend::Embedded => Backend::Embedded(session.model()?),
-        malt_config::Backend::Remote => Backend::Remote {
+        malt_config::Backend::Remote => Backend::Remote(RemoteBackend {
             served: malt_engine::remote::remote_model_id(cfg),
             models: cfg.generation.models.clone(),
             tokenizer: session.tokenizer_fingerprint(),
@@ -85,7 +89,7 @@ pub fn backend(session: &Session) -> anyhow::Result<Backend> {
                 tokenizer_source: crate::session::model_id(cfg),
                 config_path: cfg.source.clone(),
             },
-        },
+        }),
     })
 }
 
@@ -169,19 +173,26 @@ impl Stage for Generate {
             tokenizer: None,
         };
         match &inputs.backend {
-            Backend::Remote {
-                served,
-                tokenizer,
-                setup,
-                ..
-            } => {
-                target.model_id = served.clone();
-                target.tokenizer = tokenizer.clone();
+            Backend::Remote(remote) => {
+                target.model_id = remote.served.clone();
+                target.tokenizer = remote.tokenizer.clone();
+                let mut adapters = Vec::new();
+                if let Some(hash) = &inputs.previous {
+                    let run_dir = &env.tools.provenance.run_dir;
+                    let prev = RunLayout::new(run_dir).round(round.round() - 1);
+                    adapters = round_adapters(run_dir, &prev, &inputs.chain)?;
+                    target.model_id = format!(
+                        "{} + adapters of round {} sha256:{hash}",
+                        remote.served,
+                        prev.round()
+                    );
+                }
                 crate::generate::generate_remote(
                     &mut env.tools,
                     &inputs.questions,
-                    setup,
+                    &remote.setup,
                     &target,
+                    &adapters,
                 )?;
             }
             Backend::Embedded(id) => {
@@ -221,4 +232,45 @@ impl Stage for Generate {
         }
         Ok(())
     }
+}
+
+/// Round `prev`'s final adapters as the endpoints are to serve them (`{agent}-round{k}`); an
+/// agent that trained nothing samples on the base model, as with the embedded backend.
+fn round_adapters(
+    run_dir: &std::path::Path,
+    prev: &RoundLayout,
+    chain: &ChainSpec,
+) -> anyhow::Result<Vec<malt_remote::AdapterVersion>> {
+    let mut out = Vec::new();
+    for a in &chain.agents {
+        let Some(local) = malt_train::final_adapter_dir(prev.dir(), &a.name) else {
+            continue;
+        };
+        let in_run = local
+            .strip_prefix(run_dir)
+            .map(PathBuf::from)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: the adapter is not inside the run directory {}",
+                    local.display(),
+                    run_dir.display()
+                )
+            })?;
+        out.push(malt_remote::AdapterVersion {
+            agent: a.name.clone(),
+            name: format!("{}-round{}", a.name, prev.round()),
+            local,
+            in_run,
+        });
+    }
+    tracing::info!(
+        "round {}: sampling the trees with round {}'s adapters ({}) served by the endpoints",
+        prev.round() + 1,
+        prev.round(),
+        out.iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(out)
 }

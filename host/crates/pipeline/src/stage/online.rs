@@ -42,8 +42,13 @@ impl Stage for Online {
                 cfg.source.display()
             );
         };
+        let remote = match super::generate::backend(s)? {
+            super::generate::Backend::Remote(r) => Some(r),
+            super::generate::Backend::Embedded(_) => None,
+        };
         Ok(OnlineInputs {
             online,
+            remote,
             plugins: chain_plugins(s, &s.chain),
             chain: s.chain.clone(),
             credit: s.credit,
