@@ -9,7 +9,7 @@ mod pipeline_support;
 use std::path::Path;
 use std::process::Command;
 
-use pipeline_support::{fixture, kill_when, lines, MALT};
+use pipeline_support::{fixture, kill_when, lines, served_models, MALT};
 use serde_json::Value;
 
 const ONLINE: &str = r#"
@@ -259,22 +259,6 @@ max_concurrency = 4
     )
 }
 
-fn served_models(url: &str) -> Vec<String> {
-    let body = ureq::get(format!("{url}/models"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Online training with the remote backend against `malt serve` on loopback: every step loads
 /// the adapters into the server as new versions and samples through it. The trees equal the
 /// embedded run's node for node (the server's log-probs within 1e-4 of the embedded
@@ -282,9 +266,6 @@ fn served_models(url: &str) -> Vec<String> {
 /// the run with an error naming the endpoint and the path, the server serving on.
 #[test]
 fn remote_online_training_through_malt_serve_equals_the_embedded_run() {
-    use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
-    use malt_model::candle_core::Device;
-
     let f = fixture();
     let text = pipeline_support::config(&f.model, &f.plugin, 0.5, "even")
         + &ONLINE.replace("steps = 4", "steps = 3");
@@ -292,26 +273,7 @@ fn remote_online_training_through_malt_serve_equals_the_embedded_run() {
     let a = f.workdir("embedded");
     to_end(&embedded, &a, &a.join("log"));
 
-    let model = malt_model::Model::load_hf_dir(&f.model, &Device::Cpu, None).unwrap();
-    let backend = ModelServeBackend::start(
-        model,
-        "tiny",
-        vec![],
-        None,
-        EngineSettings {
-            batching: Batching::Continuous,
-            max_batch: 64,
-            timeout_s: 120.0,
-        },
-    )
-    .unwrap();
-    let server = malt_serve::Server::start(
-        "127.0.0.1:0",
-        std::sync::Arc::new(backend),
-        malt_serve::Limits::default(),
-    )
-    .unwrap();
-    let url = format!("http://{}/v1", server.addr());
+    let (_server, url) = pipeline_support::serve_in_process(&f.model);
 
     // The server does not see the run directory where `adapter_root` says.
     let b = f.workdir("remote");

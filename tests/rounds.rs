@@ -142,8 +142,6 @@ fn rounds_keep_every_round_and_resume_after_a_kill() {
 /// node for node those of the embedded run; the run unloads them once the trees are sampled.
 #[test]
 fn rounds_with_remote_generation_serve_the_previous_rounds_adapters() {
-    use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
-
     let fx = fixture();
     let text = format!(
         "{}systems = [\"single\", \"malt\"]\n\n[rounds]\ncount = 2\ntheta = [0.5, 0.6]\n",
@@ -153,28 +151,7 @@ fn rounds_with_remote_generation_serve_the_previous_rounds_adapters() {
     let a = fx.workdir("embedded");
     run_to_end(&embedded, &a, &fx.root.join("a.log"));
 
-    let model =
-        malt_model::Model::load_hf_dir(&fx.model, &malt_model::candle_core::Device::Cpu, None)
-            .unwrap();
-    let backend = ModelServeBackend::start(
-        model,
-        "tiny",
-        vec![],
-        None,
-        EngineSettings {
-            batching: Batching::Continuous,
-            max_batch: 64,
-            timeout_s: 120.0,
-        },
-    )
-    .unwrap();
-    let server = malt_serve::Server::start(
-        "127.0.0.1:0",
-        std::sync::Arc::new(backend),
-        malt_serve::Limits::default(),
-    )
-    .unwrap();
-    let url = format!("http://{}/v1", server.addr());
+    let (_server, url) = serve_in_process(&fx.model);
     let remote = fx.write_text(
         "rounds-remote",
         &format!(
@@ -212,11 +189,9 @@ fn rounds_with_remote_generation_serve_the_previous_rounds_adapters() {
         "{}",
         manifest.model
     );
-    let body = ureq::get(format!("{url}/models"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    assert!(!body.contains("round1"), "left loaded: {body}");
+    assert_eq!(
+        served_models(&url),
+        ["tiny"],
+        "round 1's adapters left loaded"
+    );
 }

@@ -174,6 +174,39 @@ fn request(model: &str, n: usize, seed: u64) -> Value {
     })
 }
 
+/// What the embedded sampler gives `agent` for `request`'s messages at temperature 0.8 and
+/// 12 tokens, one completion per seed.
+fn embedded(
+    sampler: &mut ModelSampler<'_>,
+    agent: &str,
+    top_p: f64,
+    top_k: u32,
+    seeds: &[u64],
+) -> Vec<malt_tree::Completion> {
+    let messages = [
+        malt_tree::Message::new("system", "t3 t4"),
+        malt_tree::Message::new("user", "t5 t6 t7"),
+    ];
+    let params = malt_tree::SamplingParams {
+        temperature: 0.8,
+        top_p,
+        top_k,
+        max_new_tokens: 12,
+        stop: vec![],
+    };
+    sampler
+        .sample(&[SampleRequest {
+            agent,
+            messages: &messages,
+            params: &params,
+            seeds,
+        }])
+        .expect("sample")
+        .pop()
+        .unwrap()
+        .expect("completions")
+}
+
 #[test]
 fn models_and_a_completion_with_n() {
     let f = start(Limits::default(), Batching::Continuous);
@@ -231,30 +264,9 @@ fn seeds_reproduce_and_malt_seeds_match_the_embedded_sampler() {
     // Choice j with malt_seeds[j] is what ModelSampler gives that seed, base and adapter.
     let (model, adapter) = load(&f.model_dir, &f.run_dir);
     let seeds = [7u64, 1 << 40, 12345];
-    let messages = [
-        malt_tree::Message::new("system", "t3 t4"),
-        malt_tree::Message::new("user", "t5 t6 t7"),
-    ];
-    let params = malt_tree::SamplingParams {
-        temperature: 0.8,
-        top_p: 0.95,
-        top_k: 5,
-        max_new_tokens: 12,
-        stop: vec![],
-    };
     let mut sampler = ModelSampler::new(&model).with_adapter("generator", adapter);
     for agent in ["base-agent", "generator"] {
-        let expected = sampler
-            .sample(&[SampleRequest {
-                agent,
-                messages: &messages,
-                params: &params,
-                seeds: &seeds,
-            }])
-            .expect("sample")
-            .pop()
-            .unwrap()
-            .expect("texts");
+        let expected = embedded(&mut sampler, agent, 0.95, 5, &seeds);
         let served = if agent == "generator" {
             "generator"
         } else {
@@ -790,29 +802,8 @@ fn adapters_load_list_serve_and_unload_at_run_time() {
     let model = Model::load_hf_dir(&f.model_dir, &Device::Cpu, None).expect("load model");
     let adapter = model.load_adapter(&v1, "g").expect("load v1");
     let mut sampler = ModelSampler::new(&model).with_adapter("g", adapter);
-    let messages = [
-        malt_tree::Message::new("system", "t3 t4"),
-        malt_tree::Message::new("user", "t5 t6 t7"),
-    ];
-    let params = malt_tree::SamplingParams {
-        temperature: 0.8,
-        top_p: 1.0,
-        top_k: 0,
-        max_new_tokens: 12,
-        stop: vec![],
-    };
     let seeds = [3u64, 4, 5];
-    let expected = sampler
-        .sample(&[SampleRequest {
-            agent: "g",
-            messages: &messages,
-            params: &params,
-            seeds: &seeds,
-        }])
-        .expect("sample")
-        .pop()
-        .unwrap()
-        .expect("completions");
+    let expected = embedded(&mut sampler, "g", 1.0, 0, &seeds);
     let body = |model: &str| {
         let mut b = request(model, 3, 0);
         b["malt_seeds"] = json!(seeds);

@@ -693,3 +693,48 @@ pub fn check_common_random_numbers(run: &Path) {
         );
     }
 }
+
+/// `malt serve`'s engine and HTTP server in this process, on a free port of 127.0.0.1, serving
+/// the model at `model_dir` as `tiny` (and `base`) with no adapter: what the remote backend's
+/// tests sample through. Returns the server (dropping it stops it) and its `/v1` URL.
+pub fn serve_in_process(model_dir: &Path) -> (malt_serve::Server, String) {
+    use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+    let model = Model::load_hf_dir(model_dir, &Device::Cpu, None).expect("load the tiny model");
+    let backend = ModelServeBackend::start(
+        model,
+        "tiny",
+        vec![],
+        None,
+        EngineSettings {
+            batching: Batching::Continuous,
+            max_batch: 64,
+            timeout_s: 120.0,
+        },
+    )
+    .expect("serve backend");
+    let server = malt_serve::Server::start(
+        "127.0.0.1:0",
+        std::sync::Arc::new(backend),
+        malt_serve::Limits::default(),
+    )
+    .expect("server");
+    let url = format!("http://{}/v1", server.addr());
+    (server, url)
+}
+
+/// The ids of the models `GET {url}/models` lists (`url` ends in `/v1`).
+pub fn served_models(url: &str) -> Vec<String> {
+    let body = ureq::get(format!("{url}/models"))
+        .call()
+        .expect("GET /v1/models")
+        .into_body()
+        .read_to_string()
+        .expect("body");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_owned())
+        .collect()
+}
