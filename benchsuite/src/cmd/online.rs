@@ -11,6 +11,10 @@
 //!   0.9); the update's passes without a graph (old and reference log-probs) are printed apart,
 //!   as the policy-gradient loss's own cost.
 //!
+//! Adapter sync is the time the step spent loading its adapters into the remote servers: 0 with
+//! the embedded backend, whose sampler shares the trainer's weights; with a workload whose
+//! `[generation]` is remote (its servers running), the loop's sampling is the servers'.
+//!
 //! The online run writes into a temporary folder; nothing of the workload's run is touched.
 
 use std::path::PathBuf;
@@ -73,12 +77,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for m in &metrics {
         let sampled: u64 = m.agents.iter().map(|a| a.tokens_sampled).sum();
         println!(
-            "[online] step {}: sample + score {:.1}s ({sampled} tokens, {:.1} tok/s), update {:.1}s, checkpoint {:.2}s",
+            "[online] step {}: sample + score {:.1}s ({sampled} tokens, {:.1} tok/s), update {:.1}s, checkpoint {:.2}s, adapter sync {:.2}s",
             m.step,
             m.sample_s,
             sampled as f64 / m.sample_s.max(1e-9),
             m.update_s,
-            m.checkpoint_s
+            m.checkpoint_s,
+            m.sync_s
         );
         for a in m.agents.iter().filter(|a| a.trained) {
             println!(

@@ -371,16 +371,59 @@ impl Decoder {
     }
 
     pub(crate) fn causal_mask(&self, s: usize) -> Result<Option<Tensor>> {
+        self.causal_mask_after(s, 0)
+    }
+
+    /// The additive causal mask (1, 1, 1, s, offset + s) of `s` new positions after `offset`
+    /// cached ones: position i sees every cached one and the new ones up to itself.
+    fn causal_mask_after(&self, s: usize, offset: usize) -> Result<Option<Tensor>> {
         if s <= 1 {
             return Ok(None);
         }
+        let l = offset + s;
         let m: Vec<f32> = (0..s)
-            .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..l).map(move |j| {
+                    if j > offset + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         Ok(Some(
-            Tensor::from_vec(m, (1, 1, 1, s, s), &self.device)?
+            Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?
                 .to_dtype(self.activation_dtype())?,
         ))
+    }
+
+    /// Inference-path forward of `ids` (b, s), right-padded, at positions `offset..offset + s`
+    /// after `past`, each layer's keys/values of the `offset` earlier positions with `b` rows
+    /// (or none when `offset` is 0): the final hidden states (b, s, h) and every layer's keys and
+    /// values (past ++ new). What scores several continuations of one prompt computed once.
+    pub fn forward_hidden_after(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        past: Option<&[(Tensor, Tensor)]>,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (_, s) = ids.dims2()?;
+        let (cos, sin) = self.rope_range(offset, s)?;
+        let ctx = Ctx {
+            cos,
+            sin,
+            mask: self.causal_mask_after(s, offset)?,
+            past,
+            past_len: None,
+            adapter,
+            mode: Mode::Infer,
+        };
+        let x = self.embed(ids)?;
+        let out = crate::process::on_pool(|| self.run(x, &ctx))?;
+        self.count_prefill(ids.elem_count());
+        Ok(out)
     }
 
     /// Full causal forward from position 0 without cache; returns the final hidden states (b, s, h).
@@ -444,44 +487,12 @@ impl Decoder {
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let s = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (1, s), &self.device)?;
-        let (cos, sin) = self.rope_range(offset, s)?;
-        let mask = if s > 1 {
-            let l = offset + s;
-            let m: Vec<f32> = (0..s)
-                .flat_map(|i| {
-                    (0..l).map(move |j| {
-                        if j > offset + i {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            Some(
-                Tensor::from_vec(m, (1, 1, 1, s, l), &self.device)?
-                    .to_dtype(self.activation_dtype())?,
-            )
-        } else {
-            None
-        };
-        let ctx = Ctx {
-            cos,
-            sin,
-            mask,
-            past,
-            past_len: None,
-            adapter,
-            mode: Mode::Infer,
-        };
-        let x = self.embed(&ids)?;
-        let (h, kvs) = crate::process::on_pool(|| self.run(x, &ctx))?;
+        let (h, kvs) = self.forward_hidden_after(&ids, offset, past, adapter)?;
         let last = h.narrow(1, s - 1, 1)?;
         let logits = self
             .logits(&last, Mode::Infer)?
             .flatten_all()?
             .to_dtype(DType::F32)?;
-        self.count_prefill(s);
         Ok((logits, kvs))
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{Tensor, Var};
 use malt_model::{LoraAdapter, LoraConfig, Message, Model};
 use sha2::{Digest, Sha256};
 
-use crate::batch::TokenBatch;
+use crate::batch::{Sequence, TokenBatch};
 use crate::error::{Result, TrainError};
 use crate::policy::{ChatTokenizer, Mode, PolicyModel};
 
@@ -107,6 +107,82 @@ impl PolicyModel for MaltPolicy<'_> {
             Mode::Eval => logits.detach(),
             Mode::Train { .. } => logits,
         })
+    }
+
+    /// The prompt's keys and values computed once, then every continuation after them in one
+    /// batch: siblings of a tree share a few-shot prompt several times longer than their own
+    /// outputs.
+    fn shared_prompt_logits(
+        &self,
+        seqs: &[&Sequence],
+        pad_id: u32,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Tensor> {
+        let Some(first) = seqs.first() else {
+            return self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval);
+        };
+        let p = first.prompt_len;
+        let prompt = &first.ids[..p.min(first.ids.len())];
+        let shared = p > 0
+            && seqs
+                .iter()
+                .all(|s| s.prompt_len == p && s.ids.len() > p && s.ids[..p] == *prompt);
+        if !shared {
+            return self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval);
+        }
+        let d = &self.model.decoder;
+        let dev = self.model.device();
+        let (hp, kv) = d
+            .forward_hidden_after(
+                &Tensor::from_vec(prompt.to_vec(), (1, p), dev)?,
+                0,
+                None,
+                adapter,
+            )
+            .map_err(TrainError::model)?;
+        let hs = hp.dim(2)?;
+        let mut rows = vec![hp.narrow(1, p - 1, 1)?.reshape((1, hs))?];
+        // Each continuation is fed all but its last token (which only is predicted).
+        let b = seqs.len();
+        let width = seqs.iter().map(|s| s.ids.len() - p - 1).max().unwrap_or(0);
+        let mut positions = Vec::new();
+        for (r, s) in seqs.iter().enumerate() {
+            positions.push(0u32);
+            positions.extend((0..s.ids.len() - p - 1).map(|j| (1 + r * width + j) as u32));
+        }
+        if width > 0 {
+            let mut ids = vec![pad_id; b * width];
+            for (r, s) in seqs.iter().enumerate() {
+                let fed = &s.ids[p..s.ids.len() - 1];
+                ids[r * width..r * width + fed.len()].copy_from_slice(fed);
+            }
+            let past = kv
+                .iter()
+                .map(|(k, v)| {
+                    let (_, heads, len, dim) = k.dims4()?;
+                    let shape = (b, heads, len, dim);
+                    Ok((
+                        k.broadcast_as(shape)?.contiguous()?,
+                        v.broadcast_as(shape)?.contiguous()?,
+                    ))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let (hc, _) = d
+                .forward_hidden_after(
+                    &Tensor::from_vec(ids, (b, width), dev)?,
+                    p,
+                    Some(&past),
+                    adapter,
+                )
+                .map_err(TrainError::model)?;
+            rows.push(hc.reshape((b * width, hs))?);
+        }
+        let all = Tensor::cat(&rows, 0)?;
+        let n = positions.len();
+        let sel = all.index_select(&Tensor::from_vec(positions, n, dev)?, 0)?;
+        Ok(d.logits(&sel, malt_model::Mode::Infer)
+            .map_err(TrainError::model)?
+            .detach())
     }
 }
 
@@ -214,4 +290,66 @@ pub fn lora_config(rank: u32, alpha: f64, dropout: f64, targets: &[String]) -> R
         dropout: dropout as f32,
         targets,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use malt_model::candle_core::{DType, Device};
+    use malt_model::ModelConfig;
+
+    /// Siblings scored with their prompt computed once get the logits of each scored whole,
+    /// under an adapter that is not the base (B != 0) and under none, completions of every
+    /// length down to a single token.
+    #[test]
+    fn shared_prompt_logits_equal_each_sequence_scored_whole() {
+        let cfg = ModelConfig {
+            max_position_embeddings: 128,
+            ..ModelConfig::llama(96, 32, 64, 2, 4, 2)
+        };
+        let model = Model::random_seeded(
+            cfg,
+            &Device::Cpu,
+            DType::F32,
+            9,
+            malt_model::random::DrawOn::Host,
+        )
+        .unwrap();
+        let lora = crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap();
+        let policy = MaltPolicy::new(&model, lora);
+        let adapter = policy.new_adapter("g", 3).unwrap();
+        for (_, v) in adapter.named_vars() {
+            let t = v.as_tensor();
+            v.set(&(t + Tensor::randn(0f32, 0.3, t.shape(), &Device::Cpu).unwrap()).unwrap())
+                .unwrap();
+        }
+        let prompt: Vec<u32> = (10..30).collect();
+        let seqs: Vec<Sequence> = [vec![40u32, 41, 42, 43, 44], vec![50], vec![60, 61, 62]]
+            .into_iter()
+            .map(|c| Sequence {
+                ids: [prompt.clone(), c].concat(),
+                prompt_len: prompt.len(),
+            })
+            .collect();
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        for a in [Some(&adapter), None] {
+            let whole = policy
+                .target_logits(&TokenBatch::new(&refs, 0), a, Mode::Eval)
+                .unwrap();
+            model.decoder.reset_prefill_counter();
+            let shared = policy.shared_prompt_logits(&refs, 0, a).unwrap();
+            // The prompt once (20 tokens), then 3 rows of the longest continuation but its last.
+            assert_eq!(model.decoder.prefill_tokens_computed(), 20 + 3 * 4);
+            assert_eq!(whole.dims(), shared.dims());
+            let diff = (whole - shared)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "shared-prompt logits differ by {diff}");
+        }
+    }
 }

@@ -10,8 +10,9 @@
 //!     clip the gradients' global norm; AdamW step
 //! ```
 //!
-//! The first epoch's ratio is exactly 1 on every token (the same adapter, the same function,
-//! no dropout): later epochs are where the clip acts. Completions whose advantage is 0 (a flat
+//! The first epoch's ratio is 1 on every token up to rounding (the same adapter, no dropout;
+//! `old` comes from the inference path, each sibling group's prompt computed once): later
+//! epochs are where the clip acts. Completions whose advantage is 0 (a flat
 //! sibling group) still carry the KL term and count in the token norm, as in TRL.
 
 use candle_core::{DType, Tensor};
@@ -103,23 +104,34 @@ pub fn update<M: PolicyModel>(
         .collect();
 
     let t = std::time::Instant::now();
-    // The fixed per-token inputs: log-probs at the update's start, the reference's, advantages.
-    let (mut old, mut reference, mut entropy_sum) = (vec![], vec![], 0f64);
-    let mut sampled: Vec<Option<Vec<f32>>> = vec![];
+    // The fixed per-token inputs, per rollout: log-probs at the update's start and the
+    // reference's. Siblings (the same prompt) are scored together, their prompt computed once.
+    let n = rollouts.len();
+    let (mut old_of, mut ref_of) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    let mut entropy_sum = 0f64;
+    for group in sibling_groups(rollouts) {
+        for rows in group.chunks(micro) {
+            let seqs: Vec<&Sequence> = rows.iter().map(|&i| &rollouts[i].seq).collect();
+            let targets: Vec<u32> = seqs
+                .iter()
+                .flat_map(|q| q.ids[q.prompt_len..].iter().copied())
+                .collect();
+            let logits = model.shared_prompt_logits(&seqs, pad_id, Some(adapter))?;
+            // Scaled once for both the log-probs and the entropy.
+            let scaled = (&logits / s.pg.temperature)?;
+            let o = crate::loss::token_logprobs(&scaled, &targets)?.to_vec1::<f32>()?;
+            entropy_sum += entropy_sum_of(&scaled)?;
+            split_rows(&o, rows, &lens, &mut old_of);
+            if s.pg.kl_beta > 0.0 {
+                let base = model.shared_prompt_logits(&seqs, pad_id, None)?;
+                let r = pg::sampling_logprobs(&base, &targets, s.pg.temperature)?;
+                split_rows(&r.to_vec1::<f32>()?, rows, &lens, &mut ref_of);
+            }
+        }
+    }
     let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
-    for (rows, batch) in &chunks {
-        let logits = model.target_logits(batch, Some(adapter), Mode::Eval)?;
-        // Scaled once for both the log-probs and the entropy.
-        let scaled = (&logits / s.pg.temperature)?;
-        let o = crate::loss::token_logprobs(&scaled, &batch.targets)?.to_vec1::<f32>()?;
-        // The batch's targets are its rows' completion tokens in order.
-        let recorded: Option<Vec<f32>> = rows
-            .iter()
-            .map(|&i| rollouts[i].sampled.as_deref())
-            .collect::<Option<Vec<&[f32]>>>()
-            .map(|v| v.concat())
-            .filter(|v| v.len() == o.len());
-        if let Some(q) = &recorded {
+    for (r, o) in rollouts.iter().zip(&old_of) {
+        if let Some(q) = r.sampled.as_deref().filter(|q| q.len() == o.len()) {
             mismatch += o
                 .iter()
                 .zip(q)
@@ -127,16 +139,32 @@ pub fn update<M: PolicyModel>(
                 .sum::<f64>();
             mismatch_n += o.len();
         }
-        sampled.push(recorded);
-        old.push(o);
-        entropy_sum += entropy_sum_of(&scaled)?;
-        reference.push(if s.pg.kl_beta > 0.0 {
-            let base = model.target_logits(batch, None, Mode::Eval)?;
-            Some(pg::sampling_logprobs(&base, &batch.targets, s.pg.temperature)?.to_vec1::<f32>()?)
-        } else {
-            None
-        });
     }
+    // The same inputs by micro-batch, whose targets are its rows' completion tokens in order.
+    let concat =
+        |rows: &[usize], of: &[Vec<f32>]| rows.iter().flat_map(|&i| of[i].clone()).collect();
+    let old: Vec<Vec<f32>> = chunks
+        .iter()
+        .map(|(rows, _)| concat(rows, &old_of))
+        .collect();
+    let reference: Vec<Option<Vec<f32>>> = chunks
+        .iter()
+        .map(|(rows, _)| (s.pg.kl_beta > 0.0).then(|| concat(rows, &ref_of)))
+        .collect();
+    let sampled: Vec<Option<Vec<f32>>> = chunks
+        .iter()
+        .map(|(rows, _)| {
+            rows.iter()
+                .map(|&i| {
+                    rollouts[i]
+                        .sampled
+                        .as_deref()
+                        .filter(|q| q.len() == lens[i])
+                })
+                .collect::<Option<Vec<&[f32]>>>()
+                .map(|v| v.concat())
+        })
+        .collect();
     stats.entropy = entropy_sum / stats.tokens as f64;
     stats.logprob_mismatch = (mismatch_n > 0).then(|| mismatch / mismatch_n as f64);
     stats.logprob_s = t.elapsed().as_secs_f64();
@@ -201,6 +229,31 @@ pub fn update<M: PolicyModel>(
         stats.pg = pg_stats;
     }
     Ok(stats)
+}
+
+/// The rollouts grouped by prompt (siblings of a tree), groups in order of first appearance.
+fn sibling_groups(rollouts: &[Rollout]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, r) in rollouts.iter().enumerate() {
+        let g = *index
+            .entry(&r.seq.ids[..r.seq.prompt_len])
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// Cuts a pass's per-token values (its rows' completion tokens in order) into `out[row]`.
+fn split_rows(values: &[f32], rows: &[usize], lens: &[usize], out: &mut [Vec<f32>]) {
+    let mut at = 0;
+    for &i in rows {
+        out[i] = values[at..at + lens[i]].to_vec();
+        at += lens[i];
+    }
 }
 
 /// Sum over rows of the entropy of `softmax(scaled)` (nats).

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Tensor, Var};
 use malt_base::Message;
 
-use crate::batch::TokenBatch;
+use crate::batch::{Sequence, TokenBatch};
 use crate::error::Result;
 
 /// Forward mode. Dropout (if the model has any) is seeded per micro-batch so a resumed run
@@ -42,6 +42,19 @@ pub trait PolicyModel {
         adapter: Option<&Self::Adapter>,
         mode: Mode,
     ) -> Result<Tensor>;
+
+    /// `target_logits` of `seqs` in [`Mode::Eval`] when they all share one prompt
+    /// (`ids[..prompt_len]`, siblings of a tree): the same rows, in the same order, as
+    /// `target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval)`. A model may compute
+    /// the prompt once instead of once per sequence; this default computes each whole.
+    fn shared_prompt_logits(
+        &self,
+        seqs: &[&Sequence],
+        pad_id: u32,
+        adapter: Option<&Self::Adapter>,
+    ) -> Result<Tensor> {
+        self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval)
+    }
 }
 
 /// Renders TRL conversational records into token ids.
