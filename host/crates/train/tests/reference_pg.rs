@@ -13,6 +13,10 @@
 //!
 //! Tolerances as in `reference.rs`: losses 1e-5 relative, gradients 1e-4 of each tensor's
 //! largest entry, log-probs 1e-4 absolute.
+//!
+//! With MALT_REFERENCE_PYTHON (a Python with torch, transformers, peft, trl) one test runs the
+//! script's `tiny` and `pg` groups into a temporary folder (TRL checked there again) and repeats
+//! the checks against it.
 
 #[path = "../../model/tests/reference_env/mod.rs"]
 mod reference_env;
@@ -188,6 +192,33 @@ fn policy_gradient_loss_and_lora_gradients_match_trl_grpo() {
         }));
     }
     finish("policy-gradient loss against TRL's GRPO", fails);
+}
+
+#[test]
+fn live_policy_gradient_reference_agreement() {
+    let Some(python) = std::env::var_os("MALT_REFERENCE_PYTHON").filter(|p| !p.is_empty()) else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: MALT_REFERENCE_PYTHON is not set: the policy-gradient fixture \
+             is not regenerated live (the committed one is checked by the other tests) !!!!!!!!\n"
+        );
+        return;
+    };
+    let fresh = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../scripts/reference_golden.py"))
+        .arg("--out")
+        .arg(fresh.path())
+        .args(["--only", "tiny,pg"])
+        .status()
+        .expect("running scripts/reference_golden.py");
+    assert!(st.success(), "scripts/reference_golden.py failed: {st}");
+    let mut fails = vec![];
+    for arch in ARCHS {
+        fails.extend(on_device(&format!("live tiny {arch} pg"), || {
+            check_pg(fresh.path(), arch)
+        }));
+    }
+    finish("live policy-gradient loss against TRL's GRPO", fails);
 }
 
 /// `online::update` on the fixture's sibling group: after two epochs the completion with the
