@@ -624,6 +624,11 @@ pub struct Online {
     pub importance_cap: Option<f64>,
     /// Agents whose adapters train; the others sample from the base model, unchanged.
     pub train: Vec<String>,
+    /// Seeds the adapters' initialisation, the question order and the trees; `None`: the run
+    /// seed. Another value is another training run on the same questions (the run seed also
+    /// draws the train / test split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Default for Online {
@@ -642,6 +647,7 @@ impl Default for Online {
             loss_norm: LossNorm::Token,
             importance_cap: None,
             train: Vec::new(),
+            seed: None,
         }
     }
 }

@@ -397,8 +397,16 @@ fn online_defaults_and_no_change_to_the_hash_without_it() {
     let with = Config::parse(&format!("{GOOD}\n[online]\n"), Path::new("configs/x.toml")).unwrap();
     let o = with.online.as_ref().unwrap();
     assert_eq!(o.train, ["generator", "verifier", "refiner"]);
-    assert_eq!((o.steps, o.epochs, o.kl_beta), (20, 1, 0.04));
+    assert_eq!((o.steps, o.epochs, o.kl_beta, o.seed), (20, 1, 0.04, None));
     assert_ne!(c.config_hash(), with.config_hash());
+    // A training seed of its own leaves the run seed (and so the question split) alone.
+    let seeded = Config::parse(
+        &format!("{GOOD}\n[online]\nseed = 3\n"),
+        Path::new("configs/x.toml"),
+    )
+    .unwrap();
+    assert_eq!(seeded.online.as_ref().unwrap().seed, Some(3));
+    assert_eq!(seeded.run.seed, with.run.seed);
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub(super) struct RawOnline {
     loss_norm: Option<LossNorm>,
     importance_cap: Option<f64>,
     train: Option<Vec<String>>,
+    seed: Option<u64>,
 }
 
 pub(super) fn resolve_online(
@@ -50,6 +51,7 @@ pub(super) fn resolve_online(
         train: raw
             .train
             .unwrap_or_else(|| agents.iter().map(|a| a.name.clone()).collect()),
+        seed: raw.seed,
     };
     let at = |key| [K("online"), K(key)];
     c.positive(&at("steps"), "online.steps", o.steps);

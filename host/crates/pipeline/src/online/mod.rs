@@ -76,7 +76,8 @@ pub struct OnlineInputs {
     pub plugins: BTreeMap<String, String>,
     #[serde(rename = "config [plugins] options")]
     pub plugin_options: BTreeMap<String, BTreeMap<String, String>>,
-    /// Seeds the adapters' initialisation, the question order and the trees.
+    /// Seeds the adapters' initialisation, the question order and the trees: `[online] seed`,
+    /// else the run seed.
     #[serde(rename = "run seed")]
     pub seed: u64,
     /// With `[generation] backend = "remote"`: the servers that sample the trees, each trained

@@ -46,6 +46,7 @@ impl Stage for Online {
             super::generate::Backend::Remote(r) => Some(r),
             super::generate::Backend::Embedded(_) => None,
         };
+        let seed = online.seed.unwrap_or(cfg.run.seed);
         Ok(OnlineInputs {
             online,
             remote,
@@ -56,7 +57,7 @@ impl Stage for Online {
             model: s.model()?,
             questions: s.questions()?.train,
             plugin_options: super::plugin_options(&cfg),
-            seed: cfg.run.seed,
+            seed,
         })
     }
 
