@@ -418,3 +418,77 @@ fn check_refuses_a_theta_nothing_can_exceed() {
         assert!(said.contains("use a value below 1"), "{said}");
     }
 }
+
+/// `malt compare` on two committed reports of the same questions: the shared single agent is
+/// one row, each run's systems keep their figures, and the comparisons are against offline
+/// MALT. Reports of other datasets are refused with both names and what differs.
+#[test]
+fn compare_combines_committed_reports_on_the_same_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("combined");
+    let results = repo().join("results");
+    let (ok, stdout, stderr) = malt(
+        &[
+            "compare",
+            &format!("offline={}", results.join("arith-smollm2").display()),
+            results.join("arith-smollm2-online").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &repo(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("# Combined evaluation report"),
+        "{stdout}"
+    );
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let combined = read(&out.join("report.json"));
+    let online = read(&results.join("arith-smollm2-online/report.json"));
+    let row = |r: &serde_json::Value, id: &str| {
+        r["systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no row {id}"))
+            .clone()
+    };
+    let rows = combined["systems"].as_array().unwrap();
+    assert_eq!(rows.iter().filter(|s| s["system"] == "single").count(), 2);
+    for id in ["online", "online_mv3"] {
+        assert_eq!(row(&combined, id)["per_seed"], row(&online, id)["per_seed"]);
+    }
+    let sources = combined["sources"].as_array().unwrap();
+    assert_eq!(sources[1]["name"], "arith-smollm2-online");
+    assert_eq!(sources[1]["same_as_earlier"], serde_json::json!(["single"]));
+    let compared = combined["comparisons"].as_array().unwrap();
+    assert!(compared
+        .iter()
+        .all(|c| c["reference"] == "trained_chain_mv3"));
+    assert!(compared.iter().any(|c| c["row"] == "online_mv3"));
+    for file in ["report.md", "accuracy.svg", "per_turn.svg"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+
+    let (ok, _, stderr) = malt(
+        &[
+            "compare",
+            results.join("arith-smollm2").to_str().unwrap(),
+            results.join("arith-answer-small-paper").to_str().unwrap(),
+            "--out",
+            dir.path().join("no").to_str().unwrap(),
+        ],
+        &repo(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("arith-answer-small-paper) and ")
+            && stderr.contains("(arith-smollm2) evaluate on different datasets")
+            && stderr.contains("\"train\":36"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("no").exists(), "nothing written on error");
+}

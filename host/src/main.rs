@@ -40,6 +40,8 @@ enum Command {
     Online(cmd::online::Args),
     /// Evaluate single agent, untrained and trained chains (with majority voting) on held-out questions.
     Eval(cmd::eval::Args),
+    /// One report from several runs' reports on the same questions, every row compared with one reference.
+    Compare(cmd::compare::Args),
     /// The model and every agent's adapter behind an OpenAI-compatible HTTP server.
     Serve(cmd::serve::Args),
     /// A run's adapters and datasets in one folder, with a README for TRL and vLLM (--merge: merged models).
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Online(args) => cmd::online::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Bench(args) => malt_bench::run(args),

@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses its own arguments and calls into the libraries.
 
 pub mod check;
+pub mod compare;
 pub mod credit;
 pub mod eval;
 pub mod export;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::budget::SystemBudget;
+use crate::combine::ReportSource;
 use crate::plan::{EvalPlan, NotRun, Table};
 use crate::significance::QuestionTest;
 
@@ -48,6 +49,9 @@ pub struct Report {
     /// What each system cost to train (from the caller).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<SystemBudget>,
+    /// A combined report's sources ([`crate::combine`]); empty for a run's own report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<ReportSource>,
 }
 
 /// The final outcome of one attempt, as `report.json` keeps it.

@@ -17,11 +17,13 @@
 //! - [`figures`]: what `report.json` holds.
 //! - [`mod@aggregate`]: from result records to the [`Report`] figures.
 //! - [`driver`]: the evaluation loop.
+//! - [`combine`]: one report from several runs' reports on the same questions.
 //! - [`report`]: `report.md`, `report.json` and the plots.
 //! - [`svg`]: hand-written SVG charts (malt-base's, which the trainer's loss curves use too).
 
 pub mod aggregate;
 pub mod budget;
+pub mod combine;
 pub mod driver;
 pub mod error;
 pub mod figures;
@@ -38,6 +40,7 @@ pub mod vote;
 
 pub use aggregate::{aggregate, rerender};
 pub use budget::SystemBudget;
+pub use combine::{combine, relabel, ReportSource, Source};
 pub use driver::{report_complete_seeds, run_evaluation, PARTIAL_DIR, RESULTS_FILE};
 pub use error::EvalError;
 pub use figures::{

@@ -59,6 +59,50 @@ fn accuracy_table(md: &mut String, r: &Report, table: Table) {
     }
 }
 
+/// Where a combined report's rows came from.
+fn sources_table(md: &mut String, r: &Report) {
+    let _ = writeln!(md, "## Sources\n");
+    let _ = writeln!(
+        md,
+        "The rows of {} reports evaluated on the same questions, seeds and attempts (`malt \
+         compare`). A system found in several of them with identical answers is one row; one \
+         whose answers differ is a row per report, its label suffixed with the report's name.\n",
+        r.sources.len()
+    );
+    let _ = writeln!(
+        md,
+        "| Report | Systems | Same answers as an earlier report | Config sha256 | Differs from \
+         the first report |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    let none = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    for s in &r.sources {
+        let sha = s
+            .manifest
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .map_or_else(
+                || "n/a".to_owned(),
+                |h| format!("`{}`", h.chars().take(12).collect::<String>()),
+            );
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {sha} | {} |",
+            s.name,
+            none(&s.systems),
+            none(&s.same_as_earlier),
+            none(&s.differs).replace('|', "/")
+        );
+    }
+    md.push('\n');
+}
+
 /// The comparisons over distinct questions with Holm's correction (format 3).
 fn comparisons_table(md: &mut String, r: &Report, reference: &str) {
     let _ = writeln!(
@@ -158,7 +202,11 @@ pub fn render_markdown(r: &Report) -> String {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let _ = writeln!(md, "# Evaluation report\n");
+    if r.sources.is_empty() {
+        let _ = writeln!(md, "# Evaluation report\n");
+    } else {
+        let _ = writeln!(md, "# Combined evaluation report\n");
+    }
     if r.format < 3 {
         let _ = writeln!(
             md,
@@ -185,6 +233,9 @@ pub fn render_markdown(r: &Report) -> String {
         p.std.describe()
     );
 
+    if !r.sources.is_empty() {
+        sources_table(&mut md, r);
+    }
     let _ = writeln!(md, "## Table 1\n");
     accuracy_table(&mut md, r, Table::Main);
     if r.systems.iter().any(|s| s.table == Table::Ablation) {

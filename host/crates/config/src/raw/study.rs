@@ -33,6 +33,15 @@ fn star_system(data: StarData) -> EvalSystem {
     system("star", label, SystemKind::Star)
 }
 
+/// The online system's row label: a one-agent chain is the field's single-agent baseline, not
+/// MALT.
+fn online_label(agents: &[Agent]) -> String {
+    match agents {
+        [one] => format!("Single-agent online: {} trained by [online]", one.name),
+        _ => "Online MALT: the agents [online] trains on their online adapters".to_owned(),
+    }
+}
+
 fn star_chain_system() -> EvalSystem {
     system(
         "star_chain",
@@ -211,11 +220,7 @@ fn one_system(
                 "MALT (trained chain)",
                 SystemKind::Malt,
             )),
-            "online" => Some(system(
-                "online",
-                "Online MALT: every agent of [online] train on its online adapter",
-                SystemKind::Online,
-            )),
+            "online" => Some(system("online", &online_label(agents), SystemKind::Online)),
             other => {
                 c.err(
                     &at,
