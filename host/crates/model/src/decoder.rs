@@ -398,16 +398,19 @@ impl Decoder {
         ))
     }
 
-    /// Inference-path forward of `ids` (b, s), right-padded, at positions `offset..offset + s`
-    /// after `past`, each layer's keys/values of the `offset` earlier positions with `b` rows
-    /// (or none when `offset` is 0): the final hidden states (b, s, h) and every layer's keys and
-    /// values (past ++ new). What scores several continuations of one prompt computed once.
+    /// Forward of `ids` (b, s), right-padded, at positions `offset..offset + s` after `past`,
+    /// each layer's keys/values of the `offset` earlier positions with `b` rows (or none when
+    /// `offset` is 0): the final hidden states (b, s, h) and every layer's keys and values
+    /// (past ++ new). What scores several continuations of one prompt computed once; in
+    /// [`Mode::Train`] the graph runs through `past` to the prompt's adapter products, so one
+    /// backward gives the gradients of the prompt and every continuation.
     pub fn forward_hidden_after(
         &self,
         ids: &Tensor,
         offset: usize,
         past: Option<&[(Tensor, Tensor)]>,
         adapter: Option<&LoraAdapter>,
+        mode: Mode,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (_, s) = ids.dims2()?;
         let (cos, sin) = self.rope_range(offset, s)?;
@@ -418,7 +421,7 @@ impl Decoder {
             past,
             past_len: None,
             adapter,
-            mode: Mode::Infer,
+            mode,
         };
         let x = self.embed(ids)?;
         let out = crate::process::on_pool(|| self.run(x, &ctx))?;
@@ -487,7 +490,7 @@ impl Decoder {
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let s = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (1, s), &self.device)?;
-        let (h, kvs) = self.forward_hidden_after(&ids, offset, past, adapter)?;
+        let (h, kvs) = self.forward_hidden_after(&ids, offset, past, adapter, Mode::Infer)?;
         let last = h.narrow(1, s - 1, 1)?;
         let logits = self
             .logits(&last, Mode::Infer)?

@@ -111,15 +111,28 @@ impl PolicyModel for MaltPolicy<'_> {
 
     /// The prompt's keys and values computed once, then every continuation after them in one
     /// batch: siblings of a tree share a few-shot prompt several times longer than their own
-    /// outputs.
+    /// outputs. In training the continuations' graph reaches the prompt's adapter products
+    /// through its keys/values (broadcast to every row, whose backward sums the rows'
+    /// gradients), so the gradients are those of each sequence run whole. Dropout and gradient
+    /// checkpointing take the whole-sequence path: a shared prompt would share one dropout mask
+    /// among the rows, and checkpointed layers recompute from a single input.
     fn shared_prompt_logits(
         &self,
         seqs: &[&Sequence],
         pad_id: u32,
         adapter: Option<&LoraAdapter>,
+        mode: Mode,
     ) -> Result<Tensor> {
+        let whole = || self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, mode);
+        let m = match mode {
+            Mode::Eval => malt_model::Mode::Infer,
+            Mode::Train { dropout_seed: None } if !self.gradient_checkpointing => {
+                malt_model::Mode::Train { dropout_seed: None }
+            }
+            Mode::Train { .. } => return whole(),
+        };
         let Some(first) = seqs.first() else {
-            return self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval);
+            return whole();
         };
         let p = first.prompt_len;
         let prompt = &first.ids[..p.min(first.ids.len())];
@@ -128,7 +141,7 @@ impl PolicyModel for MaltPolicy<'_> {
                 .iter()
                 .all(|s| s.prompt_len == p && s.ids.len() > p && s.ids[..p] == *prompt);
         if !shared {
-            return self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval);
+            return whole();
         }
         let d = &self.model.decoder;
         let dev = self.model.device();
@@ -138,6 +151,7 @@ impl PolicyModel for MaltPolicy<'_> {
                 0,
                 None,
                 adapter,
+                m,
             )
             .map_err(TrainError::model)?;
         let hs = hp.dim(2)?;
@@ -173,6 +187,7 @@ impl PolicyModel for MaltPolicy<'_> {
                     p,
                     Some(&past),
                     adapter,
+                    m,
                 )
                 .map_err(TrainError::model)?;
             rows.push(hc.reshape((b * width, hs))?);
@@ -180,9 +195,11 @@ impl PolicyModel for MaltPolicy<'_> {
         let all = Tensor::cat(&rows, 0)?;
         let n = positions.len();
         let sel = all.index_select(&Tensor::from_vec(positions, n, dev)?, 0)?;
-        Ok(d.logits(&sel, malt_model::Mode::Infer)
-            .map_err(TrainError::model)?
-            .detach())
+        let logits = d.logits(&sel, m).map_err(TrainError::model)?;
+        Ok(match mode {
+            Mode::Eval => logits.detach(),
+            Mode::Train { .. } => logits,
+        })
     }
 }
 
@@ -337,7 +354,9 @@ mod tests {
                 .target_logits(&TokenBatch::new(&refs, 0), a, Mode::Eval)
                 .unwrap();
             model.decoder.reset_prefill_counter();
-            let shared = policy.shared_prompt_logits(&refs, 0, a).unwrap();
+            let shared = policy
+                .shared_prompt_logits(&refs, 0, a, Mode::Eval)
+                .unwrap();
             // The prompt once (20 tokens), then 3 rows of the longest continuation but its last.
             assert_eq!(model.decoder.prefill_tokens_computed(), 20 + 3 * 4);
             assert_eq!(whole.dims(), shared.dims());
@@ -351,5 +370,91 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-4, "shared-prompt logits differ by {diff}");
         }
+    }
+
+    /// The training pass with the prompt computed once gives each sequence's logits and, through
+    /// the prompt's keys/values shared by every row, the LoRA gradients of the sequences run
+    /// whole: the gradients that reach the prompt from every continuation are summed.
+    #[test]
+    fn shared_prompt_training_pass_gives_the_whole_sequences_gradients() {
+        let cfg = ModelConfig {
+            max_position_embeddings: 128,
+            ..ModelConfig::llama(96, 32, 64, 2, 4, 2)
+        };
+        let model = Model::random_seeded(
+            cfg,
+            &Device::Cpu,
+            DType::F32,
+            5,
+            malt_model::random::DrawOn::Host,
+        )
+        .unwrap();
+        let lora = crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap();
+        let policy = MaltPolicy::new(&model, lora);
+        let adapter = policy.new_adapter("r", 7).unwrap();
+        for (_, v) in adapter.named_vars() {
+            let t = v.as_tensor();
+            v.set(&(t + Tensor::randn(0f32, 0.3, t.shape(), &Device::Cpu).unwrap()).unwrap())
+                .unwrap();
+        }
+        let prompt: Vec<u32> = (20..44).collect();
+        let seqs: Vec<Sequence> = [
+            vec![50u32, 51, 52, 53],
+            vec![60],
+            vec![70, 71, 72, 73, 74, 75],
+        ]
+        .into_iter()
+        .map(|c| Sequence {
+            ids: [prompt.clone(), c].concat(),
+            prompt_len: prompt.len(),
+        })
+        .collect();
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let batch = TokenBatch::new(&refs, 0);
+        let train = Mode::Train { dropout_seed: None };
+        // A loss that weighs every target's log-prob differently, as the policy gradient does.
+        let weights = Tensor::randn(0f32, 1.0, batch.targets.len(), &Device::Cpu).unwrap();
+        let grads = |logits: Tensor| {
+            let lp = crate::loss::token_logprobs(&logits, &batch.targets).unwrap();
+            let loss = (lp * &weights).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            adapter
+                .named_vars()
+                .into_iter()
+                .map(|(name, v)| (name, g.get(v.as_tensor()).expect("a gradient").clone()))
+                .collect::<Vec<_>>()
+        };
+        let whole = grads(policy.target_logits(&batch, Some(&adapter), train).unwrap());
+        let shared = grads(
+            policy
+                .shared_prompt_logits(&refs, 0, Some(&adapter), train)
+                .unwrap(),
+        );
+        let mut largest = 0f32;
+        for ((name, a), (_, b)) in whole.iter().zip(&shared) {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.0, "{name}: no gradient");
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "{name}: {diff} (scale {scale})"
+            );
+            largest = largest.max(diff / scale);
+        }
+        assert!(!whole.is_empty());
+        eprintln!("largest relative gradient difference {largest:e}");
     }
 }

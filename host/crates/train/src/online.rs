@@ -10,9 +10,10 @@
 //!     clip the gradients' global norm; AdamW step
 //! ```
 //!
-//! The first epoch's ratio is 1 on every token up to rounding (the same adapter, no dropout;
-//! `old` comes from the inference path, each sibling group's prompt computed once): later
-//! epochs are where the clip acts. Completions whose advantage is 0 (a flat
+//! Micro-batches hold siblings of one tree node, so every pass (with or without a graph)
+//! computes their shared prompt once (`PolicyModel::shared_prompt_logits`). The first epoch's
+//! ratio is 1 on every token up to rounding (the same adapter, no dropout; `old` comes from the
+//! inference path): later epochs are where the clip acts. Completions whose advantage is 0 (a flat
 //! sibling group) still carry the KL term and count in the token norm, as in TRL.
 
 use candle_core::{DType, Tensor};
@@ -94,39 +95,34 @@ pub fn update<M: PolicyModel>(
     if rollouts.is_empty() || stats.tokens == 0 {
         return Ok(stats);
     }
-    let chunks: Vec<(Vec<usize>, TokenBatch)> = (0..rollouts.len())
-        .collect::<Vec<_>>()
-        .chunks(micro)
-        .map(|rows| {
-            let seqs: Vec<&Sequence> = rows.iter().map(|&i| &rollouts[i].seq).collect();
-            (rows.to_vec(), TokenBatch::new(&seqs, pad_id))
-        })
+    // Micro-batches of siblings (the same prompt), so every pass computes their prompt once.
+    // The loss weights are the step's, so how rows are grouped changes no gradient.
+    let seqs_of =
+        |rows: &[usize]| -> Vec<&Sequence> { rows.iter().map(|&i| &rollouts[i].seq).collect() };
+    let chunks: Vec<(Vec<usize>, TokenBatch)> = sibling_groups(rollouts)
+        .iter()
+        .flat_map(|group| group.chunks(micro))
+        .map(|rows| (rows.to_vec(), TokenBatch::new(&seqs_of(rows), pad_id)))
         .collect();
 
     let t = std::time::Instant::now();
     // The fixed per-token inputs, per rollout: log-probs at the update's start and the
-    // reference's. Siblings (the same prompt) are scored together, their prompt computed once.
+    // reference's.
     let n = rollouts.len();
     let (mut old_of, mut ref_of) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let mut entropy_sum = 0f64;
-    for group in sibling_groups(rollouts) {
-        for rows in group.chunks(micro) {
-            let seqs: Vec<&Sequence> = rows.iter().map(|&i| &rollouts[i].seq).collect();
-            let targets: Vec<u32> = seqs
-                .iter()
-                .flat_map(|q| q.ids[q.prompt_len..].iter().copied())
-                .collect();
-            let logits = model.shared_prompt_logits(&seqs, pad_id, Some(adapter))?;
-            // Scaled once for both the log-probs and the entropy.
-            let scaled = (&logits / s.pg.temperature)?;
-            let o = crate::loss::token_logprobs(&scaled, &targets)?.to_vec1::<f32>()?;
-            entropy_sum += entropy_sum_of(&scaled)?;
-            split_rows(&o, rows, &lens, &mut old_of);
-            if s.pg.kl_beta > 0.0 {
-                let base = model.shared_prompt_logits(&seqs, pad_id, None)?;
-                let r = pg::sampling_logprobs(&base, &targets, s.pg.temperature)?;
-                split_rows(&r.to_vec1::<f32>()?, rows, &lens, &mut ref_of);
-            }
+    for (rows, batch) in &chunks {
+        let seqs = seqs_of(rows);
+        let logits = model.shared_prompt_logits(&seqs, pad_id, Some(adapter), Mode::Eval)?;
+        // Scaled once for both the log-probs and the entropy.
+        let scaled = (&logits / s.pg.temperature)?;
+        let o = crate::loss::token_logprobs(&scaled, &batch.targets)?.to_vec1::<f32>()?;
+        entropy_sum += entropy_sum_of(&scaled)?;
+        split_rows(&o, rows, &lens, &mut old_of);
+        if s.pg.kl_beta > 0.0 {
+            let base = model.shared_prompt_logits(&seqs, pad_id, None, Mode::Eval)?;
+            let r = pg::sampling_logprobs(&base, &batch.targets, s.pg.temperature)?;
+            split_rows(&r.to_vec1::<f32>()?, rows, &lens, &mut ref_of);
         }
     }
     let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
@@ -175,8 +171,12 @@ pub fn update<M: PolicyModel>(
         let mut grads = GradAccumulator::new(vars.len());
         let (mut loss, mut pg_stats) = (0f64, PgStats::default());
         for (c, (rows, batch)) in chunks.iter().enumerate() {
-            let logits =
-                model.target_logits(batch, Some(adapter), Mode::Train { dropout_seed: None })?;
+            let logits = model.shared_prompt_logits(
+                &seqs_of(rows),
+                pad_id,
+                Some(adapter),
+                Mode::Train { dropout_seed: None },
+            )?;
             let lp = pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?;
             let advantages: Vec<f32> = batch
                 .target_rows

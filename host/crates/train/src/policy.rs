@@ -43,17 +43,19 @@ pub trait PolicyModel {
         mode: Mode,
     ) -> Result<Tensor>;
 
-    /// `target_logits` of `seqs` in [`Mode::Eval`] when they all share one prompt
-    /// (`ids[..prompt_len]`, siblings of a tree): the same rows, in the same order, as
-    /// `target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval)`. A model may compute
-    /// the prompt once instead of once per sequence; this default computes each whole.
+    /// `target_logits` of `seqs` when they all share one prompt (`ids[..prompt_len]`, siblings
+    /// of a tree): the same rows, in the same order, as
+    /// `target_logits(&TokenBatch::new(seqs, pad_id), adapter, mode)`, and in [`Mode::Train`]
+    /// the same gradients. A model may compute the prompt once instead of once per sequence;
+    /// this default computes each whole.
     fn shared_prompt_logits(
         &self,
         seqs: &[&Sequence],
         pad_id: u32,
         adapter: Option<&Self::Adapter>,
+        mode: Mode,
     ) -> Result<Tensor> {
-        self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, Mode::Eval)
+        self.target_logits(&TokenBatch::new(seqs, pad_id), adapter, mode)
     }
 }
 

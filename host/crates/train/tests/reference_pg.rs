@@ -132,7 +132,8 @@ fn check_pg(fixtures: &Path, arch: &'static str) -> Vec<String> {
             norm,
             is_cap: None,
         };
-        for micro in [3usize, 1] {
+        // The last: the trainer's path for siblings, their prompt computed once per pass.
+        for (micro, shared) in [(3usize, false), (1, false), (3, true)] {
             let mut sums = vec![None; vars.len()];
             let (mut total, mut clipped) = (0f64, 0usize);
             let mut at = 0;
@@ -141,9 +142,13 @@ fn check_pg(fixtures: &Path, arch: &'static str) -> Vec<String> {
                 let refs: Vec<&Sequence> = chunk.iter().collect();
                 let batch = TokenBatch::new(&refs, pad);
                 let n = batch.num_targets();
-                let logits = policy
-                    .target_logits(&batch, Some(&adapter), Mode::Train { dropout_seed: None })
-                    .unwrap();
+                let train = Mode::Train { dropout_seed: None };
+                let logits = if shared {
+                    policy.shared_prompt_logits(&refs, pad, Some(&adapter), train)
+                } else {
+                    policy.target_logits(&batch, Some(&adapter), train)
+                }
+                .unwrap();
                 let lp = pg::sampling_logprobs(&logits, &batch.targets, temperature).unwrap();
                 let adv: Vec<f32> = batch
                     .target_rows
@@ -164,7 +169,10 @@ fn check_pg(fixtures: &Path, arch: &'static str) -> Vec<String> {
                 clipped += stats.clipped;
                 accumulate(&mut sums, &vars, &l);
             }
-            let what = format!("tiny {arch} {key}, micro-batches of {micro}");
+            let what = format!(
+                "tiny {arch} {key}, micro-batches of {micro}{}",
+                if shared { ", the prompt shared" } else { "" }
+            );
             close(
                 &format!("{what}: loss"),
                 total,
