@@ -315,31 +315,39 @@ mod tests {
     use malt_model::candle_core::{DType, Device};
     use malt_model::ModelConfig;
 
-    /// Siblings scored with their prompt computed once get the logits of each scored whole,
-    /// under an adapter that is not the base (B != 0) and under none, completions of every
-    /// length down to a single token.
-    #[test]
-    fn shared_prompt_logits_equal_each_sequence_scored_whole() {
+    /// A random two-layer model small enough for exact comparisons.
+    fn random_model(seed: u64) -> Model {
         let cfg = ModelConfig {
             max_position_embeddings: 128,
             ..ModelConfig::llama(96, 32, 64, 2, 4, 2)
         };
-        let model = Model::random_seeded(
-            cfg,
-            &Device::Cpu,
-            DType::F32,
-            9,
-            malt_model::random::DrawOn::Host,
-        )
-        .unwrap();
-        let lora = crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap();
-        let policy = MaltPolicy::new(&model, lora);
-        let adapter = policy.new_adapter("g", 3).unwrap();
+        Model::random_seeded(cfg, &Device::Cpu, DType::F32, seed, malt_model::random::DrawOn::Host)
+            .unwrap()
+    }
+
+    fn lora() -> LoraConfig {
+        crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap()
+    }
+
+    /// An adapter that is not the base model's (B != 0), so the LoRA products matter.
+    fn perturbed_adapter(policy: &MaltPolicy<'_>, seed: u64) -> LoraAdapter {
+        let adapter = policy.new_adapter("a", seed).unwrap();
         for (_, v) in adapter.named_vars() {
             let t = v.as_tensor();
             v.set(&(t + Tensor::randn(0f32, 0.3, t.shape(), &Device::Cpu).unwrap()).unwrap())
                 .unwrap();
         }
+        adapter
+    }
+
+    /// Siblings scored with their prompt computed once get the logits of each scored whole,
+    /// under an adapter that is not the base (B != 0) and under none, completions of every
+    /// length down to a single token.
+    #[test]
+    fn shared_prompt_logits_equal_each_sequence_scored_whole() {
+        let model = random_model(9);
+        let policy = MaltPolicy::new(&model, lora());
+        let adapter = perturbed_adapter(&policy, 3);
         let prompt: Vec<u32> = (10..30).collect();
         let seqs: Vec<Sequence> = [vec![40u32, 41, 42, 43, 44], vec![50], vec![60, 61, 62]]
             .into_iter()
@@ -377,26 +385,9 @@ mod tests {
     /// whole: the gradients that reach the prompt from every continuation are summed.
     #[test]
     fn shared_prompt_training_pass_gives_the_whole_sequences_gradients() {
-        let cfg = ModelConfig {
-            max_position_embeddings: 128,
-            ..ModelConfig::llama(96, 32, 64, 2, 4, 2)
-        };
-        let model = Model::random_seeded(
-            cfg,
-            &Device::Cpu,
-            DType::F32,
-            5,
-            malt_model::random::DrawOn::Host,
-        )
-        .unwrap();
-        let lora = crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap();
-        let policy = MaltPolicy::new(&model, lora);
-        let adapter = policy.new_adapter("r", 7).unwrap();
-        for (_, v) in adapter.named_vars() {
-            let t = v.as_tensor();
-            v.set(&(t + Tensor::randn(0f32, 0.3, t.shape(), &Device::Cpu).unwrap()).unwrap())
-                .unwrap();
-        }
+        let model = random_model(5);
+        let policy = MaltPolicy::new(&model, lora());
+        let adapter = perturbed_adapter(&policy, 7);
         let prompt: Vec<u32> = (20..44).collect();
         let seqs: Vec<Sequence> = [
             vec![50u32, 51, 52, 53],

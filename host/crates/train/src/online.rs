@@ -2,19 +2,21 @@
 //! each with its advantage: the policy-gradient loss of [`crate::pg`] over `epochs` passes.
 //!
 //! ```text
-//! old = log-probs of every sampled token under the adapter as it is now (no graph)
-//! ref = the same under the base model (when the KL penalty is on)
+//! ref = log-probs of every sampled token under the base model (when the KL penalty is on)
 //! for each epoch:
-//!     for each micro-batch: loss = pg::micro_loss(log-probs with graph, old, ref, advantages)
+//!     for each micro-batch: lp = log-probs with graph
+//!                           old = lp's values (first epoch: the adapter as the update found it)
+//!                           loss = pg::micro_loss(lp, old, ref, advantages)
 //!                           gradients += d loss
 //!     clip the gradients' global norm; AdamW step
 //! ```
 //!
-//! Micro-batches hold siblings of one tree node, so every pass (with or without a graph)
-//! computes their shared prompt once (`PolicyModel::shared_prompt_logits`). The first epoch's
-//! ratio is 1 on every token up to rounding (the same adapter, no dropout; `old` comes from the
-//! inference path): later epochs are where the clip acts. Completions whose advantage is 0 (a flat
-//! sibling group) still carry the KL term and count in the token norm, as in TRL.
+//! Micro-batches hold siblings of one tree node, so every pass computes their shared prompt
+//! once (`PolicyModel::shared_prompt_logits`). The optimiser steps only after an epoch, so the
+//! first epoch runs the adapter as it was when the update started: its log-probs are the
+//! ratio's denominator (no separate pass), its ratio is exactly 1 and later epochs are where
+//! the clip acts. Completions whose advantage is 0 (a flat sibling group) still carry the KL
+//! term and count in the token norm, as in TRL.
 
 use candle_core::{DType, Tensor};
 
@@ -62,12 +64,12 @@ pub struct UpdateStats {
     pub grad_norm: f64,
     pub pg: PgStats,
     /// Mean entropy of the sampling distribution over the trained tokens (nats), from the
-    /// pass that computes `old`.
+    /// first epoch's pass (the adapter as the update found it).
     pub entropy: f64,
     /// Mean `|old - sampled|` over the tokens whose sampling log-prob was recorded (`None`:
     /// none was): how far the sampler's probabilities are from the trainer's.
     pub logprob_mismatch: Option<f64>,
-    /// Seconds: the passes without a graph (old and reference log-probs), the forward and
+    /// Seconds: the passes without a graph (the reference's log-probs), the forward and
     /// backward passes of every epoch, and the optimiser steps (clip included).
     pub logprob_s: f64,
     pub train_s: f64,
@@ -106,43 +108,19 @@ pub fn update<M: PolicyModel>(
         .collect();
 
     let t = std::time::Instant::now();
-    // The fixed per-token inputs, per rollout: log-probs at the update's start and the
-    // reference's.
+    // The reference's log-probs, per rollout (the KL penalty's fixed input).
     let n = rollouts.len();
-    let (mut old_of, mut ref_of) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-    let mut entropy_sum = 0f64;
-    for (rows, batch) in &chunks {
-        let seqs = seqs_of(rows);
-        let logits = model.shared_prompt_logits(&seqs, pad_id, Some(adapter), Mode::Eval)?;
-        // Scaled once for both the log-probs and the entropy.
-        let scaled = (&logits / s.pg.temperature)?;
-        let o = crate::loss::token_logprobs(&scaled, &batch.targets)?.to_vec1::<f32>()?;
-        entropy_sum += entropy_sum_of(&scaled)?;
-        split_rows(&o, rows, &lens, &mut old_of);
-        if s.pg.kl_beta > 0.0 {
-            let base = model.shared_prompt_logits(&seqs, pad_id, None, Mode::Eval)?;
+    let mut ref_of = vec![Vec::new(); n];
+    if s.pg.kl_beta > 0.0 {
+        for (rows, batch) in &chunks {
+            let base = model.shared_prompt_logits(&seqs_of(rows), pad_id, None, Mode::Eval)?;
             let r = pg::sampling_logprobs(&base, &batch.targets, s.pg.temperature)?;
             split_rows(&r.to_vec1::<f32>()?, rows, &lens, &mut ref_of);
         }
     }
-    let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
-    for (r, o) in rollouts.iter().zip(&old_of) {
-        if let Some(q) = r.sampled.as_deref().filter(|q| q.len() == o.len()) {
-            mismatch += o
-                .iter()
-                .zip(q)
-                .map(|(a, b)| (a - b).abs() as f64)
-                .sum::<f64>();
-            mismatch_n += o.len();
-        }
-    }
-    // The same inputs by micro-batch, whose targets are its rows' completion tokens in order.
+    // By micro-batch, whose targets are its rows' completion tokens in order.
     let concat =
         |rows: &[usize], of: &[Vec<f32>]| rows.iter().flat_map(|&i| of[i].clone()).collect();
-    let old: Vec<Vec<f32>> = chunks
-        .iter()
-        .map(|(rows, _)| concat(rows, &old_of))
-        .collect();
     let reference: Vec<Option<Vec<f32>>> = chunks
         .iter()
         .map(|(rows, _)| (s.pg.kl_beta > 0.0).then(|| concat(rows, &ref_of)))
@@ -161,10 +139,13 @@ pub fn update<M: PolicyModel>(
                 .map(|v| v.concat())
         })
         .collect();
-    stats.entropy = entropy_sum / stats.tokens as f64;
-    stats.logprob_mismatch = (mismatch_n > 0).then(|| mismatch / mismatch_n as f64);
     stats.logprob_s = t.elapsed().as_secs_f64();
 
+    // The log-probs at the update's start are the first epoch's own: the optimiser steps only
+    // after each epoch, so that pass runs the adapter as it was when the update started (as
+    // TRL takes them from its forward pass when it does not reuse a generation's).
+    let mut old: Vec<Vec<f32>> = vec![Vec::new(); chunks.len()];
+    let mut entropy_sum = 0f64;
     let vars = optimizer.vars().to_vec();
     for epoch in 0..s.epochs.max(1) {
         let t = std::time::Instant::now();
@@ -178,6 +159,10 @@ pub fn update<M: PolicyModel>(
                 Mode::Train { dropout_seed: None },
             )?;
             let lp = pg::sampling_logprobs(&logits, &batch.targets, s.pg.temperature)?;
+            if epoch == 0 {
+                old[c] = lp.to_vec1::<f32>()?;
+                entropy_sum += entropy_sum_of(&(logits.detach() / s.pg.temperature)?)?;
+            }
             let advantages: Vec<f32> = batch
                 .target_rows
                 .iter()
@@ -228,6 +213,24 @@ pub fn update<M: PolicyModel>(
         stats.grad_norm = norm;
         stats.pg = pg_stats;
     }
+
+    stats.entropy = entropy_sum / stats.tokens as f64;
+    let mut old_of = vec![Vec::new(); n];
+    for ((rows, _), o) in chunks.iter().zip(&old) {
+        split_rows(o, rows, &lens, &mut old_of);
+    }
+    let (mut mismatch, mut mismatch_n) = (0f64, 0usize);
+    for (r, o) in rollouts.iter().zip(&old_of) {
+        if let Some(q) = r.sampled.as_deref().filter(|q| q.len() == o.len()) {
+            mismatch += o
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>();
+            mismatch_n += o.len();
+        }
+    }
+    stats.logprob_mismatch = (mismatch_n > 0).then(|| mismatch / mismatch_n as f64);
     Ok(stats)
 }
 
