@@ -491,4 +491,20 @@ fn compare_combines_committed_reports_on_the_same_questions() {
         "{stderr}"
     );
     assert!(!dir.path().join("no").exists(), "nothing written on error");
+
+    // A combined report never overwrites one of its inputs.
+    let (ok, _, stderr) = malt(
+        &[
+            "compare",
+            out.to_str().unwrap(),
+            results.join("arith-smollm2-online").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &repo(),
+    );
+    assert!(
+        !ok && stderr.contains("which the combined report would overwrite"),
+        "{stderr}"
+    );
 }

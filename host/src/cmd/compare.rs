@@ -41,6 +41,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sources.push(Source { name, report });
     }
     same_questions(&datasets)?;
+    let target = args.out.join(malt_eval::report::REPORT_JSON);
+    if let Some((name, path, _)) = datasets
+        .iter()
+        .find(|(_, path, _)| same_file(path, &target))
+    {
+        bail!(
+            "--out {}: it holds the report `{name}` ({}), which the combined report would \
+             overwrite: write it to another folder",
+            args.out.display(),
+            path.display()
+        );
+    }
     let mut report = malt_eval::combine(&sources, args.reference.as_deref())
         .context("cannot combine the reports")?;
     for spec in &args.label {
@@ -102,6 +114,10 @@ fn default_name(file: &Path) -> Option<String> {
         &folder
     };
     Some(named.file_name()?.to_string_lossy().into_owned())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 fn load(path: &Path) -> anyhow::Result<Report> {

@@ -321,8 +321,14 @@ mod tests {
             max_position_embeddings: 128,
             ..ModelConfig::llama(96, 32, 64, 2, 4, 2)
         };
-        Model::random_seeded(cfg, &Device::Cpu, DType::F32, seed, malt_model::random::DrawOn::Host)
-            .unwrap()
+        Model::random_seeded(
+            cfg,
+            &Device::Cpu,
+            DType::F32,
+            seed,
+            malt_model::random::DrawOn::Host,
+        )
+        .unwrap()
     }
 
     fn lora() -> LoraConfig {
