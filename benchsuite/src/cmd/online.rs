@@ -6,10 +6,10 @@
 //!   outside the loop: the loop's tokens/s over the plain sampler's (goal >= 0.95), and whether
 //!   the trees came out the same;
 //! - training: each trained agent's forward and backward passes and optimiser steps against the
-//!   same rollouts trained by a plain token-NLL loss in the same micro-batches, one optimiser step
-//!   (what `malt bench train` measures): tokens/s in the update over the plain pass's (goal >=
-//!   0.9); the update's passes without a graph (old and reference log-probs) are printed apart,
-//!   as the policy-gradient loss's own cost.
+//!   same rollouts trained by a plain token-NLL loss, one optimiser step (what `malt bench
+//!   train` measures; whole sequences in micro-batches of the same size): tokens/s in the
+//!   update over the plain pass's (goal >= 0.9); the update's passes without a graph (the
+//!   reference model's log-probs) are printed apart, as the policy-gradient loss's own cost.
 //!
 //! Adapter sync is the time the step spent loading its adapters into the remote servers: 0 with
 //! the embedded backend, whose sampler shares the trainer's weights; with a workload whose
@@ -173,7 +173,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if last.step == 1 { "; step 1 includes the loop's first use of every buffer: run --steps 2" } else { "" }
     );
 
-    // Training alone: step 1's rollouts, a plain token-NLL pass in the same micro-batches.
+    // Training alone: step 1's rollouts, a plain token-NLL pass, whole sequences in
+    // micro-batches of the same size.
     let step1 = trees_of(1)?;
     let thetas = inputs.credit.thetas(&inputs.chain)?;
     let trained: Vec<bool> = inputs
