@@ -263,7 +263,9 @@ impl Layer {
                     if let Some(m) = &ctx.mask {
                         att = att.broadcast_add(m)?;
                     }
-                    softmax(&att, mode)?
+                    // After cached keys/values (a shared prompt in training) no fused
+                    // training kernel applies: the composed op is the path, not a fallback.
+                    softmax(&att, mode, ctx.past.is_none())?
                         .reshape((b, nkv, n_rep * s, l))?
                         .matmul(v)?
                 };
