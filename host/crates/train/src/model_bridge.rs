@@ -335,6 +335,27 @@ mod tests {
         crate::lora_config(4, 8.0, 0.0, &["all-linear".to_string()]).unwrap()
     }
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Siblings: one prompt, each of `completions` after it.
+    fn siblings(prompt: std::ops::Range<u32>, completions: &[&[u32]]) -> Vec<Sequence> {
+        let prompt: Vec<u32> = prompt.collect();
+        completions
+            .iter()
+            .map(|c| Sequence {
+                ids: [prompt.as_slice(), c].concat(),
+                prompt_len: prompt.len(),
+            })
+            .collect()
+    }
+
     /// An adapter that is not the base model's (B != 0), so the LoRA products matter.
     fn perturbed_adapter(policy: &MaltPolicy<'_>, seed: u64) -> LoraAdapter {
         let adapter = policy.new_adapter("a", seed).unwrap();
@@ -354,14 +375,7 @@ mod tests {
         let model = random_model(9);
         let policy = MaltPolicy::new(&model, lora());
         let adapter = perturbed_adapter(&policy, 3);
-        let prompt: Vec<u32> = (10..30).collect();
-        let seqs: Vec<Sequence> = [vec![40u32, 41, 42, 43, 44], vec![50], vec![60, 61, 62]]
-            .into_iter()
-            .map(|c| Sequence {
-                ids: [prompt.clone(), c].concat(),
-                prompt_len: prompt.len(),
-            })
-            .collect();
+        let seqs = siblings(10..30, &[&[40, 41, 42, 43, 44], &[50], &[60, 61, 62]]);
         let refs: Vec<&Sequence> = seqs.iter().collect();
         for a in [Some(&adapter), None] {
             let whole = policy
@@ -374,14 +388,7 @@ mod tests {
             // The prompt once (20 tokens), then 3 rows of the longest continuation but its last.
             assert_eq!(model.decoder.prefill_tokens_computed(), 20 + 3 * 4);
             assert_eq!(whole.dims(), shared.dims());
-            let diff = (whole - shared)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&(whole - shared).unwrap());
             assert!(diff < 1e-4, "shared-prompt logits differ by {diff}");
         }
     }
@@ -394,18 +401,10 @@ mod tests {
         let model = random_model(5);
         let policy = MaltPolicy::new(&model, lora());
         let adapter = perturbed_adapter(&policy, 7);
-        let prompt: Vec<u32> = (20..44).collect();
-        let seqs: Vec<Sequence> = [
-            vec![50u32, 51, 52, 53],
-            vec![60],
-            vec![70, 71, 72, 73, 74, 75],
-        ]
-        .into_iter()
-        .map(|c| Sequence {
-            ids: [prompt.clone(), c].concat(),
-            prompt_len: prompt.len(),
-        })
-        .collect();
+        let seqs = siblings(
+            20..44,
+            &[&[50, 51, 52, 53], &[60], &[70, 71, 72, 73, 74, 75]],
+        );
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let batch = TokenBatch::new(&refs, 0);
         let train = Mode::Train { dropout_seed: None };
@@ -429,21 +428,8 @@ mod tests {
         );
         let mut largest = 0f32;
         for ((name, a), (_, b)) in whole.iter().zip(&shared) {
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(a);
+            let diff = max_abs(&(a - b).unwrap());
             assert!(scale > 0.0, "{name}: no gradient");
             assert!(
                 diff <= 1e-4 * scale.max(1.0),
