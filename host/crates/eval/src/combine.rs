@@ -50,7 +50,7 @@ pub struct ReportSource {
 /// original id found once); without one, with the only system a source marked as its
 /// reference, if exactly one is.
 pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, EvalError> {
-    let bad = |m: String| Err(EvalError::InvalidReport(m));
+    let bad = |m: String| Err(EvalError::Combine(m));
     let [first, ..] = sources else {
         return bad("nothing to combine".into());
     };
@@ -116,7 +116,7 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
                 .iter()
                 .find(|a| a.system == system.id)
                 .ok_or_else(|| {
-                    EvalError::InvalidReport(format!(
+                    EvalError::Combine(format!(
                         "`{}` has no answers of its system `{}`",
                         s.name, system.id
                     ))
@@ -217,7 +217,7 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
 fn same_plan(first: &Source, other: &Source) -> Result<(), EvalError> {
     let (a, b) = (&first.report.plan, &other.report.plan);
     let differ = |what: &str, x: String, y: String| {
-        Err(EvalError::InvalidReport(format!(
+        Err(EvalError::Combine(format!(
             "`{}` and `{}` were not evaluated alike: {what} {x} against {y}; only reports of \
              the same [eval] questions, seeds and majority_k on the same held-out pool compare",
             first.name, other.name
@@ -280,7 +280,7 @@ fn find_reference(out: &Report, want: &str) -> Result<String, EvalError> {
         [one] => Ok((*one).to_owned()),
         _ => {
             let ids: Vec<&str> = out.plan.systems.iter().map(|s| s.id.as_str()).collect();
-            Err(EvalError::InvalidReport(format!(
+            Err(EvalError::Combine(format!(
                 "--reference {want}: {}; the combined systems are {}",
                 if suffixed.is_empty() {
                     "no such system"
@@ -325,7 +325,7 @@ fn differences(first: &serde_json::Value, other: &serde_json::Value) -> Vec<Stri
 pub fn relabel(report: &mut Report, id: &str, label: &str) -> Result<(), EvalError> {
     let Some(system) = report.plan.systems.iter_mut().find(|s| s.id == id) else {
         let ids: Vec<&str> = report.plan.systems.iter().map(|s| s.id.as_str()).collect();
-        return Err(EvalError::InvalidReport(format!(
+        return Err(EvalError::Combine(format!(
             "--label {id}=...: no such system; the combined systems are {}",
             ids.join(", ")
         )));

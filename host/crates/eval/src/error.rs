@@ -34,6 +34,10 @@ pub enum EvalError {
     #[error("cannot re-render the report: {0}")]
     InvalidReport(String),
 
+    /// Reports that cannot be combined (`malt compare`), or a bad choice among their systems.
+    #[error("{0}")]
+    Combine(String),
+
     #[error("chain runner failed fatally: {0}")]
     Runner(String),
 
