@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::rerender;
 use crate::error::EvalError;
-use crate::figures::{Report, SystemAnswers};
+use crate::figures::{Report, SystemAnswers, SystemCounts, SystemFlips, SystemTurns};
 use crate::plan::System;
 
 /// One report to combine, under the name its rows are told apart by.
@@ -135,7 +135,6 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
             if system.reference {
                 marked.push(id.clone());
             }
-            let renamed = |sys: &str| (sys == system.id).then(|| (id.clone(), label.clone()));
             out.plan.systems.push(System {
                 id: id.clone(),
                 label: label.clone(),
@@ -146,40 +145,15 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
                 system: id.clone(),
                 per_seed: answers.per_seed.clone(),
             });
-            for v in &r.per_turn {
-                if let Some((id, label)) = renamed(&v.system) {
-                    out.per_turn.push(crate::figures::SystemTurns {
-                        system: id,
-                        label,
-                        ..v.clone()
-                    });
-                }
-            }
-            for v in &r.flips {
-                if let Some((id, label)) = renamed(&v.system) {
-                    out.flips.push(crate::figures::SystemFlips {
-                        system: id,
-                        label,
-                        ..v.clone()
-                    });
-                }
-            }
-            for v in &r.counts {
-                if let Some((id, label)) = renamed(&v.system) {
-                    out.counts.push(crate::figures::SystemCounts {
-                        system: id,
-                        label,
-                        ..v.clone()
-                    });
-                }
-            }
-            for b in &r.budgets {
-                if let Some((id, _)) = renamed(&b.system) {
-                    out.budgets.push(crate::budget::SystemBudget {
-                        system: id,
-                        ..b.clone()
-                    });
-                }
+            let of = &system.id;
+            push_renamed(&r.per_turn, of, &id, &label, &mut out.per_turn);
+            push_renamed(&r.flips, of, &id, &label, &mut out.flips);
+            push_renamed(&r.counts, of, &id, &label, &mut out.counts);
+            for b in r.budgets.iter().filter(|b| &b.system == of) {
+                out.budgets.push(crate::budget::SystemBudget {
+                    system: id.clone(),
+                    ..b.clone()
+                });
             }
             if out.star.is_none() && system.id == "star" {
                 out.star = r.star.clone();
@@ -331,28 +305,47 @@ pub fn relabel(report: &mut Report, id: &str, label: &str) -> Result<(), EvalErr
         )));
     };
     system.label = label.to_owned();
-    for l in report
-        .per_turn
-        .iter_mut()
-        .filter(|v| v.system == id)
-        .map(|v| &mut v.label)
-        .chain(
-            report
-                .flips
-                .iter_mut()
-                .filter(|v| v.system == id)
-                .map(|v| &mut v.label),
-        )
-        .chain(
-            report
-                .counts
-                .iter_mut()
-                .filter(|v| v.system == id)
-                .map(|v| &mut v.label),
-        )
-    {
-        *l = label.to_owned();
-    }
+    relabel_rows(&mut report.per_turn, id, label);
+    relabel_rows(&mut report.flips, id, label);
+    relabel_rows(&mut report.counts, id, label);
     *report = rerender(report)?;
     Ok(())
+}
+
+/// The per-system tables besides the rows (per-turn accuracy, flips, counts): each names its
+/// system by id and label.
+trait SystemTable: Clone {
+    fn names(&mut self) -> (&mut String, &mut String);
+}
+
+macro_rules! system_table {
+    ($($t:ty),*) => {$(
+        impl SystemTable for $t {
+            fn names(&mut self) -> (&mut String, &mut String) {
+                (&mut self.system, &mut self.label)
+            }
+        }
+    )*};
+}
+system_table!(SystemTurns, SystemFlips, SystemCounts);
+
+/// Appends `from`'s entries of system `of` to `out`, as system `id` labelled `label`.
+fn push_renamed<T: SystemTable>(from: &[T], of: &str, id: &str, label: &str, out: &mut Vec<T>) {
+    for v in from {
+        let mut v = v.clone();
+        let (system, l) = v.names();
+        if system == of {
+            (*system, *l) = (id.to_owned(), label.to_owned());
+            out.push(v);
+        }
+    }
+}
+
+fn relabel_rows<T: SystemTable>(rows: &mut [T], id: &str, label: &str) {
+    for v in rows {
+        let (system, l) = v.names();
+        if system == id {
+            *l = label.to_owned();
+        }
+    }
 }
