@@ -6,14 +6,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use malt_engine::serve_backend::{Batching, EngineSettings, ModelServeBackend};
+use malt_engine::serve_backend::Batching;
 use malt_model::candle_core::Device;
 use malt_model::{Model, ModelConfig};
 use malt_serve::{Limits, Server};
 use serde_json::{json, Value};
+
+mod serve_support;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -40,19 +41,7 @@ fn start(limits: Limits, batching: Batching) -> Fixture {
         .export_merged(&path, None)
         .expect("export");
     let model = Model::load_hf_dir(&path, &Device::Cpu, None).expect("load");
-    let backend = ModelServeBackend::start(
-        model,
-        "tiny",
-        vec![],
-        None,
-        EngineSettings {
-            batching,
-            max_batch: 64,
-            timeout_s: limits.request_timeout.as_secs_f64(),
-        },
-    )
-    .expect("backend");
-    let server = Server::start("127.0.0.1:0", Arc::new(backend), limits).expect("server");
+    let server = serve_support::server_over(model, vec![], limits, batching);
     Fixture { _dir: dir, server }
 }
 

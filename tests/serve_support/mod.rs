@@ -82,18 +82,17 @@ pub fn start_like(f: &Fixture, limits: Limits, batch: Batching) -> Fixture {
     start_on(dir, f.model_dir.clone(), f.run_dir.clone(), limits, batch)
 }
 
-pub fn start_on(
-    dir: tempfile::TempDir,
-    model_dir: PathBuf,
-    run_dir: PathBuf,
+/// `malt serve` in process on a free loopback port: `model` as "tiny", with `adapters`.
+pub fn server_over(
+    model: Model,
+    adapters: Vec<(String, LoraAdapter)>,
     limits: Limits,
     batching: Batching,
-) -> Fixture {
-    let (model, adapter) = load(&model_dir, &run_dir);
+) -> Server {
     let backend = ModelServeBackend::start(
         model,
         "tiny",
-        vec![("generator".into(), adapter)],
+        adapters,
         None,
         EngineSettings {
             batching,
@@ -102,7 +101,18 @@ pub fn start_on(
         },
     )
     .expect("backend");
-    let server = Server::start("127.0.0.1:0", Arc::new(backend), limits).expect("server");
+    Server::start("127.0.0.1:0", Arc::new(backend), limits).expect("server")
+}
+
+pub fn start_on(
+    dir: tempfile::TempDir,
+    model_dir: PathBuf,
+    run_dir: PathBuf,
+    limits: Limits,
+    batching: Batching,
+) -> Fixture {
+    let (model, adapter) = load(&model_dir, &run_dir);
+    let server = server_over(model, vec![("generator".into(), adapter)], limits, batching);
     let url = format!("http://{}", server.addr());
     Fixture {
         _dir: dir,
