@@ -190,6 +190,24 @@ fn the_report_has_the_online_system_and_its_budget() {
     assert_eq!(online["optimizer_steps"], 16, "{online}");
     let systems = report["systems"].as_array().unwrap();
     assert!(systems.iter().any(|s| s["id"] == "online"), "{report}");
+    // Its training curve: every agent at every step, the x the sampled tokens so far, which
+    // end at the budget's figure.
+    let curve = &report["training"][0];
+    assert_eq!(curve["system"], "online", "{report}");
+    let settings = curve["settings"].as_str().unwrap();
+    assert!(settings.starts_with("advantage "), "{settings}");
+    let steps = metrics(&run).len();
+    for a in curve["agents"].as_array().unwrap() {
+        let points = a["points"].as_array().unwrap();
+        assert_eq!(points.len(), steps, "{a}");
+        assert_eq!(
+            points.last().unwrap()["sampled_tokens"].as_u64(),
+            Some(sampled)
+        );
+    }
+    let md = std::fs::read_to_string(run.join("eval/report.md")).unwrap();
+    assert!(md.contains("## Online training"), "{md}");
+    assert!(run.join("eval/training.svg").is_file());
 }
 
 /// `malt bench online` on the tiny model: it splits the steps, re-samples the last step's trees

@@ -236,6 +236,7 @@ pub fn aggregate(
         answers,
         not_run: ctx.not_run.clone(),
         budgets: ctx.budgets.clone(),
+        training: ctx.training.clone(),
         sources: Vec::new(),
     };
     if let Some(rc) = &ctx.round {

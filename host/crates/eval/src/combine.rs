@@ -94,6 +94,7 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
     out.flips.clear();
     out.counts.clear();
     out.budgets.clear();
+    out.training.clear();
     out.not_run.clear();
     out.rounds.clear();
     out.comparisons.clear();
@@ -153,6 +154,12 @@ pub fn combine(sources: &[Source], reference: Option<&str>) -> Result<Report, Ev
                 out.budgets.push(crate::budget::SystemBudget {
                     system: id.clone(),
                     ..b.clone()
+                });
+            }
+            for c in r.training.iter().filter(|c| &c.system == of) {
+                out.training.push(crate::training::TrainingCurve {
+                    system: id.clone(),
+                    ..c.clone()
                 });
             }
             if out.star.is_none() && system.id == "star" {

@@ -8,12 +8,14 @@ use crate::budget::SystemBudget;
 use crate::combine::ReportSource;
 use crate::plan::{EvalPlan, NotRun, Table};
 use crate::significance::QuestionTest;
+use crate::training::TrainingCurve;
 
 /// Version of the `report.json` layout (2: configurable systems, comparisons, STaR, rounds;
 /// 3: the std convention in the plan, comparisons over distinct questions with Holm's
-/// correction, every system's final answers). Format-2 reports still load: their comparisons
-/// keep the per-pair `sign_test_p` and have no `test`, and they have no `answers`.
-pub const REPORT_FORMAT: u32 = 3;
+/// correction, every system's final answers; 4: the online systems' training curves). Format-2
+/// reports still load: their comparisons keep the per-pair `sign_test_p` and have no `test`, and
+/// they have no `answers`; format-3 reports have no `training`.
+pub const REPORT_FORMAT: u32 = 4;
 
 /// Everything `report.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,9 @@ pub struct Report {
     /// What each system cost to train (from the caller).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<SystemBudget>,
+    /// How each online-trained system's training went, step by step (from the caller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub training: Vec<TrainingCurve>,
     /// A combined report's sources ([`crate::combine`]); empty for a run's own report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<ReportSource>,
@@ -85,6 +90,8 @@ pub struct ReportContext {
     pub not_run: Vec<NotRun>,
     /// Each system's training budget.
     pub budgets: Vec<SystemBudget>,
+    /// The online-trained systems' training curves.
+    pub training: Vec<TrainingCurve>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -36,6 +36,7 @@ pub mod subset;
 /// The SVG charts, shared with the trainer's loss curves (malt-base).
 pub use malt_base::svg;
 pub mod trace;
+pub mod training;
 pub mod vote;
 
 pub use aggregate::{aggregate, rerender};
@@ -54,4 +55,5 @@ pub use significance::QuestionTest;
 pub use stats::StdConvention;
 pub use subset::{derive_sample_seed, select_subset, SplitMix64};
 pub use trace::{ChainError, ChainRequest, ChainRunner, ChainTrace, Outcome, Turn};
+pub use training::TrainingCurve;
 pub use vote::{majority_vote, vote_key};

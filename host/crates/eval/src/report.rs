@@ -192,6 +192,13 @@ fn legacy_comparisons_table(md: &mut String, r: &Report, reference: &str) {
 
 /// Renders `report.md`. Deterministic for a given report (no timestamps), so it can be
 /// snapshot-tested and diffed between runs.
+/// A system's row label, or its id when the plan has no such system.
+fn label_of(r: &Report, id: &str) -> String {
+    r.plan
+        .system(id)
+        .map_or_else(|| id.to_owned(), |s| s.label.clone())
+}
+
 pub fn render_markdown(r: &Report) -> String {
     let p = &r.plan;
     let k = p.majority_k;
@@ -288,12 +295,13 @@ pub fn render_markdown(r: &Report) -> String {
 
     if !r.budgets.is_empty() {
         md.push('\n');
-        let label_of = |id: &str| {
-            r.plan
-                .system(id)
-                .map_or_else(|| id.to_owned(), |s| s.label.clone())
-        };
-        md.push_str(crate::budget::render(&r.budgets, label_of).trim_end());
+        md.push_str(crate::budget::render(&r.budgets, |id| label_of(r, id)).trim_end());
+        md.push('\n');
+    }
+
+    if !r.training.is_empty() {
+        md.push('\n');
+        md.push_str(crate::training::render(&r.training, |id| label_of(r, id)).trim_end());
         md.push('\n');
     }
 
@@ -592,6 +600,10 @@ pub fn write_reports(dir: &Path, r: &Report) -> Result<(), EvalError> {
     }
     if r.rounds.len() > 1 {
         write(ROUNDS_SVG, rounds_svg(r).as_bytes())?;
+    }
+    if !r.training.is_empty() {
+        let svg = crate::training::svg(&r.training, |id| label_of(r, id));
+        write(crate::training::TRAINING_SVG, svg.as_bytes())?;
     }
     Ok(())
 }

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+use malt_eval::training::{AgentCurve, CurvePoint, TrainingCurve};
 use malt_eval::{
-    combine, run_evaluation, ChainError, ChainRequest, ChainRunner, ChainTrace, EvalPlan, Outcome,
-    Report, ReportContext, Source, SplitMix64, StdConvention, System, SystemBudget, Table, Turn,
+    combine, render_markdown, run_evaluation, ChainError, ChainRequest, ChainRunner, ChainTrace,
+    EvalPlan, Outcome, Report, ReportContext, Source, SplitMix64, StdConvention, System,
+    SystemBudget, Table, Turn,
 };
 
 /// Answers that depend on a behaviour (what a system's weights would be) and the request, never
@@ -65,7 +67,27 @@ fn budget(system: &str, sampled: u64) -> SystemBudget {
     }
 }
 
-/// One evaluation of `systems` (id, behaviour) with their budgets.
+/// A trained system's training curve, its values told apart by `b`.
+fn curve(system: &str, b: u64) -> TrainingCurve {
+    TrainingCurve {
+        system: system.into(),
+        settings: format!("behaviour {b}"),
+        agents: vec![AgentCurve {
+            agent: "generator".into(),
+            trained: true,
+            measure: "reward".into(),
+            points: (1..=4)
+                .map(|step| CurvePoint {
+                    step,
+                    sampled_tokens: 100 * u64::from(step),
+                    value: b as f64 / 10.0,
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// One evaluation of `systems` (id, behaviour) with their budgets and curves.
 fn evaluate(systems: &[(System, u64)], manifest: serde_json::Value) -> Report {
     let dir = tempfile::tempdir().expect("tempdir");
     let behaviours = systems
@@ -77,6 +99,11 @@ fn evaluate(systems: &[(System, u64)], manifest: serde_json::Value) -> Report {
         budgets: systems
             .iter()
             .map(|(s, b)| budget(&s.id, 1000 * b))
+            .collect(),
+        training: systems
+            .iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(s, b)| curve(&s.id, *b))
             .collect(),
         ..ReportContext::default()
     };
@@ -155,6 +182,14 @@ fn combined_reports_equal_one_evaluation_of_every_system() {
     assert_eq!(combined.answers, together.answers);
     // The budgets follow their systems (each run's own figures, renamed).
     assert_eq!(combined.budgets, together.budgets);
+    // So do the training curves, and the report draws them.
+    assert_eq!(combined.training, together.training);
+    assert_eq!(combined.training.len(), 3);
+    let md = render_markdown(&combined);
+    assert!(
+        md.contains("| Online MALT (on1) | generator (reward) | 4 |"),
+        "{md}"
+    );
 
     // Provenance: who gave which row, what was deduplicated, what differs from the first.
     let s = &combined.sources;

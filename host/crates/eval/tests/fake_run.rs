@@ -174,7 +174,7 @@ fn full_run_figures_are_consistent_with_the_log() {
 
     let json = read_json(&dir.path().join("report.json"));
     assert_eq!(json["manifest"], manifest().manifest);
-    assert_eq!(json["format"], 3);
+    assert_eq!(json["format"], 4);
     for key in [
         "plan",
         "subsets",

@@ -68,26 +68,12 @@ struct OnlineCost {
 }
 
 fn online_cost(metrics: &Path) -> anyhow::Result<OnlineCost> {
-    let text = match std::fs::read_to_string(metrics) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OnlineCost::default()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", metrics.display())),
-    };
-    let mut steps: BTreeMap<u32, crate::online::StepMetrics> = BTreeMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let m: crate::online::StepMetrics = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}", metrics.display(), i + 1))?;
-        steps.insert(m.step, m);
-    }
+    let steps = crate::online::read_metrics(metrics)?;
     let mut c = OnlineCost {
         updates: steps.len() as u64,
         ..Default::default()
     };
-    for m in steps.values() {
+    for m in &steps {
         for a in &m.agents {
             c.sampled += a.tokens_sampled;
             c.trained += a.tokens_trained;

@@ -414,6 +414,9 @@ pub struct ReportInputs {
     /// The layout of `report.json` ([`malt_eval::figures::REPORT_FORMAT`]): a new one
     /// aggregates the logged attempts again.
     pub format: u32,
+    /// With an online system: `[online]` in words, beside its training curve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online_settings: Option<String>,
 }
 
 /// `[eval]` as the stage record hashes it: every key but `std` (an input of the report alone,
@@ -514,6 +517,7 @@ pub fn evaluate(
         star,
         round: round_context(inputs.rounds.as_ref(), &p, round)?,
         budgets: crate::budget::budgets(&systems, &agents, round, star_data(inputs))?,
+        training: training_curves(&systems, round, inputs)?,
         not_run,
     };
     let setups = systems
@@ -543,6 +547,21 @@ pub fn evaluate(
     Ok(report)
 }
 
+/// The training curve of each online system (`malt online`'s metrics of `round`).
+fn training_curves(
+    systems: &[EvalSystem],
+    round: &RoundLayout,
+    inputs: &EvalInputs,
+) -> anyhow::Result<Vec<malt_eval::TrainingCurve>> {
+    let settings = inputs.report.online_settings.as_deref().unwrap_or_default();
+    let metrics = round.online().join("metrics.jsonl");
+    let mut out = Vec::new();
+    for s in systems.iter().filter(|s| s.kind == SystemKind::Online) {
+        out.extend(crate::online::training_curve(&s.id, settings, &metrics)?);
+    }
+    Ok(out)
+}
+
 /// The report over the evaluation seeds already complete in `<round>/eval/results.jsonl`,
 /// written to `<round>/eval/partial/`; loads no model and runs nothing, so it can watch an
 /// evaluation that is still running in another process.
@@ -564,6 +583,7 @@ pub fn partial_report(
         star: None,
         round: round_context(inputs.rounds.as_ref(), p, round)?,
         budgets: crate::budget::budgets(&systems, &agents, round, star_data(inputs))?,
+        training: training_curves(&systems, round, inputs)?,
         not_run,
     };
     let report = malt_eval::report_complete_seeds(&plan, &out, &ctx)

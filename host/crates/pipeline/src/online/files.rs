@@ -45,6 +45,27 @@ pub(super) fn append_metrics(path: &Path, m: &StepMetrics) -> anyhow::Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The metrics of every finished step, in step order, each step once as it was last run (a
+/// resumed run may have logged a step before and after the interruption).
+pub(crate) fn read_metrics(path: &Path) -> anyhow::Result<Vec<StepMetrics>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut steps: BTreeMap<u32, StepMetrics> = BTreeMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let m: StepMetrics = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1))?;
+        steps.insert(m.step, m);
+    }
+    Ok(steps.into_values().collect())
+}
+
 /// Drops the metrics of steps after `step` (written before an interruption lost their
 /// checkpoint) and a torn last line; returns the metrics kept.
 pub(super) fn keep_metrics_through(path: &Path, step: u32) -> anyhow::Result<Vec<StepMetrics>> {

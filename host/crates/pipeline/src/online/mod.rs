@@ -42,8 +42,11 @@ use crate::session::ModelIdentity;
 use crate::stage::Env;
 use crate::train::AgentTraining;
 
+mod curve;
 mod files;
+pub use curve::{settings_line, training_curve};
 pub use files::checkpoint_adapter;
+pub(crate) use files::read_metrics;
 mod plots;
 mod remote;
 use files::{
@@ -103,7 +106,7 @@ pub struct StepMetrics {
     pub sync_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AgentMetrics {
     pub agent: String,
     pub trained: bool,
@@ -504,18 +507,8 @@ pub fn rollouts(
             advantage_std: adv_stats[l].std(),
             flat_groups: adv_stats[l].flat_groups,
             tokens_sampled: sampled[l],
-            tokens_trained: 0,
-            trained_completions: 0,
-            optimizer_steps: 0,
-            loss: 0.0,
-            kl: 0.0,
-            clip_fraction: 0.0,
-            entropy: 0.0,
-            grad_norm: 0.0,
-            logprob_mismatch: None,
-            logprob_s: 0.0,
-            train_s: 0.0,
-            optimizer_s: 0.0,
+            // The update's figures, filled in after it (`record_update`).
+            ..AgentMetrics::default()
         })
         .collect();
     Ok((out, metrics))

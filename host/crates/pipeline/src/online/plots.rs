@@ -28,15 +28,8 @@ fn rewards_svg(history: &[StepMetrics]) -> String {
                 Some((m.step as f64, a.mean_reward.unwrap_or(a.mean_value)))
             })
             .collect();
-        let smooth: Vec<(f64, f64)> = (0..points.len())
-            .map(|k| {
-                let w = &points[k.saturating_sub(3)..=k];
-                (
-                    points[k].0,
-                    w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
-                )
-            })
-            .collect();
+        let smooth =
+            malt_eval::training::running_mean(&points, malt_eval::training::SMOOTHING_STEPS);
         let what = if history.iter().any(|m| m.agents[i].mean_reward.is_some()) {
             "reward"
         } else {

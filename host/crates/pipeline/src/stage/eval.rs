@@ -54,11 +54,21 @@ impl Eval {
         } else {
             None
         };
+        let evaluates_online = cfg
+            .eval
+            .systems
+            .iter()
+            .any(|s| s.kind == malt_config::SystemKind::Online);
         Ok(EvalInputs {
             adapters: adapters_hash(round)?,
             report: ReportInputs {
                 std: cfg.eval.std,
                 format: malt_eval::figures::REPORT_FORMAT,
+                online_settings: cfg
+                    .online
+                    .as_ref()
+                    .filter(|_| evaluates_online)
+                    .map(|o| crate::online::settings_line(o, cfg.run.seed)),
             },
             eval: cfg.eval.clone(),
             plugins: chain_plugins(s, &chain),
@@ -68,12 +78,7 @@ impl Eval {
             plugin_options: super::plugin_options(&cfg),
             star,
             rounds,
-            online: if cfg
-                .eval
-                .systems
-                .iter()
-                .any(|s| s.kind == malt_config::SystemKind::Online)
-            {
+            online: if evaluates_online {
                 let online = round.online();
                 Some(format!(
                     "{} {}",
@@ -148,6 +153,7 @@ mod tests {
         let inputs = serde_json::to_value(ReportInputs {
             std: malt_eval::StdConvention::Population,
             format: 3,
+            online_settings: None,
         })
         .expect("serialise");
         assert_eq!(inputs["std"], "population");
