@@ -83,8 +83,10 @@ pub fn render(curves: &[TrainingCurve], label_of: impl Fn(&str) -> String) -> St
         s,
         "Each agent's mean reward per step (the mean grade of its own answers in the step's \
          trees; for an agent that gives no answer, its nodes' mean value), averaged over the \
-         first and the last quarter of the steps. `{TRAINING_SVG}` plots every step against \
-         the tokens sampled so far ({SMOOTHING_STEPS}-step running mean).\n"
+         first and the last quarter of the steps: on training questions, so a run that \
+         passes once over them meets other questions in its last quarter than in its first. \
+         `{TRAINING_SVG}` plots every step against the tokens sampled so far \
+         ({SMOOTHING_STEPS}-step running mean).\n"
     );
     let _ = writeln!(
         s,
