@@ -190,8 +190,6 @@ fn legacy_comparisons_table(md: &mut String, r: &Report, reference: &str) {
     }
 }
 
-/// Renders `report.md`. Deterministic for a given report (no timestamps), so it can be
-/// snapshot-tested and diffed between runs.
 /// A system's row label, or its id when the plan has no such system.
 fn label_of(r: &Report, id: &str) -> String {
     r.plan
@@ -199,6 +197,8 @@ fn label_of(r: &Report, id: &str) -> String {
         .map_or_else(|| id.to_owned(), |s| s.label.clone())
 }
 
+/// Renders `report.md`. Deterministic for a given report (no timestamps), so it can be
+/// snapshot-tested and diffed between runs.
 pub fn render_markdown(r: &Report) -> String {
     let p = &r.plan;
     let k = p.majority_k;

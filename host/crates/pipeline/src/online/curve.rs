@@ -54,14 +54,28 @@ pub fn training_curve(
 }
 
 fn curve_of(system: &str, settings: &str, steps: &[StepMetrics]) -> Option<TrainingCurve> {
-    let first = steps.first()?;
+    steps.first()?;
+    Some(TrainingCurve {
+        system: system.to_owned(),
+        settings: settings.to_owned(),
+        agents: agent_curves(steps),
+    })
+}
+
+/// Every agent's figure per step, in chain order: its mean reward where it gives answers (a
+/// step where none was graded has no point), else its nodes' mean value; each point at the
+/// tokens every agent sampled up to that step.
+pub(super) fn agent_curves(steps: &[StepMetrics]) -> Vec<AgentCurve> {
+    let Some(first) = steps.first() else {
+        return Vec::new();
+    };
     let mut sampled = Vec::with_capacity(steps.len());
     let mut total = 0u64;
     for m in steps {
         total += m.agents.iter().map(|a| a.tokens_sampled).sum::<u64>();
         sampled.push(total);
     }
-    let agents = first
+    first
         .agents
         .iter()
         .map(|a0| {
@@ -93,12 +107,7 @@ fn curve_of(system: &str, settings: &str, steps: &[StepMetrics]) -> Option<Train
                 points,
             }
         })
-        .collect();
-    Some(TrainingCurve {
-        system: system.to_owned(),
-        settings: settings.to_owned(),
-        agents,
-    })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,38 +11,23 @@ pub(super) fn write_rewards(dir: &Path, history: &[StepMetrics]) {
     }
 }
 
-/// Each agent's mean reward (its own answers; the mean value for an agent that gives none) per
-/// step, with a 4-step running mean: `online/rewards.svg`.
+/// Each agent's curve ([`super::curve::agent_curves`]) per step, with its running mean:
+/// `online/rewards.svg`.
 fn rewards_svg(history: &[StepMetrics]) -> String {
     use malt_base::svg::{line_chart, LineChart, Series};
-    let agents: Vec<String> = history
-        .first()
-        .map(|m| m.agents.iter().map(|a| a.agent.clone()).collect())
-        .unwrap_or_default();
+    use malt_eval::training::{running_mean, SMOOTHING_STEPS};
     let mut series = Vec::new();
-    for (i, name) in agents.iter().enumerate() {
-        let points: Vec<(f64, f64)> = history
-            .iter()
-            .filter_map(|m| {
-                let a = m.agents.iter().find(|a| &a.agent == name)?;
-                Some((m.step as f64, a.mean_reward.unwrap_or(a.mean_value)))
-            })
-            .collect();
-        let smooth =
-            malt_eval::training::running_mean(&points, malt_eval::training::SMOOTHING_STEPS);
-        let what = if history.iter().any(|m| m.agents[i].mean_reward.is_some()) {
-            "reward"
-        } else {
-            "value"
-        };
+    for (i, a) in super::curve::agent_curves(history).into_iter().enumerate() {
+        let points: Vec<(f64, f64)> = a.points.iter().map(|p| (p.step as f64, p.value)).collect();
+        let smooth = running_mean(&points, SMOOTHING_STEPS);
         series.push(Series {
-            name: format!("{name} ({what})"),
+            name: format!("{} ({})", a.agent, a.measure),
             points,
             dashed: true,
             colour: Some(i),
         });
         series.push(Series {
-            name: format!("{name}, mean of 4 steps"),
+            name: format!("{}, mean of {SMOOTHING_STEPS} steps", a.agent),
             points: smooth,
             dashed: false,
             colour: Some(i),
